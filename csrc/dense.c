@@ -1,0 +1,72 @@
+/*
+ * dense.c - the fully connected layer Y = act(X W + b) and its backward pass.
+ * X is n x d_in (a batch of rows), W is d_in x d_out (fan_in x units, as
+ * Keras), b has d_out entries.
+ */
+#include "internal.h"
+
+int FN(fusenn_dense_forward)(size_t n, size_t d_in, size_t d_out,
+                             const real *X, ptrdiff_t rs_x, ptrdiff_t cs_x,
+                             const real *W, ptrdiff_t rs_w, ptrdiff_t cs_w,
+                             const real *b, fusenn_activation act,
+                             real *Y, ptrdiff_t ldy, int nthreads)
+{
+    /* Bias and elementwise activations are applied in GEMM's tile store;
+     * softmax needs complete rows, so it gets its own pass. */
+    fusenn_activation in_store = act == FUSENN_ACT_SOFTMAX ? FUSENN_ACT_IDENTITY : act;
+    int rc = FN(fusenn_gemm_fused)(n, d_out, d_in, 1, X, rs_x, cs_x, W, rs_w, cs_w, 0,
+                                   Y, ldy, 1, b, in_store, nthreads);
+    if (rc == FUSENN_OK && act == FUSENN_ACT_SOFTMAX)
+        FN(fusenn_activation_forward)(act, n, d_out, Y, ldy, Y, ldy, nthreads);
+    return rc;
+}
+
+/* Columns per block in the dZ/db pass: a fixed partition, so each db[j] is
+ * summed over rows in order by one thread whatever the thread count. */
+#define DB_BLOCK 64
+
+/* dZ = dY * act'(Y) and db = sum_i dZ[i, :], in one pass over dY. */
+static void FN(dz_and_bias_grad)(size_t n, size_t d_out, const real *Y, ptrdiff_t ldy,
+                                 const real *dY, ptrdiff_t lddy, fusenn_activation act,
+                                 real *dZ, real *db, int nthreads)
+{
+    if (act == FUSENN_ACT_SOFTMAX) /* needs whole rows: its own pass, then the sums */
+        FN(fusenn_activation_backward)(act, n, d_out, Y, ldy, dY, lddy, dZ,
+                                       (ptrdiff_t)d_out, nthreads);
+    const size_t n_blocks = (d_out + DB_BLOCK - 1) / DB_BLOCK;
+    const int nt = n_blocks > 1 ? fusenn_threads_for(n * d_out, nthreads) : 1;
+    (void)nt; /* only read by the OpenMP pragma */
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+    for (size_t blk = 0; blk < n_blocks; blk++) {
+        const size_t j0 = blk * DB_BLOCK, w = FUSENN_MIN((size_t)DB_BLOCK, d_out - j0);
+        double sum[DB_BLOCK] = {0}; /* double: batch sums of many small terms */
+        for (size_t i = 0; i < n; i++) {
+            real *dz = dZ + i * d_out + j0;
+            if (act != FUSENN_ACT_SOFTMAX)
+                FN(activate_backward_row)(act, w, Y + (ptrdiff_t)i * ldy + j0,
+                                          dY + (ptrdiff_t)i * lddy + j0, dz);
+            for (size_t j = 0; j < w; j++)
+                sum[j] += dz[j];
+        }
+        for (size_t j = 0; j < w; j++)
+            db[j0 + j] = (real)sum[j];
+    }
+}
+
+int FN(fusenn_dense_backward)(size_t n, size_t d_in, size_t d_out,
+                              const real *X, ptrdiff_t rs_x, ptrdiff_t cs_x,
+                              const real *W, ptrdiff_t rs_w, ptrdiff_t cs_w,
+                              const real *Y, ptrdiff_t ldy,
+                              const real *dY, ptrdiff_t lddy, fusenn_activation act,
+                              real *dZ, real *dW, real *db, real *dX, int nthreads)
+{
+    FN(dz_and_bias_grad)(n, d_out, Y, ldy, dY, lddy, act, dZ, db, nthreads);
+    /* dW = X^T dZ: X^T is X with its strides swapped. */
+    int rc = FN(fusenn_gemm)(d_in, d_out, n, 1, X, cs_x, rs_x, dZ, (ptrdiff_t)d_out, 1, 0,
+                             dW, (ptrdiff_t)d_out, 1, nthreads);
+    /* dX = dZ W^T, skipped for the first layer. */
+    if (rc == FUSENN_OK && dX != NULL)
+        rc = FN(fusenn_gemm)(n, d_in, d_out, 1, dZ, (ptrdiff_t)d_out, 1, W, cs_w, rs_w, 0,
+                             dX, (ptrdiff_t)d_in, 1, nthreads);
+    return rc;
+}

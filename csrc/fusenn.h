@@ -1,0 +1,186 @@
+/*
+ * fusenn.h - the one public header of fusenn's C kernels.
+ *
+ * Plain C99, no Python. Every kernel exists for float (suffix _f32) and double
+ * (suffix _f64); both are generated from one dtype-generic source (see
+ * internal.h). Matrices are row-major and described by a pointer plus a leading
+ * dimension (elements between consecutive rows; columns are contiguous), except
+ * GEMM, which takes a row stride and a column stride per matrix so that
+ * transposed and sliced views cost nothing (A^T is A with its strides swapped).
+ *
+ * Every kernel takes `nthreads`, the number of OpenMP threads it may use: the
+ * library keeps its own thread count because OpenMP's setting is per calling
+ * thread. Work below a size threshold runs serially whatever nthreads says.
+ * Results do not depend on nthreads: reductions use fixed partitions summed in
+ * a fixed order, and GEMM never splits the k dimension.
+ *
+ * Functions returning int return FUSENN_OK or FUSENN_ENOMEM.
+ */
+#ifndef FUSENN_H
+#define FUSENN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FUSENN_OK 0
+#define FUSENN_ENOMEM (-1)
+
+/* Negative-side slope of leaky_relu (Keras and PyTorch use 0.01 too). */
+#define FUSENN_LEAKY_RELU_SLOPE 0.01
+
+typedef enum {
+    FUSENN_ACT_IDENTITY = 0,
+    FUSENN_ACT_SIGMOID = 1,
+    FUSENN_ACT_TANH = 2,
+    FUSENN_ACT_RELU = 3,
+    FUSENN_ACT_LEAKY_RELU = 4,
+    FUSENN_ACT_SOFTMAX = 5 /* row-wise */
+} fusenn_activation;
+
+/* ---- build and CPU information (cpu.c) -------------------------------- */
+
+int fusenn_has_openmp(void);        /* 1 if built with OpenMP */
+int fusenn_num_procs(void);         /* processors OpenMP may use (1 without OpenMP) */
+/* Name of the GEMM micro-kernel ISA in use: "avx512", "avx2" or "generic".
+ * Chosen once from the CPU's features; FUSENN_ISA=generic|avx2|avx512 in the
+ * environment forces a lower path (a higher one than the CPU has is ignored). */
+const char *fusenn_gemm_isa(void);
+
+/* ---- GEMM (gemm.c) ----------------------------------------------------- */
+
+/* C = alpha * A * B + beta * C, with A m x k, B k x n, C m x n.
+ * Element (i, j) of X lives at X[i * rs_x + j * cs_x]; strides may be any
+ * non-zero value, so op(A) = A^T is A with rs_a and cs_a swapped.
+ * beta == 0 never reads C (C may hold NaN). */
+int fusenn_gemm_f32(size_t m, size_t n, size_t k, float alpha,
+                    const float *A, ptrdiff_t rs_a, ptrdiff_t cs_a,
+                    const float *B, ptrdiff_t rs_b, ptrdiff_t cs_b, float beta,
+                    float *C, ptrdiff_t rs_c, ptrdiff_t cs_c, int nthreads);
+int fusenn_gemm_f64(size_t m, size_t n, size_t k, double alpha,
+                    const double *A, ptrdiff_t rs_a, ptrdiff_t cs_a,
+                    const double *B, ptrdiff_t rs_b, ptrdiff_t cs_b, double beta,
+                    double *C, ptrdiff_t rs_c, ptrdiff_t cs_c, int nthreads);
+
+/* ---- Dense layer (dense.c) ---------------------------------------------- */
+
+/* Y = act(X W + b): X n x d_in (strides rs_x, cs_x), W d_in x d_out (strides
+ * rs_w, cs_w), b length d_out, Y n x d_out with leading dimension ldy.
+ * The bias add and elementwise activations happen in GEMM's store of each
+ * output tile; softmax needs whole rows and runs as one pass after it. */
+int fusenn_dense_forward_f32(size_t n, size_t d_in, size_t d_out,
+                             const float *X, ptrdiff_t rs_x, ptrdiff_t cs_x,
+                             const float *W, ptrdiff_t rs_w, ptrdiff_t cs_w,
+                             const float *b, fusenn_activation act,
+                             float *Y, ptrdiff_t ldy, int nthreads);
+int fusenn_dense_forward_f64(size_t n, size_t d_in, size_t d_out,
+                             const double *X, ptrdiff_t rs_x, ptrdiff_t cs_x,
+                             const double *W, ptrdiff_t rs_w, ptrdiff_t cs_w,
+                             const double *b, fusenn_activation act,
+                             double *Y, ptrdiff_t ldy, int nthreads);
+
+/* Backward of Y = act(X W + b), given Y and dY = dL/dY:
+ *   dZ = dY * act'(Y)      (written to dZ, n x d_out, leading dimension d_out;
+ *                           dZ may alias dY when ldy == d_out)
+ *   db = sum over rows of dZ   (fused into the pass that writes dZ)
+ *   dW = X^T dZ            (d_in x d_out, contiguous)
+ *   dX = dZ W^T            (n x d_in, contiguous; skipped when dX is NULL,
+ *                           as for the first layer)
+ * Pass act = FUSENN_ACT_IDENTITY when dY already is dL/dZ (fused losses). */
+int fusenn_dense_backward_f32(size_t n, size_t d_in, size_t d_out,
+                              const float *X, ptrdiff_t rs_x, ptrdiff_t cs_x,
+                              const float *W, ptrdiff_t rs_w, ptrdiff_t cs_w,
+                              const float *Y, ptrdiff_t ldy,
+                              const float *dY, ptrdiff_t lddy, fusenn_activation act,
+                              float *dZ, float *dW, float *db, float *dX, int nthreads);
+int fusenn_dense_backward_f64(size_t n, size_t d_in, size_t d_out,
+                              const double *X, ptrdiff_t rs_x, ptrdiff_t cs_x,
+                              const double *W, ptrdiff_t rs_w, ptrdiff_t cs_w,
+                              const double *Y, ptrdiff_t ldy,
+                              const double *dY, ptrdiff_t lddy, fusenn_activation act,
+                              double *dZ, double *dW, double *db, double *dX, int nthreads);
+
+/* ---- Activations (activations.c) ---------------------------------------- */
+
+/* A = act(Z), n x d. A may alias Z (in place) when lda == ldz. */
+void fusenn_activation_forward_f32(fusenn_activation act, size_t n, size_t d,
+                                   const float *Z, ptrdiff_t ldz,
+                                   float *A, ptrdiff_t lda, int nthreads);
+void fusenn_activation_forward_f64(fusenn_activation act, size_t n, size_t d,
+                                   const double *Z, ptrdiff_t ldz,
+                                   double *A, ptrdiff_t lda, int nthreads);
+
+/* dZ = dA * act'(Z), expressed through the output A = act(Z) (every supported
+ * activation's derivative is a function of its output). For softmax this is
+ * the row-wise Jacobian product dZ = A * (dA - sum_j dA_j A_j).
+ * dZ may alias dA when their leading dimensions are equal. */
+void fusenn_activation_backward_f32(fusenn_activation act, size_t n, size_t d,
+                                    const float *A, ptrdiff_t lda,
+                                    const float *dA, ptrdiff_t ldda,
+                                    float *dZ, ptrdiff_t lddz, int nthreads);
+void fusenn_activation_backward_f64(fusenn_activation act, size_t n, size_t d,
+                                    const double *A, ptrdiff_t lda,
+                                    const double *dA, ptrdiff_t ldda,
+                                    double *dZ, ptrdiff_t lddz, int nthreads);
+
+/* ---- Losses (losses.c) ---------------------------------------------------
+ * Each returns the loss (mean over the batch, as Keras and PyTorch) and, when
+ * the output pointer is not NULL, its gradient. Sums are accumulated in double
+ * over a fixed partition of rows, so the value does not depend on nthreads. */
+
+/* Softmax + cross-entropy from logits Z (n x k) and integer labels in [0, k):
+ *   loss = mean_i (logsumexp(Z_i) - Z_i,label_i)
+ *   P = softmax(Z) (if P != NULL),  dZ = (P - onehot(labels)) / n (if dZ != NULL)
+ * Labels must already be validated to lie in [0, k). */
+double fusenn_softmax_cross_entropy_f32(size_t n, size_t k, const float *Z, ptrdiff_t ldz,
+                                        const int64_t *labels, float *P, ptrdiff_t ldp,
+                                        float *dZ, ptrdiff_t lddz, int nthreads);
+double fusenn_softmax_cross_entropy_f64(size_t n, size_t k, const double *Z, ptrdiff_t ldz,
+                                        const int64_t *labels, double *P, ptrdiff_t ldp,
+                                        double *dZ, ptrdiff_t lddz, int nthreads);
+
+/* Sigmoid + binary cross-entropy from logits Z (n x k) and targets T in [0, 1]:
+ *   loss = mean_ij (max(z, 0) - z t + log1p(exp(-|z|)))   (overflow-safe)
+ *   P = sigmoid(Z) (if P != NULL),  dZ = (P - T) / (n k) (if dZ != NULL) */
+double fusenn_sigmoid_binary_cross_entropy_f32(size_t n, size_t k, const float *Z, ptrdiff_t ldz,
+                                               const float *T, ptrdiff_t ldt,
+                                               float *P, ptrdiff_t ldp,
+                                               float *dZ, ptrdiff_t lddz, int nthreads);
+double fusenn_sigmoid_binary_cross_entropy_f64(size_t n, size_t k, const double *Z, ptrdiff_t ldz,
+                                               const double *T, ptrdiff_t ldt,
+                                               double *P, ptrdiff_t ldp,
+                                               double *dZ, ptrdiff_t lddz, int nthreads);
+
+/* Mean squared error over all n x k elements:
+ *   loss = mean_ij (A - T)^2,  dA = 2 (A - T) / (n k) (if dA != NULL) */
+double fusenn_mse_f32(size_t n, size_t k, const float *A, ptrdiff_t lda,
+                      const float *T, ptrdiff_t ldt, float *dA, ptrdiff_t ldda, int nthreads);
+double fusenn_mse_f64(size_t n, size_t k, const double *A, ptrdiff_t lda,
+                      const double *T, ptrdiff_t ldt, double *dA, ptrdiff_t ldda, int nthreads);
+
+/* ---- Optimizers (optimizers.c), in place over flat arrays of length len ---- */
+
+/* SGD. momentum == 0: w -= lr g (v unused, may be NULL). Otherwise
+ *   v = momentum v + g;  w -= lr v,  or with Nesterov w -= lr (g + momentum v). */
+void fusenn_sgd_update_f32(size_t len, float *w, const float *g, float *v,
+                           double lr, double momentum, int nesterov, int nthreads);
+void fusenn_sgd_update_f64(size_t len, double *w, const double *g, double *v,
+                           double lr, double momentum, int nesterov, int nthreads);
+
+/* Adam, step t >= 1 (bias correction), eps added after the square root:
+ *   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+ *   w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) */
+void fusenn_adam_update_f32(size_t len, float *w, const float *g, float *m, float *v,
+                            double lr, double beta1, double beta2, double eps,
+                            int64_t t, int nthreads);
+void fusenn_adam_update_f64(size_t len, double *w, const double *g, double *m, double *v,
+                            double lr, double beta1, double beta2, double eps,
+                            int64_t t, int nthreads);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FUSENN_H */

@@ -1,0 +1,329 @@
+/*
+ * gemm.c - C = act(alpha op(A) op(B) + beta C + bias), BLIS-style.
+ *
+ * Loop nest (BLIS's five loops):
+ *   jc over n in NC-wide blocks
+ *     pc over k in KC-deep blocks       -> pack B[pc:pc+kc, jc:jc+nc] into NR-wide panels
+ *       ic over m in MC-tall blocks     -> pack A[ic:ic+mc, pc:pc+kc] into MR-tall panels
+ *         jr over nc in steps of NR
+ *           ir over mc in steps of MR   -> micro-kernel: one MR x NR tile, then store
+ * Packing copies into contiguous, zero-padded panels, so any strides (and so
+ * transposes) cost nothing in the kernel and edge tiles need no special code.
+ * Only the micro-kernel (gemm_ukernel.h) knows the ISA; blocking, packing,
+ * threading and the fused store are shared by all of them.
+ *
+ * Determinism: k is never split between threads and every element is summed
+ * over the same kc blocks in the same order, so results do not depend on the
+ * thread count.
+ */
+#include "internal.h"
+
+#include <stdlib.h>
+
+typedef void (*FN(ukernel_fn))(size_t kc, const real *a, const real *b, real *ab);
+
+/* A micro-kernel and the block sizes that suit it. */
+typedef struct {
+    FN(ukernel_fn) kernel;
+    int mr, nr;     /* register tile */
+    size_t kc;      /* depth of packed panels: an MR x KC panel of A stays in L1 */
+    size_t mc;      /* MC x KC block of A fits in L2 (multiple of mr) */
+    size_t nc;      /* KC x NC block of B fits in L3 (multiple of nr) */
+} FN(gemm_config);
+
+/* Largest tile of any kernel below (sizes the on-stack tile buffer). */
+#define GEMM_MAX_TILE (16 * 32)
+
+#if defined(FUSENN_DTYPE_F32)
+#define GENERIC_MR 4
+#define GENERIC_NR 8
+#define AVX2_MR 6
+#define AVX2_NR 16
+#define AVX512_MR 8
+#define AVX512_NR 32
+#else
+#define GENERIC_MR 4
+#define GENERIC_NR 4
+#define AVX2_MR 6
+#define AVX2_NR 8
+#define AVX512_MR 8
+#define AVX512_NR 16
+#endif
+
+#define UK_NAME FN(ukernel_generic)
+#define UK_MR GENERIC_MR
+#define UK_NR GENERIC_NR
+#define UK_VBYTES 16
+#define UK_ATTR
+#include "gemm_ukernel.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FUSENN_HAVE_X86_KERNELS 1
+#define UK_NAME FN(ukernel_avx2)
+#define UK_MR AVX2_MR
+#define UK_NR AVX2_NR
+#define UK_VBYTES 32
+#define UK_ATTR __attribute__((target("avx2,fma")))
+#include "gemm_ukernel.h"
+
+#define UK_NAME FN(ukernel_avx512)
+#define UK_MR AVX512_MR
+#define UK_NR AVX512_NR
+#define UK_VBYTES 64
+#define UK_ATTR __attribute__((target("avx512f,avx2,fma")))
+#include "gemm_ukernel.h"
+#endif
+
+/* One table entry per ISA level; block sizes in elements. */
+static const FN(gemm_config) FN(gemm_configs)[] = {
+    {FN(ukernel_generic), GENERIC_MR, GENERIC_NR, 256, GENERIC_MR * 32, GENERIC_NR * 512},
+#ifdef FUSENN_HAVE_X86_KERNELS
+    {FN(ukernel_avx2), AVX2_MR, AVX2_NR, 256, AVX2_MR * 24, AVX2_NR * 256},
+    {FN(ukernel_avx512), AVX512_MR, AVX512_NR, 256, AVX512_MR * 16, AVX512_NR * 128},
+#endif
+};
+
+static const FN(gemm_config) *FN(gemm_select)(void)
+{
+    int level = fusenn_isa_level();
+    int available = (int)(sizeof(FN(gemm_configs)) / sizeof(FN(gemm_configs)[0])) - 1;
+    return &FN(gemm_configs)[level < available ? level : available];
+}
+
+/* Below this many multiply-adds GEMM runs on one thread. */
+#define GEMM_PARALLEL_MIN_WORK (128 * 128 * 64)
+
+/* ---- packing ---------------------------------------------------------- */
+
+/* Pack rows [0, mc) x depth [0, kc) of A into MR-tall panels: panel r holds
+ * kc steps of mr values (rows r*mr ...), zero-padded past mc. */
+static void FN(pack_a_panel)(size_t mr_eff, int mr, size_t kc, const real *A,
+                             ptrdiff_t rs, ptrdiff_t cs, real *dst)
+{
+    if (cs == 1) { /* rows contiguous: read along p */
+        for (size_t i = 0; i < mr_eff; i++)
+            for (size_t p = 0; p < kc; p++)
+                dst[p * mr + i] = A[(ptrdiff_t)i * rs + (ptrdiff_t)p];
+    } else {
+        for (size_t p = 0; p < kc; p++)
+            for (size_t i = 0; i < mr_eff; i++)
+                dst[p * mr + i] = A[(ptrdiff_t)i * rs + (ptrdiff_t)p * cs];
+    }
+    if (mr_eff < (size_t)mr)
+        for (size_t p = 0; p < kc; p++)
+            for (size_t i = mr_eff; i < (size_t)mr; i++)
+                dst[p * mr + i] = 0;
+}
+
+/* Pack depth [0, kc) x columns [0, nr_eff) of B into one NR-wide panel. */
+static void FN(pack_b_panel)(size_t nr_eff, int nr, size_t kc, const real *B,
+                             ptrdiff_t rs, ptrdiff_t cs, real *dst)
+{
+    if (rs == 1 && cs != 1) { /* columns contiguous (B transposed): read along p */
+        for (size_t j = 0; j < nr_eff; j++)
+            for (size_t p = 0; p < kc; p++)
+                dst[p * nr + j] = B[(ptrdiff_t)p + (ptrdiff_t)j * cs];
+    } else {
+        for (size_t p = 0; p < kc; p++)
+            for (size_t j = 0; j < nr_eff; j++)
+                dst[p * nr + j] = B[(ptrdiff_t)p * rs + (ptrdiff_t)j * cs];
+    }
+    if (nr_eff < (size_t)nr)
+        for (size_t p = 0; p < kc; p++)
+            for (size_t j = nr_eff; j < (size_t)nr; j++)
+                dst[p * nr + j] = 0;
+}
+
+/* ---- the store: alpha, beta, bias, activation ------------------------- */
+
+typedef struct {
+    real alpha, beta;      /* beta of this kc block (1 after the first) */
+    const real *bias;      /* added on the last kc block only, NULL for none */
+    fusenn_activation act; /* applied on the last kc block only */
+    int last;              /* this is the last kc block */
+} FN(store_params);
+
+/* Write the mr_eff x nr_eff corner of tile ab (row stride nr) to C. */
+static void FN(store_tile)(size_t mr_eff, size_t nr_eff, int nr, const real *ab,
+                           real *C, ptrdiff_t rs_c, ptrdiff_t cs_c,
+                           const real *bias, const FN(store_params) *sp)
+{
+    real row[32];
+    for (size_t i = 0; i < mr_eff; i++) {
+        real *c = C + (ptrdiff_t)i * rs_c;
+        const real *t = ab + i * (size_t)nr;
+        if (sp->beta == 0) { /* beta = 0 never reads C, which may hold NaN */
+            for (size_t j = 0; j < nr_eff; j++)
+                row[j] = sp->alpha * t[j];
+        } else {
+            for (size_t j = 0; j < nr_eff; j++)
+                row[j] = sp->alpha * t[j] + sp->beta * c[(ptrdiff_t)j * cs_c];
+        }
+        if (sp->last) {
+            if (bias)
+                for (size_t j = 0; j < nr_eff; j++)
+                    row[j] += bias[j];
+            FN(activate_row)(sp->act, nr_eff, row, row);
+        }
+        for (size_t j = 0; j < nr_eff; j++)
+            c[(ptrdiff_t)j * cs_c] = row[j];
+    }
+}
+
+/* k == 0: C = act(beta C + bias). */
+static void FN(gemm_scale_only)(size_t m, size_t n, real beta, real *C, ptrdiff_t rs_c,
+                                ptrdiff_t cs_c, const real *bias, fusenn_activation act)
+{
+    for (size_t i = 0; i < m; i++) {
+        for (size_t j = 0; j < n; j++) {
+            real *c = C + (ptrdiff_t)i * rs_c + (ptrdiff_t)j * cs_c;
+            real v = beta == 0 ? (real)0 : beta * *c;
+            if (bias)
+                v += bias[j];
+            FN(activate_row)(act, 1, &v, &v);
+            *c = v;
+        }
+    }
+}
+
+/* ---- packing buffers ---------------------------------------------------- */
+
+/* Each calling thread keeps one buffer that only grows; its size is bounded
+ * by the block sizes (not by the matrices), so steady-state calls allocate
+ * nothing. It holds the shared B block followed by one A block per thread. */
+static _Thread_local struct {
+    real *ptr;
+    size_t len;
+} FN(pack_cache);
+
+static real *FN(pack_buffer)(size_t len)
+{
+    if (FN(pack_cache).len < len) {
+        free(FN(pack_cache).ptr);
+        size_t bytes = (len * sizeof(real) + 63) / 64 * 64;
+        FN(pack_cache).ptr = aligned_alloc(64, bytes);
+        FN(pack_cache).len = FN(pack_cache).ptr ? len : 0;
+    }
+    return FN(pack_cache).ptr;
+}
+
+/* ---- the blocked product ------------------------------------------------ */
+
+/* Multiply the packed mc x kc block of A (Ap) by the packed kc x nc block of B
+ * (Bp), tiles with jr in [jr0, jr1) panels, and store into C. */
+static void FN(macro_kernel)(const FN(gemm_config) *cfg, size_t mc, size_t nc, size_t kc,
+                             const real *Ap, const real *Bp, size_t jp0, size_t jp1,
+                             real *C, ptrdiff_t rs_c, ptrdiff_t cs_c,
+                             const real *bias, const FN(store_params) *sp)
+{
+    const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
+    real ab[GEMM_MAX_TILE] __attribute__((aligned(64)));
+    for (size_t jp = jp0; jp < jp1; jp++) {
+        size_t jr = jp * nr, nr_eff = FUSENN_MIN(nr, nc - jr);
+        for (size_t ir = 0; ir < mc; ir += mr) {
+            size_t mr_eff = FUSENN_MIN(mr, mc - ir);
+            cfg->kernel(kc, Ap + ir * kc, Bp + jr * kc, ab);
+            FN(store_tile)(mr_eff, nr_eff, cfg->nr, ab,
+                           C + (ptrdiff_t)ir * rs_c + (ptrdiff_t)jr * cs_c, rs_c, cs_c,
+                           bias ? bias + jr : NULL, sp);
+        }
+    }
+}
+
+int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
+                          const real *A, ptrdiff_t rs_a, ptrdiff_t cs_a,
+                          const real *B, ptrdiff_t rs_b, ptrdiff_t cs_b, real beta,
+                          real *C, ptrdiff_t rs_c, ptrdiff_t cs_c,
+                          const real *bias, fusenn_activation act, int nthreads)
+{
+    if (m == 0 || n == 0)
+        return FUSENN_OK;
+    if (k == 0 || alpha == 0) {
+        FN(gemm_scale_only)(m, n, beta, C, rs_c, cs_c, bias, act);
+        return FUSENN_OK;
+    }
+    const FN(gemm_config) *cfg = FN(gemm_select)();
+    const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
+    const size_t KC = cfg->kc, MC = cfg->mc, NC = cfg->nc;
+
+    int nt = nthreads < 1 ? 1 : nthreads;
+    if ((double)m * (double)n * (double)k < (double)GEMM_PARALLEL_MIN_WORK)
+        nt = 1;
+    const size_t m_blocks = (m + MC - 1) / MC;
+    /* Few row blocks: all threads pack each A block together and split its
+     * columns. Otherwise each thread takes whole row blocks with its own A. */
+    const int split_columns = m_blocks < (size_t)nt;
+
+    const size_t kc_max = FUSENN_MIN(KC, k);
+    const size_t b_len = kc_max * ((FUSENN_MIN(NC, n) + nr - 1) / nr * nr);
+    const size_t a_len = kc_max * ((FUSENN_MIN(MC, m) + mr - 1) / mr * mr);
+    real *buf = FN(pack_buffer)(b_len + a_len * (size_t)(split_columns ? 1 : nt));
+    if (buf == NULL)
+        return FUSENN_ENOMEM;
+    real *Bp = buf;
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num();
+#else
+        const int tid = 0;
+#endif
+        real *Ap = buf + b_len + (split_columns ? 0 : (size_t)tid * a_len);
+        for (size_t jc = 0; jc < n; jc += NC) {
+            const size_t nc = FUSENN_MIN(NC, n - jc);
+            const size_t n_panels = (nc + nr - 1) / nr;
+            for (size_t pc = 0; pc < k; pc += KC) {
+                const size_t kc = FUSENN_MIN(KC, k - pc);
+                const FN(store_params) sp = {alpha, pc == 0 ? beta : (real)1, bias, act,
+                                             pc + kc == k};
+                const real *bias_jc = bias ? bias + jc : NULL;
+
+#pragma omp for schedule(static)
+                for (size_t jp = 0; jp < n_panels; jp++)
+                    FN(pack_b_panel)(FUSENN_MIN(nr, nc - jp * nr), cfg->nr, kc,
+                                     B + (ptrdiff_t)pc * rs_b + (ptrdiff_t)(jc + jp * nr) * cs_b,
+                                     rs_b, cs_b, Bp + jp * nr * kc);
+
+                if (split_columns) {
+                    for (size_t ic = 0; ic < m; ic += MC) {
+                        const size_t mc = FUSENN_MIN(MC, m - ic);
+                        const size_t m_panels = (mc + mr - 1) / mr;
+#pragma omp for schedule(static)
+                        for (size_t ip = 0; ip < m_panels; ip++)
+                            FN(pack_a_panel)(FUSENN_MIN(mr, mc - ip * mr), cfg->mr, kc,
+                                             A + (ptrdiff_t)(ic + ip * mr) * rs_a + (ptrdiff_t)pc * cs_a,
+                                             rs_a, cs_a, Ap + ip * mr * kc);
+#pragma omp for schedule(static)
+                        for (size_t jp = 0; jp < n_panels; jp++)
+                            FN(macro_kernel)(cfg, mc, nc, kc, Ap, Bp, jp, jp + 1,
+                                             C + (ptrdiff_t)ic * rs_c + (ptrdiff_t)jc * cs_c,
+                                             rs_c, cs_c, bias_jc, &sp);
+                    }
+                } else {
+#pragma omp for schedule(dynamic, 1)
+                    for (size_t ib = 0; ib < m_blocks; ib++) {
+                        const size_t ic = ib * MC, mc = FUSENN_MIN(MC, m - ic);
+                        for (size_t ip = 0; ip * mr < mc; ip++)
+                            FN(pack_a_panel)(FUSENN_MIN(mr, mc - ip * mr), cfg->mr, kc,
+                                             A + (ptrdiff_t)(ic + ip * mr) * rs_a + (ptrdiff_t)pc * cs_a,
+                                             rs_a, cs_a, Ap + ip * mr * kc);
+                        FN(macro_kernel)(cfg, mc, nc, kc, Ap, Bp, 0, n_panels,
+                                         C + (ptrdiff_t)ic * rs_c + (ptrdiff_t)jc * cs_c,
+                                         rs_c, cs_c, bias_jc, &sp);
+                    }
+                }
+            }
+        }
+    }
+    return FUSENN_OK;
+}
+
+int FN(fusenn_gemm)(size_t m, size_t n, size_t k, real alpha,
+                    const real *A, ptrdiff_t rs_a, ptrdiff_t cs_a,
+                    const real *B, ptrdiff_t rs_b, ptrdiff_t cs_b, real beta,
+                    real *C, ptrdiff_t rs_c, ptrdiff_t cs_c, int nthreads)
+{
+    return FN(fusenn_gemm_fused)(m, n, k, alpha, A, rs_a, cs_a, B, rs_b, cs_b, beta,
+                                 C, rs_c, cs_c, NULL, FUSENN_ACT_IDENTITY, nthreads);
+}

@@ -1,0 +1,72 @@
+/*
+ * optimizers.c - in-place parameter updates over flat arrays.
+ *
+ * Dtype-generic (see internal.h): compiled once per dtype. Hyperparameters
+ * arrive as double and are cast to `real` once, so the per-element arithmetic
+ * stays in the parameters' precision. Every element is independent, so the
+ * flat loop runs in parallel and the result does not depend on nthreads.
+ */
+#include "internal.h"
+
+/* SGD with optional (Nesterov) momentum, as PyTorch defines it:
+ *   v = momentum v + g
+ *   w -= lr v                   (classical)
+ *   w -= lr (g + momentum v)    (Nesterov: the step looks ahead along v)
+ * momentum == 0 is plain w -= lr g, and v is neither read nor written. */
+void FN(fusenn_sgd_update)(size_t len, real *w, const real *g, real *v,
+                           double lr, double momentum, int nesterov, int nthreads)
+{
+    const real lr_r = (real)lr;
+    const real mu = (real)momentum;
+    int nt = fusenn_threads_for(len, nthreads);
+    (void)nt; /* only read by the OpenMP pragma */
+
+    if (momentum == 0) {
+#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (size_t i = 0; i < len; i++)
+            w[i] -= lr_r * g[i];
+    } else if (nesterov) {
+#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (size_t i = 0; i < len; i++) {
+            const real vi = mu * v[i] + g[i];
+            v[i] = vi;
+            w[i] -= lr_r * (g[i] + mu * vi);
+        }
+    } else {
+#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+        for (size_t i = 0; i < len; i++) {
+            const real vi = mu * v[i] + g[i];
+            v[i] = vi;
+            w[i] -= lr_r * vi;
+        }
+    }
+}
+
+/* Adam (Kingma & Ba), step t >= 1:
+ *   m = b1 m + (1 - b1) g             first-moment estimate
+ *   v = b2 v + (1 - b2) g^2           second-moment estimate
+ *   w -= lr (m / c1) / (sqrt(v / c2) + eps),  c1 = 1 - b1^t, c2 = 1 - b2^t
+ * m and v start at zero, so they are biased towards zero early on; dividing by
+ * c1 and c2 undoes that. The corrections are computed once, in double. */
+void FN(fusenn_adam_update)(size_t len, real *w, const real *g, real *m, real *v,
+                            double lr, double beta1, double beta2, double eps,
+                            int64_t t, int nthreads)
+{
+    const real lr_r = (real)lr, eps_r = (real)eps;
+    const real b1 = (real)beta1, one_minus_b1 = (real)(1.0 - beta1);
+    const real b2 = (real)beta2, one_minus_b2 = (real)(1.0 - beta2);
+    const real c1 = (real)(1.0 - pow(beta1, (double)t));
+    const real c2 = (real)(1.0 - pow(beta2, (double)t));
+    int nt = fusenn_threads_for(len, nthreads);
+    (void)nt; /* only read by the OpenMP pragma */
+
+#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+    for (size_t i = 0; i < len; i++) {
+        const real gi = g[i];
+        const real mi = b1 * m[i] + one_minus_b1 * gi;
+        const real vi = b2 * v[i] + one_minus_b2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        w[i] -= lr_r * (mi / c1) / (sqrt(vi / c2) + eps_r);
+    }
+}

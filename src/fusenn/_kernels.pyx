@@ -1,0 +1,310 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
+"""Bindings of fusenn's C kernels (csrc/fusenn.h): one def per C kernel family.
+
+Thin on purpose: arguments are typed memoryviews (const where read-only, so
+read-only arrays work), shapes and dtypes are validated by the Python-facing
+callers in fusenn.ops, and every C call runs without the GIL. `real` is fused
+over float and double, so each function binds both the _f32 and _f64 kernel.
+Matrices other than GEMM's operands must have contiguous rows (unit column
+stride); their row stride is passed as the leading dimension.
+"""
+from libc.stdint cimport int64_t
+
+cdef extern from "fusenn.h" nogil:
+    ctypedef enum fusenn_activation:
+        pass
+    int FUSENN_OK
+    int fusenn_has_openmp()
+    int fusenn_num_procs()
+    const char *fusenn_gemm_isa()
+
+    int fusenn_gemm_f32(size_t m, size_t n, size_t k, float alpha,
+                        const float *A, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                        const float *B, Py_ssize_t rs_b, Py_ssize_t cs_b, float beta,
+                        float *C, Py_ssize_t rs_c, Py_ssize_t cs_c, int nthreads)
+    int fusenn_gemm_f64(size_t m, size_t n, size_t k, double alpha,
+                        const double *A, Py_ssize_t rs_a, Py_ssize_t cs_a,
+                        const double *B, Py_ssize_t rs_b, Py_ssize_t cs_b, double beta,
+                        double *C, Py_ssize_t rs_c, Py_ssize_t cs_c, int nthreads)
+
+    int fusenn_dense_forward_f32(size_t n, size_t d_in, size_t d_out,
+                                 const float *X, Py_ssize_t rs_x, Py_ssize_t cs_x,
+                                 const float *W, Py_ssize_t rs_w, Py_ssize_t cs_w,
+                                 const float *b, fusenn_activation act,
+                                 float *Y, Py_ssize_t ldy, int nthreads)
+    int fusenn_dense_forward_f64(size_t n, size_t d_in, size_t d_out,
+                                 const double *X, Py_ssize_t rs_x, Py_ssize_t cs_x,
+                                 const double *W, Py_ssize_t rs_w, Py_ssize_t cs_w,
+                                 const double *b, fusenn_activation act,
+                                 double *Y, Py_ssize_t ldy, int nthreads)
+    int fusenn_dense_backward_f32(size_t n, size_t d_in, size_t d_out,
+                                  const float *X, Py_ssize_t rs_x, Py_ssize_t cs_x,
+                                  const float *W, Py_ssize_t rs_w, Py_ssize_t cs_w,
+                                  const float *Y, Py_ssize_t ldy,
+                                  const float *dY, Py_ssize_t lddy, fusenn_activation act,
+                                  float *dZ, float *dW, float *db, float *dX, int nthreads)
+    int fusenn_dense_backward_f64(size_t n, size_t d_in, size_t d_out,
+                                  const double *X, Py_ssize_t rs_x, Py_ssize_t cs_x,
+                                  const double *W, Py_ssize_t rs_w, Py_ssize_t cs_w,
+                                  const double *Y, Py_ssize_t ldy,
+                                  const double *dY, Py_ssize_t lddy, fusenn_activation act,
+                                  double *dZ, double *dW, double *db, double *dX, int nthreads)
+
+    void fusenn_activation_forward_f32(fusenn_activation act, size_t n, size_t d,
+                                       const float *Z, Py_ssize_t ldz,
+                                       float *A, Py_ssize_t lda, int nthreads)
+    void fusenn_activation_forward_f64(fusenn_activation act, size_t n, size_t d,
+                                       const double *Z, Py_ssize_t ldz,
+                                       double *A, Py_ssize_t lda, int nthreads)
+    void fusenn_activation_backward_f32(fusenn_activation act, size_t n, size_t d,
+                                        const float *A, Py_ssize_t lda,
+                                        const float *dA, Py_ssize_t ldda,
+                                        float *dZ, Py_ssize_t lddz, int nthreads)
+    void fusenn_activation_backward_f64(fusenn_activation act, size_t n, size_t d,
+                                        const double *A, Py_ssize_t lda,
+                                        const double *dA, Py_ssize_t ldda,
+                                        double *dZ, Py_ssize_t lddz, int nthreads)
+
+    double fusenn_softmax_cross_entropy_f32(size_t n, size_t k, const float *Z, Py_ssize_t ldz,
+                                            const int64_t *labels, float *P, Py_ssize_t ldp,
+                                            float *dZ, Py_ssize_t lddz, int nthreads)
+    double fusenn_softmax_cross_entropy_f64(size_t n, size_t k, const double *Z, Py_ssize_t ldz,
+                                            const int64_t *labels, double *P, Py_ssize_t ldp,
+                                            double *dZ, Py_ssize_t lddz, int nthreads)
+    double fusenn_sigmoid_binary_cross_entropy_f32(size_t n, size_t k, const float *Z, Py_ssize_t ldz,
+                                                   const float *T, Py_ssize_t ldt,
+                                                   float *P, Py_ssize_t ldp,
+                                                   float *dZ, Py_ssize_t lddz, int nthreads)
+    double fusenn_sigmoid_binary_cross_entropy_f64(size_t n, size_t k, const double *Z, Py_ssize_t ldz,
+                                                   const double *T, Py_ssize_t ldt,
+                                                   double *P, Py_ssize_t ldp,
+                                                   double *dZ, Py_ssize_t lddz, int nthreads)
+    double fusenn_mse_f32(size_t n, size_t k, const float *A, Py_ssize_t lda,
+                          const float *T, Py_ssize_t ldt, float *dA, Py_ssize_t ldda, int nthreads)
+    double fusenn_mse_f64(size_t n, size_t k, const double *A, Py_ssize_t lda,
+                          const double *T, Py_ssize_t ldt, double *dA, Py_ssize_t ldda, int nthreads)
+
+    void fusenn_sgd_update_f32(size_t len, float *w, const float *g, float *v,
+                               double lr, double momentum, int nesterov, int nthreads)
+    void fusenn_sgd_update_f64(size_t len, double *w, const double *g, double *v,
+                               double lr, double momentum, int nesterov, int nthreads)
+    void fusenn_adam_update_f32(size_t len, float *w, const float *g, float *m, float *v,
+                                double lr, double beta1, double beta2, double eps,
+                                int64_t t, int nthreads)
+    void fusenn_adam_update_f64(size_t len, double *w, const double *g, double *m, double *v,
+                                double lr, double beta1, double beta2, double eps,
+                                int64_t t, int nthreads)
+
+ctypedef fused real:
+    float
+    double
+
+
+def has_openmp():
+    return bool(fusenn_has_openmp())
+
+
+def num_procs():
+    return fusenn_num_procs()
+
+
+def gemm_isa():
+    return fusenn_gemm_isa().decode()
+
+
+# ---- pointers and strides in elements -----------------------------------------
+# A zero-sized view has no element 0 to take the address of: pass NULL, the C
+# kernels never dereference it when a size is 0.
+
+cdef inline const real *cptr2(const real[:, :] a) noexcept nogil:
+    return &a[0, 0] if a.shape[0] > 0 and a.shape[1] > 0 else NULL
+
+cdef inline real *ptr2(real[:, :] a) noexcept nogil:
+    return &a[0, 0] if a.shape[0] > 0 and a.shape[1] > 0 else NULL
+
+cdef inline const real *cptr1(const real[:] a) noexcept nogil:
+    return &a[0] if a.shape[0] > 0 else NULL
+
+cdef inline real *ptr1(real[:] a) noexcept nogil:
+    return &a[0] if a.shape[0] > 0 else NULL
+
+cdef inline real *ptr2c(real[:, ::1] a) noexcept nogil:
+    return &a[0, 0] if a.shape[0] > 0 and a.shape[1] > 0 else NULL
+
+cdef inline real *ptr1c(real[::1] a) noexcept nogil:
+    return &a[0] if a.shape[0] > 0 else NULL
+
+cdef inline const real *cptr1c(const real[::1] a) noexcept nogil:
+    return &a[0] if a.shape[0] > 0 else NULL
+
+cdef inline Py_ssize_t rs(const real[:, :] a) noexcept nogil:
+    return a.strides[0] // <Py_ssize_t>sizeof(real)
+
+cdef inline Py_ssize_t cs(const real[:, :] a) noexcept nogil:
+    return a.strides[1] // <Py_ssize_t>sizeof(real)
+
+
+cdef inline int check(int rc) except -1:
+    if rc != FUSENN_OK:
+        raise MemoryError("fusenn: could not allocate GEMM packing buffers")
+    return 0
+
+
+# ---- GEMM ------------------------------------------------------------------------
+
+def gemm(double alpha, const real[:, :] a, const real[:, :] b, double beta, real[:, :] c,
+         int nthreads):
+    """c = alpha a b + beta c for any strides (pass a.T for a transposed operand)."""
+    cdef size_t m = c.shape[0], n = c.shape[1], k = a.shape[1]
+    cdef int rc
+    with nogil:
+        if real is float:
+            rc = fusenn_gemm_f32(m, n, k, <float>alpha, cptr2(a), rs(a), cs(a),
+                                 cptr2(b), rs(b), cs(b), <float>beta,
+                                 ptr2(c), rs(c), cs(c), nthreads)
+        else:
+            rc = fusenn_gemm_f64(m, n, k, alpha, cptr2(a), rs(a), cs(a),
+                                 cptr2(b), rs(b), cs(b), beta,
+                                 ptr2(c), rs(c), cs(c), nthreads)
+    check(rc)
+
+
+# ---- dense layer -------------------------------------------------------------------
+
+def dense_forward(const real[:, :] x, const real[:, :] w, const real[:] b, int act,
+                  real[:, :] y, int nthreads):
+    """y = act(x w + b); y has contiguous rows."""
+    cdef size_t n = x.shape[0], d_in = x.shape[1], d_out = w.shape[1]
+    cdef int rc
+    with nogil:
+        if real is float:
+            rc = fusenn_dense_forward_f32(n, d_in, d_out, cptr2(x), rs(x), cs(x),
+                                          cptr2(w), rs(w), cs(w), cptr1(b),
+                                          <fusenn_activation>act, ptr2(y), rs(y), nthreads)
+        else:
+            rc = fusenn_dense_forward_f64(n, d_in, d_out, cptr2(x), rs(x), cs(x),
+                                          cptr2(w), rs(w), cs(w), cptr1(b),
+                                          <fusenn_activation>act, ptr2(y), rs(y), nthreads)
+    check(rc)
+
+
+def dense_backward(const real[:, :] x, const real[:, :] w, const real[:, :] y,
+                   const real[:, :] dy, int act, real[:, ::1] dz, real[:, ::1] dw,
+                   real[::1] db, real[:, ::1] dx, int nthreads):
+    """dz, dw, db and (unless dx is None) dx of y = act(x w + b); outputs C-contiguous."""
+    cdef size_t n = x.shape[0], d_in = x.shape[1], d_out = w.shape[1]
+    cdef real *dx_ptr = NULL
+    cdef int rc
+    if dx is not None:
+        dx_ptr = ptr2c(dx)
+    with nogil:
+        if real is float:
+            rc = fusenn_dense_backward_f32(n, d_in, d_out, cptr2(x), rs(x), cs(x),
+                                           cptr2(w), rs(w), cs(w), cptr2(y), rs(y),
+                                           cptr2(dy), rs(dy), <fusenn_activation>act,
+                                           ptr2c(dz), ptr2c(dw), ptr1c(db), dx_ptr, nthreads)
+        else:
+            rc = fusenn_dense_backward_f64(n, d_in, d_out, cptr2(x), rs(x), cs(x),
+                                           cptr2(w), rs(w), cs(w), cptr2(y), rs(y),
+                                           cptr2(dy), rs(dy), <fusenn_activation>act,
+                                           ptr2c(dz), ptr2c(dw), ptr1c(db), dx_ptr, nthreads)
+    check(rc)
+
+
+# ---- activations --------------------------------------------------------------------
+
+def activation_forward(int act, const real[:, :] z, real[:, :] a, int nthreads):
+    cdef size_t n = z.shape[0], d = z.shape[1]
+    with nogil:
+        if real is float:
+            fusenn_activation_forward_f32(<fusenn_activation>act, n, d, cptr2(z), rs(z),
+                                          ptr2(a), rs(a), nthreads)
+        else:
+            fusenn_activation_forward_f64(<fusenn_activation>act, n, d, cptr2(z), rs(z),
+                                          ptr2(a), rs(a), nthreads)
+
+
+def activation_backward(int act, const real[:, :] a, const real[:, :] da, real[:, :] dz,
+                        int nthreads):
+    cdef size_t n = a.shape[0], d = a.shape[1]
+    with nogil:
+        if real is float:
+            fusenn_activation_backward_f32(<fusenn_activation>act, n, d, cptr2(a), rs(a),
+                                           cptr2(da), rs(da), ptr2(dz), rs(dz), nthreads)
+        else:
+            fusenn_activation_backward_f64(<fusenn_activation>act, n, d, cptr2(a), rs(a),
+                                           cptr2(da), rs(da), ptr2(dz), rs(dz), nthreads)
+
+
+# ---- losses ------------------------------------------------------------------------
+
+def softmax_cross_entropy(const real[:, :] z, const int64_t[::1] labels, real[:, :] p,
+                          real[:, :] dz, int nthreads):
+    """Returns the mean loss; fills p = softmax(z) and dz = (p - onehot) / n."""
+    cdef size_t n = z.shape[0], k = z.shape[1]
+    cdef const int64_t *lab = &labels[0] if n > 0 else NULL
+    cdef double loss
+    with nogil:
+        if real is float:
+            loss = fusenn_softmax_cross_entropy_f32(n, k, cptr2(z), rs(z), lab,
+                                                    ptr2(p), rs(p), ptr2(dz), rs(dz), nthreads)
+        else:
+            loss = fusenn_softmax_cross_entropy_f64(n, k, cptr2(z), rs(z), lab,
+                                                    ptr2(p), rs(p), ptr2(dz), rs(dz), nthreads)
+    return loss
+
+
+def sigmoid_binary_cross_entropy(const real[:, :] z, const real[:, :] t, real[:, :] p,
+                                 real[:, :] dz, int nthreads):
+    """Returns the mean loss; fills p = sigmoid(z) and dz = (p - t) / (n k)."""
+    cdef size_t n = z.shape[0], k = z.shape[1]
+    cdef double loss
+    with nogil:
+        if real is float:
+            loss = fusenn_sigmoid_binary_cross_entropy_f32(n, k, cptr2(z), rs(z), cptr2(t), rs(t),
+                                                           ptr2(p), rs(p), ptr2(dz), rs(dz),
+                                                           nthreads)
+        else:
+            loss = fusenn_sigmoid_binary_cross_entropy_f64(n, k, cptr2(z), rs(z), cptr2(t), rs(t),
+                                                           ptr2(p), rs(p), ptr2(dz), rs(dz),
+                                                           nthreads)
+    return loss
+
+
+def mse(const real[:, :] a, const real[:, :] t, real[:, :] da, int nthreads):
+    """Returns the mean squared error; fills da = 2 (a - t) / (n k)."""
+    cdef size_t n = a.shape[0], k = a.shape[1]
+    cdef double loss
+    with nogil:
+        if real is float:
+            loss = fusenn_mse_f32(n, k, cptr2(a), rs(a), cptr2(t), rs(t), ptr2(da), rs(da),
+                                  nthreads)
+        else:
+            loss = fusenn_mse_f64(n, k, cptr2(a), rs(a), cptr2(t), rs(t), ptr2(da), rs(da),
+                                  nthreads)
+    return loss
+
+
+# ---- optimizers (flat, contiguous parameter arrays) ------------------------------------
+
+def sgd_update(real[::1] w, const real[::1] g, real[::1] v, double lr, double momentum,
+               bint nesterov, int nthreads):
+    cdef real *v_ptr = ptr1c(v) if v is not None else NULL
+    with nogil:
+        if real is float:
+            fusenn_sgd_update_f32(w.shape[0], ptr1c(w), cptr1c(g), v_ptr, lr, momentum,
+                                  nesterov, nthreads)
+        else:
+            fusenn_sgd_update_f64(w.shape[0], ptr1c(w), cptr1c(g), v_ptr, lr, momentum,
+                                  nesterov, nthreads)
+
+
+def adam_update(real[::1] w, const real[::1] g, real[::1] m, real[::1] v, int64_t t,
+                double lr, double beta1, double beta2, double eps, int nthreads):
+    with nogil:
+        if real is float:
+            fusenn_adam_update_f32(w.shape[0], ptr1c(w), cptr1c(g), ptr1c(m), ptr1c(v),
+                                   lr, beta1, beta2, eps, t, nthreads)
+        else:
+            fusenn_adam_update_f64(w.shape[0], ptr1c(w), cptr1c(g), ptr1c(m), ptr1c(v),
+                                   lr, beta1, beta2, eps, t, nthreads)

@@ -1,0 +1,120 @@
+"""Small bundled datasets and a train/test splitter.
+
+``load_digits`` reads the UCI "Optical Recognition of Handwritten Digits"
+8x8 digits (1,797 samples, CC BY 4.0) shipped in ``data/digits.csv.gz``; see
+``data/README.md`` for the source and citation.
+"""
+
+import gzip
+import numbers
+from importlib.resources import files
+
+import numpy as np
+
+__all__ = ["load_digits", "train_test_split"]
+
+_digits = None  # parsed (1797, 65) int64 array, loaded on first use
+
+
+def _digits_array():
+    global _digits
+    if _digits is None:
+        with (files(__name__) / "data" / "digits.csv.gz").open("rb") as f:
+            with gzip.open(f, "rt") as text:
+                _digits = np.loadtxt(text, delimiter=",", dtype=np.int64)
+    return _digits
+
+
+def _float_dtype(dtype):
+    try:
+        dt = None if dtype is None else np.dtype(dtype)  # np.dtype(None) is float64
+    except TypeError:
+        dt = None
+    if dt is None or dt.type not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return dt
+
+
+def load_digits(dtype="float32", return_images=False):
+    """1,797 8x8 handwritten digits. Returns (X, y): X (1797, 64) of dtype `dtype`
+    scaled to [0, 1] (pixel/16), y (1797,) int64 in 0..9. With return_images=True
+    returns (images (1797, 8, 8), y), the same scaled pixels as 8x8 images."""
+    dt = _float_dtype(dtype)
+    data = _digits_array()
+    X = data[:, :64].astype(dt)
+    X /= 16
+    y = data[:, 64].copy()
+    if return_images:
+        return X.reshape(-1, 8, 8), y
+    return X, y
+
+
+def _test_count(test_size, n):
+    if isinstance(test_size, numbers.Integral) and not isinstance(test_size, bool):
+        if not 1 <= test_size < n:
+            raise ValueError(f"test_size as a count must be in [1, {n - 1}], got {test_size}")
+        return int(test_size)
+    if isinstance(test_size, numbers.Real) and not isinstance(test_size, bool):
+        if not 0 < test_size < 1:
+            raise ValueError(f"test_size as a fraction must be in (0, 1), got {test_size}")
+        n_test = int(np.ceil(test_size * n))
+        if not 1 <= n_test < n:
+            raise ValueError(
+                f"test_size={test_size} with {n} samples leaves an empty train or test set"
+            )
+        return n_test
+    raise ValueError(f"test_size must be a float in (0, 1) or an int, got {test_size!r}")
+
+
+def _stratified_test_indices(labels, n_test, rng):
+    _, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    n = inv.size
+    # Each class gets floor(n_test * count / n) test rows; the remaining rows go
+    # to the classes with the largest remainders (ties broken at random).
+    alloc, rem = np.divmod(counts * n_test, n)
+    order = rng.permutation(counts.size)
+    order = order[np.argsort(-rem[order], kind="stable")]
+    alloc[order[: n_test - alloc.sum()]] += 1
+    # Shuffled row indices grouped by class; take the first alloc[c] of class c.
+    perm = rng.permutation(n)
+    by_class = perm[np.argsort(inv[perm], kind="stable")]
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    return np.concatenate([by_class[s : s + a] for s, a in zip(starts, alloc)])
+
+
+def train_test_split(*arrays, test_size=0.25, seed=0, shuffle=True, stratify=None):
+    """Like scikit-learn's: returns [a_train, a_test, b_train, b_test, ...]; test_size
+    a fraction in (0, 1) or an int count; stratify: labels array for a class-balanced
+    split. Seeded with numpy.random.default_rng(seed). Validates: all arrays same
+    length (ValueError naming the lengths), test_size range."""
+    if not arrays:
+        raise ValueError("train_test_split needs at least one array")
+    arrays = [np.asarray(a) for a in arrays]
+    lengths = [len(a) for a in arrays]
+    if len(set(lengths)) != 1:
+        raise ValueError(f"all arrays must have the same length, got lengths {lengths}")
+    n = lengths[0]
+    n_test = _test_count(test_size, n)
+
+    if stratify is not None:
+        if not shuffle:
+            raise ValueError("stratify requires shuffle=True")
+        stratify = np.asarray(stratify)
+        if len(stratify) != n:
+            raise ValueError(f"stratify has length {len(stratify)}, arrays have length {n}")
+        rng = np.random.default_rng(seed)
+        is_test = np.zeros(n, dtype=bool)
+        is_test[_stratified_test_indices(stratify, n_test, rng)] = True
+        # Shuffle each side so rows are not grouped by class.
+        train = rng.permutation(np.flatnonzero(~is_test))
+        test = rng.permutation(np.flatnonzero(is_test))
+    elif shuffle:
+        perm = np.random.default_rng(seed).permutation(n)
+        train, test = perm[n_test:], perm[:n_test]
+    else:
+        train, test = np.arange(n - n_test), np.arange(n - n_test, n)
+
+    out = []
+    for a in arrays:
+        out += [a[train], a[test]]
+    return out
