@@ -1,1 +1,30 @@
+"""fusenn: small neural networks in a few lines of Python, trained by C/OpenMP kernels.
 
+    import fusenn
+    X, y = fusenn.datasets.load_digits()
+    model = fusenn.Sequential([fusenn.Dense(64, activation="relu"),
+                               fusenn.Dense(10, activation="softmax")], input_dim=64, seed=0)
+    model.compile(loss="cross_entropy", optimizer=fusenn.SGD(lr=0.1, momentum=0.9))
+    model.fit(X, y, epochs=20, batch_size=32)
+
+Layout: the model API (model.py, layers.py, losses.py, optimizers.py) runs on a
+backend, either `fusenn.ops` (the C kernels in csrc/, bound by _kernels.pyx) or
+`fusenn.reference` (the same math in NumPy), chosen by backend="c" / "numpy".
+"""
+
+from . import datasets, ops, reference
+from ._kernels import gemm_isa, has_openmp
+from ._threads import get_num_threads, set_num_threads, threads
+from .layers import Dense
+from .losses import LOSSES
+from .model import History, Sequential, load
+from .ops import matmul
+from .optimizers import SGD, Adam
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Sequential", "Dense", "SGD", "Adam", "History", "load", "matmul", "LOSSES",
+    "set_num_threads", "get_num_threads", "threads", "has_openmp", "gemm_isa",
+    "datasets", "ops", "reference", "__version__",
+]

@@ -1,0 +1,113 @@
+"""Optimizers: SGD (with momentum and Nesterov) and Adam.
+
+An optimizer holds its hyperparameters and, once it has stepped, one state
+array per parameter; `step` updates the parameters in place through the
+model's backend (the C kernels or the NumPy reference).
+"""
+
+import math
+
+import numpy as np
+
+__all__ = ["Optimizer", "SGD", "Adam", "get_optimizer"]
+
+
+def _check_range(name, value, low, high, low_open=False, high_open=True):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if not math.isfinite(value) or too_low or too_high:
+        lo = "(" if low_open else "["
+        hi = ")" if high_open else "]"
+        raise ValueError(f"{name} must lie in {lo}{low}, {high}{hi}, got {value}")
+    return value
+
+
+class Optimizer:
+    """Base class: subclasses define `_state_names` and `_update`."""
+
+    _state_names = ()
+
+    def __init__(self):
+        self.state = None  # {name: [array per parameter]} once stepping starts
+        self.iterations = 0
+
+    def reset(self):
+        self.state = None
+        self.iterations = 0
+
+    def step(self, backend, params, grads):
+        """Update each parameter in place from its gradient."""
+        if self.state is None:
+            self.state = {name: [np.zeros_like(p) for p in params] for name in self._state_names}
+        self.iterations += 1
+        for i, (p, g) in enumerate(zip(params, grads)):
+            self._update(backend, p, g, [self.state[name][i] for name in self._state_names])
+
+    def config(self):
+        return {"name": type(self).__name__, **self._hyperparameters()}
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, as PyTorch defines momentum:
+    v = momentum * v + grad;  w -= lr * v  (Nesterov: w -= lr * (grad + momentum * v))."""
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False):
+        super().__init__()
+        self.lr = _check_range("lr", lr, 0.0, math.inf, low_open=True)
+        self.momentum = _check_range("momentum", momentum, 0.0, 1.0)
+        if nesterov and self.momentum == 0:
+            raise ValueError("nesterov=True needs a momentum > 0")
+        self.nesterov = bool(nesterov)
+        self._state_names = ("velocity",) if self.momentum else ()
+
+    def _hyperparameters(self):
+        return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov}
+
+    def _update(self, backend, p, g, state):
+        v = state[0] if state else None
+        backend.sgd_update(p, g, v, self.lr, self.momentum, self.nesterov)
+
+    def __repr__(self):
+        return f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov})"
+
+
+class Adam(Optimizer):
+    """Adam (Kingma and Ba) with bias correction; eps is added after the square root."""
+
+    _state_names = ("m", "v")
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+        super().__init__()
+        self.lr = _check_range("lr", lr, 0.0, math.inf, low_open=True)
+        self.beta1 = _check_range("beta1", beta1, 0.0, 1.0)
+        self.beta2 = _check_range("beta2", beta2, 0.0, 1.0)
+        self.eps = _check_range("eps", eps, 0.0, math.inf, low_open=True)
+
+    def _hyperparameters(self):
+        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+
+    def _update(self, backend, p, g, state):
+        m, v = state
+        backend.adam_update(p, g, m, v, self.iterations, self.lr, self.beta1, self.beta2, self.eps)
+
+    def __repr__(self):
+        return f"Adam(lr={self.lr}, beta1={self.beta1}, beta2={self.beta2}, eps={self.eps})"
+
+
+_OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+
+
+def get_optimizer(optimizer):
+    """An Optimizer from an instance, a name ('sgd', 'adam') or a saved config dict."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    if isinstance(optimizer, str) and optimizer.lower() in _OPTIMIZERS:
+        return _OPTIMIZERS[optimizer.lower()]()
+    if isinstance(optimizer, dict) and str(optimizer.get("name", "")).lower() in _OPTIMIZERS:
+        params = {k: v for k, v in optimizer.items() if k != "name"}
+        return _OPTIMIZERS[optimizer["name"].lower()](**params)
+    raise ValueError(f"unknown optimizer {optimizer!r}; expected 'sgd', 'adam' or an "
+                     f"instance of fusenn.SGD / fusenn.Adam")
