@@ -18,6 +18,7 @@
  */
 #include "internal.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 
 typedef void (*FN(ukernel_fn))(size_t kc, const real *a, const real *b, real *ab);
@@ -190,21 +191,46 @@ static void FN(gemm_scale_only)(size_t m, size_t n, real beta, real *C, ptrdiff_
 
 /* Each calling thread keeps one buffer that only grows; its size is bounded
  * by the block sizes (not by the matrices), so steady-state calls allocate
- * nothing. It holds the shared B block followed by one A block per thread. */
-static _Thread_local struct {
+ * nothing. It holds the shared B block followed by one A block per thread.
+ * A pthread key frees it when the thread exits. */
+typedef struct {
     real *ptr;
     size_t len;
 } FN(pack_cache);
 
+static pthread_key_t FN(pack_key);
+static pthread_once_t FN(pack_key_once) = PTHREAD_ONCE_INIT;
+
+static void FN(pack_cache_free)(void *p)
+{
+    FN(pack_cache) *cache = p;
+    free(cache->ptr);
+    free(cache);
+}
+
+static void FN(pack_key_create)(void)
+{
+    pthread_key_create(&FN(pack_key), FN(pack_cache_free));
+}
+
 static real *FN(pack_buffer)(size_t len)
 {
-    if (FN(pack_cache).len < len) {
-        free(FN(pack_cache).ptr);
-        size_t bytes = (len * sizeof(real) + 63) / 64 * 64;
-        FN(pack_cache).ptr = aligned_alloc(64, bytes);
-        FN(pack_cache).len = FN(pack_cache).ptr ? len : 0;
+    pthread_once(&FN(pack_key_once), FN(pack_key_create));
+    FN(pack_cache) *cache = pthread_getspecific(FN(pack_key));
+    if (cache == NULL) {
+        cache = calloc(1, sizeof *cache);
+        if (cache == NULL || pthread_setspecific(FN(pack_key), cache) != 0) {
+            free(cache);
+            return NULL;
+        }
     }
-    return FN(pack_cache).ptr;
+    if (cache->len < len) {
+        free(cache->ptr);
+        size_t bytes = (len * sizeof(real) + 63) / 64 * 64;
+        cache->ptr = aligned_alloc(64, bytes);
+        cache->len = cache->ptr ? len : 0;
+    }
+    return cache->ptr;
 }
 
 /* ---- the blocked product ------------------------------------------------ */

@@ -43,6 +43,8 @@ def _float_array(a, name, ndim, dtype=None):
         raise TypeError(f"{name} must have dtype {dtype} like the other operands, got {a.dtype}")
     if a.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
+    if not a.flags.aligned:  # strides must be whole elements for the C kernels
+        a = a.copy()
     return a
 
 
