@@ -31,7 +31,7 @@ OUTPUT_ACTIVATIONS = {
 }
 EPS = 1e-6
 KINK_MARGIN = 1e-3  # >> EPS * |x| (|x| < 5), so no perturbation crosses a kink
-RTOL, ATOL = 1e-6, 1e-9  # ATOL covers the ~1e-10 rounding noise of the difference quotient
+RTOL, ATOL = 1e-6, 2e-9  # ATOL: the difference quotient carries ~1e-10 of rounding noise
 
 
 class GradientRecorder(Optimizer):
@@ -120,8 +120,8 @@ def check_gradients(sizes, activations, loss, backend, n, seed):
         assert a.shape == weights[i].shape
         name = f"{'Wb'[i % 2]}{i // 2 + 1}"
         np.testing.assert_allclose(a, g, rtol=RTOL, atol=ATOL, err_msg=f"gradient of {name}")
-    # the check means something only if the gradient is not (almost) all zero
-    assert max(np.abs(g).max() for g in numeric) > 1e-3
+        # the comparison means something only if the gradient is not (almost) all zero
+        assert np.abs(g).max() > 1e-5, f"the gradient of {name} vanishes: a useless check"
 
 
 ACTIVATION_LOSS_CASES = [

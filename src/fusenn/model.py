@@ -272,16 +272,31 @@ class Sequential:
     # ---- public training API -------------------------------------------------
 
     def train_on_batch(self, X, y):
-        """One forward pass, backward pass and optimizer update; returns the batch loss."""
+        """One forward pass, backward pass and optimizer update; returns the batch loss.
+
+        If the loss or the updated weights are not finite, the weights are put
+        back as they were, the optimizer state is reset and ValueError is raised.
+        """
         X, y = self._check_data(X, y)
+        saved = self.get_weights()
         loss, _ = self._train_step(X, y)
-        self._check_finite(loss, "train_on_batch")
+        if self._diverged(loss):
+            self._restore(saved)
+            raise self._divergence_error("train_on_batch", loss)
         return loss
 
-    def _check_finite(self, loss, where):
-        if not math.isfinite(loss):
-            raise ValueError(f"training diverged ({where}: the loss is {loss}); "
-                             f"try a lower learning rate")
+    def _diverged(self, loss):
+        return not math.isfinite(loss) or not all(np.isfinite(p).all() for p in self.params)
+
+    def _restore(self, saved):
+        for p, w in zip(self.params, saved):
+            np.copyto(p, w)
+        self.optimizer.reset()  # its state was updated from the diverging gradients
+
+    @staticmethod
+    def _divergence_error(where, loss):
+        return ValueError(f"training diverged in {where} (loss {loss:.4g}, or the weights "
+                          f"overflowed); the weights were restored; try a lower learning rate")
 
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1):
         """Train for `epochs` passes over (X, y) in mini-batches; returns a History.
@@ -289,8 +304,9 @@ class Sequential:
         Per-epoch loss and accuracy are averages over the epoch's batches
         (measured before each batch's update, as Keras reports them); with
         validation_data=(Xv, yv) the val_ metrics are computed after the epoch.
-        If the loss becomes NaN or infinite, the weights are restored to their
-        values at the start of that epoch and ValueError is raised.
+        If the loss or the weights become NaN or infinite, the weights are
+        restored to their values at the start of that epoch, the optimizer
+        state is reset, and ValueError is raised naming the epoch.
         """
         X, y = self._check_data(X, y)
         epochs = _positive_int(epochs, "epochs", allow_zero=True)
@@ -311,13 +327,15 @@ class Sequential:
                 Xb, yb = X[idx], y[idx]
                 loss, p = self._train_step(Xb, yb)
                 if not math.isfinite(loss):
-                    self.set_weights(saved)
-                    self.optimizer.reset()
-                    self._check_finite(loss, f"epoch {epoch + 1}")
+                    self._restore(saved)
+                    raise self._divergence_error(f"epoch {epoch + 1}", loss)
                 acc = self.loss.accuracy(p, yb)
                 loss_sum += loss * len(idx)
                 correct_sum += (acc or 0.0) * len(idx)
                 seen += len(idx)
+            if self._diverged(loss):  # a finite loss can still overflow the weights
+                self._restore(saved)
+                raise self._divergence_error(f"epoch {epoch + 1}", loss)
             logs = {"loss": loss_sum / seen}
             if self.loss.accuracy(p, yb) is not None:
                 logs["accuracy"] = correct_sum / seen
@@ -462,12 +480,14 @@ def load(path):
             raise bad(f"param_{i} contains NaN or infinity")
         p[...] = saved
     opt = model.optimizer
-    if opt is not None and any(key.startswith("opt_") for key in arrays):
-        opt.state = {}
-        for name in opt._state_names:
-            states = [arrays.get(f"opt_{name}_{i}") for i in range(len(params))]
-            if any(s is None or s.shape != p.shape or s.dtype != p.dtype for s, p in zip(states, params)):
-                raise bad(f"optimizer state {name!r} is missing or mismatched")
-            opt.state[name] = [s.copy() for s in states]
+    if opt is not None:
         opt.iterations = int(config.get("optimizer_iterations", 0))
+        if any(key.startswith("opt_") for key in arrays):
+            opt.state = {}
+            for name in opt._state_names:
+                states = [arrays.get(f"opt_{name}_{i}") for i in range(len(params))]
+                if any(s is None or s.shape != p.shape or s.dtype != p.dtype
+                       for s, p in zip(states, params)):
+                    raise bad(f"optimizer state {name!r} is missing or mismatched")
+                opt.state[name] = [s.copy() for s in states]
     return model

@@ -1,0 +1,729 @@
+"""fusenn.ops (the C kernels) against fusenn.reference (the NumPy oracle).
+
+Every public function of fusenn.ops is called on the same inputs as its twin in
+fusenn.reference and the results are compared with tolerances that scale with
+the dtype's epsilon and the length of the reductions involved. On top of that:
+memory layouts (strided, reversed, transposed, Fortran, read-only views),
+thread-count determinism, every GEMM micro-kernel ISA the CPU has (in
+subprocesses, since the ISA is chosen once per process), extreme values and
+argument validation.
+"""
+
+import os
+import platform
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fusenn
+from fusenn import ops
+from fusenn import reference as ref
+
+# ---- parameters -------------------------------------------------------------------
+
+DTYPES = [pytest.param(np.float32, id="f32"), pytest.param(np.float64, id="f64")]
+ACTIVATIONS = list(ref.ACTIVATIONS)
+SIZES = (1, 2, 7, 17, 33, 65, 127)
+TRANSPOSES = [
+    pytest.param(ta, tb, id=f"{'T' if ta else 'N'}{'T' if tb else 'N'}")
+    for ta in (False, True) for tb in (False, True)
+]
+LAYOUTS = ("contiguous", "rows", "cols", "reversed", "transposed", "strided_T", "fortran",
+           "readonly")
+LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse")
+THREAD_COUNTS = (1, 2, 3)
+
+
+def _gemm_sweep():
+    """(m, n, k): each size as m, n and k in turn with the other two varied, plus
+    non-square triples; not the full cartesian product."""
+    shapes = []
+    for i, s in enumerate(SIZES):
+        o1, o2 = SIZES[(i + 2) % len(SIZES)], SIZES[(i + 5) % len(SIZES)]
+        shapes += [(s, o1, o2), (o1, s, o2), (o1, o2, s)]
+    shapes += [(7, 33, 2), (127, 1, 65), (2, 127, 17), (65, 7, 1), (33, 17, 256), (17, 9, 257)]
+    return list(dict.fromkeys(shapes))
+
+
+def _mnk_id(shape):
+    return "m{}-n{}-k{}".format(*shape)
+
+
+GEMM_SHAPES = [pytest.param(s, id=_mnk_id(s)) for s in _gemm_sweep()]
+# Several MC blocks (m=300), several KC blocks (k=513 > 256), several NC blocks (n=4500).
+LARGE_GEMM_SHAPES = [pytest.param(s, id=_mnk_id(s))
+                     for s in [(300, 257, 129), (40, 50, 513), (5, 4500, 9)]]
+# (n, d_in, d_out) for the dense layer; d_in plays GEMM's k in forward.
+DENSE_SHAPES = [pytest.param(s, id="n{}-in{}-out{}".format(*s)) for s in [
+    (1, 1, 1), (2, 7, 17), (17, 33, 2), (33, 65, 7), (65, 2, 127), (127, 17, 33),
+    (7, 513, 65), (3, 9, 4500),
+]]
+# (n, d) for activations and losses.
+ROW_SHAPES = [pytest.param(s, id="{}x{}".format(*s)) for s in [
+    (1, 1), (2, 7), (7, 2), (17, 33), (33, 127), (127, 65), (300, 10),
+]]
+FLAT_SHAPES = [pytest.param(s, id="x".join(map(str, s))) for s in [(1,), (7,), (33, 17), (200, 200)]]
+
+
+# ---- helpers ------------------------------------------------------------------------
+
+# Allowed error in units of the dtype's epsilon times sqrt(reduction length),
+# relative to the largest magnitude of the reference result. Observed errors are
+# below 1.5 such units; any real bug (a wrong term, a lost block, a wrong
+# stride) is orders of magnitude above.
+TOL_ULPS = 16
+
+
+def tolerance(dtype, k=1):
+    return TOL_ULPS * np.finfo(dtype).eps * np.sqrt(max(k, 1))
+
+
+def assert_close(got, want, dtype, k=1):
+    """Compare a C result with the reference: same type, shape and dtype, and
+    values within tolerance(dtype, k) (relative, and absolute to the largest
+    reference magnitude). Recurses into tuples; None must match None."""
+    if isinstance(want, tuple):
+        assert isinstance(got, tuple) and len(got) == len(want)
+        for g, w in zip(got, want):
+            assert_close(g, w, dtype, k)
+        return
+    if want is None:
+        assert got is None
+        return
+    if isinstance(want, float):
+        assert type(got) is float, f"expected a Python float, got {type(got).__name__}"
+    else:
+        assert isinstance(got, np.ndarray)
+        assert got.shape == want.shape, (got.shape, want.shape)
+        assert got.dtype == want.dtype, (got.dtype, want.dtype)
+    want = np.asarray(want)
+    tol = tolerance(dtype, k)
+    scale = float(np.max(np.abs(want), initial=0.0)) or 1.0
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale)
+
+
+def as_layout(values, layout):
+    """`values` (C-contiguous) as an array with the same elements in another
+    memory layout. Strided views live inside a NaN-filled parent, so a kernel
+    that ignores strides reads NaN (a clear failure), never out of bounds."""
+    shape, nd = values.shape, values.ndim
+    fill = np.nan if values.dtype.kind == "f" else np.iinfo(values.dtype).max
+    if layout == "contiguous":
+        return values
+    if layout == "rows":  # a[::2]
+        parent = np.full((2 * shape[0],) + shape[1:], fill, values.dtype)
+        view = parent[::2]
+    elif layout == "cols":  # a[:, ::3] (a[::3] for 1-D)
+        parent = np.full(shape[:-1] + (3 * shape[-1],), fill, values.dtype)
+        view = parent[..., ::3]
+    elif layout == "reversed":  # a[::-1, ::-1]
+        parent = np.full(tuple(2 * s for s in shape), fill, values.dtype)
+        view = parent[tuple(slice(None, s) for s in shape)][(slice(None, None, -1),) * nd]
+    elif layout == "transposed":  # a.T of a C-contiguous array
+        return np.ascontiguousarray(values.T).T
+    elif layout == "strided_T":  # neither stride is 1
+        return as_layout(np.ascontiguousarray(values.T), "cols").T
+    elif layout == "fortran":
+        return np.asfortranarray(values)
+    elif layout == "readonly":
+        view = values.copy()
+        view.setflags(write=False)
+        return view
+    else:
+        raise ValueError(layout)
+    view[...] = values
+    return view
+
+
+def rand(rng, shape, dtype, layout="contiguous", scale=1.0):
+    """Standard normal values (times scale) of `dtype` in `layout`."""
+    return as_layout((scale * rng.standard_normal(shape)).astype(dtype), layout)
+
+
+def run_both(name, make_args, dtype, k=1):
+    """Call ops.<name> and reference.<name> on fresh copies of the same
+    arguments, check the C side left its inputs alone, and compare results."""
+    args = make_args()
+    before = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    got = getattr(ops, name)(*args)
+    for a, b in zip(args, before):
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b, err_msg=f"ops.{name} modified an input")
+    want = getattr(ref, name)(*make_args())
+    assert_close(got, want, dtype, k)
+    return got
+
+
+def matmul_operands(rng, m, n, k, dtype, trans_a, trans_b, layout="contiguous"):
+    a = rand(rng, (k, m) if trans_a else (m, k), dtype, layout)
+    b = rand(rng, (n, k) if trans_b else (k, n), dtype, layout)
+    return a, b
+
+
+def dense_operands(rng, shape, dtype, activation, layout="contiguous"):
+    """x, w, b, and a consistent y = act(x w + b) plus an upstream gradient dy."""
+    n, d_in, d_out = shape
+    x = rand(rng, (n, d_in), dtype, layout)
+    w = rand(rng, (d_in, d_out), dtype, layout, scale=1 / np.sqrt(max(d_in, 1)))
+    b = rand(rng, (d_out,), dtype, layout)
+    y = as_layout(ref.dense_forward(np.array(x), np.array(w), np.array(b), activation), layout)
+    dy = rand(rng, (n, d_out), dtype, layout)
+    return x, w, b, y, dy
+
+
+def loss_operands(rng, name, shape, dtype, layout="contiguous", logit_scale=2.0):
+    """(z or a, labels or t) for the loss `name`."""
+    n, k = shape
+    z = rand(rng, shape, dtype, layout, scale=logit_scale)
+    if name == "softmax_cross_entropy":
+        return z, rng.integers(0, k, size=n)
+    return z, as_layout(rng.random(shape).astype(dtype), layout)
+
+
+def loss_k(name, shape):
+    """Reduction length behind a loss's outputs (softmax sums each row)."""
+    return shape[1] if name == "softmax_cross_entropy" else 1
+
+
+# ---- coverage of the API -------------------------------------------------------------
+
+TESTED_OPS = {"matmul", "activation_forward", "activation_backward", "dense_forward",
+              "dense_backward", "softmax_cross_entropy", "sigmoid_binary_cross_entropy",
+              "mse", "sgd_update", "adam_update"}
+
+
+def test_every_op_has_a_reference_twin_and_a_test():
+    funcs = {name for name in ops.__all__ if callable(getattr(ops, name))}
+    assert funcs == TESTED_OPS
+    for name in funcs:
+        assert callable(getattr(ref, name)), name
+    assert ops.ACTIVATIONS == ref.ACTIVATIONS
+    assert ops.LEAKY_RELU_SLOPE == ref.LEAKY_RELU_SLOPE == 0.01
+
+
+# ---- GEMM ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
+@pytest.mark.parametrize("shape", GEMM_SHAPES)
+def test_matmul(shape, trans_a, trans_b, dtype):
+    rng = np.random.default_rng(sum(shape))
+    a, b = matmul_operands(rng, *shape, dtype, trans_a, trans_b)
+    run_both("matmul", lambda: (a, b, trans_a, trans_b), dtype, k=shape[2])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
+@pytest.mark.parametrize("shape", LARGE_GEMM_SHAPES)
+def test_matmul_large_two_threads(shape, trans_a, trans_b, dtype):
+    rng = np.random.default_rng(1)
+    a, b = matmul_operands(rng, *shape, dtype, trans_a, trans_b)
+    with fusenn.threads(2):
+        run_both("matmul", lambda: (a, b, trans_a, trans_b), dtype, k=shape[2])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a, trans_b", TRANSPOSES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_matmul_layouts(layout, trans_a, trans_b, dtype):
+    rng = np.random.default_rng(2)
+    a, b = matmul_operands(rng, 33, 17, 65, dtype, trans_a, trans_b, layout)
+    run_both("matmul", lambda: (a, b, trans_a, trans_b), dtype, k=65)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(0, 5, 3), (4, 0, 3), (4, 5, 0), (0, 0, 0)],
+                         ids=_mnk_id)
+def test_matmul_zero_sized(shape, dtype):
+    m, n, k = shape
+    c = ops.matmul(np.ones((m, k), dtype), np.ones((k, n), dtype))
+    assert c.shape == (m, n) and c.dtype == dtype
+    np.testing.assert_array_equal(c, np.zeros((m, n), dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(256, 300, 200), (48, 600, 300)], ids=_mnk_id)
+def test_matmul_bitwise_independent_of_threads(shape, dtype):
+    """(48, ...) has fewer row blocks than threads: the column-split path."""
+    rng = np.random.default_rng(3)
+    a, b = matmul_operands(rng, *shape, dtype, False, False)
+    results = []
+    for nt in THREAD_COUNTS:
+        with fusenn.threads(nt):
+            results.append(ops.matmul(a, b))
+    for nt, c in zip(THREAD_COUNTS[1:], results[1:]):
+        assert np.array_equal(c, results[0]), f"{nt} threads differ from 1 thread"
+    assert_close(results[0], a @ b, dtype, k=shape[2])
+
+
+def _cpu_isas():
+    """GEMM ISA levels this CPU supports, as fusenn names them."""
+    isas = ["generic"]
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return isas
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(line.split(":", 1)[1].split()) for line in f
+                          if line.startswith("flags")), set())
+    except OSError:
+        return isas
+    if {"avx2", "fma"} <= flags:
+        isas.append("avx2")
+        if "avx512f" in flags:
+            isas.append("avx512")
+    return isas
+
+
+# Runs in a fresh interpreter with FUSENN_ISA set (read once per process). It
+# imports this file for its helpers and checks matmul around the tile edges of
+# every kernel (MR/NR up to 8/32), across the KC boundary, and the fused
+# bias + activation store of dense_forward.
+_ISA_CHILD = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import fusenn
+    from fusenn import ops, reference as ref
+    sys.path.insert(0, sys.argv[2])
+    from test_kernels import assert_close, matmul_operands, dense_operands
+
+    assert fusenn.gemm_isa() == sys.argv[1], (fusenn.gemm_isa(), sys.argv[1])
+    rng = np.random.default_rng(4)
+    edge = list(range(1, 18)) + [31, 32, 33, 63, 65]
+    shapes = [(m, n, edge[(i * 3 + j) % len(edge)])
+              for i, m in enumerate(edge) for j, n in enumerate(edge)]
+    shapes += [(m, n, k) for m in (1, 8, 33) for n in (7, 32, 65) for k in (255, 256, 257)]
+    shapes += [(300, 40, 20), (9, 2100, 20)]  # several MC / NC blocks
+    for dtype in (np.float32, np.float64):
+        for idx, (m, n, k) in enumerate(shapes):
+            ta, tb = idx % 2 == 1, idx % 4 >= 2
+            a, b = matmul_operands(rng, m, n, k, dtype, ta, tb)
+            assert_close(ops.matmul(a, b, ta, tb), ref.matmul(a, b, ta, tb), dtype, k)
+        for act in ref.ACTIVATIONS:
+            for shape in [(13, 257, 33), (6, 5, 31)]:
+                x, w, b, _, _ = dense_operands(rng, shape, dtype, act)
+                assert_close(ops.dense_forward(x, w, b, act),
+                             ref.dense_forward(x, w, b, act), dtype, shape[1])
+        a, b = matmul_operands(rng, 200, 150, 260, dtype, False, False)
+        outs = []
+        for nt in (1, 2, 3):
+            with fusenn.threads(nt):
+                outs.append(ops.matmul(a, b))
+        assert all(np.array_equal(o, outs[0]) for o in outs), "thread-dependent result"
+        assert_close(outs[0], a @ b, dtype, 260)
+    print("ok", fusenn.gemm_isa())
+""")
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_gemm_isa_paths(isa):
+    if isa not in _cpu_isas():
+        pytest.skip(f"CPU lacks {isa}")
+    env = dict(os.environ, FUSENN_ISA=isa, SKBUILD_EDITABLE_VERBOSE="0")
+    proc = subprocess.run([sys.executable, "-c", _ISA_CHILD, isa, str(Path(__file__).parent)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.split() == ["ok", isa]
+
+
+# ---- activations -------------------------------------------------------------------------
+
+def _act_k(activation, d):
+    return d if activation == "softmax" else 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ROW_SHAPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activation_forward(activation, shape, dtype):
+    """Also pins the Python name -> C enum mapping: each name must give its own math."""
+    z = rand(np.random.default_rng(5), shape, dtype, scale=3.0)
+    run_both("activation_forward", lambda: (z, activation), dtype, _act_k(activation, shape[1]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ROW_SHAPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activation_backward(activation, shape, dtype):
+    rng = np.random.default_rng(6)
+    a = ref.activation_forward(rand(rng, shape, dtype, scale=3.0), activation)
+    da = rand(rng, shape, dtype)
+    run_both("activation_backward", lambda: (a, da, activation), dtype,
+             _act_k(activation, shape[1]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_activation_layouts(activation, layout, dtype):
+    rng = np.random.default_rng(7)
+    z = rand(rng, (17, 33), dtype, layout, scale=3.0)
+    a = as_layout(ref.activation_forward(np.array(z), activation), layout)
+    da = rand(rng, (17, 33), dtype, layout)
+    k = _act_k(activation, 33)
+    run_both("activation_forward", lambda: (z, activation), dtype, k)
+    run_both("activation_backward", lambda: (a, da, activation), dtype, k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sigmoid_saturates_exactly(dtype):
+    z = np.array([[-np.inf, -1000, 0, 1000, np.inf]], dtype)
+    with np.errstate(all="raise"):
+        a = ops.activation_forward(z, "sigmoid")
+    np.testing.assert_array_equal(a, np.array([[0, 0, 0.5, 1, 1]], dtype))
+    assert_close(a, ref.activation_forward(z, "sigmoid"), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_rows_sum_to_one(dtype):
+    rng = np.random.default_rng(8)
+    z = rand(rng, (40, 65), dtype, scale=5.0)
+    z[::3] = np.where(rng.random((14, 65)) < 0.5, -1000, 1000).astype(dtype)
+    z[1] = 1000  # all equal: uniform row
+    a = ops.activation_forward(z, "softmax")
+    assert np.all(np.isfinite(a)) and np.all(a >= 0)
+    np.testing.assert_allclose(a.sum(axis=1), 1, rtol=0, atol=tolerance(dtype, 65))
+    np.testing.assert_allclose(a[1], 1 / 65, rtol=tolerance(dtype, 65))
+    assert_close(a, ref.activation_forward(z, "softmax"), dtype, 65)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation, slope", [("relu", 0.0), ("leaky_relu", 0.01)])
+def test_relu_at_zero(activation, slope, dtype):
+    s = dtype(slope)  # the kernels multiply by the slope rounded to the dtype
+    z = np.array([[-0.0, 0.0, -2.0, 3.0]], dtype)
+    a = ops.activation_forward(z, activation)
+    np.testing.assert_array_equal(a, np.array([[0, 0, s * dtype(-2), 3]], dtype))
+    # The derivative at 0 is taken as the negative side's (a > 0 is the test).
+    da = np.array([[5, 5, 5, 5]], dtype)
+    dz = ops.activation_backward(a, da, activation)
+    np.testing.assert_array_equal(dz, np.array([[s * dtype(5)] * 3 + [5]], dtype))
+    assert_close(dz, ref.activation_backward(a, da, activation), dtype)
+
+
+# ---- dense layer ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", DENSE_SHAPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_dense_forward(activation, shape, dtype):
+    x, w, b, _, _ = dense_operands(np.random.default_rng(9), shape, dtype, activation)
+    k = shape[1] + (shape[2] if activation == "softmax" else 0)
+    run_both("dense_forward", lambda: (x, w, b, activation), dtype, k)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("need_dx", [True, False], ids=["dx", "no_dx"])
+@pytest.mark.parametrize("shape", DENSE_SHAPES)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_dense_backward(activation, shape, need_dx, dtype):
+    x, w, _, y, dy = dense_operands(np.random.default_rng(10), shape, dtype, activation)
+    k = max(shape[0], shape[2])  # dw and db sum over n rows, dx over d_out
+    got = run_both("dense_backward", lambda: (x, w, y, dy, activation, need_dx), dtype, k)
+    assert (got[2] is None) == (not need_dx)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("activation", ["identity", "sigmoid", "softmax"])
+def test_dense_layouts(activation, layout, dtype):
+    """Every matrix operand in the given layout (the bias vector: next test)."""
+    shape = (17, 33, 7)
+    x, w, b, y, dy = dense_operands(np.random.default_rng(11), shape, dtype, activation, layout)
+    b = np.ascontiguousarray(b)
+    run_both("dense_forward", lambda: (x, w, b, activation), dtype, 33 + 7)
+    run_both("dense_backward", lambda: (x, w, y, dy, activation, True), dtype, 17)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["rows", "cols", "reversed", "readonly"])
+@pytest.mark.parametrize("activation", ["identity", "relu", "softmax"])
+def test_dense_forward_bias_layouts(activation, layout, dtype):
+    """A strided or reversed bias view (b[::2], b[::3], b[::-1]); x, w contiguous."""
+    x, w, b, _, _ = dense_operands(np.random.default_rng(11), (17, 33, 7), dtype, activation)
+    b = as_layout(b, layout)
+    run_both("dense_forward", lambda: (x, w, b, activation), dtype, 33 + 7)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dense_zero_inputs_gives_activated_bias(dtype):
+    """d_in = 0 is GEMM's k = 0: y = act(b) on every row."""
+    b = np.array([-1.0, 0.5, 2.0], dtype)
+    y = ops.dense_forward(np.ones((4, 0), dtype), np.ones((0, 3), dtype), b, "relu")
+    np.testing.assert_array_equal(y, np.tile(np.array([0, 0.5, 2.0], dtype), (4, 1)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["relu", "softmax"])
+def test_dense_bitwise_independent_of_threads(activation, dtype):
+    """n=48 forward uses the column-split GEMM path with 3 threads; d_out > 64
+    gives the bias gradient several column blocks."""
+    x, w, b, y, dy = dense_operands(np.random.default_rng(12), (48, 300, 600), dtype, activation)
+    results = []
+    for nt in THREAD_COUNTS:
+        with fusenn.threads(nt):
+            results.append((ops.dense_forward(x, w, b, activation),)
+                           + ops.dense_backward(x, w, y, dy, activation))
+    for res in results[1:]:
+        for got, first in zip(res, results[0]):
+            assert np.array_equal(got, first)
+    assert_close(results[0][0], ref.dense_forward(x, w, b, activation), dtype, 300 + 600)
+
+
+# ---- losses --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ROW_SHAPES)
+@pytest.mark.parametrize("name", LOSSES)
+def test_loss(name, shape, dtype):
+    args = loss_operands(np.random.default_rng(13), name, shape, dtype)
+    run_both(name, lambda: args, dtype, loss_k(name, shape))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", LOSSES)
+def test_loss_layouts(name, layout, dtype):
+    z, second = loss_operands(np.random.default_rng(14), name, (17, 33), dtype, layout)
+    if name == "softmax_cross_entropy":  # labels: other int dtypes and strided views
+        second = as_layout(second.astype(np.int32), "rows")
+    run_both(name, lambda: (z, second), dtype, loss_k(name, (17, 33)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", ["softmax_cross_entropy", "sigmoid_binary_cross_entropy"])
+def test_loss_extreme_logits(name, dtype):
+    rng = np.random.default_rng(15)
+    z, second = loss_operands(rng, name, (33, 10), dtype)
+    z[:] = np.where(rng.random(z.shape) < 0.5, -1000, 1000)
+    z[0] = 1000  # a row of ties
+    with np.errstate(all="raise"):
+        loss, p, dz = getattr(ops, name)(z, second)
+    assert np.isfinite(loss) and np.all(np.isfinite(p)) and np.all(np.isfinite(dz))
+    assert_close((loss, p, dz), getattr(ref, name)(z, second), dtype, 10)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", LOSSES)
+def test_loss_bitwise_independent_of_threads(name, dtype):
+    args = loss_operands(np.random.default_rng(16), name, (4000, 50), dtype)
+    results = []
+    for nt in THREAD_COUNTS:
+        with fusenn.threads(nt):
+            results.append(getattr(ops, name)(*args))
+    for res in results[1:]:
+        assert res[0] == results[0][0]
+        for got, first in zip(res[1:], results[0][1:]):
+            assert np.array_equal(got, first)
+    assert_close(results[0], getattr(ref, name)(*args), dtype, loss_k(name, (4000, 50)))
+
+
+@pytest.mark.parametrize("labels, error, match", [
+    pytest.param([0, 1, 5], ValueError, r"\[0, 5\)", id="too_large"),
+    pytest.param([0, -1, 2], ValueError, r"\[0, 5\)", id="negative"),
+    pytest.param([0.0, 1.0, 2.0], TypeError, "labels", id="float"),
+    pytest.param([True, False, True], TypeError, "labels", id="bool"),
+    pytest.param([0, 1], ValueError, r"\(3,\)", id="too_short"),
+    pytest.param([0, 1, 2, 3], ValueError, r"\(3,\)", id="too_long"),
+    pytest.param([[0], [1], [2]], ValueError, r"\(3,\)", id="2d"),
+])
+def test_softmax_cross_entropy_label_validation(labels, error, match):
+    with pytest.raises(error, match=match):
+        ops.softmax_cross_entropy(np.zeros((3, 5)), np.array(labels))
+
+
+# ---- optimizers --------------------------------------------------------------------------
+
+def _optimizer_state(rng, shape, dtype, names):
+    """Random w, momentum / first moment m, and a non-negative second moment v
+    (v is a momentum buffer for SGD, which may have any sign)."""
+    state = {name: rand(rng, shape, dtype) for name in names}
+    if "m" in state:
+        state["v"] = np.abs(state["v"])
+    return state
+
+
+def _run_optimizer_steps(name, shape, dtype, state_names, kwargs_for_step, steps=3,
+                         g_layout="contiguous"):
+    """Apply `steps` updates with ops and reference to copies of the same state
+    and compare all state arrays after every step."""
+    rng = np.random.default_rng(17)
+    state = _optimizer_state(rng, shape, dtype, state_names)
+    c_state = {k: v.copy() for k, v in state.items()}
+    r_state = {k: v.copy() for k, v in state.items()}
+    for t in range(1, steps + 1):
+        g = rand(rng, shape, dtype, g_layout)
+        kwargs = kwargs_for_step(t)
+        assert getattr(ops, name)(g=g, **c_state, **kwargs) is None
+        getattr(ref, name)(g=np.array(g), **r_state, **kwargs)
+        for key in state_names:
+            assert_close(c_state[key], r_state[key], dtype)
+        assert not np.array_equal(c_state["w"], state["w"])
+
+
+SGD_VARIANTS = [
+    pytest.param(dict(momentum=0.0), id="plain"),
+    pytest.param(dict(momentum=0.9), id="momentum"),
+    pytest.param(dict(momentum=0.9, nesterov=True), id="nesterov"),
+    pytest.param(dict(momentum=0.0, nesterov=True), id="nesterov_no_momentum"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", FLAT_SHAPES)
+@pytest.mark.parametrize("variant", SGD_VARIANTS)
+def test_sgd_update(variant, shape, dtype):
+    names = ("w", "v") if variant["momentum"] else ("w",)
+    extra = {} if variant["momentum"] else {"v": None}
+    _run_optimizer_steps("sgd_update", shape, dtype, names,
+                         lambda t: dict(lr=0.05, **variant, **extra))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", FLAT_SHAPES)
+def test_adam_update(shape, dtype):
+    _run_optimizer_steps("adam_update", shape, dtype, ("w", "m", "v"),
+                         lambda t: dict(t=t, lr=0.01, beta1=0.8, beta2=0.99, eps=1e-7))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", [l for l in LAYOUTS if l != "contiguous"])
+def test_optimizer_gradient_layouts(layout, dtype):
+    """The gradient may be any view; the updated state must be C-contiguous."""
+    _run_optimizer_steps("adam_update", (9, 13), dtype, ("w", "m", "v"),
+                         lambda t: dict(t=t), steps=1, g_layout=layout)
+    _run_optimizer_steps("sgd_update", (9, 13), dtype, ("w", "v"),
+                         lambda t: dict(lr=0.1, momentum=0.9), steps=1, g_layout=layout)
+
+
+# ---- argument validation --------------------------------------------------------------------
+
+def _valid_args(name, dtype=np.float64):
+    """Small valid keyword arguments for ops.<name>."""
+    rng = np.random.default_rng(18)
+    m = lambda *shape: rand(rng, shape, dtype)  # noqa: E731
+    return {
+        "matmul": lambda: dict(a=m(3, 4), b=m(4, 5)),
+        "activation_forward": lambda: dict(z=m(3, 4), activation="tanh"),
+        "activation_backward": lambda: dict(a=m(3, 4), da=m(3, 4), activation="tanh"),
+        "dense_forward": lambda: dict(x=m(2, 4), w=m(4, 3), b=m(3), activation="relu"),
+        "dense_backward": lambda: dict(x=m(2, 4), w=m(4, 3), y=m(2, 3), dy=m(2, 3),
+                                       activation="relu"),
+        "softmax_cross_entropy": lambda: dict(z=m(3, 4), labels=np.array([0, 3, 1])),
+        "sigmoid_binary_cross_entropy": lambda: dict(z=m(3, 4), t=m(3, 4)),
+        "mse": lambda: dict(a=m(3, 4), t=m(3, 4)),
+        "sgd_update": lambda: dict(w=m(3, 4), g=m(3, 4), v=m(3, 4), lr=0.1, momentum=0.9),
+        "adam_update": lambda: dict(w=m(3, 4), g=m(3, 4), m=m(3, 4), v=m(3, 4), t=1),
+    }[name]()
+
+
+ARRAY_ARGS = [pytest.param(op, arg, id=f"{op}-{arg}") for op, args in [
+    ("matmul", "a b"), ("activation_forward", "z"), ("activation_backward", "a da"),
+    ("dense_forward", "x w b"), ("dense_backward", "x w y dy"), ("softmax_cross_entropy", "z"),
+    ("sigmoid_binary_cross_entropy", "z t"), ("mse", "a t"), ("sgd_update", "w g v"),
+    ("adam_update", "w g m v"),
+] for arg in args.split()]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", sorted(TESTED_OPS))
+def test_valid_args_are_accepted(op, dtype):
+    """The baseline the validation tests below break one argument of."""
+    getattr(ops, op)(**_valid_args(op, dtype))
+
+
+@pytest.mark.parametrize("bad_dtype", [np.int64, np.float16], ids=["int64", "float16"])
+@pytest.mark.parametrize("op, arg", ARRAY_ARGS)
+def test_wrong_dtype_is_type_error_naming_the_argument(op, arg, bad_dtype):
+    kwargs = _valid_args(op)
+    kwargs[arg] = kwargs[arg].astype(bad_dtype)
+    with pytest.raises(TypeError, match=rf"\b{arg}\b"):
+        getattr(ops, op)(**kwargs)
+
+
+@pytest.mark.parametrize("op, arg", [p for p in ARRAY_ARGS if p.values[0] not in
+                                     ("activation_forward", "softmax_cross_entropy")])
+def test_mixed_float_dtypes_is_type_error(op, arg):
+    kwargs = _valid_args(op, np.float64)
+    kwargs[arg] = kwargs[arg].astype(np.float32)
+    with pytest.raises(TypeError, match="float"):
+        getattr(ops, op)(**kwargs)
+
+
+def _replace(op, **changes):
+    """ops.<op> called with valid float64 arguments except `changes` (shapes)."""
+    rng = np.random.default_rng(19)
+    kwargs = _valid_args(op)
+    kwargs.update({k: rand(rng, v, np.float64) for k, v in changes.items()})
+    return lambda: getattr(ops, op)(**kwargs)
+
+
+SHAPE_ERRORS = [
+    pytest.param(_replace("matmul", a=(3,)), "2-D", id="matmul-a_1d"),
+    pytest.param(_replace("matmul", b=(2, 4, 5)), "2-D", id="matmul-b_3d"),
+    pytest.param(_replace("matmul", b=(5, 5)), "(3, 4)", id="matmul-inner"),
+    pytest.param(_replace("activation_forward", z=(12,)), "2-D", id="act_fwd-z_1d"),
+    pytest.param(_replace("activation_backward", da=(4, 3)), "(3, 4)", id="act_bwd-da"),
+    pytest.param(_replace("dense_forward", x=(2, 4, 1)), "2-D", id="dense_fwd-x_3d"),
+    pytest.param(_replace("dense_forward", w=(5, 3)), "(4, units)", id="dense_fwd-w"),
+    pytest.param(_replace("dense_forward", b=(4,)), "(3,)", id="dense_fwd-b"),
+    pytest.param(_replace("dense_forward", b=(1, 3)), "1-D", id="dense_fwd-b_2d"),
+    pytest.param(_replace("dense_backward", w=(3, 3)), "(4, units)", id="dense_bwd-w"),
+    pytest.param(_replace("dense_backward", y=(2, 4)), "(2, 3)", id="dense_bwd-y"),
+    pytest.param(_replace("dense_backward", dy=(3, 3)), "(2, 3)", id="dense_bwd-dy"),
+    pytest.param(_replace("sigmoid_binary_cross_entropy", t=(3, 5)), "(3, 4)", id="bce-t"),
+    pytest.param(_replace("softmax_cross_entropy", z=(4,)), "2-D", id="ce-z_1d"),
+    pytest.param(_replace("mse", t=(4, 3)), "(3, 4)", id="mse-t"),
+    pytest.param(_replace("mse", t=(3, 4, 1)), "2-D", id="mse-t_3d"),
+    pytest.param(_replace("sgd_update", g=(4, 3)), "(3, 4)", id="sgd-g"),
+    pytest.param(_replace("sgd_update", v=(12,)), "(3, 4)", id="sgd-v"),
+    pytest.param(_replace("adam_update", g=(3, 5)), "(3, 4)", id="adam-g"),
+    pytest.param(_replace("adam_update", m=(3, 5)), "(3, 4)", id="adam-m"),
+    pytest.param(_replace("adam_update", v=(4, 3)), "(3, 4)", id="adam-v"),
+]
+
+
+@pytest.mark.parametrize("call, expected", SHAPE_ERRORS)
+def test_wrong_shape_is_value_error_with_expected_shape(call, expected):
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        call()
+
+
+@pytest.mark.parametrize("op, arg", [("sgd_update", "w"), ("sgd_update", "v"),
+                                     ("adam_update", "m"), ("adam_update", "v")],
+                         ids=lambda x: x)
+@pytest.mark.parametrize("layout", ["rows", "fortran", "readonly"])
+def test_optimizer_state_must_be_writable_c_contiguous(op, arg, layout):
+    kwargs = _valid_args(op)
+    kwargs[arg] = as_layout(kwargs[arg], layout)
+    before = {k: np.array(v) for k, v in kwargs.items() if isinstance(v, np.ndarray)}
+    with pytest.raises(ValueError, match=rf"\b{arg}\b"):
+        getattr(ops, op)(**kwargs)
+    for k, v in before.items():  # nothing was updated
+        np.testing.assert_array_equal(kwargs[k], v)
+
+
+@pytest.mark.parametrize("bad", ["gelu", "RELU", "", None, 3], ids=repr)
+@pytest.mark.parametrize("op", ["activation_forward", "activation_backward", "dense_forward",
+                                "dense_backward"])
+def test_unknown_activation_lists_allowed_names(op, bad):
+    kwargs = _valid_args(op)
+    kwargs["activation"] = bad
+    with pytest.raises(ValueError) as info:
+        getattr(ops, op)(**kwargs)
+    for name in ACTIVATIONS:
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize("t", [0, -1])
+def test_adam_step_must_be_positive(t):
+    kwargs = _valid_args("adam_update")
+    kwargs["t"] = t
+    w = kwargs["w"].copy()
+    with pytest.raises(ValueError, match=r"\bt\b.*>= 1"):
+        ops.adam_update(**kwargs)
+    np.testing.assert_array_equal(kwargs["w"], w)
