@@ -122,12 +122,6 @@ cdef inline const real *cptr2(const real[:, :] a) noexcept nogil:
 cdef inline real *ptr2(real[:, :] a) noexcept nogil:
     return &a[0, 0] if a.shape[0] > 0 and a.shape[1] > 0 else NULL
 
-cdef inline const real *cptr1(const real[:] a) noexcept nogil:
-    return &a[0] if a.shape[0] > 0 else NULL
-
-cdef inline real *ptr1(real[:] a) noexcept nogil:
-    return &a[0] if a.shape[0] > 0 else NULL
-
 cdef inline real *ptr2c(real[:, ::1] a) noexcept nogil:
     return &a[0, 0] if a.shape[0] > 0 and a.shape[1] > 0 else NULL
 
@@ -171,7 +165,7 @@ def gemm(double alpha, const real[:, :] a, const real[:, :] b, double beta, real
 
 # ---- dense layer -------------------------------------------------------------------
 
-def dense_forward(const real[:, :] x, const real[:, :] w, const real[:] b, int act,
+def dense_forward(const real[:, :] x, const real[:, :] w, const real[::1] b, int act,
                   real[:, :] y, int nthreads):
     """y = act(x w + b); y has contiguous rows."""
     cdef size_t n = x.shape[0], d_in = x.shape[1], d_out = w.shape[1]
@@ -179,11 +173,11 @@ def dense_forward(const real[:, :] x, const real[:, :] w, const real[:] b, int a
     with nogil:
         if real is float:
             rc = fusenn_dense_forward_f32(n, d_in, d_out, cptr2(x), rs(x), cs(x),
-                                          cptr2(w), rs(w), cs(w), cptr1(b),
+                                          cptr2(w), rs(w), cs(w), cptr1c(b),
                                           <fusenn_activation>act, ptr2(y), rs(y), nthreads)
         else:
             rc = fusenn_dense_forward_f64(n, d_in, d_out, cptr2(x), rs(x), cs(x),
-                                          cptr2(w), rs(w), cs(w), cptr1(b),
+                                          cptr2(w), rs(w), cs(w), cptr1c(b),
                                           <fusenn_activation>act, ptr2(y), rs(y), nthreads)
     check(rc)
 

@@ -101,7 +101,7 @@ def _check_dense(x, w, b):
     if w.shape[0] != x.shape[1]:
         raise ValueError(f"w must have shape ({x.shape[1]}, units) to match x {x.shape}, got {w.shape}")
     _expect_shape(b, "b", (w.shape[1],))
-    return x, w, b
+    return x, w, np.ascontiguousarray(b)
 
 
 def dense_forward(x, w, b, activation):
@@ -133,6 +133,13 @@ def dense_backward(x, w, y, dy, activation, need_dx=True):
     return dw, db, dx
 
 
+def _nonempty(a, name):
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {a.shape}): a loss needs at least one "
+                         f"sample and one output")
+    return a
+
+
 def _labels(labels, n, k):
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
@@ -146,7 +153,7 @@ def _labels(labels, n, k):
 
 def softmax_cross_entropy(z, labels):
     """(loss, p, dz) for logits z and integer labels: mean cross-entropy of softmax(z)."""
-    z = _rows(_float_array(z, "z", 2))
+    z = _nonempty(_rows(_float_array(z, "z", 2)), "z")
     labels = _labels(labels, *z.shape)
     p = np.empty_like(z, order="C")
     dz = np.empty_like(z, order="C")
@@ -156,7 +163,7 @@ def softmax_cross_entropy(z, labels):
 
 def sigmoid_binary_cross_entropy(z, t):
     """(loss, p, dz) for logits z and targets t in [0, 1]: mean binary cross-entropy."""
-    z = _rows(_float_array(z, "z", 2))
+    z = _nonempty(_rows(_float_array(z, "z", 2)), "z")
     t = _rows(_float_array(t, "t", 2, z.dtype))
     _expect_shape(t, "t", z.shape)
     p = np.empty_like(z, order="C")
@@ -167,7 +174,7 @@ def sigmoid_binary_cross_entropy(z, t):
 
 def mse(a, t):
     """(loss, da): mean squared error over all elements and its gradient."""
-    a = _rows(_float_array(a, "a", 2))
+    a = _nonempty(_rows(_float_array(a, "a", 2)), "a")
     t = _rows(_float_array(t, "t", 2, a.dtype))
     _expect_shape(t, "t", a.shape)
     da = np.empty_like(a, order="C")
@@ -179,8 +186,10 @@ def _state(a, name, like):
     """A flat, writable view of a parameter or optimizer array shaped like `like`."""
     if not isinstance(like, np.ndarray) or like.dtype not in _FLOAT_DTYPES:
         raise TypeError("w must be a float32 or float64 ndarray")
-    if not isinstance(a, np.ndarray) or a.dtype != like.dtype or a.shape != like.shape:
-        raise ValueError(f"{name} must be an ndarray of shape {like.shape} and dtype {like.dtype}")
+    if not isinstance(a, np.ndarray) or a.dtype != like.dtype:
+        raise TypeError(f"{name} must be an ndarray of dtype {like.dtype} like w, "
+                        f"got {getattr(a, 'dtype', type(a).__name__)}")
+    _expect_shape(a, name, like.shape)
     if not a.flags.c_contiguous or not a.flags.writeable:
         raise ValueError(f"{name} must be C-contiguous and writeable (it is updated in place)")
     return a.reshape(-1)
