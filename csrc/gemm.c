@@ -21,7 +21,16 @@
 #include <pthread.h>
 #include <stdlib.h>
 
-typedef void (*FN(ukernel_fn))(size_t kc, const real *a, const real *b, real *ab);
+/* How a tile is stored: C = alpha AB + beta C, then bias and act on the last
+ * kc block. */
+typedef struct {
+    real alpha, beta;      /* beta of this kc block (1 after the first) */
+    fusenn_activation act; /* applied on the last kc block only */
+    int last;              /* this is the last kc block */
+} FN(store_params);
+
+typedef void (*FN(ukernel_fn))(size_t kc, const real *a, const real *b, real *c,
+                               ptrdiff_t rs_c, const FN(store_params) *sp, const real *bias);
 
 /* A micro-kernel and the block sizes that suit it. */
 typedef struct {
@@ -32,23 +41,65 @@ typedef struct {
     size_t nc;      /* KC x NC block of B fits in L3 (multiple of nr) */
 } FN(gemm_config);
 
-/* Largest tile of any kernel below (sizes the on-stack tile buffer). */
-#define GEMM_MAX_TILE (16 * 32)
+/* Largest register tile of any kernel (sizes the on-stack tile buffers). */
+#define GEMM_MAX_NR 64
+#define GEMM_MAX_TILE (32 * GEMM_MAX_NR)
 
+/* Register tiles and cache blocks per ISA (elements). MR x NR accumulators
+ * must fit the vector registers with room for B and a broadcast; KC x NR of
+ * packed B stays in L1, MC x KC of packed A in L2, KC x NC of packed B in L3.
+ * Each can be overridden at compile time for tuning (-DAVX512_KC=...). */
 #if defined(FUSENN_DTYPE_F32)
-#define GENERIC_MR 4
-#define GENERIC_NR 8
-#define AVX2_MR 6
-#define AVX2_NR 16
-#define AVX512_MR 8
-#define AVX512_NR 32
+#define LANES_PER_16B 4
+typedef int32_t int_same_size_real;
 #else
+#define LANES_PER_16B 2
+typedef int64_t int_same_size_real;
+#endif
+#ifndef GENERIC_MR
 #define GENERIC_MR 4
-#define GENERIC_NR 4
+#endif
+#ifndef GENERIC_NR
+#define GENERIC_NR (2 * LANES_PER_16B)
+#endif
+#ifndef GENERIC_KC
+#define GENERIC_KC 256
+#endif
+#ifndef GENERIC_MC
+#define GENERIC_MC (GENERIC_MR * 32)
+#endif
+#ifndef GENERIC_NC
+#define GENERIC_NC (GENERIC_NR * 512)
+#endif
+#ifndef AVX2_MR
 #define AVX2_MR 6
-#define AVX2_NR 8
-#define AVX512_MR 8
-#define AVX512_NR 16
+#endif
+#ifndef AVX2_NR
+#define AVX2_NR (4 * LANES_PER_16B)
+#endif
+#ifndef AVX2_KC
+#define AVX2_KC 256
+#endif
+#ifndef AVX2_MC
+#define AVX2_MC (AVX2_MR * 24)
+#endif
+#ifndef AVX2_NC
+#define AVX2_NC (AVX2_NR * 256)
+#endif
+#ifndef AVX512_MR
+#define AVX512_MR 6
+#endif
+#ifndef AVX512_NR
+#define AVX512_NR (16 * LANES_PER_16B)
+#endif
+#ifndef AVX512_KC
+#define AVX512_KC 256
+#endif
+#ifndef AVX512_MC
+#define AVX512_MC (AVX512_MR * 64)
+#endif
+#ifndef AVX512_NC
+#define AVX512_NC (AVX512_NR * 64)
 #endif
 
 #define UK_NAME FN(ukernel_generic)
@@ -75,12 +126,12 @@ typedef struct {
 #include "gemm_ukernel.h"
 #endif
 
-/* One table entry per ISA level; block sizes in elements. */
+/* One table entry per ISA level. */
 static const FN(gemm_config) FN(gemm_configs)[] = {
-    {FN(ukernel_generic), GENERIC_MR, GENERIC_NR, 256, GENERIC_MR * 32, GENERIC_NR * 512},
+    {FN(ukernel_generic), GENERIC_MR, GENERIC_NR, GENERIC_KC, GENERIC_MC, GENERIC_NC},
 #ifdef FUSENN_HAVE_X86_KERNELS
-    {FN(ukernel_avx2), AVX2_MR, AVX2_NR, 256, AVX2_MR * 24, AVX2_NR * 256},
-    {FN(ukernel_avx512), AVX512_MR, AVX512_NR, 256, AVX512_MR * 16, AVX512_NR * 128},
+    {FN(ukernel_avx2), AVX2_MR, AVX2_NR, AVX2_KC, AVX2_MC, AVX2_NC},
+    {FN(ukernel_avx512), AVX512_MR, AVX512_NR, AVX512_KC, AVX512_MC, AVX512_NC},
 #endif
 };
 
@@ -137,19 +188,13 @@ static void FN(pack_b_panel)(size_t nr_eff, int nr, size_t kc, const real *B,
 
 /* ---- the store: alpha, beta, bias, activation ------------------------- */
 
-typedef struct {
-    real alpha, beta;      /* beta of this kc block (1 after the first) */
-    const real *bias;      /* added on the last kc block only, NULL for none */
-    fusenn_activation act; /* applied on the last kc block only */
-    int last;              /* this is the last kc block */
-} FN(store_params);
 
 /* Write the mr_eff x nr_eff corner of tile ab (row stride nr) to C. */
 static void FN(store_tile)(size_t mr_eff, size_t nr_eff, int nr, const real *ab,
                            real *C, ptrdiff_t rs_c, ptrdiff_t cs_c,
                            const real *bias, const FN(store_params) *sp)
 {
-    real row[32];
+    real row[GEMM_MAX_NR];
     for (size_t i = 0; i < mr_eff; i++) {
         real *c = C + (ptrdiff_t)i * rs_c;
         const real *t = ab + i * (size_t)nr;
@@ -244,14 +289,19 @@ static void FN(macro_kernel)(const FN(gemm_config) *cfg, size_t mc, size_t nc, s
 {
     const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
     real ab[GEMM_MAX_TILE] __attribute__((aligned(64)));
+    const FN(store_params) to_tile = {1, 0, FUSENN_ACT_IDENTITY, 0};
     for (size_t jp = jp0; jp < jp1; jp++) {
         size_t jr = jp * nr, nr_eff = FUSENN_MIN(nr, nc - jr);
+        const real *bias_jr = bias ? bias + jr : NULL;
         for (size_t ir = 0; ir < mc; ir += mr) {
             size_t mr_eff = FUSENN_MIN(mr, mc - ir);
-            cfg->kernel(kc, Ap + ir * kc, Bp + jr * kc, ab);
-            FN(store_tile)(mr_eff, nr_eff, cfg->nr, ab,
-                           C + (ptrdiff_t)ir * rs_c + (ptrdiff_t)jr * cs_c, rs_c, cs_c,
-                           bias ? bias + jr : NULL, sp);
+            real *c = C + (ptrdiff_t)ir * rs_c + (ptrdiff_t)jr * cs_c;
+            if (mr_eff == mr && nr_eff == nr && cs_c == 1) {
+                cfg->kernel(kc, Ap + ir * kc, Bp + jr * kc, c, rs_c, sp, bias_jr);
+            } else { /* edge tile or strided C: via a temporary tile */
+                cfg->kernel(kc, Ap + ir * kc, Bp + jr * kc, ab, (ptrdiff_t)nr, &to_tile, NULL);
+                FN(store_tile)(mr_eff, nr_eff, cfg->nr, ab, c, rs_c, cs_c, bias_jr, sp);
+            }
         }
     }
 }
@@ -276,9 +326,10 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
     if ((double)m * (double)n * (double)k < (double)GEMM_PARALLEL_MIN_WORK)
         nt = 1;
     const size_t m_blocks = (m + MC - 1) / MC;
-    /* Few row blocks: all threads pack each A block together and split its
-     * columns. Otherwise each thread takes whole row blocks with its own A. */
-    const int split_columns = m_blocks < (size_t)nt;
+    /* Row blocks that do not divide evenly between the threads: all threads
+     * pack each A block together and split its columns. Otherwise each thread
+     * takes whole row blocks with its own A. */
+    const int split_columns = m_blocks % (size_t)nt != 0;
 
     const size_t kc_max = FUSENN_MIN(KC, k);
     const size_t b_len = kc_max * ((FUSENN_MIN(NC, n) + nr - 1) / nr * nr);
@@ -301,8 +352,7 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
             const size_t n_panels = (nc + nr - 1) / nr;
             for (size_t pc = 0; pc < k; pc += KC) {
                 const size_t kc = FUSENN_MIN(KC, k - pc);
-                const FN(store_params) sp = {alpha, pc == 0 ? beta : (real)1, bias, act,
-                                             pc + kc == k};
+                const FN(store_params) sp = {alpha, pc == 0 ? beta : (real)1, act, pc + kc == k};
                 const real *bias_jc = bias ? bias + jc : NULL;
 
 #pragma omp for schedule(static)

@@ -4,17 +4,23 @@
  *   UK_NAME    function name           UK_MR, UK_NR  register tile (rows x columns)
  *   UK_VBYTES  vector width in bytes   UK_ATTR       attributes (a target(...) or empty)
  *
- * It computes one UK_MR x UK_NR tile AB = sum_p a_p b_p^T from packed panels
- * (a: kc steps of UK_MR values, b: kc steps of UK_NR values) and stores it
- * row-major to ab. Written with GCC/Clang vector extensions, which lower to
- * SSE, AVX, AVX-512 or NEON as the target allows: the accumulators are
- * UK_MR x (UK_NR / lanes) vectors that stay in registers. An ISA-specific
- * kernel with intrinsics can replace it without touching packing or blocking.
+ * It accumulates one UK_MR x UK_NR tile AB = sum_p a_p b_p^T from packed
+ * panels (a: kc steps of UK_MR values, b: kc steps of UK_NR values) in vector
+ * registers, then stores it with the epilogue fused:
+ *   C = alpha AB + beta C  [+ bias, then act, when sp->last]
+ * C's rows are rs_c apart and its columns contiguous; callers route edge tiles
+ * and strided C through a temporary tile (alpha 1, beta 0, no epilogue).
+ *
+ * Written with GCC/Clang vector extensions, which lower to SSE, AVX, AVX-512
+ * or NEON as the target allows. An ISA-specific kernel with intrinsics can
+ * replace it without touching packing or blocking.
  */
-static UK_ATTR void UK_NAME(size_t kc, const real *restrict a,
-                            const real *restrict b, real *restrict ab)
+static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, const real *restrict b,
+                            real *restrict c, ptrdiff_t rs_c, const FN(store_params) *sp,
+                            const real *restrict bias)
 {
     typedef real vec __attribute__((vector_size(UK_VBYTES)));
+    typedef int_same_size_real ivec __attribute__((vector_size(UK_VBYTES)));
     enum { LANES = UK_VBYTES / sizeof(real), NV = UK_NR / LANES };
     vec acc[UK_MR][NV];
     for (int i = 0; i < UK_MR; i++)
@@ -32,9 +38,41 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a,
         a += UK_MR;
         b += UK_NR;
     }
-    for (int i = 0; i < UK_MR; i++)
-        for (int v = 0; v < NV; v++)
-            memcpy(ab + i * UK_NR + v * LANES, &acc[i][v], sizeof(vec));
+
+    /* The store, with the epilogue in registers. */
+    const real alpha = sp->alpha, beta = sp->beta;
+    const int last = sp->last;
+    const fusenn_activation act = last ? sp->act : FUSENN_ACT_IDENTITY;
+    vec bias_v[NV];
+    for (int v = 0; v < NV; v++) {
+        bias_v[v] = (vec){0};
+        if (last && bias)
+            memcpy(&bias_v[v], bias + v * LANES, sizeof(vec));
+    }
+    const vec zero = {0};
+    const vec slope = zero + (real)FUSENN_LEAKY_RELU_SLOPE;
+    for (int i = 0; i < UK_MR; i++) {
+        real *crow = c + (ptrdiff_t)i * rs_c;
+        for (int v = 0; v < NV; v++) {
+            vec r = acc[i][v];
+            if (alpha != 1)
+                r *= alpha;
+            if (beta != 0) { /* beta == 0 never reads C, which may hold NaN */
+                vec old;
+                memcpy(&old, crow + v * LANES, sizeof(vec));
+                r += beta * old;
+            }
+            r += bias_v[v];
+            if (act == FUSENN_ACT_RELU || act == FUSENN_ACT_LEAKY_RELU) {
+                ivec pos = r > zero; /* lanes: all ones where r > 0 */
+                vec neg = act == FUSENN_ACT_RELU ? zero : r * slope;
+                r = (vec)(((ivec)r & pos) | ((ivec)neg & ~pos));
+            }
+            memcpy(crow + v * LANES, &r, sizeof(vec));
+        }
+        if (act == FUSENN_ACT_SIGMOID || act == FUSENN_ACT_TANH)
+            FN(activate_row)(act, UK_NR, crow, crow); /* libm; the row is in L1 */
+    }
 }
 
 #undef UK_NAME
