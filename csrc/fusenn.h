@@ -161,24 +161,29 @@ double fusenn_mse_f32(size_t n, size_t k, const float *A, ptrdiff_t lda,
 double fusenn_mse_f64(size_t n, size_t k, const double *A, ptrdiff_t lda,
                       const double *T, ptrdiff_t ldt, double *dA, ptrdiff_t ldda, int nthreads);
 
-/* ---- Optimizers (optimizers.c), in place over flat arrays of length len ---- */
+/* ---- Optimizers (optimizers.c), in place over flat arrays of length len ----
+ * Each returns the number of updated weights that are not finite. When prev
+ * is not NULL it receives the weights from before the update (prev may alias
+ * g), so a diverging step can be undone exactly. */
 
 /* SGD. momentum == 0: w -= lr g (v unused, may be NULL). Otherwise
  *   v = momentum v + g;  w -= lr v,  or with Nesterov w -= lr (g + momentum v). */
-void fusenn_sgd_update_f32(size_t len, float *w, const float *g, float *v,
-                           double lr, double momentum, int nesterov, int nthreads);
-void fusenn_sgd_update_f64(size_t len, double *w, const double *g, double *v,
-                           double lr, double momentum, int nesterov, int nthreads);
+size_t fusenn_sgd_update_f32(size_t len, float *w, const float *g, float *v,
+                             double lr, double momentum, int nesterov, float *prev,
+                             int nthreads);
+size_t fusenn_sgd_update_f64(size_t len, double *w, const double *g, double *v,
+                             double lr, double momentum, int nesterov, double *prev,
+                             int nthreads);
 
 /* Adam, step t >= 1 (bias correction), eps added after the square root:
  *   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
  *   w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) */
-void fusenn_adam_update_f32(size_t len, float *w, const float *g, float *m, float *v,
-                            double lr, double beta1, double beta2, double eps,
-                            int64_t t, int nthreads);
-void fusenn_adam_update_f64(size_t len, double *w, const double *g, double *m, double *v,
-                            double lr, double beta1, double beta2, double eps,
-                            int64_t t, int nthreads);
+size_t fusenn_adam_update_f32(size_t len, float *w, const float *g, float *m, float *v,
+                              double lr, double beta1, double beta2, double eps,
+                              int64_t t, float *prev, int nthreads);
+size_t fusenn_adam_update_f64(size_t len, double *w, const double *g, double *m, double *v,
+                              double lr, double beta1, double beta2, double eps,
+                              int64_t t, double *prev, int nthreads);
 
 #ifdef __cplusplus
 }

@@ -5,41 +5,59 @@
  * arrive as double and are cast to `real` once, so the per-element arithmetic
  * stays in the parameters' precision. Every element is independent, so the
  * flat loop runs in parallel and the result does not depend on nthreads.
+ *
+ * Each update returns how many updated weights are not finite, and, when prev
+ * is not NULL, keeps the old weights there (prev may alias g, whose values are
+ * no longer needed once read): a diverging step can then be undone exactly
+ * for the price of one store per weight, with no snapshot.
  */
 #include "internal.h"
+
+/* w[i] = new_w, keeping the old value in prev; 1 if new_w is not finite. */
+static inline size_t FN(commit)(real *w, real *prev, size_t i, real new_w)
+{
+    if (prev)
+        prev[i] = w[i];
+    w[i] = new_w;
+    return !isfinite(new_w);
+}
 
 /* SGD with optional (Nesterov) momentum, as PyTorch defines it:
  *   v = momentum v + g
  *   w -= lr v                   (classical)
  *   w -= lr (g + momentum v)    (Nesterov: the step looks ahead along v)
  * momentum == 0 is plain w -= lr g, and v is neither read nor written. */
-void FN(fusenn_sgd_update)(size_t len, real *w, const real *g, real *v,
-                           double lr, double momentum, int nesterov, int nthreads)
+size_t FN(fusenn_sgd_update)(size_t len, real *w, const real *g, real *v,
+                             double lr, double momentum, int nesterov, real *prev,
+                             int nthreads)
 {
     const real lr_r = (real)lr;
     const real mu = (real)momentum;
+    size_t bad = 0;
     int nt = fusenn_threads_for(len, nthreads);
     (void)nt; /* only read by the OpenMP pragma */
 
     if (momentum == 0) {
-#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static) reduction(+:bad)
         for (size_t i = 0; i < len; i++)
-            w[i] -= lr_r * g[i];
+            bad += FN(commit)(w, prev, i, w[i] - lr_r * g[i]);
     } else if (nesterov) {
-#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static) reduction(+:bad)
         for (size_t i = 0; i < len; i++) {
-            const real vi = mu * v[i] + g[i];
+            const real gi = g[i];
+            const real vi = mu * v[i] + gi;
             v[i] = vi;
-            w[i] -= lr_r * (g[i] + mu * vi);
+            bad += FN(commit)(w, prev, i, w[i] - lr_r * (gi + mu * vi));
         }
     } else {
-#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static) reduction(+:bad)
         for (size_t i = 0; i < len; i++) {
             const real vi = mu * v[i] + g[i];
             v[i] = vi;
-            w[i] -= lr_r * vi;
+            bad += FN(commit)(w, prev, i, w[i] - lr_r * vi);
         }
     }
+    return bad;
 }
 
 /* Adam (Kingma & Ba), step t >= 1:
@@ -48,25 +66,27 @@ void FN(fusenn_sgd_update)(size_t len, real *w, const real *g, real *v,
  *   w -= lr (m / c1) / (sqrt(v / c2) + eps),  c1 = 1 - b1^t, c2 = 1 - b2^t
  * m and v start at zero, so they are biased towards zero early on; dividing by
  * c1 and c2 undoes that. The corrections are computed once, in double. */
-void FN(fusenn_adam_update)(size_t len, real *w, const real *g, real *m, real *v,
-                            double lr, double beta1, double beta2, double eps,
-                            int64_t t, int nthreads)
+size_t FN(fusenn_adam_update)(size_t len, real *w, const real *g, real *m, real *v,
+                              double lr, double beta1, double beta2, double eps,
+                              int64_t t, real *prev, int nthreads)
 {
     const real lr_r = (real)lr, eps_r = (real)eps;
     const real b1 = (real)beta1, one_minus_b1 = (real)(1.0 - beta1);
     const real b2 = (real)beta2, one_minus_b2 = (real)(1.0 - beta2);
     const real c1 = (real)(1.0 - pow(beta1, (double)t));
     const real c2 = (real)(1.0 - pow(beta2, (double)t));
+    size_t bad = 0;
     int nt = fusenn_threads_for(len, nthreads);
     (void)nt; /* only read by the OpenMP pragma */
 
-#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static) reduction(+:bad)
     for (size_t i = 0; i < len; i++) {
         const real gi = g[i];
         const real mi = b1 * m[i] + one_minus_b1 * gi;
         const real vi = b2 * v[i] + one_minus_b2 * gi * gi;
         m[i] = mi;
         v[i] = vi;
-        w[i] -= lr_r * (mi / c1) / (sqrt(vi / c2) + eps_r);
+        bad += FN(commit)(w, prev, i, w[i] - lr_r * (mi / c1) / (sqrt(vi / c2) + eps_r));
     }
+    return bad;
 }

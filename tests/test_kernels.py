@@ -568,8 +568,9 @@ def _run_optimizer_steps(name, shape, dtype, state_names, kwargs_for_step, steps
     for t in range(1, steps + 1):
         g = rand(rng, shape, dtype, g_layout)
         kwargs = kwargs_for_step(t)
-        assert getattr(ops, name)(g=g, **c_state, **kwargs) is None
-        getattr(ref, name)(g=np.array(g), **r_state, **kwargs)
+        c_bad = getattr(ops, name)(g=g, **c_state, **kwargs)
+        r_bad = getattr(ref, name)(g=np.array(g), **r_state, **kwargs)
+        assert c_bad == r_bad == 0
         for key in state_names:
             assert_close(c_state[key], r_state[key], dtype)
         assert not np.array_equal(c_state["w"], state["w"])
@@ -737,3 +738,26 @@ def test_adam_step_must_be_positive(t):
     with pytest.raises(ValueError, match=r"\bt\b.*>= 1"):
         ops.adam_update(**kwargs)
     np.testing.assert_array_equal(kwargs["w"], w)
+
+
+@pytest.mark.parametrize("backend", [ops, ref], ids=["c", "numpy"])
+@pytest.mark.parametrize("name", ["sgd", "sgd_momentum", "adam"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_optimizer_keeps_previous_weights_and_counts_overflow(backend, name, dtype):
+    """prev (here aliasing g, as the model uses it) receives the weights from
+    before the step, and the return value counts the non-finite new weights."""
+    big = np.finfo(dtype).max
+    w = np.array([1.0, -2.0, big, 3.0, -big], dtype=dtype)
+    w0 = w.copy()
+    g = np.array([0.5, 0.25, -big, 0.0, big], dtype=dtype)  # overflows elements 2 and 4
+    state = np.zeros_like(w), np.zeros_like(w)
+    with np.errstate(over="ignore", invalid="ignore"):
+        if name == "adam":
+            bad = backend.adam_update(w, g, *state, 1, lr=10.0, prev=g)
+        else:
+            momentum = 0.9 if name == "sgd_momentum" else 0.0
+            bad = backend.sgd_update(w, g, state[0], 10.0, momentum=momentum, prev=g)
+    np.testing.assert_array_equal(g, w0)
+    finite = np.isfinite(w)
+    assert bad == np.count_nonzero(~finite)
+    assert bad >= 1 and finite[[0, 1, 3]].all()

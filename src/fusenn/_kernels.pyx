@@ -84,16 +84,18 @@ cdef extern from "fusenn.h" nogil:
     double fusenn_mse_f64(size_t n, size_t k, const double *A, Py_ssize_t lda,
                           const double *T, Py_ssize_t ldt, double *dA, Py_ssize_t ldda, int nthreads)
 
-    void fusenn_sgd_update_f32(size_t len, float *w, const float *g, float *v,
-                               double lr, double momentum, int nesterov, int nthreads)
-    void fusenn_sgd_update_f64(size_t len, double *w, const double *g, double *v,
-                               double lr, double momentum, int nesterov, int nthreads)
-    void fusenn_adam_update_f32(size_t len, float *w, const float *g, float *m, float *v,
-                                double lr, double beta1, double beta2, double eps,
-                                int64_t t, int nthreads)
-    void fusenn_adam_update_f64(size_t len, double *w, const double *g, double *m, double *v,
-                                double lr, double beta1, double beta2, double eps,
-                                int64_t t, int nthreads)
+    size_t fusenn_sgd_update_f32(size_t len, float *w, const float *g, float *v,
+                                 double lr, double momentum, int nesterov, float *prev,
+                                 int nthreads)
+    size_t fusenn_sgd_update_f64(size_t len, double *w, const double *g, double *v,
+                                 double lr, double momentum, int nesterov, double *prev,
+                                 int nthreads)
+    size_t fusenn_adam_update_f32(size_t len, float *w, const float *g, float *m, float *v,
+                                  double lr, double beta1, double beta2, double eps,
+                                  int64_t t, float *prev, int nthreads)
+    size_t fusenn_adam_update_f64(size_t len, double *w, const double *g, double *m, double *v,
+                                  double lr, double beta1, double beta2, double eps,
+                                  int64_t t, double *prev, int nthreads)
 
 ctypedef fused real:
     float
@@ -282,23 +284,31 @@ def mse(const real[:, :] a, const real[:, :] t, real[:, :] da, int nthreads):
 # ---- optimizers (flat, contiguous parameter arrays) ------------------------------------
 
 def sgd_update(real[::1] w, const real[::1] g, real[::1] v, double lr, double momentum,
-               bint nesterov, int nthreads):
+               bint nesterov, real[::1] prev, int nthreads):
+    """Returns the number of non-finite updated weights; prev may be None."""
     cdef real *v_ptr = ptr1c(v) if v is not None else NULL
+    cdef real *prev_ptr = ptr1c(prev) if prev is not None else NULL
+    cdef size_t bad
     with nogil:
         if real is float:
-            fusenn_sgd_update_f32(w.shape[0], ptr1c(w), cptr1c(g), v_ptr, lr, momentum,
-                                  nesterov, nthreads)
+            bad = fusenn_sgd_update_f32(w.shape[0], ptr1c(w), cptr1c(g), v_ptr, lr, momentum,
+                                        nesterov, prev_ptr, nthreads)
         else:
-            fusenn_sgd_update_f64(w.shape[0], ptr1c(w), cptr1c(g), v_ptr, lr, momentum,
-                                  nesterov, nthreads)
+            bad = fusenn_sgd_update_f64(w.shape[0], ptr1c(w), cptr1c(g), v_ptr, lr, momentum,
+                                        nesterov, prev_ptr, nthreads)
+    return bad
 
 
 def adam_update(real[::1] w, const real[::1] g, real[::1] m, real[::1] v, int64_t t,
-                double lr, double beta1, double beta2, double eps, int nthreads):
+                double lr, double beta1, double beta2, double eps, real[::1] prev, int nthreads):
+    """Returns the number of non-finite updated weights; prev may be None."""
+    cdef real *prev_ptr = ptr1c(prev) if prev is not None else NULL
+    cdef size_t bad
     with nogil:
         if real is float:
-            fusenn_adam_update_f32(w.shape[0], ptr1c(w), cptr1c(g), ptr1c(m), ptr1c(v),
-                                   lr, beta1, beta2, eps, t, nthreads)
+            bad = fusenn_adam_update_f32(w.shape[0], ptr1c(w), cptr1c(g), ptr1c(m), ptr1c(v),
+                                         lr, beta1, beta2, eps, t, prev_ptr, nthreads)
         else:
-            fusenn_adam_update_f64(w.shape[0], ptr1c(w), cptr1c(g), ptr1c(m), ptr1c(v),
-                                   lr, beta1, beta2, eps, t, nthreads)
+            bad = fusenn_adam_update_f64(w.shape[0], ptr1c(w), cptr1c(g), ptr1c(m), ptr1c(v),
+                                         lr, beta1, beta2, eps, t, prev_ptr, nthreads)
+    return bad

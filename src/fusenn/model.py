@@ -256,9 +256,17 @@ class Sequential:
         loss, da = self.backend.mse(outputs[-1], y)
         return loss, outputs[-1], da, self.layers[-1].activation
 
-    def _train_step(self, X, y):
+    def _train_step(self, X, y, where):
+        """Forward, loss, backward and update on one batch; returns (loss, probabilities).
+
+        A non-finite loss raises before anything changes; an update that makes
+        weights non-finite is undone exactly (the optimizer leaves the previous
+        weights in the gradient arrays) and the optimizer state is reset.
+        """
         outputs = self._forward(X, "identity" if self.loss.fused_kernel else None)
         loss, p, dy, last_act = self._loss_and_grad(outputs, y)
+        if not math.isfinite(loss):
+            raise self._divergence_error(where, loss)
         grads = [None] * (2 * len(self.layers))
         for i in reversed(range(len(self.layers))):
             layer = self.layers[i]
@@ -266,37 +274,30 @@ class Sequential:
             dw, db, dy = self.backend.dense_backward(outputs[i], layer.W, outputs[i + 1], dy, act,
                                                      need_dx=i > 0)
             grads[2 * i], grads[2 * i + 1] = dw, db
-        self.optimizer.step(self.backend, self.params, grads)
+        if self.optimizer.step(self.backend, self.params, grads):
+            for param, previous in zip(self.params, grads):
+                np.copyto(param, previous)
+            self.optimizer.reset()
+            raise self._divergence_error(where, loss)
         return loss, p
+
+    @staticmethod
+    def _divergence_error(where, loss):
+        return ValueError(f"training diverged in {where} (loss {loss:.4g}, or the update made "
+                          f"weights overflow); the weights are those from before that step; "
+                          f"try a lower learning rate")
 
     # ---- public training API -------------------------------------------------
 
     def train_on_batch(self, X, y):
         """One forward pass, backward pass and optimizer update; returns the batch loss.
 
-        If the loss or the updated weights are not finite, the weights are put
-        back as they were, the optimizer state is reset and ValueError is raised.
+        If the loss or the updated weights are not finite, ValueError is raised
+        and the weights are left as they were before the call.
         """
         X, y = self._check_data(X, y)
-        saved = self.get_weights()
-        loss, _ = self._train_step(X, y)
-        if self._diverged(loss):
-            self._restore(saved)
-            raise self._divergence_error("train_on_batch", loss)
+        loss, _ = self._train_step(X, y, "train_on_batch")
         return loss
-
-    def _diverged(self, loss):
-        return not math.isfinite(loss) or not all(np.isfinite(p).all() for p in self.params)
-
-    def _restore(self, saved):
-        for p, w in zip(self.params, saved):
-            np.copyto(p, w)
-        self.optimizer.reset()  # its state was updated from the diverging gradients
-
-    @staticmethod
-    def _divergence_error(where, loss):
-        return ValueError(f"training diverged in {where} (loss {loss:.4g}, or the weights "
-                          f"overflowed); the weights were restored; try a lower learning rate")
 
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1):
         """Train for `epochs` passes over (X, y) in mini-batches; returns a History.
@@ -304,9 +305,9 @@ class Sequential:
         Per-epoch loss and accuracy are averages over the epoch's batches
         (measured before each batch's update, as Keras reports them); with
         validation_data=(Xv, yv) the val_ metrics are computed after the epoch.
-        If the loss or the weights become NaN or infinite, the weights are
-        restored to their values at the start of that epoch, the optimizer
-        state is reset, and ValueError is raised naming the epoch.
+        If a step's loss or updated weights are not finite, ValueError is
+        raised naming the epoch; the weights are those from before that step
+        and the optimizer state is reset.
         """
         X, y = self._check_data(X, y)
         epochs = _positive_int(epochs, "epochs", allow_zero=True)
@@ -319,23 +320,16 @@ class Sequential:
         history = History()
         for epoch in range(epochs):
             start = time.perf_counter()
-            saved = self.get_weights()
             order = self._rng.permutation(n) if shuffle else np.arange(n)
             loss_sum, correct_sum, seen = 0.0, 0.0, 0
             for first in range(0, n, batch_size):
                 idx = order[first:first + batch_size]
                 Xb, yb = X[idx], y[idx]
-                loss, p = self._train_step(Xb, yb)
-                if not math.isfinite(loss):
-                    self._restore(saved)
-                    raise self._divergence_error(f"epoch {epoch + 1}", loss)
+                loss, p = self._train_step(Xb, yb, f"epoch {epoch + 1}")
                 acc = self.loss.accuracy(p, yb)
                 loss_sum += loss * len(idx)
                 correct_sum += (acc or 0.0) * len(idx)
                 seen += len(idx)
-            if self._diverged(loss):  # a finite loss can still overflow the weights
-                self._restore(saved)
-                raise self._divergence_error(f"epoch {epoch + 1}", loss)
             logs = {"loss": loss_sum / seen}
             if self.loss.accuracy(p, yb) is not None:
                 logs["accuracy"] = correct_sum / seen

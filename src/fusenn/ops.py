@@ -202,19 +202,32 @@ def _grad(g, w):
     return np.ascontiguousarray(g).reshape(-1)
 
 
-def sgd_update(w, g, v, lr, momentum=0.0, nesterov=False):
-    """In place: v = momentum v + g; w -= lr v (Nesterov: w -= lr (g + momentum v))."""
+def _prev(prev, w):
+    return None if prev is None else _state(prev, "prev", w)
+
+
+def sgd_update(w, g, v, lr, momentum=0.0, nesterov=False, prev=None):
+    """In place: v = momentum v + g; w -= lr v (Nesterov: w -= lr (g + momentum v)).
+
+    Returns the number of non-finite updated weights; prev (may be g) receives
+    the weights from before the step.
+    """
     wf = _state(w, "w", w)
     gf = _grad(g, w)
     vf = _state(v, "v", w) if momentum != 0 else None
-    _kernels.sgd_update(wf, gf, vf, float(lr), float(momentum), bool(nesterov), get_num_threads())
+    return _kernels.sgd_update(wf, gf, vf, float(lr), float(momentum), bool(nesterov),
+                               _prev(prev, w), get_num_threads())
 
 
-def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
-    """In place, step t >= 1: bias-corrected Adam with eps added after the square root."""
+def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, prev=None):
+    """In place, step t >= 1: bias-corrected Adam with eps added after the square root.
+
+    Returns and keeps prev as sgd_update does.
+    """
     if int(t) < 1:
         raise ValueError(f"t (the step count) must be >= 1, got {t}")
     wf = _state(w, "w", w)
     gf = _grad(g, w)
-    _kernels.adam_update(wf, gf, _state(m, "m", w), _state(v, "v", w), int(t), float(lr),
-                         float(beta1), float(beta2), float(eps), get_num_threads())
+    return _kernels.adam_update(wf, gf, _state(m, "m", w), _state(v, "v", w), int(t),
+                                float(lr), float(beta1), float(beta2), float(eps),
+                                _prev(prev, w), get_num_threads())

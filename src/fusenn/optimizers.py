@@ -26,7 +26,9 @@ def _check_range(name, value, low, high, low_open=False, high_open=True):
 
 
 class Optimizer:
-    """Base class: subclasses define `_state_names` and `_update`."""
+    """Base class: subclasses define `_state_names` and `_update`, which updates
+    one parameter through the backend and returns its count of non-finite
+    weights."""
 
     _state_names = ()
 
@@ -38,13 +40,25 @@ class Optimizer:
         self.state = None
         self.iterations = 0
 
-    def step(self, backend, params, grads):
-        """Update each parameter in place from its gradient."""
+    def ensure_state(self, params):
+        """Allocate the per-parameter state arrays (zeros) if not done yet."""
         if self.state is None:
             self.state = {name: [np.zeros_like(p) for p in params] for name in self._state_names}
+        return self.state
+
+    def step(self, backend, params, grads):
+        """Update each parameter in place from its gradient.
+
+        Returns the number of non-finite updated weights. The gradient arrays
+        are consumed: afterwards they hold the weights from before the step,
+        so the caller can undo a diverging step exactly.
+        """
+        self.ensure_state(params)
         self.iterations += 1
+        bad = 0
         for i, (p, g) in enumerate(zip(params, grads)):
-            self._update(backend, p, g, [self.state[name][i] for name in self._state_names])
+            bad += self._update(backend, p, g, [self.state[name][i] for name in self._state_names])
+        return bad
 
     def config(self):
         return {"name": type(self).__name__, **self._hyperparameters()}
@@ -68,7 +82,7 @@ class SGD(Optimizer):
 
     def _update(self, backend, p, g, state):
         v = state[0] if state else None
-        backend.sgd_update(p, g, v, self.lr, self.momentum, self.nesterov)
+        return backend.sgd_update(p, g, v, self.lr, self.momentum, self.nesterov, prev=g)
 
     def __repr__(self):
         return f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov})"
@@ -91,7 +105,8 @@ class Adam(Optimizer):
 
     def _update(self, backend, p, g, state):
         m, v = state
-        backend.adam_update(p, g, m, v, self.iterations, self.lr, self.beta1, self.beta2, self.eps)
+        return backend.adam_update(p, g, m, v, self.iterations, self.lr, self.beta1, self.beta2,
+                                   self.eps, prev=g)
 
     def __repr__(self):
         return f"Adam(lr={self.lr}, beta1={self.beta1}, beta2={self.beta2}, eps={self.eps})"

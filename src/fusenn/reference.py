@@ -137,27 +137,36 @@ def mse(a, t):
     return loss, d
 
 
-def sgd_update(w, g, v, lr, momentum=0.0, nesterov=False):
+def _commit(w, step, prev):
+    """w -= step, keeping the old w in prev; returns the count of non-finite new weights."""
+    if prev is not None:
+        prev[...] = w  # may alias g: step is already computed
+    w -= step
+    return 0 if np.isfinite(w).all() else int(np.count_nonzero(~np.isfinite(w)))
+
+
+def sgd_update(w, g, v, lr, momentum=0.0, nesterov=False, prev=None):
     """SGD step, in place on w (and v; v may be None when momentum == 0).
 
     v = momentum v + g; w -= lr v, or with Nesterov w -= lr (g + momentum v).
+    Returns the number of non-finite updated weights; prev (may be g) receives
+    the weights from before the step.
     """
     if momentum == 0:
-        w -= lr * g
-        return
-    v *= momentum
-    v += g
-    if nesterov:
-        w -= lr * (g + momentum * v)
+        step = lr * g
     else:
-        w -= lr * v
+        v *= momentum
+        v += g
+        step = lr * (g + momentum * v) if nesterov else lr * v
+    return _commit(w, step, prev)
 
 
-def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, prev=None):
     """Adam step t >= 1, in place on w, m and v:
 
     m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
     w -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+    Returns and keeps prev as sgd_update does.
     """
     m *= beta1
     m += (1 - beta1) * g
@@ -165,4 +174,4 @@ def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
     v += (1 - beta2) * (g * g)
     denom = np.sqrt(v / (1 - beta2**t))
     denom += eps
-    w -= (lr / (1 - beta1**t)) * m / denom
+    return _commit(w, (lr / (1 - beta1**t)) * m / denom, prev)
