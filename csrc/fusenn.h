@@ -185,6 +185,115 @@ size_t fusenn_adam_update_f64(size_t len, double *w, const double *g, double *m,
                               double lr, double beta1, double beta2, double eps,
                               int64_t t, double *prev, int nthreads);
 
+/* ---- Utilities (memory.c, shuffle.c, validate.c) ------------------------- */
+
+/* Number of heap allocations fusenn's C code has made since the library was
+ * loaded (packing buffers, plan arenas). Constant across steady-state steps. */
+size_t fusenn_allocation_count(void);
+
+/* order = a permutation of 0..n-1 drawn from `seed` (splitmix64 + Fisher-Yates):
+ * the batch order of one epoch of fit(). */
+void fusenn_shuffle(uint64_t seed, size_t n, int64_t *order);
+
+/* Number of NaN and infinite values in the n x d matrix X. */
+size_t fusenn_count_nonfinite_f32(size_t n, size_t d, const float *X, ptrdiff_t ldx, int nthreads);
+size_t fusenn_count_nonfinite_f64(size_t n, size_t d, const double *X, ptrdiff_t ldx, int nthreads);
+
+/* ---- Training engine (plan.c) ---------------------------------------------
+ * A network lowered into a plan: per-layer descriptors pointing at the
+ * caller's weights, gradients and optimizer state, plus one arena (owned by
+ * the plan) for the batch, every layer's output and the gradients flowing
+ * back. A training step is one call: forward, loss, backward, update. The
+ * arena grows only when a batch larger than any before arrives, so steady
+ * state allocates nothing. All matrices are row-major and contiguous. */
+
+#define FUSENN_EDIVERGED (-2) /* a loss or updated weight was not finite */
+
+typedef enum {
+    FUSENN_LOSS_CROSS_ENTROPY = 0,        /* softmax + cross-entropy, integer labels */
+    FUSENN_LOSS_BINARY_CROSS_ENTROPY = 1, /* sigmoid + binary cross-entropy, targets */
+    FUSENN_LOSS_MSE = 2                   /* mean squared error on the outputs */
+} fusenn_loss;
+
+typedef enum { FUSENN_OPT_SGD = 0, FUSENN_OPT_ADAM = 1 } fusenn_optimizer_kind;
+
+typedef struct {
+    fusenn_optimizer_kind kind;
+    double lr;
+    double momentum; /* SGD */
+    int nesterov;    /* SGD */
+    double beta1, beta2, eps; /* Adam */
+    int64_t steps;   /* updates applied so far; each step adds one (Adam's t) */
+} fusenn_optimizer;
+
+/* One dense layer of a plan. Pointers are to `real` (the plan's dtype). */
+typedef struct {
+    size_t d_in, d_out;
+    fusenn_activation act;
+    void *W, *b;          /* d_in x d_out, d_out */
+    void *dW, *db;        /* gradients, same shapes */
+    void *W_state[2];     /* optimizer state shaped like W: SGD {velocity or NULL,
+                             NULL}, Adam {m, v} */
+    void *b_state[2];     /* the same for b */
+} fusenn_layer;
+
+typedef struct fusenn_plan_f32 fusenn_plan_f32;
+typedef struct fusenn_plan_f64 fusenn_plan_f64;
+
+/* A plan for n_layers chained layers (layer l's d_out is layer l+1's d_in).
+ * The descriptors are copied; the arrays they point to must outlive the plan.
+ * With a cross-entropy loss the last layer's activation must be softmax or
+ * identity, with binary cross-entropy sigmoid or identity (the losses work
+ * from logits). Returns NULL when out of memory. */
+fusenn_plan_f32 *fusenn_plan_create_f32(size_t n_layers, const fusenn_layer *layers, fusenn_loss loss);
+fusenn_plan_f64 *fusenn_plan_create_f64(size_t n_layers, const fusenn_layer *layers, fusenn_loss loss);
+void fusenn_plan_destroy_f32(fusenn_plan_f32 *plan);
+void fusenn_plan_destroy_f64(fusenn_plan_f64 *plan);
+
+/* One training step on X (n x d_in, row stride ldx) with labels (cross-entropy)
+ * or targets T (n x k, row stride ldt; otherwise). On FUSENN_EDIVERGED the
+ * weights are those from before the step, the optimizer state is zeroed and
+ * opt->steps is 0. *loss is the batch loss; *correct counts correct
+ * predictions (rows for cross-entropy, elements for binary cross-entropy). */
+int fusenn_plan_train_batch_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
+                                const int64_t *labels, const float *T, ptrdiff_t ldt,
+                                fusenn_optimizer *opt, double *loss, double *correct, int nthreads);
+int fusenn_plan_train_batch_f64(fusenn_plan_f64 *plan, size_t n, const double *X, ptrdiff_t ldx,
+                                const int64_t *labels, const double *T, ptrdiff_t ldt,
+                                fusenn_optimizer *opt, double *loss, double *correct, int nthreads);
+
+/* Batches [first_batch, first_batch + n_batches) of an epoch over n samples:
+ * batch b is the rows order[b * batch_size ...] (the last one may be short),
+ * gathered into the arena. Adds loss x rows and correct predictions of every
+ * batch to *loss_sum and *correct_sum; *loss is the last batch's loss (the
+ * diverging one on FUSENN_EDIVERGED). */
+int fusenn_plan_train_epoch_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
+                                const int64_t *labels, const float *T, ptrdiff_t ldt,
+                                const int64_t *order, size_t batch_size, size_t first_batch,
+                                size_t n_batches, fusenn_optimizer *opt, double *loss,
+                                double *loss_sum, double *correct_sum, int nthreads);
+int fusenn_plan_train_epoch_f64(fusenn_plan_f64 *plan, size_t n, const double *X, ptrdiff_t ldx,
+                                const int64_t *labels, const double *T, ptrdiff_t ldt,
+                                const int64_t *order, size_t batch_size, size_t first_batch,
+                                size_t n_batches, fusenn_optimizer *opt, double *loss,
+                                double *loss_sum, double *correct_sum, int nthreads);
+
+/* The network's outputs for X (n x d_in) into out (n x k, row stride ldo),
+ * in chunks of rows. */
+int fusenn_plan_predict_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
+                            float *out, ptrdiff_t ldo, int nthreads);
+int fusenn_plan_predict_f64(fusenn_plan_f64 *plan, size_t n, const double *X, ptrdiff_t ldx,
+                            double *out, ptrdiff_t ldo, int nthreads);
+
+/* Loss x rows summed over chunks into *loss_sum, correct predictions into
+ * *correct_sum (as train_batch counts them). */
+int fusenn_plan_evaluate_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
+                             const int64_t *labels, const float *T, ptrdiff_t ldt,
+                             double *loss_sum, double *correct_sum, int nthreads);
+int fusenn_plan_evaluate_f64(fusenn_plan_f64 *plan, size_t n, const double *X, ptrdiff_t ldx,
+                             const int64_t *labels, const double *T, ptrdiff_t ldt,
+                             double *loss_sum, double *correct_sum, int nthreads);
+
 #ifdef __cplusplus
 }
 #endif

@@ -124,22 +124,50 @@ typedef int64_t int_same_size_real;
 #define UK_VBYTES 64
 #define UK_ATTR __attribute__((target("avx512f,avx2,fma")))
 #include "gemm_ukernel.h"
+
+/* Narrow tiles, one vector wide, for outputs with few columns (a 10-unit
+ * output layer would waste most of a 64-wide tile). */
+#define UK_NAME FN(ukernel_avx2_narrow)
+#define UK_MR 8
+#define UK_NR (2 * LANES_PER_16B)
+#define UK_VBYTES 32
+#define UK_ATTR __attribute__((target("avx2,fma")))
+#include "gemm_ukernel.h"
+
+#define UK_NAME FN(ukernel_avx512_narrow)
+#define UK_MR 8
+#define UK_NR (4 * LANES_PER_16B)
+#define UK_VBYTES 64
+#define UK_ATTR __attribute__((target("avx512f,avx2,fma")))
+#include "gemm_ukernel.h"
 #endif
 
+#define UK_NAME FN(ukernel_generic_narrow)
+#define UK_MR 4
+#define UK_NR LANES_PER_16B
+#define UK_VBYTES 16
+#define UK_ATTR
+#include "gemm_ukernel.h"
+
 /* One table entry per ISA level. */
-static const FN(gemm_config) FN(gemm_configs)[] = {
-    {FN(ukernel_generic), GENERIC_MR, GENERIC_NR, GENERIC_KC, GENERIC_MC, GENERIC_NC},
+static const FN(gemm_config) FN(gemm_configs)[][2] = {
+    {{FN(ukernel_generic), GENERIC_MR, GENERIC_NR, GENERIC_KC, GENERIC_MC, GENERIC_NC},
+     {FN(ukernel_generic_narrow), 4, LANES_PER_16B, 256, 4 * 32, LANES_PER_16B * 512}},
 #ifdef FUSENN_HAVE_X86_KERNELS
-    {FN(ukernel_avx2), AVX2_MR, AVX2_NR, AVX2_KC, AVX2_MC, AVX2_NC},
-    {FN(ukernel_avx512), AVX512_MR, AVX512_NR, AVX512_KC, AVX512_MC, AVX512_NC},
+    {{FN(ukernel_avx2), AVX2_MR, AVX2_NR, AVX2_KC, AVX2_MC, AVX2_NC},
+     {FN(ukernel_avx2_narrow), 8, 2 * LANES_PER_16B, 256, 8 * 24, 2 * LANES_PER_16B * 512}},
+    {{FN(ukernel_avx512), AVX512_MR, AVX512_NR, AVX512_KC, AVX512_MC, AVX512_NC},
+     {FN(ukernel_avx512_narrow), 8, 4 * LANES_PER_16B, 256, 8 * 24, 4 * LANES_PER_16B * 256}},
 #endif
 };
 
-static const FN(gemm_config) *FN(gemm_select)(void)
+/* The kernel for this CPU (or FUSENN_ISA), narrow when C has few columns. */
+static const FN(gemm_config) *FN(gemm_select)(size_t n)
 {
     int level = fusenn_isa_level();
     int available = (int)(sizeof(FN(gemm_configs)) / sizeof(FN(gemm_configs)[0])) - 1;
-    return &FN(gemm_configs)[level < available ? level : available];
+    const FN(gemm_config) *pair = FN(gemm_configs)[level < available ? level : available];
+    return n <= (size_t)pair[0].nr / 2 ? &pair[1] : &pair[0];
 }
 
 /* Below this many multiply-adds GEMM runs on one thread. */
@@ -147,24 +175,33 @@ static const FN(gemm_config) *FN(gemm_select)(void)
 
 /* ---- packing ---------------------------------------------------------- */
 
-/* Pack rows [0, mc) x depth [0, kc) of A into MR-tall panels: panel r holds
- * kc steps of mr values (rows r*mr ...), zero-padded past mc. */
+/* Pack rows [0, mr_eff) x depth [0, kc) of A into one MR-tall panel: kc
+ * steps of mr values, zero-padded past mr_eff. */
 static void FN(pack_a_panel)(size_t mr_eff, int mr, size_t kc, const real *A,
                              ptrdiff_t rs, ptrdiff_t cs, real *dst)
 {
-    if (cs == 1) { /* rows contiguous: read along p */
-        for (size_t i = 0; i < mr_eff; i++)
-            for (size_t p = 0; p < kc; p++)
-                dst[p * mr + i] = A[(ptrdiff_t)i * rs + (ptrdiff_t)p];
-    } else {
-        for (size_t p = 0; p < kc; p++)
-            for (size_t i = 0; i < mr_eff; i++)
-                dst[p * mr + i] = A[(ptrdiff_t)i * rs + (ptrdiff_t)p * cs];
-    }
-    if (mr_eff < (size_t)mr)
-        for (size_t p = 0; p < kc; p++)
+    if (rs == 1) { /* A transposed: each step's mr values are contiguous */
+        for (size_t p = 0; p < kc; p++) {
+            memcpy(dst + p * (size_t)mr, A + (ptrdiff_t)p * cs, mr_eff * sizeof(real));
             for (size_t i = mr_eff; i < (size_t)mr; i++)
-                dst[p * mr + i] = 0;
+                dst[p * (size_t)mr + i] = 0;
+        }
+        return;
+    }
+    if (mr_eff == (size_t)mr && cs == 1) { /* full panel of contiguous rows */
+        for (size_t i = 0; i < (size_t)mr; i++) {
+            const real *a = A + (ptrdiff_t)i * rs;
+            for (size_t p = 0; p < kc; p++)
+                dst[p * (size_t)mr + i] = a[p];
+        }
+        return;
+    }
+    for (size_t p = 0; p < kc; p++) {
+        for (size_t i = 0; i < mr_eff; i++)
+            dst[p * (size_t)mr + i] = A[(ptrdiff_t)i * rs + (ptrdiff_t)p * cs];
+        for (size_t i = mr_eff; i < (size_t)mr; i++)
+            dst[p * (size_t)mr + i] = 0;
+    }
 }
 
 /* Pack depth [0, kc) x columns [0, nr_eff) of B into one NR-wide panel. */
@@ -189,7 +226,8 @@ static void FN(pack_b_panel)(size_t nr_eff, int nr, size_t kc, const real *B,
 /* ---- the store: alpha, beta, bias, activation ------------------------- */
 
 
-/* Write the mr_eff x nr_eff corner of tile ab (row stride nr) to C. */
+/* Write the mr_eff x nr_eff corner of tile ab (row stride nr) to C: edge
+ * tiles and strided C, which the micro-kernel's fused store does not take. */
 static void FN(store_tile)(size_t mr_eff, size_t nr_eff, int nr, const real *ab,
                            real *C, ptrdiff_t rs_c, ptrdiff_t cs_c,
                            const real *bias, const FN(store_params) *sp)
@@ -198,9 +236,13 @@ static void FN(store_tile)(size_t mr_eff, size_t nr_eff, int nr, const real *ab,
     for (size_t i = 0; i < mr_eff; i++) {
         real *c = C + (ptrdiff_t)i * rs_c;
         const real *t = ab + i * (size_t)nr;
+        /* the row in contiguous memory first, so these loops vectorise */
         if (sp->beta == 0) { /* beta = 0 never reads C, which may hold NaN */
             for (size_t j = 0; j < nr_eff; j++)
                 row[j] = sp->alpha * t[j];
+        } else if (cs_c == 1) {
+            for (size_t j = 0; j < nr_eff; j++)
+                row[j] = sp->alpha * t[j] + sp->beta * c[j];
         } else {
             for (size_t j = 0; j < nr_eff; j++)
                 row[j] = sp->alpha * t[j] + sp->beta * c[(ptrdiff_t)j * cs_c];
@@ -211,8 +253,12 @@ static void FN(store_tile)(size_t mr_eff, size_t nr_eff, int nr, const real *ab,
                     row[j] += bias[j];
             FN(activate_row)(sp->act, nr_eff, row, row);
         }
-        for (size_t j = 0; j < nr_eff; j++)
-            c[(ptrdiff_t)j * cs_c] = row[j];
+        if (cs_c == 1) {
+            memcpy(c, row, nr_eff * sizeof(real));
+        } else {
+            for (size_t j = 0; j < nr_eff; j++)
+                c[(ptrdiff_t)j * cs_c] = row[j];
+        }
     }
 }
 
@@ -249,8 +295,8 @@ static pthread_once_t FN(pack_key_once) = PTHREAD_ONCE_INIT;
 static void FN(pack_cache_free)(void *p)
 {
     FN(pack_cache) *cache = p;
-    free(cache->ptr);
-    free(cache);
+    fusenn_aligned_free(cache->ptr);
+    fusenn_aligned_free(cache);
 }
 
 static void FN(pack_key_create)(void)
@@ -263,16 +309,19 @@ static real *FN(pack_buffer)(size_t len)
     pthread_once(&FN(pack_key_once), FN(pack_key_create));
     FN(pack_cache) *cache = pthread_getspecific(FN(pack_key));
     if (cache == NULL) {
-        cache = calloc(1, sizeof *cache);
-        if (cache == NULL || pthread_setspecific(FN(pack_key), cache) != 0) {
-            free(cache);
+        cache = fusenn_aligned_alloc(sizeof *cache);
+        if (cache == NULL)
+            return NULL;
+        cache->ptr = NULL;
+        cache->len = 0;
+        if (pthread_setspecific(FN(pack_key), cache) != 0) {
+            fusenn_aligned_free(cache);
             return NULL;
         }
     }
     if (cache->len < len) {
-        free(cache->ptr);
-        size_t bytes = (len * sizeof(real) + 63) / 64 * 64;
-        cache->ptr = aligned_alloc(64, bytes);
+        fusenn_aligned_free(cache->ptr);
+        cache->ptr = fusenn_aligned_alloc(len * sizeof(real));
         cache->len = cache->ptr ? len : 0;
     }
     return cache->ptr;
@@ -306,6 +355,77 @@ static void FN(macro_kernel)(const FN(gemm_config) *cfg, size_t mc, size_t nc, s
     }
 }
 
+/* One GEMM call's operands and blocking, shared by the threads working on it. */
+typedef struct {
+    const FN(gemm_config) *cfg;
+    size_t m, n, k;
+    real alpha, beta;
+    const real *A, *B, *bias;
+    ptrdiff_t rs_a, cs_a, rs_b, cs_b, rs_c, cs_c;
+    real *C;
+    fusenn_activation act;
+    real *Bp, *Ap;       /* packed B block; A block(s) */
+    size_t a_len;        /* elements per A block */
+    int split_columns;   /* threads share each A block and split its columns */
+} FN(gemm_call);
+
+/* The blocked loops, run by every thread of the team (or alone, outside any
+ * parallel region: the worksharing loops then run serially). */
+static void FN(gemm_blocked)(const FN(gemm_call) *g, int tid)
+{
+    const FN(gemm_config) *cfg = g->cfg;
+    const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
+    const size_t KC = cfg->kc, MC = cfg->mc, NC = cfg->nc;
+    const size_t m = g->m, n = g->n, k = g->k, m_blocks = (m + MC - 1) / MC;
+    real *Ap = g->Ap + (g->split_columns ? 0 : (size_t)tid * g->a_len);
+    for (size_t jc = 0; jc < n; jc += NC) {
+        const size_t nc = FUSENN_MIN(NC, n - jc);
+        const size_t n_panels = (nc + nr - 1) / nr;
+        const real *bias_jc = g->bias ? g->bias + jc : NULL;
+        for (size_t pc = 0; pc < k; pc += KC) {
+            const size_t kc = FUSENN_MIN(KC, k - pc);
+            const FN(store_params) sp = {g->alpha, pc == 0 ? g->beta : (real)1, g->act,
+                                         pc + kc == k};
+#pragma omp for schedule(static)
+            for (size_t jp = 0; jp < n_panels; jp++)
+                FN(pack_b_panel)(FUSENN_MIN(nr, nc - jp * nr), cfg->nr, kc,
+                                 g->B + (ptrdiff_t)pc * g->rs_b + (ptrdiff_t)(jc + jp * nr) * g->cs_b,
+                                 g->rs_b, g->cs_b, g->Bp + jp * nr * kc);
+
+            if (g->split_columns) {
+                for (size_t ic = 0; ic < m; ic += MC) {
+                    const size_t mc = FUSENN_MIN(MC, m - ic);
+                    const size_t m_panels = (mc + mr - 1) / mr;
+#pragma omp for schedule(static)
+                    for (size_t ip = 0; ip < m_panels; ip++)
+                        FN(pack_a_panel)(FUSENN_MIN(mr, mc - ip * mr), cfg->mr, kc,
+                                         g->A + (ptrdiff_t)(ic + ip * mr) * g->rs_a
+                                              + (ptrdiff_t)pc * g->cs_a,
+                                         g->rs_a, g->cs_a, Ap + ip * mr * kc);
+#pragma omp for schedule(static)
+                    for (size_t jp = 0; jp < n_panels; jp++)
+                        FN(macro_kernel)(cfg, mc, nc, kc, Ap, g->Bp, jp, jp + 1,
+                                         g->C + (ptrdiff_t)ic * g->rs_c + (ptrdiff_t)jc * g->cs_c,
+                                         g->rs_c, g->cs_c, bias_jc, &sp);
+                }
+            } else {
+#pragma omp for schedule(dynamic, 1)
+                for (size_t ib = 0; ib < m_blocks; ib++) {
+                    const size_t ic = ib * MC, mc = FUSENN_MIN(MC, m - ic);
+                    for (size_t ip = 0; ip * mr < mc; ip++)
+                        FN(pack_a_panel)(FUSENN_MIN(mr, mc - ip * mr), cfg->mr, kc,
+                                         g->A + (ptrdiff_t)(ic + ip * mr) * g->rs_a
+                                              + (ptrdiff_t)pc * g->cs_a,
+                                         g->rs_a, g->cs_a, Ap + ip * mr * kc);
+                    FN(macro_kernel)(cfg, mc, nc, kc, Ap, g->Bp, 0, n_panels,
+                                     g->C + (ptrdiff_t)ic * g->rs_c + (ptrdiff_t)jc * g->cs_c,
+                                     g->rs_c, g->cs_c, bias_jc, &sp);
+                }
+            }
+        }
+    }
+}
+
 int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
                           const real *A, ptrdiff_t rs_a, ptrdiff_t cs_a,
                           const real *B, ptrdiff_t rs_b, ptrdiff_t cs_b, real beta,
@@ -318,79 +438,42 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         FN(gemm_scale_only)(m, n, beta, C, rs_c, cs_c, bias, act);
         return FUSENN_OK;
     }
-    const FN(gemm_config) *cfg = FN(gemm_select)();
+    const FN(gemm_config) *cfg = FN(gemm_select)(n);
     const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
-    const size_t KC = cfg->kc, MC = cfg->mc, NC = cfg->nc;
 
     int nt = nthreads < 1 ? 1 : nthreads;
     if ((double)m * (double)n * (double)k < (double)GEMM_PARALLEL_MIN_WORK)
         nt = 1;
-    const size_t m_blocks = (m + MC - 1) / MC;
-    /* Row blocks that do not divide evenly between the threads: all threads
-     * pack each A block together and split its columns. Otherwise each thread
-     * takes whole row blocks with its own A. */
-    const int split_columns = m_blocks % (size_t)nt != 0;
-
-    const size_t kc_max = FUSENN_MIN(KC, k);
-    const size_t b_len = kc_max * ((FUSENN_MIN(NC, n) + nr - 1) / nr * nr);
-    const size_t a_len = kc_max * ((FUSENN_MIN(MC, m) + mr - 1) / mr * mr);
-    real *buf = FN(pack_buffer)(b_len + a_len * (size_t)(split_columns ? 1 : nt));
+    const size_t m_blocks = (m + cfg->mc - 1) / cfg->mc;
+    const size_t kc_max = FUSENN_MIN(cfg->kc, k);
+    FN(gemm_call) g = {
+        .cfg = cfg, .m = m, .n = n, .k = k, .alpha = alpha, .beta = beta,
+        .A = A, .B = B, .bias = bias, .rs_a = rs_a, .cs_a = cs_a, .rs_b = rs_b, .cs_b = cs_b,
+        .rs_c = rs_c, .cs_c = cs_c, .C = C, .act = act,
+        .a_len = kc_max * ((FUSENN_MIN(cfg->mc, m) + mr - 1) / mr * mr),
+        /* Row blocks that do not divide evenly between the threads: all threads
+         * pack each A block together and split its columns. Otherwise each
+         * thread takes whole row blocks with its own A. */
+        .split_columns = m_blocks % (size_t)nt != 0,
+    };
+    const size_t b_len = kc_max * ((FUSENN_MIN(cfg->nc, n) + nr - 1) / nr * nr);
+    real *buf = FN(pack_buffer)(b_len + g.a_len * (size_t)(g.split_columns ? 1 : nt));
     if (buf == NULL)
         return FUSENN_ENOMEM;
-    real *Bp = buf;
+    g.Bp = buf;
+    g.Ap = buf + b_len;
 
-#pragma omp parallel num_threads(nt) if (nt > 1)
+    if (nt == 1) {
+        FN(gemm_blocked)(&g, 0); /* no parallel region: small calls pay nothing for it */
+        return FUSENN_OK;
+    }
+#pragma omp parallel num_threads(nt)
     {
 #ifdef _OPENMP
-        const int tid = omp_get_thread_num();
+        FN(gemm_blocked)(&g, omp_get_thread_num());
 #else
-        const int tid = 0;
+        FN(gemm_blocked)(&g, 0);
 #endif
-        real *Ap = buf + b_len + (split_columns ? 0 : (size_t)tid * a_len);
-        for (size_t jc = 0; jc < n; jc += NC) {
-            const size_t nc = FUSENN_MIN(NC, n - jc);
-            const size_t n_panels = (nc + nr - 1) / nr;
-            for (size_t pc = 0; pc < k; pc += KC) {
-                const size_t kc = FUSENN_MIN(KC, k - pc);
-                const FN(store_params) sp = {alpha, pc == 0 ? beta : (real)1, act, pc + kc == k};
-                const real *bias_jc = bias ? bias + jc : NULL;
-
-#pragma omp for schedule(static)
-                for (size_t jp = 0; jp < n_panels; jp++)
-                    FN(pack_b_panel)(FUSENN_MIN(nr, nc - jp * nr), cfg->nr, kc,
-                                     B + (ptrdiff_t)pc * rs_b + (ptrdiff_t)(jc + jp * nr) * cs_b,
-                                     rs_b, cs_b, Bp + jp * nr * kc);
-
-                if (split_columns) {
-                    for (size_t ic = 0; ic < m; ic += MC) {
-                        const size_t mc = FUSENN_MIN(MC, m - ic);
-                        const size_t m_panels = (mc + mr - 1) / mr;
-#pragma omp for schedule(static)
-                        for (size_t ip = 0; ip < m_panels; ip++)
-                            FN(pack_a_panel)(FUSENN_MIN(mr, mc - ip * mr), cfg->mr, kc,
-                                             A + (ptrdiff_t)(ic + ip * mr) * rs_a + (ptrdiff_t)pc * cs_a,
-                                             rs_a, cs_a, Ap + ip * mr * kc);
-#pragma omp for schedule(static)
-                        for (size_t jp = 0; jp < n_panels; jp++)
-                            FN(macro_kernel)(cfg, mc, nc, kc, Ap, Bp, jp, jp + 1,
-                                             C + (ptrdiff_t)ic * rs_c + (ptrdiff_t)jc * cs_c,
-                                             rs_c, cs_c, bias_jc, &sp);
-                    }
-                } else {
-#pragma omp for schedule(dynamic, 1)
-                    for (size_t ib = 0; ib < m_blocks; ib++) {
-                        const size_t ic = ib * MC, mc = FUSENN_MIN(MC, m - ic);
-                        for (size_t ip = 0; ip * mr < mc; ip++)
-                            FN(pack_a_panel)(FUSENN_MIN(mr, mc - ip * mr), cfg->mr, kc,
-                                             A + (ptrdiff_t)(ic + ip * mr) * rs_a + (ptrdiff_t)pc * cs_a,
-                                             rs_a, cs_a, Ap + ip * mr * kc);
-                        FN(macro_kernel)(cfg, mc, nc, kc, Ap, Bp, 0, n_panels,
-                                         C + (ptrdiff_t)ic * rs_c + (ptrdiff_t)jc * cs_c,
-                                         rs_c, cs_c, bias_jc, &sp);
-                    }
-                }
-            }
-        }
     }
     return FUSENN_OK;
 }

@@ -35,6 +35,10 @@ typedef double real;
 enum { FUSENN_ISA_GENERIC = 0, FUSENN_ISA_AVX2 = 1, FUSENN_ISA_AVX512 = 2 };
 int fusenn_isa_level(void);
 
+/* Counted allocation (memory.c): 64-byte aligned; free with fusenn_aligned_free. */
+void *fusenn_aligned_alloc(size_t bytes);
+void fusenn_aligned_free(void *p);
+
 #define FUSENN_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define FUSENN_MAX(a, b) ((a) > (b) ? (a) : (b))
 

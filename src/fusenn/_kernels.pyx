@@ -312,3 +312,6 @@ def adam_update(real[::1] w, const real[::1] g, real[::1] m, real[::1] v, int64_
             bad = fusenn_adam_update_f64(w.shape[0], ptr1c(w), cptr1c(g), ptr1c(m), ptr1c(v),
                                          lr, beta1, beta2, eps, t, prev_ptr, nthreads)
     return bad
+
+
+include "_plan.pxi"

@@ -15,8 +15,9 @@ __all__ = ["LOSSES", "get_loss"]
 
 
 class Loss:
-    def __init__(self, name, fused_kernel, output_activations, targets):
+    def __init__(self, name, engine_id, fused_kernel, output_activations, targets):
         self.name = name
+        self.engine_id = engine_id                # fusenn_loss in csrc/fusenn.h
         self.fused_kernel = fused_kernel          # backend function name, or None
         self.output_activations = output_activations  # allowed, or None for any
         self.targets = targets                    # "labels" or "values"
@@ -32,20 +33,30 @@ class Loss:
                 f"got {activation!r}"
             )
 
-    def accuracy(self, p, y):
-        """Fraction of correct predictions from probabilities p, or None (mse)."""
+    @property
+    def has_accuracy(self):
+        return self.fused_kernel is not None
+
+    def correct(self, p, y):
+        """Correct predictions from probabilities p: rows whose argmax is the label
+        (cross-entropy), outputs on the right side of 0.5 (binary); 0 for mse."""
         if self.targets == "labels":
-            return float(np.mean(p.argmax(axis=1) == y))
-        if self.fused_kernel is not None:  # binary: each output thresholded at 0.5
-            return float(np.mean((p > 0.5) == (y > 0.5)))
-        return None
+            return int(np.count_nonzero(p.argmax(axis=1) == y))
+        if self.fused_kernel is not None:
+            return int(np.count_nonzero((p > 0.5) == (y > 0.5)))
+        return 0
+
+    def accuracy(self, correct, n, k):
+        """Accuracy from a count of correct predictions over n samples of k outputs."""
+        return correct / (n if self.targets == "labels" else n * k)
 
 
 LOSSES = {
-    "cross_entropy": Loss("cross_entropy", "softmax_cross_entropy", ("softmax", "identity"), "labels"),
-    "binary_cross_entropy": Loss("binary_cross_entropy", "sigmoid_binary_cross_entropy",
+    "cross_entropy": Loss("cross_entropy", 0, "softmax_cross_entropy", ("softmax", "identity"),
+                          "labels"),
+    "binary_cross_entropy": Loss("binary_cross_entropy", 1, "sigmoid_binary_cross_entropy",
                                  ("sigmoid", "identity"), "values"),
-    "mse": Loss("mse", None, None, "values"),
+    "mse": Loss("mse", 2, None, None, "values"),
 }
 # Keras' and PyTorch's names for the same losses.
 _ALIASES = {

@@ -6,16 +6,19 @@ NumPy oracle), which share names and signatures. Everything else here is
 bookkeeping, validation and I/O.
 """
 
+import contextlib
 import json
 import math
 import os
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
 
-from . import ops, reference
+from . import _kernels, ops, reference
+from ._threads import get_num_threads
 from .layers import Dense
 from .losses import get_loss
 from .optimizers import get_optimizer
@@ -25,7 +28,8 @@ __all__ = ["Sequential", "History", "load", "FORMAT_VERSION"]
 BACKENDS = {"c": ops, "numpy": reference}
 DTYPES = {"float32": np.float32, "float64": np.float64}
 FORMAT_VERSION = 1  # of the .npz files written by save()
-PREDICT_CHUNK = 8192  # rows per forward pass in predict/evaluate
+PREDICT_CHUNK = 1024  # rows per forward pass in predict/evaluate (as csrc/plan.c)
+_ACTIVATION_IDS = {name: i for i, name in enumerate(reference.ACTIVATIONS)}  # C enum values
 
 
 def _dtype_name(dtype):
@@ -36,6 +40,13 @@ def _dtype_name(dtype):
     if dtype is None or name not in DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return name
+
+
+def _contiguous_rows(a):
+    """`a` with unit column stride (as the C kernels read rows), copying only if needed."""
+    if a.ndim == 2 and a.shape[1] > 1 and a.strides[1] != a.itemsize:
+        return np.ascontiguousarray(a)
+    return a
 
 
 def _positive_int(value, name, allow_zero=False):
@@ -87,10 +98,24 @@ class Sequential:
         self.input_dim = None
         self.loss = None
         self.optimizer = None
+        self._plan = None  # the C training engine, built on first use (see _engine)
+        self._lock = threading.Lock()
         for layer in layers:
             self.add(layer)
         if input_dim is not None:
             self.build(input_dim)
+
+    def __getstate__(self):
+        # the C plan, the lock and the backend module are rebuilt on unpickling
+        state = dict(self.__dict__)
+        state["_plan"] = None
+        del state["_lock"], state["backend"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.backend = BACKENDS[self.backend_name]
+        self._lock = threading.Lock()
 
     def __repr__(self):
         return (f"Sequential({self.layers}, input_dim={self.input_dim}, dtype={self.dtype.name!r}, "
@@ -169,7 +194,9 @@ class Sequential:
         loss.check_output_activation(self.layers[-1].activation)
         self.loss = loss
         self.optimizer = get_optimizer(optimizer)
-        self.optimizer.reset()
+        self.optimizer.state = None  # fresh state shaped for this model
+        self.optimizer.iterations = 0
+        self._plan = None
 
     # ---- validation -----------------------------------------------------------
 
@@ -193,8 +220,8 @@ class Sequential:
             raise ValueError(f"{name} is empty: expected at least one sample, got shape {X.shape}")
         if self.input_dim is not None and X.shape[1] != self.input_dim:
             raise ValueError(f"{name} must have shape (n_samples, {self.input_dim}), got {X.shape}")
-        X = np.asarray(X, dtype=self.dtype)
-        if not np.all(np.isfinite(X)):
+        X = _contiguous_rows(np.asarray(X, dtype=self.dtype))
+        if _kernels.count_nonfinite(X, get_num_threads()):  # no mask as big as X
             raise ValueError(f"{name} contains NaN or infinity")
         return X
 
@@ -214,15 +241,15 @@ class Sequential:
                 bad = y[(y < 0) | (y >= k)][0]
                 raise ValueError(f"{name} holds class labels outside [0, {k}) (the last layer has "
                                  f"{k} units): found {bad}")
-            return y.astype(np.int64, copy=False)
+            return np.ascontiguousarray(y, dtype=np.int64)
         if y.ndim == 1 and k == 1:
             y = y.reshape(-1, 1)
         if y.shape != (n, k):
             raise ValueError(f"{name} must have shape ({n}, {k}), got {y.shape}")
         if y.dtype.kind not in "fiub":
             raise TypeError(f"{name} must hold numbers, got dtype {y.dtype}")
-        y = np.asarray(y, dtype=self.dtype)
-        if not np.all(np.isfinite(y)):
+        y = _contiguous_rows(np.asarray(y, dtype=self.dtype))
+        if _kernels.count_nonfinite(y, get_num_threads()):
             raise ValueError(f"{name} contains NaN or infinity")
         if self.loss.name == "binary_cross_entropy" and (y.min() < 0 or y.max() > 1):
             raise ValueError(f"{name} must hold targets in [0, 1] for binary_cross_entropy")
@@ -257,15 +284,18 @@ class Sequential:
         return loss, outputs[-1], da, self.layers[-1].activation
 
     def _train_step(self, X, y, where):
-        """Forward, loss, backward and update on one batch; returns (loss, probabilities).
+        """Forward, loss, backward and update on one batch, op by op; returns
+        (loss, correct predictions).
 
         A non-finite loss raises before anything changes; an update that makes
         weights non-finite is undone exactly (the optimizer leaves the previous
-        weights in the gradient arrays) and the optimizer state is reset.
+        weights in the gradient arrays). Either way the optimizer state is reset,
+        as the C engine does.
         """
         outputs = self._forward(X, "identity" if self.loss.fused_kernel else None)
         loss, p, dy, last_act = self._loss_and_grad(outputs, y)
         if not math.isfinite(loss):
+            self.optimizer.reset()
             raise self._divergence_error(where, loss)
         grads = [None] * (2 * len(self.layers))
         for i in reversed(range(len(self.layers))):
@@ -279,7 +309,7 @@ class Sequential:
                 np.copyto(param, previous)
             self.optimizer.reset()
             raise self._divergence_error(where, loss)
-        return loss, p
+        return loss, self.loss.correct(p, y)
 
     @staticmethod
     def _divergence_error(where, loss):
@@ -287,27 +317,82 @@ class Sequential:
                           f"weights overflow); the weights are those from before that step; "
                           f"try a lower learning rate")
 
+    # ---- the C engine ---------------------------------------------------------------
+
+    def _engine(self):
+        """The C training plan (csrc/plan.c) for this model, or None when it trains
+        op by op: on the NumPy backend, or with an optimizer the engine does not
+        know (a subclass). The plan points at the model's weights, gradient
+        buffers and optimizer state; the optimizer's hyperparameters and step
+        count are handed over on every call, so changing them between calls works."""
+        config = self.optimizer.engine_config()
+        if self.backend is not ops or config is None:
+            return None
+        if self._plan is None:
+            state = self.optimizer.ensure_state(self.params)
+            names = self.optimizer._state_names
+            layers = []
+            for i, layer in enumerate(self.layers):
+                dW, db = np.empty_like(layer.W), np.empty_like(layer.b)
+                layers.append((layer.W, layer.b, dW, db, _ACTIVATION_IDS[layer.activation],
+                               [state[name][2 * i] for name in names],
+                               [state[name][2 * i + 1] for name in names]))
+            self._plan = _kernels.Plan(layers, self.loss.engine_id, self.dtype)
+        self._plan.set_optimizer(*config, self.optimizer.iterations)
+        return self._plan
+
+    def _targets(self, y):
+        """(labels, targets) as the engine takes them: one of the two is None."""
+        return (y, None) if self.loss.targets == "labels" else (None, y)
+
+    def _engine_result(self, plan, code, where, loss):
+        """Sync the optimizer's step count and turn an engine code into an exception."""
+        self.optimizer.iterations = plan.steps
+        if code == _kernels.FUSENN_EDIVERGED_CODE:
+            raise self._divergence_error(where, loss)
+        if code != 0:
+            raise MemoryError("fusenn: out of memory in the training engine")
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """One call at a time per model: training and inference share its buffers."""
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("this model is already in use by another thread; use one "
+                               "model per thread, or serialise the calls")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     # ---- public training API -------------------------------------------------
 
     def train_on_batch(self, X, y):
         """One forward pass, backward pass and optimizer update; returns the batch loss.
 
-        If the loss or the updated weights are not finite, ValueError is raised
-        and the weights are left as they were before the call.
+        If the loss or the updated weights are not finite, ValueError is raised,
+        the weights are left as they were before the call and the optimizer
+        state is reset.
         """
         X, y = self._check_data(X, y)
-        loss, _ = self._train_step(X, y, "train_on_batch")
+        with self._exclusive():
+            plan = self._engine()
+            if plan is None:
+                loss, _ = self._train_step(X, y, "train_on_batch")
+            else:
+                code, loss, _ = plan.train_batch(X, *self._targets(y), get_num_threads())
+                self._engine_result(plan, code, "train_on_batch", loss)
         return loss
 
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1):
         """Train for `epochs` passes over (X, y) in mini-batches; returns a History.
 
-        Per-epoch loss and accuracy are averages over the epoch's batches
-        (measured before each batch's update, as Keras reports them); with
-        validation_data=(Xv, yv) the val_ metrics are computed after the epoch.
-        If a step's loss or updated weights are not finite, ValueError is
-        raised naming the epoch; the weights are those from before that step
-        and the optimizer state is reset.
+        Each epoch visits the samples in a permutation drawn from the model's
+        seed (the same on both backends). Per-epoch loss and accuracy are
+        averages over the epoch's batches (measured before each batch's update,
+        as Keras reports them); with validation_data=(Xv, yv) the val_ metrics
+        are computed after the epoch. If a step's loss or updated weights are
+        not finite, ValueError is raised naming the epoch; the weights are those
+        from before that step and the optimizer state is reset.
         """
         X, y = self._check_data(X, y)
         epochs = _positive_int(epochs, "epochs", allow_zero=True)
@@ -317,28 +402,36 @@ class Sequential:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             Xv, yv = self._check_data(*validation_data, name_x="validation X", name_y="validation y")
         n = X.shape[0]
+        n_batches = -(-n // batch_size)
+        order = np.arange(n, dtype=np.int64)  # the one array proportional to the data
         history = History()
-        for epoch in range(epochs):
-            start = time.perf_counter()
-            order = self._rng.permutation(n) if shuffle else np.arange(n)
-            loss_sum, correct_sum, seen = 0.0, 0.0, 0
-            for first in range(0, n, batch_size):
-                idx = order[first:first + batch_size]
-                Xb, yb = X[idx], y[idx]
-                loss, p = self._train_step(Xb, yb, f"epoch {epoch + 1}")
-                acc = self.loss.accuracy(p, yb)
-                loss_sum += loss * len(idx)
-                correct_sum += (acc or 0.0) * len(idx)
-                seen += len(idx)
-            logs = {"loss": loss_sum / seen}
-            if self.loss.accuracy(p, yb) is not None:
-                logs["accuracy"] = correct_sum / seen
-            if validation_data is not None:
-                logs.update({f"val_{k}": v for k, v in self._evaluate(Xv, yv).items()})
-            logs["time"] = time.perf_counter() - start
-            history.append(epoch, logs)
-            if verbose:
-                self._print_epoch(epoch, epochs, logs)
+        with self._exclusive():
+            plan = self._engine()
+            for epoch in range(epochs):
+                start = time.perf_counter()
+                if shuffle:
+                    _kernels.shuffle(order, int(self._rng.integers(0, 2**63)))
+                where = f"epoch {epoch + 1}"
+                if plan is not None:
+                    code, loss, loss_sum, correct = plan.train_epoch(
+                        X, *self._targets(y), order, batch_size, 0, n_batches, get_num_threads())
+                    self._engine_result(plan, code, where, loss)
+                else:
+                    loss_sum, correct = 0.0, 0
+                    for first in range(0, n, batch_size):
+                        idx = order[first:first + batch_size]
+                        loss, hits = self._train_step(X[idx], y[idx], where)
+                        loss_sum += loss * len(idx)
+                        correct += hits
+                logs = {"loss": loss_sum / n}
+                if self.loss.has_accuracy:
+                    logs["accuracy"] = self.loss.accuracy(correct, n, self.output_dim)
+                if validation_data is not None:
+                    logs.update({f"val_{k}": v for k, v in self._evaluate(Xv, yv).items()})
+                logs["time"] = time.perf_counter() - start
+                history.append(epoch, logs)
+                if verbose:
+                    self._print_epoch(epoch, epochs, logs)
         return history
 
     @staticmethod
@@ -348,32 +441,50 @@ class Sequential:
         print(" - ".join(parts), file=sys.stdout, flush=True)
 
     def predict(self, X, batch_size=None):
-        """The network's outputs for X: probabilities for softmax/sigmoid outputs."""
+        """The network's outputs for X: probabilities for softmax/sigmoid outputs.
+
+        batch_size only bounds the rows per forward pass of the op-by-op path;
+        results do not depend on it."""
         self._require_built()
         X = self._check_X(X)
         chunk = PREDICT_CHUNK if batch_size is None else _positive_int(batch_size, "batch_size")
-        parts = [self._forward(X[i:i + chunk])[-1] for i in range(0, X.shape[0], chunk)]
+        with self._exclusive():
+            plan = self._engine() if self.loss is not None else None
+            if plan is not None:
+                out = np.empty((X.shape[0], self.output_dim), dtype=self.dtype)
+                if plan.predict(X, out, get_num_threads()) != 0:
+                    raise MemoryError("fusenn: out of memory in the training engine")
+                return out
+            parts = [self._forward(X[i:i + chunk])[-1] for i in range(0, X.shape[0], chunk)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def evaluate(self, X, y, batch_size=None):
         """{'loss': ..., 'accuracy': ...} over (X, y) (accuracy only for classification)."""
         self._require_built()
         X, y = self._check_data(X, y)
-        chunk = PREDICT_CHUNK if batch_size is None else _positive_int(batch_size, "batch_size")
-        return self._evaluate(X, y, chunk)
+        if batch_size is not None:
+            _positive_int(batch_size, "batch_size")  # accepted for Keras compatibility
+        with self._exclusive():
+            return self._evaluate(X, y)
 
-    def _evaluate(self, X, y, chunk=PREDICT_CHUNK):
-        last = "identity" if self.loss.fused_kernel else None
-        loss_sum, acc_sum = 0.0, 0.0
-        for i in range(0, X.shape[0], chunk):
-            Xc, yc = X[i:i + chunk], y[i:i + chunk]
-            loss, p, _, _ = self._loss_and_grad(self._forward(Xc, last), yc)
-            acc = self.loss.accuracy(p, yc)
-            loss_sum += loss * len(Xc)
-            acc_sum += (acc or 0.0) * len(Xc)
-        result = {"loss": loss_sum / X.shape[0]}
-        if acc is not None:
-            result["accuracy"] = acc_sum / X.shape[0]
+    def _evaluate(self, X, y):
+        n = X.shape[0]
+        plan = self._engine()
+        if plan is not None:
+            code, loss_sum, correct = plan.evaluate(X, *self._targets(y), get_num_threads())
+            if code != 0:
+                raise MemoryError("fusenn: out of memory in the training engine")
+        else:
+            last = "identity" if self.loss.fused_kernel else None
+            loss_sum, correct = 0.0, 0
+            for i in range(0, n, PREDICT_CHUNK):
+                Xc, yc = X[i:i + PREDICT_CHUNK], y[i:i + PREDICT_CHUNK]
+                loss, p, _, _ = self._loss_and_grad(self._forward(Xc, last), yc)
+                loss_sum += loss * len(Xc)
+                correct += self.loss.correct(p, yc)
+        result = {"loss": loss_sum / n}
+        if self.loss.has_accuracy:
+            result["accuracy"] = self.loss.accuracy(correct, n, self.output_dim)
         return result
 
     # ---- save / load -----------------------------------------------------------------

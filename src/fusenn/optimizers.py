@@ -37,8 +37,17 @@ class Optimizer:
         self.iterations = 0
 
     def reset(self):
-        self.state = None
+        """Forget the history: zero the state in place (a training plan may point
+        at these arrays) and the step count."""
+        for arrays in (self.state or {}).values():
+            for a in arrays:
+                a.fill(0)
         self.iterations = 0
+
+    def engine_config(self):
+        """(kind, lr, momentum, nesterov, beta1, beta2, eps) for the C engine, or
+        None when this optimizer only runs op by op (subclasses)."""
+        return None
 
     def ensure_state(self, params):
         """Allocate the per-parameter state arrays (zeros) if not done yet."""
@@ -80,6 +89,11 @@ class SGD(Optimizer):
     def _hyperparameters(self):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov}
 
+    def engine_config(self):
+        if type(self) is not SGD:
+            return None
+        return (0, self.lr, self.momentum, self.nesterov, 0.0, 0.0, 0.0)
+
     def _update(self, backend, p, g, state):
         v = state[0] if state else None
         return backend.sgd_update(p, g, v, self.lr, self.momentum, self.nesterov, prev=g)
@@ -102,6 +116,11 @@ class Adam(Optimizer):
 
     def _hyperparameters(self):
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+
+    def engine_config(self):
+        if type(self) is not Adam:
+            return None
+        return (1, self.lr, 0.0, False, self.beta1, self.beta2, self.eps)
 
     def _update(self, backend, p, g, state):
         m, v = state

@@ -1,0 +1,293 @@
+# Included by _kernels.pyx: the binding of the training engine (csrc/plan.c).
+# Plan holds a C plan plus references to every array it points into; the
+# model (fusenn/model.py) builds one when a C-backend model trains with SGD or
+# Adam, and validates everything it passes in.
+
+from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from libc.stdint cimport uint64_t, uintptr_t
+
+cdef extern from "fusenn.h" nogil:
+    int FUSENN_EDIVERGED
+    size_t fusenn_allocation_count()
+    void fusenn_shuffle(uint64_t seed, size_t n, int64_t *order)
+    size_t fusenn_count_nonfinite_f32(size_t n, size_t d, const float *X, Py_ssize_t ldx, int nthreads)
+    size_t fusenn_count_nonfinite_f64(size_t n, size_t d, const double *X, Py_ssize_t ldx, int nthreads)
+
+    ctypedef enum fusenn_loss:
+        pass
+    ctypedef enum fusenn_optimizer_kind:
+        pass
+    ctypedef struct fusenn_optimizer:
+        fusenn_optimizer_kind kind
+        double lr, momentum
+        int nesterov
+        double beta1, beta2, eps
+        int64_t steps
+    ctypedef struct fusenn_layer:
+        size_t d_in, d_out
+        fusenn_activation act
+        void *W
+        void *b
+        void *dW
+        void *db
+        void *W_state[2]
+        void *b_state[2]
+    ctypedef struct fusenn_plan_f32:
+        pass
+    ctypedef struct fusenn_plan_f64:
+        pass
+
+    fusenn_plan_f32 *fusenn_plan_create_f32(size_t n_layers, const fusenn_layer *layers, fusenn_loss loss)
+    fusenn_plan_f64 *fusenn_plan_create_f64(size_t n_layers, const fusenn_layer *layers, fusenn_loss loss)
+    void fusenn_plan_destroy_f32(fusenn_plan_f32 *plan)
+    void fusenn_plan_destroy_f64(fusenn_plan_f64 *plan)
+    int fusenn_plan_train_batch_f32(fusenn_plan_f32 *plan, size_t n, const float *X, Py_ssize_t ldx,
+                                    const int64_t *labels, const float *T, Py_ssize_t ldt,
+                                    fusenn_optimizer *opt, double *loss, double *correct, int nthreads)
+    int fusenn_plan_train_batch_f64(fusenn_plan_f64 *plan, size_t n, const double *X, Py_ssize_t ldx,
+                                    const int64_t *labels, const double *T, Py_ssize_t ldt,
+                                    fusenn_optimizer *opt, double *loss, double *correct, int nthreads)
+    int fusenn_plan_train_epoch_f32(fusenn_plan_f32 *plan, size_t n, const float *X, Py_ssize_t ldx,
+                                    const int64_t *labels, const float *T, Py_ssize_t ldt,
+                                    const int64_t *order, size_t batch_size, size_t first_batch,
+                                    size_t n_batches, fusenn_optimizer *opt, double *loss,
+                                    double *loss_sum, double *correct_sum, int nthreads)
+    int fusenn_plan_train_epoch_f64(fusenn_plan_f64 *plan, size_t n, const double *X, Py_ssize_t ldx,
+                                    const int64_t *labels, const double *T, Py_ssize_t ldt,
+                                    const int64_t *order, size_t batch_size, size_t first_batch,
+                                    size_t n_batches, fusenn_optimizer *opt, double *loss,
+                                    double *loss_sum, double *correct_sum, int nthreads)
+    int fusenn_plan_predict_f32(fusenn_plan_f32 *plan, size_t n, const float *X, Py_ssize_t ldx,
+                                float *out, Py_ssize_t ldo, int nthreads)
+    int fusenn_plan_predict_f64(fusenn_plan_f64 *plan, size_t n, const double *X, Py_ssize_t ldx,
+                                double *out, Py_ssize_t ldo, int nthreads)
+    int fusenn_plan_evaluate_f32(fusenn_plan_f32 *plan, size_t n, const float *X, Py_ssize_t ldx,
+                                 const int64_t *labels, const float *T, Py_ssize_t ldt,
+                                 double *loss_sum, double *correct_sum, int nthreads)
+    int fusenn_plan_evaluate_f64(fusenn_plan_f64 *plan, size_t n, const double *X, Py_ssize_t ldx,
+                                 const int64_t *labels, const double *T, Py_ssize_t ldt,
+                                 double *loss_sum, double *correct_sum, int nthreads)
+
+
+FUSENN_EDIVERGED_CODE = FUSENN_EDIVERGED
+
+
+def allocation_count():
+    """Heap allocations made by fusenn's C code so far (see fusenn.h)."""
+    return fusenn_allocation_count()
+
+
+def shuffle(int64_t[::1] order, uint64_t seed):
+    """Fill `order` with the permutation of 0..len-1 drawn from `seed`."""
+    cdef int64_t *p = &order[0] if order.shape[0] > 0 else NULL
+    with nogil:
+        fusenn_shuffle(seed, order.shape[0], p)
+
+
+def count_nonfinite(const real[:, :] X, int nthreads):
+    """Number of NaN / infinite values in X (rows contiguous)."""
+    cdef size_t bad
+    with nogil:
+        if real is float:
+            bad = fusenn_count_nonfinite_f32(X.shape[0], X.shape[1], cptr2(X), rs(X), nthreads)
+        else:
+            bad = fusenn_count_nonfinite_f64(X.shape[0], X.shape[1], cptr2(X), rs(X), nthreads)
+    return bad
+
+
+cdef inline const int64_t *labels_ptr(const int64_t[::1] labels):
+    return &labels[0] if labels is not None and labels.shape[0] > 0 else NULL
+
+
+cdef inline int check_rows(const real[:, :] a, str name) except -1:
+    if a is not None and a.shape[1] > 1 and a.strides[1] != sizeof(real):
+        raise ValueError(f"{name} must have contiguous rows")
+    return 0
+
+
+cdef void *address(object array, object dtype) except NULL:
+    """The data pointer of a C-contiguous, writeable array of `dtype`."""
+    if array.dtype != dtype or not array.flags.c_contiguous or not array.flags.writeable:
+        raise ValueError(f"plan arrays must be C-contiguous, writeable {dtype}")
+    return <void *><uintptr_t>array.__array_interface__["data"][0]
+
+
+# The per-dtype calls, fused over `real`; `plan` is a fusenn_plan_f32/_f64.
+
+cdef int _train_batch(void *plan, const real[:, :] X, const int64_t[::1] labels,
+                      const real[:, :] T, fusenn_optimizer *opt, double *loss,
+                      double *correct, int nthreads) except? -100:
+    check_rows(X, "X")
+    check_rows(T, "T")
+    cdef const int64_t *lab = labels_ptr(labels)
+    cdef const real *t = cptr2(T) if T is not None else NULL
+    cdef Py_ssize_t ldt = rs(T) if T is not None else 0
+    with nogil:
+        if real is float:
+            return fusenn_plan_train_batch_f32(<fusenn_plan_f32 *>plan, X.shape[0], cptr2(X),
+                                               rs(X), lab, t, ldt, opt, loss, correct, nthreads)
+        else:
+            return fusenn_plan_train_batch_f64(<fusenn_plan_f64 *>plan, X.shape[0], cptr2(X),
+                                               rs(X), lab, t, ldt, opt, loss, correct, nthreads)
+
+
+cdef int _train_epoch(void *plan, const real[:, :] X, const int64_t[::1] labels,
+                      const real[:, :] T, const int64_t[::1] order, size_t batch_size,
+                      size_t first, size_t count, fusenn_optimizer *opt, double *loss,
+                      double *loss_sum, double *correct_sum, int nthreads) except? -100:
+    check_rows(X, "X")
+    check_rows(T, "T")
+    cdef const int64_t *lab = labels_ptr(labels)
+    cdef const real *t = cptr2(T) if T is not None else NULL
+    cdef Py_ssize_t ldt = rs(T) if T is not None else 0
+    cdef const int64_t *o = &order[0] if order.shape[0] > 0 else NULL
+    with nogil:
+        if real is float:
+            return fusenn_plan_train_epoch_f32(<fusenn_plan_f32 *>plan, X.shape[0], cptr2(X),
+                                               rs(X), lab, t, ldt, o, batch_size, first, count,
+                                               opt, loss, loss_sum, correct_sum, nthreads)
+        else:
+            return fusenn_plan_train_epoch_f64(<fusenn_plan_f64 *>plan, X.shape[0], cptr2(X),
+                                               rs(X), lab, t, ldt, o, batch_size, first, count,
+                                               opt, loss, loss_sum, correct_sum, nthreads)
+
+
+cdef int _predict(void *plan, const real[:, :] X, real[:, ::1] out, int nthreads) except? -100:
+    check_rows(X, "X")
+    with nogil:
+        if real is float:
+            return fusenn_plan_predict_f32(<fusenn_plan_f32 *>plan, X.shape[0], cptr2(X), rs(X),
+                                           ptr2c(out), out.shape[1], nthreads)
+        else:
+            return fusenn_plan_predict_f64(<fusenn_plan_f64 *>plan, X.shape[0], cptr2(X), rs(X),
+                                           ptr2c(out), out.shape[1], nthreads)
+
+
+cdef int _evaluate(void *plan, const real[:, :] X, const int64_t[::1] labels,
+                   const real[:, :] T, double *loss_sum, double *correct_sum,
+                   int nthreads) except? -100:
+    check_rows(X, "X")
+    check_rows(T, "T")
+    cdef const int64_t *lab = labels_ptr(labels)
+    cdef const real *t = cptr2(T) if T is not None else NULL
+    cdef Py_ssize_t ldt = rs(T) if T is not None else 0
+    with nogil:
+        if real is float:
+            return fusenn_plan_evaluate_f32(<fusenn_plan_f32 *>plan, X.shape[0], cptr2(X), rs(X),
+                                            lab, t, ldt, loss_sum, correct_sum, nthreads)
+        else:
+            return fusenn_plan_evaluate_f64(<fusenn_plan_f64 *>plan, X.shape[0], cptr2(X), rs(X),
+                                            lab, t, ldt, loss_sum, correct_sum, nthreads)
+
+
+cdef class Plan:
+    """A network lowered into fusenn's C training engine.
+
+    layers: one tuple per Dense layer, (W, b, dW, db, activation_id,
+    W_state, b_state), where the states are lists of 0-2 arrays shaped like W
+    / b (SGD: [velocity] or []; Adam: [m, v]). loss: the fusenn_loss value.
+    Every array must be C-contiguous and of `dtype`; the plan keeps them alive.
+    Return codes of the methods are those of csrc/fusenn.h.
+    """
+    cdef void *plan
+    cdef readonly bint f64
+    cdef fusenn_optimizer opt
+    cdef list arrays
+
+    def __cinit__(self):
+        self.plan = NULL
+
+    def __init__(self, list layers, int loss, object dtype):
+        import numpy
+        dtype = numpy.dtype(dtype)
+        self.f64 = dtype == numpy.float64
+        self.arrays = []
+        cdef Py_ssize_t n = len(layers), i, s
+        cdef fusenn_layer *descs = <fusenn_layer *>PyMem_Malloc(n * sizeof(fusenn_layer))
+        if descs == NULL:
+            raise MemoryError()
+        try:
+            for i in range(n):
+                W, b, dW, db, act, W_state, b_state = layers[i]
+                descs[i].d_in = W.shape[0]
+                descs[i].d_out = W.shape[1]
+                descs[i].act = <fusenn_activation>act
+                descs[i].W = address(W, dtype)
+                descs[i].b = address(b, dtype)
+                descs[i].dW = address(dW, dtype)
+                descs[i].db = address(db, dtype)
+                for s in range(2):
+                    descs[i].W_state[s] = address(W_state[s], dtype) if s < len(W_state) else NULL
+                    descs[i].b_state[s] = address(b_state[s], dtype) if s < len(b_state) else NULL
+                self.arrays.extend([W, b, dW, db, *W_state, *b_state])
+            if self.f64:
+                self.plan = fusenn_plan_create_f64(n, descs, <fusenn_loss>loss)
+            else:
+                self.plan = fusenn_plan_create_f32(n, descs, <fusenn_loss>loss)
+        finally:
+            PyMem_Free(descs)
+        if self.plan == NULL:
+            raise MemoryError("fusenn: could not allocate the training plan")
+
+    def __dealloc__(self):
+        if self.plan != NULL:
+            if self.f64:
+                fusenn_plan_destroy_f64(<fusenn_plan_f64 *>self.plan)
+            else:
+                fusenn_plan_destroy_f32(<fusenn_plan_f32 *>self.plan)
+
+    def set_optimizer(self, int kind, double lr, double momentum, bint nesterov,
+                      double beta1, double beta2, double eps, int64_t steps):
+        self.opt.kind = <fusenn_optimizer_kind>kind
+        self.opt.lr = lr
+        self.opt.momentum = momentum
+        self.opt.nesterov = nesterov
+        self.opt.beta1 = beta1
+        self.opt.beta2 = beta2
+        self.opt.eps = eps
+        self.opt.steps = steps
+
+    @property
+    def steps(self):
+        """Optimizer steps taken (Adam's t), as the engine left it."""
+        return self.opt.steps
+
+    def train_batch(self, X, labels, T, int nthreads):
+        """One step: returns (code, loss, correct)."""
+        cdef double loss = 0, correct = 0
+        cdef int rc
+        if self.f64:
+            rc = _train_batch[double](self.plan, X, labels, T, &self.opt, &loss, &correct, nthreads)
+        else:
+            rc = _train_batch[float](self.plan, X, labels, T, &self.opt, &loss, &correct, nthreads)
+        return rc, loss, correct
+
+    def train_epoch(self, X, labels, T, const int64_t[::1] order, size_t batch_size,
+                    size_t first_batch, size_t n_batches, int nthreads):
+        """Batches [first_batch, first_batch + n_batches) of an epoch in `order`:
+        returns (code, last batch loss, sum of loss x rows, correct predictions)."""
+        cdef double loss = 0, loss_sum = 0, correct_sum = 0
+        cdef int rc
+        if self.f64:
+            rc = _train_epoch[double](self.plan, X, labels, T, order, batch_size, first_batch,
+                                      n_batches, &self.opt, &loss, &loss_sum, &correct_sum, nthreads)
+        else:
+            rc = _train_epoch[float](self.plan, X, labels, T, order, batch_size, first_batch,
+                                     n_batches, &self.opt, &loss, &loss_sum, &correct_sum, nthreads)
+        return rc, loss, loss_sum, correct_sum
+
+    def predict(self, X, out, int nthreads):
+        """Fill out (n x outputs, C-contiguous) with the network's outputs for X."""
+        if self.f64:
+            return _predict[double](self.plan, X, out, nthreads)
+        return _predict[float](self.plan, X, out, nthreads)
+
+    def evaluate(self, X, labels, T, int nthreads):
+        """Returns (code, sum of loss x rows, correct predictions)."""
+        cdef double loss_sum = 0, correct_sum = 0
+        cdef int rc
+        if self.f64:
+            rc = _evaluate[double](self.plan, X, labels, T, &loss_sum, &correct_sum, nthreads)
+        else:
+            rc = _evaluate[float](self.plan, X, labels, T, &loss_sum, &correct_sum, nthreads)
+        return rc, loss_sum, correct_sum

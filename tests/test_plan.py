@@ -1,0 +1,260 @@
+"""The C training engine (csrc/plan.c): one C call per step or epoch.
+
+It must give bitwise the results of the op-by-op path through the same C
+kernels, for any thread count, whether batches come through fit or
+train_on_batch, and must not allocate once warmed up.
+"""
+
+import numpy as np
+import pytest
+
+import fusenn
+from fusenn import _kernels
+from fusenn.optimizers import SGD
+
+
+class OpByOpSGD(SGD):
+    """SGD that the engine does not take (a subclass): forces the op-by-op path."""
+
+
+def make_model(dims, activations, loss, optimizer, dtype="float32", backend="c", seed=0):
+    layers = [fusenn.Dense(units, activation=act) for units, act in zip(dims[1:], activations)]
+    model = fusenn.Sequential(layers, input_dim=dims[0], dtype=dtype, seed=seed, backend=backend)
+    model.compile(loss=loss, optimizer=optimizer)
+    return model
+
+
+def make_data(n, dims, loss, dtype="float32", seed=1):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, dims[0])).astype(dtype)
+    if loss == "cross_entropy":
+        y = rng.integers(0, dims[-1], n)
+    elif loss == "binary_cross_entropy":
+        y = (rng.random((n, dims[-1])) > 0.5).astype(dtype)
+    else:
+        y = rng.standard_normal((n, dims[-1])).astype(dtype)
+    return X, y
+
+
+def optimizer(name):
+    return {"sgd": lambda cls=SGD: cls(lr=0.05),
+            "momentum": lambda cls=SGD: cls(lr=0.05, momentum=0.9),
+            "nesterov": lambda cls=SGD: cls(lr=0.05, momentum=0.9, nesterov=True),
+            "adam": lambda cls=None: fusenn.Adam(lr=0.01)}[name]
+
+
+def assert_same_weights(a, b):
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(wa, wb)
+
+
+NETS = {
+    "ce-softmax": ((12, 9, 7, 4), ("relu", "tanh", "softmax"), "cross_entropy"),
+    "ce-logits": ((12, 9, 4), ("leaky_relu", "identity"), "cross_entropy"),
+    "bce": ((12, 8, 3), ("sigmoid", "sigmoid"), "binary_cross_entropy"),
+    "mse-softmax": ((12, 8, 3), ("tanh", "softmax"), "mse"),
+    "mse-relu": ((12, 8, 3), ("relu", "relu"), "mse"),
+}
+
+
+@pytest.mark.parametrize("net", NETS)
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_engine_is_bitwise_the_op_by_op_path(net, opt, dtype):
+    dims, acts, loss = NETS[net]
+    X, y = make_data(40, dims, loss, dtype)
+    engine = make_model(dims, acts, loss, optimizer(opt)(), dtype)
+    op_cls = OpByOpSGD if opt != "adam" else None
+    op_opt = optimizer(opt)(op_cls) if op_cls else _AdamOpByOp(lr=0.01)
+    by_op = make_model(dims, acts, loss, op_opt, dtype)
+    assert engine._engine() is not None and by_op._engine() is None
+    for _ in range(4):
+        assert engine.train_on_batch(X, y) == by_op.train_on_batch(X, y)
+    assert_same_weights(engine, by_op)
+    np.testing.assert_array_equal(engine.predict(X), by_op.predict(X))
+    assert engine.evaluate(X, y) == by_op.evaluate(X, y)
+    h1 = engine.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    h2 = by_op.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    assert_same_weights(engine, by_op)
+    assert {k: v for k, v in h1.history.items() if k != "time"} == \
+        {k: v for k, v in h2.history.items() if k != "time"}
+
+
+class _AdamOpByOp(fusenn.Adam):
+    """Adam the engine does not take."""
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_engine_agrees_with_the_numpy_reference(dtype):
+    dims, acts, loss = NETS["ce-softmax"]
+    X, y = make_data(64, dims, loss, dtype)
+    c = make_model(dims, acts, loss, SGD(lr=0.1, momentum=0.9), dtype, backend="c")
+    ref = make_model(dims, acts, loss, SGD(lr=0.1, momentum=0.9), dtype, backend="numpy")
+    c.fit(X, y, epochs=3, batch_size=10, verbose=0)
+    ref.fit(X, y, epochs=3, batch_size=10, verbose=0)
+    tol = 1e-4 if dtype == "float32" else 1e-10
+    for wc, wr in zip(c.get_weights(), ref.get_weights()):
+        np.testing.assert_allclose(wc, wr, rtol=tol, atol=tol)
+
+
+def test_weights_are_bitwise_identical_for_1_to_4_threads():
+    # big enough that GEMMs, losses and updates all take their parallel paths
+    dims, acts, loss = (300, 256, 128, 10), ("relu", "relu", "softmax"), "cross_entropy"
+    X, y = make_data(1000, dims, loss)
+    results = []
+    for threads in (1, 2, 3, 4):
+        model = make_model(dims, acts, loss, SGD(lr=0.01, momentum=0.9))
+        with fusenn.threads(threads):
+            model.fit(X, y, epochs=2, batch_size=256, verbose=0)
+        results.append(model.get_weights())
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_fit_is_train_on_batch_over_the_same_batches():
+    dims, acts, loss = NETS["ce-softmax"]
+    X, y = make_data(50, dims, loss)
+    fitted = make_model(dims, acts, loss, fusenn.Adam(lr=0.01), seed=3)
+    stepped = make_model(dims, acts, loss, fusenn.Adam(lr=0.01), seed=3)
+    fitted.fit(X, y, epochs=3, batch_size=16, verbose=0)
+    # replay the epochs' permutations: fit draws one seed per epoch from the model's generator
+    rng = np.random.default_rng(3)
+    rng.uniform(size=sum(w.size for w in stepped.get_weights()[::2]))  # the weight draws
+    for _ in range(3):
+        order = np.empty(len(X), dtype=np.int64)
+        _kernels.shuffle(order, int(rng.integers(0, 2**63)))
+        for first in range(0, len(X), 16):
+            idx = order[first:first + 16]
+            stepped.train_on_batch(X[idx], y[idx])
+    assert_same_weights(fitted, stepped)
+
+
+def test_no_allocation_per_step_once_warm():
+    dims, acts, loss = NETS["ce-softmax"]
+    X, y = make_data(200, dims, loss)
+    model = make_model(dims, acts, loss, SGD(lr=0.01, momentum=0.9))
+    model.fit(X, y, epochs=1, batch_size=32, verbose=0)  # warm-up: arena and packing buffers
+    model.train_on_batch(X[:32], y[:32])
+    before = _kernels.allocation_count()
+    model.fit(X, y, epochs=3, batch_size=32, verbose=0)
+    for _ in range(20):
+        model.train_on_batch(X[:32], y[:32])
+    assert _kernels.allocation_count() == before
+
+
+def test_the_arena_grows_for_a_larger_batch_and_shrinking_is_free():
+    dims, acts, loss = NETS["ce-softmax"]
+    X, y = make_data(300, dims, loss)
+    model = make_model(dims, acts, loss, SGD(lr=0.01))
+    model.train_on_batch(X[:10], y[:10])
+    grown = _kernels.allocation_count()
+    model.train_on_batch(X[:200], y[:200])  # larger: one new arena
+    assert _kernels.allocation_count() > grown
+    settled = _kernels.allocation_count()
+    for n in (1, 7, 200, 13):  # smaller or equal: reuse
+        model.train_on_batch(X[:n], y[:n])
+    assert _kernels.allocation_count() == settled
+
+
+@pytest.mark.parametrize("n, batch", [(37, 10), (10, 10), (9, 10), (1, 1)])
+def test_partial_last_batch(n, batch):
+    dims, acts, loss = NETS["bce"]
+    X, y = make_data(n, dims, loss)
+    engine = make_model(dims, acts, loss, SGD(lr=0.1))
+    by_op = make_model(dims, acts, loss, OpByOpSGD(lr=0.1))
+    engine.fit(X, y, epochs=2, batch_size=batch, verbose=0)
+    by_op.fit(X, y, epochs=2, batch_size=batch, verbose=0)
+    assert_same_weights(engine, by_op)
+
+
+@pytest.mark.parametrize("dims, acts", [
+    ((5, 3), ("softmax",)),                                    # one layer
+    ((1, 1, 1, 2), ("relu", "tanh", "softmax")),               # widths of 1
+    ((6,) + (4,) * 9 + (3,), ("tanh",) * 9 + ("softmax",)),    # many layers
+])
+def test_shapes(dims, acts):
+    X, y = make_data(20, dims, "cross_entropy")
+    engine = make_model(dims, acts, "cross_entropy", SGD(lr=0.1, momentum=0.5))
+    by_op = make_model(dims, acts, "cross_entropy", OpByOpSGD(lr=0.1, momentum=0.5))
+    engine.fit(X, y, epochs=2, batch_size=8, verbose=0)
+    by_op.fit(X, y, epochs=2, batch_size=8, verbose=0)
+    assert_same_weights(engine, by_op)
+    np.testing.assert_array_equal(engine.predict(X), by_op.predict(X))
+
+
+def test_optimizer_changes_between_calls_reach_the_engine():
+    dims, acts, loss = NETS["ce-softmax"]
+    X, y = make_data(30, dims, loss)
+    engine = make_model(dims, acts, loss, SGD(lr=0.1))
+    by_op = make_model(dims, acts, loss, OpByOpSGD(lr=0.1))
+    for lr in (0.1, 0.01, 0.3):
+        engine.optimizer.lr = by_op.optimizer.lr = lr
+        engine.train_on_batch(X, y)
+        by_op.train_on_batch(X, y)
+    assert_same_weights(engine, by_op)
+    assert engine.optimizer.iterations == by_op.optimizer.iterations == 3
+
+
+@pytest.mark.parametrize("where", ["train_on_batch", "fit"])
+def test_divergence_in_the_engine_restores_the_previous_weights(where):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(64, 4)).astype(np.float32)
+    y = X @ rng.normal(size=(4, 1)).astype(np.float32)
+    model = make_model((4, 8, 1), ("relu", "identity"), "mse", SGD(lr=1e3, momentum=0.9))
+    with pytest.raises(ValueError, match="learning rate"):
+        for _ in range(100):
+            before = model.get_weights()
+            if where == "fit":
+                model.fit(X, y, epochs=1, batch_size=64, verbose=0)
+            else:
+                model.train_on_batch(X, y)
+    for w, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(w, b)
+    assert model.optimizer.iterations == 0
+    assert all(not s.any() for states in model.optimizer.state.values() for s in states)
+
+
+def test_one_model_from_two_threads_at_once_is_refused():
+    import threading
+    dims, acts, loss = (300, 256, 10), ("relu", "softmax"), "cross_entropy"
+    X, y = make_data(4096, dims, loss)
+    model = make_model(dims, acts, loss, SGD(lr=0.01))
+    errors = []
+
+    def train():
+        try:
+            model.fit(X, y, epochs=3, batch_size=64, verbose=0)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    threads = [threading.Thread(target=train) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 1 and "another thread" in errors[0]
+
+
+def test_a_pickled_model_trains_on_like_the_original():
+    import pickle
+    dims, acts, loss = NETS["ce-softmax"]
+    X, y = make_data(30, dims, loss)
+    model = make_model(dims, acts, loss, fusenn.Adam(lr=0.01))
+    model.fit(X, y, epochs=1, batch_size=8, verbose=0)
+    clone = pickle.loads(pickle.dumps(model))
+    model.fit(X, y, epochs=2, batch_size=8, verbose=0)
+    clone.fit(X, y, epochs=2, batch_size=8, verbose=0)
+    assert_same_weights(model, clone)
+
+
+def test_shuffle_is_a_seeded_permutation():
+    a = np.empty(1000, np.int64)
+    b = np.empty(1000, np.int64)
+    _kernels.shuffle(a, 42)
+    _kernels.shuffle(b, 42)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.sort(a), np.arange(1000))
+    _kernels.shuffle(b, 43)
+    assert not np.array_equal(a, b)
+    assert abs(np.corrcoef(a, np.arange(1000))[0, 1]) < 0.1
