@@ -258,3 +258,21 @@ def test_shuffle_is_a_seeded_permutation():
     _kernels.shuffle(b, 43)
     assert not np.array_equal(a, b)
     assert abs(np.corrcoef(a, np.arange(1000))[0, 1]) < 0.1
+
+
+def test_training_memory_is_not_proportional_to_the_data():
+    """fit on a large array allocates (from Python/NumPy) little beyond one
+    permutation of the rows: no copies, masks or gathered batches of X."""
+    import tracemalloc
+    n, d = 20000, 784
+    X = np.random.default_rng(0).random((n, d), dtype=np.float32)  # 63 MB
+    y = np.random.default_rng(1).integers(0, 10, n)
+    model = make_model((d, 64, 10), ("relu", "softmax"), "cross_entropy", SGD(lr=0.01, momentum=0.9))
+    tracemalloc.start()
+    try:
+        model.fit(X, y, epochs=1, batch_size=128, validation_data=(X[:5000], y[:5000]), verbose=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    permutation = n * 8
+    assert peak < permutation + 4 * 2**20, f"peak {peak / 2**20:.1f} MiB"
