@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from . import _kernels, ops, reference
+from .ops import contiguous_rows
 from ._threads import get_num_threads
 from .layers import Dense
 from .losses import get_loss
@@ -40,13 +41,6 @@ def _dtype_name(dtype):
     if dtype is None or name not in DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return name
-
-
-def _contiguous_rows(a):
-    """`a` with unit column stride (as the C kernels read rows), copying only if needed."""
-    if a.ndim == 2 and a.shape[1] > 1 and a.strides[1] != a.itemsize:
-        return np.ascontiguousarray(a)
-    return a
 
 
 def _positive_int(value, name, allow_zero=False):
@@ -220,7 +214,7 @@ class Sequential:
             raise ValueError(f"{name} is empty: expected at least one sample, got shape {X.shape}")
         if self.input_dim is not None and X.shape[1] != self.input_dim:
             raise ValueError(f"{name} must have shape (n_samples, {self.input_dim}), got {X.shape}")
-        X = _contiguous_rows(np.asarray(X, dtype=self.dtype))
+        X = contiguous_rows(np.asarray(X, dtype=self.dtype))
         if _kernels.count_nonfinite(X, get_num_threads()):  # no mask as big as X
             raise ValueError(f"{name} contains NaN or infinity")
         return X
@@ -248,7 +242,7 @@ class Sequential:
             raise ValueError(f"{name} must have shape ({n}, {k}), got {y.shape}")
         if y.dtype.kind not in "fiub":
             raise TypeError(f"{name} must hold numbers, got dtype {y.dtype}")
-        y = _contiguous_rows(np.asarray(y, dtype=self.dtype))
+        y = contiguous_rows(np.asarray(y, dtype=self.dtype))
         if _kernels.count_nonfinite(y, get_num_threads()):
             raise ValueError(f"{name} contains NaN or infinity")
         if self.loss.name == "binary_cross_entropy" and (y.min() < 0 or y.max() > 1):

@@ -53,8 +53,9 @@ def _expect_shape(a, name, shape):
         raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
 
 
-def _rows(a):
-    """`a` with contiguous rows (unit column stride), copying only if needed."""
+def contiguous_rows(a):
+    """`a` with contiguous rows (unit column stride, as the C kernels read them),
+    copying only if needed."""
     if a.ndim == 2 and a.shape[1] > 1 and a.strides[1] != a.itemsize:
         return np.ascontiguousarray(a)
     return a
@@ -78,7 +79,7 @@ def matmul(a, b, trans_a=False, trans_b=False):
 
 def activation_forward(z, activation):
     act = _activation_id(activation)
-    z = _rows(_float_array(z, "z", 2))
+    z = contiguous_rows(_float_array(z, "z", 2))
     a = np.empty_like(z, order="C")
     _kernels.activation_forward(act, z, a, get_num_threads())
     return a
@@ -86,8 +87,8 @@ def activation_forward(z, activation):
 
 def activation_backward(a, da, activation):
     act = _activation_id(activation)
-    a = _rows(_float_array(a, "a", 2))
-    da = _rows(_float_array(da, "da", 2, a.dtype))
+    a = contiguous_rows(_float_array(a, "a", 2))
+    da = contiguous_rows(_float_array(da, "da", 2, a.dtype))
     _expect_shape(da, "da", a.shape)
     dz = np.empty_like(a, order="C")
     _kernels.activation_backward(act, a, da, dz, get_num_threads())
@@ -121,8 +122,8 @@ def dense_backward(x, w, y, dy, activation, need_dx=True):
     if w.shape[0] != x.shape[1]:
         raise ValueError(f"w must have shape ({x.shape[1]}, units) to match x {x.shape}, got {w.shape}")
     out_shape = (x.shape[0], w.shape[1])
-    y = _rows(_float_array(y, "y", 2, x.dtype))
-    dy = _rows(_float_array(dy, "dy", 2, x.dtype))
+    y = contiguous_rows(_float_array(y, "y", 2, x.dtype))
+    dy = contiguous_rows(_float_array(dy, "dy", 2, x.dtype))
     _expect_shape(y, "y", out_shape)
     _expect_shape(dy, "dy", out_shape)
     dz = np.empty(out_shape, dtype=x.dtype)
@@ -153,7 +154,7 @@ def _labels(labels, n, k):
 
 def softmax_cross_entropy(z, labels):
     """(loss, p, dz) for logits z and integer labels: mean cross-entropy of softmax(z)."""
-    z = _nonempty(_rows(_float_array(z, "z", 2)), "z")
+    z = _nonempty(contiguous_rows(_float_array(z, "z", 2)), "z")
     labels = _labels(labels, *z.shape)
     p = np.empty_like(z, order="C")
     dz = np.empty_like(z, order="C")
@@ -163,8 +164,8 @@ def softmax_cross_entropy(z, labels):
 
 def sigmoid_binary_cross_entropy(z, t):
     """(loss, p, dz) for logits z and targets t in [0, 1]: mean binary cross-entropy."""
-    z = _nonempty(_rows(_float_array(z, "z", 2)), "z")
-    t = _rows(_float_array(t, "t", 2, z.dtype))
+    z = _nonempty(contiguous_rows(_float_array(z, "z", 2)), "z")
+    t = contiguous_rows(_float_array(t, "t", 2, z.dtype))
     _expect_shape(t, "t", z.shape)
     p = np.empty_like(z, order="C")
     dz = np.empty_like(z, order="C")
@@ -174,8 +175,8 @@ def sigmoid_binary_cross_entropy(z, t):
 
 def mse(a, t):
     """(loss, da): mean squared error over all elements and its gradient."""
-    a = _nonempty(_rows(_float_array(a, "a", 2)), "a")
-    t = _rows(_float_array(t, "t", 2, a.dtype))
+    a = _nonempty(contiguous_rows(_float_array(a, "a", 2)), "a")
+    t = contiguous_rows(_float_array(t, "t", 2, a.dtype))
     _expect_shape(t, "t", a.shape)
     da = np.empty_like(a, order="C")
     loss = _kernels.mse(a, t, da, get_num_threads())
