@@ -105,10 +105,12 @@ cdef inline int check_rows(const real[:, :] a, str name) except -1:
     return 0
 
 
-cdef void *address(object array, object dtype) except NULL:
-    """The data pointer of a C-contiguous, writeable array of `dtype`."""
-    if array.dtype != dtype or not array.flags.c_contiguous or not array.flags.writeable:
-        raise ValueError(f"plan arrays must be C-contiguous, writeable {dtype}")
+cdef void *address(object array, object dtype, size_t size) except NULL:
+    """The data pointer of a C-contiguous, writeable array of `dtype` and `size` elements."""
+    if (array.dtype != dtype or array.size != size or not array.flags.c_contiguous
+            or not array.flags.writeable):
+        raise ValueError(f"plan arrays must be C-contiguous, writeable {dtype} arrays "
+                         f"shaped like their layer's parameters")
     return <void *><uintptr_t>array.__array_interface__["data"][0]
 
 
@@ -203,6 +205,8 @@ cdef class Plan:
         self.f64 = dtype == numpy.float64
         self.arrays = []
         cdef Py_ssize_t n = len(layers), i, s
+        if n == 0:
+            raise ValueError("a plan needs at least one layer")
         cdef fusenn_layer *descs = <fusenn_layer *>PyMem_Malloc(n * sizeof(fusenn_layer))
         if descs == NULL:
             raise MemoryError()
@@ -212,13 +216,18 @@ cdef class Plan:
                 descs[i].d_in = W.shape[0]
                 descs[i].d_out = W.shape[1]
                 descs[i].act = <fusenn_activation>act
-                descs[i].W = address(W, dtype)
-                descs[i].b = address(b, dtype)
-                descs[i].dW = address(dW, dtype)
-                descs[i].db = address(db, dtype)
+                if W.ndim != 2 or (i > 0 and W.shape[0] != descs[i - 1].d_out):
+                    raise ValueError("plan layers must chain: each W is (d_in, d_out)")
+                w_size = W.shape[0] * W.shape[1]
+                descs[i].W = address(W, dtype, w_size)
+                descs[i].b = address(b, dtype, W.shape[1])
+                descs[i].dW = address(dW, dtype, w_size)
+                descs[i].db = address(db, dtype, W.shape[1])
                 for s in range(2):
-                    descs[i].W_state[s] = address(W_state[s], dtype) if s < len(W_state) else NULL
-                    descs[i].b_state[s] = address(b_state[s], dtype) if s < len(b_state) else NULL
+                    descs[i].W_state[s] = (address(W_state[s], dtype, w_size)
+                                           if s < len(W_state) else NULL)
+                    descs[i].b_state[s] = (address(b_state[s], dtype, W.shape[1])
+                                           if s < len(b_state) else NULL)
                 self.arrays.extend([W, b, dW, db, *W_state, *b_state])
             if self.f64:
                 self.plan = fusenn_plan_create_f64(n, descs, <fusenn_loss>loss)

@@ -36,8 +36,8 @@ class Dense:
     def __init__(self, units, activation=None):
         if isinstance(units, bool) or not isinstance(units, (int, np.integer)):
             raise TypeError(f"units must be a positive int, got {units!r}")
-        if units < 1:
-            raise ValueError(f"units must be a positive int, got {units}")
+        if not 1 <= units <= 2**31 - 1:
+            raise ValueError(f"units must be a positive int below 2**31, got {units}")
         self.units = int(units)
         self.activation = canonical_activation(activation)
         self.W = None

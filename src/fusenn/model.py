@@ -14,6 +14,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 
 import numpy as np
 
@@ -43,11 +44,16 @@ def _dtype_name(dtype):
     return name
 
 
+MAX_SIZE = 2**31 - 1  # largest layer width, input_dim, batch_size or epochs accepted
+
+
 def _positive_int(value, name, allow_zero=False):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < (0 if allow_zero else 1):
         raise ValueError(f"{name} must be {'>= 0' if allow_zero else '>= 1'}, got {value}")
+    if value > MAX_SIZE:
+        raise ValueError(f"{name} must be at most {MAX_SIZE}, got {value}")
     return int(value)
 
 
@@ -79,8 +85,12 @@ class Sequential:
     """
 
     def __init__(self, layers=(), input_dim=None, dtype="float32", seed=None, backend="c"):
-        if backend not in BACKENDS:
+        if not isinstance(backend, str) or backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+        try:
+            layers = [] if layers is None else list(layers)
+        except TypeError:
+            raise TypeError(f"layers must be a list of fusenn.Dense layers, got {layers!r}") from None
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
             raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
         self.backend_name = backend
@@ -110,6 +120,8 @@ class Sequential:
         self.__dict__.update(state)
         self.backend = BACKENDS[self.backend_name]
         self._lock = threading.Lock()
+        if self.optimizer is not None:
+            self.optimizer._model = weakref.ref(self)
 
     def __repr__(self):
         return (f"Sequential({self.layers}, input_dim={self.input_dim}, dtype={self.dtype.name!r}, "
@@ -137,11 +149,16 @@ class Sequential:
             if input_dim != self.input_dim:
                 raise ValueError(f"the model is built for input_dim={self.input_dim}, got {input_dim}")
             return
-        self.input_dim = input_dim
         fan_in = input_dim
-        for layer in self.layers:
-            layer.build(fan_in, self.dtype, self._rng)
-            fan_in = layer.units
+        try:
+            for layer in self.layers:
+                layer.build(fan_in, self.dtype, self._rng)
+                fan_in = layer.units
+        except BaseException:  # e.g. MemoryError: leave the model unbuilt
+            for layer in self.layers:
+                layer.W = layer.b = None
+            raise
+        self.input_dim = input_dim
 
     @property
     def output_dim(self):
@@ -160,6 +177,8 @@ class Sequential:
         """Copy `weights` ([W1, b1, ...], as get_weights returns) into the model."""
         self._require_built()
         params = self.params
+        if isinstance(weights, (str, bytes, np.ndarray)) or not hasattr(weights, "__iter__"):
+            raise TypeError("weights must be a list of arrays [W1, b1, W2, b2, ...]")
         weights = list(weights)
         if len(weights) != len(params):
             raise ValueError(f"weights must hold {len(params)} arrays [W1, b1, ...], got {len(weights)}")
@@ -170,13 +189,16 @@ class Sequential:
             name = f"weights[{i}] ({kind}{i // 2 + 1})"
             if w.shape != p.shape:
                 raise ValueError(f"{name} must have shape {p.shape}, got {w.shape}")
-            if w.dtype.kind not in "fiu":
+            if w.dtype.kind not in "fiub":
                 raise TypeError(f"{name} must be numeric, got dtype {w.dtype}")
+            with np.errstate(over="ignore", invalid="ignore"):
+                w = w.astype(p.dtype)
             if not np.all(np.isfinite(w)):
-                raise ValueError(f"{name} contains NaN or infinity")
+                raise ValueError(f"{name} contains NaN or infinity (or values too large "
+                                 f"for {p.dtype})")
             checked.append(w)
         for p, w in zip(params, checked):
-            np.copyto(p, w, casting="unsafe")
+            np.copyto(p, w)
 
     # ---- compile ------------------------------------------------------------
 
@@ -186,8 +208,15 @@ class Sequential:
             raise ValueError("the model has no layers; pass Dense layers to Sequential([...])")
         loss = get_loss(loss)
         loss.check_output_activation(self.layers[-1].activation)
+        optimizer = get_optimizer(optimizer)
+        owner = optimizer._model() if optimizer._model else None
+        if owner is not None and owner is not self:
+            raise ValueError("this optimizer is already compiled into another model; give "
+                             "each model its own optimizer (its state is shaped for one model)")
+        # everything is valid: only now change the model
         self.loss = loss
-        self.optimizer = get_optimizer(optimizer)
+        self.optimizer = optimizer
+        self.optimizer._model = weakref.ref(self)
         self.optimizer.state = None  # fresh state shaped for this model
         self.optimizer.iterations = 0
         self._plan = None
@@ -212,6 +241,8 @@ class Sequential:
             raise ValueError(f"{name} must be 2-D with shape {want}, got shape {X.shape}")
         if X.shape[0] == 0:
             raise ValueError(f"{name} is empty: expected at least one sample, got shape {X.shape}")
+        if X.shape[1] == 0:
+            raise ValueError(f"{name} has no features: expected at least one column, got shape {X.shape}")
         if self.input_dim is not None and X.shape[1] != self.input_dim:
             raise ValueError(f"{name} must have shape (n_samples, {self.input_dim}), got {X.shape}")
         X = contiguous_rows(np.asarray(X, dtype=self.dtype))
@@ -251,11 +282,10 @@ class Sequential:
 
     def _check_data(self, X, y, name_x="X", name_y="y"):
         self._require_compiled()
-        X = np.asarray(X)
-        if not self.built and X.ndim == 2 and X.shape[1] > 0:
-            self.build(X.shape[1])  # like Keras: the first data fixes input_dim
         X = self._check_X(X, name_x)
         y = self._check_y(y, X.shape[0], name_y)
+        if not self.built:
+            self.build(X.shape[1])  # like Keras: the first valid data fixes input_dim
         return X, y
 
     # ---- the math ---------------------------------------------------------------
@@ -448,9 +478,13 @@ class Sequential:
                 out = np.empty((X.shape[0], self.output_dim), dtype=self.dtype)
                 if plan.predict(X, out, get_num_threads()) != 0:
                     raise MemoryError("fusenn: out of memory in the training engine")
-                return out
-            parts = [self._forward(X[i:i + chunk])[-1] for i in range(0, X.shape[0], chunk)]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+            else:
+                parts = [self._forward(X[i:i + chunk])[-1] for i in range(0, X.shape[0], chunk)]
+                out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if _kernels.count_nonfinite(out, get_num_threads()):
+            raise ValueError(f"X is too large for this network in {self.dtype}: its outputs "
+                             f"overflowed (or the weights are too large)")
+        return out
 
     def evaluate(self, X, y, batch_size=None):
         """{'loss': ..., 'accuracy': ...} over (X, y) (accuracy only for classification)."""
@@ -476,6 +510,9 @@ class Sequential:
                 loss, p, _, _ = self._loss_and_grad(self._forward(Xc, last), yc)
                 loss_sum += loss * len(Xc)
                 correct += self.loss.correct(p, yc)
+        if not math.isfinite(loss_sum):
+            raise ValueError(f"X is too large for this network in {self.dtype}: the loss "
+                             f"overflowed (or the weights are too large)")
         result = {"loss": loss_sum / n}
         if self.loss.has_accuracy:
             result["accuracy"] = self.loss.accuracy(correct, n, self.output_dim)

@@ -203,6 +203,19 @@ def _grad(g, w):
     return np.ascontiguousarray(g).reshape(-1)
 
 
+def _number(value, name):
+    """A hyperparameter as a finite float, or an error naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is far too large") from None
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return value
+
+
 def _prev(prev, w):
     return None if prev is None else _state(prev, "prev", w)
 
@@ -213,11 +226,12 @@ def sgd_update(w, g, v, lr, momentum=0.0, nesterov=False, prev=None):
     Returns the number of non-finite updated weights; prev (may be g) receives
     the weights from before the step.
     """
+    lr, momentum = _number(lr, "lr"), _number(momentum, "momentum")
     wf = _state(w, "w", w)
     gf = _grad(g, w)
     vf = _state(v, "v", w) if momentum != 0 else None
-    return _kernels.sgd_update(wf, gf, vf, float(lr), float(momentum), bool(nesterov),
-                               _prev(prev, w), get_num_threads())
+    return _kernels.sgd_update(wf, gf, vf, lr, momentum, bool(nesterov), _prev(prev, w),
+                               get_num_threads())
 
 
 def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, prev=None):
@@ -225,10 +239,13 @@ def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, prev=N
 
     Returns and keeps prev as sgd_update does.
     """
-    if int(t) < 1:
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+        raise TypeError(f"t (the step count) must be an int, got {t!r}")
+    if not 1 <= t < 2**62:
         raise ValueError(f"t (the step count) must be >= 1, got {t}")
     wf = _state(w, "w", w)
     gf = _grad(g, w)
     return _kernels.adam_update(wf, gf, _state(m, "m", w), _state(v, "v", w), int(t),
-                                float(lr), float(beta1), float(beta2), float(eps),
+                                _number(lr, "lr"), _number(beta1, "beta1"),
+                                _number(beta2, "beta2"), _number(eps, "eps"),
                                 _prev(prev, w), get_num_threads())

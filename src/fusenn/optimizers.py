@@ -15,7 +15,10 @@ __all__ = ["Optimizer", "SGD", "Adam", "get_optimizer"]
 def _check_range(name, value, low, high, low_open=False, high_open=True):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
         raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is far too large") from None
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
     if not math.isfinite(value) or too_low or too_high:
@@ -35,6 +38,12 @@ class Optimizer:
     def __init__(self):
         self.state = None  # {name: [array per parameter]} once stepping starts
         self.iterations = 0
+        self._model = None  # weak reference to the one model compiled with this optimizer
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_model"] = None  # a weak reference does not pickle; the model sets it again
+        return state
 
     def reset(self):
         """Forget the history: zero the state in place (a training plan may point
@@ -51,6 +60,10 @@ class Optimizer:
 
     def ensure_state(self, params):
         """Allocate the per-parameter state arrays (zeros) if not done yet."""
+        shapes = [p.shape for p in params]
+        if self.state is not None and any(
+                [a.shape for a in arrays] != shapes for arrays in self.state.values()):
+            raise ValueError("the optimizer's state does not match the model's parameters")
         if self.state is None:
             self.state = {name: [np.zeros_like(p) for p in params] for name in self._state_names}
         return self.state

@@ -89,7 +89,12 @@ def train_test_split(*arrays, test_size=0.25, seed=0, shuffle=True, stratify=Non
     length (ValueError naming the lengths), test_size range."""
     if not arrays:
         raise ValueError("train_test_split needs at least one array")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                             or seed < 0):
+        raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
     arrays = [np.asarray(a) for a in arrays]
+    if any(a.ndim == 0 for a in arrays):
+        raise ValueError("train_test_split takes arrays with a first dimension, got a scalar")
     lengths = [len(a) for a in arrays]
     if len(set(lengths)) != 1:
         raise ValueError(f"all arrays must have the same length, got lengths {lengths}")
@@ -100,6 +105,8 @@ def train_test_split(*arrays, test_size=0.25, seed=0, shuffle=True, stratify=Non
         if not shuffle:
             raise ValueError("stratify requires shuffle=True")
         stratify = np.asarray(stratify)
+        if stratify.ndim != 1:
+            raise ValueError(f"stratify must be a 1-D array of labels, got shape {stratify.shape}")
         if len(stratify) != n:
             raise ValueError(f"stratify has length {len(stratify)}, arrays have length {n}")
         rng = np.random.default_rng(seed)
