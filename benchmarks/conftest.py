@@ -16,8 +16,15 @@ that order, so both halves of a ratio are measured back to back.
 
 The data and oracles here are deterministic (fixed seeds) and cached for the
 session, so the C and NumPy variants of a case see identical arrays.
+
+The training benchmarks (test_train_step.py, test_epoch.py) also take a thread
+count (groups end in "-1t" / "-2t"; see limited_threads) and, when importable,
+time PyTorch ("torch") and scikit-learn ("sklearn") on the same net, data and
+initial weights; without them those variants are skipped. None of threadpoolctl,
+torch or scikit-learn is a fusenn dependency: install them for a comparison run.
 """
 
+import contextlib
 import functools
 import os
 import shlex
@@ -28,6 +35,11 @@ import pytest
 
 import fusenn
 from fusenn import ops, reference
+
+try:  # optional: limits NumPy's BLAS threads for the 1-thread cases
+    import threadpoolctl
+except ImportError:
+    threadpoolctl = None
 
 BACKENDS = {"c": ops, "numpy": reference}
 DTYPE = np.float32
@@ -117,23 +129,69 @@ def pytest_report_header(config):
 
 def pytest_generate_tests(metafunc):
     """Parametrize (<shape argument>, backend) for every shape, shape-outer and backend-inner,
-    so a group's C and NumPy variants run back to back; ids read "c-1024", "numpy-1024"."""
+    so a group's C and NumPy variants run back to back; ids read "c-1024", "numpy-1024".
+    Tests that also take `nthreads` get (<shape>, nthreads, backend), shape-outer, then
+    threads, backend-inner, over TRAIN_BACKENDS; ids read "c-64-32-10-b32-1t"."""
+    names = metafunc.fixturenames
     for argname, shapes in SHAPE_ARGS.items():
-        if argname in metafunc.fixturenames and "backend" in metafunc.fixturenames:
+        if argname not in names or "backend" not in names:
+            continue
+
+        def marks(shape):
+            settings = SHAPE_BENCHMARK_SETTINGS.get(shape)
+            return [pytest.mark.benchmark(**settings)] if settings else []
+
+        if "nthreads" in names:
+            metafunc.parametrize((argname, "nthreads", "backend"), [
+                pytest.param(shape, n, backend, id=f"{backend}-{shape}-{n}t", marks=marks(shape))
+                for shape in shapes for n in THREAD_COUNTS[argname] for backend in TRAIN_BACKENDS])
+        else:
             metafunc.parametrize((argname, "backend"), [
-                pytest.param(shape, backend, id=f"{backend}-{shape}")
+                pytest.param(shape, backend, id=f"{backend}-{shape}", marks=marks(shape))
                 for shape in shapes for backend in BACKENDS])
+
+
+@contextlib.contextmanager
+def limited_threads(backend, n):
+    """Run the block with `n` threads for everything `backend` computes with: fusenn's
+    kernels (all backends: fit / train_on_batch check their input with a C kernel), NumPy's
+    BLAS via threadpoolctl (the numpy and sklearn backends compute with it) and, for
+    torch, torch.set_num_threads. Yields extra_info entries describing the limits.
+
+    Without threadpoolctl NumPy's BLAS runs its default thread count (the CPU count, or
+    OPENBLAS_NUM_THREADS etc.); a 1-thread case that depends on BLAS is then skipped.
+    """
+    info = {"blas_threads": n}
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(fusenn.threads(n))
+        if threadpoolctl is not None:
+            stack.enter_context(threadpoolctl.threadpool_limits(limits=n, user_api="blas"))
+        elif backend in ("numpy", "sklearn") and n == 1:
+            pytest.skip("threadpoolctl is not installed: cannot limit NumPy's BLAS to 1 thread "
+                        "(pip install threadpoolctl to run this case)")
+        else:
+            info["blas_threads"] = "default"
+        if backend == "torch":
+            torch = pytest.importorskip("torch")
+            previous = torch.get_num_threads()
+            torch.set_num_threads(n)
+            stack.callback(torch.set_num_threads, previous)
+        yield info
 
 
 @pytest.fixture
 def run(benchmark):
-    """run(group, backend, fn, *args, info={...}) -> fn(*args): benchmark fn(*args) in `group`
-    after a warm-up; extra_info records the backend, thread count, GEMM ISA and `info`."""
+    """run(group, backend, fn, *args, info={...}, pedantic=None) -> fn(*args): benchmark
+    fn(*args) in `group` after a warm-up; extra_info records the backend, fusenn's thread
+    count, GEMM ISA and `info`. pedantic=dict(rounds=..., warmup_rounds=...) times a fixed
+    number of calls with benchmark.pedantic instead (for calls that take seconds)."""
 
-    def _run(group, backend, fn, *args, info=None):
+    def _run(group, backend, fn, *args, info=None, pedantic=None):
         benchmark.group = group
         benchmark.extra_info.update(backend=backend, num_threads=fusenn.get_num_threads(),
                                     gemm_isa=fusenn.gemm_isa(), **(info or {}))
+        if pedantic is not None:  # rounds, iterations, warmup_rounds of benchmark.pedantic
+            return benchmark.pedantic(fn, args=args, **pedantic)
         if benchmark.enabled and WARMUP_SECONDS > 0:
             fn(*args)
             start, calls = time.perf_counter(), 1
@@ -268,46 +326,231 @@ class SoftmaxCase:
         assert_bounded(dz, self.want_dz, self.bound_dz, "softmax_cross_entropy dz")
 
 
-class TrainCase:
-    """One model.train_on_batch step of an MLP: cross-entropy, SGD(lr 0.01, momentum 0.9)."""
+class MLPCase:
+    """An MLP of layer `sizes` (relu hidden layers, softmax output) trained with cross-entropy
+    and SGD(lr=0.01, momentum=0.9) in float32, from the weights `w0` ([W1, b1, ...] in
+    fusenn's layout, W (fan_in, units)), by fusenn or, for comparison, by PyTorch or
+    scikit-learn. Subclasses set sizes, activations, X, y and w0.
 
-    def __init__(self, sizes, activations, batch, seed=26):
-        rng = np.random.default_rng(seed)
-        self.sizes, self.activations, self.batch = sizes, activations, batch
-        self.X = _uniform(rng, (batch, sizes[0]), 0.0, 1.0)
-        self.y = rng.integers(0, sizes[-1], size=batch)
-        self.w0 = self.make_model("numpy").get_weights()  # float32, drawn from seed 0
-        # The oracle: one step of the NumPy backend in float64 from the same float32 weights.
-        oracle = self.make_model("numpy", dtype="float64")
-        oracle.set_weights(self.w0)
-        # The check compares whole gradients, so no hidden pre-activation may sit so close to 0
-        # that float32 rounding could flip its relu mask (that moves an update by ~1e-2
-        # relative). Typical float32 error there is ~1e-6; seed 26 keeps every |z| > 7e-5.
-        h = _f64(self.X)
-        for layer in oracle.layers[:-1]:
-            z = h @ layer.W + layer.b
-            assert np.abs(z).min() > 2e-5, f"TrainCase(seed={seed}): a pre-activation is ~0; pick another seed"
-            h = reference.activation_forward(z, layer.activation)
-        self.want_loss = oracle.train_on_batch(self.X, self.y)
-        self.want_delta = [w1 - _f64(w0) for w1, w0 in zip(oracle.get_weights(), self.w0)]
+    make_trainer(backend) -> (train, weights): `train()` does the case's unit of work and
+    returns its loss; `weights()` returns the current weights in fusenn's layout. Backends:
+    "c" / "numpy" (fusenn.Sequential), "torch" (nn.Sequential of Linear/ReLU,
+    CrossEntropyLoss on the logits, torch.optim.SGD) and "sklearn" (MLPClassifier,
+    solver="sgd", alpha=0, nesterovs_momentum=False, batch_size = the case's batch). The
+    last two skip the test when the package is not importable. Every framework implements
+    momentum as v = 0.9 v + g, w -= 0.01 v (sklearn as v = 0.9 v - 0.01 g, w += v: the same).
+    """
+
+    LR, MOMENTUM = 0.01, 0.9
+    w0 = None
 
     def make_model(self, backend, dtype="float32"):
         layers = [fusenn.Dense(u, activation=a) for u, a in zip(self.sizes[1:], self.activations)]
         model = fusenn.Sequential(layers, input_dim=self.sizes[0], dtype=dtype, seed=0, backend=backend)
-        model.compile(loss="cross_entropy", optimizer=fusenn.SGD(lr=0.01, momentum=0.9))
+        model.compile(loss="cross_entropy", optimizer=fusenn.SGD(lr=self.LR, momentum=self.MOMENTUM))
+        if self.w0 is not None:
+            model.set_weights(self.w0)
         return model
 
-    def check_first_step(self, model, loss):
-        """`model` has taken exactly one step on (X, y) from w0, returning `loss`."""
+    def make_trainer(self, backend):
+        return getattr(self, f"_{backend}_trainer")()
+
+    def _c_trainer(self):
+        return self._fusenn_trainer("c")
+
+    def _numpy_trainer(self):
+        return self._fusenn_trainer("numpy")
+
+    def torch_model(self):
+        """(net, linear layers, optimizer, loss function), float32, starting at w0."""
+        torch = pytest.importorskip("torch")
+        linears, layers = [], []
+        for i in range(len(self.sizes) - 1):
+            lin = torch.nn.Linear(self.sizes[i], self.sizes[i + 1], dtype=torch.float32)
+            with torch.no_grad():
+                lin.weight.copy_(torch.from_numpy(self.w0[2 * i].T))
+                lin.bias.copy_(torch.from_numpy(self.w0[2 * i + 1]))
+            linears.append(lin)
+            layers += [lin, torch.nn.ReLU()] if i < len(self.sizes) - 2 else [lin]
+        net = torch.nn.Sequential(*layers)
+        opt = torch.optim.SGD(net.parameters(), lr=self.LR, momentum=self.MOMENTUM)
+        return net, linears, opt, torch.nn.CrossEntropyLoss()
+
+    @staticmethod
+    def torch_weights(linears):
+        return [a for lin in linears
+                for a in (lin.weight.detach().numpy().T.copy(), lin.bias.detach().numpy().copy())]
+
+    def sklearn_model(self, batch, shuffle):
+        """An MLPClassifier at w0 with zero momentum, so its next partial_fit is a first step."""
+        nn = pytest.importorskip("sklearn.neural_network")
+        clf = nn.MLPClassifier(hidden_layer_sizes=tuple(self.sizes[1:-1]), activation="relu",
+                               solver="sgd", learning_rate_init=self.LR, momentum=self.MOMENTUM,
+                               nesterovs_momentum=False, alpha=0.0, batch_size=batch,
+                               shuffle=shuffle, random_state=0)
+        # The first partial_fit draws sklearn's own weights (and takes a step on one batch):
+        # overwrite them and the momentum in place.
+        clf.partial_fit(self.X[:batch], self.y[:batch], classes=np.arange(self.sizes[-1]))
+        for p, w in zip(clf.coefs_ + clf.intercepts_, self.w0[0::2] + self.w0[1::2]):
+            np.copyto(p, w)
+        for v in clf._optimizer.velocities:
+            v[...] = 0
+        return clf
+
+    @staticmethod
+    def sklearn_weights(clf):
+        return [a.copy() for pair in zip(clf.coefs_, clf.intercepts_) for a in pair]
+
+
+class TrainCase(MLPCase):
+    """One training step on one batch (X, y): model.train_on_batch for fusenn, one
+    forward/backward/optimizer step for torch, one partial_fit for sklearn.
+
+    Before timing, each framework's first step from w0 is checked against one step of the
+    NumPy backend in float64 from the same weights. The check compares whole gradients, so
+    no relu mask may depend on float32 rounding (a flipped mask moves an update by up to
+    ~1e-2 relative). The data make the hidden pre-activations exact in float32: binary inputs,
+    fusenn's seed-0 weights rounded to multiples of 2^-8, and hidden biases that are odd
+    multiples of half the grid of h @ W. Each hidden pre-activation is then a non-zero
+    multiple of a power of two g with sum |terms| < 2^24 g, which float32 computes exactly in
+    any summation order, blocking or FMA use. The softmax layer and the backward pass carry
+    ordinary float32 rounding. (The timing does not depend on the values.)
+    """
+
+    W_GRID = 2.0 ** -8
+
+    def __init__(self, sizes, activations, batch, seed=26):
+        rng = np.random.default_rng(seed)
+        self.sizes, self.activations, self.batch = sizes, activations, batch
+        self.X = rng.integers(0, 2, size=(batch, sizes[0])).astype(DTYPE)  # binary "pixels"
+        self.y = rng.integers(0, sizes[-1], size=batch)
+        w0 = self.make_model("numpy", dtype="float64").get_weights()  # fusenn's seed-0 draw
+        h, grid = _f64(self.X), 1.0  # a layer's input and the grid its values lie on
+        for i, act in enumerate(activations):
+            W = np.round(w0[2 * i] / self.W_GRID) * self.W_GRID
+            w0[2 * i] = W
+            if i == len(activations) - 1:
+                assert act == "softmax", "TrainCase: the output layer must be softmax"
+                break
+            assert act == "relu", "TrainCase: exactness is argued for relu hidden layers"
+            grid *= self.W_GRID / 2  # h @ W lies on grid * 2^-8; b and z on odd multiples of half that
+            m = int(0.05 / grid)
+            w0[2 * i + 1] = b = (2.0 * rng.integers(-m, m, size=W.shape[1]) + 1) * grid
+            assert (np.abs(h) @ np.abs(W) + np.abs(b)).max() < 2.0 ** 24 * grid, \
+                f"TrainCase {sizes}: layer {i + 1} pre-activations are not exact in float32"
+            h = np.maximum(h @ W + b, 0.0)  # exact in float64 too (< 2^24 grid points)
+        self.w0 = [w.astype(DTYPE) for w in w0]
+        oracle = self.make_model("numpy", dtype="float64")  # starts at w0
+        self.want_loss = oracle.train_on_batch(self.X, self.y)
+        self.want_delta = [w1 - _f64(w0) for w1, w0 in zip(oracle.get_weights(), self.w0)]
+
+    def _fusenn_trainer(self, backend):
+        model = self.make_model(backend)
+        return functools.partial(model.train_on_batch, self.X, self.y), model.get_weights
+
+    def _torch_trainer(self):
+        net, linears, opt, loss_fn = self.torch_model()
+        import torch
+        X, y = torch.from_numpy(self.X), torch.from_numpy(self.y)
+
+        def step():
+            opt.zero_grad()
+            loss = loss_fn(net(X), y)
+            loss.backward()
+            opt.step()
+            return loss.item()
+
+        return step, lambda: self.torch_weights(linears)
+
+    def _sklearn_trainer(self):
+        clf = self.sklearn_model(self.batch, shuffle=False)  # one batch per partial_fit
+
+        def step():
+            clf.partial_fit(self.X, self.y)
+            return float(clf.loss_)
+
+        return step, lambda: self.sklearn_weights(clf)
+
+    def check_first_step(self, weights, loss, dtype=DTYPE):
+        """`weights` ([W1, b1, ...]) result from exactly one step on (X, y) from w0, which
+        returned `loss`. dtype=None: any float dtype (sklearn chooses its own)."""
         assert abs(loss - self.want_loss) <= 1e-5 * abs(self.want_loss), \
-            f"train_on_batch loss {loss!r}, want {self.want_loss!r}"
-        for i, (w1, w0, want) in enumerate(zip(model.get_weights(), self.w0, self.want_delta)):
-            assert w1.dtype == DTYPE
+            f"first step: loss {loss!r}, want {self.want_loss!r}"
+        assert len(weights) == len(self.w0), f"first step: {len(weights)} parameters, want {len(self.w0)}"
+        for i, (w1, w0, want) in enumerate(zip(weights, self.w0, self.want_delta)):
+            assert dtype is None or w1.dtype == dtype, f"param {i}: dtype {w1.dtype}, want {np.dtype(dtype)}"
+            assert w1.shape == w0.shape, f"param {i}: shape {w1.shape}, want {w0.shape}"
             delta = _f64(w1) - _f64(w0)
             # Relative (Frobenius) error of the update lr * v: float32 rounding of w1
             # alone contributes ~|w| u / |lr g| ~ 1e-4 here; a wrong gradient is >> 1e-3.
             rel = np.linalg.norm(delta - want) / np.linalg.norm(want)
-            assert rel < 2e-3, f"train_on_batch: update of param {i} off by {rel:.2e} (relative)"
+            assert rel < 2e-3, f"first step: update of param {i} off by {rel:.2e} (relative)"
+
+
+class EpochCase(MLPCase):
+    """One epoch of training on MNIST-shaped synthetic data: n x 784 float32 pixels in [0, 1),
+    labels 0..9 from a fixed random linear map of the pixels (so the loss can fall),
+    784-256-128-10, batch 128, shuffled every epoch, SGD(lr 0.01, momentum 0.9), from
+    fusenn's seed-0 weights. train() returns the epoch's mean batch loss.
+
+    fusenn: model.fit(X, y, epochs=1, batch_size=128, shuffle=True) (input checks included);
+    torch: a randperm and a loop over index batches; sklearn: one partial_fit over (X, y)
+    with shuffle=True (MLPClassifier shuffles and batches inside).
+    """
+
+    sizes, activations, batch = (784, 256, 128, 10), ("relu", "relu", "softmax"), 128
+    pedantic = dict(rounds=3, iterations=1, warmup_rounds=1)  # how to time it: ~0.3-3 s a call
+
+    def __init__(self, n, seed=3):
+        rng = np.random.default_rng(seed)
+        self.X = rng.random((n, self.sizes[0]), dtype=DTYPE)
+        R = rng.standard_normal((self.sizes[0], self.sizes[-1])).astype(DTYPE)
+        self.y = np.argmax((self.X - 0.5) @ R, axis=1)
+        self.w0 = self.make_model("numpy").get_weights()
+        self.initial_loss = self.loss_of(self.w0)
+
+    def loss_of(self, weights):
+        """Cross-entropy over the whole data set of a net with `weights`."""
+        model = self.make_model("c")
+        model.set_weights(weights)
+        return model.evaluate(self.X, self.y)["loss"]
+
+    def _fusenn_trainer(self, backend):
+        model = self.make_model(backend)
+
+        def epoch():
+            history = model.fit(self.X, self.y, epochs=1, batch_size=self.batch, shuffle=True, verbose=0)
+            return history.history["loss"][0]
+
+        return epoch, model.get_weights
+
+    def _torch_trainer(self):
+        net, linears, opt, loss_fn = self.torch_model()
+        import torch
+        X, y, n = torch.from_numpy(self.X), torch.from_numpy(self.y), len(self.X)
+        gen = torch.Generator().manual_seed(0)
+
+        def epoch():
+            order, total = torch.randperm(n, generator=gen), 0.0
+            for first in range(0, n, self.batch):
+                idx = order[first:first + self.batch]
+                opt.zero_grad()
+                loss = loss_fn(net(X[idx]), y[idx])
+                loss.backward()
+                opt.step()
+                total += loss.item() * len(idx)
+            return total / n
+
+        return epoch, lambda: self.torch_weights(linears)
+
+    def _sklearn_trainer(self):
+        clf = self.sklearn_model(self.batch, shuffle=True)
+
+        def epoch():
+            clf.partial_fit(self.X, self.y)
+            return float(clf.loss_)
+
+        return epoch, lambda: self.sklearn_weights(clf)
 
 
 # ---- session-wide cached cases -------------------------------------------------------------
@@ -323,14 +566,26 @@ GEMM_SHAPES = {  # id -> (M, K, N, trans_a): C (M, N) = op(A) (M, K) @ B (K, N)
 DENSE_SHAPES = {"128x784x256": (128, 784, 256)}  # batch x d_in x d_out, relu
 SOFTMAX_SHAPES = {"128x10": (128, 10), "1024x10": (1024, 10)}
 TRAIN_NETS = {  # id -> (layer sizes, activations, batch)
-    "784-256-128-10-b128": ((784, 256, 128, 10), ("relu", "relu", "softmax"), 128),
     "64-32-10-b32": ((64, 32, 10), ("relu", "softmax"), 32),
+    "784-256-128-10-b128": ((784, 256, 128, 10), ("relu", "relu", "softmax"), 128),
+    "784-256-128-10-b512": ((784, 256, 128, 10), ("relu", "relu", "softmax"), 512),
+    "1024-1024-1024-10-b256": ((1024, 1024, 1024, 10), ("relu", "relu", "softmax"), 256),
 }
+EPOCH_NETS = {"784-256-128-10-b128": 60_000}  # id -> rows (EpochCase's net and batch)
+EPOCH_SMOKE_ROWS = 2_000  # rows under --benchmark-disable, so the smoke test stays fast
+
+# Per-shape timing settings (a benchmark marker on those cases): a 1024-wide step takes
+# ~30-150 ms, so 50 rounds per variant would stretch a group's run to ~40 s.
+SHAPE_BENCHMARK_SETTINGS = {"1024-1024-1024-10-b256": dict(min_rounds=20)}
 
 
 # test argument name -> the shapes it is parametrized over (see pytest_generate_tests)
 SHAPE_ARGS = {"gemm_shape": GEMM_SHAPES, "dense_shape": DENSE_SHAPES,
-              "softmax_shape": SOFTMAX_SHAPES, "net": TRAIN_NETS}
+              "softmax_shape": SOFTMAX_SHAPES, "net": TRAIN_NETS, "epoch_net": EPOCH_NETS}
+# Arguments also parametrized over thread counts and over the comparison frameworks, for
+# tests that take an `nthreads` argument: argname -> thread counts.
+THREAD_COUNTS = {"net": (1, 2), "epoch_net": (2,)}
+TRAIN_BACKENDS = ("c", "numpy", "torch", "sklearn")
 
 
 @functools.lru_cache(maxsize=None)
@@ -353,6 +608,11 @@ def train_case_for(name):
     return TrainCase(*TRAIN_NETS[name])
 
 
+@functools.lru_cache(maxsize=None)
+def epoch_case_for(name, rows):
+    return EpochCase(rows)
+
+
 @pytest.fixture(scope="session")
 def gemm_case():
     return gemm_case_for
@@ -371,3 +631,16 @@ def softmax_case():
 @pytest.fixture(scope="session")
 def train_case():
     return train_case_for
+
+
+@pytest.fixture(scope="session")
+def epoch_case(request):
+    """epoch_case(name): the EpochCase for EPOCH_NETS[name], generated once per session;
+    EPOCH_SMOKE_ROWS rows instead of 60,000 under --benchmark-disable."""
+    disabled = request.config.getoption("benchmark_disable", False)
+    return lambda name: epoch_case_for(name, EPOCH_SMOKE_ROWS if disabled else EPOCH_NETS[name])
+
+
+@pytest.fixture(scope="session")
+def limit_threads():
+    return limited_threads

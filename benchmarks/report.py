@@ -4,17 +4,22 @@
     pytest benchmarks/ --benchmark-only --benchmark-json=bench.json
     python benchmarks/report.py bench.json
 
-One row per benchmark group: the C and NumPy medians (µs, ms or s, chosen per
-row) and the speed-up NumPy median / C median (> 1 means the C kernel is
-faster). The header lists fusenn's thread count, GEMM ISA and OpenMP status and
-the NumPy/BLAS versions when the run recorded them (benchmarks/conftest.py does).
+One row per benchmark group: the thread count the group ran with, the C and
+NumPy medians (µs, ms or s, chosen per row) and the speed-up NumPy median / C
+median (> 1 means the C kernel is faster); when the file holds PyTorch or
+scikit-learn results (the train_step and epoch groups), a median and a
+<framework> / C ratio column for each. The header lists fusenn's default thread
+count, GEMM ISA and OpenMP status and the NumPy/BLAS versions when the run
+recorded them (benchmarks/conftest.py does).
 """
 
 import argparse
 import json
+import re
 import sys
 
-BACKEND_NAMES = ("c", "numpy")
+BACKEND_NAMES = ("c", "numpy", "torch", "sklearn")
+OPTIONAL_BACKENDS = {"torch": "PyTorch", "sklearn": "sklearn"}  # columns shown when present
 
 
 def backend_of(bench):
@@ -26,6 +31,14 @@ def backend_of(bench):
     return prefix if prefix in BACKEND_NAMES else None
 
 
+def threads_of(group, bench):
+    """A group's thread count: its name's "-<n>t" suffix, else the run's extra_info."""
+    match = re.search(r"-(\d+)t$", group or "")
+    if match:
+        return int(match.group(1))
+    return (bench.get("extra_info") or {}).get("num_threads")
+
+
 def fmt_time(seconds, unit):
     scale, name = unit
     value = seconds / scale
@@ -34,7 +47,7 @@ def fmt_time(seconds, unit):
 
 
 def unit_for(*seconds):
-    """One unit per row, from the larger of its times, so both read in the same unit."""
+    """One unit per row, from the larger of its C and NumPy times, so they read in the same unit."""
     largest = max(s for s in seconds if s is not None)
     if largest < 1e-3:
         return (1e-6, "µs")
@@ -44,15 +57,16 @@ def unit_for(*seconds):
 
 
 def collect(benchmarks):
-    """{group: {backend: median seconds}}, groups in the order they ran."""
-    rows = {}
+    """({group: {backend: median seconds}}, {group: thread count}), groups in the order they ran."""
+    rows, threads = {}, {}
     for bench in benchmarks:
         backend = backend_of(bench)
         if backend is None:
             continue
         group = bench.get("group") or bench.get("name")
         rows.setdefault(group, {})[backend] = bench["stats"]["median"]
-    return rows
+        threads.setdefault(group, threads_of(group, bench))
+    return rows, threads
 
 
 def header(data):
@@ -67,7 +81,7 @@ def header(data):
     lines = []
     parts = []
     if "num_threads" in info:
-        parts.append(f"threads: {info['num_threads']}")
+        parts.append(f"default threads: {info['num_threads']}")
     if info.get("gemm_isa"):
         parts.append(f"gemm_isa: {info['gemm_isa']}")
     if "has_openmp" in info:
@@ -85,15 +99,29 @@ def header(data):
     return lines
 
 
-def table(rows):
-    out = ["| group | C median | NumPy median | speed-up (NumPy/C) |",
-           "|---|---:|---:|---:|"]
+def table(rows, threads=None):
+    threads = threads or {}
+    extra = [b for b in OPTIONAL_BACKENDS if any(b in t for t in rows.values())]
+    head = "| group | threads | C median | NumPy median | speed-up (NumPy/C) |"
+    rule = "|---|---:|---:|---:|---:|"
+    for b in extra:
+        head += f" {OPTIONAL_BACKENDS[b]} median | {OPTIONAL_BACKENDS[b]}/C |"
+        rule += "---:|---:|"
+    out = [head, rule]
+
+    def ratio(other, c):
+        return f"{other / c:.2f}×" if c and other else "—"
+
     for group, t in rows.items():
-        c, n = t.get("c"), t.get("numpy")
-        unit = unit_for(c, n)
-        speedup = f"{n / c:.2f}×" if c and n else "—"
-        out.append(f"| {group} | {fmt_time(c, unit) if c else '—'} | "
-                   f"{fmt_time(n, unit) if n else '—'} | {speedup} |")
+        c = t.get("c")
+        pair = [t[b] for b in ("c", "numpy") if t.get(b)]  # the unit follows the C/NumPy pair
+        unit = unit_for(*(pair or t.values()))
+        cells = [group, str(threads.get(group) or "—")]
+        cells += [fmt_time(t[b], unit) if t.get(b) else "—" for b in ("c", "numpy")]
+        cells.append(ratio(t.get("numpy"), c))
+        for b in extra:
+            cells += [fmt_time(t[b], unit) if t.get(b) else "—", ratio(t.get(b), c)]
+        out.append("| " + " | ".join(cells) + " |")
     return out
 
 
@@ -103,14 +131,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     with open(args.json_file, encoding="utf-8") as f:
         data = json.load(f)
-    rows = collect(data.get("benchmarks", []))
+    rows, threads = collect(data.get("benchmarks", []))
     if not rows:
-        print(f"{args.json_file}: no benchmarks with a 'c' or 'numpy' backend "
+        print(f"{args.json_file}: no benchmarks with a known backend ({', '.join(BACKEND_NAMES)}) "
               f"(was the run made with --benchmark-disable?)", file=sys.stderr)
         return 1
     lines = header(data)
-    print("\n".join(lines + ([""] if lines else []) + table(rows)))
-    print("\nspeed-up > 1: the C kernel is faster. Medians; each group's pair ran back to back.")
+    print("\n".join(lines + ([""] if lines else []) + table(rows, threads)))
+    print("\nRatios are <other> median / C median: > 1 means fusenn's C backend is faster. "
+          "Medians; each group's variants ran back to back.")
     return 0
 
 
