@@ -221,8 +221,10 @@ def test_one_model_from_two_threads_at_once_is_refused():
     X, y = make_data(4096, dims, loss)
     model = make_model(dims, acts, loss, SGD(lr=0.01))
     errors = []
+    start = threading.Barrier(2)
 
     def train():
+        start.wait()  # both calls begin together; one fit takes far longer than a start-up
         try:
             model.fit(X, y, epochs=3, batch_size=64, verbose=0)
         except RuntimeError as exc:
