@@ -42,20 +42,6 @@ CASE_TIMEOUT_S = 10.0  # a single case that runs longer than this is reported as
 ACCEPTED = (ValueError, TypeError, MemoryError)
 
 
-@pytest.fixture
-def say(request):
-    """Write a line to the terminal even when output is captured."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-
-    def write(text):
-        if reporter is None or capture is None:
-            print(text)
-            return
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(text)
-    return write
-
 
 # ---- valid calls --------------------------------------------------------------------------
 

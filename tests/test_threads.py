@@ -1,7 +1,6 @@
 """Thread-count control, the OpenMP build, and fork safety."""
 
 import os
-import sys
 import threading
 
 import numpy as np

@@ -203,7 +203,7 @@ def _grad(g, w):
     return np.ascontiguousarray(g).reshape(-1)
 
 
-def _number(value, name):
+def finite_number(value, name):
     """A hyperparameter as a finite float, or an error naming it."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {value!r}")
@@ -226,7 +226,7 @@ def sgd_update(w, g, v, lr, momentum=0.0, nesterov=False, prev=None):
     Returns the number of non-finite updated weights; prev (may be g) receives
     the weights from before the step.
     """
-    lr, momentum = _number(lr, "lr"), _number(momentum, "momentum")
+    lr, momentum = finite_number(lr, "lr"), finite_number(momentum, "momentum")
     wf = _state(w, "w", w)
     gf = _grad(g, w)
     vf = _state(v, "v", w) if momentum != 0 else None
@@ -246,6 +246,6 @@ def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, prev=N
     wf = _state(w, "w", w)
     gf = _grad(g, w)
     return _kernels.adam_update(wf, gf, _state(m, "m", w), _state(v, "v", w), int(t),
-                                _number(lr, "lr"), _number(beta1, "beta1"),
-                                _number(beta2, "beta2"), _number(eps, "eps"),
+                                finite_number(lr, "lr"), finite_number(beta1, "beta1"),
+                                finite_number(beta2, "beta2"), finite_number(eps, "eps"),
                                 _prev(prev, w), get_num_threads())

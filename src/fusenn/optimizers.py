@@ -9,19 +9,16 @@ import math
 
 import numpy as np
 
+from .ops import finite_number
+
 __all__ = ["Optimizer", "SGD", "Adam", "get_optimizer"]
 
 
 def _check_range(name, value, low, high, low_open=False, high_open=True):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    try:
-        value = float(value)
-    except OverflowError:
-        raise ValueError(f"{name} is far too large") from None
+    value = finite_number(value, name)
     too_low = value <= low if low_open else value < low
     too_high = value >= high if high_open else value > high
-    if not math.isfinite(value) or too_low or too_high:
+    if too_low or too_high:
         lo = "(" if low_open else "["
         hi = ")" if high_open else "]"
         raise ValueError(f"{name} must lie in {lo}{low}, {high}{hi}, got {value}")
