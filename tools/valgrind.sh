@@ -13,7 +13,9 @@
 # silences the dynamic loader's noise only; nothing in fusenn is suppressed.
 # CPython keeps its own allocator (no PYTHONMALLOC=malloc: that floods memcheck
 # with reports about CPython itself). Leaks are not checked: CPython does not
-# free everything at exit.
+# free everything at exit. --fair-sched=yes: valgrind runs one thread at a time,
+# and with its default lock libgomp's spin-waiting threads starve the working
+# one (the run took 25-180 s instead of a steady ~20 s).
 set -euo pipefail
 # shellcheck source=tools/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -50,6 +52,7 @@ rc=0
   cd "$tmp"   # outside the source tree: the installed fusenn is the one imported
   OMP_NUM_THREADS=2 valgrind \
     --tool=memcheck \
+    --fair-sched=yes \
     --error-exitcode=99 \
     --leak-check=no \
     --num-callers=40 \

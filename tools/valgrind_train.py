@@ -15,20 +15,26 @@ import fusenn
 
 
 def main():
+    with tempfile.TemporaryDirectory(prefix="fusenn-valgrind-") as tmp:
+        run(tmp)
+    print(f"valgrind_train: ok (openmp={fusenn.has_openmp()}, isa={fusenn.gemm_isa()})")
+
+
+def run(tmp):
     X, y = fusenn.datasets.load_digits()
     X, y = X[:192], y[:192]
     rng = np.random.default_rng(0)
-    tmp = tempfile.mkdtemp(prefix="fusenn-valgrind-")
-    cases = [
-        ("cross_entropy", "softmax", y, fusenn.SGD(lr=0.05, momentum=0.9)),
-        ("cross_entropy", "identity", y, fusenn.Adam(lr=1e-3)),
-        ("binary_cross_entropy", "sigmoid", (y[:, None] == np.arange(10)).astype("float64"),
-         fusenn.SGD(lr=0.1, momentum=0.9, nesterov=True)),
-        ("mse", "tanh", rng.standard_normal((len(y), 10)) * 0.5, fusenn.Adam(lr=1e-3)),
+    onehot = (y[:, None] == np.arange(10)).astype("float64")
+    cases = [  # (loss, output activation, targets, a fresh optimizer per model)
+        ("cross_entropy", "softmax", y, lambda: fusenn.SGD(lr=0.05, momentum=0.9)),
+        ("cross_entropy", "identity", y, lambda: fusenn.Adam(lr=1e-3)),
+        ("binary_cross_entropy", "sigmoid", onehot,
+         lambda: fusenn.SGD(lr=0.1, momentum=0.9, nesterov=True)),
+        ("mse", "tanh", rng.standard_normal((len(y), 10)) * 0.5, lambda: fusenn.SGD(lr=0.05)),
     ]
     for dtype in ("float32", "float64"):
         for nthreads in (1, 2):
-            for loss, out_act, target, opt in cases:
+            for loss, out_act, target, make_opt in cases:
                 target = target.astype(dtype) if target.dtype.kind == "f" else target
                 with fusenn.threads(nthreads):
                     model = fusenn.Sequential([fusenn.Dense(24, activation="relu"),
@@ -36,7 +42,7 @@ def main():
                                                fusenn.Dense(12, activation="sigmoid"),
                                                fusenn.Dense(10, activation=out_act)],
                                               input_dim=64, dtype=dtype, seed=1, backend="c")
-                    model.compile(loss=loss, optimizer=opt)
+                    model.compile(loss=loss, optimizer=make_opt())
                     model.fit(X, target, epochs=2, batch_size=48, verbose=0,
                               validation_data=(X[:40], target[:40]))
                     model.train_on_batch(X[:17], target[:17])
@@ -52,7 +58,6 @@ def main():
                     B = rng.standard_normal((70, 300)).astype(dtype)
                     C = fusenn.matmul(A, B[:, ::3], trans_a=True)
                     np.testing.assert_allclose(C, A.T @ B[:, ::3], rtol=1e-3, atol=1e-3)
-    print(f"valgrind_train: ok (openmp={fusenn.has_openmp()}, isa={fusenn.gemm_isa()})")
 
 
 if __name__ == "__main__":
