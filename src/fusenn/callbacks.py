@@ -376,10 +376,11 @@ class LearningRateScheduler(Callback):
 
 class ReduceLROnPlateau(_Monitor):
     """Multiply the learning rate by `factor` when the monitored metric has not
-    improved (by more than min_delta) for `patience` epochs, then wait
-    `cooldown` epochs before counting again; never go below min_lr. The rate
-    is put in the epoch's logs as "lr". As Keras, the change takes effect from
-    the next epoch.
+    improved (by more than min_delta) for `patience` epochs; the `cooldown`
+    epochs after a reduction do not count as bad epochs (as PyTorch; Keras
+    already counts the last of them). Never goes below min_lr. The rate is
+    put in the epoch's logs as "lr" (the rate the epoch ran with); a
+    reduction takes effect from the next epoch.
     """
 
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_delta=1e-4, cooldown=0,
@@ -416,14 +417,15 @@ class ReduceLROnPlateau(_Monitor):
         current = self._current(logs)
         if current is None:
             return
-        if self.in_cooldown:
-            self.cooldown_counter -= 1
-            self.wait = 0
-        if self._improves(current, self.best):
+        improved = self._improves(current, self.best)
+        if improved:
             self.best = current
             self.wait = 0
+        if self.in_cooldown:  # this epoch is one of the `cooldown` ignored ones
+            self.cooldown_counter -= 1
+            self.wait = 0
             return
-        if self.in_cooldown:
+        if improved:
             return
         self.wait += 1
         if self.wait >= self.patience:
