@@ -188,30 +188,27 @@ class Constant(Initializer):
         return f"Constant({self.value!r})"
 
 
-class Zeros(Constant):
-    name = "zeros"
+class _NamedConstant(Constant):
+    """A constant saved by name ("zeros", "ones") rather than by value."""
+
+    fill = 0.0
 
     def __init__(self):
-        super().__init__(0.0)
+        super().__init__(self.fill)
 
     def config(self):
         return self.name
 
     def __repr__(self):
-        return "Zeros()"
+        return f"{type(self).__name__}()"
 
 
-class Ones(Constant):
-    name = "ones"
+class Zeros(_NamedConstant):
+    name, fill = "zeros", 0.0
 
-    def __init__(self):
-        super().__init__(1.0)
 
-    def config(self):
-        return self.name
-
-    def __repr__(self):
-        return "Ones()"
+class Ones(_NamedConstant):
+    name, fill = "ones", 1.0
 
 
 _BY_NAME = {cls.name: cls for cls in (GlorotUniform, GlorotNormal, HeUniform, HeNormal,
@@ -234,7 +231,7 @@ def get(spec):
     if isinstance(spec, Initializer):
         return spec
     if isinstance(spec, type) and issubclass(spec, Initializer):
-        if spec is Initializer or spec is _VarianceScaling:
+        if spec in (Initializer, _VarianceScaling, _NamedConstant):
             raise _unknown(spec)
         return spec()
     if isinstance(spec, str):
