@@ -158,12 +158,11 @@ class _Monitor(Callback):
     def _worst(self):
         return -math.inf if self._maximise else math.inf
 
-    def _improves(self, current, reference, min_delta=None):
+    def _improves(self, current, reference):
         """Whether `current` beats `reference` by more than min_delta (NaN never does)."""
-        delta = self.min_delta if min_delta is None else min_delta
         if self._maximise:
-            return current - delta > reference
-        return current + delta < reference
+            return current - self.min_delta > reference
+        return current + self.min_delta < reference
 
     def _current(self, logs):
         value = (logs or {}).get(self.monitor)
