@@ -185,7 +185,7 @@ def huber(a, t, delta=1.0, sample_weight=None):
     quadratic = ad <= delta
     loss = _weighted_mean(np.where(quadratic, 0.5 * ad * ad, delta * (ad - 0.5 * delta)),
                           sample_weight)
-    g = np.where(quadratic, d, np.sign(d) * d.dtype.type(delta)).astype(d.dtype)
+    g = np.clip(d.astype(np.float64), -delta, delta).astype(d.dtype)  # d where quadratic
     return loss, _scale_rows(g, 1 / a.size, sample_weight)
 
 
