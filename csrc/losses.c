@@ -173,104 +173,35 @@ double FN(fusenn_sigmoid_binary_cross_entropy)(size_t n, size_t k, const real *Z
     return sum_partials(partial, nchunks) / ((double)n * (double)k);
 }
 
-/* ---- mean squared error ------------------------------------------------------
- *   loss = (1/(n k)) sum_ij sw_i (a - t)^2,  dl/da = 2 sw_i (a - t) / (n k)
- * The square is taken in double, as (w d) d so that w = 1 gives the bits of
- * d d even where the compiler contracts the sum into an FMA. dA may alias A. */
-double FN(fusenn_mse)(size_t n, size_t k, const real *A, ptrdiff_t lda,
-                      const real *T, ptrdiff_t ldt, const real *sw,
-                      real *dA, ptrdiff_t ldda, int nthreads)
+/* ---- elementwise regression losses: mse, mae, huber ---------------------------
+ * One driver, inlined into each public kernel with a constant `kind`, so each
+ * compiles to its own loop. Per element, d = a - t:
+ *   mse:   l = d^2,                                       dl/da = 2 d
+ *   mae:   l = |d|,                                       dl/da = sign(d) (0 at d == 0,
+ *                                                         as PyTorch's L1Loss; NaN for NaN)
+ *   huber: l = d^2 / 2 if |d| <= delta else delta (|d| - delta / 2),
+ *                                                         dl/da = clip(d, -delta, delta)
+ * loss = (1/(n k)) sum_ij sw_i l_ij,  dA_ij = sw_i dl/da / (n k). Losses are
+ * computed in double from d; mse's square as (w d) d, so that w = 1 gives the
+ * bits of d d even where the compiler contracts the sum into an FMA. dA may
+ * alias A. */
+enum regression_kind { REG_MSE, REG_MAE, REG_HUBER };
+
+static inline __attribute__((always_inline)) double FN(regression_loss)(
+    enum regression_kind kind, size_t n, size_t k, const real *A, ptrdiff_t lda,
+    const real *T, ptrdiff_t ldt, double delta, const real *sw, real *dA, ptrdiff_t ldda,
+    int nthreads)
 {
     if (n == 0 || k == 0)
         return 0.0;
     const size_t nchunks = fusenn_num_chunks(n);
     double partial[FUSENN_SUM_CHUNKS];
-    const double base = 2.0 / ((double)n * (double)k);
-    int nt = fusenn_threads_for(n * k, nthreads);
-    (void)nt; /* only read by the OpenMP pragma */
-
-#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (size_t c = 0; c < nchunks; c++) {
-        size_t first, end;
-        chunk_rows(c, nchunks, n, &first, &end);
-        double loss_sum = 0;
-        for (size_t i = first; i < end; i++) {
-            const real *a = A + (ptrdiff_t)i * lda;
-            const real *t = T + (ptrdiff_t)i * ldt;
-            real *da = dA ? dA + (ptrdiff_t)i * ldda : NULL;
-            const double w = row_weight(sw, i);
-            const real grad_scale = row_grad_scale(sw, i, base); /* 2 sw_i / (n k) */
-            for (size_t j = 0; j < k; j++) {
-                const real diff = a[j] - t[j];
-                const double wdiff = w * (double)diff;
-                loss_sum += wdiff * (double)diff;
-                if (da)
-                    da[j] = diff * grad_scale;
-            }
-        }
-        partial[c] = loss_sum;
-    }
-    return sum_partials(partial, nchunks) / ((double)n * (double)k);
-}
-
-/* ---- mean absolute error -------------------------------------------------------
- *   loss = (1/(n k)) sum_ij sw_i |a - t|,  dl/da = sw_i sign(a - t) / (n k)
- * with the subgradient 0 where a == t (as PyTorch's L1Loss); a NaN difference
- * gives a NaN gradient. dA may alias A. */
-double FN(fusenn_mae)(size_t n, size_t k, const real *A, ptrdiff_t lda,
-                      const real *T, ptrdiff_t ldt, const real *sw,
-                      real *dA, ptrdiff_t ldda, int nthreads)
-{
-    if (n == 0 || k == 0)
-        return 0.0;
-    const size_t nchunks = fusenn_num_chunks(n);
-    double partial[FUSENN_SUM_CHUNKS];
-    const double base = 1.0 / ((double)n * (double)k);
-    int nt = fusenn_threads_for(n * k, nthreads);
-    (void)nt; /* only read by the OpenMP pragma */
-
-#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (size_t c = 0; c < nchunks; c++) {
-        size_t first, end;
-        chunk_rows(c, nchunks, n, &first, &end);
-        double loss_sum = 0;
-        for (size_t i = first; i < end; i++) {
-            const real *a = A + (ptrdiff_t)i * lda;
-            const real *t = T + (ptrdiff_t)i * ldt;
-            real *da = dA ? dA + (ptrdiff_t)i * ldda : NULL;
-            const double w = row_weight(sw, i);
-            const real scale = row_grad_scale(sw, i, base); /* sw_i / (n k) */
-            for (size_t j = 0; j < k; j++) {
-                const real diff = a[j] - t[j];
-                loss_sum += w * (double)fabs(diff);
-                if (da) /* diff * scale is 0 for diff == 0, NaN for NaN */
-                    da[j] = diff > 0 ? scale : diff < 0 ? -scale : diff * scale;
-            }
-        }
-        partial[c] = loss_sum;
-    }
-    return sum_partials(partial, nchunks) / ((double)n * (double)k);
-}
-
-/* ---- Huber -------------------------------------------------------------------------
- * Per element, d = a - t (as Keras's Huber and PyTorch's HuberLoss):
- *   l = d^2 / 2                     if |d| <= delta
- *     = delta (|d| - delta / 2)     otherwise
- *   dl/da = clip(d, -delta, delta)
- *   loss = (1/(n k)) sum_ij sw_i l_ij,  dA = sw_i dl/da / (n k).
- * The loss and the region test are computed in double. dA may alias A. */
-double FN(fusenn_huber)(size_t n, size_t k, const real *A, ptrdiff_t lda,
-                        const real *T, ptrdiff_t ldt, double delta, const real *sw,
-                        real *dA, ptrdiff_t ldda, int nthreads)
-{
-    if (n == 0 || k == 0)
-        return 0.0;
-    const size_t nchunks = fusenn_num_chunks(n);
-    double partial[FUSENN_SUM_CHUNKS];
-    const double base = 1.0 / ((double)n * (double)k);
+    /* the factor of dl/da in the gradient of the mean: 2 for mse's d^2 */
+    const double base = (kind == REG_MSE ? 2.0 : 1.0) / ((double)n * (double)k);
     const real delta_r = (real)delta;
     int nt = fusenn_threads_for(n * k, nthreads);
     (void)nt; /* only read by the OpenMP pragma */
+    (void)delta_r;
 
 #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
     for (size_t c = 0; c < nchunks; c++) {
@@ -282,17 +213,26 @@ double FN(fusenn_huber)(size_t n, size_t k, const real *A, ptrdiff_t lda,
             const real *t = T + (ptrdiff_t)i * ldt;
             real *da = dA ? dA + (ptrdiff_t)i * ldda : NULL;
             const double w = row_weight(sw, i);
-            const real scale = row_grad_scale(sw, i, base); /* sw_i / (n k) */
+            const real scale = row_grad_scale(sw, i, base); /* sw_i base */
             for (size_t j = 0; j < k; j++) {
                 const real diff = a[j] - t[j];
-                const double ad = fabs((double)diff);
-                real g;
-                if (ad <= delta) { /* quadratic region */
-                    loss_sum += w * (0.5 * ad * ad);
+                real g; /* dl/da without mse's factor 2 (it is in scale) */
+                if (kind == REG_MSE) {
+                    const double wdiff = w * (double)diff;
+                    loss_sum += wdiff * (double)diff;
                     g = diff;
-                } else { /* linear region (or NaN, which keeps diff) */
-                    loss_sum += w * (delta * (ad - 0.5 * delta));
-                    g = diff > 0 ? delta_r : diff < 0 ? -delta_r : diff;
+                } else if (kind == REG_MAE) {
+                    loss_sum += w * (double)fabs(diff);
+                    g = diff > 0 ? (real)1 : diff < 0 ? (real)-1 : diff; /* 0, or NaN */
+                } else {
+                    const double ad = fabs((double)diff);
+                    if (ad <= delta) { /* quadratic region */
+                        loss_sum += w * (0.5 * ad * ad);
+                        g = diff;
+                    } else { /* linear region (or NaN, which keeps diff) */
+                        loss_sum += w * (delta * (ad - 0.5 * delta));
+                        g = diff > 0 ? delta_r : diff < 0 ? -delta_r : diff;
+                    }
                 }
                 if (da)
                     da[j] = g * scale;
@@ -301,4 +241,25 @@ double FN(fusenn_huber)(size_t n, size_t k, const real *A, ptrdiff_t lda,
         partial[c] = loss_sum;
     }
     return sum_partials(partial, nchunks) / ((double)n * (double)k);
+}
+
+double FN(fusenn_mse)(size_t n, size_t k, const real *A, ptrdiff_t lda,
+                      const real *T, ptrdiff_t ldt, const real *sw,
+                      real *dA, ptrdiff_t ldda, int nthreads)
+{
+    return FN(regression_loss)(REG_MSE, n, k, A, lda, T, ldt, 0.0, sw, dA, ldda, nthreads);
+}
+
+double FN(fusenn_mae)(size_t n, size_t k, const real *A, ptrdiff_t lda,
+                      const real *T, ptrdiff_t ldt, const real *sw,
+                      real *dA, ptrdiff_t ldda, int nthreads)
+{
+    return FN(regression_loss)(REG_MAE, n, k, A, lda, T, ldt, 0.0, sw, dA, ldda, nthreads);
+}
+
+double FN(fusenn_huber)(size_t n, size_t k, const real *A, ptrdiff_t lda,
+                        const real *T, ptrdiff_t ldt, double delta, const real *sw,
+                        real *dA, ptrdiff_t ldda, int nthreads)
+{
+    return FN(regression_loss)(REG_HUBER, n, k, A, lda, T, ldt, delta, sw, dA, ldda, nthreads);
 }
