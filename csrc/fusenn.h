@@ -129,37 +129,70 @@ void fusenn_activation_backward_f64(fusenn_activation act, size_t n, size_t d,
 /* ---- Losses (losses.c) ---------------------------------------------------
  * Each returns the loss (mean over the batch, as Keras and PyTorch) and, when
  * the output pointer is not NULL, its gradient. Sums are accumulated in double
- * over a fixed partition of rows, so the value does not depend on nthreads. */
+ * over a fixed partition of rows, so the value does not depend on nthreads.
+ *
+ * Sample weights: sw (n contiguous values, NULL = all ones) weighs row i:
+ *   loss = (1/n) sum_i sw_i loss_i
+ * where loss_i is row i's loss (for the elementwise losses the mean over its k
+ * outputs), as Keras's default "sum over batch size" reduction; row i's
+ * gradient is multiplied by sw_i. Weights of all ones give the unweighted bits. */
 
 /* Softmax + cross-entropy from logits Z (n x k) and integer labels in [0, k):
- *   loss = mean_i (logsumexp(Z_i) - Z_i,label_i)
- *   P = softmax(Z) (if P != NULL),  dZ = (P - onehot(labels)) / n (if dZ != NULL)
+ *   loss = (1/n) sum_i sw_i (logsumexp(Z_i) - Z_i,label_i)
+ *   P = softmax(Z) (if P != NULL),  dZ_i = sw_i (P_i - onehot(label_i)) / n (if dZ != NULL)
  * Labels must already be validated to lie in [0, k). */
 double fusenn_softmax_cross_entropy_f32(size_t n, size_t k, const float *Z, ptrdiff_t ldz,
-                                        const int64_t *labels, float *P, ptrdiff_t ldp,
+                                        const int64_t *labels, const float *sw,
+                                        float *P, ptrdiff_t ldp,
                                         float *dZ, ptrdiff_t lddz, int nthreads);
 double fusenn_softmax_cross_entropy_f64(size_t n, size_t k, const double *Z, ptrdiff_t ldz,
-                                        const int64_t *labels, double *P, ptrdiff_t ldp,
+                                        const int64_t *labels, const double *sw,
+                                        double *P, ptrdiff_t ldp,
                                         double *dZ, ptrdiff_t lddz, int nthreads);
 
 /* Sigmoid + binary cross-entropy from logits Z (n x k) and targets T in [0, 1]:
- *   loss = mean_ij (max(z, 0) - z t + log1p(exp(-|z|)))   (overflow-safe)
- *   P = sigmoid(Z) (if P != NULL),  dZ = (P - T) / (n k) (if dZ != NULL) */
+ *   l_ij = max(z, 0) - z t + log1p(exp(-|z|))   (overflow-safe)
+ *   loss = (1/(n k)) sum_ij sw_i l_ij
+ *   P = sigmoid(Z) (if P != NULL),  dZ_i = sw_i (P_i - T_i) / (n k) (if dZ != NULL) */
 double fusenn_sigmoid_binary_cross_entropy_f32(size_t n, size_t k, const float *Z, ptrdiff_t ldz,
-                                               const float *T, ptrdiff_t ldt,
+                                               const float *T, ptrdiff_t ldt, const float *sw,
                                                float *P, ptrdiff_t ldp,
                                                float *dZ, ptrdiff_t lddz, int nthreads);
 double fusenn_sigmoid_binary_cross_entropy_f64(size_t n, size_t k, const double *Z, ptrdiff_t ldz,
-                                               const double *T, ptrdiff_t ldt,
+                                               const double *T, ptrdiff_t ldt, const double *sw,
                                                double *P, ptrdiff_t ldp,
                                                double *dZ, ptrdiff_t lddz, int nthreads);
 
 /* Mean squared error over all n x k elements:
- *   loss = mean_ij (A - T)^2,  dA = 2 (A - T) / (n k) (if dA != NULL) */
+ *   loss = (1/(n k)) sum_ij sw_i (A - T)^2,  dA_i = 2 sw_i (A_i - T_i) / (n k) (if dA != NULL) */
 double fusenn_mse_f32(size_t n, size_t k, const float *A, ptrdiff_t lda,
-                      const float *T, ptrdiff_t ldt, float *dA, ptrdiff_t ldda, int nthreads);
+                      const float *T, ptrdiff_t ldt, const float *sw,
+                      float *dA, ptrdiff_t ldda, int nthreads);
 double fusenn_mse_f64(size_t n, size_t k, const double *A, ptrdiff_t lda,
-                      const double *T, ptrdiff_t ldt, double *dA, ptrdiff_t ldda, int nthreads);
+                      const double *T, ptrdiff_t ldt, const double *sw,
+                      double *dA, ptrdiff_t ldda, int nthreads);
+
+/* Mean absolute error over all n x k elements:
+ *   loss = (1/(n k)) sum_ij sw_i |A - T|,  dA_i = sw_i sign(A_i - T_i) / (n k) (if dA != NULL)
+ * with sign(0) = 0 (the subgradient PyTorch's L1Loss uses). */
+double fusenn_mae_f32(size_t n, size_t k, const float *A, ptrdiff_t lda,
+                      const float *T, ptrdiff_t ldt, const float *sw,
+                      float *dA, ptrdiff_t ldda, int nthreads);
+double fusenn_mae_f64(size_t n, size_t k, const double *A, ptrdiff_t lda,
+                      const double *T, ptrdiff_t ldt, const double *sw,
+                      double *dA, ptrdiff_t ldda, int nthreads);
+
+/* Huber loss (Keras's Huber, PyTorch's HuberLoss) over all n x k elements,
+ * d = A - T and delta > 0 (validated by the caller):
+ *   l = d^2 / 2 if |d| <= delta, else delta (|d| - delta / 2)
+ *   loss = (1/(n k)) sum_ij sw_i l_ij
+ *   dA_i = sw_i clip(d_i, -delta, delta) / (n k) (if dA != NULL) */
+double fusenn_huber_f32(size_t n, size_t k, const float *A, ptrdiff_t lda,
+                        const float *T, ptrdiff_t ldt, double delta, const float *sw,
+                        float *dA, ptrdiff_t ldda, int nthreads);
+double fusenn_huber_f64(size_t n, size_t k, const double *A, ptrdiff_t lda,
+                        const double *T, ptrdiff_t ldt, double delta, const double *sw,
+                        double *dA, ptrdiff_t ldda, int nthreads);
 
 /* ---- Optimizers (optimizers.c), in place over flat arrays of length len ----
  * Each returns the number of updated weights that are not finite. When prev
@@ -212,7 +245,9 @@ size_t fusenn_count_nonfinite_f64(size_t n, size_t d, const double *X, ptrdiff_t
 typedef enum {
     FUSENN_LOSS_CROSS_ENTROPY = 0,        /* softmax + cross-entropy, integer labels */
     FUSENN_LOSS_BINARY_CROSS_ENTROPY = 1, /* sigmoid + binary cross-entropy, targets */
-    FUSENN_LOSS_MSE = 2                   /* mean squared error on the outputs */
+    FUSENN_LOSS_MSE = 2,                  /* mean squared error on the outputs */
+    FUSENN_LOSS_MAE = 3,                  /* mean absolute error on the outputs */
+    FUSENN_LOSS_HUBER = 4                 /* Huber loss on the outputs (needs a delta) */
 } fusenn_loss;
 
 typedef enum { FUSENN_OPT_SGD = 0, FUSENN_OPT_ADAM = 1 } fusenn_optimizer_kind;

@@ -170,8 +170,8 @@ static double FN(loss)(plan_t *plan, size_t n, const real *z, const int64_t *lab
     size_t hits = 0;
     switch (plan->loss) {
     case FUSENN_LOSS_CROSS_ENTROPY:
-        loss = FN(fusenn_softmax_cross_entropy)(n, k, z, ldk, labels, plan->p, ldk, dz, ldk,
-                                                nthreads);
+        loss = FN(fusenn_softmax_cross_entropy)(n, k, z, ldk, labels, NULL, plan->p, ldk, dz,
+                                                ldk, nthreads);
         for (size_t i = 0; i < n; i++) { /* argmax, first of ties (as NumPy) */
             const real *p = plan->p + i * k;
             size_t best = 0;
@@ -181,15 +181,15 @@ static double FN(loss)(plan_t *plan, size_t n, const real *z, const int64_t *lab
         }
         break;
     case FUSENN_LOSS_BINARY_CROSS_ENTROPY:
-        loss = FN(fusenn_sigmoid_binary_cross_entropy)(n, k, z, ldk, T, ldt, plan->p, ldk, dz,
-                                                       ldk, nthreads);
+        loss = FN(fusenn_sigmoid_binary_cross_entropy)(n, k, z, ldk, T, ldt, NULL, plan->p, ldk,
+                                                       dz, ldk, nthreads);
         for (size_t i = 0; i < n; i++)
             for (size_t j = 0; j < k; j++)
                 hits += (plan->p[i * k + j] > (real)0.5) == (T[(ptrdiff_t)i * ldt + j] > (real)0.5);
         break;
     case FUSENN_LOSS_MSE:
     default:
-        loss = FN(fusenn_mse)(n, k, z, ldk, T, ldt, dz, ldk, nthreads);
+        loss = FN(fusenn_mse)(n, k, z, ldk, T, ldt, NULL, dz, ldk, nthreads);
         break;
     }
     *correct = (double)hits;

@@ -89,6 +89,22 @@ def y_for(loss, n=N):
     return arr(n, K)
 
 
+def weights_ok(n=N):
+    return 2 * probs(n)
+
+
+# bad sample weights for every loss (each names sample_weight)
+WEIGHT_CASES = [
+    ("sw_negative", dict(sample_weight=lambda: -weights_ok()), ["sample_weight"]),
+    ("sw_nan", dict(sample_weight=lambda: np.where(np.arange(N) == 2, np.nan, 1.0)),
+     ["sample_weight"]),
+    ("sw_short", dict(sample_weight=lambda: weights_ok(N - 1)), ["sample_weight"]),
+    ("sw_zero", dict(sample_weight=lambda: np.zeros(N)), []),
+    ("sw_int_list", dict(sample_weight=lambda: [1] * N), []),
+    ("sw_huge", dict(sample_weight=lambda: np.full(N, 1e300)), []),
+]
+
+
 class Spec:
     """A public callable: how to get it and its valid arguments (by name).
 
@@ -383,7 +399,8 @@ SPECS = [
          extra=[("y_shape", dict(y=lambda: arr(N, K + 1)), ["y"]),
                 ("dy_shape", dict(dy=lambda: arr(N + 1, K)), ["dy"])]),
     Spec("ops.softmax_cross_entropy", _ops("softmax_cross_entropy"),
-         dict(z=("array", lambda: arr(N, K)), labels=("array", lambda: np.arange(N) % K)),
+         dict(z=("array", lambda: arr(N, K)), labels=("array", lambda: np.arange(N) % K),
+              sample_weight=("array", weights_ok)),
          check=ops_check("softmax_cross_entropy"),
          extra=[("label_neg", dict(labels=lambda: np.array([0, 1, 2, -1, 0, 1])), ["labels"]),
                 ("label_k", dict(labels=lambda: np.array([0, 1, 2, K, 0, 1])), ["labels"]),
@@ -394,17 +411,29 @@ SPECS = [
                 ("label_short", dict(labels=lambda: np.zeros(N - 1, int)), ["labels"]),
                 ("label_strided", dict(labels=lambda: (np.arange(2 * N) % K)[::2]), []),
                 ("empty_batch", dict(z=lambda: np.zeros((0, K)),
-                                     labels=lambda: np.zeros(0, int)), ["z", "empty"])]),
+                                     labels=lambda: np.zeros(0, int)), ["z", "empty"])]
+         + WEIGHT_CASES),
     Spec("ops.sigmoid_binary_cross_entropy", _ops("sigmoid_binary_cross_entropy"),
-         dict(z=("array", lambda: arr(N, K)), t=("array", lambda: probs(N, K))),
+         dict(z=("array", lambda: arr(N, K)), t=("array", lambda: probs(N, K)),
+              sample_weight=("array", weights_ok)),
          check=ops_check("sigmoid_binary_cross_entropy"),
-         extra=[("t_shape", dict(t=lambda: probs(N, K + 1)), ["t"])]),
-    Spec("ops.mse", _ops("mse"), dict(a=("array", lambda: arr(N, K)),
-                                       t=("array", lambda: arr(N, K))),
-         check=ops_check("mse"),
-         extra=[("t_shape", dict(t=lambda: arr(N + 1, K)), ["t"]),
-                ("empty", dict(a=lambda: np.zeros((N, 0)), t=lambda: np.zeros((N, 0))),
-                 ["a", "empty"])]),
+         extra=[("t_shape", dict(t=lambda: probs(N, K + 1)), ["t"])] + WEIGHT_CASES),
+    *[Spec(f"ops.{name}", _ops(name),
+           dict(a=("array", lambda: arr(N, K)), t=("array", lambda: arr(N, K)),
+                **({"delta": ("scalar", lambda: 0.7)} if name == "huber" else {}),
+                sample_weight=("array", weights_ok)),
+           check=ops_check(name),
+           extra=[("t_shape", dict(t=lambda: arr(N + 1, K)), ["t"]),
+                  ("empty", dict(a=lambda: np.zeros((N, 0)), t=lambda: np.zeros((N, 0))),
+                   ["a", "empty"])] + WEIGHT_CASES
+           + ([("delta_tiny", dict(delta=lambda: 1e-300), []),
+               ("delta_huge_f32", dict(a=lambda: arr(N, K, dtype=np.float32),
+                                       t=lambda: arr(N, K, dtype=np.float32),
+                                       delta=lambda: 1e300), [])]
+              if name == "huber" else []))
+      for name in ("mse", "mae", "huber")],
+    Spec("losses.Huber", _attr("losses", "Huber"), dict(delta=("scalar", lambda: 0.5)),
+         check=lambda result, args, obj: None),
     Spec("ops.sgd_update", _ops("sgd_update"),
          dict(w=("array", lambda: arr(D, K)), g=("array", lambda: arr(D, K)),
               v=("array", lambda: np.zeros((D, K))), lr=("scalar", lambda: 0.1),
@@ -453,6 +482,12 @@ SPECS = [
          extra=[("loss_vs_relu_output", dict(loss=lambda: "cross_entropy"), ["activation"],
                  lambda: model(compiled=False, last="relu")),
                 ("optimizer_class", dict(optimizer=lambda: _fusenn().SGD), ["optimizer"]),
+                ("loss_huber_instance", dict(loss=lambda: _fusenn().losses.Huber(0.5)), []),
+                ("loss_huber_dict", dict(loss=lambda: {"name": "huber", "delta": 0.5}), []),
+                ("loss_huber_bad_delta", dict(loss=lambda: {"name": "huber", "delta": -1}),
+                 ["delta"]),
+                ("loss_mse_with_delta", dict(loss=lambda: {"name": "mse", "delta": 1}),
+                 ["mse"]),
                 ("optimizer_bad_dict", dict(optimizer=lambda: {"name": "sgd", "lr": -1}),
                  ["lr"]),
                 ("optimizer_dict_extra_key", dict(optimizer=lambda: {"name": "sgd", "foo": 1}),

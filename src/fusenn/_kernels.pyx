@@ -66,23 +66,39 @@ cdef extern from "fusenn.h" nogil:
                                         double *dZ, Py_ssize_t lddz, int nthreads)
 
     double fusenn_softmax_cross_entropy_f32(size_t n, size_t k, const float *Z, Py_ssize_t ldz,
-                                            const int64_t *labels, float *P, Py_ssize_t ldp,
+                                            const int64_t *labels, const float *sw,
+                                            float *P, Py_ssize_t ldp,
                                             float *dZ, Py_ssize_t lddz, int nthreads)
     double fusenn_softmax_cross_entropy_f64(size_t n, size_t k, const double *Z, Py_ssize_t ldz,
-                                            const int64_t *labels, double *P, Py_ssize_t ldp,
+                                            const int64_t *labels, const double *sw,
+                                            double *P, Py_ssize_t ldp,
                                             double *dZ, Py_ssize_t lddz, int nthreads)
     double fusenn_sigmoid_binary_cross_entropy_f32(size_t n, size_t k, const float *Z, Py_ssize_t ldz,
-                                                   const float *T, Py_ssize_t ldt,
+                                                   const float *T, Py_ssize_t ldt, const float *sw,
                                                    float *P, Py_ssize_t ldp,
                                                    float *dZ, Py_ssize_t lddz, int nthreads)
     double fusenn_sigmoid_binary_cross_entropy_f64(size_t n, size_t k, const double *Z, Py_ssize_t ldz,
-                                                   const double *T, Py_ssize_t ldt,
+                                                   const double *T, Py_ssize_t ldt, const double *sw,
                                                    double *P, Py_ssize_t ldp,
                                                    double *dZ, Py_ssize_t lddz, int nthreads)
     double fusenn_mse_f32(size_t n, size_t k, const float *A, Py_ssize_t lda,
-                          const float *T, Py_ssize_t ldt, float *dA, Py_ssize_t ldda, int nthreads)
+                          const float *T, Py_ssize_t ldt, const float *sw,
+                          float *dA, Py_ssize_t ldda, int nthreads)
     double fusenn_mse_f64(size_t n, size_t k, const double *A, Py_ssize_t lda,
-                          const double *T, Py_ssize_t ldt, double *dA, Py_ssize_t ldda, int nthreads)
+                          const double *T, Py_ssize_t ldt, const double *sw,
+                          double *dA, Py_ssize_t ldda, int nthreads)
+    double fusenn_mae_f32(size_t n, size_t k, const float *A, Py_ssize_t lda,
+                          const float *T, Py_ssize_t ldt, const float *sw,
+                          float *dA, Py_ssize_t ldda, int nthreads)
+    double fusenn_mae_f64(size_t n, size_t k, const double *A, Py_ssize_t lda,
+                          const double *T, Py_ssize_t ldt, const double *sw,
+                          double *dA, Py_ssize_t ldda, int nthreads)
+    double fusenn_huber_f32(size_t n, size_t k, const float *A, Py_ssize_t lda,
+                            const float *T, Py_ssize_t ldt, double delta, const float *sw,
+                            float *dA, Py_ssize_t ldda, int nthreads)
+    double fusenn_huber_f64(size_t n, size_t k, const double *A, Py_ssize_t lda,
+                            const double *T, Py_ssize_t ldt, double delta, const double *sw,
+                            double *dA, Py_ssize_t ldda, int nthreads)
 
     size_t fusenn_sgd_update_f32(size_t len, float *w, const float *g, float *v,
                                  double lr, double momentum, int nesterov, float *prev,
@@ -233,51 +249,91 @@ def activation_backward(int act, const real[:, :] a, const real[:, :] da, real[:
 
 
 # ---- losses ------------------------------------------------------------------------
+# sw: per-sample weights (n contiguous values) or None for all ones; every loss
+# is (1/n) sum_i sw_i loss_i and row i's gradient is scaled by sw_i.
 
-def softmax_cross_entropy(const real[:, :] z, const int64_t[::1] labels, real[:, :] p,
-                          real[:, :] dz, int nthreads):
-    """Returns the mean loss; fills p = softmax(z) and dz = (p - onehot) / n."""
+cdef inline const real *weights_ptr(const real[::1] sw) noexcept:
+    return cptr1c(sw) if sw is not None else NULL
+
+
+def softmax_cross_entropy(const real[:, :] z, const int64_t[::1] labels, const real[::1] sw,
+                          real[:, :] p, real[:, :] dz, int nthreads):
+    """Returns the mean loss; fills p = softmax(z) and dz = sw (p - onehot) / n."""
     cdef size_t n = z.shape[0], k = z.shape[1]
     cdef const int64_t *lab = &labels[0] if n > 0 else NULL
+    cdef const real *w = weights_ptr(sw)
     cdef double loss
     with nogil:
         if real is float:
-            loss = fusenn_softmax_cross_entropy_f32(n, k, cptr2(z), rs(z), lab,
+            loss = fusenn_softmax_cross_entropy_f32(n, k, cptr2(z), rs(z), lab, w,
                                                     ptr2(p), rs(p), ptr2(dz), rs(dz), nthreads)
         else:
-            loss = fusenn_softmax_cross_entropy_f64(n, k, cptr2(z), rs(z), lab,
+            loss = fusenn_softmax_cross_entropy_f64(n, k, cptr2(z), rs(z), lab, w,
                                                     ptr2(p), rs(p), ptr2(dz), rs(dz), nthreads)
     return loss
 
 
-def sigmoid_binary_cross_entropy(const real[:, :] z, const real[:, :] t, real[:, :] p,
-                                 real[:, :] dz, int nthreads):
-    """Returns the mean loss; fills p = sigmoid(z) and dz = (p - t) / (n k)."""
+def sigmoid_binary_cross_entropy(const real[:, :] z, const real[:, :] t, const real[::1] sw,
+                                 real[:, :] p, real[:, :] dz, int nthreads):
+    """Returns the mean loss; fills p = sigmoid(z) and dz = sw (p - t) / (n k)."""
     cdef size_t n = z.shape[0], k = z.shape[1]
+    cdef const real *w = weights_ptr(sw)
     cdef double loss
     with nogil:
         if real is float:
             loss = fusenn_sigmoid_binary_cross_entropy_f32(n, k, cptr2(z), rs(z), cptr2(t), rs(t),
-                                                           ptr2(p), rs(p), ptr2(dz), rs(dz),
+                                                           w, ptr2(p), rs(p), ptr2(dz), rs(dz),
                                                            nthreads)
         else:
             loss = fusenn_sigmoid_binary_cross_entropy_f64(n, k, cptr2(z), rs(z), cptr2(t), rs(t),
-                                                           ptr2(p), rs(p), ptr2(dz), rs(dz),
+                                                           w, ptr2(p), rs(p), ptr2(dz), rs(dz),
                                                            nthreads)
     return loss
 
 
-def mse(const real[:, :] a, const real[:, :] t, real[:, :] da, int nthreads):
-    """Returns the mean squared error; fills da = 2 (a - t) / (n k)."""
+def mse(const real[:, :] a, const real[:, :] t, const real[::1] sw, real[:, :] da, int nthreads):
+    """Returns the mean squared error; fills da = 2 sw (a - t) / (n k)."""
     cdef size_t n = a.shape[0], k = a.shape[1]
+    cdef const real *w = weights_ptr(sw)
     cdef double loss
     with nogil:
         if real is float:
-            loss = fusenn_mse_f32(n, k, cptr2(a), rs(a), cptr2(t), rs(t), ptr2(da), rs(da),
+            loss = fusenn_mse_f32(n, k, cptr2(a), rs(a), cptr2(t), rs(t), w, ptr2(da), rs(da),
                                   nthreads)
         else:
-            loss = fusenn_mse_f64(n, k, cptr2(a), rs(a), cptr2(t), rs(t), ptr2(da), rs(da),
+            loss = fusenn_mse_f64(n, k, cptr2(a), rs(a), cptr2(t), rs(t), w, ptr2(da), rs(da),
                                   nthreads)
+    return loss
+
+
+def mae(const real[:, :] a, const real[:, :] t, const real[::1] sw, real[:, :] da, int nthreads):
+    """Returns the mean absolute error; fills da = sw sign(a - t) / (n k)."""
+    cdef size_t n = a.shape[0], k = a.shape[1]
+    cdef const real *w = weights_ptr(sw)
+    cdef double loss
+    with nogil:
+        if real is float:
+            loss = fusenn_mae_f32(n, k, cptr2(a), rs(a), cptr2(t), rs(t), w, ptr2(da), rs(da),
+                                  nthreads)
+        else:
+            loss = fusenn_mae_f64(n, k, cptr2(a), rs(a), cptr2(t), rs(t), w, ptr2(da), rs(da),
+                                  nthreads)
+    return loss
+
+
+def huber(const real[:, :] a, const real[:, :] t, double delta, const real[::1] sw,
+          real[:, :] da, int nthreads):
+    """Returns the mean Huber loss (delta > 0); fills da = sw clip(a - t, +-delta) / (n k)."""
+    cdef size_t n = a.shape[0], k = a.shape[1]
+    cdef const real *w = weights_ptr(sw)
+    cdef double loss
+    with nogil:
+        if real is float:
+            loss = fusenn_huber_f32(n, k, cptr2(a), rs(a), cptr2(t), rs(t), delta, w,
+                                    ptr2(da), rs(da), nthreads)
+        else:
+            loss = fusenn_huber_f64(n, k, cptr2(a), rs(a), cptr2(t), rs(t), delta, w,
+                                    ptr2(da), rs(da), nthreads)
     return loss
 
 

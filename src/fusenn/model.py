@@ -304,7 +304,7 @@ class Sequential:
             # outputs[-1] are logits here: the fused kernel applies softmax / sigmoid itself
             loss, p, dz = getattr(self.backend, self.loss.fused_kernel)(outputs[-1], y)
             return loss, p, dz, "identity"
-        loss, da = self.backend.mse(outputs[-1], y)
+        loss, da = self.loss.compute(self.backend, outputs[-1], y)
         return loss, outputs[-1], da, self.layers[-1].activation
 
     def _train_step(self, X, y, where):
@@ -351,6 +351,8 @@ class Sequential:
         count are handed over on every call, so changing them between calls works."""
         config = self.optimizer.engine_config()
         if self.backend is not ops or config is None:
+            return None
+        if self.loss.engine_id not in (0, 1, 2):  # the losses csrc/plan.c implements
             return None
         if self._plan is None:
             state = self.optimizer.ensure_state(self.params)
@@ -527,7 +529,7 @@ class Sequential:
             "seed": self.seed,
             "backend": self.backend_name,
             "layers": [layer.config() for layer in self.layers],
-            "loss": self.loss.name if self.loss else None,
+            "loss": self.loss.config() if self.loss else None,
             "optimizer": self.optimizer.config() if self.optimizer else None,
             "optimizer_iterations": self.optimizer.iterations if self.optimizer else 0,
         }

@@ -17,7 +17,7 @@ from .reference import ACTIVATIONS, LEAKY_RELU_SLOPE
 __all__ = [
     "ACTIVATIONS", "LEAKY_RELU_SLOPE", "matmul", "activation_forward",
     "activation_backward", "dense_forward", "dense_backward", "softmax_cross_entropy",
-    "sigmoid_binary_cross_entropy", "mse", "sgd_update", "adam_update",
+    "sigmoid_binary_cross_entropy", "mse", "mae", "huber", "sgd_update", "adam_update",
 ]
 
 # Position in ACTIVATIONS is the C enum value (fusenn_activation in fusenn.h).
@@ -152,34 +152,89 @@ def _labels(labels, n, k):
     return np.ascontiguousarray(labels, dtype=np.int64)
 
 
-def softmax_cross_entropy(z, labels):
-    """(loss, p, dz) for logits z and integer labels: mean cross-entropy of softmax(z)."""
+def _sample_weight(sample_weight, n, dtype):
+    """Per-sample weights as a contiguous array of `dtype` and shape (n,), or None."""
+    if sample_weight is None:
+        return None
+    sw = np.asarray(sample_weight)
+    if sw.dtype.kind not in "fiu":
+        raise TypeError(f"sample_weight must hold real numbers, got dtype {sw.dtype}")
+    if sw.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},) (one weight per sample), "
+                         f"got {sw.shape}")
+    with np.errstate(over="ignore"):  # too large for dtype: inf, rejected below
+        sw = np.ascontiguousarray(sw, dtype=dtype)
+    if not np.all(np.isfinite(sw)):
+        raise ValueError(f"sample_weight must be finite (and representable in {dtype})")
+    if n and sw.min() < 0:
+        raise ValueError(f"sample_weight must be >= 0, found {sw[sw < 0][0]}")
+    return sw
+
+
+def softmax_cross_entropy(z, labels, sample_weight=None):
+    """(loss, p, dz) for logits z and integer labels: the cross-entropy of softmax(z),
+    (1/n) sum_i sw_i loss_i with sample_weight sw (all ones when None)."""
     z = _nonempty(contiguous_rows(_float_array(z, "z", 2)), "z")
     labels = _labels(labels, *z.shape)
+    sw = _sample_weight(sample_weight, z.shape[0], z.dtype)
     p = np.empty_like(z, order="C")
     dz = np.empty_like(z, order="C")
-    loss = _kernels.softmax_cross_entropy(z, labels, p, dz, get_num_threads())
+    loss = _kernels.softmax_cross_entropy(z, labels, sw, p, dz, get_num_threads())
     return loss, p, dz
 
 
-def sigmoid_binary_cross_entropy(z, t):
-    """(loss, p, dz) for logits z and targets t in [0, 1]: mean binary cross-entropy."""
+def sigmoid_binary_cross_entropy(z, t, sample_weight=None):
+    """(loss, p, dz) for logits z and targets t in [0, 1]: mean binary cross-entropy,
+    row i weighted by sample_weight[i]."""
     z = _nonempty(contiguous_rows(_float_array(z, "z", 2)), "z")
     t = contiguous_rows(_float_array(t, "t", 2, z.dtype))
     _expect_shape(t, "t", z.shape)
+    sw = _sample_weight(sample_weight, z.shape[0], z.dtype)
     p = np.empty_like(z, order="C")
     dz = np.empty_like(z, order="C")
-    loss = _kernels.sigmoid_binary_cross_entropy(z, t, p, dz, get_num_threads())
+    loss = _kernels.sigmoid_binary_cross_entropy(z, t, sw, p, dz, get_num_threads())
     return loss, p, dz
 
 
-def mse(a, t):
-    """(loss, da): mean squared error over all elements and its gradient."""
+def _regression_operands(a, t, sample_weight):
     a = _nonempty(contiguous_rows(_float_array(a, "a", 2)), "a")
     t = contiguous_rows(_float_array(t, "t", 2, a.dtype))
     _expect_shape(t, "t", a.shape)
-    da = np.empty_like(a, order="C")
-    loss = _kernels.mse(a, t, da, get_num_threads())
+    sw = _sample_weight(sample_weight, a.shape[0], a.dtype)
+    return a, t, sw, np.empty_like(a, order="C")
+
+
+def mse(a, t, sample_weight=None):
+    """(loss, da): mean squared error over all elements and its gradient, row i
+    weighted by sample_weight[i]."""
+    a, t, sw, da = _regression_operands(a, t, sample_weight)
+    loss = _kernels.mse(a, t, sw, da, get_num_threads())
+    return loss, da
+
+
+def mae(a, t, sample_weight=None):
+    """(loss, da): mean absolute error over all elements and its (sub)gradient
+    sign(a - t) / (n k), row i weighted by sample_weight[i]."""
+    a, t, sw, da = _regression_operands(a, t, sample_weight)
+    loss = _kernels.mae(a, t, sw, da, get_num_threads())
+    return loss, da
+
+
+def huber_delta(delta):
+    """Huber's delta as a float > 0, or an error naming it."""
+    delta = finite_number(delta, "delta")
+    if not delta > 0:
+        raise ValueError(f"delta must be > 0, got {delta}")
+    return delta
+
+
+def huber(a, t, delta=1.0, sample_weight=None):
+    """(loss, da): mean Huber loss (quadratic for |a - t| <= delta, linear beyond)
+    and its gradient clip(a - t, -delta, delta) / (n k), row i weighted by
+    sample_weight[i]."""
+    delta = huber_delta(delta)
+    a, t, sw, da = _regression_operands(a, t, sample_weight)
+    loss = _kernels.huber(a, t, delta, sw, da, get_num_threads())
     return loss, da
 
 

@@ -95,11 +95,33 @@ def dense_backward(x, w, y, dy, activation, need_dx=True):
     return dw, db, dx
 
 
-def softmax_cross_entropy(z, labels):
+def _weighted_mean(losses, sample_weight):
+    """The batch loss as a Python float, summed in float64: the mean of the
+    per-row (1-D) or per-element (2-D) losses, each row's times its weight
+    sample_weight[i] when weights are given, so (1/n) sum_i sw_i loss_i."""
+    if sample_weight is None:
+        return float(np.mean(losses, dtype=np.float64))
+    w = np.asarray(sample_weight, dtype=np.float64)
+    w = w if losses.ndim == 1 else w[:, None]
+    return float(np.mean(losses.astype(np.float64) * w))
+
+
+def _scale_rows(g, base, sample_weight):
+    """g *= base, or with weights g_i *= sw_i base (the row factor rounded to g's
+    dtype once, as the C kernels do), in place; returns g."""
+    if sample_weight is None:
+        g *= base
+    else:
+        g *= (np.asarray(sample_weight, dtype=np.float64) * base).astype(g.dtype)[:, None]
+    return g
+
+
+def softmax_cross_entropy(z, labels, sample_weight=None):
     """Softmax + cross-entropy from logits z (n, k) and int labels (n,).
 
-    Returns (loss, p, dz): loss = mean(logsumexp(z) - z[label]),
-    p = softmax(z), dz = (p - onehot(labels)) / n.
+    Returns (loss, p, dz): loss = (1/n) sum_i sw_i (logsumexp(z_i) - z_i[label_i]),
+    p = softmax(z), dz = sw (p - onehot(labels)) / n; sw = sample_weight (n,),
+    all ones when None.
     """
     n = z.shape[0]
     rows = np.arange(n)
@@ -107,34 +129,64 @@ def softmax_cross_entropy(z, labels):
     e = np.exp(shifted)
     s = e.sum(axis=1)
     # logsumexp(z) - z[label] == log(sum exp(shifted)) - shifted[label]
-    loss = float(np.mean(np.log(s) - shifted[rows, labels], dtype=np.float64))
+    loss = _weighted_mean(np.log(s) - shifted[rows, labels], sample_weight)
     p = e
     p *= (1 / s)[:, None]
     dz = p.copy()
     dz[rows, labels] -= 1
-    dz /= n
+    if sample_weight is None:
+        dz /= n
+    else:
+        _scale_rows(dz, 1 / n, sample_weight)
     return loss, p, dz
 
 
-def sigmoid_binary_cross_entropy(z, t):
+def sigmoid_binary_cross_entropy(z, t, sample_weight=None):
     """Sigmoid + binary cross-entropy from logits z (n, k) and targets t (n, k).
 
-    Returns (loss, p, dz): loss = mean(max(z, 0) - z t + log1p(exp(-|z|))),
-    p = sigmoid(z), dz = (p - t) / (n k).
+    Returns (loss, p, dz): l = max(z, 0) - z t + log1p(exp(-|z|)),
+    loss = (1/(n k)) sum_ij sw_i l_ij, p = sigmoid(z), dz = sw (p - t) / (n k).
     """
     p, e = _sigmoid(z)
-    loss = float(np.mean(np.maximum(z, 0) - z * t + np.log1p(e), dtype=np.float64))
+    loss = _weighted_mean(np.maximum(z, 0) - z * t + np.log1p(e), sample_weight)
     dz = p - t
-    dz /= z.size
+    if sample_weight is None:
+        dz /= z.size
+    else:
+        _scale_rows(dz, 1 / z.size, sample_weight)
     return loss, p, dz
 
 
-def mse(a, t):
-    """Mean squared error: returns (loss, da), loss = mean((a - t)^2), da = 2 (a - t) / a.size."""
+def mse(a, t, sample_weight=None):
+    """Mean squared error: returns (loss, da), loss = (1/(n k)) sum_ij sw_i (a - t)^2,
+    da = 2 sw (a - t) / (n k)."""
     d = a - t
-    loss = float(np.mean(d * d, dtype=np.float64))
-    d *= 2 / a.size
-    return loss, d
+    loss = _weighted_mean(d * d, sample_weight)
+    return loss, _scale_rows(d, 2 / a.size, sample_weight)
+
+
+def mae(a, t, sample_weight=None):
+    """Mean absolute error: returns (loss, da), loss = (1/(n k)) sum_ij sw_i |a - t|,
+    da = sw sign(a - t) / (n k) (0 where a == t)."""
+    d = a - t
+    loss = _weighted_mean(np.abs(d), sample_weight)
+    return loss, _scale_rows(np.sign(d), 1 / a.size, sample_weight)
+
+
+def huber(a, t, delta=1.0, sample_weight=None):
+    """Huber loss (Keras's Huber, PyTorch's HuberLoss), delta > 0: returns (loss, da).
+
+    With d = a - t: l = d^2 / 2 where |d| <= delta, else delta (|d| - delta / 2);
+    loss = (1/(n k)) sum_ij sw_i l_ij, da = sw clip(d, -delta, delta) / (n k).
+    The loss is computed in float64 from d.
+    """
+    d = a - t
+    ad = np.abs(d).astype(np.float64)
+    quadratic = ad <= delta
+    loss = _weighted_mean(np.where(quadratic, 0.5 * ad * ad, delta * (ad - 0.5 * delta)),
+                          sample_weight)
+    g = np.clip(d.astype(np.float64), -delta, delta).astype(d.dtype)  # d where quadratic
+    return loss, _scale_rows(g, 1 / a.size, sample_weight)
 
 
 def _commit(w, step, prev):
