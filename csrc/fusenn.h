@@ -45,6 +45,10 @@ typedef enum {
 
 int fusenn_has_openmp(void);        /* 1 if built with OpenMP */
 int fusenn_num_procs(void);         /* processors OpenMP may use (1 without OpenMP) */
+/* OpenMP's thread count for the calling thread (omp_get_max_threads: follows
+ * OMP_NUM_THREADS, the CPU affinity, and omp_set_num_threads as threadpoolctl
+ * calls it); 0 without OpenMP. */
+int fusenn_omp_max_threads(void);
 /* Name of the GEMM micro-kernel ISA in use: "avx512", "avx2" or "generic".
  * Chosen once from the CPU's features; FUSENN_ISA=generic|avx2|avx512 in the
  * environment forces a lower path (a higher one than the CPU has is ignored). */
@@ -261,73 +265,92 @@ typedef struct {
     int64_t steps;   /* updates applied so far; each step adds one (Adam's t) */
 } fusenn_optimizer;
 
-/* One dense layer of a plan. Pointers are to `real` (the plan's dtype). */
+typedef enum {
+    FUSENN_LAYER_DENSE = 0,     /* act(x W + b) */
+    FUSENN_LAYER_DROPOUT = 1,   /* inverted dropout while training, identity otherwise */
+    FUSENN_LAYER_BATCHNORM = 2  /* batch normalisation per feature */
+} fusenn_layer_kind;
+
+/* One layer of a plan. Pointers to arrays are to `real` (the plan's dtype);
+ * fields a kind does not use are ignored. */
 typedef struct {
-    size_t d_in, d_out;
-    fusenn_activation act;
-    void *W, *b;          /* d_in x d_out, d_out */
-    void *dW, *db;        /* gradients, same shapes */
+    fusenn_layer_kind kind;
+    size_t d_in, d_out;   /* d_out == d_in for dropout and batchnorm */
+    fusenn_activation act; /* dense */
+    void *W, *b;          /* dense: d_in x d_out and d_out; batchnorm: gamma and beta (d) */
+    void *dW, *db;        /* their gradients, same shapes */
     void *W_state[2];     /* optimizer state shaped like W: SGD {velocity or NULL,
                              NULL}, Adam {m, v} */
     void *b_state[2];     /* the same for b */
+    double rate;          /* dropout: probability of zeroing an input */
+    uint64_t seed;        /* dropout: base seed of the masks */
+    uint64_t *step;       /* dropout: training passes so far, advanced in place */
+    double momentum, eps; /* batchnorm */
+    void *running_mean, *running_var; /* batchnorm: d each, updated while training */
 } fusenn_layer;
 
 typedef struct fusenn_plan_f32 fusenn_plan_f32;
 typedef struct fusenn_plan_f64 fusenn_plan_f64;
 
-/* A plan for n_layers chained layers (layer l's d_out is layer l+1's d_in).
- * The descriptors are copied; the arrays they point to must outlive the plan.
- * With a cross-entropy loss the last layer's activation must be softmax or
- * identity, with binary cross-entropy sigmoid or identity (the losses work
- * from logits). Returns NULL when out of memory. */
-fusenn_plan_f32 *fusenn_plan_create_f32(size_t n_layers, const fusenn_layer *layers, fusenn_loss loss);
-fusenn_plan_f64 *fusenn_plan_create_f64(size_t n_layers, const fusenn_layer *layers, fusenn_loss loss);
+/* A plan for n_layers chained layers (layer l's d_out is layer l+1's d_in; the
+ * last layer is dense). The descriptors are copied; the arrays they point to
+ * must outlive the plan. With a cross-entropy loss the last layer's activation
+ * must be softmax or identity, with binary cross-entropy sigmoid or identity
+ * (the losses work from logits). loss_param is Huber's delta (ignored by the
+ * other losses). Returns NULL when out of memory or the layers are invalid. */
+fusenn_plan_f32 *fusenn_plan_create_f32(size_t n_layers, const fusenn_layer *layers,
+                                        fusenn_loss loss, double loss_param);
+fusenn_plan_f64 *fusenn_plan_create_f64(size_t n_layers, const fusenn_layer *layers,
+                                        fusenn_loss loss, double loss_param);
 void fusenn_plan_destroy_f32(fusenn_plan_f32 *plan);
 void fusenn_plan_destroy_f64(fusenn_plan_f64 *plan);
 
 /* One training step on X (n x d_in, row stride ldx) with labels (cross-entropy)
- * or targets T (n x k, row stride ldt; otherwise). On FUSENN_EDIVERGED the
- * weights are those from before the step, the optimizer state is zeroed and
- * opt->steps is 0. *loss is the batch loss; *correct counts correct
- * predictions (rows for cross-entropy, elements for binary cross-entropy). */
+ * or targets T (n x k, row stride ldt; otherwise), rows weighted by sw (length
+ * n; NULL: unweighted). On FUSENN_EDIVERGED the weights are those from before
+ * the step, the optimizer state is zeroed and opt->steps is 0. *loss is the
+ * batch loss; *correct counts correct predictions (rows for cross-entropy,
+ * elements for binary cross-entropy). */
 int fusenn_plan_train_batch_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
                                 const int64_t *labels, const float *T, ptrdiff_t ldt,
-                                fusenn_optimizer *opt, double *loss, double *correct, int nthreads);
+                                const float *sw, fusenn_optimizer *opt, double *loss,
+                                double *correct, int nthreads);
 int fusenn_plan_train_batch_f64(fusenn_plan_f64 *plan, size_t n, const double *X, ptrdiff_t ldx,
                                 const int64_t *labels, const double *T, ptrdiff_t ldt,
-                                fusenn_optimizer *opt, double *loss, double *correct, int nthreads);
+                                const double *sw, fusenn_optimizer *opt, double *loss,
+                                double *correct, int nthreads);
 
 /* Batches [first_batch, first_batch + n_batches) of an epoch over n samples:
  * batch b is the rows order[b * batch_size ...] (the last one may be short),
- * gathered into the arena. Adds loss x rows and correct predictions of every
- * batch to *loss_sum and *correct_sum; *loss is the last batch's loss (the
- * diverging one on FUSENN_EDIVERGED). */
+ * gathered into the arena with their targets and weights. Adds loss x rows and
+ * correct predictions of every batch to *loss_sum and *correct_sum; *loss is
+ * the last batch's loss (the diverging one on FUSENN_EDIVERGED). */
 int fusenn_plan_train_epoch_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
                                 const int64_t *labels, const float *T, ptrdiff_t ldt,
-                                const int64_t *order, size_t batch_size, size_t first_batch,
-                                size_t n_batches, fusenn_optimizer *opt, double *loss,
-                                double *loss_sum, double *correct_sum, int nthreads);
+                                const float *sw, const int64_t *order, size_t batch_size,
+                                size_t first_batch, size_t n_batches, fusenn_optimizer *opt,
+                                double *loss, double *loss_sum, double *correct_sum, int nthreads);
 int fusenn_plan_train_epoch_f64(fusenn_plan_f64 *plan, size_t n, const double *X, ptrdiff_t ldx,
                                 const int64_t *labels, const double *T, ptrdiff_t ldt,
-                                const int64_t *order, size_t batch_size, size_t first_batch,
-                                size_t n_batches, fusenn_optimizer *opt, double *loss,
-                                double *loss_sum, double *correct_sum, int nthreads);
+                                const double *sw, const int64_t *order, size_t batch_size,
+                                size_t first_batch, size_t n_batches, fusenn_optimizer *opt,
+                                double *loss, double *loss_sum, double *correct_sum, int nthreads);
 
-/* The network's outputs for X (n x d_in) into out (n x k, row stride ldo),
- * in chunks of rows. */
+/* The network's outputs for X (n x d_in) into out (n x k, row stride ldo), in
+ * chunks of rows, in inference mode (no dropout, batchnorm's running stats). */
 int fusenn_plan_predict_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
                             float *out, ptrdiff_t ldo, int nthreads);
 int fusenn_plan_predict_f64(fusenn_plan_f64 *plan, size_t n, const double *X, ptrdiff_t ldx,
                             double *out, ptrdiff_t ldo, int nthreads);
 
-/* Loss x rows summed over chunks into *loss_sum, correct predictions into
- * *correct_sum (as train_batch counts them). */
+/* Loss x rows summed over chunks into *loss_sum (rows weighted by sw, may be
+ * NULL), correct predictions into *correct_sum (as train_batch counts them). */
 int fusenn_plan_evaluate_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
                              const int64_t *labels, const float *T, ptrdiff_t ldt,
-                             double *loss_sum, double *correct_sum, int nthreads);
+                             const float *sw, double *loss_sum, double *correct_sum, int nthreads);
 int fusenn_plan_evaluate_f64(fusenn_plan_f64 *plan, size_t n, const double *X, ptrdiff_t ldx,
                              const int64_t *labels, const double *T, ptrdiff_t ldt,
-                             double *loss_sum, double *correct_sum, int nthreads);
+                             const double *sw, double *loss_sum, double *correct_sum, int nthreads);
 
 #ifdef __cplusplus
 }

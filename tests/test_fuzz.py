@@ -622,6 +622,7 @@ SPECS = [
     Spec("set_num_threads", _attr("set_num_threads"), dict(n=("count", lambda: 2)),
          check=check_threads,
          keywords={"n": ["thread"]},
+         skip={"n": ["None"]},  # None means: back to the default
          extra=[("int_max_plus_one", dict(n=lambda: 2**31), ["thread"]),
                 ("np_int", dict(n=lambda: np.int64(2)), ["thread"])]),
     Spec("threads", _attr("threads"), dict(n=("count", lambda: 2)), keywords={"n": ["thread"]},

@@ -16,6 +16,7 @@ cdef extern from "fusenn.h" nogil:
     int FUSENN_OK
     int fusenn_has_openmp()
     int fusenn_num_procs()
+    int fusenn_omp_max_threads()
     const char *fusenn_gemm_isa()
 
     int fusenn_gemm_f32(size_t m, size_t n, size_t k, float alpha,
@@ -124,6 +125,11 @@ def has_openmp():
 
 def num_procs():
     return fusenn_num_procs()
+
+
+def omp_max_threads():
+    """OpenMP's thread count in the calling thread (0 without OpenMP)."""
+    return fusenn_omp_max_threads()
 
 
 def gemm_isa():
