@@ -33,6 +33,68 @@ static inline size_t row_tiles(size_t n, int nt)
     return FUSENN_MAX(FUSENN_MIN(4 * (size_t)nt, most), (size_t)1);
 }
 
+/* How a call's work is cut: nt threads, nblocks column blocks of `width`
+ * columns, nrows row ranges; tile t of the elementwise passes is row range
+ * t / nblocks of column block t % nblocks. */
+typedef struct {
+    int nt;
+    size_t n, d, width, nblocks, nrows;
+} layout;
+
+static inline layout layout_for(size_t n, size_t d, int nthreads)
+{
+    layout L;
+    L.nt = fusenn_threads_for(n * d, nthreads);
+    L.n = n;
+    L.d = d;
+    L.width = block_width(d, L.nt);
+    L.nblocks = (d + L.width - 1) / L.width;
+    L.nrows = row_tiles(n, L.nt);
+    return L;
+}
+
+/* Rows [i0, i1) and columns [j0, j0 + w) of a tile or column block. */
+typedef struct {
+    size_t i0, i1, j0, w;
+} tile;
+
+static inline tile column_block(const layout *L, size_t b)
+{
+    tile tl = {0, L->n, b * L->width, FUSENN_MIN(L->width, L->d - b * L->width)};
+    return tl;
+}
+
+static inline tile tile_at(const layout *L, size_t t)
+{
+    tile tl = column_block(L, t % L->nblocks);
+    tl.i0 = fusenn_chunk_start(t / L->nblocks, L->nrows, L->n);
+    tl.i1 = fusenn_chunk_start(t / L->nblocks + 1, L->nrows, L->n);
+    return tl;
+}
+
+/* One tile of y = (x - center) * scale + beta, in double, where per column
+ * scale = gamma * invstd, or gamma / sqrt(var + eps) when invstd is NULL. */
+static void FN(normalize_tile)(tile tl, const real *X, ptrdiff_t ldx, const real *gamma,
+                               const real *beta, const real *center, const real *invstd,
+                               const real *var, double eps, real *Y, ptrdiff_t ldy)
+{
+    double m[BN_MAX_BLOCK], s[BN_MAX_BLOCK], o[BN_MAX_BLOCK];
+    size_t j;
+    for (j = 0; j < tl.w; j++) {
+        const size_t c = tl.j0 + j;
+        m[j] = (double)center[c];
+        s[j] = invstd ? (double)gamma[c] * (double)invstd[c]
+                      : (double)gamma[c] * (1.0 / sqrt((double)var[c] + eps));
+        o[j] = (double)beta[c];
+    }
+    for (size_t i = tl.i0; i < tl.i1; i++) {
+        const real *x = X + (ptrdiff_t)i * ldx + tl.j0;
+        real *y = Y + (ptrdiff_t)i * ldy + tl.j0;
+        for (j = 0; j < tl.w; j++)
+            y[j] = (real)(((double)x[j] - m[j]) * s[j] + o[j]);
+    }
+}
+
 /* ---- training forward -------------------------------------------------------
  * Per column block: mean = sum x / n, var = sum (x - mean)^2 / n (two passes
  * in double), invstd = 1 / sqrt(var + eps), running statistics updated. Then
@@ -47,14 +109,13 @@ void FN(fusenn_batchnorm_forward_train)(size_t n, size_t d, const real *X, ptrdi
 {
     if (n == 0 || d == 0)
         return;
-    int nt = fusenn_threads_for(n * d, nthreads);
-    const size_t width = block_width(d, nt), nblocks = (d + width - 1) / width;
-    const size_t nrows = row_tiles(n, nt);
-#pragma omp parallel num_threads(nt) if(nt > 1)
+    const layout L = layout_for(n, d, nthreads);
+#pragma omp parallel num_threads(L.nt) if(L.nt > 1)
     {
 #pragma omp for schedule(static)
-        for (size_t b = 0; b < nblocks; b++) {
-            const size_t j0 = b * width, w = FUSENN_MIN(width, d - j0);
+        for (size_t b = 0; b < L.nblocks; b++) {
+            const tile blk = column_block(&L, b);
+            const size_t j0 = blk.j0, w = blk.w;
             double mu[BN_MAX_BLOCK], sq[BN_MAX_BLOCK];
             size_t i, j;
             for (j = 0; j < w; j++)
@@ -86,24 +147,9 @@ void FN(fusenn_batchnorm_forward_train)(size_t n, size_t d, const real *X, ptrdi
             }
         }
 #pragma omp for schedule(static)
-        for (size_t t = 0; t < nrows * nblocks; t++) {
-            const size_t b = t % nblocks, j0 = b * width, w = FUSENN_MIN(width, d - j0);
-            const size_t i0 = fusenn_chunk_start(t / nblocks, nrows, n);
-            const size_t i1 = fusenn_chunk_start(t / nblocks + 1, nrows, n);
-            double m[BN_MAX_BLOCK], s[BN_MAX_BLOCK], o[BN_MAX_BLOCK];
-            size_t j;
-            for (j = 0; j < w; j++) {
-                m[j] = (double)mean[j0 + j];
-                s[j] = (double)gamma[j0 + j] * (double)invstd[j0 + j];
-                o[j] = (double)beta[j0 + j];
-            }
-            for (size_t i = i0; i < i1; i++) {
-                const real *x = X + (ptrdiff_t)i * ldx + j0;
-                real *y = Y + (ptrdiff_t)i * ldy + j0;
-                for (j = 0; j < w; j++)
-                    y[j] = (real)(((double)x[j] - m[j]) * s[j] + o[j]);
-            }
-        }
+        for (size_t t = 0; t < L.nrows * L.nblocks; t++)
+            FN(normalize_tile)(tile_at(&L, t), X, ldx, gamma, beta,
+                               mean, invstd, NULL, 0.0, Y, ldy);
     }
 }
 
@@ -116,29 +162,11 @@ void FN(fusenn_batchnorm_forward_infer)(size_t n, size_t d, const real *X, ptrdi
 {
     if (n == 0 || d == 0)
         return;
-    int nt = fusenn_threads_for(n * d, nthreads);
-    (void)nt; /* only read by the OpenMP pragma */
-    const size_t width = block_width(d, nt), nblocks = (d + width - 1) / width;
-    const size_t nrows = row_tiles(n, nt);
-#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (size_t t = 0; t < nrows * nblocks; t++) {
-        const size_t b = t % nblocks, j0 = b * width, w = FUSENN_MIN(width, d - j0);
-        const size_t i0 = fusenn_chunk_start(t / nblocks, nrows, n);
-        const size_t i1 = fusenn_chunk_start(t / nblocks + 1, nrows, n);
-        double m[BN_MAX_BLOCK], s[BN_MAX_BLOCK], o[BN_MAX_BLOCK];
-        size_t j;
-        for (j = 0; j < w; j++) {
-            m[j] = (double)running_mean[j0 + j];
-            s[j] = (double)gamma[j0 + j] * (1.0 / sqrt((double)running_var[j0 + j] + eps));
-            o[j] = (double)beta[j0 + j];
-        }
-        for (size_t i = i0; i < i1; i++) {
-            const real *x = X + (ptrdiff_t)i * ldx + j0;
-            real *y = Y + (ptrdiff_t)i * ldy + j0;
-            for (j = 0; j < w; j++)
-                y[j] = (real)(((double)x[j] - m[j]) * s[j] + o[j]);
-        }
-    }
+    const layout L = layout_for(n, d, nthreads);
+#pragma omp parallel for num_threads(L.nt) if(L.nt > 1) schedule(static)
+    for (size_t t = 0; t < L.nrows * L.nblocks; t++)
+        FN(normalize_tile)(tile_at(&L, t), X, ldx, gamma, beta,
+                           running_mean, NULL, running_var, eps, Y, ldy);
 }
 
 /* ---- backward --------------------------------------------------------------------
@@ -155,14 +183,13 @@ void FN(fusenn_batchnorm_backward)(size_t n, size_t d, const real *X, ptrdiff_t 
 {
     if (d == 0)
         return;
-    int nt = fusenn_threads_for(n * d, nthreads);
-    const size_t width = block_width(d, nt), nblocks = (d + width - 1) / width;
-    const size_t nrows = row_tiles(n, nt);
-#pragma omp parallel num_threads(nt) if(nt > 1)
+    const layout L = layout_for(n, d, nthreads);
+#pragma omp parallel num_threads(L.nt) if(L.nt > 1)
     {
 #pragma omp for schedule(static)
-        for (size_t b = 0; b < nblocks; b++) {
-            const size_t j0 = b * width, w = FUSENN_MIN(width, d - j0);
+        for (size_t b = 0; b < L.nblocks; b++) {
+            const tile blk = column_block(&L, b);
+            const size_t j0 = blk.j0, w = blk.w;
             double m[BN_MAX_BLOCK], is[BN_MAX_BLOCK], sum_dy[BN_MAX_BLOCK], sum_dyx[BN_MAX_BLOCK];
             size_t i, j;
             for (j = 0; j < w; j++) {
@@ -186,26 +213,25 @@ void FN(fusenn_batchnorm_backward)(size_t n, size_t d, const real *X, ptrdiff_t 
         }
         if (dX && n > 0) {
 #pragma omp for schedule(static)
-            for (size_t t = 0; t < nrows * nblocks; t++) {
-                const size_t b = t % nblocks, j0 = b * width, w = FUSENN_MIN(width, d - j0);
-                const size_t i0 = fusenn_chunk_start(t / nblocks, nrows, n);
-                const size_t i1 = fusenn_chunk_start(t / nblocks + 1, nrows, n);
+            for (size_t t = 0; t < L.nrows * L.nblocks; t++) {
+                const tile tl = tile_at(&L, t);
                 double m[BN_MAX_BLOCK], is[BN_MAX_BLOCK], k[BN_MAX_BLOCK];
                 double db[BN_MAX_BLOCK], dg[BN_MAX_BLOCK];
                 const double nd = (double)n;
                 size_t j;
-                for (j = 0; j < w; j++) {
-                    m[j] = (double)mean[j0 + j];
-                    is[j] = (double)invstd[j0 + j];
-                    k[j] = (double)gamma[j0 + j] * is[j] / nd;
-                    db[j] = (double)dbeta[j0 + j];
-                    dg[j] = (double)dgamma[j0 + j];
+                for (j = 0; j < tl.w; j++) {
+                    const size_t c = tl.j0 + j;
+                    m[j] = (double)mean[c];
+                    is[j] = (double)invstd[c];
+                    k[j] = (double)gamma[c] * is[j] / nd;
+                    db[j] = (double)dbeta[c];
+                    dg[j] = (double)dgamma[c];
                 }
-                for (size_t i = i0; i < i1; i++) {
-                    const real *x = X + (ptrdiff_t)i * ldx + j0;
-                    const real *dy = dY + (ptrdiff_t)i * lddy + j0;
-                    real *dx = dX + (ptrdiff_t)i * lddx + j0;
-                    for (j = 0; j < w; j++) {
+                for (size_t i = tl.i0; i < tl.i1; i++) {
+                    const real *x = X + (ptrdiff_t)i * ldx + tl.j0;
+                    const real *dy = dY + (ptrdiff_t)i * lddy + tl.j0;
+                    real *dx = dX + (ptrdiff_t)i * lddx + tl.j0;
+                    for (j = 0; j < tl.w; j++) {
                         const double xhat = ((double)x[j] - m[j]) * is[j];
                         dx[j] = (real)(k[j] * (nd * (double)dy[j] - db[j] - xhat * dg[j]));
                     }

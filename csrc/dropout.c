@@ -19,6 +19,23 @@ static inline uint64_t drop_threshold(double rate)
     return (uint64_t)(rate * 18446744073709551616.0);
 }
 
+#if defined(FUSENN_DTYPE_F32)
+typedef uint32_t real_bits;
+#else
+typedef uint64_t real_bits;
+#endif
+
+/* keep ? v : +0, without a branch: a random mask defeats branch prediction
+ * (a branch made rate 0.5 four times slower than rate 0.9). */
+static inline real FN(keep_or_zero)(int keep, real v)
+{
+    real_bits bits;
+    memcpy(&bits, &v, sizeof bits);
+    bits &= (real_bits)0 - (real_bits)keep;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
 /* Y = X * mask * scale, scale = 1 / (1 - rate) rounded to the dtype; dropped
  * elements are exactly 0 (also for non-finite inputs). Each element is read
  * before it is written, so Y may alias X. */
@@ -42,7 +59,7 @@ static void FN(dropout_apply)(size_t n, size_t d, const real *X, ptrdiff_t ldx, 
         }
         const uint64_t first = (uint64_t)i * (uint64_t)d;
         for (size_t j = 0; j < d; j++)
-            y[j] = fusenn_hash64(seed, first + j) >= threshold ? x[j] * scale : (real)0;
+            y[j] = FN(keep_or_zero)(fusenn_hash64(seed, first + j) >= threshold, x[j] * scale);
     }
 }
 
