@@ -198,6 +198,90 @@ double fusenn_huber_f64(size_t n, size_t k, const double *A, ptrdiff_t lda,
                         const double *T, ptrdiff_t ldt, double delta, const double *sw,
                         double *dA, ptrdiff_t ldda, int nthreads);
 
+/* ---- Dropout (dropout.c) -------------------------------------------------
+ * Inverted dropout, as Keras and PyTorch: each element is dropped (set to 0)
+ * with probability rate and kept elements are scaled by 1 / (1 - rate), so the
+ * expected output equals the input and inference needs no rescaling.
+ * The mask is a pure function of (seed, element index): element (i, j) of the
+ * n x d matrix has index i*d + j (its logical position, whatever the strides)
+ * and is kept iff
+ *   mix64(seed + (index + 1) * 0x9E3779B97F4A7C15) >= floor(rate * 2^64)
+ * (splitmix64's finalizer, arithmetic mod 2^64). So the mask is the same on any
+ * thread count, needs no storage (the backward recomputes it) and NumPy can
+ * reproduce it bit for bit. rate must lie in [0, 1); rate == 0 copies X exactly.
+ * Y may alias X (dX may alias dY) when the leading dimensions are equal. */
+void fusenn_dropout_forward_f32(size_t n, size_t d, const float *X, ptrdiff_t ldx,
+                                double rate, uint64_t seed, float *Y, ptrdiff_t ldy,
+                                int nthreads);
+void fusenn_dropout_forward_f64(size_t n, size_t d, const double *X, ptrdiff_t ldx,
+                                double rate, uint64_t seed, double *Y, ptrdiff_t ldy,
+                                int nthreads);
+
+/* dX = dY * mask / (1 - rate): the forward's mask for the same (rate, seed). */
+void fusenn_dropout_backward_f32(size_t n, size_t d, const float *dY, ptrdiff_t lddy,
+                                 double rate, uint64_t seed, float *dX, ptrdiff_t lddx,
+                                 int nthreads);
+void fusenn_dropout_backward_f64(size_t n, size_t d, const double *dY, ptrdiff_t lddy,
+                                 double rate, uint64_t seed, double *dX, ptrdiff_t lddx,
+                                 int nthreads);
+
+/* The mask seed of training step `step` of a dropout layer with seed `base`
+ * (shuffle.c): mix64(mix64(base) + (step + 1) * 0x9E3779B97F4A7C15). */
+uint64_t fusenn_dropout_seed(uint64_t base, uint64_t step);
+
+/* ---- Batch normalisation (batchnorm.c) ------------------------------------
+ * Per feature (column) of an n x d matrix, Keras conventions:
+ *   mean = sum_i x_ij / n,  var = sum_i (x_ij - mean)^2 / n   (biased)
+ *   invstd = 1 / sqrt(var + eps),  y = gamma (x - mean) invstd + beta
+ * Column sums are accumulated in double, each column over its rows in order,
+ * so the statistics do not depend on nthreads. The elementwise parts are
+ * computed in double from the stored (dtype-rounded) mean and invstd. */
+
+/* Training forward: batch statistics into mean and invstd (length d, kept for
+ * the backward), Y from them, and, unless running_mean is NULL, the running
+ * statistics updated in place:
+ *   running = momentum * running + (1 - momentum) * batch    (mean and var).
+ * n must be >= 1 (n == 1 gives var 0). Y may alias X when ldy == ldx. */
+void fusenn_batchnorm_forward_train_f32(size_t n, size_t d, const float *X, ptrdiff_t ldx,
+                                        const float *gamma, const float *beta,
+                                        double eps, double momentum,
+                                        float *running_mean, float *running_var,
+                                        float *mean, float *invstd,
+                                        float *Y, ptrdiff_t ldy, int nthreads);
+void fusenn_batchnorm_forward_train_f64(size_t n, size_t d, const double *X, ptrdiff_t ldx,
+                                        const double *gamma, const double *beta,
+                                        double eps, double momentum,
+                                        double *running_mean, double *running_var,
+                                        double *mean, double *invstd,
+                                        double *Y, ptrdiff_t ldy, int nthreads);
+
+/* Inference forward: y = gamma (x - running_mean) / sqrt(running_var + eps) + beta.
+ * Y may alias X when ldy == ldx. */
+void fusenn_batchnorm_forward_infer_f32(size_t n, size_t d, const float *X, ptrdiff_t ldx,
+                                        const float *gamma, const float *beta, double eps,
+                                        const float *running_mean, const float *running_var,
+                                        float *Y, ptrdiff_t ldy, int nthreads);
+void fusenn_batchnorm_forward_infer_f64(size_t n, size_t d, const double *X, ptrdiff_t ldx,
+                                        const double *gamma, const double *beta, double eps,
+                                        const double *running_mean, const double *running_var,
+                                        double *Y, ptrdiff_t ldy, int nthreads);
+
+/* Backward of the training forward, from X, dY = dL/dY and the saved mean and
+ * invstd; with xhat = (x - mean) invstd:
+ *   dbeta = sum_i dy,  dgamma = sum_i dy xhat
+ *   dx = gamma invstd / n * (n dy - dbeta - xhat dgamma)
+ * dX is skipped when NULL (first layer) and may alias dY when lddx == lddy. */
+void fusenn_batchnorm_backward_f32(size_t n, size_t d, const float *X, ptrdiff_t ldx,
+                                   const float *dY, ptrdiff_t lddy, const float *gamma,
+                                   const float *mean, const float *invstd,
+                                   float *dX, ptrdiff_t lddx, float *dgamma, float *dbeta,
+                                   int nthreads);
+void fusenn_batchnorm_backward_f64(size_t n, size_t d, const double *X, ptrdiff_t ldx,
+                                   const double *dY, ptrdiff_t lddy, const double *gamma,
+                                   const double *mean, const double *invstd,
+                                   double *dX, ptrdiff_t lddx, double *dgamma, double *dbeta,
+                                   int nthreads);
+
 /* ---- Optimizers (optimizers.c), in place over flat arrays of length len ----
  * Each returns the number of updated weights that are not finite. When prev
  * is not NULL it receives the weights from before the update (prev may alias

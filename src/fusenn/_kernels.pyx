@@ -8,7 +8,7 @@ over float and double, so each function binds both the _f32 and _f64 kernel.
 Matrices other than GEMM's operands must have contiguous rows (unit column
 stride); their row stride is passed as the leading dimension.
 """
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 
 cdef extern from "fusenn.h" nogil:
     ctypedef enum fusenn_activation:
@@ -113,6 +113,54 @@ cdef extern from "fusenn.h" nogil:
     size_t fusenn_adam_update_f64(size_t len, double *w, const double *g, double *m, double *v,
                                   double lr, double beta1, double beta2, double eps,
                                   int64_t t, double *prev, int nthreads)
+
+cdef extern from "fusenn.h" nogil:
+    void fusenn_dropout_forward_f32(size_t n, size_t d, const float *X, Py_ssize_t ldx,
+                                    double rate, uint64_t seed, float *Y, Py_ssize_t ldy,
+                                    int nthreads)
+    void fusenn_dropout_forward_f64(size_t n, size_t d, const double *X, Py_ssize_t ldx,
+                                    double rate, uint64_t seed, double *Y, Py_ssize_t ldy,
+                                    int nthreads)
+    void fusenn_dropout_backward_f32(size_t n, size_t d, const float *dY, Py_ssize_t lddy,
+                                     double rate, uint64_t seed, float *dX, Py_ssize_t lddx,
+                                     int nthreads)
+    void fusenn_dropout_backward_f64(size_t n, size_t d, const double *dY, Py_ssize_t lddy,
+                                     double rate, uint64_t seed, double *dX, Py_ssize_t lddx,
+                                     int nthreads)
+    uint64_t fusenn_dropout_seed(uint64_t base, uint64_t step)
+
+    void fusenn_batchnorm_forward_train_f32(size_t n, size_t d, const float *X, Py_ssize_t ldx,
+                                            const float *gamma, const float *beta,
+                                            double eps, double momentum,
+                                            float *running_mean, float *running_var,
+                                            float *mean, float *invstd,
+                                            float *Y, Py_ssize_t ldy, int nthreads)
+    void fusenn_batchnorm_forward_train_f64(size_t n, size_t d, const double *X, Py_ssize_t ldx,
+                                            const double *gamma, const double *beta,
+                                            double eps, double momentum,
+                                            double *running_mean, double *running_var,
+                                            double *mean, double *invstd,
+                                            double *Y, Py_ssize_t ldy, int nthreads)
+    void fusenn_batchnorm_forward_infer_f32(size_t n, size_t d, const float *X, Py_ssize_t ldx,
+                                            const float *gamma, const float *beta, double eps,
+                                            const float *running_mean,
+                                            const float *running_var,
+                                            float *Y, Py_ssize_t ldy, int nthreads)
+    void fusenn_batchnorm_forward_infer_f64(size_t n, size_t d, const double *X, Py_ssize_t ldx,
+                                            const double *gamma, const double *beta, double eps,
+                                            const double *running_mean,
+                                            const double *running_var,
+                                            double *Y, Py_ssize_t ldy, int nthreads)
+    void fusenn_batchnorm_backward_f32(size_t n, size_t d, const float *X, Py_ssize_t ldx,
+                                       const float *dY, Py_ssize_t lddy, const float *gamma,
+                                       const float *mean, const float *invstd,
+                                       float *dX, Py_ssize_t lddx, float *dgamma,
+                                       float *dbeta, int nthreads)
+    void fusenn_batchnorm_backward_f64(size_t n, size_t d, const double *X, Py_ssize_t ldx,
+                                       const double *dY, Py_ssize_t lddy, const double *gamma,
+                                       const double *mean, const double *invstd,
+                                       double *dX, Py_ssize_t lddx, double *dgamma,
+                                       double *dbeta, int nthreads)
 
 ctypedef fused real:
     float
@@ -374,6 +422,96 @@ def adam_update(real[::1] w, const real[::1] g, real[::1] m, real[::1] v, int64_
             bad = fusenn_adam_update_f64(w.shape[0], ptr1c(w), cptr1c(g), ptr1c(m), ptr1c(v),
                                          lr, beta1, beta2, eps, t, prev_ptr, nthreads)
     return bad
+
+
+# ---- dropout --------------------------------------------------------------------------------
+
+def dropout_forward(const real[:, :] x, double rate, uint64_t seed, real[:, :] y, int nthreads):
+    """y = x * mask(seed) / (1 - rate); y has contiguous rows."""
+    cdef size_t n = x.shape[0], d = x.shape[1]
+    with nogil:
+        if real is float:
+            fusenn_dropout_forward_f32(n, d, cptr2(x), rs(x), rate, seed, ptr2(y), rs(y),
+                                       nthreads)
+        else:
+            fusenn_dropout_forward_f64(n, d, cptr2(x), rs(x), rate, seed, ptr2(y), rs(y),
+                                       nthreads)
+
+
+def dropout_backward(const real[:, :] dy, double rate, uint64_t seed, real[:, :] dx,
+                     int nthreads):
+    """dx = dy * mask(seed) / (1 - rate); dx has contiguous rows."""
+    cdef size_t n = dy.shape[0], d = dy.shape[1]
+    with nogil:
+        if real is float:
+            fusenn_dropout_backward_f32(n, d, cptr2(dy), rs(dy), rate, seed, ptr2(dx), rs(dx),
+                                        nthreads)
+        else:
+            fusenn_dropout_backward_f64(n, d, cptr2(dy), rs(dy), rate, seed, ptr2(dx), rs(dx),
+                                        nthreads)
+
+
+def dropout_seed(uint64_t base, uint64_t step):
+    return fusenn_dropout_seed(base, step)
+
+
+# ---- batch normalisation -------------------------------------------------------------------
+
+def batchnorm_forward_train(const real[:, :] x, const real[::1] gamma, const real[::1] beta,
+                            double eps, double momentum, real[::1] running_mean,
+                            real[::1] running_var, real[::1] mean, real[::1] invstd,
+                            real[:, :] y, int nthreads):
+    """Batch statistics into mean, invstd; y; running statistics (may be None) in place."""
+    cdef size_t n = x.shape[0], d = x.shape[1]
+    cdef real *rm = ptr1c(running_mean) if running_mean is not None else NULL
+    cdef real *rv = ptr1c(running_var) if running_var is not None else NULL
+    with nogil:
+        if real is float:
+            fusenn_batchnorm_forward_train_f32(n, d, cptr2(x), rs(x), cptr1c(gamma),
+                                               cptr1c(beta), eps, momentum, rm, rv,
+                                               ptr1c(mean), ptr1c(invstd), ptr2(y), rs(y),
+                                               nthreads)
+        else:
+            fusenn_batchnorm_forward_train_f64(n, d, cptr2(x), rs(x), cptr1c(gamma),
+                                               cptr1c(beta), eps, momentum, rm, rv,
+                                               ptr1c(mean), ptr1c(invstd), ptr2(y), rs(y),
+                                               nthreads)
+
+
+def batchnorm_forward_infer(const real[:, :] x, const real[::1] gamma, const real[::1] beta,
+                            const real[::1] running_mean, const real[::1] running_var,
+                            double eps, real[:, :] y, int nthreads):
+    cdef size_t n = x.shape[0], d = x.shape[1]
+    with nogil:
+        if real is float:
+            fusenn_batchnorm_forward_infer_f32(n, d, cptr2(x), rs(x), cptr1c(gamma),
+                                               cptr1c(beta), eps, cptr1c(running_mean),
+                                               cptr1c(running_var), ptr2(y), rs(y), nthreads)
+        else:
+            fusenn_batchnorm_forward_infer_f64(n, d, cptr2(x), rs(x), cptr1c(gamma),
+                                               cptr1c(beta), eps, cptr1c(running_mean),
+                                               cptr1c(running_var), ptr2(y), rs(y), nthreads)
+
+
+def batchnorm_backward(const real[:, :] x, const real[:, :] dy, const real[::1] gamma,
+                       const real[::1] mean, const real[::1] invstd, real[:, :] dx,
+                       real[::1] dgamma, real[::1] dbeta, int nthreads):
+    """dgamma, dbeta and (unless dx is None) dx; dx has contiguous rows."""
+    cdef size_t n = x.shape[0], d = x.shape[1]
+    cdef real *dx_ptr = NULL
+    cdef Py_ssize_t lddx = 0
+    if dx is not None:
+        dx_ptr = ptr2(dx)
+        lddx = rs(dx)
+    with nogil:
+        if real is float:
+            fusenn_batchnorm_backward_f32(n, d, cptr2(x), rs(x), cptr2(dy), rs(dy),
+                                          cptr1c(gamma), cptr1c(mean), cptr1c(invstd),
+                                          dx_ptr, lddx, ptr1c(dgamma), ptr1c(dbeta), nthreads)
+        else:
+            fusenn_batchnorm_backward_f64(n, d, cptr2(x), rs(x), cptr2(dy), rs(dy),
+                                          cptr1c(gamma), cptr1c(mean), cptr1c(invstd),
+                                          dx_ptr, lddx, ptr1c(dgamma), ptr1c(dbeta), nthreads)
 
 
 include "_plan.pxi"

@@ -227,3 +227,118 @@ def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, prev=N
     denom = np.sqrt(v / (1 - beta2**t))
     denom += eps
     return _commit(w, (lr / (1 - beta1**t)) * m / denom, prev)
+
+
+# ---- dropout ----------------------------------------------------------------------------
+# The mask is splitmix64's finalizer of a counter, exactly as csrc/dropout.c computes
+# it, so both backends drop the same elements. uint64 array arithmetic wraps mod 2^64
+# without warnings (scalars would warn), hence the 1-element arrays below.
+
+_U64_MASK = 2**64 - 1
+_GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+_MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _mix64(z):
+    """splitmix64's finalizer, elementwise on a uint64 array."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX2)
+    return z ^ (z >> np.uint64(31))
+
+
+def _mix64_int(z):
+    """splitmix64's finalizer on a Python int in [0, 2^64)."""
+    z = ((z ^ (z >> 30)) * _MIX1) & _U64_MASK
+    z = ((z ^ (z >> 27)) * _MIX2) & _U64_MASK
+    return z ^ (z >> 31)
+
+
+def dropout_seed(base, step):
+    """The mask seed of training step `step` of a dropout layer seeded with `base`:
+    mix64(mix64(base) + (step + 1) * 0x9E3779B97F4A7C15) mod 2^64."""
+    return _mix64_int((_mix64_int(int(base)) + (int(step) + 1) * _GOLDEN_GAMMA) & _U64_MASK)
+
+
+def _dropout_mask(shape, rate, seed):
+    """Boolean keep-mask of an (n, d) batch: element (i, j) has index i*d + j and is
+    kept iff mix64(seed + (index + 1) * GOLDEN) >= floor(rate * 2^64)."""
+    count = int(np.prod(shape))
+    counter = np.arange(1, count + 1, dtype=np.uint64) * np.uint64(_GOLDEN_GAMMA)
+    counter += np.array([seed], dtype=np.uint64)
+    threshold = int(rate * 2.0**64)  # exact: scaling by 2^64 only moves the exponent
+    return (_mix64(counter) >= np.uint64(threshold)).reshape(shape)
+
+
+def dropout_forward(x, rate, seed):
+    """Inverted dropout: y = x * mask / (1 - rate), dropped elements exactly 0.
+
+    rate in [0, 1); rate == 0 returns an exact copy. The scale is 1 / (1 - rate)
+    rounded to x's dtype, as in the C kernel.
+    """
+    if rate == 0:
+        return x.copy()
+    y = np.zeros(x.shape, dtype=x.dtype)
+    np.multiply(x, x.dtype.type(1.0 / (1.0 - rate)), out=y,
+                where=_dropout_mask(x.shape, rate, seed))
+    return y
+
+
+def dropout_backward(dy, rate, seed):
+    """dx = dy * mask / (1 - rate), the forward's mask for the same rate and seed."""
+    return dropout_forward(dy, rate, seed)
+
+
+# ---- batch normalisation ------------------------------------------------------------------
+# Statistics and elementwise formulas in float64 (the C kernels accumulate and
+# compute in double), results rounded to the input's dtype. The elementwise parts
+# use the dtype-rounded mean, invstd, dgamma and dbeta, as the C kernels do.
+
+def _f64(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum=0.99,
+                            eps=1e-3):
+    """Training-mode batch normalisation over the rows of x (n, d), n >= 1.
+
+    mean = x.mean(0), var = ((x - mean)^2).mean(0) (biased), invstd = 1/sqrt(var + eps),
+    y = gamma (x - mean) invstd + beta. Unless running_mean is None, the running
+    statistics are updated in place: r = momentum r + (1 - momentum) batch.
+    Returns (y, mean, invstd).
+    """
+    x64 = _f64(x)
+    mean64 = x64.mean(axis=0)
+    var64 = np.square(x64 - mean64).mean(axis=0)
+    mean = mean64.astype(x.dtype)
+    invstd = (1.0 / np.sqrt(var64 + eps)).astype(x.dtype)
+    if running_mean is not None:
+        running_mean[...] = momentum * _f64(running_mean) + (1.0 - momentum) * mean64
+        running_var[...] = momentum * _f64(running_var) + (1.0 - momentum) * var64
+    y = (x64 - _f64(mean)) * (_f64(gamma) * _f64(invstd)) + _f64(beta)
+    return y.astype(x.dtype), mean, invstd
+
+
+def batchnorm_forward_infer(x, gamma, beta, running_mean, running_var, eps=1e-3):
+    """Inference-mode batch normalisation with the running statistics:
+    y = gamma (x - running_mean) / sqrt(running_var + eps) + beta."""
+    scale = _f64(gamma) * (1.0 / np.sqrt(_f64(running_var) + eps))
+    y = (_f64(x) - _f64(running_mean)) * scale + _f64(beta)
+    return y.astype(x.dtype)
+
+
+def batchnorm_backward(x, dy, gamma, mean, invstd, need_dx=True):
+    """Gradients of the training forward given dy = dL/dy: returns (dx, dgamma, dbeta).
+
+    With xhat = (x - mean) invstd: dbeta = dy.sum(0), dgamma = (dy xhat).sum(0),
+    dx = gamma invstd / n (n dy - dbeta - xhat dgamma); dx is None unless need_dx.
+    """
+    n = x.shape[0]
+    dy64 = _f64(dy)
+    xhat = (_f64(x) - _f64(mean)) * _f64(invstd)
+    dbeta = dy64.sum(axis=0).astype(x.dtype)
+    dgamma = (dy64 * xhat).sum(axis=0).astype(x.dtype)
+    dx = None
+    if need_dx:
+        k = _f64(gamma) * _f64(invstd) / n
+        dx = (k * (n * dy64 - _f64(dbeta) - xhat * _f64(dgamma))).astype(x.dtype)
+    return dx, dgamma, dbeta
