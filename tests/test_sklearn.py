@@ -14,7 +14,8 @@ import pytest
 os.environ.setdefault("SCIPY_ARRAY_API", "1")
 sklearn = pytest.importorskip("sklearn")
 
-from sklearn.datasets import load_iris, make_multilabel_classification, make_regression  # noqa: E402
+from sklearn.datasets import (load_iris, make_multilabel_classification,  # noqa: E402
+                              make_regression)
 from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
 from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
@@ -152,7 +153,8 @@ def test_sgd_step_is_sklearns_update(alpha, n_targets):
     h = np.tanh(X @ W[0] + b[0])
     d2 = (h @ W[1] + b[1] - y.reshape(n, -1)) / n
     d1 = (d2 @ W[1].T) * (1 - h ** 2)
-    expected = [W[0] - 0.05 * (X.T @ d1 + alpha * W[0] / n), W[1] - 0.05 * (h.T @ d2 + alpha * W[1] / n)]
+    expected = [W[0] - 0.05 * (X.T @ d1 + alpha * W[0] / n),
+                W[1] - 0.05 * (h.T @ d2 + alpha * W[1] / n)]
     for got, want in zip(reg.coefs_, expected):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(reg.intercepts_[1], b[1] - 0.05 * d2.sum(axis=0), rtol=1e-10,
@@ -204,6 +206,10 @@ def test_adaptive_learning_rate_divides_by_five(iris):
     # eight divisions, and the ninth stall stops
     assert adaptive.n_iter_ == 4 + 8 * 3
     np.testing.assert_allclose(adaptive.model_.optimizer.lr, 0.1 / 5 ** 8)
+    # invscaling: lr = learning_rate_init / (samples seen + 1) ** power_t, set per epoch
+    inv = MLPClassifier(**{**kw, "learning_rate": "invscaling", "tol": 1e-4, "max_iter": 3,
+                           "power_t": 0.25}).fit(X, y)
+    np.testing.assert_allclose(inv.model_.optimizer.lr, 0.1 / (2 * 150 + 1) ** 0.25)
 
 
 def test_early_stopping_restores_best_weights(iris):
@@ -235,6 +241,9 @@ def test_warm_start_continues(iris):
     assert not np.array_equal(first[0], clf.coefs_[0])
     with pytest.raises(ValueError, match="same classes"):
         clf.fit(X[y < 2], y[y < 2])
+    with pytest.raises(ValueError, match="keep hidden_layer_sizes, activation"):
+        clf.set_params(activation="tanh").fit(X, y)
+    clf.set_params(activation="relu")
     cold = MLPClassifier(hidden_layer_sizes=(5,), max_iter=4, random_state=0).fit(X, y)
     np.testing.assert_array_equal(cold.coefs_[0], first[0])
 
@@ -258,6 +267,14 @@ def test_partial_fit(iris):
     reg.partial_fit(X[:, :3], X[:, 3])
     reg.partial_fit(X[:, :3], X[:, 3])
     assert len(reg.loss_curve_) == 2 and reg.loss_curve_[1] < reg.loss_curve_[0]
+
+
+def test_no_hidden_layer_is_a_linear_model(iris):
+    X, y = iris
+    clf = MLPClassifier(hidden_layer_sizes=(), max_iter=100, learning_rate_init=0.05,
+                        random_state=0).fit(X, y)
+    assert [W.shape for W in clf.coefs_] == [(4, 3)] and clf.n_layers_ == 2
+    assert clf.score(X, y) > 0.8
 
 
 def test_bad_parameters(iris):

@@ -210,6 +210,8 @@ class _BaseMLP(BaseEstimator):
             self.validation_scores_ = []
             self.best_validation_score_ = -np.inf
             self.best_loss_ = None
+            self._best_coefs = [layer.W.copy() for layer in self.model_.layers]
+            self._best_intercepts = [layer.b.copy() for layer in self.model_.layers]
         else:
             self.validation_scores_ = None
             self.best_validation_score_ = None
@@ -217,16 +219,18 @@ class _BaseMLP(BaseEstimator):
 
     def _fit(self, X, y, incremental, classes=None):
         sizes, dtype = self._check_params()
-        first_pass = not hasattr(self, "model_") or (not self.warm_start and not incremental)
-        if not first_pass:
-            old = [layer.units for layer in self.model_.layers[:-1]]
-            if old != sizes or self.model_.dtype != dtype:
-                raise ValueError(f"warm_start/partial_fit need the fitted architecture: "
-                                 f"hidden_layer_sizes={old} and dtype={self.model_.dtype.name}, "
-                                 f"got {sizes} and {dtype.name}")
-        X, target = self._validate_fit_data(X, y, dtype, incremental, first_pass, classes)
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
+        first_pass = not hasattr(self, "model_") or (not self.warm_start and not incremental)
+        if not first_pass:
+            hidden = self.model_.layers[:-1]
+            old = [layer.units for layer in hidden]
+            if (old != sizes or self.model_.dtype != dtype
+                    or any(layer.activation != _ACTIVATIONS[self.activation] for layer in hidden)):
+                raise ValueError(f"warm_start and partial_fit continue the fitted network: "
+                                 f"keep hidden_layer_sizes, activation and dtype as they were "
+                                 f"(hidden_layer_sizes={old}, dtype={self.model_.dtype.name!r})")
+        X, target = self._validate_fit_data(X, y, dtype, incremental, first_pass, classes)
         random_state = check_random_state(self.random_state)
         if first_pass:
             self._build(sizes, dtype, X.shape[1], random_state)
@@ -255,49 +259,54 @@ class _BaseMLP(BaseEstimator):
         n_batches = -(-n // batch_size)
 
         self.n_iter_ = 0
-        with self._threads():
-            for _ in range(self.max_iter):
-                self._sync_optimizer(batch_size)
-                history = self.model_.fit(X_train, y_train, epochs=1, batch_size=batch_size,
-                                          shuffle=bool(self.shuffle), verbose=0)
-                loss = history.history["loss"][0] / self._loss_scale
-                if self._alpha_applied and self.alpha > 0:
-                    sq = sum(float(np.dot(w.ravel(), w.ravel()))
-                             for w in self.model_.params[0::2])
-                    loss += 0.5 * self.alpha * sq * n_batches / n
-                self.n_iter_ += 1
-                self.t_ += n
-                self.loss_ = loss
-                self.loss_curve_.append(loss)
-                if self.verbose:
-                    print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
-                self._update_no_improvement_count(X_val, y_val)
-                if self.solver == "sgd" and self.learning_rate == "invscaling":
-                    self._learning_rate = self.learning_rate_init / (self.t_ + 1) ** self.power_t
-                if self._no_improvement_count > self.n_iter_no_change:
-                    what = ("Validation score" if self.early_stopping else "Training loss")
-                    msg = (f"{what} did not improve more than tol={self.tol:f} for "
-                           f"{self.n_iter_no_change} consecutive epochs.")
-                    if self.solver == "sgd" and self.learning_rate == "adaptive" \
-                            and self._learning_rate > 1e-6:
-                        self._learning_rate /= 5.0
-                        self._no_improvement_count = 0
-                        if self.verbose:
-                            print(f"{msg} Setting learning rate to {self._learning_rate:f}")
-                    else:
-                        if self.verbose:
-                            print(f"{msg} Stopping.")
+        try:
+            with self._threads():
+                for _ in range(self.max_iter):
+                    self._sync_optimizer(batch_size)
+                    history = self.model_.fit(X_train, y_train, epochs=1, batch_size=batch_size,
+                                              shuffle=bool(self.shuffle), verbose=0)
+                    loss = history.history["loss"][0] / self._loss_scale
+                    if self._alpha_applied and self.alpha > 0:
+                        sq = sum(float(np.dot(w.ravel(), w.ravel()))
+                                 for w in self.model_.params[0::2])
+                        loss += 0.5 * self.alpha * sq * n_batches / n
+                    self.n_iter_ += 1
+                    self.t_ += n
+                    self.loss_ = loss
+                    self.loss_curve_.append(loss)
+                    if self.verbose:
+                        print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
+                    self._update_no_improvement_count(X_val, y_val)
+                    if self.solver == "sgd" and self.learning_rate == "invscaling":
+                        self._learning_rate = (self.learning_rate_init
+                                               / (self.t_ + 1) ** self.power_t)
+                    if self._no_improvement_count > self.n_iter_no_change:
+                        what = ("Validation score" if self.early_stopping else "Training loss")
+                        msg = (f"{what} did not improve more than tol={self.tol:f} for "
+                               f"{self.n_iter_no_change} consecutive epochs.")
+                        if self.solver == "sgd" and self.learning_rate == "adaptive" \
+                                and self._learning_rate > 1e-6:
+                            self._learning_rate /= 5.0
+                            self._no_improvement_count = 0
+                            if self.verbose:
+                                print(f"{msg} Setting learning rate to {self._learning_rate:f}")
+                        else:
+                            if self.verbose:
+                                print(f"{msg} Stopping.")
+                            break
+                    if incremental:
                         break
-                if incremental:
-                    break
-                if self.n_iter_ == self.max_iter:
-                    warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) "
-                                  f"reached and the optimization hasn't converged yet.",
-                                  ConvergenceWarning)
-        if self.early_stopping:
-            self.model_.set_weights([p for pair in zip(self._best_coefs, self._best_intercepts)
-                                     for p in pair])
-        self._store_coefs()
+                    if self.n_iter_ == self.max_iter:
+                        warnings.warn(f"Stochastic Optimizer: Maximum iterations "
+                                      f"({self.max_iter}) reached and the optimization "
+                                      f"hasn't converged yet.", ConvergenceWarning)
+        except KeyboardInterrupt:  # as scikit-learn: keep what was learnt so far
+            warnings.warn("Training interrupted by user.")
+        finally:  # coefs_ always describe the network predict uses
+            if self.early_stopping and hasattr(self, "_best_coefs"):
+                self.model_.set_weights([p for pair in zip(self._best_coefs, self._best_intercepts)
+                                         for p in pair])
+            self._store_coefs()
         return self
 
     def _update_no_improvement_count(self, X_val, y_val):
