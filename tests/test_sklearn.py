@@ -133,6 +133,13 @@ def test_loss_curve_is_sklearns_loss():
     np.testing.assert_allclose(reg.loss_curve_[0], 0.5 * np.mean((reg.predict(Xr) - yr) ** 2),
                                rtol=1e-8)
 
+    if _l2_supported():  # plus the L2 term, 0.5 * alpha * ||W||^2 / batch per batch
+        kw.update(alpha=0.3, batch_size=25)  # batches of 25, 25, 10
+        reg = MLPRegressor(**kw).fit(Xr, yr)
+        penalty = 0.5 * 0.3 * sum((W ** 2).sum() for W in reg.coefs_) * 3 / 60
+        np.testing.assert_allclose(
+            reg.loss_curve_[0], 0.5 * np.mean((reg.predict(Xr) - yr) ** 2) + penalty, rtol=1e-8)
+
 
 @pytest.mark.parametrize("alpha", [0.0, 0.5])
 @pytest.mark.parametrize("n_targets", [1, 3])
