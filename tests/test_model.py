@@ -423,8 +423,8 @@ BAD_CALLS = {
                            ValueError, r"unknown activation 'swish'; expected one of identity"),
     "unknown-loss": (lambda m, X, y: m.compile(loss="hinge"),
                      ValueError, r"unknown loss 'hinge'; expected one of cross_entropy"),
-    "unknown-optimizer": (lambda m, X, y: m.compile(optimizer="rmsprop"),
-                          ValueError, r"unknown optimizer 'rmsprop'"),
+    "unknown-optimizer": (lambda m, X, y: m.compile(optimizer="adadelta"),
+                          ValueError, r"unknown optimizer 'adadelta'.*'rmsprop'"),
     "relu-output-with-cross-entropy": (
         lambda m, X, y: unbuilt_model("relu").compile(loss="cross_entropy"),
         ValueError, r"'cross_entropy' needs the last layer's activation to be 'softmax' or 'identity', "

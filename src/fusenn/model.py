@@ -203,7 +203,8 @@ class Sequential:
     # ---- compile ------------------------------------------------------------
 
     def compile(self, loss="cross_entropy", optimizer="sgd"):
-        """Choose the loss and the optimizer (an instance, or 'sgd' / 'adam')."""
+        """Choose the loss and the optimizer (an instance, or 'sgd', 'adam', 'adamw',
+        'rmsprop', 'adagrad' with default settings)."""
         if not self.layers:
             raise ValueError("the model has no layers; pass Dense layers to Sequential([...])")
         loss = get_loss(loss)
@@ -362,7 +363,7 @@ class Sequential:
                                [state[name][2 * i] for name in names],
                                [state[name][2 * i + 1] for name in names]))
             self._plan = _kernels.Plan(layers, self.loss.engine_id, self.dtype)
-        self._plan.set_optimizer(*config, self.optimizer.iterations)
+        self._plan.set_optimizer(config, self.optimizer.iterations)
         return self._plan
 
     def _targets(self, y):
