@@ -116,22 +116,6 @@ def test_clipping_is_active(opt):
         assert not np.allclose(wa, wb, rtol=1e-3, atol=1e-5)
 
 
-@pytest.mark.parametrize("opt", ["adamw-global-clipvalue", "adagrad-l2-clipnorm-clipvalue"])
-def test_new_optimizers_bitwise_for_1_to_3_threads(opt):
-    # wide enough that the update, sum_squares and grad_transform kernels run in parallel
-    dims, acts, loss = (40, 1000, 10), ("relu", "softmax"), "cross_entropy"
-    X, y = make_data(64, dims, loss)
-    results = []
-    for threads in (1, 2, 3):
-        model = make_model(dims, acts, loss, optimizer(opt))
-        with fusenn.threads(threads):
-            model.fit(X, y, epochs=1, batch_size=32, verbose=0)
-        results.append(model.get_weights())
-    for other in results[1:]:
-        for a, b in zip(results[0], other):
-            np.testing.assert_array_equal(a, b)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_engine_agrees_with_the_numpy_reference(dtype):
     dims, acts, loss = NETS["ce-softmax"]
@@ -145,19 +129,35 @@ def test_engine_agrees_with_the_numpy_reference(dtype):
         np.testing.assert_allclose(wc, wr, rtol=tol, atol=tol)
 
 
-def test_weights_are_bitwise_identical_for_1_to_4_threads():
-    # big enough that GEMMs, losses and updates all take their parallel paths
-    dims, acts, loss = (300, 256, 128, 10), ("relu", "relu", "softmax"), "cross_entropy"
-    X, y = make_data(1000, dims, loss)
+def assert_same_weights_for_thread_counts(dims, acts, n, make_optimizer, thread_counts,
+                                          epochs, batch_size):
+    loss = "cross_entropy"
+    X, y = make_data(n, dims, loss)
     results = []
-    for threads in (1, 2, 3, 4):
-        model = make_model(dims, acts, loss, SGD(lr=0.01, momentum=0.9))
+    for threads in thread_counts:
+        model = make_model(dims, acts, loss, make_optimizer())
         with fusenn.threads(threads):
-            model.fit(X, y, epochs=2, batch_size=256, verbose=0)
+            model.fit(X, y, epochs=epochs, batch_size=batch_size, verbose=0)
         results.append(model.get_weights())
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+def test_weights_are_bitwise_identical_for_1_to_4_threads():
+    # big enough that GEMMs, losses and updates all take their parallel paths
+    assert_same_weights_for_thread_counts((300, 256, 128, 10), ("relu", "relu", "softmax"), 1000,
+                                          lambda: SGD(lr=0.01, momentum=0.9), (1, 2, 3, 4),
+                                          epochs=2, batch_size=256)
+
+
+@pytest.mark.parametrize("opt", ["adamw-global-clipvalue", "adagrad-l2-clipnorm-clipvalue",
+                                 "rmsprop"])
+def test_new_optimizers_bitwise_for_1_to_3_threads(opt):
+    # W1 has 40 000 elements: the update, sum_squares and grad_transform kernels run in parallel
+    assert_same_weights_for_thread_counts((40, 1000, 10), ("relu", "softmax"), 64,
+                                          lambda: optimizer(opt), (1, 2, 3), epochs=1,
+                                          batch_size=32)
 
 
 def test_fit_is_train_on_batch_over_the_same_batches():

@@ -190,7 +190,7 @@ def rmsprop_update(w, g, v, lr, rho=0.9, eps=1e-7, prev=None):
     Returns and keeps prev as sgd_update does.
     """
     v *= rho
-    v += (1 - rho) * (g * g)
+    v += (1 - rho) * g * g  # ((1 - rho) g) g, as the kernel rounds (and overflows) it
     denom = np.sqrt(v)
     denom += eps
     return _commit(w, lr * g / denom, prev)
