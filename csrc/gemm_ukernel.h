@@ -70,8 +70,9 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, const real *restr
             }
             memcpy(crow + v * LANES, &r, sizeof(vec));
         }
-        if (act == FUSENN_ACT_SIGMOID || act == FUSENN_ACT_TANH)
-            FN(activate_row)(act, UK_NR, crow, crow); /* libm; the row is in L1 */
+        /* every other elementwise activation calls libm; the row is in L1 */
+        if (act != FUSENN_ACT_IDENTITY && act != FUSENN_ACT_RELU && act != FUSENN_ACT_LEAKY_RELU)
+            FN(activate_row)(act, UK_NR, crow, crow);
     }
 }
 

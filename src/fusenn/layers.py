@@ -9,7 +9,9 @@ from .reference import ACTIVATIONS
 __all__ = ["Dense", "canonical_activation"]
 
 # Keras calls identity "linear"; None means no activation in both Keras and PyTorch.
-_ACTIVATION_ALIASES = {None: "identity", "linear": "identity", "none": "identity"}
+# silu is PyTorch's name for swish.
+_ACTIVATION_ALIASES = {None: "identity", "linear": "identity", "none": "identity",
+                       "silu": "swish"}
 
 
 def canonical_activation(activation):
