@@ -99,6 +99,12 @@ static inline real FN(sigmoid_pair)(real z, real *one_minus)
     return z >= 0 ? s : e * s;
 }
 
+/* 2 u of gelu_tanh: 2 sqrt(2/pi) (z + 0.044715 z^3). */
+static inline real FN(gelu_tanh_2u)(real z)
+{
+    return 2 * (real)FUSENN_SQRT_2_OVER_PI * (z + (real)FUSENN_GELU_TANH_CUBIC * (z * z * z));
+}
+
 /* Elementwise activations over one row: a[j] = act(z[j]) for j < d.
  * Softmax is not elementwise and is handled by its callers.
  * Shared by the activation kernels and GEMM's fused store (dense forward). */
@@ -124,16 +130,17 @@ static inline void FN(activate_row)(fusenn_activation act, size_t d,
         for (j = 0; j < d; j++)
             a[j] = z[j] > 0 ? z[j] : (real)FUSENN_LEAKY_RELU_SLOPE * z[j];
         break;
-    case FUSENN_ACT_GELU: /* z Phi(z), Phi(z) = (1 + erf(z / sqrt 2)) / 2 */
+    case FUSENN_ACT_GELU:
+        /* z Phi(z), Phi(z) = (1 + erf(z / sqrt 2)) / 2 = erfc(-z / sqrt 2) / 2:
+         * erfc has no cancellation where erf(z / sqrt 2) is near -1 */
         for (j = 0; j < d; j++)
-            a[j] = (real)0.5 * z[j] * ((real)1 + erf(z[j] * (real)FUSENN_SQRT1_2));
+            a[j] = (real)0.5 * z[j] * erfc(-z[j] * (real)FUSENN_SQRT1_2);
         break;
-    case FUSENN_ACT_GELU_TANH: /* (z / 2) (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))) */
-        for (j = 0; j < d; j++) {
-            real z3 = z[j] * z[j] * z[j];
-            real t = tanh((real)FUSENN_SQRT_2_OVER_PI * (z[j] + (real)FUSENN_GELU_TANH_CUBIC * z3));
-            a[j] = (real)0.5 * z[j] * ((real)1 + t);
-        }
+    case FUSENN_ACT_GELU_TANH:
+        /* (z / 2) (1 + tanh(u)) = z sigmoid(2 u), u = sqrt(2/pi) (z + 0.044715 z^3):
+         * the sigmoid form has no cancellation where tanh(u) is near -1 */
+        for (j = 0; j < d; j++)
+            a[j] = z[j] * FN(sigmoid_pair)(FN(gelu_tanh_2u)(z[j]), &unused);
         break;
     case FUSENN_ACT_ELU: /* expm1 keeps e^z - 1 accurate near 0 */
         for (j = 0; j < d; j++)
@@ -194,24 +201,21 @@ static inline void FN(activate_backward_row)(fusenn_activation act, size_t d, co
     }
     case FUSENN_ACT_GELU: /* Phi(z) + z phi(z), phi(z) = e^(-z^2/2) / sqrt(2 pi) */
         for (j = 0; j < d; j++) {
-            real cdf = (real)0.5 * ((real)1 + erf(z[j] * (real)FUSENN_SQRT1_2));
+            real cdf = (real)0.5 * erfc(-z[j] * (real)FUSENN_SQRT1_2);
             real pdf = (real)FUSENN_INV_SQRT_2PI * exp((real)-0.5 * z[j] * z[j]);
             dz[j] = da[j] * (cdf + z[j] * pdf);
         }
         break;
-    case FUSENN_ACT_GELU_TANH: {
-        /* with u = c (z + k z^3), t = tanh(u):
-         * (1 + t) / 2 + (z / 2) (1 - t) (1 + t) c (1 + 3 k z^2) */
-        const real c = (real)FUSENN_SQRT_2_OVER_PI, k = (real)FUSENN_GELU_TANH_CUBIC;
+    case FUSENN_ACT_GELU_TANH:
+        /* d/dz z s(2u) = s + 2 z s (1 - s) u', s = sigmoid(2 u), u' = c (1 + 3 k z^2) */
         for (j = 0; j < d; j++) {
-            real z2 = z[j] * z[j];
-            real t = tanh(c * (z[j] + k * (z2 * z[j])));
-            real sech2 = ((real)1 - t) * ((real)1 + t);
-            real g = (real)0.5 * ((real)1 + t) + (real)0.5 * (z[j] * sech2) * (c * ((real)1 + 3 * k * z2));
-            dz[j] = da[j] * g;
+            real one_minus;
+            real s = FN(sigmoid_pair)(FN(gelu_tanh_2u)(z[j]), &one_minus);
+            real du = (real)FUSENN_SQRT_2_OVER_PI *
+                      ((real)1 + 3 * (real)FUSENN_GELU_TANH_CUBIC * (z[j] * z[j]));
+            dz[j] = da[j] * (s * ((real)1 + 2 * (z[j] * one_minus) * du));
         }
         break;
-    }
     case FUSENN_ACT_ELU: /* alpha e^z = a + alpha where z <= 0 */
         for (j = 0; j < d; j++)
             dz[j] = a[j] > 0 ? da[j] : da[j] * (a[j] + (real)FUSENN_ELU_ALPHA);

@@ -232,9 +232,10 @@ def activation_forward(int act, const real[:, :] z, real[:, :] a, int nthreads):
                                           ptr2(a), rs(a), nthreads)
 
 
-def activation_backward(int act, const real[:, :] z, const real[:, :] a, const real[:, :] da,
-                        real[:, :] dz, int nthreads):
-    """dz = da * act'(z); z may be None unless activation_needs_z(act)."""
+def activation_backward(int act, const real[:, :] a, const real[:, :] da, real[:, :] dz,
+                        const real[:, :] z, int nthreads):
+    """dz = da * act'(z); z may be None unless activation_needs_z(act) (it comes
+    after the arrays that are never None, which pick the dtype)."""
     cdef size_t n = a.shape[0], d = a.shape[1]
     cdef const real *z_ptr = NULL
     cdef Py_ssize_t ldz = 0

@@ -106,7 +106,7 @@ def activation_backward(a, da, activation, z=None):
     _expect_shape(da, "da", a.shape)
     z = _pre_activation(z, activation, a.shape, a.dtype)
     dz = np.empty_like(a, order="C")
-    _kernels.activation_backward(act, z, a, da, dz, get_num_threads())
+    _kernels.activation_backward(act, a, da, dz, z, get_num_threads())
     return dz
 
 
@@ -153,7 +153,7 @@ def dense_backward(x, w, y, dy, activation, need_dx=True, z=None):
     nthreads = get_num_threads()
     if activation in NEEDS_Z:
         # the C layer refuses these (FUSENN_EINVAL): dz first, then identity in place on it
-        _kernels.activation_backward(act, z, y, dy, dz, nthreads)
+        _kernels.activation_backward(act, y, dy, dz, z, nthreads)
         dy, act = dz, _ACTIVATION_IDS["identity"]
     _kernels.dense_backward(x, w, y, dy, act, dz, dw, db, dx, nthreads)
     return dw, db, dx

@@ -26,8 +26,8 @@ _SQRT1_2 = math.sqrt(0.5)
 _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 _GELU_TANH_CUBIC = 0.044715
-# NumPy has no erf: Python's (libm's), elementwise in float64.
-_erf_f64 = np.frompyfunc(math.erf, 1, 1)
+# NumPy has no erfc: Python's (libm's), elementwise in float64.
+_erfc_f64 = np.frompyfunc(math.erfc, 1, 1)
 
 
 def _check_activation(activation):
@@ -53,9 +53,15 @@ def _sigmoid_pair(z):
     return np.where(pos, s, e * s), np.where(pos, e * s, s)
 
 
-def _erf(x):
-    """erf elementwise, in x's dtype."""
-    return _erf_f64(x.astype(np.float64)).astype(x.dtype)
+def _erfc(x):
+    """erfc elementwise, in x's dtype."""
+    return _erfc_f64(x.astype(np.float64)).astype(x.dtype)
+
+
+def _gelu_tanh_2u(z):
+    """2 u of gelu_tanh: 2 sqrt(2/pi) (z + 0.044715 z^3)."""
+    with np.errstate(over="ignore"):  # z^3 = inf only where the sigmoid of it is 0 or 1
+        return 2 * _c(_SQRT_2_OVER_PI, z) * (z + _c(_GELU_TANH_CUBIC, z) * (z * z * z))
 
 
 def _c(value, like):
@@ -87,12 +93,14 @@ def activation_forward(z, activation):
         return np.where(z > 0, z, 0)
     if activation == "leaky_relu":
         return np.where(z > 0, z, LEAKY_RELU_SLOPE * z)
-    if activation == "gelu":  # z Phi(z), Phi(z) = (1 + erf(z / sqrt 2)) / 2
-        return _c(0.5, z) * z * (1 + _erf(z * _c(_SQRT1_2, z)))
-    if activation == "gelu_tanh":  # (z / 2) (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))
-        with np.errstate(over="ignore"):  # z^3 = inf only where tanh is +-1 anyway
-            t = np.tanh(_c(_SQRT_2_OVER_PI, z) * (z + _c(_GELU_TANH_CUBIC, z) * (z * z * z)))
-        return _c(0.5, z) * z * (1 + t)
+    if activation == "gelu":
+        # z Phi(z), Phi(z) = (1 + erf(z / sqrt 2)) / 2 = erfc(-z / sqrt 2) / 2:
+        # erfc has no cancellation where erf(z / sqrt 2) is near -1
+        return _c(0.5, z) * z * _erfc(-z * _c(_SQRT1_2, z))
+    if activation == "gelu_tanh":
+        # (z / 2) (1 + tanh(u)) = z sigmoid(2 u), u = sqrt(2/pi) (z + 0.044715 z^3):
+        # the sigmoid form has no cancellation where tanh(u) is near -1
+        return z * _sigmoid(_gelu_tanh_2u(z))[0]
     if activation == "elu":
         return np.where(z > 0, z, _c(ELU_ALPHA, z) * np.expm1(np.minimum(z, 0)))
     if activation == "softplus":  # log(1 + e^z) = max(z, 0) + log1p(e^-|z|), never overflows
@@ -120,20 +128,16 @@ def activation_backward(a, da, activation, z=None):
     if activation == "leaky_relu":
         return np.where(a > 0, da, LEAKY_RELU_SLOPE * da)
     if activation == "gelu":  # Phi(z) + z phi(z), phi(z) = e^(-z^2/2) / sqrt(2 pi)
-        cdf = _c(0.5, z) * (1 + _erf(z * _c(_SQRT1_2, z)))
+        cdf = _c(0.5, z) * _erfc(-z * _c(_SQRT1_2, z))
         with np.errstate(over="ignore"):  # z^2 = inf gives exp(-inf) = 0
             pdf = _c(_INV_SQRT_2PI, z) * np.exp(_c(-0.5, z) * z * z)
         return da * (cdf + z * pdf)
     if activation == "gelu_tanh":
-        # u = c (z + k z^3), t = tanh(u):
-        # (1 + t) / 2 + (z / 2) (1 - t) (1 + t) c (1 + 3 k z^2)
-        c, k = _c(_SQRT_2_OVER_PI, z), _c(_GELU_TANH_CUBIC, z)
+        # d/dz z s(2u) = s + 2 z s (1 - s) u', s = sigmoid(2 u), u' = c (1 + 3 k z^2)
+        s, one_minus = _sigmoid_pair(_gelu_tanh_2u(z))
         with np.errstate(over="ignore"):
-            z2 = z * z
-            t = np.tanh(c * (z + k * (z2 * z)))
-        sech2 = (1 - t) * (1 + t)
-        g = _c(0.5, z) * (1 + t) + _c(0.5, z) * (z * sech2) * (c * (1 + 3 * k * z2))
-        return da * g
+            du = _c(_SQRT_2_OVER_PI, z) * (1 + 3 * _c(_GELU_TANH_CUBIC, z) * (z * z))
+        return da * (s * (1 + 2 * (z * one_minus) * du))
     if activation == "elu":  # alpha e^z = a + alpha where z <= 0
         return np.where(a > 0, da, da * (a + _c(ELU_ALPHA, a)))
     if activation == "softplus":  # sigmoid(z) = 1 - e^-a
