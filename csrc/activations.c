@@ -6,6 +6,11 @@
  */
 #include "internal.h"
 
+void FN(activate_row_baseline)(fusenn_activation act, size_t d, const real *z, real *a)
+{
+    FN(activate_row)(act, d, z, a);
+}
+
 /* A = act(Z). Elementwise activations share FN(activate_row) with GEMM's fused
  * store, so standalone and fused layers give the same bits. Both row helpers
  * read z[j] before writing a[j], which makes A == Z (in place) safe. */

@@ -239,6 +239,12 @@ static inline void FN(activate_backward_row)(fusenn_activation act, size_t d, co
     }
 }
 
+/* FN(activate_row) compiled once, in activations.c, for the baseline ISA.
+ * GEMM's micro-kernels are compiled for AVX2/AVX-512 targets where the
+ * compiler contracts a * b + c into FMA; calling this instead of inlining
+ * activate_row keeps the fused store's bits those of the standalone kernel. */
+void FN(activate_row_baseline)(fusenn_activation act, size_t d, const real *z, real *a);
+
 /* Row-wise softmax of one row, max-subtracted so exp never overflows. */
 static inline void FN(softmax_row)(size_t d, const real *z, real *a)
 {

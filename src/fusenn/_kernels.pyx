@@ -149,6 +149,9 @@ cdef inline Py_ssize_t cs(const real[:, :] a) noexcept nogil:
     return a.strides[1] // <Py_ssize_t>sizeof(real)
 
 
+FUSENN_EINVAL_CODE = FUSENN_EINVAL  # fusenn_dense_backward given an activation that needs z
+
+
 cdef inline int check(int rc) except -1:
     if rc == FUSENN_EINVAL:
         raise ValueError("fusenn: this activation's derivative needs the pre-activation z; "
