@@ -207,13 +207,15 @@ static inline void FN(activate_backward_row)(fusenn_activation act, size_t d, co
         }
         break;
     case FUSENN_ACT_GELU_TANH:
-        /* d/dz z s(2u) = s + 2 z s (1 - s) u', s = sigmoid(2 u), u' = c (1 + 3 k z^2) */
+        /* d/dz z s(2u) = s + 2 z s (1 - s) u', s = sigmoid(2 u), u' = c (1 + 3 k z^2).
+         * s (1 - s) is 0 wherever u' could overflow: the term is then 0 (not 0 inf) */
         for (j = 0; j < d; j++) {
             real one_minus;
             real s = FN(sigmoid_pair)(FN(gelu_tanh_2u)(z[j]), &one_minus);
+            real sp = s * one_minus;
             real du = (real)FUSENN_SQRT_2_OVER_PI *
                       ((real)1 + 3 * (real)FUSENN_GELU_TANH_CUBIC * (z[j] * z[j]));
-            dz[j] = da[j] * (s * ((real)1 + 2 * (z[j] * one_minus) * du));
+            dz[j] = da[j] * (s + (sp != 0 ? 2 * z[j] * sp * du : (real)0));
         }
         break;
     case FUSENN_ACT_ELU: /* alpha e^z = a + alpha where z <= 0 */

@@ -102,7 +102,8 @@ def activation_forward(z, activation):
         # the sigmoid form has no cancellation where tanh(u) is near -1
         return z * _sigmoid(_gelu_tanh_2u(z))[0]
     if activation == "elu":
-        return np.where(z > 0, z, _c(ELU_ALPHA, z) * np.expm1(np.minimum(z, 0)))
+        # expm1 of z <= 0 only (no overflow warnings); where, not minimum, keeps -0
+        return np.where(z > 0, z, _c(ELU_ALPHA, z) * np.expm1(np.where(z > 0, 0, z)))
     if activation == "softplus":  # log(1 + e^z) = max(z, 0) + log1p(e^-|z|), never overflows
         return np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
     if activation == "swish":  # z sigmoid(z)
@@ -133,11 +134,14 @@ def activation_backward(a, da, activation, z=None):
             pdf = _c(_INV_SQRT_2PI, z) * np.exp(_c(-0.5, z) * z * z)
         return da * (cdf + z * pdf)
     if activation == "gelu_tanh":
-        # d/dz z s(2u) = s + 2 z s (1 - s) u', s = sigmoid(2 u), u' = c (1 + 3 k z^2)
+        # d/dz z s(2u) = s + 2 z s (1 - s) u', s = sigmoid(2 u), u' = c (1 + 3 k z^2).
+        # s (1 - s) is 0 wherever u' could overflow: the term is then 0 (not 0 inf)
         s, one_minus = _sigmoid_pair(_gelu_tanh_2u(z))
-        with np.errstate(over="ignore"):
+        sp = s * one_minus
+        with np.errstate(over="ignore", invalid="ignore"):
             du = _c(_SQRT_2_OVER_PI, z) * (1 + 3 * _c(_GELU_TANH_CUBIC, z) * (z * z))
-        return da * (s * (1 + 2 * (z * one_minus) * du))
+            term = 2 * z * sp * du
+        return da * (s + np.where(sp != 0, term, 0))
     if activation == "elu":  # alpha e^z = a + alpha where z <= 0
         return np.where(a > 0, da, da * (a + _c(ELU_ALPHA, a)))
     if activation == "softplus":  # sigmoid(z) = 1 - e^-a
