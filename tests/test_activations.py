@@ -260,3 +260,16 @@ def test_c_dense_backward_refuses_needs_z_activations(activation, dtype):
         _kernels.dense_backward(x, w, y, dy, ACTIVATIONS.index(activation), *outs, 1)
     assert all(np.isnan(o).all() for o in outs)
     assert _kernels.FUSENN_EINVAL_CODE == -3
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gelu_tanh_where_the_cubic_overflows(dtype, backend):
+    """z^3 overflows the dtype: the sigmoid saturates, so act = z or -0 and act' = 1 or 0."""
+    big = np.sqrt(np.finfo(dtype).max)
+    z = np.array([[-big, big]], dtype)
+    with np.errstate(all="raise", under="ignore"):
+        a = backend.activation_forward(z, "gelu_tanh")
+        dz = backend.activation_backward(a, np.ones_like(z), "gelu_tanh", z)
+    np.testing.assert_array_equal(a, [[0, big]])
+    np.testing.assert_array_equal(dz, [[0, 1]])
