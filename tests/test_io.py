@@ -157,7 +157,7 @@ BAD_NPZ_EDITS = {
     "nan-param": replaced("param_1", lambda a: np.full_like(a["param_1"], np.nan)),
     "config-not-json": replaced("config", np.array("{not json")),
     "config-unknown-activation": replaced(
-        "config", lambda a: np.array(str(a["config"]).replace('"tanh"', '"swish"'))),
+        "config", lambda a: np.array(str(a["config"]).replace('"tanh"', '"mish"'))),
     "mismatched-optimizer-state": replaced("opt_velocity_0", np.zeros((2, 2))),
 }
 

@@ -352,7 +352,7 @@ def test_small_problems_train(name, backend):
     before = model.evaluate(X, y)
     assert set(before) == spec["keys"]
     hist = model.fit(X, y, epochs=spec["epochs"], batch_size=spec["batch_size"], verbose=0)
-    assert set(hist.history) == spec["keys"] | {"time"}
+    assert set(hist.history) == spec["keys"] | {"time", "lr"}
     after = model.evaluate(X, y)
     assert after["loss"] < spec["final_loss"] < before["loss"]
     if "accuracy" in after:

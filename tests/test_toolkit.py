@@ -285,7 +285,7 @@ def test_integer_sample_weights_equal_repeated_rows(backend):
     weighted.compile("cross_entropy", SGD(lr=0.1))
     repeated = fusenn.Sequential([Dense(5, "tanh"), Dense(3, "softmax")], input_dim=D_IN,
                                  dtype="float64", seed=0, backend=backend)
-    repeated.compile("cross_entropy", SGD(lr=0.1 * len(X) / reps.sum()))
+    repeated.compile("cross_entropy", SGD(lr=0.1 * reps.sum() / len(X)))
     # the batch loss is the mean of weighted row losses over the batch's rows
     lw = weighted.evaluate(X, y, sample_weight=reps)["loss"]
     lr = repeated.evaluate(np.repeat(X, reps, axis=0), np.repeat(y, reps))["loss"]

@@ -15,10 +15,10 @@ checkpoints, learning-rate callbacks, the progress bar), `fusenn.schedules`
 (learning-rate schedules) and `fusenn.initializers` (weight initialisers).
 """
 
-from . import callbacks, datasets, initializers, ops, reference, schedules
+from . import callbacks, datasets, initializers, losses, ops, reference, schedules
 from ._kernels import gemm_isa, has_openmp
 from ._threads import get_num_threads, set_num_threads, threads
-from .layers import Dense
+from .layers import BatchNorm, Dense, Dropout, Layer
 from .losses import LOSSES
 from .model import History, Sequential, load
 from .ops import matmul
@@ -27,7 +27,8 @@ from .optimizers import SGD, Adagrad, Adam, AdamW, RMSprop
 __version__ = "0.1.0"
 
 __all__ = [
-    "Sequential", "Dense", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "History", "load", "matmul", "LOSSES",
-    "set_num_threads", "get_num_threads", "threads", "has_openmp", "gemm_isa",
-    "datasets", "ops", "reference", "callbacks", "schedules", "initializers", "__version__",
+    "Sequential", "Dense", "Dropout", "BatchNorm", "Layer", "SGD", "Adam", "AdamW", "RMSprop",
+    "Adagrad", "History", "load", "matmul", "LOSSES", "set_num_threads", "get_num_threads",
+    "threads", "has_openmp", "gemm_isa", "datasets", "ops", "reference", "callbacks",
+    "schedules", "initializers", "losses", "__version__",
 ]

@@ -556,6 +556,10 @@ def batchnorm_backward(const real[:, :] x, const real[:, :] dy, const real[::1] 
             fusenn_batchnorm_backward_f64(n, d, cptr2(x), rs(x), cptr2(dy), rs(dy),
                                           cptr1c(gamma), cptr1c(mean), cptr1c(invstd),
                                           dx_ptr, lddx, ptr1c(dgamma), ptr1c(dbeta), nthreads)
+
+
+# ---- more optimizers and gradient transforms ------------------------------------------------
+
 def rmsprop_update(real[::1] w, const real[::1] g, real[::1] v, double lr, double rho,
                    double eps, real[::1] prev, int nthreads):
     """Returns the number of non-finite updated weights; prev may be None."""

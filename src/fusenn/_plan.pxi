@@ -114,10 +114,6 @@ cdef inline const int64_t *labels_ptr(const int64_t[::1] labels):
     return &labels[0] if labels is not None and labels.shape[0] > 0 else NULL
 
 
-cdef inline const real *weights_ptr(const real[::1] sw):
-    return &sw[0] if sw is not None and sw.shape[0] > 0 else NULL
-
-
 cdef inline int check_rows(const real[:, :] a, str name) except -1:
     if a is not None and a.shape[1] > 1 and a.strides[1] != sizeof(real):
         raise ValueError(f"{name} must have contiguous rows")

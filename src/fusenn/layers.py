@@ -15,11 +15,10 @@ The C training engine (csrc/plan.c) runs the same layers from descriptors
 both paths give the same bits.
 """
 
-import math
-
 import numpy as np
 
 from . import initializers
+from .ops import finite_number
 from .reference import ACTIVATIONS, NEEDS_Z
 
 __all__ = ["Layer", "Dense", "Dropout", "BatchNorm", "canonical_activation", "layer_from_config"]
@@ -51,9 +50,7 @@ def _width(value, name):
 
 
 def _fraction(value, name, low, high, high_open=True):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    value = float(value)
+    value = finite_number(value, name)
     if not (low <= value and (value < high if high_open else value <= high)):
         raise ValueError(f"{name} must lie in [{low}, {high}{')' if high_open else ']'}, got {value}")
     return value
@@ -176,8 +173,8 @@ class Dropout(Layer):
         return f"Dropout({self.rate})"
 
     def build(self, fan_in, dtype, rng):
-        if self.seed is None:
-            self._base_seed = int(rng.integers(0, 2**63))
+        # The model draws an unseeded layer's seed from a stream of its own (see
+        # Sequential.build), so adding dropout does not change weight initialisation.
         self.units = fan_in
         self.input_dim = fan_in
 
@@ -218,7 +215,7 @@ class BatchNorm(Layer):
     def __init__(self, momentum=0.99, eps=1e-3):
         super().__init__()
         self.momentum = _fraction(momentum, "momentum", 0.0, 1.0, high_open=False)
-        self.eps = _fraction(eps, "eps", 0.0, math.inf)
+        self.eps = finite_number(eps, "eps")
         if self.eps <= 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
         self.gamma = self.beta = self.running_mean = self.running_var = None

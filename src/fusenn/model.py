@@ -153,9 +153,14 @@ class Sequential:
                 raise ValueError(f"the model is built for input_dim={self.input_dim}, got {input_dim}")
             return
         fan_in = input_dim
+        # dropout masks come from their own stream of the model's seed, so adding
+        # or removing a Dropout changes neither the weights drawn nor fit's shuffles
+        mask_seeds = np.random.default_rng(None if self.seed is None else [self.seed, 1])
         try:
             for layer in self.layers:
                 layer.build(fan_in, self.dtype, self._rng)
+                if isinstance(layer, Dropout) and layer.seed is None:
+                    layer._base_seed = int(mask_seeds.integers(0, 2**63))
                 fan_in = layer.units
         except BaseException:  # e.g. MemoryError: leave the model unbuilt
             for layer in self.layers:
@@ -195,7 +200,7 @@ class Sequential:
         """Copy `weights` ([W1, b1, ...], as get_weights returns) into the model."""
         self._require_built()
         arrays = self._weight_arrays()
-        labels = ", ".join(label for label, _ in arrays[:2]) + (", ..." if len(arrays) > 2 else "")
+        labels = ", ".join(label for label, _ in arrays[:2]) + ", ..."
         if isinstance(weights, (str, bytes, np.ndarray)) or not hasattr(weights, "__iter__"):
             raise TypeError(f"weights must be a list of arrays [{labels}]")
         weights = list(weights)
@@ -648,7 +653,9 @@ class Sequential:
 
     def summary(self, print_fn=print):
         """Print a table of the layers, their output shapes and parameter counts
-        (as Keras's model.summary()); returns the text."""
+        (as Keras's model.summary()); returns the text. print_fn=None only returns it."""
+        if print_fn is not None and not callable(print_fn):
+            raise TypeError(f"print_fn must be a function taking a string, or None, got {print_fn!r}")
         rows = [("Layer (type)", "Output shape", "Params")]
         for i, layer in enumerate(self.layers):
             name = type(layer).__name__

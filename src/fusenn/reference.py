@@ -314,7 +314,8 @@ def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight
     v += (1 - beta2) * (g * g)
     denom = np.sqrt(v / (1 - beta2**t))
     denom += eps
-    return _commit(w, (lr / (1 - beta1**t)) * m / denom, prev)
+    decay = w.dtype.type(1 - lr * weight_decay) if weight_decay != 0 else None
+    return _commit(w, (lr / (1 - beta1**t)) * m / denom, prev, decay)
 
 
 # ---- dropout ----------------------------------------------------------------------------
@@ -430,8 +431,6 @@ def batchnorm_backward(x, dy, gamma, mean, invstd, need_dx=True):
         k = _f64(gamma) * _f64(invstd) / n
         dx = (k * (n * dy64 - _f64(dbeta) - xhat * _f64(dgamma))).astype(x.dtype)
     return dx, dgamma, dbeta
-    decay = w.dtype.type(1 - lr * weight_decay) if weight_decay != 0 else None
-    return _commit(w, (lr / (1 - beta1**t)) * m / denom, prev, decay)
 
 
 def rmsprop_update(w, g, v, lr, rho=0.9, eps=1e-7, prev=None):
