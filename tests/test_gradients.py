@@ -23,13 +23,14 @@ import fusenn
 from fusenn.optimizers import Optimizer
 
 BACKENDS = ("c", "numpy")
-ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
+ACTIVATIONS = fusenn.reference.ACTIVATIONS  # every one, as a hidden layer
+CLASSIC = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
 OUTPUT_ACTIVATIONS = {
     "cross_entropy": ("softmax", "identity"),
     "binary_cross_entropy": ("sigmoid", "identity"),
     "mse": ACTIVATIONS,
-    "mae": ACTIVATIONS,
-    "huber": ACTIVATIONS,
+    "mae": CLASSIC,
+    "huber": CLASSIC,
 }
 # |output - target| where a regression loss's derivative has a kink (huber: delta = 1)
 OUTPUT_KINKS = {"mae": 0.0, "huber": 1.0}
@@ -156,6 +157,9 @@ def test_two_layer_gradients(hidden, output, loss, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_three_layer_gradients(backend):
-    check_gradients(sizes=(6, 5, 4, 3), activations=("tanh", "relu", "softmax"),
+@pytest.mark.parametrize("activations", [("tanh", "relu", "softmax"),
+                                         ("gelu", "swish", "softmax"),
+                                         ("elu", "gelu_tanh", "identity")])
+def test_three_layer_gradients(backend, activations):
+    check_gradients(sizes=(6, 5, 4, 3), activations=activations,
                     loss="cross_entropy", backend=backend, n=8, seed=12345)

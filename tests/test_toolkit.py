@@ -121,6 +121,20 @@ def test_layers_are_bitwise_independent_of_threads(threads):
         np.testing.assert_array_equal(a, b)
 
 
+def test_no_allocation_per_step_once_warm_with_every_layer_kind():
+    from fusenn import _kernels
+    X, y = data(200, D_IN, 4, "cross_entropy")
+    sw = np.linspace(0.5, 1.5, 200)
+    model = model_for("dropout-bn-ce", fusenn.AdamW(lr=0.01, global_clipnorm=1.0, l2=1e-4))
+    model.fit(X, y, epochs=1, batch_size=32, sample_weight=sw, verbose=0)  # warm-up
+    model.train_on_batch(X[:32], y[:32], sample_weight=sw[:32])
+    before = _kernels.allocation_count()
+    model.fit(X, y, epochs=3, batch_size=32, sample_weight=sw, verbose=0)
+    for _ in range(10):
+        model.train_on_batch(X[:32], y[:32], sample_weight=sw[:32])
+    assert _kernels.allocation_count() == before
+
+
 # ---- gradients of whole models in training mode -----------------------------------------
 
 class GradientRecorder(Optimizer):
