@@ -12,7 +12,7 @@ backend, either `fusenn.ops` (the C kernels in csrc/, bound by _kernels.pyx) or
 `fusenn.reference` (the same math in NumPy), chosen by backend="c" / "numpy".
 """
 
-from . import datasets, ops, reference
+from . import datasets, ops, plot, reference
 from ._kernels import gemm_isa, has_openmp
 from ._threads import get_num_threads, set_num_threads, threads
 from .layers import Dense
@@ -26,5 +26,5 @@ __version__ = "0.1.0"
 __all__ = [
     "Sequential", "Dense", "SGD", "Adam", "History", "load", "matmul", "LOSSES",
     "set_num_threads", "get_num_threads", "threads", "has_openmp", "gemm_isa",
-    "datasets", "ops", "reference", "__version__",
+    "datasets", "ops", "plot", "reference", "__version__",
 ]
