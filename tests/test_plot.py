@@ -13,9 +13,16 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_import_fusenn_does_not_import_matplotlib():
-    code = "import sys, fusenn, fusenn.plot; print('matplotlib' in sys.modules)"
+    # and without matplotlib, the error says what to install
+    code = ("import sys, fusenn, fusenn.plot\n"
+            "print('matplotlib' in sys.modules)\n"
+            "sys.modules['matplotlib'] = None\n"
+            "try:\n    fusenn.plot.history({'loss': [1.0]})\n"
+            "except ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    lines = out.stdout.splitlines()
+    assert lines[0] == "False"
+    assert "pip install fusenn[plot]" in lines[1]
 
 
 def test_confusion_counts_needs_only_numpy():
@@ -52,12 +59,14 @@ def test_confusion_counts_errors(args, match):
         plot.confusion_counts(*args)
 
 
-mpl = pytest.importorskip("matplotlib")
-from matplotlib.figure import Figure  # noqa: E402
+@pytest.fixture
+def Figure():
+    return pytest.importorskip("matplotlib.figure").Figure
 
 
 @pytest.fixture
 def close():
+    pytest.importorskip("matplotlib")
     figures = []
     yield figures.append
     import matplotlib.pyplot as plt
@@ -80,7 +89,7 @@ def trained():
     return model, hist, X[300:400], y[300:400]
 
 
-def test_history(tmp_path, close):
+def test_history(tmp_path, close, Figure):
     model, hist, _, _ = trained()
     fig = plot.history(hist, save=tmp_path / "h.png")
     close(fig)
@@ -110,7 +119,7 @@ def test_history(tmp_path, close):
     ({"loss": [1.0]}, dict(save=3), TypeError, "save"),
 ])
 def test_history_errors(hist, kwargs, error, match):
-    import matplotlib.pyplot as plt
+    plt = pytest.importorskip("matplotlib.pyplot")
     before = plt.get_fignums()
     with pytest.raises(error, match=match):
         plot.history(hist, **kwargs)
@@ -118,7 +127,7 @@ def test_history_errors(hist, kwargs, error, match):
         plt.close(num)
 
 
-def test_weights(tmp_path, close):
+def test_weights(tmp_path, close, Figure):
     model, _, _, _ = trained()
     fig = plot.weights(model.layers[0], save=tmp_path / "w.png")
     close(fig)
@@ -154,7 +163,7 @@ def test_weights_errors(target, kwargs, error, match):
         plot.weights(target, **kwargs)
 
 
-def test_confusion_matrix(tmp_path, close):
+def test_confusion_matrix(tmp_path, close, Figure):
     model, _, X, y = trained()
     P = model.predict(X)
     fig = plot.confusion_matrix(y, P, save=tmp_path / "c.png")
