@@ -23,6 +23,15 @@ int fusenn_num_procs(void)
 #endif
 }
 
+int fusenn_omp_max_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 0;
+#endif
+}
+
 /* The best ISA level this CPU supports, lowered by FUSENN_ISA if set. */
 static int detect_isa_level(void)
 {

@@ -45,6 +45,10 @@ typedef enum {
 
 int fusenn_has_openmp(void);        /* 1 if built with OpenMP */
 int fusenn_num_procs(void);         /* processors OpenMP may use (1 without OpenMP) */
+/* OpenMP's thread count for the calling thread (omp_get_max_threads: follows
+ * OMP_NUM_THREADS, the CPU affinity, and omp_set_num_threads as threadpoolctl
+ * calls it); 0 without OpenMP. */
+int fusenn_omp_max_threads(void);
 /* Name of the GEMM micro-kernel ISA in use: "avx512", "avx2" or "generic".
  * Chosen once from the CPU's features; FUSENN_ISA=generic|avx2|avx512 in the
  * environment forces a lower path (a higher one than the CPU has is ignored). */
@@ -129,37 +133,154 @@ void fusenn_activation_backward_f64(fusenn_activation act, size_t n, size_t d,
 /* ---- Losses (losses.c) ---------------------------------------------------
  * Each returns the loss (mean over the batch, as Keras and PyTorch) and, when
  * the output pointer is not NULL, its gradient. Sums are accumulated in double
- * over a fixed partition of rows, so the value does not depend on nthreads. */
+ * over a fixed partition of rows, so the value does not depend on nthreads.
+ *
+ * Sample weights: sw (n contiguous values, NULL = all ones) weighs row i:
+ *   loss = (1/n) sum_i sw_i loss_i
+ * where loss_i is row i's loss (for the elementwise losses the mean over its k
+ * outputs), as Keras's default "sum over batch size" reduction; row i's
+ * gradient is multiplied by sw_i. Weights of all ones give the unweighted bits. */
 
 /* Softmax + cross-entropy from logits Z (n x k) and integer labels in [0, k):
- *   loss = mean_i (logsumexp(Z_i) - Z_i,label_i)
- *   P = softmax(Z) (if P != NULL),  dZ = (P - onehot(labels)) / n (if dZ != NULL)
+ *   loss = (1/n) sum_i sw_i (logsumexp(Z_i) - Z_i,label_i)
+ *   P = softmax(Z) (if P != NULL),  dZ_i = sw_i (P_i - onehot(label_i)) / n (if dZ != NULL)
  * Labels must already be validated to lie in [0, k). */
 double fusenn_softmax_cross_entropy_f32(size_t n, size_t k, const float *Z, ptrdiff_t ldz,
-                                        const int64_t *labels, float *P, ptrdiff_t ldp,
+                                        const int64_t *labels, const float *sw,
+                                        float *P, ptrdiff_t ldp,
                                         float *dZ, ptrdiff_t lddz, int nthreads);
 double fusenn_softmax_cross_entropy_f64(size_t n, size_t k, const double *Z, ptrdiff_t ldz,
-                                        const int64_t *labels, double *P, ptrdiff_t ldp,
+                                        const int64_t *labels, const double *sw,
+                                        double *P, ptrdiff_t ldp,
                                         double *dZ, ptrdiff_t lddz, int nthreads);
 
 /* Sigmoid + binary cross-entropy from logits Z (n x k) and targets T in [0, 1]:
- *   loss = mean_ij (max(z, 0) - z t + log1p(exp(-|z|)))   (overflow-safe)
- *   P = sigmoid(Z) (if P != NULL),  dZ = (P - T) / (n k) (if dZ != NULL) */
+ *   l_ij = max(z, 0) - z t + log1p(exp(-|z|))   (overflow-safe)
+ *   loss = (1/(n k)) sum_ij sw_i l_ij
+ *   P = sigmoid(Z) (if P != NULL),  dZ_i = sw_i (P_i - T_i) / (n k) (if dZ != NULL) */
 double fusenn_sigmoid_binary_cross_entropy_f32(size_t n, size_t k, const float *Z, ptrdiff_t ldz,
-                                               const float *T, ptrdiff_t ldt,
+                                               const float *T, ptrdiff_t ldt, const float *sw,
                                                float *P, ptrdiff_t ldp,
                                                float *dZ, ptrdiff_t lddz, int nthreads);
 double fusenn_sigmoid_binary_cross_entropy_f64(size_t n, size_t k, const double *Z, ptrdiff_t ldz,
-                                               const double *T, ptrdiff_t ldt,
+                                               const double *T, ptrdiff_t ldt, const double *sw,
                                                double *P, ptrdiff_t ldp,
                                                double *dZ, ptrdiff_t lddz, int nthreads);
 
 /* Mean squared error over all n x k elements:
- *   loss = mean_ij (A - T)^2,  dA = 2 (A - T) / (n k) (if dA != NULL) */
+ *   loss = (1/(n k)) sum_ij sw_i (A - T)^2,  dA_i = 2 sw_i (A_i - T_i) / (n k) (if dA != NULL) */
 double fusenn_mse_f32(size_t n, size_t k, const float *A, ptrdiff_t lda,
-                      const float *T, ptrdiff_t ldt, float *dA, ptrdiff_t ldda, int nthreads);
+                      const float *T, ptrdiff_t ldt, const float *sw,
+                      float *dA, ptrdiff_t ldda, int nthreads);
 double fusenn_mse_f64(size_t n, size_t k, const double *A, ptrdiff_t lda,
-                      const double *T, ptrdiff_t ldt, double *dA, ptrdiff_t ldda, int nthreads);
+                      const double *T, ptrdiff_t ldt, const double *sw,
+                      double *dA, ptrdiff_t ldda, int nthreads);
+
+/* Mean absolute error over all n x k elements:
+ *   loss = (1/(n k)) sum_ij sw_i |A - T|,  dA_i = sw_i sign(A_i - T_i) / (n k) (if dA != NULL)
+ * with sign(0) = 0 (the subgradient PyTorch's L1Loss uses). */
+double fusenn_mae_f32(size_t n, size_t k, const float *A, ptrdiff_t lda,
+                      const float *T, ptrdiff_t ldt, const float *sw,
+                      float *dA, ptrdiff_t ldda, int nthreads);
+double fusenn_mae_f64(size_t n, size_t k, const double *A, ptrdiff_t lda,
+                      const double *T, ptrdiff_t ldt, const double *sw,
+                      double *dA, ptrdiff_t ldda, int nthreads);
+
+/* Huber loss (Keras's Huber, PyTorch's HuberLoss) over all n x k elements,
+ * d = A - T and delta > 0 (validated by the caller):
+ *   l = d^2 / 2 if |d| <= delta, else delta (|d| - delta / 2)
+ *   loss = (1/(n k)) sum_ij sw_i l_ij
+ *   dA_i = sw_i clip(d_i, -delta, delta) / (n k) (if dA != NULL) */
+double fusenn_huber_f32(size_t n, size_t k, const float *A, ptrdiff_t lda,
+                        const float *T, ptrdiff_t ldt, double delta, const float *sw,
+                        float *dA, ptrdiff_t ldda, int nthreads);
+double fusenn_huber_f64(size_t n, size_t k, const double *A, ptrdiff_t lda,
+                        const double *T, ptrdiff_t ldt, double delta, const double *sw,
+                        double *dA, ptrdiff_t ldda, int nthreads);
+
+/* ---- Dropout (dropout.c) -------------------------------------------------
+ * Inverted dropout, as Keras and PyTorch: each element is dropped (set to 0)
+ * with probability rate and kept elements are scaled by 1 / (1 - rate), so the
+ * expected output equals the input and inference needs no rescaling.
+ * The mask is a pure function of (seed, element index): element (i, j) of the
+ * n x d matrix has index i*d + j (its logical position, whatever the strides)
+ * and is kept iff
+ *   mix64(seed + (index + 1) * 0x9E3779B97F4A7C15) >= floor(rate * 2^64)
+ * (splitmix64's finalizer, arithmetic mod 2^64). So the mask is the same on any
+ * thread count, needs no storage (the backward recomputes it) and NumPy can
+ * reproduce it bit for bit. rate must lie in [0, 1); rate == 0 copies X exactly.
+ * Y may alias X (dX may alias dY) when the leading dimensions are equal. */
+void fusenn_dropout_forward_f32(size_t n, size_t d, const float *X, ptrdiff_t ldx,
+                                double rate, uint64_t seed, float *Y, ptrdiff_t ldy,
+                                int nthreads);
+void fusenn_dropout_forward_f64(size_t n, size_t d, const double *X, ptrdiff_t ldx,
+                                double rate, uint64_t seed, double *Y, ptrdiff_t ldy,
+                                int nthreads);
+
+/* dX = dY * mask / (1 - rate): the forward's mask for the same (rate, seed). */
+void fusenn_dropout_backward_f32(size_t n, size_t d, const float *dY, ptrdiff_t lddy,
+                                 double rate, uint64_t seed, float *dX, ptrdiff_t lddx,
+                                 int nthreads);
+void fusenn_dropout_backward_f64(size_t n, size_t d, const double *dY, ptrdiff_t lddy,
+                                 double rate, uint64_t seed, double *dX, ptrdiff_t lddx,
+                                 int nthreads);
+
+/* The mask seed of training step `step` of a dropout layer with seed `base`
+ * (shuffle.c): mix64(mix64(base) + (step + 1) * 0x9E3779B97F4A7C15). */
+uint64_t fusenn_dropout_seed(uint64_t base, uint64_t step);
+
+/* ---- Batch normalisation (batchnorm.c) ------------------------------------
+ * Per feature (column) of an n x d matrix, Keras conventions:
+ *   mean = sum_i x_ij / n,  var = sum_i (x_ij - mean)^2 / n   (biased)
+ *   invstd = 1 / sqrt(var + eps),  y = gamma (x - mean) invstd + beta
+ * Column sums are accumulated in double, each column over its rows in order,
+ * so the statistics do not depend on nthreads. The elementwise parts are
+ * computed in double from the stored (dtype-rounded) mean and invstd. */
+
+/* Training forward: batch statistics into mean and invstd (length d, kept for
+ * the backward), Y from them, and, unless running_mean is NULL, the running
+ * statistics updated in place:
+ *   running = momentum * running + (1 - momentum) * batch    (mean and var).
+ * n must be >= 1 (n == 1 gives var 0). Y may alias X when ldy == ldx. */
+void fusenn_batchnorm_forward_train_f32(size_t n, size_t d, const float *X, ptrdiff_t ldx,
+                                        const float *gamma, const float *beta,
+                                        double eps, double momentum,
+                                        float *running_mean, float *running_var,
+                                        float *mean, float *invstd,
+                                        float *Y, ptrdiff_t ldy, int nthreads);
+void fusenn_batchnorm_forward_train_f64(size_t n, size_t d, const double *X, ptrdiff_t ldx,
+                                        const double *gamma, const double *beta,
+                                        double eps, double momentum,
+                                        double *running_mean, double *running_var,
+                                        double *mean, double *invstd,
+                                        double *Y, ptrdiff_t ldy, int nthreads);
+
+/* Inference forward: y = gamma (x - running_mean) / sqrt(running_var + eps) + beta.
+ * Y may alias X when ldy == ldx. */
+void fusenn_batchnorm_forward_infer_f32(size_t n, size_t d, const float *X, ptrdiff_t ldx,
+                                        const float *gamma, const float *beta, double eps,
+                                        const float *running_mean, const float *running_var,
+                                        float *Y, ptrdiff_t ldy, int nthreads);
+void fusenn_batchnorm_forward_infer_f64(size_t n, size_t d, const double *X, ptrdiff_t ldx,
+                                        const double *gamma, const double *beta, double eps,
+                                        const double *running_mean, const double *running_var,
+                                        double *Y, ptrdiff_t ldy, int nthreads);
+
+/* Backward of the training forward, from X, dY = dL/dY and the saved mean and
+ * invstd; with xhat = (x - mean) invstd:
+ *   dbeta = sum_i dy,  dgamma = sum_i dy xhat
+ *   dx = gamma invstd / n * (n dy - dbeta - xhat dgamma)
+ * dX is skipped when NULL (first layer) and may alias dY when lddx == lddy. */
+void fusenn_batchnorm_backward_f32(size_t n, size_t d, const float *X, ptrdiff_t ldx,
+                                   const float *dY, ptrdiff_t lddy, const float *gamma,
+                                   const float *mean, const float *invstd,
+                                   float *dX, ptrdiff_t lddx, float *dgamma, float *dbeta,
+                                   int nthreads);
+void fusenn_batchnorm_backward_f64(size_t n, size_t d, const double *X, ptrdiff_t ldx,
+                                   const double *dY, ptrdiff_t lddy, const double *gamma,
+                                   const double *mean, const double *invstd,
+                                   double *dX, ptrdiff_t lddx, double *dgamma, double *dbeta,
+                                   int nthreads);
 
 /* ---- Optimizers (optimizers.c), in place over flat arrays of length len ----
  * Each returns the number of updated weights that are not finite. When prev
@@ -212,7 +333,9 @@ size_t fusenn_count_nonfinite_f64(size_t n, size_t d, const double *X, ptrdiff_t
 typedef enum {
     FUSENN_LOSS_CROSS_ENTROPY = 0,        /* softmax + cross-entropy, integer labels */
     FUSENN_LOSS_BINARY_CROSS_ENTROPY = 1, /* sigmoid + binary cross-entropy, targets */
-    FUSENN_LOSS_MSE = 2                   /* mean squared error on the outputs */
+    FUSENN_LOSS_MSE = 2,                  /* mean squared error on the outputs */
+    FUSENN_LOSS_MAE = 3,                  /* mean absolute error on the outputs */
+    FUSENN_LOSS_HUBER = 4                 /* Huber loss on the outputs (needs a delta) */
 } fusenn_loss;
 
 typedef enum { FUSENN_OPT_SGD = 0, FUSENN_OPT_ADAM = 1 } fusenn_optimizer_kind;
@@ -226,73 +349,92 @@ typedef struct {
     int64_t steps;   /* updates applied so far; each step adds one (Adam's t) */
 } fusenn_optimizer;
 
-/* One dense layer of a plan. Pointers are to `real` (the plan's dtype). */
+typedef enum {
+    FUSENN_LAYER_DENSE = 0,     /* act(x W + b) */
+    FUSENN_LAYER_DROPOUT = 1,   /* inverted dropout while training, identity otherwise */
+    FUSENN_LAYER_BATCHNORM = 2  /* batch normalisation per feature */
+} fusenn_layer_kind;
+
+/* One layer of a plan. Pointers to arrays are to `real` (the plan's dtype);
+ * fields a kind does not use are ignored. */
 typedef struct {
-    size_t d_in, d_out;
-    fusenn_activation act;
-    void *W, *b;          /* d_in x d_out, d_out */
-    void *dW, *db;        /* gradients, same shapes */
+    fusenn_layer_kind kind;
+    size_t d_in, d_out;   /* d_out == d_in for dropout and batchnorm */
+    fusenn_activation act; /* dense */
+    void *W, *b;          /* dense: d_in x d_out and d_out; batchnorm: gamma and beta (d) */
+    void *dW, *db;        /* their gradients, same shapes */
     void *W_state[2];     /* optimizer state shaped like W: SGD {velocity or NULL,
                              NULL}, Adam {m, v} */
     void *b_state[2];     /* the same for b */
+    double rate;          /* dropout: probability of zeroing an input */
+    uint64_t seed;        /* dropout: base seed of the masks */
+    uint64_t *step;       /* dropout: training passes so far, advanced in place */
+    double momentum, eps; /* batchnorm */
+    void *running_mean, *running_var; /* batchnorm: d each, updated while training */
 } fusenn_layer;
 
 typedef struct fusenn_plan_f32 fusenn_plan_f32;
 typedef struct fusenn_plan_f64 fusenn_plan_f64;
 
-/* A plan for n_layers chained layers (layer l's d_out is layer l+1's d_in).
- * The descriptors are copied; the arrays they point to must outlive the plan.
- * With a cross-entropy loss the last layer's activation must be softmax or
- * identity, with binary cross-entropy sigmoid or identity (the losses work
- * from logits). Returns NULL when out of memory. */
-fusenn_plan_f32 *fusenn_plan_create_f32(size_t n_layers, const fusenn_layer *layers, fusenn_loss loss);
-fusenn_plan_f64 *fusenn_plan_create_f64(size_t n_layers, const fusenn_layer *layers, fusenn_loss loss);
+/* A plan for n_layers chained layers (layer l's d_out is layer l+1's d_in; the
+ * last layer is dense). The descriptors are copied; the arrays they point to
+ * must outlive the plan. With a cross-entropy loss the last layer's activation
+ * must be softmax or identity, with binary cross-entropy sigmoid or identity
+ * (the losses work from logits). loss_param is Huber's delta (ignored by the
+ * other losses). Returns NULL when out of memory or the layers are invalid. */
+fusenn_plan_f32 *fusenn_plan_create_f32(size_t n_layers, const fusenn_layer *layers,
+                                        fusenn_loss loss, double loss_param);
+fusenn_plan_f64 *fusenn_plan_create_f64(size_t n_layers, const fusenn_layer *layers,
+                                        fusenn_loss loss, double loss_param);
 void fusenn_plan_destroy_f32(fusenn_plan_f32 *plan);
 void fusenn_plan_destroy_f64(fusenn_plan_f64 *plan);
 
 /* One training step on X (n x d_in, row stride ldx) with labels (cross-entropy)
- * or targets T (n x k, row stride ldt; otherwise). On FUSENN_EDIVERGED the
- * weights are those from before the step, the optimizer state is zeroed and
- * opt->steps is 0. *loss is the batch loss; *correct counts correct
- * predictions (rows for cross-entropy, elements for binary cross-entropy). */
+ * or targets T (n x k, row stride ldt; otherwise), rows weighted by sw (length
+ * n; NULL: unweighted). On FUSENN_EDIVERGED the weights are those from before
+ * the step, the optimizer state is zeroed and opt->steps is 0. *loss is the
+ * batch loss; *correct counts correct predictions (rows for cross-entropy,
+ * elements for binary cross-entropy). */
 int fusenn_plan_train_batch_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
                                 const int64_t *labels, const float *T, ptrdiff_t ldt,
-                                fusenn_optimizer *opt, double *loss, double *correct, int nthreads);
+                                const float *sw, fusenn_optimizer *opt, double *loss,
+                                double *correct, int nthreads);
 int fusenn_plan_train_batch_f64(fusenn_plan_f64 *plan, size_t n, const double *X, ptrdiff_t ldx,
                                 const int64_t *labels, const double *T, ptrdiff_t ldt,
-                                fusenn_optimizer *opt, double *loss, double *correct, int nthreads);
+                                const double *sw, fusenn_optimizer *opt, double *loss,
+                                double *correct, int nthreads);
 
 /* Batches [first_batch, first_batch + n_batches) of an epoch over n samples:
  * batch b is the rows order[b * batch_size ...] (the last one may be short),
- * gathered into the arena. Adds loss x rows and correct predictions of every
- * batch to *loss_sum and *correct_sum; *loss is the last batch's loss (the
- * diverging one on FUSENN_EDIVERGED). */
+ * gathered into the arena with their targets and weights. Adds loss x rows and
+ * correct predictions of every batch to *loss_sum and *correct_sum; *loss is
+ * the last batch's loss (the diverging one on FUSENN_EDIVERGED). */
 int fusenn_plan_train_epoch_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
                                 const int64_t *labels, const float *T, ptrdiff_t ldt,
-                                const int64_t *order, size_t batch_size, size_t first_batch,
-                                size_t n_batches, fusenn_optimizer *opt, double *loss,
-                                double *loss_sum, double *correct_sum, int nthreads);
+                                const float *sw, const int64_t *order, size_t batch_size,
+                                size_t first_batch, size_t n_batches, fusenn_optimizer *opt,
+                                double *loss, double *loss_sum, double *correct_sum, int nthreads);
 int fusenn_plan_train_epoch_f64(fusenn_plan_f64 *plan, size_t n, const double *X, ptrdiff_t ldx,
                                 const int64_t *labels, const double *T, ptrdiff_t ldt,
-                                const int64_t *order, size_t batch_size, size_t first_batch,
-                                size_t n_batches, fusenn_optimizer *opt, double *loss,
-                                double *loss_sum, double *correct_sum, int nthreads);
+                                const double *sw, const int64_t *order, size_t batch_size,
+                                size_t first_batch, size_t n_batches, fusenn_optimizer *opt,
+                                double *loss, double *loss_sum, double *correct_sum, int nthreads);
 
-/* The network's outputs for X (n x d_in) into out (n x k, row stride ldo),
- * in chunks of rows. */
+/* The network's outputs for X (n x d_in) into out (n x k, row stride ldo), in
+ * chunks of rows, in inference mode (no dropout, batchnorm's running stats). */
 int fusenn_plan_predict_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
                             float *out, ptrdiff_t ldo, int nthreads);
 int fusenn_plan_predict_f64(fusenn_plan_f64 *plan, size_t n, const double *X, ptrdiff_t ldx,
                             double *out, ptrdiff_t ldo, int nthreads);
 
-/* Loss x rows summed over chunks into *loss_sum, correct predictions into
- * *correct_sum (as train_batch counts them). */
+/* Loss x rows summed over chunks into *loss_sum (rows weighted by sw, may be
+ * NULL), correct predictions into *correct_sum (as train_batch counts them). */
 int fusenn_plan_evaluate_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
                              const int64_t *labels, const float *T, ptrdiff_t ldt,
-                             double *loss_sum, double *correct_sum, int nthreads);
+                             const float *sw, double *loss_sum, double *correct_sum, int nthreads);
 int fusenn_plan_evaluate_f64(fusenn_plan_f64 *plan, size_t n, const double *X, ptrdiff_t ldx,
                              const int64_t *labels, const double *T, ptrdiff_t ldt,
-                             double *loss_sum, double *correct_sum, int nthreads);
+                             const double *sw, double *loss_sum, double *correct_sum, int nthreads);
 
 #ifdef __cplusplus
 }

@@ -73,6 +73,25 @@ static inline size_t fusenn_chunk_start(size_t c, size_t nchunks, size_t n)
     return (size_t)(((uint64_t)c * n) / nchunks);
 }
 
+/* splitmix64 (Steele et al. 2014): its increment, and the finalizer that turns
+ * a 64-bit counter into well-mixed bits. */
+#define FUSENN_GOLDEN_GAMMA 0x9e3779b97f4a7c15ULL
+
+static inline uint64_t fusenn_mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* Counter-based hash: the (index + 1)-th splitmix64 output from state `seed`,
+ * mix64(seed + (index + 1) * GOLDEN) mod 2^64. Dropout masks are this function
+ * of (seed, element index), so any thread can compute any element's bit. */
+static inline uint64_t fusenn_hash64(uint64_t seed, uint64_t index)
+{
+    return fusenn_mix64(seed + (index + 1) * FUSENN_GOLDEN_GAMMA);
+}
+
 #ifndef FUSENN_NO_DTYPE
 /* Elementwise activations over one row: a[j] = act(z[j]) for j < d.
  * Softmax is not elementwise and is handled by its callers.

@@ -7,6 +7,12 @@
  * boundaries depend only on n. One thread sums one chunk in double, and the
  * chunk partials are added serially in chunk order, so the loss has the same
  * bits for any nthreads. Gradients are elementwise and need no such care.
+ *
+ * Sample weights: sw (length n, NULL = all ones) weighs row i's loss by sw_i,
+ * loss = (1/n) sum_i sw_i loss_i (Keras's "sum over batch size"), and scales
+ * row i's gradient by sw_i. Every term is multiplied by w = sw_i (1.0 when sw
+ * is NULL, an exact no-op), so unweighted results and weights of all ones give
+ * the same bits.
  */
 #include "internal.h"
 
@@ -16,6 +22,19 @@ static inline void chunk_rows(size_t c, size_t nchunks, size_t n,
 {
     *first = fusenn_chunk_start(c, nchunks, n);
     *end = fusenn_chunk_start(c + 1, nchunks, n);
+}
+
+/* Weight of row i: sw[i], or 1 without weights. */
+static inline double row_weight(const real *sw, size_t i)
+{
+    return sw ? (double)sw[i] : 1.0;
+}
+
+/* Gradient scale of row i: base (1/n, 1/(n k), ...) times the row's weight,
+ * rounded once; exactly (real)base without weights or for a weight of 1. */
+static inline real row_grad_scale(const real *sw, size_t i, double base)
+{
+    return (real)(sw ? (double)sw[i] * base : base);
 }
 
 /* Sum of partial[0..nchunks) in chunk order. */
@@ -30,21 +49,22 @@ static inline double sum_partials(const double *partial, size_t nchunks)
 /* ---- softmax + cross-entropy ---------------------------------------------
  * Per row, with mx = max_j z_j (so no exp overflows):
  *   lse    = mx + log(sum_j exp(z_j - mx))
- *   loss_i = lse - z_label
+ *   loss_i = lse - z_label,  loss = (1/n) sum_i sw_i loss_i
  *   p_j    = exp(z_j - mx) / sum_j exp(z_j - mx)
- *   dz_j   = (p_j - [j == label]) / n       (gradient of the batch mean)
+ *   dz_j   = sw_i (p_j - [j == label]) / n   (gradient of the batch loss)
  * The exponentials are computed once, into P if wanted, else into dZ (the
  * probabilities are needed for dZ even when P is NULL). mx and z_label are read
  * before anything is written, so dZ (or P) may alias Z. */
 double FN(fusenn_softmax_cross_entropy)(size_t n, size_t k, const real *Z, ptrdiff_t ldz,
-                                        const int64_t *labels, real *P, ptrdiff_t ldp,
+                                        const int64_t *labels, const real *sw,
+                                        real *P, ptrdiff_t ldp,
                                         real *dZ, ptrdiff_t lddz, int nthreads)
 {
     if (n == 0 || k == 0)
         return 0.0;
     const size_t nchunks = fusenn_num_chunks(n);
     double partial[FUSENN_SUM_CHUNKS];
-    const real inv_n = (real)(1.0 / (double)n);
+    const double inv_n = 1.0 / (double)n;
     int nt = fusenn_threads_for(n * k, nthreads);
     (void)nt; /* only read by the OpenMP pragma */
 
@@ -58,6 +78,8 @@ double FN(fusenn_softmax_cross_entropy)(size_t n, size_t k, const real *Z, ptrdi
             real *p = P ? P + (ptrdiff_t)i * ldp : NULL;
             real *dz = dZ ? dZ + (ptrdiff_t)i * lddz : NULL;
             const int64_t label = labels[i];
+            const double w = row_weight(sw, i);
+            const real scale = row_grad_scale(sw, i, inv_n); /* sw_i / n */
             size_t j;
 
             real mx = z[0];
@@ -78,22 +100,22 @@ double FN(fusenn_softmax_cross_entropy)(size_t n, size_t k, const real *Z, ptrdi
                     sum_exp += exp(z[j] - mx);
             }
             const real lse = mx + log(sum_exp);
-            loss_sum += (double)lse - (double)z_label;
+            loss_sum += w * ((double)lse - (double)z_label);
 
-            /* p = e / sum_exp; dz = p / n, the same bits with or without P */
+            /* p = e / sum_exp; dz = p sw_i / n, the same bits with or without P */
             const real inv_sum = (real)1 / sum_exp;
             if (p) {
                 for (j = 0; j < k; j++)
                     p[j] *= inv_sum;
                 if (dz)
                     for (j = 0; j < k; j++)
-                        dz[j] = p[j] * inv_n;
+                        dz[j] = p[j] * scale;
             } else if (dz) {
                 for (j = 0; j < k; j++)
-                    dz[j] = (dz[j] * inv_sum) * inv_n;
+                    dz[j] = (dz[j] * inv_sum) * scale;
             }
             if (dz)
-                dz[label] -= inv_n; /* the one-hot term */
+                dz[label] -= scale; /* the one-hot term */
         }
         partial[c] = loss_sum;
     }
@@ -104,12 +126,13 @@ double FN(fusenn_softmax_cross_entropy)(size_t n, size_t k, const real *Z, ptrdi
  * Per element, from the logit z and target t:
  *   l = -t log(s) - (1 - t) log(1 - s)  with s = sigmoid(z)
  *     = max(z, 0) - z t + log1p(exp(-|z|))    (never overflows)
- *   dl/dz = s - t, averaged over the n k elements.
+ *   dl/dz = s - t, averaged over the n k elements;
+ *   loss = (1/(n k)) sum_ij sw_i l_ij,  dz_ij = sw_i (s_ij - t_ij) / (n k).
  * e = exp(-|z|) serves both the loss and s (the same formula as
  * FN(activate_row)). Each element is read before it is written, so P or dZ
  * may alias Z. */
 double FN(fusenn_sigmoid_binary_cross_entropy)(size_t n, size_t k, const real *Z, ptrdiff_t ldz,
-                                               const real *T, ptrdiff_t ldt,
+                                               const real *T, ptrdiff_t ldt, const real *sw,
                                                real *P, ptrdiff_t ldp,
                                                real *dZ, ptrdiff_t lddz, int nthreads)
 {
@@ -117,7 +140,7 @@ double FN(fusenn_sigmoid_binary_cross_entropy)(size_t n, size_t k, const real *Z
         return 0.0;
     const size_t nchunks = fusenn_num_chunks(n);
     double partial[FUSENN_SUM_CHUNKS];
-    const real inv_nk = (real)(1.0 / ((double)n * (double)k));
+    const double inv_nk = 1.0 / ((double)n * (double)k);
     int nt = fusenn_threads_for(n * k, nthreads);
     (void)nt; /* only read by the OpenMP pragma */
 
@@ -131,16 +154,18 @@ double FN(fusenn_sigmoid_binary_cross_entropy)(size_t n, size_t k, const real *Z
             const real *t = T + (ptrdiff_t)i * ldt;
             real *p = P ? P + (ptrdiff_t)i * ldp : NULL;
             real *dz = dZ ? dZ + (ptrdiff_t)i * lddz : NULL;
+            const double w = row_weight(sw, i);
+            const real scale = row_grad_scale(sw, i, inv_nk); /* sw_i / (n k) */
             for (size_t j = 0; j < k; j++) {
                 const real zj = z[j], tj = t[j];
                 const real e = exp(-fabs(zj));
-                loss_sum += (double)((zj > 0 ? zj : (real)0) - zj * tj + log1p(e));
+                loss_sum += w * (double)((zj > 0 ? zj : (real)0) - zj * tj + log1p(e));
                 const real r = (real)1 / ((real)1 + e);
                 const real s = zj >= 0 ? r : e * r;
                 if (p)
                     p[j] = s;
                 if (dz)
-                    dz[j] = (s - tj) * inv_nk;
+                    dz[j] = (s - tj) * scale;
             }
         }
         partial[c] = loss_sum;
@@ -148,19 +173,35 @@ double FN(fusenn_sigmoid_binary_cross_entropy)(size_t n, size_t k, const real *Z
     return sum_partials(partial, nchunks) / ((double)n * (double)k);
 }
 
-/* ---- mean squared error ------------------------------------------------------
- *   loss = mean (a - t)^2,  dl/da = 2 (a - t) / (n k)
- * The square is taken in double. dA may alias A. */
-double FN(fusenn_mse)(size_t n, size_t k, const real *A, ptrdiff_t lda,
-                      const real *T, ptrdiff_t ldt, real *dA, ptrdiff_t ldda, int nthreads)
+/* ---- elementwise regression losses: mse, mae, huber ---------------------------
+ * One driver, inlined into each public kernel with a constant `kind`, so each
+ * compiles to its own loop. Per element, d = a - t:
+ *   mse:   l = d^2,                                       dl/da = 2 d
+ *   mae:   l = |d|,                                       dl/da = sign(d) (0 at d == 0,
+ *                                                         as PyTorch's L1Loss; NaN for NaN)
+ *   huber: l = d^2 / 2 if |d| <= delta else delta (|d| - delta / 2),
+ *                                                         dl/da = clip(d, -delta, delta)
+ * loss = (1/(n k)) sum_ij sw_i l_ij,  dA_ij = sw_i dl/da / (n k). Losses are
+ * computed in double from d; mse's square as (w d) d, so that w = 1 gives the
+ * bits of d d even where the compiler contracts the sum into an FMA. dA may
+ * alias A. */
+enum regression_kind { REG_MSE, REG_MAE, REG_HUBER };
+
+static inline __attribute__((always_inline)) double FN(regression_loss)(
+    enum regression_kind kind, size_t n, size_t k, const real *A, ptrdiff_t lda,
+    const real *T, ptrdiff_t ldt, double delta, const real *sw, real *dA, ptrdiff_t ldda,
+    int nthreads)
 {
     if (n == 0 || k == 0)
         return 0.0;
     const size_t nchunks = fusenn_num_chunks(n);
     double partial[FUSENN_SUM_CHUNKS];
-    const real grad_scale = (real)(2.0 / ((double)n * (double)k));
+    /* the factor of dl/da in the gradient of the mean: 2 for mse's d^2 */
+    const double base = (kind == REG_MSE ? 2.0 : 1.0) / ((double)n * (double)k);
+    const real delta_r = (real)delta;
     int nt = fusenn_threads_for(n * k, nthreads);
     (void)nt; /* only read by the OpenMP pragma */
+    (void)delta_r;
 
 #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
     for (size_t c = 0; c < nchunks; c++) {
@@ -171,14 +212,54 @@ double FN(fusenn_mse)(size_t n, size_t k, const real *A, ptrdiff_t lda,
             const real *a = A + (ptrdiff_t)i * lda;
             const real *t = T + (ptrdiff_t)i * ldt;
             real *da = dA ? dA + (ptrdiff_t)i * ldda : NULL;
+            const double w = row_weight(sw, i);
+            const real scale = row_grad_scale(sw, i, base); /* sw_i base */
             for (size_t j = 0; j < k; j++) {
                 const real diff = a[j] - t[j];
-                loss_sum += (double)diff * (double)diff;
+                real g; /* dl/da without mse's factor 2 (it is in scale) */
+                if (kind == REG_MSE) {
+                    const double wdiff = w * (double)diff;
+                    loss_sum += wdiff * (double)diff;
+                    g = diff;
+                } else if (kind == REG_MAE) {
+                    loss_sum += w * (double)fabs(diff);
+                    g = diff > 0 ? (real)1 : diff < 0 ? (real)-1 : diff; /* 0, or NaN */
+                } else {
+                    const double ad = fabs((double)diff);
+                    if (ad <= delta) { /* quadratic region */
+                        loss_sum += w * (0.5 * ad * ad);
+                        g = diff;
+                    } else { /* linear region (or NaN, which keeps diff) */
+                        loss_sum += w * (delta * (ad - 0.5 * delta));
+                        g = diff > 0 ? delta_r : diff < 0 ? -delta_r : diff;
+                    }
+                }
                 if (da)
-                    da[j] = diff * grad_scale;
+                    da[j] = g * scale;
             }
         }
         partial[c] = loss_sum;
     }
     return sum_partials(partial, nchunks) / ((double)n * (double)k);
+}
+
+double FN(fusenn_mse)(size_t n, size_t k, const real *A, ptrdiff_t lda,
+                      const real *T, ptrdiff_t ldt, const real *sw,
+                      real *dA, ptrdiff_t ldda, int nthreads)
+{
+    return FN(regression_loss)(REG_MSE, n, k, A, lda, T, ldt, 0.0, sw, dA, ldda, nthreads);
+}
+
+double FN(fusenn_mae)(size_t n, size_t k, const real *A, ptrdiff_t lda,
+                      const real *T, ptrdiff_t ldt, const real *sw,
+                      real *dA, ptrdiff_t ldda, int nthreads)
+{
+    return FN(regression_loss)(REG_MAE, n, k, A, lda, T, ldt, 0.0, sw, dA, ldda, nthreads);
+}
+
+double FN(fusenn_huber)(size_t n, size_t k, const real *A, ptrdiff_t lda,
+                        const real *T, ptrdiff_t ldt, double delta, const real *sw,
+                        real *dA, ptrdiff_t ldda, int nthreads)
+{
+    return FN(regression_loss)(REG_HUBER, n, k, A, lda, T, ldt, delta, sw, dA, ldda, nthreads);
 }

@@ -1,16 +1,14 @@
-/* shuffle.c - the seeded permutation fit() draws each epoch's batch order from.
- * Its own generator (splitmix64) rather than NumPy's, so the order is defined
- * here once and both backends train on identical batches. */
+/* shuffle.c - seeded randomness: the permutation fit() draws each epoch's batch
+ * order from, and the per-step seeds of dropout masks. Its own generator
+ * (splitmix64) rather than NumPy's, so the streams are defined here once and
+ * both backends train on identical batches with identical masks. */
 #define FUSENN_NO_DTYPE
 #include "internal.h"
 
 /* splitmix64: a well-mixed 64-bit sequence from any seed (Steele et al. 2014). */
 static uint64_t splitmix64(uint64_t *state)
 {
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
+    return fusenn_mix64(*state += FUSENN_GOLDEN_GAMMA);
 }
 
 /* Uniform integer in [0, bound), unbiased (Lemire's multiply-and-reject). */
@@ -39,4 +37,11 @@ void fusenn_shuffle(uint64_t seed, size_t n, int64_t *order)
         order[i - 1] = order[j];
         order[j] = tmp;
     }
+}
+
+/* The seed of one training step's dropout masks: the (step + 1)-th splitmix64
+ * output from state mix64(base). */
+uint64_t fusenn_dropout_seed(uint64_t base, uint64_t step)
+{
+    return fusenn_hash64(fusenn_mix64(base), step);
 }

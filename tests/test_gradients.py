@@ -28,7 +28,11 @@ OUTPUT_ACTIVATIONS = {
     "cross_entropy": ("softmax", "identity"),
     "binary_cross_entropy": ("sigmoid", "identity"),
     "mse": ACTIVATIONS,
+    "mae": ACTIVATIONS,
+    "huber": ACTIVATIONS,
 }
+# |output - target| where a regression loss's derivative has a kink (huber: delta = 1)
+OUTPUT_KINKS = {"mae": 0.0, "huber": 1.0}
 EPS = 1e-6
 KINK_MARGIN = 1e-3  # >> EPS * |x| (|x| < 5), so no perturbation crosses a kink
 RTOL, ATOL = 1e-6, 2e-9  # ATOL: the difference quotient carries ~1e-10 of rounding noise
@@ -63,7 +67,8 @@ def pre_activations(X, weights):
 
 
 def kink_free_problem(sizes, activations, loss, n, seed):
-    """(X, y, [W1, b1, ...]) with every pre-activation at least KINK_MARGIN from 0.
+    """(X, y, [W1, b1, ...]) with every pre-activation at least KINK_MARGIN from 0
+    (and every |output - target| as far from the loss's kink, for mae and huber).
 
     Candidates are drawn from consecutive seeds, so the result is deterministic.
     """
@@ -73,8 +78,18 @@ def kink_free_problem(sizes, activations, loss, n, seed):
         weights = [(rng.normal(scale=1 / np.sqrt(d_in), size=(d_in, d_out)),
                     rng.normal(scale=0.3, size=d_out), act)
                    for d_in, d_out, act in zip(sizes[:-1], sizes[1:], activations)]
-        if all(np.abs(z).min() > KINK_MARGIN for z in pre_activations(X, weights)):
+        zs = pre_activations(X, weights)
+        if all(np.abs(z).min() > KINK_MARGIN for z in zs):
             y = make_targets(loss, rng, n, sizes[-1])
+            out = fusenn.reference.activation_forward(zs[-1], activations[-1])
+            if loss in OUTPUT_KINKS and (np.abs(np.abs(out - y) - OUTPUT_KINKS[loss]).min()
+                                         <= KINK_MARGIN):
+                continue
+            # mae's output gradient is +-1/(n k): its column sums (b2's gradient) can cancel
+            # exactly, and then the check would compare zeros
+            if loss == "mae" and np.abs(fusenn.reference.activation_backward(
+                    out, np.sign(out - y), activations[-1]).sum(axis=0)).min() < 1e-3:
+                continue
             return X, y, [a for W, b, _ in weights for a in (W, b)]
         assert attempt < 1000, "could not draw a kink-free problem"
 

@@ -35,7 +35,7 @@ TRANSPOSES = [
 ]
 LAYOUTS = ("contiguous", "rows", "cols", "reversed", "transposed", "strided_T", "fortran",
            "readonly", "unaligned")
-LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse")
+LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse", "mae", "huber")
 THREAD_COUNTS = (1, 2, 3)
 
 
@@ -199,7 +199,9 @@ def loss_k(name, shape):
 
 TESTED_OPS = {"matmul", "activation_forward", "activation_backward", "dense_forward",
               "dense_backward", "softmax_cross_entropy", "sigmoid_binary_cross_entropy",
-              "mse", "sgd_update", "adam_update"}
+              "mse", "mae", "huber", "sgd_update", "adam_update", "dropout_forward",
+              "dropout_backward", "dropout_seed", "batchnorm_forward_train",
+              "batchnorm_forward_infer", "batchnorm_backward"}  # dropout, batchnorm: their own files
 
 
 def test_every_op_has_a_reference_twin_and_a_test():
@@ -627,16 +629,31 @@ def _valid_args(name, dtype=np.float64):
         "softmax_cross_entropy": lambda: dict(z=m(3, 4), labels=np.array([0, 3, 1])),
         "sigmoid_binary_cross_entropy": lambda: dict(z=m(3, 4), t=m(3, 4)),
         "mse": lambda: dict(a=m(3, 4), t=m(3, 4)),
+        "mae": lambda: dict(a=m(3, 4), t=m(3, 4)),
+        "huber": lambda: dict(a=m(3, 4), t=m(3, 4), delta=0.5),
         "sgd_update": lambda: dict(w=m(3, 4), g=m(3, 4), v=m(3, 4), lr=0.1, momentum=0.9),
         "adam_update": lambda: dict(w=m(3, 4), g=m(3, 4), m=m(3, 4), v=m(3, 4), t=1),
+        "dropout_forward": lambda: dict(x=m(3, 4), rate=0.5, seed=7),
+        "dropout_backward": lambda: dict(dy=m(3, 4), rate=0.5, seed=7),
+        "dropout_seed": lambda: dict(base=7, step=3),
+        "batchnorm_forward_train": lambda: dict(x=m(3, 4), gamma=m(4), beta=m(4),
+                                                running_mean=m(4), running_var=np.abs(m(4))),
+        "batchnorm_forward_infer": lambda: dict(x=m(3, 4), gamma=m(4), beta=m(4),
+                                                running_mean=m(4), running_var=np.abs(m(4))),
+        "batchnorm_backward": lambda: dict(x=m(3, 4), dy=m(3, 4), gamma=m(4), mean=m(4),
+                                           invstd=np.abs(m(4))),
     }[name]()
 
 
 ARRAY_ARGS = [pytest.param(op, arg, id=f"{op}-{arg}") for op, args in [
     ("matmul", "a b"), ("activation_forward", "z"), ("activation_backward", "a da"),
     ("dense_forward", "x w b"), ("dense_backward", "x w y dy"), ("softmax_cross_entropy", "z"),
-    ("sigmoid_binary_cross_entropy", "z t"), ("mse", "a t"), ("sgd_update", "w g v"),
-    ("adam_update", "w g m v"),
+    ("sigmoid_binary_cross_entropy", "z t"), ("mse", "a t"), ("mae", "a t"), ("huber", "a t"),
+    ("sgd_update", "w g v"),
+    ("adam_update", "w g m v"), ("dropout_forward", "x"), ("dropout_backward", "dy"),
+    ("batchnorm_forward_train", "x gamma beta running_mean running_var"),
+    ("batchnorm_forward_infer", "x gamma beta running_mean running_var"),
+    ("batchnorm_backward", "x dy gamma mean invstd"),
 ] for arg in args.split()]
 
 
@@ -657,7 +674,8 @@ def test_wrong_dtype_is_type_error_naming_the_argument(op, arg, bad_dtype):
 
 
 @pytest.mark.parametrize("op, arg", [p for p in ARRAY_ARGS if p.values[0] not in
-                                     ("activation_forward", "softmax_cross_entropy")])
+                                     ("activation_forward", "softmax_cross_entropy",
+                                      "dropout_forward", "dropout_backward")])
 def test_mixed_float_dtypes_is_type_error(op, arg):
     kwargs = _valid_args(op, np.float64)
     kwargs[arg] = kwargs[arg].astype(np.float32)
@@ -690,6 +708,8 @@ SHAPE_ERRORS = [
     pytest.param(_replace("softmax_cross_entropy", z=(4,)), "2-D", id="ce-z_1d"),
     pytest.param(_replace("mse", t=(4, 3)), "(3, 4)", id="mse-t"),
     pytest.param(_replace("mse", t=(3, 4, 1)), "2-D", id="mse-t_3d"),
+    pytest.param(_replace("mae", t=(4, 3)), "(3, 4)", id="mae-t"),
+    pytest.param(_replace("huber", a=(3,)), "2-D", id="huber-a_1d"),
     pytest.param(_replace("sgd_update", g=(4, 3)), "(3, 4)", id="sgd-g"),
     pytest.param(_replace("sgd_update", v=(12,)), "(3, 4)", id="sgd-v"),
     pytest.param(_replace("adam_update", g=(3, 5)), "(3, 4)", id="adam-g"),

@@ -25,8 +25,29 @@ def test_set_and_get_num_threads():
         fusenn.set_num_threads(3)
         assert fusenn.get_num_threads() == 3
     finally:
-        fusenn.set_num_threads(before)
+        fusenn.set_num_threads(None)  # back to the default
     assert fusenn.get_num_threads() == before
+
+
+def test_default_follows_openmp_and_threadpoolctl():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if not fusenn.has_openmp():
+        pytest.skip("built without OpenMP")
+    default = fusenn.get_num_threads()
+    assert default == fusenn._kernels.omp_max_threads()
+    with threadpoolctl.threadpool_limits(1):
+        assert fusenn.get_num_threads() == 1
+        with fusenn.threads(2):  # an explicit count wins
+            assert fusenn.get_num_threads() == 2
+    with threadpoolctl.threadpool_limits(1, user_api="openmp"):
+        assert fusenn.get_num_threads() == 1
+    assert fusenn.get_num_threads() == default
+    fusenn.set_num_threads(3)
+    try:
+        with threadpoolctl.threadpool_limits(1):
+            assert fusenn.get_num_threads() == 3
+    finally:
+        fusenn.set_num_threads(None)
 
 
 @pytest.mark.parametrize("bad, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError),

@@ -10,9 +10,12 @@
 Layout: the model API (model.py, layers.py, losses.py, optimizers.py) runs on a
 backend, either `fusenn.ops` (the C kernels in csrc/, bound by _kernels.pyx) or
 `fusenn.reference` (the same math in NumPy), chosen by backend="c" / "numpy".
+fit's extras live in pure-Python modules: `fusenn.callbacks` (early stopping,
+checkpoints, learning-rate callbacks, the progress bar), `fusenn.schedules`
+(learning-rate schedules) and `fusenn.initializers` (weight initialisers).
 """
 
-from . import datasets, ops, plot, reference
+from . import callbacks, datasets, initializers, ops, plot, reference, schedules
 from ._kernels import gemm_isa, has_openmp
 from ._threads import get_num_threads, set_num_threads, threads
 from .layers import Dense
@@ -26,5 +29,6 @@ __version__ = "0.1.0"
 __all__ = [
     "Sequential", "Dense", "SGD", "Adam", "History", "load", "matmul", "LOSSES",
     "set_num_threads", "get_num_threads", "threads", "has_openmp", "gemm_isa",
-    "datasets", "ops", "plot", "reference", "__version__",
+    "datasets", "ops", "plot", "reference", "callbacks", "schedules", "initializers",
+    "__version__",
 ]

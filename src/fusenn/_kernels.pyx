@@ -8,7 +8,7 @@ over float and double, so each function binds both the _f32 and _f64 kernel.
 Matrices other than GEMM's operands must have contiguous rows (unit column
 stride); their row stride is passed as the leading dimension.
 """
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint64_t
 
 cdef extern from "fusenn.h" nogil:
     ctypedef enum fusenn_activation:
@@ -16,6 +16,7 @@ cdef extern from "fusenn.h" nogil:
     int FUSENN_OK
     int fusenn_has_openmp()
     int fusenn_num_procs()
+    int fusenn_omp_max_threads()
     const char *fusenn_gemm_isa()
 
     int fusenn_gemm_f32(size_t m, size_t n, size_t k, float alpha,
@@ -66,23 +67,39 @@ cdef extern from "fusenn.h" nogil:
                                         double *dZ, Py_ssize_t lddz, int nthreads)
 
     double fusenn_softmax_cross_entropy_f32(size_t n, size_t k, const float *Z, Py_ssize_t ldz,
-                                            const int64_t *labels, float *P, Py_ssize_t ldp,
+                                            const int64_t *labels, const float *sw,
+                                            float *P, Py_ssize_t ldp,
                                             float *dZ, Py_ssize_t lddz, int nthreads)
     double fusenn_softmax_cross_entropy_f64(size_t n, size_t k, const double *Z, Py_ssize_t ldz,
-                                            const int64_t *labels, double *P, Py_ssize_t ldp,
+                                            const int64_t *labels, const double *sw,
+                                            double *P, Py_ssize_t ldp,
                                             double *dZ, Py_ssize_t lddz, int nthreads)
     double fusenn_sigmoid_binary_cross_entropy_f32(size_t n, size_t k, const float *Z, Py_ssize_t ldz,
-                                                   const float *T, Py_ssize_t ldt,
+                                                   const float *T, Py_ssize_t ldt, const float *sw,
                                                    float *P, Py_ssize_t ldp,
                                                    float *dZ, Py_ssize_t lddz, int nthreads)
     double fusenn_sigmoid_binary_cross_entropy_f64(size_t n, size_t k, const double *Z, Py_ssize_t ldz,
-                                                   const double *T, Py_ssize_t ldt,
+                                                   const double *T, Py_ssize_t ldt, const double *sw,
                                                    double *P, Py_ssize_t ldp,
                                                    double *dZ, Py_ssize_t lddz, int nthreads)
     double fusenn_mse_f32(size_t n, size_t k, const float *A, Py_ssize_t lda,
-                          const float *T, Py_ssize_t ldt, float *dA, Py_ssize_t ldda, int nthreads)
+                          const float *T, Py_ssize_t ldt, const float *sw,
+                          float *dA, Py_ssize_t ldda, int nthreads)
     double fusenn_mse_f64(size_t n, size_t k, const double *A, Py_ssize_t lda,
-                          const double *T, Py_ssize_t ldt, double *dA, Py_ssize_t ldda, int nthreads)
+                          const double *T, Py_ssize_t ldt, const double *sw,
+                          double *dA, Py_ssize_t ldda, int nthreads)
+    double fusenn_mae_f32(size_t n, size_t k, const float *A, Py_ssize_t lda,
+                          const float *T, Py_ssize_t ldt, const float *sw,
+                          float *dA, Py_ssize_t ldda, int nthreads)
+    double fusenn_mae_f64(size_t n, size_t k, const double *A, Py_ssize_t lda,
+                          const double *T, Py_ssize_t ldt, const double *sw,
+                          double *dA, Py_ssize_t ldda, int nthreads)
+    double fusenn_huber_f32(size_t n, size_t k, const float *A, Py_ssize_t lda,
+                            const float *T, Py_ssize_t ldt, double delta, const float *sw,
+                            float *dA, Py_ssize_t ldda, int nthreads)
+    double fusenn_huber_f64(size_t n, size_t k, const double *A, Py_ssize_t lda,
+                            const double *T, Py_ssize_t ldt, double delta, const double *sw,
+                            double *dA, Py_ssize_t ldda, int nthreads)
 
     size_t fusenn_sgd_update_f32(size_t len, float *w, const float *g, float *v,
                                  double lr, double momentum, int nesterov, float *prev,
@@ -97,6 +114,54 @@ cdef extern from "fusenn.h" nogil:
                                   double lr, double beta1, double beta2, double eps,
                                   int64_t t, double *prev, int nthreads)
 
+cdef extern from "fusenn.h" nogil:
+    void fusenn_dropout_forward_f32(size_t n, size_t d, const float *X, Py_ssize_t ldx,
+                                    double rate, uint64_t seed, float *Y, Py_ssize_t ldy,
+                                    int nthreads)
+    void fusenn_dropout_forward_f64(size_t n, size_t d, const double *X, Py_ssize_t ldx,
+                                    double rate, uint64_t seed, double *Y, Py_ssize_t ldy,
+                                    int nthreads)
+    void fusenn_dropout_backward_f32(size_t n, size_t d, const float *dY, Py_ssize_t lddy,
+                                     double rate, uint64_t seed, float *dX, Py_ssize_t lddx,
+                                     int nthreads)
+    void fusenn_dropout_backward_f64(size_t n, size_t d, const double *dY, Py_ssize_t lddy,
+                                     double rate, uint64_t seed, double *dX, Py_ssize_t lddx,
+                                     int nthreads)
+    uint64_t fusenn_dropout_seed(uint64_t base, uint64_t step)
+
+    void fusenn_batchnorm_forward_train_f32(size_t n, size_t d, const float *X, Py_ssize_t ldx,
+                                            const float *gamma, const float *beta,
+                                            double eps, double momentum,
+                                            float *running_mean, float *running_var,
+                                            float *mean, float *invstd,
+                                            float *Y, Py_ssize_t ldy, int nthreads)
+    void fusenn_batchnorm_forward_train_f64(size_t n, size_t d, const double *X, Py_ssize_t ldx,
+                                            const double *gamma, const double *beta,
+                                            double eps, double momentum,
+                                            double *running_mean, double *running_var,
+                                            double *mean, double *invstd,
+                                            double *Y, Py_ssize_t ldy, int nthreads)
+    void fusenn_batchnorm_forward_infer_f32(size_t n, size_t d, const float *X, Py_ssize_t ldx,
+                                            const float *gamma, const float *beta, double eps,
+                                            const float *running_mean,
+                                            const float *running_var,
+                                            float *Y, Py_ssize_t ldy, int nthreads)
+    void fusenn_batchnorm_forward_infer_f64(size_t n, size_t d, const double *X, Py_ssize_t ldx,
+                                            const double *gamma, const double *beta, double eps,
+                                            const double *running_mean,
+                                            const double *running_var,
+                                            double *Y, Py_ssize_t ldy, int nthreads)
+    void fusenn_batchnorm_backward_f32(size_t n, size_t d, const float *X, Py_ssize_t ldx,
+                                       const float *dY, Py_ssize_t lddy, const float *gamma,
+                                       const float *mean, const float *invstd,
+                                       float *dX, Py_ssize_t lddx, float *dgamma,
+                                       float *dbeta, int nthreads)
+    void fusenn_batchnorm_backward_f64(size_t n, size_t d, const double *X, Py_ssize_t ldx,
+                                       const double *dY, Py_ssize_t lddy, const double *gamma,
+                                       const double *mean, const double *invstd,
+                                       double *dX, Py_ssize_t lddx, double *dgamma,
+                                       double *dbeta, int nthreads)
+
 ctypedef fused real:
     float
     double
@@ -108,6 +173,11 @@ def has_openmp():
 
 def num_procs():
     return fusenn_num_procs()
+
+
+def omp_max_threads():
+    """OpenMP's thread count in the calling thread (0 without OpenMP)."""
+    return fusenn_omp_max_threads()
 
 
 def gemm_isa():
@@ -233,51 +303,91 @@ def activation_backward(int act, const real[:, :] a, const real[:, :] da, real[:
 
 
 # ---- losses ------------------------------------------------------------------------
+# sw: per-sample weights (n contiguous values) or None for all ones; every loss
+# is (1/n) sum_i sw_i loss_i and row i's gradient is scaled by sw_i.
 
-def softmax_cross_entropy(const real[:, :] z, const int64_t[::1] labels, real[:, :] p,
-                          real[:, :] dz, int nthreads):
-    """Returns the mean loss; fills p = softmax(z) and dz = (p - onehot) / n."""
+cdef inline const real *weights_ptr(const real[::1] sw) noexcept:
+    return cptr1c(sw) if sw is not None else NULL
+
+
+def softmax_cross_entropy(const real[:, :] z, const int64_t[::1] labels, const real[::1] sw,
+                          real[:, :] p, real[:, :] dz, int nthreads):
+    """Returns the mean loss; fills p = softmax(z) and dz = sw (p - onehot) / n."""
     cdef size_t n = z.shape[0], k = z.shape[1]
     cdef const int64_t *lab = &labels[0] if n > 0 else NULL
+    cdef const real *w = weights_ptr(sw)
     cdef double loss
     with nogil:
         if real is float:
-            loss = fusenn_softmax_cross_entropy_f32(n, k, cptr2(z), rs(z), lab,
+            loss = fusenn_softmax_cross_entropy_f32(n, k, cptr2(z), rs(z), lab, w,
                                                     ptr2(p), rs(p), ptr2(dz), rs(dz), nthreads)
         else:
-            loss = fusenn_softmax_cross_entropy_f64(n, k, cptr2(z), rs(z), lab,
+            loss = fusenn_softmax_cross_entropy_f64(n, k, cptr2(z), rs(z), lab, w,
                                                     ptr2(p), rs(p), ptr2(dz), rs(dz), nthreads)
     return loss
 
 
-def sigmoid_binary_cross_entropy(const real[:, :] z, const real[:, :] t, real[:, :] p,
-                                 real[:, :] dz, int nthreads):
-    """Returns the mean loss; fills p = sigmoid(z) and dz = (p - t) / (n k)."""
+def sigmoid_binary_cross_entropy(const real[:, :] z, const real[:, :] t, const real[::1] sw,
+                                 real[:, :] p, real[:, :] dz, int nthreads):
+    """Returns the mean loss; fills p = sigmoid(z) and dz = sw (p - t) / (n k)."""
     cdef size_t n = z.shape[0], k = z.shape[1]
+    cdef const real *w = weights_ptr(sw)
     cdef double loss
     with nogil:
         if real is float:
             loss = fusenn_sigmoid_binary_cross_entropy_f32(n, k, cptr2(z), rs(z), cptr2(t), rs(t),
-                                                           ptr2(p), rs(p), ptr2(dz), rs(dz),
+                                                           w, ptr2(p), rs(p), ptr2(dz), rs(dz),
                                                            nthreads)
         else:
             loss = fusenn_sigmoid_binary_cross_entropy_f64(n, k, cptr2(z), rs(z), cptr2(t), rs(t),
-                                                           ptr2(p), rs(p), ptr2(dz), rs(dz),
+                                                           w, ptr2(p), rs(p), ptr2(dz), rs(dz),
                                                            nthreads)
     return loss
 
 
-def mse(const real[:, :] a, const real[:, :] t, real[:, :] da, int nthreads):
-    """Returns the mean squared error; fills da = 2 (a - t) / (n k)."""
+def mse(const real[:, :] a, const real[:, :] t, const real[::1] sw, real[:, :] da, int nthreads):
+    """Returns the mean squared error; fills da = 2 sw (a - t) / (n k)."""
     cdef size_t n = a.shape[0], k = a.shape[1]
+    cdef const real *w = weights_ptr(sw)
     cdef double loss
     with nogil:
         if real is float:
-            loss = fusenn_mse_f32(n, k, cptr2(a), rs(a), cptr2(t), rs(t), ptr2(da), rs(da),
+            loss = fusenn_mse_f32(n, k, cptr2(a), rs(a), cptr2(t), rs(t), w, ptr2(da), rs(da),
                                   nthreads)
         else:
-            loss = fusenn_mse_f64(n, k, cptr2(a), rs(a), cptr2(t), rs(t), ptr2(da), rs(da),
+            loss = fusenn_mse_f64(n, k, cptr2(a), rs(a), cptr2(t), rs(t), w, ptr2(da), rs(da),
                                   nthreads)
+    return loss
+
+
+def mae(const real[:, :] a, const real[:, :] t, const real[::1] sw, real[:, :] da, int nthreads):
+    """Returns the mean absolute error; fills da = sw sign(a - t) / (n k)."""
+    cdef size_t n = a.shape[0], k = a.shape[1]
+    cdef const real *w = weights_ptr(sw)
+    cdef double loss
+    with nogil:
+        if real is float:
+            loss = fusenn_mae_f32(n, k, cptr2(a), rs(a), cptr2(t), rs(t), w, ptr2(da), rs(da),
+                                  nthreads)
+        else:
+            loss = fusenn_mae_f64(n, k, cptr2(a), rs(a), cptr2(t), rs(t), w, ptr2(da), rs(da),
+                                  nthreads)
+    return loss
+
+
+def huber(const real[:, :] a, const real[:, :] t, double delta, const real[::1] sw,
+          real[:, :] da, int nthreads):
+    """Returns the mean Huber loss (delta > 0); fills da = sw clip(a - t, +-delta) / (n k)."""
+    cdef size_t n = a.shape[0], k = a.shape[1]
+    cdef const real *w = weights_ptr(sw)
+    cdef double loss
+    with nogil:
+        if real is float:
+            loss = fusenn_huber_f32(n, k, cptr2(a), rs(a), cptr2(t), rs(t), delta, w,
+                                    ptr2(da), rs(da), nthreads)
+        else:
+            loss = fusenn_huber_f64(n, k, cptr2(a), rs(a), cptr2(t), rs(t), delta, w,
+                                    ptr2(da), rs(da), nthreads)
     return loss
 
 
@@ -312,6 +422,96 @@ def adam_update(real[::1] w, const real[::1] g, real[::1] m, real[::1] v, int64_
             bad = fusenn_adam_update_f64(w.shape[0], ptr1c(w), cptr1c(g), ptr1c(m), ptr1c(v),
                                          lr, beta1, beta2, eps, t, prev_ptr, nthreads)
     return bad
+
+
+# ---- dropout --------------------------------------------------------------------------------
+
+def dropout_forward(const real[:, :] x, double rate, uint64_t seed, real[:, :] y, int nthreads):
+    """y = x * mask(seed) / (1 - rate); y has contiguous rows."""
+    cdef size_t n = x.shape[0], d = x.shape[1]
+    with nogil:
+        if real is float:
+            fusenn_dropout_forward_f32(n, d, cptr2(x), rs(x), rate, seed, ptr2(y), rs(y),
+                                       nthreads)
+        else:
+            fusenn_dropout_forward_f64(n, d, cptr2(x), rs(x), rate, seed, ptr2(y), rs(y),
+                                       nthreads)
+
+
+def dropout_backward(const real[:, :] dy, double rate, uint64_t seed, real[:, :] dx,
+                     int nthreads):
+    """dx = dy * mask(seed) / (1 - rate); dx has contiguous rows."""
+    cdef size_t n = dy.shape[0], d = dy.shape[1]
+    with nogil:
+        if real is float:
+            fusenn_dropout_backward_f32(n, d, cptr2(dy), rs(dy), rate, seed, ptr2(dx), rs(dx),
+                                        nthreads)
+        else:
+            fusenn_dropout_backward_f64(n, d, cptr2(dy), rs(dy), rate, seed, ptr2(dx), rs(dx),
+                                        nthreads)
+
+
+def dropout_seed(uint64_t base, uint64_t step):
+    return fusenn_dropout_seed(base, step)
+
+
+# ---- batch normalisation -------------------------------------------------------------------
+
+def batchnorm_forward_train(const real[:, :] x, const real[::1] gamma, const real[::1] beta,
+                            double eps, double momentum, real[::1] running_mean,
+                            real[::1] running_var, real[::1] mean, real[::1] invstd,
+                            real[:, :] y, int nthreads):
+    """Batch statistics into mean, invstd; y; running statistics (may be None) in place."""
+    cdef size_t n = x.shape[0], d = x.shape[1]
+    cdef real *rm = ptr1c(running_mean) if running_mean is not None else NULL
+    cdef real *rv = ptr1c(running_var) if running_var is not None else NULL
+    with nogil:
+        if real is float:
+            fusenn_batchnorm_forward_train_f32(n, d, cptr2(x), rs(x), cptr1c(gamma),
+                                               cptr1c(beta), eps, momentum, rm, rv,
+                                               ptr1c(mean), ptr1c(invstd), ptr2(y), rs(y),
+                                               nthreads)
+        else:
+            fusenn_batchnorm_forward_train_f64(n, d, cptr2(x), rs(x), cptr1c(gamma),
+                                               cptr1c(beta), eps, momentum, rm, rv,
+                                               ptr1c(mean), ptr1c(invstd), ptr2(y), rs(y),
+                                               nthreads)
+
+
+def batchnorm_forward_infer(const real[:, :] x, const real[::1] gamma, const real[::1] beta,
+                            const real[::1] running_mean, const real[::1] running_var,
+                            double eps, real[:, :] y, int nthreads):
+    cdef size_t n = x.shape[0], d = x.shape[1]
+    with nogil:
+        if real is float:
+            fusenn_batchnorm_forward_infer_f32(n, d, cptr2(x), rs(x), cptr1c(gamma),
+                                               cptr1c(beta), eps, cptr1c(running_mean),
+                                               cptr1c(running_var), ptr2(y), rs(y), nthreads)
+        else:
+            fusenn_batchnorm_forward_infer_f64(n, d, cptr2(x), rs(x), cptr1c(gamma),
+                                               cptr1c(beta), eps, cptr1c(running_mean),
+                                               cptr1c(running_var), ptr2(y), rs(y), nthreads)
+
+
+def batchnorm_backward(const real[:, :] x, const real[:, :] dy, const real[::1] gamma,
+                       const real[::1] mean, const real[::1] invstd, real[:, :] dx,
+                       real[::1] dgamma, real[::1] dbeta, int nthreads):
+    """dgamma, dbeta and (unless dx is None) dx; dx has contiguous rows."""
+    cdef size_t n = x.shape[0], d = x.shape[1]
+    cdef real *dx_ptr = NULL
+    cdef Py_ssize_t lddx = 0
+    if dx is not None:
+        dx_ptr = ptr2(dx)
+        lddx = rs(dx)
+    with nogil:
+        if real is float:
+            fusenn_batchnorm_backward_f32(n, d, cptr2(x), rs(x), cptr2(dy), rs(dy),
+                                          cptr1c(gamma), cptr1c(mean), cptr1c(invstd),
+                                          dx_ptr, lddx, ptr1c(dgamma), ptr1c(dbeta), nthreads)
+        else:
+            fusenn_batchnorm_backward_f64(n, d, cptr2(x), rs(x), cptr2(dy), rs(dy),
+                                          cptr1c(gamma), cptr1c(mean), cptr1c(invstd),
+                                          dx_ptr, lddx, ptr1c(dgamma), ptr1c(dbeta), nthreads)
 
 
 include "_plan.pxi"

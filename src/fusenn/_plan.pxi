@@ -3,7 +3,7 @@
 # model (fusenn/model.py) builds one when a C-backend model trains with SGD or
 # Adam, and validates everything it passes in.
 
-from cpython.mem cimport PyMem_Malloc, PyMem_Free
+from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport uint64_t, uintptr_t
 
 cdef extern from "fusenn.h" nogil:
@@ -23,7 +23,12 @@ cdef extern from "fusenn.h" nogil:
         int nesterov
         double beta1, beta2, eps
         int64_t steps
+    ctypedef enum fusenn_layer_kind:
+        FUSENN_LAYER_DENSE
+        FUSENN_LAYER_DROPOUT
+        FUSENN_LAYER_BATCHNORM
     ctypedef struct fusenn_layer:
+        fusenn_layer_kind kind
         size_t d_in, d_out
         fusenn_activation act
         void *W
@@ -32,29 +37,37 @@ cdef extern from "fusenn.h" nogil:
         void *db
         void *W_state[2]
         void *b_state[2]
+        double rate
+        uint64_t seed
+        uint64_t *step
+        double momentum, eps
+        void *running_mean
+        void *running_var
     ctypedef struct fusenn_plan_f32:
         pass
     ctypedef struct fusenn_plan_f64:
         pass
 
-    fusenn_plan_f32 *fusenn_plan_create_f32(size_t n_layers, const fusenn_layer *layers, fusenn_loss loss)
-    fusenn_plan_f64 *fusenn_plan_create_f64(size_t n_layers, const fusenn_layer *layers, fusenn_loss loss)
+    fusenn_plan_f32 *fusenn_plan_create_f32(size_t n_layers, const fusenn_layer *layers, fusenn_loss loss,
+                                            double loss_param)
+    fusenn_plan_f64 *fusenn_plan_create_f64(size_t n_layers, const fusenn_layer *layers, fusenn_loss loss,
+                                            double loss_param)
     void fusenn_plan_destroy_f32(fusenn_plan_f32 *plan)
     void fusenn_plan_destroy_f64(fusenn_plan_f64 *plan)
     int fusenn_plan_train_batch_f32(fusenn_plan_f32 *plan, size_t n, const float *X, Py_ssize_t ldx,
                                     const int64_t *labels, const float *T, Py_ssize_t ldt,
-                                    fusenn_optimizer *opt, double *loss, double *correct, int nthreads)
+                                    const float *sw, fusenn_optimizer *opt, double *loss, double *correct, int nthreads)
     int fusenn_plan_train_batch_f64(fusenn_plan_f64 *plan, size_t n, const double *X, Py_ssize_t ldx,
                                     const int64_t *labels, const double *T, Py_ssize_t ldt,
-                                    fusenn_optimizer *opt, double *loss, double *correct, int nthreads)
+                                    const double *sw, fusenn_optimizer *opt, double *loss, double *correct, int nthreads)
     int fusenn_plan_train_epoch_f32(fusenn_plan_f32 *plan, size_t n, const float *X, Py_ssize_t ldx,
                                     const int64_t *labels, const float *T, Py_ssize_t ldt,
-                                    const int64_t *order, size_t batch_size, size_t first_batch,
+                                    const float *sw, const int64_t *order, size_t batch_size, size_t first_batch,
                                     size_t n_batches, fusenn_optimizer *opt, double *loss,
                                     double *loss_sum, double *correct_sum, int nthreads)
     int fusenn_plan_train_epoch_f64(fusenn_plan_f64 *plan, size_t n, const double *X, Py_ssize_t ldx,
                                     const int64_t *labels, const double *T, Py_ssize_t ldt,
-                                    const int64_t *order, size_t batch_size, size_t first_batch,
+                                    const double *sw, const int64_t *order, size_t batch_size, size_t first_batch,
                                     size_t n_batches, fusenn_optimizer *opt, double *loss,
                                     double *loss_sum, double *correct_sum, int nthreads)
     int fusenn_plan_predict_f32(fusenn_plan_f32 *plan, size_t n, const float *X, Py_ssize_t ldx,
@@ -63,10 +76,10 @@ cdef extern from "fusenn.h" nogil:
                                 double *out, Py_ssize_t ldo, int nthreads)
     int fusenn_plan_evaluate_f32(fusenn_plan_f32 *plan, size_t n, const float *X, Py_ssize_t ldx,
                                  const int64_t *labels, const float *T, Py_ssize_t ldt,
-                                 double *loss_sum, double *correct_sum, int nthreads)
+                                 const float *sw, double *loss_sum, double *correct_sum, int nthreads)
     int fusenn_plan_evaluate_f64(fusenn_plan_f64 *plan, size_t n, const double *X, Py_ssize_t ldx,
                                  const int64_t *labels, const double *T, Py_ssize_t ldt,
-                                 double *loss_sum, double *correct_sum, int nthreads)
+                                 const double *sw, double *loss_sum, double *correct_sum, int nthreads)
 
 
 FUSENN_EDIVERGED_CODE = FUSENN_EDIVERGED
@@ -99,6 +112,10 @@ cdef inline const int64_t *labels_ptr(const int64_t[::1] labels):
     return &labels[0] if labels is not None and labels.shape[0] > 0 else NULL
 
 
+cdef inline const real *weights_ptr(const real[::1] sw):
+    return &sw[0] if sw is not None and sw.shape[0] > 0 else NULL
+
+
 cdef inline int check_rows(const real[:, :] a, str name) except -1:
     if a is not None and a.shape[1] > 1 and a.strides[1] != sizeof(real):
         raise ValueError(f"{name} must have contiguous rows")
@@ -117,24 +134,25 @@ cdef void *address(object array, object dtype, size_t size) except NULL:
 # The per-dtype calls, fused over `real`; `plan` is a fusenn_plan_f32/_f64.
 
 cdef int _train_batch(void *plan, const real[:, :] X, const int64_t[::1] labels,
-                      const real[:, :] T, fusenn_optimizer *opt, double *loss,
+                      const real[:, :] T, const real[::1] sw, fusenn_optimizer *opt, double *loss,
                       double *correct, int nthreads) except? -100:
     check_rows(X, "X")
     check_rows(T, "T")
     cdef const int64_t *lab = labels_ptr(labels)
     cdef const real *t = cptr2(T) if T is not None else NULL
     cdef Py_ssize_t ldt = rs(T) if T is not None else 0
+    cdef const real *w = weights_ptr(sw)
     with nogil:
         if real is float:
             return fusenn_plan_train_batch_f32(<fusenn_plan_f32 *>plan, X.shape[0], cptr2(X),
-                                               rs(X), lab, t, ldt, opt, loss, correct, nthreads)
+                                               rs(X), lab, t, ldt, w, opt, loss, correct, nthreads)
         else:
             return fusenn_plan_train_batch_f64(<fusenn_plan_f64 *>plan, X.shape[0], cptr2(X),
-                                               rs(X), lab, t, ldt, opt, loss, correct, nthreads)
+                                               rs(X), lab, t, ldt, w, opt, loss, correct, nthreads)
 
 
 cdef int _train_epoch(void *plan, const real[:, :] X, const int64_t[::1] labels,
-                      const real[:, :] T, const int64_t[::1] order, size_t batch_size,
+                      const real[:, :] T, const real[::1] sw, const int64_t[::1] order, size_t batch_size,
                       size_t first, size_t count, fusenn_optimizer *opt, double *loss,
                       double *loss_sum, double *correct_sum, int nthreads) except? -100:
     check_rows(X, "X")
@@ -143,14 +161,15 @@ cdef int _train_epoch(void *plan, const real[:, :] X, const int64_t[::1] labels,
     cdef const real *t = cptr2(T) if T is not None else NULL
     cdef Py_ssize_t ldt = rs(T) if T is not None else 0
     cdef const int64_t *o = &order[0] if order.shape[0] > 0 else NULL
+    cdef const real *w = weights_ptr(sw)
     with nogil:
         if real is float:
             return fusenn_plan_train_epoch_f32(<fusenn_plan_f32 *>plan, X.shape[0], cptr2(X),
-                                               rs(X), lab, t, ldt, o, batch_size, first, count,
+                                               rs(X), lab, t, ldt, w, o, batch_size, first, count,
                                                opt, loss, loss_sum, correct_sum, nthreads)
         else:
             return fusenn_plan_train_epoch_f64(<fusenn_plan_f64 *>plan, X.shape[0], cptr2(X),
-                                               rs(X), lab, t, ldt, o, batch_size, first, count,
+                                               rs(X), lab, t, ldt, w, o, batch_size, first, count,
                                                opt, loss, loss_sum, correct_sum, nthreads)
 
 
@@ -166,30 +185,36 @@ cdef int _predict(void *plan, const real[:, :] X, real[:, ::1] out, int nthreads
 
 
 cdef int _evaluate(void *plan, const real[:, :] X, const int64_t[::1] labels,
-                   const real[:, :] T, double *loss_sum, double *correct_sum,
+                   const real[:, :] T, const real[::1] sw, double *loss_sum, double *correct_sum,
                    int nthreads) except? -100:
     check_rows(X, "X")
     check_rows(T, "T")
     cdef const int64_t *lab = labels_ptr(labels)
     cdef const real *t = cptr2(T) if T is not None else NULL
     cdef Py_ssize_t ldt = rs(T) if T is not None else 0
+    cdef const real *w = weights_ptr(sw)
     with nogil:
         if real is float:
             return fusenn_plan_evaluate_f32(<fusenn_plan_f32 *>plan, X.shape[0], cptr2(X), rs(X),
-                                            lab, t, ldt, loss_sum, correct_sum, nthreads)
+                                            lab, t, ldt, w, loss_sum, correct_sum, nthreads)
         else:
             return fusenn_plan_evaluate_f64(<fusenn_plan_f64 *>plan, X.shape[0], cptr2(X), rs(X),
-                                            lab, t, ldt, loss_sum, correct_sum, nthreads)
+                                            lab, t, ldt, w, loss_sum, correct_sum, nthreads)
 
 
 cdef class Plan:
     """A network lowered into fusenn's C training engine.
 
-    layers: one tuple per Dense layer, (W, b, dW, db, activation_id,
-    W_state, b_state), where the states are lists of 0-2 arrays shaped like W
-    / b (SGD: [velocity] or []; Adam: [m, v]). loss: the fusenn_loss value.
-    Every array must be C-contiguous and of `dtype`; the plan keeps them alive.
-    Return codes of the methods are those of csrc/fusenn.h.
+    layers: one dict per layer (built by fusenn.model's engine_layer):
+      {"kind": "dense", "W", "b", "dW", "db", "act", "W_state", "b_state"}
+      {"kind": "batchnorm", "W" (gamma), "b" (beta), "dW", "db", "W_state",
+       "b_state", "momentum", "eps", "running_mean", "running_var"}
+      {"kind": "dropout", "d", "rate", "seed", "step"} (step: a uint64 array of
+       one element that the engine advances)
+    where the states are lists of 0-2 arrays shaped like W / b (SGD:
+    [velocity] or []; Adam: [m, v]). loss: the fusenn_loss value, loss_param
+    Huber's delta. Every array must be C-contiguous and of `dtype`; the plan
+    keeps them alive. Return codes of the methods are those of csrc/fusenn.h.
     """
     cdef void *plan
     cdef readonly bint f64
@@ -199,40 +224,74 @@ cdef class Plan:
     def __cinit__(self):
         self.plan = NULL
 
-    def __init__(self, list layers, int loss, object dtype):
+    def __init__(self, list layers, int loss, object dtype, double loss_param=0.0):
         import numpy
         dtype = numpy.dtype(dtype)
         self.f64 = dtype == numpy.float64
         self.arrays = []
         cdef Py_ssize_t n = len(layers), i, s
+        cdef size_t w_size, d
         if n == 0:
             raise ValueError("a plan needs at least one layer")
-        cdef fusenn_layer *descs = <fusenn_layer *>PyMem_Malloc(n * sizeof(fusenn_layer))
+        cdef fusenn_layer *descs = <fusenn_layer *>PyMem_Calloc(n, sizeof(fusenn_layer))
         if descs == NULL:
             raise MemoryError()
         try:
             for i in range(n):
-                W, b, dW, db, act, W_state, b_state = layers[i]
-                descs[i].d_in = W.shape[0]
-                descs[i].d_out = W.shape[1]
-                descs[i].act = <fusenn_activation>act
-                if W.ndim != 2 or (i > 0 and W.shape[0] != descs[i - 1].d_out):
-                    raise ValueError("plan layers must chain: each W is (d_in, d_out)")
-                w_size = W.shape[0] * W.shape[1]
-                descs[i].W = address(W, dtype, w_size)
-                descs[i].b = address(b, dtype, W.shape[1])
-                descs[i].dW = address(dW, dtype, w_size)
-                descs[i].db = address(db, dtype, W.shape[1])
-                for s in range(2):
-                    descs[i].W_state[s] = (address(W_state[s], dtype, w_size)
-                                           if s < len(W_state) else NULL)
-                    descs[i].b_state[s] = (address(b_state[s], dtype, W.shape[1])
-                                           if s < len(b_state) else NULL)
-                self.arrays.extend([W, b, dW, db, *W_state, *b_state])
+                spec = layers[i]
+                kind = spec["kind"]
+                if kind == "dropout":
+                    d = spec["d"]
+                    step = spec["step"]
+                    if step.dtype != numpy.uint64:
+                        raise ValueError("a dropout step counter must be a uint64 array")
+                    descs[i].kind = FUSENN_LAYER_DROPOUT
+                    descs[i].d_in = descs[i].d_out = d
+                    descs[i].rate = spec["rate"]
+                    descs[i].seed = spec["seed"]
+                    descs[i].step = <uint64_t *>address(step, step.dtype, 1)
+                    self.arrays.append(step)
+                else:
+                    W, b = spec["W"], spec["b"]
+                    if kind == "dense":
+                        descs[i].kind = FUSENN_LAYER_DENSE
+                        if W.ndim != 2:
+                            raise ValueError("a dense layer's W must be 2-D")
+                        descs[i].d_in, descs[i].d_out = W.shape[0], W.shape[1]
+                        descs[i].act = <fusenn_activation>spec["act"]
+                    elif kind == "batchnorm":
+                        descs[i].kind = FUSENN_LAYER_BATCHNORM
+                        descs[i].d_in = descs[i].d_out = W.shape[0]
+                        descs[i].momentum = spec["momentum"]
+                        descs[i].eps = spec["eps"]
+                        d = W.shape[0]
+                        descs[i].running_mean = address(spec["running_mean"], dtype, d)
+                        descs[i].running_var = address(spec["running_var"], dtype, d)
+                        self.arrays.extend([spec["running_mean"], spec["running_var"]])
+                    else:
+                        raise ValueError(f"unknown plan layer kind {kind!r}")
+                    w_size = W.size
+                    d = descs[i].d_out
+                    descs[i].W = address(W, dtype, w_size)
+                    descs[i].b = address(b, dtype, d)
+                    descs[i].dW = address(spec["dW"], dtype, w_size)
+                    descs[i].db = address(spec["db"], dtype, d)
+                    W_state, b_state = spec["W_state"], spec["b_state"]
+                    for s in range(2):
+                        descs[i].W_state[s] = (address(W_state[s], dtype, w_size)
+                                               if s < len(W_state) else NULL)
+                        descs[i].b_state[s] = (address(b_state[s], dtype, d)
+                                               if s < len(b_state) else NULL)
+                    self.arrays.extend([W, b, spec["dW"], spec["db"], *W_state, *b_state])
+                if i > 0 and descs[i].d_in != descs[i - 1].d_out:
+                    raise ValueError("plan layers must chain: each layer's input width is "
+                                     "the previous layer's output width")
+            if descs[n - 1].kind != FUSENN_LAYER_DENSE:
+                raise ValueError("a plan's last layer must be dense")
             if self.f64:
-                self.plan = fusenn_plan_create_f64(n, descs, <fusenn_loss>loss)
+                self.plan = fusenn_plan_create_f64(n, descs, <fusenn_loss>loss, loss_param)
             else:
-                self.plan = fusenn_plan_create_f32(n, descs, <fusenn_loss>loss)
+                self.plan = fusenn_plan_create_f32(n, descs, <fusenn_loss>loss, loss_param)
         finally:
             PyMem_Free(descs)
         if self.plan == NULL:
@@ -261,27 +320,27 @@ cdef class Plan:
         """Optimizer steps taken (Adam's t), as the engine left it."""
         return self.opt.steps
 
-    def train_batch(self, X, labels, T, int nthreads):
-        """One step: returns (code, loss, correct)."""
+    def train_batch(self, X, labels, T, sw, int nthreads):
+        """One step (sw: per-row weights or None): returns (code, loss, correct)."""
         cdef double loss = 0, correct = 0
         cdef int rc
         if self.f64:
-            rc = _train_batch[double](self.plan, X, labels, T, &self.opt, &loss, &correct, nthreads)
+            rc = _train_batch[double](self.plan, X, labels, T, sw, &self.opt, &loss, &correct, nthreads)
         else:
-            rc = _train_batch[float](self.plan, X, labels, T, &self.opt, &loss, &correct, nthreads)
+            rc = _train_batch[float](self.plan, X, labels, T, sw, &self.opt, &loss, &correct, nthreads)
         return rc, loss, correct
 
-    def train_epoch(self, X, labels, T, const int64_t[::1] order, size_t batch_size,
+    def train_epoch(self, X, labels, T, sw, const int64_t[::1] order, size_t batch_size,
                     size_t first_batch, size_t n_batches, int nthreads):
         """Batches [first_batch, first_batch + n_batches) of an epoch in `order`:
         returns (code, last batch loss, sum of loss x rows, correct predictions)."""
         cdef double loss = 0, loss_sum = 0, correct_sum = 0
         cdef int rc
         if self.f64:
-            rc = _train_epoch[double](self.plan, X, labels, T, order, batch_size, first_batch,
+            rc = _train_epoch[double](self.plan, X, labels, T, sw, order, batch_size, first_batch,
                                       n_batches, &self.opt, &loss, &loss_sum, &correct_sum, nthreads)
         else:
-            rc = _train_epoch[float](self.plan, X, labels, T, order, batch_size, first_batch,
+            rc = _train_epoch[float](self.plan, X, labels, T, sw, order, batch_size, first_batch,
                                      n_batches, &self.opt, &loss, &loss_sum, &correct_sum, nthreads)
         return rc, loss, loss_sum, correct_sum
 
@@ -291,12 +350,12 @@ cdef class Plan:
             return _predict[double](self.plan, X, out, nthreads)
         return _predict[float](self.plan, X, out, nthreads)
 
-    def evaluate(self, X, labels, T, int nthreads):
+    def evaluate(self, X, labels, T, sw, int nthreads):
         """Returns (code, sum of loss x rows, correct predictions)."""
         cdef double loss_sum = 0, correct_sum = 0
         cdef int rc
         if self.f64:
-            rc = _evaluate[double](self.plan, X, labels, T, &loss_sum, &correct_sum, nthreads)
+            rc = _evaluate[double](self.plan, X, labels, T, sw, &loss_sum, &correct_sum, nthreads)
         else:
-            rc = _evaluate[float](self.plan, X, labels, T, &loss_sum, &correct_sum, nthreads)
+            rc = _evaluate[float](self.plan, X, labels, T, sw, &loss_sum, &correct_sum, nthreads)
         return rc, loss_sum, correct_sum

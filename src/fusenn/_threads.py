@@ -1,19 +1,30 @@
 """fusenn's own thread count, passed to every C kernel call.
 
 OpenMP's thread-count setting belongs to the calling thread, so a library that
-wants one setting for all its callers has to keep it itself. The default is
-OMP_NUM_THREADS when set, else the CPUs this process may run on (affinity).
-`threads(n)` overrides it for the current Python thread only.
+wants one setting for all its callers has to keep it itself. The count used by
+a call is, in order of precedence:
+
+1. `threads(n)` around the call (this Python thread only);
+2. `set_num_threads(n)` (every Python thread);
+3. otherwise OpenMP's own count in the calling thread: OMP_NUM_THREADS, else
+   the CPUs this process may run on (affinity). `threadpoolctl.threadpool_limits`
+   sets this one (through omp_set_num_threads), so it limits fusenn as it
+   limits scikit-learn's OpenMP code.
 """
 
 import contextlib
 import os
 import threading
 
+from . import _kernels
+
 __all__ = ["set_num_threads", "get_num_threads", "threads"]
 
+MAX_THREADS = 1024
 
-def _default_num_threads():
+
+def _affinity_threads():
+    """The default without OpenMP (where it only matters for reporting)."""
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
@@ -23,7 +34,7 @@ def _default_num_threads():
         return max(1, os.cpu_count() or 1)
 
 
-_global = _default_num_threads()
+_global = None  # set_num_threads' value, None until called
 _local = threading.local()
 # GNU libgomp hangs in a child forked after a parallel region ran in the
 # parent; a forked child therefore runs every kernel on one thread.
@@ -39,9 +50,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-MAX_THREADS = 1024
-
-
 def _check_count(n):
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"number of threads must be an int, got {type(n).__name__}")
@@ -51,16 +59,20 @@ def _check_count(n):
 
 
 def set_num_threads(n):
-    """Set the number of threads fusenn's kernels use (all Python threads)."""
+    """Set the number of threads fusenn's kernels use (all Python threads).
+    None returns to the default (OpenMP's count in each calling thread)."""
     global _global
-    _global = _check_count(n)
+    _global = None if n is None else _check_count(n)
 
 
 def get_num_threads():
     """The number of threads the next kernel call from this thread will use."""
     if _forked_child:
         return 1
-    return getattr(_local, "override", None) or _global
+    n = getattr(_local, "override", None) or _global
+    if n is None:
+        n = _kernels.omp_max_threads() or _affinity_threads()
+    return min(n, MAX_THREADS)
 
 
 @contextlib.contextmanager

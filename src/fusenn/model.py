@@ -10,7 +10,6 @@ import contextlib
 import json
 import math
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -19,9 +18,10 @@ import weakref
 import numpy as np
 
 from . import _kernels, ops, reference
-from .ops import contiguous_rows
+from . import callbacks as callbacks_module
+from .ops import contiguous_rows, finite_number
 from ._threads import get_num_threads
-from .layers import Dense
+from .layers import BatchNorm, Dense, Dropout, Layer, layer_from_config
 from .losses import get_loss
 from .optimizers import get_optimizer
 
@@ -104,6 +104,7 @@ class Sequential:
         self.optimizer = None
         self._plan = None  # the C training engine, built on first use (see _engine)
         self._lock = threading.Lock()
+        self.stop_training = False  # set by callbacks (EarlyStopping) to end fit()
         for layer in layers:
             self.add(layer)
         if input_dim is not None:
@@ -130,10 +131,12 @@ class Sequential:
     # ---- structure --------------------------------------------------------
 
     def add(self, layer):
-        if not isinstance(layer, Dense):
-            raise TypeError(f"layers must be fusenn.Dense instances, got {layer!r}")
+        if not isinstance(layer, Layer):
+            raise TypeError(f"layers must be fusenn layers (Dense, Dropout, BatchNorm), got {layer!r}")
         if self.built:
             raise ValueError("cannot add layers to a model that is already built")
+        if any(layer is other for other in self.layers):
+            raise ValueError(f"{layer!r} is already in this model; create a new layer instead")
         self.layers.append(layer)
 
     @property
@@ -156,7 +159,7 @@ class Sequential:
                 fan_in = layer.units
         except BaseException:  # e.g. MemoryError: leave the model unbuilt
             for layer in self.layers:
-                layer.W = layer.b = None
+                layer.unbuild()
             raise
         self.input_dim = input_dim
 
@@ -167,26 +170,42 @@ class Sequential:
     @property
     def params(self):
         """The trainable arrays [W1, b1, W2, b2, ...], live (not copies)."""
-        return [p for layer in self.layers for p in (layer.W, layer.b)]
+        return [p for layer in self.layers for p in layer.params]
+
+    @property
+    def buffers(self):
+        """The non-trainable arrays saved with the model (BatchNorm's running
+        statistics), live."""
+        return [a for layer in self.layers for a in layer.buffers]
+
+    def _weight_arrays(self):
+        """(label, array) of every parameter and buffer, layer by layer, as
+        get_weights orders them: W1, b1, gamma2, beta2, running_mean2, ..."""
+        return [(f"{name}{i + 1}", getattr(layer, name))
+                for i, layer in enumerate(self.layers)
+                for name in (*layer.param_names, *layer.buffer_names)]
 
     def get_weights(self):
+        """Copies of every layer's weights, in layer order (Keras's order: Dense
+        W, b; BatchNorm gamma, beta, running mean, running variance)."""
         self._require_built()
-        return [p.copy() for p in self.params]
+        return [a.copy() for _, a in self._weight_arrays()]
 
     def set_weights(self, weights):
         """Copy `weights` ([W1, b1, ...], as get_weights returns) into the model."""
         self._require_built()
-        params = self.params
+        arrays = self._weight_arrays()
+        labels = ", ".join(label for label, _ in arrays[:2]) + (", ..." if len(arrays) > 2 else "")
         if isinstance(weights, (str, bytes, np.ndarray)) or not hasattr(weights, "__iter__"):
-            raise TypeError("weights must be a list of arrays [W1, b1, W2, b2, ...]")
+            raise TypeError(f"weights must be a list of arrays [{labels}]")
         weights = list(weights)
-        if len(weights) != len(params):
-            raise ValueError(f"weights must hold {len(params)} arrays [W1, b1, ...], got {len(weights)}")
+        if len(weights) != len(arrays):
+            raise ValueError(f"weights must hold {len(arrays)} arrays [{labels}], got {len(weights)}")
+        params = [a for _, a in arrays]
         checked = []
-        for i, (p, w) in enumerate(zip(params, weights)):
+        for i, ((label, p), w) in enumerate(zip(arrays, weights)):
             w = np.asarray(w)
-            kind = "W" if i % 2 == 0 else "b"
-            name = f"weights[{i}] ({kind}{i // 2 + 1})"
+            name = f"weights[{i}] ({label})"
             if w.shape != p.shape:
                 raise ValueError(f"{name} must have shape {p.shape}, got {w.shape}")
             if w.dtype.kind not in "fiub":
@@ -196,6 +215,8 @@ class Sequential:
             if not np.all(np.isfinite(w)):
                 raise ValueError(f"{name} contains NaN or infinity (or values too large "
                                  f"for {p.dtype})")
+            if label.startswith("running_var") and np.any(w < 0):
+                raise ValueError(f"{name} is a variance and must not be negative")
             checked.append(w)
         for p, w in zip(params, checked):
             np.copyto(p, w)
@@ -206,6 +227,9 @@ class Sequential:
         """Choose the loss and the optimizer (an instance, or 'sgd' / 'adam')."""
         if not self.layers:
             raise ValueError("the model has no layers; pass Dense layers to Sequential([...])")
+        if not isinstance(self.layers[-1], Dense):
+            raise ValueError(f"the last layer must be a Dense layer (the output), got "
+                             f"{self.layers[-1]!r}")
         loss = get_loss(loss)
         loss.check_output_activation(self.layers[-1].activation)
         optimizer = get_optimizer(optimizer)
@@ -290,24 +314,28 @@ class Sequential:
 
     # ---- the math ---------------------------------------------------------------
 
-    def _forward(self, X, last_activation=None):
-        """Outputs of every layer for X, the last one with `last_activation` if given."""
-        outputs = [X]
+    def _forward(self, X, training, logits=False):
+        """(outputs, caches): outputs[0] = X and outputs[i + 1] is layer i's output;
+        with logits=True the last (Dense) layer stops before its activation."""
+        outputs, caches = [X], []
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            act = last_activation if (last_activation and i == len(self.layers) - 1) else layer.activation
-            outputs.append(self.backend.dense_forward(outputs[-1], layer.W, layer.b, act))
-        return outputs
+            y, cache = layer.forward(self.backend, outputs[-1], training, logits and i == last)
+            outputs.append(y)
+            caches.append(cache)
+        return outputs, caches
 
-    def _loss_and_grad(self, outputs, y):
-        """(loss, probabilities for metrics, dL/d(last output), last layer's activation for backward)."""
+    def _loss_and_grad(self, z, y, sample_weight=None):
+        """(loss, probabilities for metrics, dL/dz) of the last layer's output z:
+        logits for the fused losses, the activated output otherwise."""
+        kw = {} if sample_weight is None else {"sample_weight": sample_weight}
         if self.loss.fused_kernel:
-            # outputs[-1] are logits here: the fused kernel applies softmax / sigmoid itself
-            loss, p, dz = getattr(self.backend, self.loss.fused_kernel)(outputs[-1], y)
-            return loss, p, dz, "identity"
-        loss, da = self.backend.mse(outputs[-1], y)
-        return loss, outputs[-1], da, self.layers[-1].activation
+            # the fused kernel applies softmax / sigmoid to the logits itself
+            return getattr(self.backend, self.loss.fused_kernel)(z, y, **kw)
+        loss, da = self.loss.compute(self.backend, z, y, **kw)
+        return loss, z, da
 
-    def _train_step(self, X, y, where):
+    def _train_step(self, X, y, where, sample_weight=None):
         """Forward, loss, backward and update on one batch, op by op; returns
         (loss, correct predictions).
 
@@ -316,18 +344,22 @@ class Sequential:
         weights in the gradient arrays). Either way the optimizer state is reset,
         as the C engine does.
         """
-        outputs = self._forward(X, "identity" if self.loss.fused_kernel else None)
-        loss, p, dy, last_act = self._loss_and_grad(outputs, y)
+        fused = self.loss.fused_kernel is not None
+        outputs, caches = self._forward(X, training=True, logits=fused)
+        loss, p, dy = self._loss_and_grad(outputs[-1], y, sample_weight)
         if not math.isfinite(loss):
             self.optimizer.reset()
             raise self._divergence_error(where, loss)
-        grads = [None] * (2 * len(self.layers))
+        grads = []
+        last = len(self.layers) - 1
         for i in reversed(range(len(self.layers))):
             layer = self.layers[i]
-            act = last_act if i == len(self.layers) - 1 else layer.activation
-            dw, db, dy = self.backend.dense_backward(outputs[i], layer.W, outputs[i + 1], dy, act,
-                                                     need_dx=i > 0)
-            grads[2 * i], grads[2 * i + 1] = dw, db
+            need_dx = i > 0 and any(l.params for l in self.layers[:i])
+            dy, layer_grads = layer.backward(self.backend, outputs[i], outputs[i + 1], caches[i],
+                                             dy, need_dx, logits=fused and i == last)
+            grads[:0] = layer_grads
+            if not need_dx:
+                break
         if self.optimizer.step(self.backend, self.params, grads):
             for param, previous in zip(self.params, grads):
                 np.copyto(param, previous)
@@ -345,23 +377,38 @@ class Sequential:
 
     def _engine(self):
         """The C training plan (csrc/plan.c) for this model, or None when it trains
-        op by op: on the NumPy backend, or with an optimizer the engine does not
-        know (a subclass). The plan points at the model's weights, gradient
-        buffers and optimizer state; the optimizer's hyperparameters and step
-        count are handed over on every call, so changing them between calls works."""
+        op by op: on the NumPy backend, or with an optimizer or loss the engine
+        does not know (a subclass). The plan points at the model's weights,
+        gradient buffers, optimizer state and running statistics; the
+        optimizer's hyperparameters and step count are handed over on every
+        call, so changing them between calls works."""
         config = self.optimizer.engine_config()
-        if self.backend is not ops or config is None:
+        if (self.backend is not ops or config is None or self.loss.engine_id is None
+                or any(type(layer) not in (Dense, Dropout, BatchNorm) for layer in self.layers)):
             return None
         if self._plan is None:
             state = self.optimizer.ensure_state(self.params)
             names = self.optimizer._state_names
-            layers = []
-            for i, layer in enumerate(self.layers):
-                dW, db = np.empty_like(layer.W), np.empty_like(layer.b)
-                layers.append((layer.W, layer.b, dW, db, _ACTIVATION_IDS[layer.activation],
-                               [state[name][2 * i] for name in names],
-                               [state[name][2 * i + 1] for name in names]))
-            self._plan = _kernels.Plan(layers, self.loss.engine_id, self.dtype)
+            specs, j = [], 0  # j: index of the layer's first parameter in self.params
+            for layer in self.layers:
+                if isinstance(layer, Dropout):
+                    specs.append({"kind": "dropout", "d": layer.units, "rate": layer.rate,
+                                  "seed": layer._base_seed, "step": layer.step_counter})
+                    continue
+                W, b = layer.params
+                spec = {"kind": "dense" if isinstance(layer, Dense) else "batchnorm",
+                        "W": W, "b": b, "dW": np.empty_like(W), "db": np.empty_like(b),
+                        "W_state": [state[name][j] for name in names],
+                        "b_state": [state[name][j + 1] for name in names]}
+                if isinstance(layer, Dense):
+                    spec["act"] = _ACTIVATION_IDS[layer.activation]
+                else:
+                    spec.update(momentum=layer.momentum, eps=layer.eps,
+                                running_mean=layer.running_mean, running_var=layer.running_var)
+                specs.append(spec)
+                j += 2
+            self._plan = _kernels.Plan(specs, self.loss.engine_id, self.dtype,
+                                       getattr(self.loss, "delta", 0.0))
         self._plan.set_optimizer(*config, self.optimizer.iterations)
         return self._plan
 
@@ -388,84 +435,155 @@ class Sequential:
         finally:
             self._lock.release()
 
+    # ---- sample weights ----------------------------------------------------------------
+
+    def _check_weights(self, y, n, sample_weight, class_weight):
+        """Per-sample weights (or None) from sample_weight and class_weight, as
+        Keras combines them: their product."""
+        sw = None
+        if sample_weight is not None:
+            sw = np.asarray(sample_weight)
+            if sw.dtype.kind not in "fiub" or sw.ndim != 1 or sw.shape[0] != n:
+                raise ValueError(f"sample_weight must be a 1-D array of {n} numbers (one per "
+                                 f"sample), got {'shape ' + str(sw.shape) if sw.dtype.kind in 'fiub' else 'dtype ' + str(sw.dtype)}")
+            sw = sw.astype(np.float64)
+            if not np.all(np.isfinite(sw)) or np.any(sw < 0):
+                raise ValueError("sample_weight must hold finite, non-negative numbers")
+        if class_weight is not None:
+            if not isinstance(class_weight, dict):
+                raise TypeError(f"class_weight must be a dict {{class: weight}}, got {class_weight!r}")
+            if self.loss.targets == "labels":
+                classes, k = y, self.output_dim
+            elif self.loss.name == "binary_cross_entropy" and self.output_dim == 1:
+                classes, k = (y[:, 0] > 0.5).astype(np.int64), 2
+            else:
+                raise ValueError("class_weight needs class labels: loss 'cross_entropy', or "
+                                 "'binary_cross_entropy' with one output")
+            table = np.ones(k)
+            for c, w in class_weight.items():
+                if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < k:
+                    raise ValueError(f"class_weight has class {c!r}; classes are 0 .. {k - 1}")
+                w = float(w) if isinstance(w, (int, float, np.integer, np.floating)) else math.nan
+                if not math.isfinite(w) or w < 0:
+                    raise ValueError(f"class_weight[{c}] must be a finite, non-negative number")
+                table[c] = w
+            cw = table[classes]
+            sw = cw if sw is None else sw * cw
+        return None if sw is None else sw.astype(self.dtype)
+
     # ---- public training API -------------------------------------------------
 
-    def train_on_batch(self, X, y):
+    def train_on_batch(self, X, y, sample_weight=None, class_weight=None):
         """One forward pass, backward pass and optimizer update; returns the batch loss.
 
-        If the loss or the updated weights are not finite, ValueError is raised,
-        the weights are left as they were before the call and the optimizer
-        state is reset.
+        sample_weight (one per row) and class_weight ({class: weight}) scale
+        each row's loss (Keras semantics: the batch loss is the mean of the
+        weighted row losses). If the loss or the updated weights are not
+        finite, ValueError is raised, the weights are left as they were before
+        the call and the optimizer state is reset.
         """
         X, y = self._check_data(X, y)
+        sw = self._check_weights(y, X.shape[0], sample_weight, class_weight)
         with self._exclusive():
             plan = self._engine()
             if plan is None:
-                loss, _ = self._train_step(X, y, "train_on_batch")
+                loss, _ = self._train_step(X, y, "train_on_batch", sw)
             else:
-                code, loss, _ = plan.train_batch(X, *self._targets(y), get_num_threads())
+                code, loss, _ = plan.train_batch(X, *self._targets(y), sw, get_num_threads())
                 self._engine_result(plan, code, "train_on_batch", loss)
         return loss
 
-    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1):
+    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose="auto",
+            callbacks=None, validation_split=0.0, class_weight=None, sample_weight=None,
+            initial_epoch=0):
         """Train for `epochs` passes over (X, y) in mini-batches; returns a History.
 
         Each epoch visits the samples in a permutation drawn from the model's
         seed (the same on both backends). Per-epoch loss and accuracy are
         averages over the epoch's batches (measured before each batch's update,
-        as Keras reports them); with validation_data=(Xv, yv) the val_ metrics
-        are computed after the epoch. If a step's loss or updated weights are
-        not finite, ValueError is raised naming the epoch; the weights are those
-        from before that step and the optimizer state is reset.
+        as Keras reports them).
+
+        validation_data=(Xv, yv) or validation_split (the last fraction of the
+        samples, taken before shuffling, as Keras) add val_ metrics computed
+        after each epoch. callbacks: fusenn.callbacks objects (EarlyStopping,
+        ModelCheckpoint, LearningRateScheduler, ...). initial_epoch: resume
+        counting epochs from there (runs epochs - initial_epoch epochs).
+        verbose: 0 silent, 1 progress bar, 2 one line per epoch, "auto" a bar
+        when stdout is a terminal and silence otherwise.
+
+        If a step's loss or updated weights are not finite, ValueError is
+        raised naming the epoch; the weights are those from before that step
+        and the optimizer state is reset.
         """
         X, y = self._check_data(X, y)
         epochs = _positive_int(epochs, "epochs", allow_zero=True)
-        batch_size = min(_positive_int(batch_size, "batch_size"), X.shape[0])
-        if validation_data is not None:
+        initial_epoch = _positive_int(initial_epoch, "initial_epoch", allow_zero=True)
+        sw = self._check_weights(y, X.shape[0], sample_weight, class_weight)
+        if validation_data is None and validation_split:
+            split = finite_number(validation_split, "validation_split")
+            if not 0 <= split < 1:
+                raise ValueError(f"validation_split must lie in [0, 1), got {validation_split}")
+            n_val = int(X.shape[0] * split)
+            if n_val == 0 or n_val == X.shape[0]:
+                raise ValueError(f"validation_split={validation_split} leaves no validation or no "
+                                 f"training samples out of {X.shape[0]}")
+            cut = X.shape[0] - n_val
+            validation_data = (X[cut:], y[cut:])
+            X, y = X[:cut], y[:cut]
+            sw = None if sw is None else sw[:cut]
+        elif validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
-            Xv, yv = self._check_data(*validation_data, name_x="validation X", name_y="validation y")
+            validation_data = self._check_data(*validation_data, name_x="validation X",
+                                               name_y="validation y")
+        batch_size = min(_positive_int(batch_size, "batch_size"), X.shape[0])
+        callback_list = callbacks_module.CallbackList(
+            [*([] if callbacks is None else _as_list(callbacks, "callbacks")),
+             callbacks_module.ProgressBar(epochs, verbose)], self)
         n = X.shape[0]
         n_batches = -(-n // batch_size)
         order = np.arange(n, dtype=np.int64)  # the one array proportional to the data
         history = History()
+        self.stop_training = False
         with self._exclusive():
-            plan = self._engine()
-            for epoch in range(epochs):
+            callback_list.on_train_begin()
+            for epoch in range(initial_epoch, epochs):
+                callback_list.on_epoch_begin(epoch)
                 start = time.perf_counter()
                 if shuffle:
                     _kernels.shuffle(order, int(self._rng.integers(0, 2**63)))
                 where = f"epoch {epoch + 1}"
+                plan = self._engine()  # hands over the current learning rate
                 if plan is not None:
                     code, loss, loss_sum, correct = plan.train_epoch(
-                        X, *self._targets(y), order, batch_size, 0, n_batches, get_num_threads())
+                        X, *self._targets(y), sw, order, batch_size, 0, n_batches,
+                        get_num_threads())
                     self._engine_result(plan, code, where, loss)
                 else:
                     loss_sum, correct = 0.0, 0
                     for first in range(0, n, batch_size):
                         idx = order[first:first + batch_size]
-                        loss, hits = self._train_step(X[idx], y[idx], where)
+                        loss, hits = self._train_step(X[idx], y[idx], where,
+                                                      None if sw is None else sw[idx])
                         loss_sum += loss * len(idx)
                         correct += hits
                 logs = {"loss": loss_sum / n}
                 if self.loss.has_accuracy:
                     logs["accuracy"] = self.loss.accuracy(correct, n, self.output_dim)
                 if validation_data is not None:
-                    logs.update({f"val_{k}": v for k, v in self._evaluate(Xv, yv).items()})
+                    logs.update({f"val_{k}": v for k, v in self._evaluate(*validation_data).items()})
                 logs["time"] = time.perf_counter() - start
+                logs["lr"] = self.optimizer.lr  # the rate this epoch ran with
+                callback_list.on_epoch_end(epoch, logs)
                 history.append(epoch, logs)
-                if verbose:
-                    self._print_epoch(epoch, epochs, logs)
+                if self.stop_training:
+                    break
+            callback_list.on_train_end()
         return history
-
-    @staticmethod
-    def _print_epoch(epoch, epochs, logs):
-        parts = [f"Epoch {epoch + 1}/{epochs}", f"{logs['time']:.3f}s"]
-        parts += [f"{k}: {v:.4f}" for k, v in logs.items() if k != "time"]
-        print(" - ".join(parts), file=sys.stdout, flush=True)
 
     def predict(self, X, batch_size=None):
         """The network's outputs for X: probabilities for softmax/sigmoid outputs.
+        Dropout is inactive and BatchNorm uses its running statistics.
 
         batch_size only bounds the rows per forward pass of the op-by-op path;
         results do not depend on it."""
@@ -479,35 +597,42 @@ class Sequential:
                 if plan.predict(X, out, get_num_threads()) != 0:
                     raise MemoryError("fusenn: out of memory in the training engine")
             else:
-                parts = [self._forward(X[i:i + chunk])[-1] for i in range(0, X.shape[0], chunk)]
+                parts = [self._forward(X[i:i + chunk], training=False)[0][-1]
+                         for i in range(0, X.shape[0], chunk)]
                 out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+                if out is X:  # a network of dropouts only
+                    out = X.copy()
         if _kernels.count_nonfinite(out, get_num_threads()):
             raise ValueError(f"X is too large for this network in {self.dtype}: its outputs "
                              f"overflowed (or the weights are too large)")
         return out
 
-    def evaluate(self, X, y, batch_size=None):
-        """{'loss': ..., 'accuracy': ...} over (X, y) (accuracy only for classification)."""
+    def evaluate(self, X, y, batch_size=None, sample_weight=None):
+        """{'loss': ..., 'accuracy': ...} over (X, y) (accuracy only for classification;
+        the loss weighted by sample_weight if given)."""
         self._require_built()
         X, y = self._check_data(X, y)
+        sw = self._check_weights(y, X.shape[0], sample_weight, None)
         if batch_size is not None:
             _positive_int(batch_size, "batch_size")  # accepted for Keras compatibility
         with self._exclusive():
-            return self._evaluate(X, y)
+            return self._evaluate(X, y, sw)
 
-    def _evaluate(self, X, y):
+    def _evaluate(self, X, y, sw=None):
         n = X.shape[0]
         plan = self._engine()
         if plan is not None:
-            code, loss_sum, correct = plan.evaluate(X, *self._targets(y), get_num_threads())
+            code, loss_sum, correct = plan.evaluate(X, *self._targets(y), sw, get_num_threads())
             if code != 0:
                 raise MemoryError("fusenn: out of memory in the training engine")
         else:
-            last = "identity" if self.loss.fused_kernel else None
+            fused = self.loss.fused_kernel is not None
             loss_sum, correct = 0.0, 0
             for i in range(0, n, PREDICT_CHUNK):
                 Xc, yc = X[i:i + PREDICT_CHUNK], y[i:i + PREDICT_CHUNK]
-                loss, p, _, _ = self._loss_and_grad(self._forward(Xc, last), yc)
+                swc = None if sw is None else sw[i:i + PREDICT_CHUNK]
+                z = self._forward(Xc, training=False, logits=fused)[0][-1]
+                loss, p, _ = self._loss_and_grad(z, yc, swc)
                 loss_sum += loss * len(Xc)
                 correct += self.loss.correct(p, yc)
         if not math.isfinite(loss_sum):
@@ -518,6 +643,37 @@ class Sequential:
             result["accuracy"] = self.loss.accuracy(correct, n, self.output_dim)
         return result
 
+    # ---- summary -----------------------------------------------------------------------
+
+    def summary(self, print_fn=print):
+        """Print a table of the layers, their output shapes and parameter counts
+        (as Keras's model.summary()); returns the text."""
+        rows = [("Layer (type)", "Output shape", "Params")]
+        for i, layer in enumerate(self.layers):
+            name = type(layer).__name__
+            if isinstance(layer, Dense):
+                name += f" ({layer.activation})"
+            shape = f"(None, {layer.units})" if layer.units is not None else "(None, ?)"
+            rows.append((f"{i + 1}. {name}", shape,
+                         f"{layer.count_params():,}" if layer.built else "?"))
+        widths = [max(len(r[c]) for r in rows) for c in range(3)]
+        line = "-" * (sum(widths) + 6)
+        fmt = lambda r: f"{r[0]:<{widths[0]}}   {r[1]:<{widths[1]}}   {r[2]:>{widths[2]}}"
+        total = sum(layer.count_params() for layer in self.layers)
+        buffers = sum(a.size for a in self.buffers) if self.built else 0
+        text = [f"Sequential (input_dim={self.input_dim}, dtype={self.dtype.name}, "
+                f"backend={self.backend_name!r})", line, fmt(rows[0]), line,
+                *map(fmt, rows[1:]), line,
+                f"Trainable params: {total:,}" + ("" if self.built else " (not built yet)")]
+        if buffers:
+            text.append(f"Non-trainable params: {buffers:,}")
+        if self.loss is not None:
+            text.append(f"Loss: {self.loss.name}   Optimizer: {self.optimizer!r}")
+        text = "\n".join(text)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
     # ---- save / load -----------------------------------------------------------------
 
     def config(self):
@@ -527,7 +683,7 @@ class Sequential:
             "seed": self.seed,
             "backend": self.backend_name,
             "layers": [layer.config() for layer in self.layers],
-            "loss": self.loss.name if self.loss else None,
+            "loss": self.loss.config() if self.loss else None,
             "optimizer": self.optimizer.config() if self.optimizer else None,
             "optimizer_iterations": self.optimizer.iterations if self.optimizer else 0,
         }
@@ -544,11 +700,19 @@ class Sequential:
                   "config": np.array(json.dumps(self.config()))}
         for i, p in enumerate(self.params):
             arrays[f"param_{i}"] = p
+        for i, a in enumerate(self.buffers):
+            arrays[f"buffer_{i}"] = a
         if self.optimizer is not None and self.optimizer.state is not None:
             for name, states in self.optimizer.state.items():
                 for i, s in enumerate(states):
                     arrays[f"opt_{name}_{i}"] = s
         _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _as_list(value, name):
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{name} must be a list, got {value!r}")
+    return list(value)
 
 
 def _atomic_write(path, write):
@@ -599,7 +763,7 @@ def load(path):
         raise bad(f"format version {int(version)}, this fusenn reads version {FORMAT_VERSION}")
     try:
         config = json.loads(str(arrays["config"]))
-        layers = [Dense(spec["units"], spec["activation"]) for spec in config["layers"]]
+        layers = [layer_from_config(spec) for spec in config["layers"]]
         model = Sequential(layers, input_dim=config["input_dim"], dtype=config["dtype"],
                            seed=config["seed"], backend=config["backend"])
         if config["loss"] is not None:
@@ -615,6 +779,14 @@ def load(path):
         if not np.all(np.isfinite(saved)):
             raise bad(f"param_{i} contains NaN or infinity")
         p[...] = saved
+    for i, a in enumerate(model.buffers):
+        saved = arrays.get(f"buffer_{i}")
+        if saved is None or saved.shape != a.shape or saved.dtype != a.dtype:
+            raise bad(f"buffer_{i} is missing or does not match the config "
+                      f"(expected {a.dtype} {a.shape})")
+        if not np.all(np.isfinite(saved)):
+            raise bad(f"buffer_{i} contains NaN or infinity")
+        a[...] = saved
     opt = model.optimizer
     if opt is not None:
         opt.iterations = int(config.get("optimizer_iterations", 0))

@@ -17,7 +17,9 @@ from .reference import ACTIVATIONS, LEAKY_RELU_SLOPE
 __all__ = [
     "ACTIVATIONS", "LEAKY_RELU_SLOPE", "matmul", "activation_forward",
     "activation_backward", "dense_forward", "dense_backward", "softmax_cross_entropy",
-    "sigmoid_binary_cross_entropy", "mse", "sgd_update", "adam_update",
+    "sigmoid_binary_cross_entropy", "mse", "mae", "huber", "sgd_update", "adam_update",
+    "dropout_forward", "dropout_backward", "dropout_seed", "batchnorm_forward_train",
+    "batchnorm_forward_infer", "batchnorm_backward",
 ]
 
 # Position in ACTIVATIONS is the C enum value (fusenn_activation in fusenn.h).
@@ -152,34 +154,89 @@ def _labels(labels, n, k):
     return np.ascontiguousarray(labels, dtype=np.int64)
 
 
-def softmax_cross_entropy(z, labels):
-    """(loss, p, dz) for logits z and integer labels: mean cross-entropy of softmax(z)."""
+def _sample_weight(sample_weight, n, dtype):
+    """Per-sample weights as a contiguous array of `dtype` and shape (n,), or None."""
+    if sample_weight is None:
+        return None
+    sw = np.asarray(sample_weight)
+    if sw.dtype.kind not in "fiu":
+        raise TypeError(f"sample_weight must hold real numbers, got dtype {sw.dtype}")
+    if sw.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},) (one weight per sample), "
+                         f"got {sw.shape}")
+    with np.errstate(over="ignore"):  # too large for dtype: inf, rejected below
+        sw = np.ascontiguousarray(sw, dtype=dtype)
+    if not np.all(np.isfinite(sw)):
+        raise ValueError(f"sample_weight must be finite (and representable in {dtype})")
+    if n and sw.min() < 0:
+        raise ValueError(f"sample_weight must be >= 0, found {sw[sw < 0][0]}")
+    return sw
+
+
+def softmax_cross_entropy(z, labels, sample_weight=None):
+    """(loss, p, dz) for logits z and integer labels: the cross-entropy of softmax(z),
+    (1/n) sum_i sw_i loss_i with sample_weight sw (all ones when None)."""
     z = _nonempty(contiguous_rows(_float_array(z, "z", 2)), "z")
     labels = _labels(labels, *z.shape)
+    sw = _sample_weight(sample_weight, z.shape[0], z.dtype)
     p = np.empty_like(z, order="C")
     dz = np.empty_like(z, order="C")
-    loss = _kernels.softmax_cross_entropy(z, labels, p, dz, get_num_threads())
+    loss = _kernels.softmax_cross_entropy(z, labels, sw, p, dz, get_num_threads())
     return loss, p, dz
 
 
-def sigmoid_binary_cross_entropy(z, t):
-    """(loss, p, dz) for logits z and targets t in [0, 1]: mean binary cross-entropy."""
+def sigmoid_binary_cross_entropy(z, t, sample_weight=None):
+    """(loss, p, dz) for logits z and targets t in [0, 1]: mean binary cross-entropy,
+    row i weighted by sample_weight[i]."""
     z = _nonempty(contiguous_rows(_float_array(z, "z", 2)), "z")
     t = contiguous_rows(_float_array(t, "t", 2, z.dtype))
     _expect_shape(t, "t", z.shape)
+    sw = _sample_weight(sample_weight, z.shape[0], z.dtype)
     p = np.empty_like(z, order="C")
     dz = np.empty_like(z, order="C")
-    loss = _kernels.sigmoid_binary_cross_entropy(z, t, p, dz, get_num_threads())
+    loss = _kernels.sigmoid_binary_cross_entropy(z, t, sw, p, dz, get_num_threads())
     return loss, p, dz
 
 
-def mse(a, t):
-    """(loss, da): mean squared error over all elements and its gradient."""
+def _regression_operands(a, t, sample_weight):
     a = _nonempty(contiguous_rows(_float_array(a, "a", 2)), "a")
     t = contiguous_rows(_float_array(t, "t", 2, a.dtype))
     _expect_shape(t, "t", a.shape)
-    da = np.empty_like(a, order="C")
-    loss = _kernels.mse(a, t, da, get_num_threads())
+    sw = _sample_weight(sample_weight, a.shape[0], a.dtype)
+    return a, t, sw, np.empty_like(a, order="C")
+
+
+def mse(a, t, sample_weight=None):
+    """(loss, da): mean squared error over all elements and its gradient, row i
+    weighted by sample_weight[i]."""
+    a, t, sw, da = _regression_operands(a, t, sample_weight)
+    loss = _kernels.mse(a, t, sw, da, get_num_threads())
+    return loss, da
+
+
+def mae(a, t, sample_weight=None):
+    """(loss, da): mean absolute error over all elements and its (sub)gradient
+    sign(a - t) / (n k), row i weighted by sample_weight[i]."""
+    a, t, sw, da = _regression_operands(a, t, sample_weight)
+    loss = _kernels.mae(a, t, sw, da, get_num_threads())
+    return loss, da
+
+
+def huber_delta(delta):
+    """Huber's delta as a float > 0, or an error naming it."""
+    delta = finite_number(delta, "delta")
+    if not delta > 0:
+        raise ValueError(f"delta must be > 0, got {delta}")
+    return delta
+
+
+def huber(a, t, delta=1.0, sample_weight=None):
+    """(loss, da): mean Huber loss (quadratic for |a - t| <= delta, linear beyond)
+    and its gradient clip(a - t, -delta, delta) / (n k), row i weighted by
+    sample_weight[i]."""
+    delta = huber_delta(delta)
+    a, t, sw, da = _regression_operands(a, t, sample_weight)
+    loss = _kernels.huber(a, t, delta, sw, da, get_num_threads())
     return loss, da
 
 
@@ -249,3 +306,142 @@ def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, prev=N
                                 finite_number(lr, "lr"), finite_number(beta1, "beta1"),
                                 finite_number(beta2, "beta2"), finite_number(eps, "eps"),
                                 _prev(prev, w), get_num_threads())
+
+
+# ---- dropout ----------------------------------------------------------------------------
+
+def _rate(rate):
+    rate = finite_number(rate, "rate")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"rate (the fraction of inputs dropped) must be in [0, 1), got {rate}")
+    return rate
+
+
+def _uint64(value, name):
+    """A seed or counter as a Python int in [0, 2**64)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    value = int(value)
+    if not 0 <= value < 2**64:
+        raise ValueError(f"{name} must be an int in [0, 2**64), got "
+                         f"{value if value.bit_length() < 200 else 'a huge int'}")
+    return value
+
+
+def dropout_forward(x, rate, seed):
+    """Inverted dropout of x (n, d): elements dropped with probability rate (a
+    function of seed and position only), the kept ones scaled by 1 / (1 - rate)."""
+    x = contiguous_rows(_float_array(x, "x", 2))
+    rate, seed = _rate(rate), _uint64(seed, "seed")
+    y = np.empty(x.shape, dtype=x.dtype)
+    _kernels.dropout_forward(x, rate, seed, y, get_num_threads())
+    return y
+
+
+def dropout_backward(dy, rate, seed):
+    """dx = dy * mask / (1 - rate), with the forward's mask for the same rate and seed."""
+    dy = contiguous_rows(_float_array(dy, "dy", 2))
+    rate, seed = _rate(rate), _uint64(seed, "seed")
+    dx = np.empty(dy.shape, dtype=dy.dtype)
+    _kernels.dropout_backward(dy, rate, seed, dx, get_num_threads())
+    return dx
+
+
+def dropout_seed(base, step):
+    """The mask seed (an int in [0, 2**64)) of training step `step` of a dropout
+    layer seeded with `base`."""
+    return int(_kernels.dropout_seed(_uint64(base, "base"), _uint64(step, "step")))
+
+
+# ---- batch normalisation ------------------------------------------------------------------
+
+def _features(a, name, x):
+    """A per-feature vector (gamma, beta, mean, ...) of x's dtype and length x.shape[1]."""
+    a = _float_array(a, name, 1, x.dtype)
+    _expect_shape(a, name, (x.shape[1],))
+    return np.ascontiguousarray(a)
+
+
+def _batch(x, name="x"):
+    x = contiguous_rows(_float_array(x, name, 2))
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {x.shape}): batch statistics need at "
+                         f"least one sample")
+    return x
+
+
+def _running_stats(running_mean, running_var, x):
+    """The running statistics the training forward updates in place: both None, or
+    writeable, aligned, C-contiguous vectors of x's dtype and length x.shape[1]."""
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must both be arrays or both be None")
+    if running_mean is None:
+        return None, None
+    for a, name in ((running_mean, "running_mean"), (running_var, "running_var")):
+        if not isinstance(a, np.ndarray) or a.dtype != x.dtype:
+            raise TypeError(f"{name} must be an ndarray of dtype {x.dtype} like x (it is "
+                            f"updated in place), got {getattr(a, 'dtype', type(a).__name__)}")
+        _expect_shape(a, name, (x.shape[1],))
+        if not (a.flags.c_contiguous and a.flags.writeable and a.flags.aligned):
+            raise ValueError(f"{name} must be C-contiguous and writeable (it is updated in "
+                             f"place)")
+    return running_mean, running_var
+
+
+def _eps(eps):
+    eps = finite_number(eps, "eps")
+    if eps <= 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    return eps
+
+
+def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum=0.99,
+                            eps=1e-3):
+    """Training-mode batch normalisation of x (n, d) per feature: returns (y, mean,
+    invstd) and, unless they are None, updates running_mean and running_var in place:
+    r = momentum r + (1 - momentum) batch (biased variance, as Keras)."""
+    x = _batch(x)
+    gamma, beta = _features(gamma, "gamma", x), _features(beta, "beta", x)
+    momentum = finite_number(momentum, "momentum")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1], got {momentum}")
+    eps = _eps(eps)
+    running_mean, running_var = _running_stats(running_mean, running_var, x)
+    y = np.empty(x.shape, dtype=x.dtype)
+    mean = np.empty(x.shape[1], dtype=x.dtype)
+    invstd = np.empty(x.shape[1], dtype=x.dtype)
+    _kernels.batchnorm_forward_train(x, gamma, beta, eps, momentum, running_mean, running_var,
+                                     mean, invstd, y, get_num_threads())
+    return y, mean, invstd
+
+
+def batchnorm_forward_infer(x, gamma, beta, running_mean, running_var, eps=1e-3):
+    """Inference-mode batch normalisation with the running statistics:
+    y = gamma (x - running_mean) / sqrt(running_var + eps) + beta."""
+    x = contiguous_rows(_float_array(x, "x", 2))
+    gamma, beta = _features(gamma, "gamma", x), _features(beta, "beta", x)
+    running_mean = _features(running_mean, "running_mean", x)
+    running_var = _features(running_var, "running_var", x)
+    if running_var.size and not running_var.min() >= 0:  # also catches NaN
+        raise ValueError("running_var must be >= 0 (a variance)")
+    eps = _eps(eps)
+    y = np.empty(x.shape, dtype=x.dtype)
+    _kernels.batchnorm_forward_infer(x, gamma, beta, running_mean, running_var, eps, y,
+                                     get_num_threads())
+    return y
+
+
+def batchnorm_backward(x, dy, gamma, mean, invstd, need_dx=True):
+    """(dx, dgamma, dbeta) of the training forward given dy = dL/dy and its saved mean
+    and invstd; dx is None unless need_dx."""
+    x = _batch(x)
+    dy = contiguous_rows(_float_array(dy, "dy", 2, x.dtype))
+    _expect_shape(dy, "dy", x.shape)
+    gamma = _features(gamma, "gamma", x)
+    mean, invstd = _features(mean, "mean", x), _features(invstd, "invstd", x)
+    dgamma = np.empty(x.shape[1], dtype=x.dtype)
+    dbeta = np.empty(x.shape[1], dtype=x.dtype)
+    dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
+    _kernels.batchnorm_backward(x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
+                                get_num_threads())
+    return dx, dgamma, dbeta

@@ -95,11 +95,33 @@ def dense_backward(x, w, y, dy, activation, need_dx=True):
     return dw, db, dx
 
 
-def softmax_cross_entropy(z, labels):
+def _weighted_mean(losses, sample_weight):
+    """The batch loss as a Python float, summed in float64: the mean of the
+    per-row (1-D) or per-element (2-D) losses, each row's times its weight
+    sample_weight[i] when weights are given, so (1/n) sum_i sw_i loss_i."""
+    if sample_weight is None:
+        return float(np.mean(losses, dtype=np.float64))
+    w = np.asarray(sample_weight, dtype=np.float64)
+    w = w if losses.ndim == 1 else w[:, None]
+    return float(np.mean(losses.astype(np.float64) * w))
+
+
+def _scale_rows(g, base, sample_weight):
+    """g *= base, or with weights g_i *= sw_i base (the row factor rounded to g's
+    dtype once, as the C kernels do), in place; returns g."""
+    if sample_weight is None:
+        g *= base
+    else:
+        g *= (np.asarray(sample_weight, dtype=np.float64) * base).astype(g.dtype)[:, None]
+    return g
+
+
+def softmax_cross_entropy(z, labels, sample_weight=None):
     """Softmax + cross-entropy from logits z (n, k) and int labels (n,).
 
-    Returns (loss, p, dz): loss = mean(logsumexp(z) - z[label]),
-    p = softmax(z), dz = (p - onehot(labels)) / n.
+    Returns (loss, p, dz): loss = (1/n) sum_i sw_i (logsumexp(z_i) - z_i[label_i]),
+    p = softmax(z), dz = sw (p - onehot(labels)) / n; sw = sample_weight (n,),
+    all ones when None.
     """
     n = z.shape[0]
     rows = np.arange(n)
@@ -107,34 +129,64 @@ def softmax_cross_entropy(z, labels):
     e = np.exp(shifted)
     s = e.sum(axis=1)
     # logsumexp(z) - z[label] == log(sum exp(shifted)) - shifted[label]
-    loss = float(np.mean(np.log(s) - shifted[rows, labels], dtype=np.float64))
+    loss = _weighted_mean(np.log(s) - shifted[rows, labels], sample_weight)
     p = e
     p *= (1 / s)[:, None]
     dz = p.copy()
     dz[rows, labels] -= 1
-    dz /= n
+    if sample_weight is None:
+        dz /= n
+    else:
+        _scale_rows(dz, 1 / n, sample_weight)
     return loss, p, dz
 
 
-def sigmoid_binary_cross_entropy(z, t):
+def sigmoid_binary_cross_entropy(z, t, sample_weight=None):
     """Sigmoid + binary cross-entropy from logits z (n, k) and targets t (n, k).
 
-    Returns (loss, p, dz): loss = mean(max(z, 0) - z t + log1p(exp(-|z|))),
-    p = sigmoid(z), dz = (p - t) / (n k).
+    Returns (loss, p, dz): l = max(z, 0) - z t + log1p(exp(-|z|)),
+    loss = (1/(n k)) sum_ij sw_i l_ij, p = sigmoid(z), dz = sw (p - t) / (n k).
     """
     p, e = _sigmoid(z)
-    loss = float(np.mean(np.maximum(z, 0) - z * t + np.log1p(e), dtype=np.float64))
+    loss = _weighted_mean(np.maximum(z, 0) - z * t + np.log1p(e), sample_weight)
     dz = p - t
-    dz /= z.size
+    if sample_weight is None:
+        dz /= z.size
+    else:
+        _scale_rows(dz, 1 / z.size, sample_weight)
     return loss, p, dz
 
 
-def mse(a, t):
-    """Mean squared error: returns (loss, da), loss = mean((a - t)^2), da = 2 (a - t) / a.size."""
+def mse(a, t, sample_weight=None):
+    """Mean squared error: returns (loss, da), loss = (1/(n k)) sum_ij sw_i (a - t)^2,
+    da = 2 sw (a - t) / (n k)."""
     d = a - t
-    loss = float(np.mean(d * d, dtype=np.float64))
-    d *= 2 / a.size
-    return loss, d
+    loss = _weighted_mean(d * d, sample_weight)
+    return loss, _scale_rows(d, 2 / a.size, sample_weight)
+
+
+def mae(a, t, sample_weight=None):
+    """Mean absolute error: returns (loss, da), loss = (1/(n k)) sum_ij sw_i |a - t|,
+    da = sw sign(a - t) / (n k) (0 where a == t)."""
+    d = a - t
+    loss = _weighted_mean(np.abs(d), sample_weight)
+    return loss, _scale_rows(np.sign(d), 1 / a.size, sample_weight)
+
+
+def huber(a, t, delta=1.0, sample_weight=None):
+    """Huber loss (Keras's Huber, PyTorch's HuberLoss), delta > 0: returns (loss, da).
+
+    With d = a - t: l = d^2 / 2 where |d| <= delta, else delta (|d| - delta / 2);
+    loss = (1/(n k)) sum_ij sw_i l_ij, da = sw clip(d, -delta, delta) / (n k).
+    The loss is computed in float64 from d.
+    """
+    d = a - t
+    ad = np.abs(d).astype(np.float64)
+    quadratic = ad <= delta
+    loss = _weighted_mean(np.where(quadratic, 0.5 * ad * ad, delta * (ad - 0.5 * delta)),
+                          sample_weight)
+    g = np.clip(d.astype(np.float64), -delta, delta).astype(d.dtype)  # d where quadratic
+    return loss, _scale_rows(g, 1 / a.size, sample_weight)
 
 
 def _commit(w, step, prev):
@@ -175,3 +227,118 @@ def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, prev=N
     denom = np.sqrt(v / (1 - beta2**t))
     denom += eps
     return _commit(w, (lr / (1 - beta1**t)) * m / denom, prev)
+
+
+# ---- dropout ----------------------------------------------------------------------------
+# The mask is splitmix64's finalizer of a counter, exactly as csrc/dropout.c computes
+# it, so both backends drop the same elements. uint64 array arithmetic wraps mod 2^64
+# without warnings (scalars would warn), hence the 1-element arrays below.
+
+_U64_MASK = 2**64 - 1
+_GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+_MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+
+
+def _mix64(z):
+    """splitmix64's finalizer, elementwise on a uint64 array."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(_MIX1)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(_MIX2)
+    return z ^ (z >> np.uint64(31))
+
+
+def _mix64_int(z):
+    """splitmix64's finalizer on a Python int in [0, 2^64)."""
+    z = ((z ^ (z >> 30)) * _MIX1) & _U64_MASK
+    z = ((z ^ (z >> 27)) * _MIX2) & _U64_MASK
+    return z ^ (z >> 31)
+
+
+def dropout_seed(base, step):
+    """The mask seed of training step `step` of a dropout layer seeded with `base`:
+    mix64(mix64(base) + (step + 1) * 0x9E3779B97F4A7C15) mod 2^64."""
+    return _mix64_int((_mix64_int(int(base)) + (int(step) + 1) * _GOLDEN_GAMMA) & _U64_MASK)
+
+
+def _dropout_mask(shape, rate, seed):
+    """Boolean keep-mask of an (n, d) batch: element (i, j) has index i*d + j and is
+    kept iff mix64(seed + (index + 1) * GOLDEN) >= floor(rate * 2^64)."""
+    count = int(np.prod(shape))
+    counter = np.arange(1, count + 1, dtype=np.uint64) * np.uint64(_GOLDEN_GAMMA)
+    counter += np.array([seed], dtype=np.uint64)
+    threshold = int(rate * 2.0**64)  # exact: scaling by 2^64 only moves the exponent
+    return (_mix64(counter) >= np.uint64(threshold)).reshape(shape)
+
+
+def dropout_forward(x, rate, seed):
+    """Inverted dropout: y = x * mask / (1 - rate), dropped elements exactly 0.
+
+    rate in [0, 1); rate == 0 returns an exact copy. The scale is 1 / (1 - rate)
+    rounded to x's dtype, as in the C kernel.
+    """
+    if rate == 0:
+        return x.copy()
+    y = np.zeros(x.shape, dtype=x.dtype)
+    np.multiply(x, x.dtype.type(1.0 / (1.0 - rate)), out=y,
+                where=_dropout_mask(x.shape, rate, seed))
+    return y
+
+
+def dropout_backward(dy, rate, seed):
+    """dx = dy * mask / (1 - rate), the forward's mask for the same rate and seed."""
+    return dropout_forward(dy, rate, seed)
+
+
+# ---- batch normalisation ------------------------------------------------------------------
+# Statistics and elementwise formulas in float64 (the C kernels accumulate and
+# compute in double), results rounded to the input's dtype. The elementwise parts
+# use the dtype-rounded mean, invstd, dgamma and dbeta, as the C kernels do.
+
+def _f64(a):
+    return np.asarray(a, dtype=np.float64)
+
+
+def batchnorm_forward_train(x, gamma, beta, running_mean, running_var, momentum=0.99,
+                            eps=1e-3):
+    """Training-mode batch normalisation over the rows of x (n, d), n >= 1.
+
+    mean = x.mean(0), var = ((x - mean)^2).mean(0) (biased), invstd = 1/sqrt(var + eps),
+    y = gamma (x - mean) invstd + beta. Unless running_mean is None, the running
+    statistics are updated in place: r = momentum r + (1 - momentum) batch.
+    Returns (y, mean, invstd).
+    """
+    x64 = _f64(x)
+    mean64 = x64.mean(axis=0)
+    var64 = np.square(x64 - mean64).mean(axis=0)
+    mean = mean64.astype(x.dtype)
+    invstd = (1.0 / np.sqrt(var64 + eps)).astype(x.dtype)
+    if running_mean is not None:
+        running_mean[...] = momentum * _f64(running_mean) + (1.0 - momentum) * mean64
+        running_var[...] = momentum * _f64(running_var) + (1.0 - momentum) * var64
+    y = (x64 - _f64(mean)) * (_f64(gamma) * _f64(invstd)) + _f64(beta)
+    return y.astype(x.dtype), mean, invstd
+
+
+def batchnorm_forward_infer(x, gamma, beta, running_mean, running_var, eps=1e-3):
+    """Inference-mode batch normalisation with the running statistics:
+    y = gamma (x - running_mean) / sqrt(running_var + eps) + beta."""
+    scale = _f64(gamma) * (1.0 / np.sqrt(_f64(running_var) + eps))
+    y = (_f64(x) - _f64(running_mean)) * scale + _f64(beta)
+    return y.astype(x.dtype)
+
+
+def batchnorm_backward(x, dy, gamma, mean, invstd, need_dx=True):
+    """Gradients of the training forward given dy = dL/dy: returns (dx, dgamma, dbeta).
+
+    With xhat = (x - mean) invstd: dbeta = dy.sum(0), dgamma = (dy xhat).sum(0),
+    dx = gamma invstd / n (n dy - dbeta - xhat dgamma); dx is None unless need_dx.
+    """
+    n = x.shape[0]
+    dy64 = _f64(dy)
+    xhat = (_f64(x) - _f64(mean)) * _f64(invstd)
+    dbeta = dy64.sum(axis=0).astype(x.dtype)
+    dgamma = (dy64 * xhat).sum(axis=0).astype(x.dtype)
+    dx = None
+    if need_dx:
+        k = _f64(gamma) * _f64(invstd) / n
+        dx = (k * (n * dy64 - _f64(dbeta) - xhat * _f64(dgamma))).astype(x.dtype)
+    return dx, dgamma, dbeta

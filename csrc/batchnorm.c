@@ -1,0 +1,242 @@
+/*
+ * batchnorm.c - batch normalisation over the rows of an n x d matrix.
+ *
+ * Dtype-generic (see internal.h): compiled once per dtype.
+ *
+ * Layout of the work: columns are cut into blocks of at most BN_MAX_BLOCK.
+ * Column statistics (sums over rows) are computed one block per loop
+ * iteration, each column summed in double over rows 0..n-1 in order, so its
+ * bits do not depend on the block width or on which thread runs it (nor on
+ * nthreads). The elementwise passes then run over tiles of (row range, column
+ * block); each tile derives its columns' coefficients from the length-d
+ * statistics into a small stack array, so nothing is allocated.
+ */
+#include "internal.h"
+
+#define BN_MAX_BLOCK 64
+
+/* Columns per block: about d / nt, a multiple of 8, between 8 and BN_MAX_BLOCK. */
+static inline size_t block_width(size_t d, int nt)
+{
+    size_t w = (d + (size_t)nt - 1) / (size_t)nt;
+    w = (w + 7) & ~(size_t)7;
+    return FUSENN_MAX(FUSENN_MIN(w, (size_t)BN_MAX_BLOCK), (size_t)8);
+}
+
+/* Row ranges of the elementwise passes: one when serial, else a few per
+ * thread of at least 16 rows. Any split gives the same bits (no reductions). */
+static inline size_t row_tiles(size_t n, int nt)
+{
+    if (nt <= 1)
+        return 1;
+    size_t most = (n + 15) / 16;
+    return FUSENN_MAX(FUSENN_MIN(4 * (size_t)nt, most), (size_t)1);
+}
+
+/* How a call's work is cut: nt threads, nblocks column blocks of `width`
+ * columns, nrows row ranges; tile t of the elementwise passes is row range
+ * t / nblocks of column block t % nblocks. */
+typedef struct {
+    int nt;
+    size_t n, d, width, nblocks, nrows;
+} layout;
+
+static inline layout layout_for(size_t n, size_t d, int nthreads)
+{
+    layout L;
+    L.nt = fusenn_threads_for(n * d, nthreads);
+    L.n = n;
+    L.d = d;
+    L.width = block_width(d, L.nt);
+    L.nblocks = (d + L.width - 1) / L.width;
+    L.nrows = row_tiles(n, L.nt);
+    return L;
+}
+
+/* Rows [i0, i1) and columns [j0, j0 + w) of a tile or column block. */
+typedef struct {
+    size_t i0, i1, j0, w;
+} tile;
+
+static inline tile column_block(const layout *L, size_t b)
+{
+    tile tl = {0, L->n, b * L->width, FUSENN_MIN(L->width, L->d - b * L->width)};
+    return tl;
+}
+
+static inline tile tile_at(const layout *L, size_t t)
+{
+    tile tl = column_block(L, t % L->nblocks);
+    tl.i0 = fusenn_chunk_start(t / L->nblocks, L->nrows, L->n);
+    tl.i1 = fusenn_chunk_start(t / L->nblocks + 1, L->nrows, L->n);
+    return tl;
+}
+
+/* One tile of y = (x - center) * scale + beta, in double, where per column
+ * scale = gamma * invstd, or gamma / sqrt(var + eps) when invstd is NULL. */
+static void FN(normalize_tile)(tile tl, const real *X, ptrdiff_t ldx, const real *gamma,
+                               const real *beta, const real *center, const real *invstd,
+                               const real *var, double eps, real *Y, ptrdiff_t ldy)
+{
+    double m[BN_MAX_BLOCK], s[BN_MAX_BLOCK], o[BN_MAX_BLOCK];
+    size_t j;
+    for (j = 0; j < tl.w; j++) {
+        const size_t c = tl.j0 + j;
+        m[j] = (double)center[c];
+        s[j] = invstd ? (double)gamma[c] * (double)invstd[c]
+                      : (double)gamma[c] * (1.0 / sqrt((double)var[c] + eps));
+        o[j] = (double)beta[c];
+    }
+    for (size_t i = tl.i0; i < tl.i1; i++) {
+        const real *x = X + (ptrdiff_t)i * ldx + tl.j0;
+        real *y = Y + (ptrdiff_t)i * ldy + tl.j0;
+        for (j = 0; j < tl.w; j++)
+            y[j] = (real)(((double)x[j] - m[j]) * s[j] + o[j]);
+    }
+}
+
+/* ---- training forward -------------------------------------------------------
+ * Per column block: mean = sum x / n, var = sum (x - mean)^2 / n (two passes
+ * in double), invstd = 1 / sqrt(var + eps), running statistics updated. Then
+ * per tile: y = (x - mean) * (gamma invstd) + beta from the stored mean and
+ * invstd. A barrier separates the two loops, so Y may alias X. */
+void FN(fusenn_batchnorm_forward_train)(size_t n, size_t d, const real *X, ptrdiff_t ldx,
+                                        const real *gamma, const real *beta,
+                                        double eps, double momentum,
+                                        real *running_mean, real *running_var,
+                                        real *mean, real *invstd,
+                                        real *Y, ptrdiff_t ldy, int nthreads)
+{
+    if (n == 0 || d == 0)
+        return;
+    const layout L = layout_for(n, d, nthreads);
+#pragma omp parallel num_threads(L.nt) if(L.nt > 1)
+    {
+#pragma omp for schedule(static)
+        for (size_t b = 0; b < L.nblocks; b++) {
+            const tile blk = column_block(&L, b);
+            const size_t j0 = blk.j0, w = blk.w;
+            double mu[BN_MAX_BLOCK], sq[BN_MAX_BLOCK];
+            size_t i, j;
+            for (j = 0; j < w; j++)
+                mu[j] = sq[j] = 0;
+            for (i = 0; i < n; i++) {
+                const real *x = X + (ptrdiff_t)i * ldx + j0;
+                for (j = 0; j < w; j++)
+                    mu[j] += (double)x[j];
+            }
+            for (j = 0; j < w; j++)
+                mu[j] /= (double)n;
+            for (i = 0; i < n; i++) {
+                const real *x = X + (ptrdiff_t)i * ldx + j0;
+                for (j = 0; j < w; j++) {
+                    const double c = (double)x[j] - mu[j];
+                    sq[j] += c * c;
+                }
+            }
+            for (j = 0; j < w; j++) {
+                const double var = sq[j] / (double)n;
+                mean[j0 + j] = (real)mu[j];
+                invstd[j0 + j] = (real)(1.0 / sqrt(var + eps));
+                if (running_mean) {
+                    running_mean[j0 + j] = (real)(momentum * (double)running_mean[j0 + j] +
+                                                  (1.0 - momentum) * mu[j]);
+                    running_var[j0 + j] = (real)(momentum * (double)running_var[j0 + j] +
+                                                 (1.0 - momentum) * var);
+                }
+            }
+        }
+#pragma omp for schedule(static)
+        for (size_t t = 0; t < L.nrows * L.nblocks; t++)
+            FN(normalize_tile)(tile_at(&L, t), X, ldx, gamma, beta,
+                               mean, invstd, NULL, 0.0, Y, ldy);
+    }
+}
+
+/* ---- inference forward ----------------------------------------------------------
+ * y = (x - running_mean) * (gamma / sqrt(running_var + eps)) + beta, per tile. */
+void FN(fusenn_batchnorm_forward_infer)(size_t n, size_t d, const real *X, ptrdiff_t ldx,
+                                        const real *gamma, const real *beta, double eps,
+                                        const real *running_mean, const real *running_var,
+                                        real *Y, ptrdiff_t ldy, int nthreads)
+{
+    if (n == 0 || d == 0)
+        return;
+    const layout L = layout_for(n, d, nthreads);
+#pragma omp parallel for num_threads(L.nt) if(L.nt > 1) schedule(static)
+    for (size_t t = 0; t < L.nrows * L.nblocks; t++)
+        FN(normalize_tile)(tile_at(&L, t), X, ldx, gamma, beta,
+                           running_mean, NULL, running_var, eps, Y, ldy);
+}
+
+/* ---- backward --------------------------------------------------------------------
+ * Per column block, with xhat = (x - mean) invstd in double:
+ *   dbeta = sum_i dy,  dgamma = sum_i dy xhat.
+ * Then per tile, from the stored (dtype-rounded) sums:
+ *   dx = (gamma invstd / n) (n dy - dbeta - xhat dgamma).
+ * dY is read whole before dX is written (barrier), so dX may alias dY. */
+void FN(fusenn_batchnorm_backward)(size_t n, size_t d, const real *X, ptrdiff_t ldx,
+                                   const real *dY, ptrdiff_t lddy, const real *gamma,
+                                   const real *mean, const real *invstd,
+                                   real *dX, ptrdiff_t lddx, real *dgamma, real *dbeta,
+                                   int nthreads)
+{
+    if (d == 0)
+        return;
+    const layout L = layout_for(n, d, nthreads);
+#pragma omp parallel num_threads(L.nt) if(L.nt > 1)
+    {
+#pragma omp for schedule(static)
+        for (size_t b = 0; b < L.nblocks; b++) {
+            const tile blk = column_block(&L, b);
+            const size_t j0 = blk.j0, w = blk.w;
+            double m[BN_MAX_BLOCK], is[BN_MAX_BLOCK], sum_dy[BN_MAX_BLOCK], sum_dyx[BN_MAX_BLOCK];
+            size_t i, j;
+            for (j = 0; j < w; j++) {
+                m[j] = (double)mean[j0 + j];
+                is[j] = (double)invstd[j0 + j];
+                sum_dy[j] = sum_dyx[j] = 0;
+            }
+            for (i = 0; i < n; i++) {
+                const real *x = X + (ptrdiff_t)i * ldx + j0;
+                const real *dy = dY + (ptrdiff_t)i * lddy + j0;
+                for (j = 0; j < w; j++) {
+                    const double xhat = ((double)x[j] - m[j]) * is[j];
+                    sum_dy[j] += (double)dy[j];
+                    sum_dyx[j] += (double)dy[j] * xhat;
+                }
+            }
+            for (j = 0; j < w; j++) {
+                dbeta[j0 + j] = (real)sum_dy[j];
+                dgamma[j0 + j] = (real)sum_dyx[j];
+            }
+        }
+        if (dX && n > 0) {
+#pragma omp for schedule(static)
+            for (size_t t = 0; t < L.nrows * L.nblocks; t++) {
+                const tile tl = tile_at(&L, t);
+                double m[BN_MAX_BLOCK], is[BN_MAX_BLOCK], k[BN_MAX_BLOCK];
+                double db[BN_MAX_BLOCK], dg[BN_MAX_BLOCK];
+                const double nd = (double)n;
+                size_t j;
+                for (j = 0; j < tl.w; j++) {
+                    const size_t c = tl.j0 + j;
+                    m[j] = (double)mean[c];
+                    is[j] = (double)invstd[c];
+                    k[j] = (double)gamma[c] * is[j] / nd;
+                    db[j] = (double)dbeta[c];
+                    dg[j] = (double)dgamma[c];
+                }
+                for (size_t i = tl.i0; i < tl.i1; i++) {
+                    const real *x = X + (ptrdiff_t)i * ldx + tl.j0;
+                    const real *dy = dY + (ptrdiff_t)i * lddy + tl.j0;
+                    real *dx = dX + (ptrdiff_t)i * lddx + tl.j0;
+                    for (j = 0; j < tl.w; j++) {
+                        const double xhat = ((double)x[j] - m[j]) * is[j];
+                        dx[j] = (real)(k[j] * (nd * (double)dy[j] - db[j] - xhat * dg[j]));
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,356 @@
+"""fusenn.sklearn: scikit-learn's estimator checks, and the estimators in scikit-learn's tools."""
+
+import os
+import pickle
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+# check_array_api_input runs only when SciPy's array API support is on, which
+# must be set before SciPy is first imported.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
+sklearn = pytest.importorskip("sklearn")
+
+from sklearn.datasets import (load_iris, make_multilabel_classification,  # noqa: E402
+                              make_regression)
+from sklearn.exceptions import ConvergenceWarning, NotFittedError  # noqa: E402
+from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+import fusenn  # noqa: E402
+from fusenn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning",
+                                        "ignore:alpha \\(the L2 penalty\\) is ignored")
+
+SMALL = dict(hidden_layer_sizes=(16,), max_iter=100, learning_rate_init=0.01)
+
+
+@parametrize_with_checks([MLPClassifier(**SMALL), MLPRegressor(**SMALL)])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.fixture(scope="module")
+def iris():
+    X, y = load_iris(return_X_y=True)
+    return StandardScaler().fit_transform(X), y
+
+
+def _l2_supported():
+    import inspect
+    return "l2" in inspect.signature(fusenn.SGD).parameters
+
+
+def _numpy_forward(est, X):
+    """The network's outputs computed in NumPy from coefs_ / intercepts_."""
+    act = {"relu": lambda z: np.maximum(z, 0), "tanh": np.tanh, "identity": lambda z: z,
+           "logistic": lambda z: 1 / (1 + np.exp(-z))}[est.activation]
+    a = np.asarray(X, dtype=np.float64)
+    for i, (W, b) in enumerate(zip(est.coefs_, est.intercepts_)):
+        z = a @ W.astype(np.float64) + b
+        a = act(z) if i < len(est.coefs_) - 1 else z
+    if est.out_activation_ == "softmax":
+        e = np.exp(a - a.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+    if est.out_activation_ == "logistic":
+        return 1 / (1 + np.exp(-a))
+    return a
+
+
+# ---- classification ----------------------------------------------------------------
+
+
+def test_multiclass_string_labels(iris):
+    X, y = iris
+    names = np.array(["setosa", "versicolor", "virginica"])[y]
+    clf = MLPClassifier(hidden_layer_sizes=(20,), max_iter=200, learning_rate_init=0.01,
+                        random_state=0).fit(X, names)
+    assert list(clf.classes_) == ["setosa", "versicolor", "virginica"]
+    assert clf.n_features_in_ == 4 and clf.n_outputs_ == 3 and clf.out_activation_ == "softmax"
+    assert clf.score(X, names) > 0.9
+    P = clf.predict_proba(X)
+    assert P.shape == (150, 3) and P.dtype == np.float64
+    np.testing.assert_allclose(P.sum(axis=1), 1, rtol=1e-6)
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[P.argmax(axis=1)])
+    np.testing.assert_allclose(clf.predict_log_proba(X), np.log(P))
+    # coefs_ / intercepts_ are what predict uses
+    assert [W.shape for W in clf.coefs_] == [(4, 20), (20, 3)]
+    np.testing.assert_allclose(P, _numpy_forward(clf, X), rtol=1e-4, atol=1e-6)
+
+
+def test_binary_uses_one_sigmoid_unit(iris):
+    X, y = iris
+    yb = np.where(y == 2, "yes", "no")
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=200, learning_rate_init=0.01,
+                        activation="tanh", random_state=0).fit(X, yb)
+    assert clf.n_outputs_ == 1 and clf.out_activation_ == "logistic"
+    assert clf.coefs_[-1].shape == (8, 1)
+    P = clf.predict_proba(X)
+    assert P.shape == (150, 2)
+    np.testing.assert_allclose(P[:, 1], _numpy_forward(clf, X)[:, 0], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal(clf.predict(X), np.where(P[:, 1] > 0.5, "yes", "no"))
+    assert clf.score(X, yb) > 0.9
+
+
+def test_multilabel():
+    X, Y = make_multilabel_classification(n_samples=200, n_features=10, n_classes=4,
+                                          random_state=0)
+    X = StandardScaler().fit_transform(X)
+    clf = MLPClassifier(hidden_layer_sizes=(32,), max_iter=300, learning_rate_init=0.01,
+                        random_state=0).fit(X, Y)
+    np.testing.assert_array_equal(clf.classes_, np.arange(4))
+    assert clf.out_activation_ == "logistic" and clf.n_outputs_ == 4
+    P = clf.predict_proba(X)
+    assert P.shape == (200, 4)
+    pred = clf.predict(X)
+    assert pred.shape == (200, 4)
+    np.testing.assert_array_equal(pred, (P > 0.5).astype(int))
+    assert np.mean(pred == Y) > 0.85
+
+
+def test_loss_curve_is_sklearns_loss():
+    """loss_curve_ holds scikit-learn's loss: binary cross-entropy summed over the
+    labels (multi-label) and half the mean squared error (regression)."""
+    X, Y = make_multilabel_classification(n_samples=60, n_features=5, n_classes=3, random_state=1)
+    X = StandardScaler().fit_transform(X)
+    # one full batch and a learning rate so small that the weights do not move
+    kw = dict(hidden_layer_sizes=(5,), max_iter=1, batch_size=60, learning_rate_init=1e-12,
+              alpha=0.0, dtype="float64", random_state=0)
+    clf = MLPClassifier(**kw).fit(X, Y)
+    P = clf.predict_proba(X)
+    bce = -(Y * np.log(P) + (1 - Y) * np.log(1 - P)).sum(axis=1).mean()
+    np.testing.assert_allclose(clf.loss_curve_[0], bce, rtol=1e-8)
+    assert clf.loss_ == clf.loss_curve_[-1]
+
+    Xr, yr = make_regression(n_samples=60, n_features=5, n_targets=3, random_state=1)
+    reg = MLPRegressor(**kw).fit(Xr, yr)
+    np.testing.assert_allclose(reg.loss_curve_[0], 0.5 * np.mean((reg.predict(Xr) - yr) ** 2),
+                               rtol=1e-8)
+
+    if _l2_supported():  # plus the L2 term, 0.5 * alpha * ||W||^2 / batch per batch
+        kw.update(alpha=0.3, batch_size=25)  # batches of 25, 25, 10
+        reg = MLPRegressor(**kw).fit(Xr, yr)
+        penalty = 0.5 * 0.3 * sum((W ** 2).sum() for W in reg.coefs_) * 3 / 60
+        np.testing.assert_allclose(
+            reg.loss_curve_[0], 0.5 * np.mean((reg.predict(Xr) - yr) ** 2) + penalty, rtol=1e-8)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+@pytest.mark.parametrize("n_targets", [1, 3])
+def test_sgd_step_is_sklearns_update(alpha, n_targets):
+    """One full-batch SGD step equals scikit-learn's: W -= lr * (X^T (p - y) / n + alpha W / n)."""
+    if alpha and not _l2_supported():
+        pytest.skip("fusenn's optimizers have no l2= yet: alpha is ignored")
+    X, y = make_regression(n_samples=40, n_features=6, n_targets=n_targets, random_state=2)
+    y = y / y.std()
+    reg = MLPRegressor(hidden_layer_sizes=(7,), activation="tanh", solver="sgd", momentum=0.0,
+                       learning_rate_init=0.05, alpha=alpha, batch_size=40, max_iter=1,
+                       shuffle=False, warm_start=True, dtype="float64", random_state=0)
+    reg.fit(X, y)
+    W = [w.copy() for w in reg.coefs_]
+    b = [c.copy() for c in reg.intercepts_]
+    reg.fit(X, y)  # warm start: one more epoch = one step from W, b
+    n = len(X)
+    h = np.tanh(X @ W[0] + b[0])
+    d2 = (h @ W[1] + b[1] - y.reshape(n, -1)) / n
+    d1 = (d2 @ W[1].T) * (1 - h ** 2)
+    expected = [W[0] - 0.05 * (X.T @ d1 + alpha * W[0] / n),
+                W[1] - 0.05 * (h.T @ d2 + alpha * W[1] / n)]
+    for got, want in zip(reg.coefs_, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(reg.intercepts_[1], b[1] - 0.05 * d2.sum(axis=0), rtol=1e-10,
+                               atol=1e-12)
+
+
+# ---- regression -------------------------------------------------------------------------
+
+
+def test_multioutput_regression():
+    X, Y = make_regression(n_samples=200, n_features=6, n_targets=3, random_state=0)
+    Y = Y / Y.std(axis=0)
+    reg = MLPRegressor(hidden_layer_sizes=(32,), max_iter=300, learning_rate_init=0.01,
+                       random_state=0).fit(X, Y)
+    pred = reg.predict(X)
+    assert pred.shape == (200, 3) and pred.dtype == np.float64
+    assert reg.n_outputs_ == 3 and reg.out_activation_ == "identity"
+    assert reg.score(X, Y) > 0.9
+    np.testing.assert_allclose(pred, _numpy_forward(reg, X), rtol=1e-4, atol=1e-4)
+    one = MLPRegressor(hidden_layer_sizes=(8,), max_iter=5, random_state=0).fit(X, Y[:, 0])
+    assert one.predict(X).shape == (200,)
+
+
+# ---- training control -----------------------------------------------------------------
+
+
+def test_convergence_and_max_iter(iris):
+    X, y = iris
+    with pytest.warns(ConvergenceWarning, match="Maximum iterations \\(3\\)"):
+        clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0).fit(X, y)
+    assert clf.n_iter_ == 3 and len(clf.loss_curve_) == 3
+    # a tolerance no epoch can beat: stop after n_iter_no_change + 1 epochs without a warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=100, tol=1e3, n_iter_no_change=3,
+                            random_state=0).fit(X, y)
+    assert clf.n_iter_ == 5
+    assert clf.best_loss_ == min(clf.loss_curve_) and clf.validation_scores_ is None
+
+
+def test_adaptive_learning_rate_divides_by_five(iris):
+    X, y = iris
+    kw = dict(hidden_layer_sizes=(4,), solver="sgd", learning_rate_init=0.1, tol=1e3,
+              n_iter_no_change=2, max_iter=200, random_state=0)
+    constant = MLPClassifier(**kw).fit(X, y)
+    adaptive = MLPClassifier(learning_rate="adaptive", **kw).fit(X, y)
+    assert constant.n_iter_ == 4
+    # the first stall after 4 epochs, then every 3; 0.1 / 5**k is above 1e-6 for k <= 7:
+    # eight divisions, and the ninth stall stops
+    assert adaptive.n_iter_ == 4 + 8 * 3
+    np.testing.assert_allclose(adaptive.model_.optimizer.lr, 0.1 / 5 ** 8)
+    # invscaling: lr = learning_rate_init / (samples seen + 1) ** power_t, set per epoch
+    inv = MLPClassifier(**{**kw, "learning_rate": "invscaling", "tol": 1e-4, "max_iter": 3,
+                           "power_t": 0.25}).fit(X, y)
+    np.testing.assert_allclose(inv.model_.optimizer.lr, 0.1 / (2 * 150 + 1) ** 0.25)
+
+
+def test_early_stopping_restores_best_weights(iris):
+    X, y = iris
+    kw = dict(hidden_layer_sizes=(6,), early_stopping=True, validation_fraction=0.3,
+              n_iter_no_change=1000, learning_rate_init=0.02, random_state=0)
+    clf = MLPClassifier(max_iter=40, **kw).fit(X, y)
+    scores = clf.validation_scores_
+    assert len(scores) == clf.n_iter_ == 40 and len(clf.loss_curve_) == 40
+    assert clf.best_validation_score_ == max(scores) and clf.best_loss_ is None
+    best = int(np.argmax(scores))
+    assert best < 39, "the test needs the best epoch before the last"
+    # the same run stopped after the best epoch ends with the weights clf restored
+    short = MLPClassifier(max_iter=best + 1, **kw).fit(X, y)
+    for a, b in zip(clf.coefs_ + clf.intercepts_, short.coefs_ + short.intercepts_):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(clf.predict_proba(X), short.predict_proba(X))
+    with pytest.raises(ValueError, match="early_stopping"):
+        clf.partial_fit(X, y)
+
+
+def test_warm_start_continues(iris):
+    X, y = iris
+    clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=4, warm_start=True, random_state=0)
+    clf.fit(X, y)
+    first = [w.copy() for w in clf.coefs_]
+    clf.fit(X, y)
+    assert len(clf.loss_curve_) == 8 and clf.n_iter_ == 4
+    assert not np.array_equal(first[0], clf.coefs_[0])
+    with pytest.raises(ValueError, match="same classes"):
+        clf.fit(X[y < 2], y[y < 2])
+    with pytest.raises(ValueError, match="keep hidden_layer_sizes, activation"):
+        clf.set_params(activation="tanh").fit(X, y)
+    clf.set_params(activation="relu")
+    cold = MLPClassifier(hidden_layer_sizes=(5,), max_iter=4, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(cold.coefs_[0], first[0])
+
+
+def test_partial_fit(iris):
+    X, y = iris
+    clf = MLPClassifier(hidden_layer_sizes=(10,), learning_rate_init=0.01, random_state=0)
+    with pytest.raises(ValueError, match="classes must be passed"):
+        clf.partial_fit(X, y)
+    clf.partial_fit(X[y == 0], y[y == 0], classes=[0, 1, 2])
+    assert clf.n_outputs_ == 3 and clf.n_iter_ == 1
+    for _ in range(60):
+        clf.partial_fit(X, y)
+    assert clf.score(X, y) > 0.85 and clf.t_ == 50 + 60 * 150
+    with pytest.raises(ValueError, match="not in `self.classes_`"):
+        clf.partial_fit(X, y + 1)
+    with pytest.raises(ValueError, match="features"):
+        clf.partial_fit(X[:, :3], y)
+
+    reg = MLPRegressor(hidden_layer_sizes=(10,), random_state=0)
+    reg.partial_fit(X[:, :3], X[:, 3])
+    reg.partial_fit(X[:, :3], X[:, 3])
+    assert len(reg.loss_curve_) == 2 and reg.loss_curve_[1] < reg.loss_curve_[0]
+
+
+def test_no_hidden_layer_is_a_linear_model(iris):
+    X, y = iris
+    clf = MLPClassifier(hidden_layer_sizes=(), max_iter=100, learning_rate_init=0.05,
+                        random_state=0).fit(X, y)
+    assert [W.shape for W in clf.coefs_] == [(4, 3)] and clf.n_layers_ == 2
+    assert clf.score(X, y) > 0.8
+
+
+def test_bad_parameters(iris):
+    X, y = iris
+    with pytest.raises(ValueError, match="lbfgs"):
+        MLPClassifier(solver="lbfgs").fit(X, y)
+    for bad in [dict(activation="softmax"), dict(hidden_layer_sizes=(0,)), dict(dtype="int32"),
+                dict(batch_size=0), dict(learning_rate="optimal"), dict(n_threads=0),
+                dict(validation_fraction=1.0), dict(momentum=1.5)]:
+        with pytest.raises(ValueError):
+            MLPClassifier(**bad).fit(X, y)
+    with pytest.raises(NotFittedError):
+        MLPRegressor().predict(X)
+
+
+def test_dtype_and_threads(iris):
+    X, y = iris
+    kw = dict(hidden_layer_sizes=(40, 30), max_iter=10, random_state=0)
+    c64 = MLPClassifier(dtype="float64", **kw).fit(X, y)
+    assert c64.model_.dtype == np.float64 and c64.coefs_[0].dtype == np.float64
+    one = MLPClassifier(n_threads=1, **kw).fit(X, y)
+    two = MLPClassifier(n_threads=2, **kw).fit(X, y)
+    assert one.coefs_[0].dtype == np.float32
+    for a, b in zip(one.coefs_ + one.intercepts_, two.coefs_ + two.intercepts_):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(one.predict_proba(X), two.predict_proba(X))
+
+
+# ---- scikit-learn's tools ---------------------------------------------------------------
+
+
+def test_pipeline_gridsearch_cross_val_score(iris):
+    X, y = load_iris(return_X_y=True)
+    pipe = make_pipeline(StandardScaler(), MLPClassifier(hidden_layer_sizes=(10,), max_iter=150,
+                                                         learning_rate_init=0.02, random_state=0))
+    assert pipe.fit(X, y).score(X, y) > 0.9
+    scores = cross_val_score(pipe, X, y, cv=3)
+    assert scores.shape == (3,) and scores.mean() > 0.85
+    grid = GridSearchCV(pipe, {"mlpclassifier__alpha": [1e-4, 1e-2],
+                               "mlpclassifier__hidden_layer_sizes": [(4,), (10,)]}, cv=3)
+    grid.fit(X, y)
+    assert set(grid.best_params_) == {"mlpclassifier__alpha", "mlpclassifier__hidden_layer_sizes"}
+    assert grid.best_score_ > 0.85
+    Xr, yr = make_regression(n_samples=150, n_features=4, noise=1.0, random_state=0)
+    reg = make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(10,), max_iter=200,
+                                                       learning_rate_init=0.02, random_state=0))
+    assert cross_val_score(reg, Xr, yr / yr.std(), cv=3).mean() > 0.8
+
+
+@pytest.mark.parametrize("Estimator", [MLPClassifier, MLPRegressor])
+def test_pickle_round_trip_keeps_training_state(Estimator, iris):
+    X, y = iris
+    if Estimator is MLPRegressor:
+        X, y = X[:, :3], X[:, 3]
+    est = Estimator(hidden_layer_sizes=(8,), max_iter=20, random_state=0).fit(X, y)
+    before = est.predict(X)
+    copy = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(copy.predict(X), before)
+    # Adam's moments and step count survive: continued training is bitwise the same
+    for e in (est, copy):
+        for _ in range(3):
+            e.partial_fit(X, y)
+    for a, b in zip(est.coefs_ + est.intercepts_, copy.coefs_ + copy.intercepts_):
+        np.testing.assert_array_equal(a, b)
+    assert copy.model_.optimizer.iterations == est.model_.optimizer.iterations > 3
+    np.testing.assert_array_equal(copy.predict(X), est.predict(X))
+
+
+def test_import_fusenn_does_not_import_sklearn():
+    code = "import sys, fusenn; print(any(m.split('.')[0] == 'sklearn' for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
