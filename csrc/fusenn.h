@@ -296,15 +296,43 @@ size_t fusenn_sgd_update_f64(size_t len, double *w, const double *g, double *v,
                              double lr, double momentum, int nesterov, double *prev,
                              int nthreads);
 
-/* Adam, step t >= 1 (bias correction), eps added after the square root:
+/* Adam, step t >= 1 (bias correction), eps added after the square root, with
+ * AdamW's decoupled weight decay in PyTorch's form (weight_decay == 0 is plain
+ * Adam, bitwise):
+ *   w *= 1 - lr weight_decay
  *   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
  *   w -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) */
 size_t fusenn_adam_update_f32(size_t len, float *w, const float *g, float *m, float *v,
                               double lr, double beta1, double beta2, double eps,
-                              int64_t t, float *prev, int nthreads);
+                              double weight_decay, int64_t t, float *prev, int nthreads);
 size_t fusenn_adam_update_f64(size_t len, double *w, const double *g, double *m, double *v,
                               double lr, double beta1, double beta2, double eps,
-                              int64_t t, double *prev, int nthreads);
+                              double weight_decay, int64_t t, double *prev, int nthreads);
+
+/* RMSprop: v = rho v + (1 - rho) g^2;  w -= lr g / (sqrt(v) + eps) */
+size_t fusenn_rmsprop_update_f32(size_t len, float *w, const float *g, float *v, double lr,
+                                 double rho, double eps, float *prev, int nthreads);
+size_t fusenn_rmsprop_update_f64(size_t len, double *w, const double *g, double *v, double lr,
+                                 double rho, double eps, double *prev, int nthreads);
+
+/* Adagrad: v += g^2;  w -= lr g / (sqrt(v) + eps)   (v starts at zero) */
+size_t fusenn_adagrad_update_f32(size_t len, float *w, const float *g, float *v, double lr,
+                                 double eps, float *prev, int nthreads);
+size_t fusenn_adagrad_update_f64(size_t len, double *w, const double *g, double *v, double lr,
+                                 double eps, double *prev, int nthreads);
+
+/* Gradient preprocessing, applied before an update:
+ * sum_squares returns sum_i x_i^2, accumulated in double over fixed chunks (the
+ * same bits for any nthreads); the norm for norm clipping is its square root. */
+double fusenn_sum_squares_f32(size_t len, const float *x, int nthreads);
+double fusenn_sum_squares_f64(size_t len, const double *x, int nthreads);
+
+/* In place: g = clip(scale * (g + l2 * w), -clipvalue, clipvalue).
+ * w is not read (may be NULL) when l2 == 0; clipvalue <= 0 means no clipping. */
+void fusenn_grad_transform_f32(size_t len, float *g, const float *w, double l2, double scale,
+                               double clipvalue, int nthreads);
+void fusenn_grad_transform_f64(size_t len, double *g, const double *w, double l2, double scale,
+                               double clipvalue, int nthreads);
 
 /* ---- Utilities (memory.c, shuffle.c, validate.c) ------------------------- */
 
@@ -338,14 +366,30 @@ typedef enum {
     FUSENN_LOSS_HUBER = 4                 /* Huber loss on the outputs (needs a delta) */
 } fusenn_loss;
 
-typedef enum { FUSENN_OPT_SGD = 0, FUSENN_OPT_ADAM = 1 } fusenn_optimizer_kind;
+typedef enum {
+    FUSENN_OPT_SGD = 0,
+    FUSENN_OPT_ADAM = 1,    /* AdamW when weight_decay > 0 */
+    FUSENN_OPT_RMSPROP = 2,
+    FUSENN_OPT_ADAGRAD = 3
+} fusenn_optimizer_kind;
 
+/* An optimizer's settings. Each step, before the updates:
+ *   1. l2 > 0: g += l2 w for every weight matrix W (never the biases)
+ *   2. clipnorm > 0: each parameter's g *= c / ||g|| when ||g|| > c;
+ *      global_clipnorm > 0: every g *= c / ||all g|| when that norm is > c
+ *      (||.|| from fusenn_sum_squares; at most one of the two is set)
+ *   3. clipvalue > 0: g = clip(g, -clipvalue, clipvalue)
+ * weight_decay (Adam only) decays the weight matrices, never the biases. */
 typedef struct {
     fusenn_optimizer_kind kind;
     double lr;
     double momentum; /* SGD */
     int nesterov;    /* SGD */
-    double beta1, beta2, eps; /* Adam */
+    double beta1, beta2, eps; /* Adam (eps also RMSprop, Adagrad) */
+    double rho;          /* RMSprop */
+    double weight_decay; /* Adam: decoupled decay (AdamW), 0 = off */
+    double l2;           /* coupled L2 penalty, 0 = off */
+    double clipnorm, global_clipnorm, clipvalue; /* gradient clipping, <= 0 = off */
     int64_t steps;   /* updates applied so far; each step adds one (Adam's t) */
 } fusenn_optimizer;
 
@@ -364,7 +408,7 @@ typedef struct {
     void *W, *b;          /* dense: d_in x d_out and d_out; batchnorm: gamma and beta (d) */
     void *dW, *db;        /* their gradients, same shapes */
     void *W_state[2];     /* optimizer state shaped like W: SGD {velocity or NULL,
-                             NULL}, Adam {m, v} */
+                             NULL}, Adam {m, v}, RMSprop and Adagrad {v, NULL} */
     void *b_state[2];     /* the same for b */
     double rate;          /* dropout: probability of zeroing an input */
     uint64_t seed;        /* dropout: base seed of the masks */

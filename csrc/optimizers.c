@@ -60,7 +60,9 @@ size_t FN(fusenn_sgd_update)(size_t len, real *w, const real *g, real *v,
     return bad;
 }
 
-/* Adam (Kingma & Ba), step t >= 1:
+/* Adam (Kingma & Ba), step t >= 1, with AdamW's decoupled weight decay
+ * (Loshchilov & Hutter, in PyTorch's form):
+ *   w *= 1 - lr wd                    decay, skipped when wd == 0 (plain Adam)
  *   m = b1 m + (1 - b1) g             first-moment estimate
  *   v = b2 v + (1 - b2) g^2           second-moment estimate
  *   w -= lr (m / c1) / (sqrt(v / c2) + eps),  c1 = 1 - b1^t, c2 = 1 - b2^t
@@ -68,9 +70,10 @@ size_t FN(fusenn_sgd_update)(size_t len, real *w, const real *g, real *v,
  * c1 and c2 undoes that. The corrections are computed once, in double. */
 size_t FN(fusenn_adam_update)(size_t len, real *w, const real *g, real *m, real *v,
                               double lr, double beta1, double beta2, double eps,
-                              int64_t t, real *prev, int nthreads)
+                              double weight_decay, int64_t t, real *prev, int nthreads)
 {
     const real lr_r = (real)lr, eps_r = (real)eps;
+    const real decay = (real)(1.0 - lr * weight_decay); /* AdamW: w *= 1 - lr wd first */
     const real b1 = (real)beta1, one_minus_b1 = (real)(1.0 - beta1);
     const real b2 = (real)beta2, one_minus_b2 = (real)(1.0 - beta2);
     const real c1 = (real)(1.0 - pow(beta1, (double)t));
@@ -86,7 +89,96 @@ size_t FN(fusenn_adam_update)(size_t len, real *w, const real *g, real *m, real 
         const real vi = b2 * v[i] + one_minus_b2 * gi * gi;
         m[i] = mi;
         v[i] = vi;
-        bad += FN(commit)(w, prev, i, w[i] - lr_r * (mi / c1) / (sqrt(vi / c2) + eps_r));
+        const real wi = weight_decay != 0 ? w[i] * decay : w[i];
+        bad += FN(commit)(w, prev, i, wi - lr_r * (mi / c1) / (sqrt(vi / c2) + eps_r));
     }
     return bad;
+}
+
+/* RMSprop (Hinton; PyTorch's form, eps added after the square root):
+ *   v = rho v + (1 - rho) g^2         running mean of the squared gradient
+ *   w -= lr g / (sqrt(v) + eps) */
+size_t FN(fusenn_rmsprop_update)(size_t len, real *w, const real *g, real *v, double lr,
+                                 double rho, double eps, real *prev, int nthreads)
+{
+    const real lr_r = (real)lr, eps_r = (real)eps;
+    const real rho_r = (real)rho, one_minus_rho = (real)(1.0 - rho);
+    size_t bad = 0;
+    int nt = fusenn_threads_for(len, nthreads);
+    (void)nt; /* only read by the OpenMP pragma */
+
+#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static) reduction(+:bad)
+    for (size_t i = 0; i < len; i++) {
+        const real gi = g[i];
+        const real vi = rho_r * v[i] + one_minus_rho * gi * gi;
+        v[i] = vi;
+        bad += FN(commit)(w, prev, i, w[i] - lr_r * gi / (sqrt(vi) + eps_r));
+    }
+    return bad;
+}
+
+/* Adagrad (Duchi et al.): the accumulator v sums every squared gradient,
+ *   v += g^2;  w -= lr g / (sqrt(v) + eps) */
+size_t FN(fusenn_adagrad_update)(size_t len, real *w, const real *g, real *v, double lr,
+                                 double eps, real *prev, int nthreads)
+{
+    const real lr_r = (real)lr, eps_r = (real)eps;
+    size_t bad = 0;
+    int nt = fusenn_threads_for(len, nthreads);
+    (void)nt; /* only read by the OpenMP pragma */
+
+#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static) reduction(+:bad)
+    for (size_t i = 0; i < len; i++) {
+        const real gi = g[i];
+        const real vi = v[i] + gi * gi;
+        v[i] = vi;
+        bad += FN(commit)(w, prev, i, w[i] - lr_r * gi / (sqrt(vi) + eps_r));
+    }
+    return bad;
+}
+
+/* ---- gradient transforms (before the update) ------------------------------ */
+
+/* sum_i x_i^2 in double: each of the fixed chunks is summed in index order by
+ * one thread, then the partials are added in chunk order. */
+double FN(fusenn_sum_squares)(size_t len, const real *x, int nthreads)
+{
+    const size_t nchunks = fusenn_num_chunks(len);
+    double partial[FUSENN_SUM_CHUNKS];
+    int nt = fusenn_threads_for(len, nthreads);
+    (void)nt; /* only read by the OpenMP pragma */
+
+#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+    for (size_t c = 0; c < nchunks; c++) {
+        const size_t end = fusenn_chunk_start(c + 1, nchunks, len);
+        double s = 0;
+        for (size_t i = fusenn_chunk_start(c, nchunks, len); i < end; i++)
+            s += (double)x[i] * (double)x[i];
+        partial[c] = s;
+    }
+    double total = 0;
+    for (size_t c = 0; c < nchunks; c++)
+        total += partial[c];
+    return total;
+}
+
+/* g = clip(scale (g + l2 w), -clipvalue, clipvalue): the L2 penalty's gradient,
+ * norm clipping's rescaling and value clipping in one pass. w is only read
+ * when l2 != 0; clipvalue <= 0 means no clipping; NaN stays NaN. */
+void FN(fusenn_grad_transform)(size_t len, real *g, const real *w, double l2, double scale,
+                               double clipvalue, int nthreads)
+{
+    const real l2_r = (real)l2, scale_r = (real)scale, hi = (real)clipvalue;
+    const int add_l2 = l2 != 0 && w != NULL, clip = clipvalue > 0;
+    int nt = fusenn_threads_for(len, nthreads);
+    (void)nt; /* only read by the OpenMP pragma */
+
+#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
+    for (size_t i = 0; i < len; i++) {
+        real gi = add_l2 ? g[i] + l2_r * w[i] : g[i];
+        gi = scale_r * gi;
+        if (clip)
+            gi = gi > hi ? hi : (gi < -hi ? -hi : gi);
+        g[i] = gi;
+    }
 }

@@ -320,15 +320,100 @@ static void FN(reset_optimizer)(plan_t *plan, fusenn_optimizer *opt)
     opt->steps = 0;
 }
 
-/* Update one parameter array; the old values go to its gradient array. */
+/* Update one parameter array; the old values go to its gradient array.
+ * weight_decay is the optimizer's for weight matrices, 0 for biases. */
 static size_t FN(update)(const fusenn_optimizer *opt, size_t len, real *w, real *g,
-                         void *const state[2], int nthreads)
+                         void *const state[2], double weight_decay, int nthreads)
 {
-    if (opt->kind == FUSENN_OPT_ADAM)
+    switch (opt->kind) {
+    case FUSENN_OPT_ADAM:
         return FN(fusenn_adam_update)(len, w, g, state[0], state[1], opt->lr, opt->beta1,
-                                      opt->beta2, opt->eps, opt->steps, g, nthreads);
-    return FN(fusenn_sgd_update)(len, w, g, state[0], opt->lr, opt->momentum, opt->nesterov,
-                                 g, nthreads);
+                                      opt->beta2, opt->eps, weight_decay, opt->steps, g,
+                                      nthreads);
+    case FUSENN_OPT_RMSPROP:
+        return FN(fusenn_rmsprop_update)(len, w, g, state[0], opt->lr, opt->rho, opt->eps, g,
+                                         nthreads);
+    case FUSENN_OPT_ADAGRAD:
+        return FN(fusenn_adagrad_update)(len, w, g, state[0], opt->lr, opt->eps, g, nthreads);
+    case FUSENN_OPT_SGD:
+    default:
+        return FN(fusenn_sgd_update)(len, w, g, state[0], opt->lr, opt->momentum,
+                                     opt->nesterov, g, nthreads);
+    }
+}
+
+/* Norm clipping's factor c / max(norm, c) (1 when the norm is NaN). */
+static double clip_scale(double sum_squares, double c)
+{
+    const double norm = sqrt(sum_squares);
+    return norm > c ? c / norm : 1.0;
+}
+
+/* Parameter p of the plan (W of layer p / 2 when p is even, else its b):
+ * its length (0 for layers without parameters), weights and gradient. */
+static size_t FN(param)(const plan_t *plan, size_t p, real **w, real **g)
+{
+    const fusenn_layer *layer = &plan->layers[p / 2];
+    if (p % 2) {
+        *w = B_OF(layer);
+        *g = DB_OF(layer);
+        return b_len(layer);
+    }
+    *w = W_OF(layer);
+    *g = DW_OF(layer);
+    return w_len(layer);
+}
+
+/* The L2 penalty and weight decay apply to weight matrices only (as the
+ * Python optimizers: parameters with ndim >= 2), never to biases or gamma. */
+static int is_matrix(const plan_t *plan, size_t p)
+{
+    return p % 2 == 0 && plan->layers[p / 2].kind == FUSENN_LAYER_DENSE;
+}
+
+/* Preprocess every gradient as fusenn/optimizers.py does (same kernels, same
+ * order, so the same bits): the L2 penalty on weight matrices, then norm
+ * clipping (per parameter or global), then value clipping. */
+static void FN(transform_gradients)(plan_t *plan, const fusenn_optimizer *opt, int nthreads)
+{
+    const size_t P = 2 * plan->n_layers;
+    const double clipvalue = opt->clipvalue > 0 ? opt->clipvalue : 0;
+    const int per_param = opt->clipnorm > 0, global = !per_param && opt->global_clipnorm > 0;
+    real *w, *g;
+    if (!per_param && !global) { /* one pass: l2 and value clipping together */
+        for (size_t p = 0; p < P; p++) {
+            const size_t len = FN(param)(plan, p, &w, &g);
+            const double l2 = is_matrix(plan, p) ? opt->l2 : 0;
+            if (len && (l2 > 0 || clipvalue > 0))
+                FN(fusenn_grad_transform)(len, g, l2 > 0 ? w : NULL, l2, 1.0, clipvalue,
+                                          nthreads);
+        }
+        return;
+    }
+    if (opt->l2 > 0) /* the norm is that of the penalised gradient */
+        for (size_t p = 0; p < P; p += 2) {
+            const size_t len = FN(param)(plan, p, &w, &g);
+            if (is_matrix(plan, p))
+                FN(fusenn_grad_transform)(len, g, w, opt->l2, 1.0, 0, nthreads);
+        }
+    double scale = 1.0;
+    if (global) {
+        double total = 0;
+        for (size_t p = 0; p < P; p++) {
+            const size_t len = FN(param)(plan, p, &w, &g);
+            total += FN(fusenn_sum_squares)(len, g, nthreads);
+        }
+        scale = clip_scale(total, opt->global_clipnorm);
+    }
+    for (size_t p = 0; p < P; p++) {
+        const size_t len = FN(param)(plan, p, &w, &g);
+        if (len == 0)
+            continue;
+        if (per_param)
+            scale = clip_scale(FN(fusenn_sum_squares)(len, g, nthreads), opt->clipnorm);
+        if (scale != 1.0 || clipvalue > 0)
+            FN(fusenn_grad_transform)(len, g, NULL, 0, scale, clipvalue, nthreads);
+    }
 }
 
 /* Backward through layer l: g = dL/d(its output) (row stride d_out) becomes
@@ -398,13 +483,17 @@ static int FN(step)(plan_t *plan, size_t n, const real *X, ptrdiff_t ldx,
     }
 
     opt->steps++;
+    FN(transform_gradients)(plan, opt, nthreads);
     size_t bad = 0;
     for (size_t l = 0; l < L; l++) {
         const fusenn_layer *layer = &plan->layers[l];
         if (w_len(layer) == 0)
             continue;
-        bad += FN(update)(opt, w_len(layer), W_OF(layer), DW_OF(layer), layer->W_state, nthreads);
-        bad += FN(update)(opt, b_len(layer), B_OF(layer), DB_OF(layer), layer->b_state, nthreads);
+        /* weight decay (AdamW) for dense weight matrices only, never biases or gamma */
+        bad += FN(update)(opt, w_len(layer), W_OF(layer), DW_OF(layer), layer->W_state,
+                          layer->kind == FUSENN_LAYER_DENSE ? opt->weight_decay : 0, nthreads);
+        bad += FN(update)(opt, b_len(layer), B_OF(layer), DB_OF(layer), layer->b_state, 0,
+                          nthreads);
     }
     if (bad) { /* undo: the gradient arrays hold the weights from before the step */
         for (size_t l = 0; l < L; l++) {

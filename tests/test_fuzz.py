@@ -229,7 +229,8 @@ def ops_check(name):
     """A successful fusenn.ops call: the same as fusenn.reference on the coerced inputs."""
     def check(result, args, obj):
         f = _fusenn()
-        if name in ("sgd_update", "adam_update"):
+        if name in ("sgd_update", "adam_update", "rmsprop_update", "adagrad_update",
+                    "grad_transform"):
             return  # in place; validated by the finiteness rule and test_properties
         try:
             coerced = {}
@@ -297,6 +298,25 @@ def check_saved(result, args, obj):
     loaded = f.load(args["path"])
     for a, b in zip(loaded.get_weights(), obj.get_weights()):
         np.testing.assert_array_equal(a, b)
+
+
+def check_optimizer(result, args, obj):
+    """An accepted optimizer trains a small model (op by op and in the engine)
+    and its config rebuilds it."""
+    f = _fusenn()
+    assert f.optimizers.get_optimizer(result.config()).config() == result.config()
+    m = model(optimizer=result)
+    try:
+        m.train_on_batch(X_ok(), y_for("cross_entropy"))
+    except ValueError as exc:  # a legitimately huge lr may diverge; it must say so
+        assert "diverged" in str(exc), str(exc)
+
+
+def _preprocessing(**values):
+    """Valid arguments for the options every optimizer takes (overridable)."""
+    valid = dict(l2=1e-4, clipnorm=1.0, global_clipnorm=None, clipvalue=0.5)
+    valid.update(values)
+    return {k: ("scalar", lambda v=v: v) for k, v in valid.items()}
 
 
 def check_digits(result, args, obj):
@@ -502,6 +522,37 @@ SPECS = [
          extra=[("dy_shape", dict(dy=lambda: arr(N, D + 1)), ["dy"]),
                 ("invstd_len", dict(invstd=lambda: probs(D - 1)), ["invstd"]),
                 ("no_dx", dict(need_dx=lambda: False), [])]),
+                ("m_is_w_shape_T", dict(m=lambda: np.zeros((K, D))), ["m"]),
+                ("adamw", dict(weight_decay=lambda: 0.01), []),
+                ("weight_decay_nan", dict(weight_decay=lambda: float("nan")),
+                 ["weight_decay"])]),
+    Spec("ops.rmsprop_update", _ops("rmsprop_update"),
+         dict(w=("array", lambda: arr(D, K)), g=("array", lambda: arr(D, K)),
+              v=("array", lambda: np.zeros((D, K))), lr=("scalar", lambda: 1e-3),
+              rho=("scalar", lambda: 0.9), eps=("scalar", lambda: 1e-7)),
+         check=ops_check("rmsprop_update"),
+         extra=[("v_shape", dict(v=lambda: np.zeros((K, D))), ["v"]),
+                ("v_f32", dict(v=lambda: np.zeros((D, K), np.float32)), ["v"])]),
+    Spec("ops.adagrad_update", _ops("adagrad_update"),
+         dict(w=("array", lambda: arr(D, K)), g=("array", lambda: arr(D, K)),
+              v=("array", lambda: np.zeros((D, K))), lr=("scalar", lambda: 0.01),
+              eps=("scalar", lambda: 1e-10)),
+         check=ops_check("adagrad_update"),
+         extra=[("v_readonly", dict(v=lambda: _readonly(np.zeros((D, K)))), ["v"]),
+                ("g_shape", dict(g=lambda: arr(K, D)), ["g"])]),
+    Spec("ops.sum_squares", _ops("sum_squares"), dict(x=("array", lambda: arr(N, D))),
+         check=ops_check("sum_squares"),
+         extra=[("x_f32_strided", dict(x=lambda: arr(N, 2 * D, dtype=np.float32)[:, ::2]), []),
+                ("x_empty", dict(x=lambda: np.zeros((0, D))), [])]),
+    Spec("ops.grad_transform", _ops("grad_transform"),
+         dict(g=("array", lambda: arr(D, K)), w=("array", lambda: arr(D, K)),
+              l2=("scalar", lambda: 0.01), scale=("scalar", lambda: 0.5),
+              clipvalue=("scalar", lambda: 1.0)),
+         check=ops_check("grad_transform"),
+         extra=[("w_none_without_l2", dict(w=lambda: None, l2=lambda: 0.0), []),
+                ("w_shape", dict(w=lambda: arr(K, D)), ["w"]),
+                ("g_strided", dict(g=lambda: arr(D, 2 * K)[:, ::2]), ["g"]),
+                ("g_list", dict(g=lambda: arr(D, K).tolist()), ["g"])]),
     Spec("Sequential", _attr("Sequential"),
          dict(layers=("seq", lambda: [_fusenn().Dense(3, "relu"), _fusenn().Dense(2, "softmax")]),
               input_dim=("count", lambda: D), dtype=("name", lambda: "float32"),
@@ -657,17 +708,37 @@ SPECS = [
                 ("alias_linear", dict(activation=lambda: "linear"), []),
                 ("unknown_act", dict(activation=lambda: "gelu"), ["activation"])]),
     Spec("SGD", _attr("SGD"), dict(lr=("scalar", lambda: 0.1), momentum=("scalar", lambda: 0.9),
-                                   nesterov=("flag", lambda: True)),
-         check=lambda result, args, obj: None,
+                                   nesterov=("flag", lambda: True), **_preprocessing()),
+         check=check_optimizer,
          extra=[("nesterov_no_momentum", dict(momentum=lambda: 0.0), ["nesterov"]),
                 ("momentum_one", dict(momentum=lambda: 1.0), ["momentum"]),
-                ("lr_negative", dict(lr=lambda: -0.1), ["lr"])]),
+                ("lr_negative", dict(lr=lambda: -0.1), ["lr"]),
+                ("both_clipnorms", dict(global_clipnorm=lambda: 1.0), ["clipnorm"])]),
     Spec("Adam", _attr("Adam"),
          dict(lr=("scalar", lambda: 1e-3), beta1=("scalar", lambda: 0.9),
-              beta2=("scalar", lambda: 0.999), eps=("scalar", lambda: 1e-8)),
-         check=lambda result, args, obj: None,
+              beta2=("scalar", lambda: 0.999), eps=("scalar", lambda: 1e-8),
+              **_preprocessing(clipnorm=None, global_clipnorm=1.0)),
+         check=check_optimizer,
          extra=[("beta1_one", dict(beta1=lambda: 1.0), ["beta1"]),
                 ("eps_zero", dict(eps=lambda: 0.0), ["eps"])]),
+    Spec("AdamW", _attr("AdamW"),
+         dict(lr=("scalar", lambda: 1e-3), beta1=("scalar", lambda: 0.9),
+              beta2=("scalar", lambda: 0.999), eps=("scalar", lambda: 1e-8),
+              weight_decay=("scalar", lambda: 0.01), **_preprocessing()),
+         check=check_optimizer,
+         extra=[("weight_decay_negative", dict(weight_decay=lambda: -0.1), ["weight_decay"]),
+                ("beta2_one", dict(beta2=lambda: 1.0), ["beta2"])]),
+    Spec("RMSprop", _attr("RMSprop"),
+         dict(lr=("scalar", lambda: 1e-3), rho=("scalar", lambda: 0.9),
+              eps=("scalar", lambda: 1e-7), **_preprocessing()),
+         check=check_optimizer,
+         extra=[("rho_one", dict(rho=lambda: 1.0), ["rho"]),
+                ("clipvalue_negative", dict(clipvalue=lambda: -1.0), ["clipvalue"])]),
+    Spec("Adagrad", _attr("Adagrad"),
+         dict(lr=("scalar", lambda: 0.01), eps=("scalar", lambda: 1e-10), **_preprocessing()),
+         check=check_optimizer,
+         extra=[("eps_zero", dict(eps=lambda: 0.0), ["eps"]),
+                ("l2_inf", dict(l2=lambda: float("inf")), ["l2"])]),
     Spec("set_num_threads", _attr("set_num_threads"), dict(n=("count", lambda: 2)),
          check=check_threads,
          keywords={"n": ["thread"]},

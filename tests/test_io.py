@@ -13,6 +13,9 @@ OPTIMIZERS = {
     "sgd": lambda: fusenn.SGD(lr=0.05),
     "momentum": lambda: fusenn.SGD(lr=0.05, momentum=0.9, nesterov=True),
     "adam": lambda: fusenn.Adam(lr=0.01, beta1=0.85, beta2=0.99, eps=1e-7),
+    "adamw": lambda: fusenn.AdamW(lr=0.01, weight_decay=0.05, clipnorm=0.5),
+    "rmsprop": lambda: fusenn.RMSprop(lr=0.01, rho=0.8, l2=1e-3, clipvalue=0.2),
+    "adagrad": lambda: fusenn.Adagrad(lr=0.05, global_clipnorm=0.3),
 }
 
 

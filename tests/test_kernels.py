@@ -199,7 +199,8 @@ def loss_k(name, shape):
 
 TESTED_OPS = {"matmul", "activation_forward", "activation_backward", "dense_forward",
               "dense_backward", "softmax_cross_entropy", "sigmoid_binary_cross_entropy",
-              "mse", "mae", "huber", "sgd_update", "adam_update", "dropout_forward",
+              "mse", "mae", "huber", "sgd_update", "adam_update", "rmsprop_update",
+              "adagrad_update", "sum_squares", "grad_transform", "dropout_forward",
               "dropout_backward", "dropout_seed", "batchnorm_forward_train",
               "batchnorm_forward_infer", "batchnorm_backward"}  # dropout, batchnorm: their own files
 
@@ -550,11 +551,12 @@ def test_softmax_cross_entropy_label_validation(labels, error, match):
 
 # ---- optimizers --------------------------------------------------------------------------
 
-def _optimizer_state(rng, shape, dtype, names):
-    """Random w, momentum / first moment m, and a non-negative second moment v
-    (v is a momentum buffer for SGD, which may have any sign)."""
+def _optimizer_state(rng, shape, dtype, names, squares=True):
+    """Random w, momentum / first moment m, and a non-negative second moment or
+    accumulator v (unless squares is False: SGD's v is a momentum buffer, which
+    may have any sign)."""
     state = {name: rand(rng, shape, dtype) for name in names}
-    if "m" in state:
+    if squares and "v" in state:
         state["v"] = np.abs(state["v"])
     return state
 
@@ -564,7 +566,7 @@ def _run_optimizer_steps(name, shape, dtype, state_names, kwargs_for_step, steps
     """Apply `steps` updates with ops and reference to copies of the same state
     and compare all state arrays after every step."""
     rng = np.random.default_rng(17)
-    state = _optimizer_state(rng, shape, dtype, state_names)
+    state = _optimizer_state(rng, shape, dtype, state_names, squares=name != "sgd_update")
     c_state = {k: v.copy() for k, v in state.items()}
     r_state = {k: v.copy() for k, v in state.items()}
     for t in range(1, steps + 1):
@@ -601,6 +603,148 @@ def test_sgd_update(variant, shape, dtype):
 def test_adam_update(shape, dtype):
     _run_optimizer_steps("adam_update", shape, dtype, ("w", "m", "v"),
                          lambda t: dict(t=t, lr=0.01, beta1=0.8, beta2=0.99, eps=1e-7))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", FLAT_SHAPES)
+def test_adamw_update(shape, dtype):
+    _run_optimizer_steps("adam_update", shape, dtype, ("w", "m", "v"),
+                         lambda t: dict(t=t, lr=0.01, beta1=0.8, beta2=0.99, eps=1e-7,
+                                        weight_decay=0.3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", FLAT_SHAPES)
+def test_rmsprop_update(shape, dtype):
+    _run_optimizer_steps("rmsprop_update", shape, dtype, ("w", "v"),
+                         lambda t: dict(lr=0.01, rho=0.8, eps=1e-6))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", FLAT_SHAPES)
+def test_adagrad_update(shape, dtype):
+    _run_optimizer_steps("adagrad_update", shape, dtype, ("w", "v"),
+                         lambda t: dict(lr=0.05, eps=1e-9))
+
+
+@pytest.mark.parametrize("backend", [ops, ref], ids=["c", "numpy"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_adamw_is_adam_on_decayed_weights(backend, dtype):
+    """weight_decay first scales w by 1 - lr wd (PyTorch's AdamW), then Adam steps;
+    weight_decay=0 is plain Adam, bitwise."""
+    rng = np.random.default_rng(21)
+    w, g, m = (rand(rng, (5, 6), dtype) for _ in range(3))
+    v = np.abs(rand(rng, (5, 6), dtype))
+    lr, wd = 0.1, 0.5
+    decoupled = [a.copy() for a in (w, g, m, v)]
+    backend.adam_update(*decoupled, 3, lr=lr, weight_decay=wd)
+    by_hand = [w * dtype(1 - lr * wd), g.copy(), m.copy(), v.copy()]
+    backend.adam_update(*by_hand, 3, lr=lr)
+    assert_close(decoupled[0], by_hand[0], dtype)
+    for got, want in zip(decoupled[1:], by_hand[1:]):  # the moments ignore the decay
+        np.testing.assert_array_equal(got, want)
+    plain, zero = [a.copy() for a in (w, g, m, v)], [a.copy() for a in (w, g, m, v)]
+    backend.adam_update(*plain, 3, lr=lr)
+    backend.adam_update(*zero, 3, lr=lr, weight_decay=0.0)
+    assert not np.allclose(decoupled[0], plain[0], rtol=1e-3)
+    for a, b in zip(plain, zero):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(0,), (1,), (7,), (33, 17), (3, 4, 5), (300, 301)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("layout", ["contiguous", "cols", "reversed", "fortran", "readonly"])
+def test_sum_squares(shape, dtype, layout):
+    rng = np.random.default_rng(22)
+    x = rand(rng, shape, dtype, layout if len(shape) > 1 or layout == "readonly" else
+             "contiguous")
+    got = ops.sum_squares(x)
+    want = ref.sum_squares(x)
+    assert type(got) is float
+    # accumulated in double from the values as they are: float64-accurate even for float32
+    np.testing.assert_allclose(got, want, rtol=1e-13 * np.sqrt(max(x.size, 1)))
+    assert got == pytest.approx(float(np.sum(np.asarray(x, np.float64) ** 2)), rel=1e-12)
+
+
+def test_sum_squares_of_float32_is_exact_in_double():
+    x = np.full(1000, 1e-3, np.float32) + np.float32(0)  # each x^2 needs more than float32
+    assert ops.sum_squares(x) == pytest.approx(1000 * float(np.float32(1e-3)) ** 2, rel=1e-14)
+    assert ops.sum_squares(np.float32([3e30, 4e30])) == pytest.approx(25e60, rel=1e-7)
+
+
+GRAD_TRANSFORMS = [
+    pytest.param(dict(l2=0.3), id="l2"),
+    pytest.param(dict(scale=0.25), id="scale"),
+    pytest.param(dict(clipvalue=0.5), id="clip"),
+    pytest.param(dict(l2=0.3, scale=0.7, clipvalue=0.4), id="all"),
+    pytest.param(dict(l2=0.0, scale=1.0, clipvalue=0.0), id="identity"),
+    pytest.param(dict(clipvalue=-1.0), id="negative_clip_is_off"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", FLAT_SHAPES)
+@pytest.mark.parametrize("kwargs", GRAD_TRANSFORMS)
+def test_grad_transform(kwargs, shape, dtype):
+    rng = np.random.default_rng(23)
+    g, w = rand(rng, shape, dtype), rand(rng, shape, dtype, "cols" if len(shape) > 1 else
+                                         "contiguous")
+    w_before = w.copy()
+    got, want = g.copy(), g.copy()
+    assert ops.grad_transform(got, w, **kwargs) is None
+    ref.grad_transform(want, np.array(w), **kwargs)
+    np.testing.assert_array_equal(w, w_before)
+    assert_close(got, want, dtype)
+    # the math, written out in float64
+    expect = kwargs.get("scale", 1.0) * (g.astype(np.float64) + kwargs.get("l2", 0.0) * w)
+    c = kwargs.get("clipvalue", 0.0)
+    if c > 0:
+        expect = np.clip(expect, -c, c)
+        assert np.abs(got).max() <= c
+    np.testing.assert_allclose(got, expect, rtol=4 * np.finfo(dtype).eps, atol=4e-7)
+
+
+@pytest.mark.parametrize("backend", [ops, ref], ids=["c", "numpy"])
+def test_grad_transform_without_w_and_with_non_finite_values(backend):
+    g = np.array([np.nan, np.inf, -np.inf, 2.0, -3.0, 0.1])
+    backend.grad_transform(g, None, scale=0.5, clipvalue=1.0)  # w unused when l2 == 0
+    np.testing.assert_array_equal(g, [np.nan, 1.0, -1.0, 1.0, -1.0, 0.05])
+
+
+def test_grad_transform_needs_w_for_l2():
+    g = np.ones(3)
+    with pytest.raises(ValueError, match=r"\bw\b"):
+        ops.grad_transform(g, None, l2=0.1)
+    np.testing.assert_array_equal(g, np.ones(3))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_new_optimizer_kernels_bitwise_independent_of_threads(dtype):
+    n = 3 * 32768 + 5  # above the parallel threshold, not a multiple of anything
+    rng = np.random.default_rng(24)
+    w, g = rand(rng, (n,), dtype), rand(rng, (n,), dtype)
+    v = np.abs(rand(rng, (n,), dtype))
+    results = []
+    for nt in THREAD_COUNTS:
+        with fusenn.threads(nt):
+            out = {"sum_squares": ops.sum_squares(g)}
+            gt = g.copy()
+            ops.grad_transform(gt, w, l2=0.1, scale=0.9, clipvalue=1.5)
+            out["grad_transform"] = gt
+            for name, call in [("rmsprop", lambda s: ops.rmsprop_update(*s, 0.01)),
+                               ("adagrad", lambda s: ops.adagrad_update(*s, 0.01))]:
+                state = [w.copy(), g, v.copy()]
+                call(state)
+                out[name] = state[0], state[2]
+            state = [w.copy(), g, v.copy(), v.copy()]
+            ops.adam_update(*state, 2, weight_decay=0.1)
+            out["adamw"] = state[0], state[2], state[3]
+        results.append(out)
+    for other in results[1:]:
+        assert other["sum_squares"] == results[0]["sum_squares"]
+        for key in ("grad_transform", "rmsprop", "adagrad", "adamw"):
+            np.testing.assert_array_equal(np.asarray(other[key]), np.asarray(results[0][key]))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -642,6 +786,10 @@ def _valid_args(name, dtype=np.float64):
                                                 running_mean=m(4), running_var=np.abs(m(4))),
         "batchnorm_backward": lambda: dict(x=m(3, 4), dy=m(3, 4), gamma=m(4), mean=m(4),
                                            invstd=np.abs(m(4))),
+        "rmsprop_update": lambda: dict(w=m(3, 4), g=m(3, 4), v=np.abs(m(3, 4)), lr=0.01),
+        "adagrad_update": lambda: dict(w=m(3, 4), g=m(3, 4), v=np.abs(m(3, 4)), lr=0.01),
+        "sum_squares": lambda: dict(x=m(3, 4)),
+        "grad_transform": lambda: dict(g=m(3, 4), w=m(3, 4), l2=0.1, scale=0.5, clipvalue=1.0),
     }[name]()
 
 
@@ -650,7 +798,9 @@ ARRAY_ARGS = [pytest.param(op, arg, id=f"{op}-{arg}") for op, args in [
     ("dense_forward", "x w b"), ("dense_backward", "x w y dy"), ("softmax_cross_entropy", "z"),
     ("sigmoid_binary_cross_entropy", "z t"), ("mse", "a t"), ("mae", "a t"), ("huber", "a t"),
     ("sgd_update", "w g v"),
-    ("adam_update", "w g m v"), ("dropout_forward", "x"), ("dropout_backward", "dy"),
+    ("adam_update", "w g m v"), ("rmsprop_update", "w g v"), ("adagrad_update", "w g v"),
+    ("sum_squares", "x"), ("grad_transform", "g w"), ("dropout_forward", "x"),
+    ("dropout_backward", "dy"),
     ("batchnorm_forward_train", "x gamma beta running_mean running_var"),
     ("batchnorm_forward_infer", "x gamma beta running_mean running_var"),
     ("batchnorm_backward", "x dy gamma mean invstd"),
@@ -675,7 +825,7 @@ def test_wrong_dtype_is_type_error_naming_the_argument(op, arg, bad_dtype):
 
 @pytest.mark.parametrize("op, arg", [p for p in ARRAY_ARGS if p.values[0] not in
                                      ("activation_forward", "softmax_cross_entropy",
-                                      "dropout_forward", "dropout_backward")])
+                                      "dropout_forward", "dropout_backward", "sum_squares")])
 def test_mixed_float_dtypes_is_type_error(op, arg):
     kwargs = _valid_args(op, np.float64)
     kwargs[arg] = kwargs[arg].astype(np.float32)
@@ -715,6 +865,11 @@ SHAPE_ERRORS = [
     pytest.param(_replace("adam_update", g=(3, 5)), "(3, 4)", id="adam-g"),
     pytest.param(_replace("adam_update", m=(3, 5)), "(3, 4)", id="adam-m"),
     pytest.param(_replace("adam_update", v=(4, 3)), "(3, 4)", id="adam-v"),
+    pytest.param(_replace("rmsprop_update", g=(4, 3)), "(3, 4)", id="rmsprop-g"),
+    pytest.param(_replace("rmsprop_update", v=(12,)), "(3, 4)", id="rmsprop-v"),
+    pytest.param(_replace("adagrad_update", v=(3, 5)), "(3, 4)", id="adagrad-v"),
+    pytest.param(_replace("grad_transform", w=(4, 3)), "(3, 4)", id="grad_transform-w"),
+    pytest.param(_replace("grad_transform", w=(12,)), "2-D", id="grad_transform-w_1d"),
 ]
 
 
@@ -725,7 +880,9 @@ def test_wrong_shape_is_value_error_with_expected_shape(call, expected):
 
 
 @pytest.mark.parametrize("op, arg", [("sgd_update", "w"), ("sgd_update", "v"),
-                                     ("adam_update", "m"), ("adam_update", "v")],
+                                     ("adam_update", "m"), ("adam_update", "v"),
+                                     ("rmsprop_update", "v"), ("adagrad_update", "w"),
+                                     ("grad_transform", "g")],
                          ids=lambda x: x)
 @pytest.mark.parametrize("layout", ["rows", "fortran", "readonly"])
 def test_optimizer_state_must_be_writable_c_contiguous(op, arg, layout):
@@ -761,7 +918,7 @@ def test_adam_step_must_be_positive(t):
 
 
 @pytest.mark.parametrize("backend", [ops, ref], ids=["c", "numpy"])
-@pytest.mark.parametrize("name", ["sgd", "sgd_momentum", "adam"])
+@pytest.mark.parametrize("name", ["sgd", "sgd_momentum", "adam", "adamw", "rmsprop", "adagrad"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_optimizer_keeps_previous_weights_and_counts_overflow(backend, name, dtype):
     """prev (here aliasing g, as the model uses it) receives the weights from
@@ -772,8 +929,13 @@ def test_optimizer_keeps_previous_weights_and_counts_overflow(backend, name, dty
     g = np.array([0.5, 0.25, -big, 0.0, big], dtype=dtype)  # overflows elements 2 and 4
     state = np.zeros_like(w), np.zeros_like(w)
     with np.errstate(over="ignore", invalid="ignore"):
-        if name == "adam":
-            bad = backend.adam_update(w, g, *state, 1, lr=10.0, prev=g)
+        if name in ("adam", "adamw"):
+            decay = 0.01 if name == "adamw" else 0.0
+            bad = backend.adam_update(w, g, *state, 1, lr=10.0, weight_decay=decay, prev=g)
+        elif name == "rmsprop":
+            bad = backend.rmsprop_update(w, g, state[0], 10.0, prev=g)
+        elif name == "adagrad":
+            bad = backend.adagrad_update(w, g, state[0], 10.0, prev=g)
         else:
             momentum = 0.9 if name == "sgd_momentum" else 0.0
             bad = backend.sgd_update(w, g, state[0], 10.0, momentum=momentum, prev=g)

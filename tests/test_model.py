@@ -118,6 +118,49 @@ def adam_by_hand(params, grads, state, lr, beta1=0.9, beta2=0.999, eps=1e-8):
             w[i] -= lr * m_hat / (math.sqrt(v_hat) + eps)
 
 
+def adamw_by_hand(params, grads, state, weight_decay, **adam):
+    """PyTorch's AdamW, with the biases (1-D) left undecayed."""
+    lr = adam["lr"]
+    before = [w.copy() for w in params]
+    adam_by_hand(params, grads, state, **adam)
+    for w, w0 in zip(params, before):
+        if w.ndim >= 2:
+            w -= lr * weight_decay * w0
+
+
+def rmsprop_by_hand(params, grads, state, lr, rho=0.9, eps=1e-7):
+    v_all = state.setdefault("v", zeros_like_nested(params))
+    for w, g, v in zip(params, grads, v_all):
+        for i in np.ndindex(w.shape):
+            v[i] = rho * v[i] + (1 - rho) * g[i] ** 2
+            w[i] -= lr * g[i] / (math.sqrt(v[i]) + eps)
+
+
+def adagrad_by_hand(params, grads, state, lr, eps=1e-10):
+    v_all = state.setdefault("v", zeros_like_nested(params))
+    for w, g, v in zip(params, grads, v_all):
+        for i in np.ndindex(w.shape):
+            v[i] += g[i] ** 2
+            w[i] -= lr * g[i] / (math.sqrt(v[i]) + eps)
+
+
+def preprocess_by_hand(update, l2=0.0, clipnorm=None, global_clipnorm=None, clipvalue=None):
+    """`update` preceded by Keras' gradient preprocessing, written out: the L2
+    penalty's gradient on weight matrices, norm clipping, value clipping."""
+    def preprocessed(params, grads, state, **hyper):
+        grads = [g + l2 * w if w.ndim >= 2 else g.copy() for w, g in zip(params, grads)]
+        norms = [math.sqrt(sum(x * x for x in g.ravel())) for g in grads]
+        if clipnorm is not None:
+            grads = [g * clipnorm / max(n, clipnorm) for g, n in zip(grads, norms)]
+        if global_clipnorm is not None:
+            total = math.sqrt(sum(n * n for n in norms))
+            grads = [g * global_clipnorm / max(total, global_clipnorm) for g in grads]
+        if clipvalue is not None:
+            grads = [np.clip(g, -clipvalue, clipvalue) for g in grads]
+        update(params, grads, state, **hyper)
+    return preprocessed
+
+
 HAND_OPTIMIZERS = {
     "sgd": (lambda: fusenn.SGD(lr=0.5), sgd_by_hand, dict(lr=0.5)),
     "momentum": (lambda: fusenn.SGD(lr=0.5, momentum=0.9), sgd_by_hand,
@@ -126,6 +169,22 @@ HAND_OPTIMIZERS = {
                  dict(lr=0.5, momentum=0.9, nesterov=True)),
     "adam": (lambda: fusenn.Adam(lr=0.05, beta1=0.8, beta2=0.95, eps=1e-3), adam_by_hand,
              dict(lr=0.05, beta1=0.8, beta2=0.95, eps=1e-3)),
+    "adamw": (lambda: fusenn.AdamW(lr=0.05, beta1=0.8, beta2=0.95, eps=1e-3, weight_decay=0.3),
+              adamw_by_hand, dict(lr=0.05, beta1=0.8, beta2=0.95, eps=1e-3, weight_decay=0.3)),
+    "rmsprop": (lambda: fusenn.RMSprop(lr=0.05, rho=0.8, eps=1e-4), rmsprop_by_hand,
+                dict(lr=0.05, rho=0.8, eps=1e-4)),
+    "adagrad": (lambda: fusenn.Adagrad(lr=0.2, eps=1e-6), adagrad_by_hand,
+                dict(lr=0.2, eps=1e-6)),
+    # thresholds low enough to clip on these nets
+    "sgd-l2-clipnorm": (lambda: fusenn.SGD(lr=0.5, momentum=0.9, l2=0.2, clipnorm=0.05),
+                        preprocess_by_hand(sgd_by_hand, l2=0.2, clipnorm=0.05),
+                        dict(lr=0.5, momentum=0.9)),
+    "adam-l2-global-clipvalue": (
+        lambda: fusenn.Adam(lr=0.05, l2=0.1, global_clipnorm=0.05, clipvalue=0.01),
+        preprocess_by_hand(adam_by_hand, l2=0.1, global_clipnorm=0.05, clipvalue=0.01),
+        dict(lr=0.05)),
+    "rmsprop-clipvalue": (lambda: fusenn.RMSprop(lr=0.05, clipvalue=0.02),
+                          preprocess_by_hand(rmsprop_by_hand, clipvalue=0.02), dict(lr=0.05)),
 }
 
 
@@ -155,6 +214,11 @@ AGREEMENT_OPTIMIZERS = {
     "momentum": lambda: fusenn.SGD(lr=0.1, momentum=0.9),
     "nesterov": lambda: fusenn.SGD(lr=0.1, momentum=0.9, nesterov=True),
     "adam": lambda: fusenn.Adam(lr=0.01),
+    "adamw": lambda: fusenn.AdamW(lr=0.01, weight_decay=0.1),
+    "rmsprop": lambda: fusenn.RMSprop(lr=0.01),
+    "adagrad": lambda: fusenn.Adagrad(lr=0.05),
+    "sgd-l2-global": lambda: fusenn.SGD(lr=0.1, momentum=0.9, l2=0.01, global_clipnorm=0.5),
+    "adam-clipnorm-clipvalue": lambda: fusenn.Adam(lr=0.01, clipnorm=0.3, clipvalue=0.05),
 }
 AGREEMENT_TOLERANCE = {"float32": dict(rtol=1e-4, atol=1e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
 
@@ -423,8 +487,8 @@ BAD_CALLS = {
                            ValueError, r"unknown activation 'swish'; expected one of identity"),
     "unknown-loss": (lambda m, X, y: m.compile(loss="hinge"),
                      ValueError, r"unknown loss 'hinge'; expected one of cross_entropy"),
-    "unknown-optimizer": (lambda m, X, y: m.compile(optimizer="rmsprop"),
-                          ValueError, r"unknown optimizer 'rmsprop'"),
+    "unknown-optimizer": (lambda m, X, y: m.compile(optimizer="adadelta"),
+                          ValueError, r"unknown optimizer 'adadelta'.*'rmsprop'"),
     "relu-output-with-cross-entropy": (
         lambda m, X, y: unbuilt_model("relu").compile(loss="cross_entropy"),
         ValueError, r"'cross_entropy' needs the last layer's activation to be 'softmax' or 'identity', "

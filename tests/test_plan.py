@@ -36,11 +36,32 @@ def make_data(n, dims, loss, dtype="float32", seed=1):
     return X, y
 
 
-def optimizer(name):
-    return {"sgd": lambda cls=SGD: cls(lr=0.05),
-            "momentum": lambda cls=SGD: cls(lr=0.05, momentum=0.9),
-            "nesterov": lambda cls=SGD: cls(lr=0.05, momentum=0.9, nesterov=True),
-            "adam": lambda cls=None: fusenn.Adam(lr=0.01)}[name]
+# name -> (class, settings). The clipping thresholds are small enough that
+# clipping happens on these nets (test_clipping_is_active checks that).
+OPTIMIZERS = {
+    "sgd": (SGD, dict(lr=0.05)),
+    "momentum": (SGD, dict(lr=0.05, momentum=0.9)),
+    "nesterov": (SGD, dict(lr=0.05, momentum=0.9, nesterov=True)),
+    "adam": (fusenn.Adam, dict(lr=0.01)),
+    "adamw": (fusenn.AdamW, dict(lr=0.01, weight_decay=0.2)),
+    "rmsprop": (fusenn.RMSprop, dict(lr=0.01, rho=0.8)),
+    "adagrad": (fusenn.Adagrad, dict(lr=0.05)),
+    "sgd-l2-clipvalue": (SGD, dict(lr=0.05, momentum=0.9, l2=0.01, clipvalue=0.02)),
+    "adam-l2-clipnorm": (fusenn.Adam, dict(lr=0.01, l2=0.05, clipnorm=0.05)),
+    "adamw-global-clipvalue": (fusenn.AdamW, dict(lr=0.01, global_clipnorm=0.1,
+                                                  clipvalue=0.03, l2=0.01)),
+    "rmsprop-global": (fusenn.RMSprop, dict(lr=0.01, global_clipnorm=0.1)),
+    "adagrad-l2-clipnorm-clipvalue": (fusenn.Adagrad, dict(lr=0.05, l2=0.1, clipnorm=0.1,
+                                                           clipvalue=0.01)),
+}
+
+
+def optimizer(name, op_by_op=False):
+    """A fresh optimizer; op_by_op: of a subclass, which the engine does not take."""
+    cls, settings = OPTIMIZERS[name]
+    if op_by_op:
+        cls = type(f"OpByOp{cls.__name__}", (cls,), {})
+    return cls(**settings)
 
 
 def assert_same_weights(a, b):
@@ -58,15 +79,13 @@ NETS = {
 
 
 @pytest.mark.parametrize("net", NETS)
-@pytest.mark.parametrize("opt", ["sgd", "momentum", "nesterov", "adam"])
+@pytest.mark.parametrize("opt", OPTIMIZERS)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_engine_is_bitwise_the_op_by_op_path(net, opt, dtype):
     dims, acts, loss = NETS[net]
     X, y = make_data(40, dims, loss, dtype)
-    engine = make_model(dims, acts, loss, optimizer(opt)(), dtype)
-    op_cls = OpByOpSGD if opt != "adam" else None
-    op_opt = optimizer(opt)(op_cls) if op_cls else _AdamOpByOp(lr=0.01)
-    by_op = make_model(dims, acts, loss, op_opt, dtype)
+    engine = make_model(dims, acts, loss, optimizer(opt), dtype)
+    by_op = make_model(dims, acts, loss, optimizer(opt, op_by_op=True), dtype)
     assert engine._engine() is not None and by_op._engine() is None
     for _ in range(4):
         assert engine.train_on_batch(X, y) == by_op.train_on_batch(X, y)
@@ -80,8 +99,21 @@ def test_engine_is_bitwise_the_op_by_op_path(net, opt, dtype):
         {k: v for k, v in h2.history.items() if k != "time"}
 
 
-class _AdamOpByOp(fusenn.Adam):
-    """Adam the engine does not take."""
+@pytest.mark.parametrize("opt", [name for name in OPTIMIZERS if "clip" in name])
+def test_clipping_is_active(opt):
+    """The clipped settings above change the training (else the bitwise test
+    would not cover the clipping paths)."""
+    dims, acts, loss = NETS["ce-softmax"]
+    X, y = make_data(40, dims, loss)
+    cls, settings = OPTIMIZERS[opt]
+    unclipped = {k: v for k, v in settings.items()
+                 if k not in ("clipnorm", "global_clipnorm", "clipvalue")}
+    a = make_model(dims, acts, loss, cls(**settings))
+    b = make_model(dims, acts, loss, cls(**unclipped))
+    a.fit(X, y, epochs=1, batch_size=16, verbose=0)
+    b.fit(X, y, epochs=1, batch_size=16, verbose=0)
+    for wa, wb in zip(a.get_weights(), b.get_weights()):
+        assert not np.allclose(wa, wb, rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -97,19 +129,35 @@ def test_engine_agrees_with_the_numpy_reference(dtype):
         np.testing.assert_allclose(wc, wr, rtol=tol, atol=tol)
 
 
-def test_weights_are_bitwise_identical_for_1_to_4_threads():
-    # big enough that GEMMs, losses and updates all take their parallel paths
-    dims, acts, loss = (300, 256, 128, 10), ("relu", "relu", "softmax"), "cross_entropy"
-    X, y = make_data(1000, dims, loss)
+def assert_same_weights_for_thread_counts(dims, acts, n, make_optimizer, thread_counts,
+                                          epochs, batch_size):
+    loss = "cross_entropy"
+    X, y = make_data(n, dims, loss)
     results = []
-    for threads in (1, 2, 3, 4):
-        model = make_model(dims, acts, loss, SGD(lr=0.01, momentum=0.9))
+    for threads in thread_counts:
+        model = make_model(dims, acts, loss, make_optimizer())
         with fusenn.threads(threads):
-            model.fit(X, y, epochs=2, batch_size=256, verbose=0)
+            model.fit(X, y, epochs=epochs, batch_size=batch_size, verbose=0)
         results.append(model.get_weights())
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+def test_weights_are_bitwise_identical_for_1_to_4_threads():
+    # big enough that GEMMs, losses and updates all take their parallel paths
+    assert_same_weights_for_thread_counts((300, 256, 128, 10), ("relu", "relu", "softmax"), 1000,
+                                          lambda: SGD(lr=0.01, momentum=0.9), (1, 2, 3, 4),
+                                          epochs=2, batch_size=256)
+
+
+@pytest.mark.parametrize("opt", ["adamw-global-clipvalue", "adagrad-l2-clipnorm-clipvalue",
+                                 "rmsprop"])
+def test_new_optimizers_bitwise_for_1_to_3_threads(opt):
+    # W1 has 40 000 elements: the update, sum_squares and grad_transform kernels run in parallel
+    assert_same_weights_for_thread_counts((40, 1000, 10), ("relu", "softmax"), 64,
+                                          lambda: optimizer(opt), (1, 2, 3), epochs=1,
+                                          batch_size=32)
 
 
 def test_fit_is_train_on_batch_over_the_same_batches():
@@ -196,12 +244,23 @@ def test_optimizer_changes_between_calls_reach_the_engine():
     assert engine.optimizer.iterations == by_op.optimizer.iterations == 3
 
 
+DIVERGING = {
+    "sgd": lambda: SGD(lr=1e3, momentum=0.9),
+    "adamw-l2-clipnorm": lambda: fusenn.AdamW(lr=1e36, weight_decay=1e-30, l2=0.1,
+                                              clipnorm=1.0),
+    "rmsprop-global": lambda: fusenn.RMSprop(lr=1e36, global_clipnorm=1.0, clipvalue=0.5),
+    "adagrad": lambda: fusenn.Adagrad(lr=1e36),
+}
+
+
+@pytest.mark.parametrize("opt", DIVERGING)
 @pytest.mark.parametrize("where", ["train_on_batch", "fit"])
-def test_divergence_in_the_engine_restores_the_previous_weights(where):
+def test_divergence_in_the_engine_restores_the_previous_weights(where, opt):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(64, 4)).astype(np.float32)
     y = X @ rng.normal(size=(4, 1)).astype(np.float32)
-    model = make_model((4, 8, 1), ("relu", "identity"), "mse", SGD(lr=1e3, momentum=0.9))
+    model = make_model((4, 8, 1), ("relu", "identity"), "mse", DIVERGING[opt]())
+    assert model._engine() is not None
     with pytest.raises(ValueError, match="learning rate"):
         for _ in range(100):
             before = model.get_weights()

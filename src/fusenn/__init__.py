@@ -22,12 +22,12 @@ from .layers import Dense
 from .losses import LOSSES
 from .model import History, Sequential, load
 from .ops import matmul
-from .optimizers import SGD, Adam
+from .optimizers import SGD, Adagrad, Adam, AdamW, RMSprop
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Sequential", "Dense", "SGD", "Adam", "History", "load", "matmul", "LOSSES",
+    "Sequential", "Dense", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "History", "load", "matmul", "LOSSES",
     "set_num_threads", "get_num_threads", "threads", "has_openmp", "gemm_isa",
     "datasets", "ops", "plot", "reference", "callbacks", "schedules", "initializers",
     "__version__",

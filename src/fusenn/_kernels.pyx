@@ -109,10 +109,25 @@ cdef extern from "fusenn.h" nogil:
                                  int nthreads)
     size_t fusenn_adam_update_f32(size_t len, float *w, const float *g, float *m, float *v,
                                   double lr, double beta1, double beta2, double eps,
-                                  int64_t t, float *prev, int nthreads)
+                                  double weight_decay, int64_t t, float *prev, int nthreads)
     size_t fusenn_adam_update_f64(size_t len, double *w, const double *g, double *m, double *v,
                                   double lr, double beta1, double beta2, double eps,
-                                  int64_t t, double *prev, int nthreads)
+                                  double weight_decay, int64_t t, double *prev, int nthreads)
+    size_t fusenn_rmsprop_update_f32(size_t len, float *w, const float *g, float *v, double lr,
+                                     double rho, double eps, float *prev, int nthreads)
+    size_t fusenn_rmsprop_update_f64(size_t len, double *w, const double *g, double *v,
+                                     double lr, double rho, double eps, double *prev,
+                                     int nthreads)
+    size_t fusenn_adagrad_update_f32(size_t len, float *w, const float *g, float *v, double lr,
+                                     double eps, float *prev, int nthreads)
+    size_t fusenn_adagrad_update_f64(size_t len, double *w, const double *g, double *v,
+                                     double lr, double eps, double *prev, int nthreads)
+    double fusenn_sum_squares_f32(size_t len, const float *x, int nthreads)
+    double fusenn_sum_squares_f64(size_t len, const double *x, int nthreads)
+    void fusenn_grad_transform_f32(size_t len, float *g, const float *w, double l2,
+                                   double scale, double clipvalue, int nthreads)
+    void fusenn_grad_transform_f64(size_t len, double *g, const double *w, double l2,
+                                   double scale, double clipvalue, int nthreads)
 
 cdef extern from "fusenn.h" nogil:
     void fusenn_dropout_forward_f32(size_t n, size_t d, const float *X, Py_ssize_t ldx,
@@ -410,17 +425,20 @@ def sgd_update(real[::1] w, const real[::1] g, real[::1] v, double lr, double mo
 
 
 def adam_update(real[::1] w, const real[::1] g, real[::1] m, real[::1] v, int64_t t,
-                double lr, double beta1, double beta2, double eps, real[::1] prev, int nthreads):
+                double lr, double beta1, double beta2, double eps, double weight_decay,
+                real[::1] prev, int nthreads):
     """Returns the number of non-finite updated weights; prev may be None."""
     cdef real *prev_ptr = ptr1c(prev) if prev is not None else NULL
     cdef size_t bad
     with nogil:
         if real is float:
             bad = fusenn_adam_update_f32(w.shape[0], ptr1c(w), cptr1c(g), ptr1c(m), ptr1c(v),
-                                         lr, beta1, beta2, eps, t, prev_ptr, nthreads)
+                                         lr, beta1, beta2, eps, weight_decay, t, prev_ptr,
+                                         nthreads)
         else:
             bad = fusenn_adam_update_f64(w.shape[0], ptr1c(w), cptr1c(g), ptr1c(m), ptr1c(v),
-                                         lr, beta1, beta2, eps, t, prev_ptr, nthreads)
+                                         lr, beta1, beta2, eps, weight_decay, t, prev_ptr,
+                                         nthreads)
     return bad
 
 
@@ -512,6 +530,58 @@ def batchnorm_backward(const real[:, :] x, const real[:, :] dy, const real[::1] 
             fusenn_batchnorm_backward_f64(n, d, cptr2(x), rs(x), cptr2(dy), rs(dy),
                                           cptr1c(gamma), cptr1c(mean), cptr1c(invstd),
                                           dx_ptr, lddx, ptr1c(dgamma), ptr1c(dbeta), nthreads)
+def rmsprop_update(real[::1] w, const real[::1] g, real[::1] v, double lr, double rho,
+                   double eps, real[::1] prev, int nthreads):
+    """Returns the number of non-finite updated weights; prev may be None."""
+    cdef real *prev_ptr = ptr1c(prev) if prev is not None else NULL
+    cdef size_t bad
+    with nogil:
+        if real is float:
+            bad = fusenn_rmsprop_update_f32(w.shape[0], ptr1c(w), cptr1c(g), ptr1c(v), lr, rho,
+                                            eps, prev_ptr, nthreads)
+        else:
+            bad = fusenn_rmsprop_update_f64(w.shape[0], ptr1c(w), cptr1c(g), ptr1c(v), lr, rho,
+                                            eps, prev_ptr, nthreads)
+    return bad
+
+
+def adagrad_update(real[::1] w, const real[::1] g, real[::1] v, double lr, double eps,
+                   real[::1] prev, int nthreads):
+    """Returns the number of non-finite updated weights; prev may be None."""
+    cdef real *prev_ptr = ptr1c(prev) if prev is not None else NULL
+    cdef size_t bad
+    with nogil:
+        if real is float:
+            bad = fusenn_adagrad_update_f32(w.shape[0], ptr1c(w), cptr1c(g), ptr1c(v), lr, eps,
+                                            prev_ptr, nthreads)
+        else:
+            bad = fusenn_adagrad_update_f64(w.shape[0], ptr1c(w), cptr1c(g), ptr1c(v), lr, eps,
+                                            prev_ptr, nthreads)
+    return bad
+
+
+def sum_squares(const real[::1] x, int nthreads):
+    """sum of x**2 in double (the same bits for any thread count)."""
+    cdef double s
+    with nogil:
+        if real is float:
+            s = fusenn_sum_squares_f32(x.shape[0], cptr1c(x), nthreads)
+        else:
+            s = fusenn_sum_squares_f64(x.shape[0], cptr1c(x), nthreads)
+    return s
+
+
+def grad_transform(real[::1] g, const real[::1] w, double l2, double scale, double clipvalue,
+                   int nthreads):
+    """In place: g = clip(scale (g + l2 w), -clipvalue, clipvalue); w may be None if l2 == 0."""
+    cdef const real *w_ptr = cptr1c(w) if w is not None else NULL
+    with nogil:
+        if real is float:
+            fusenn_grad_transform_f32(g.shape[0], ptr1c(g), w_ptr, l2, scale, clipvalue,
+                                      nthreads)
+        else:
+            fusenn_grad_transform_f64(g.shape[0], ptr1c(g), w_ptr, l2, scale, clipvalue,
+                                      nthreads)
 
 
 include "_plan.pxi"

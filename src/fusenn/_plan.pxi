@@ -1,7 +1,7 @@
 # Included by _kernels.pyx: the binding of the training engine (csrc/plan.c).
 # Plan holds a C plan plus references to every array it points into; the
-# model (fusenn/model.py) builds one when a C-backend model trains with SGD or
-# Adam, and validates everything it passes in.
+# model (fusenn/model.py) builds one when a C-backend model trains with one of
+# fusenn's optimizers, and validates everything it passes in.
 
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport uint64_t, uintptr_t
@@ -22,6 +22,8 @@ cdef extern from "fusenn.h" nogil:
         double lr, momentum
         int nesterov
         double beta1, beta2, eps
+        double rho, weight_decay, l2
+        double clipnorm, global_clipnorm, clipvalue
         int64_t steps
     ctypedef enum fusenn_layer_kind:
         FUSENN_LAYER_DENSE
@@ -212,7 +214,7 @@ cdef class Plan:
       {"kind": "dropout", "d", "rate", "seed", "step"} (step: a uint64 array of
        one element that the engine advances)
     where the states are lists of 0-2 arrays shaped like W / b (SGD:
-    [velocity] or []; Adam: [m, v]). loss: the fusenn_loss value, loss_param
+    [velocity] or []; Adam: [m, v]; RMSprop, Adagrad: [v]). loss: the fusenn_loss value, loss_param
     Huber's delta. Every array must be C-contiguous and of `dtype`; the plan
     keeps them alive. Return codes of the methods are those of csrc/fusenn.h.
     """
@@ -304,15 +306,28 @@ cdef class Plan:
             else:
                 fusenn_plan_destroy_f32(<fusenn_plan_f32 *>self.plan)
 
-    def set_optimizer(self, int kind, double lr, double momentum, bint nesterov,
-                      double beta1, double beta2, double eps, int64_t steps):
-        self.opt.kind = <fusenn_optimizer_kind>kind
-        self.opt.lr = lr
-        self.opt.momentum = momentum
-        self.opt.nesterov = nesterov
-        self.opt.beta1 = beta1
-        self.opt.beta2 = beta2
-        self.opt.eps = eps
+    def set_optimizer(self, dict config, int64_t steps):
+        """The optimizer's settings (Optimizer.engine_config(): the fields of
+        fusenn_optimizer, missing ones 0) and its step count."""
+        known = {"kind", "lr", "momentum", "nesterov", "beta1", "beta2", "eps", "rho",
+                 "weight_decay", "l2", "clipnorm", "global_clipnorm", "clipvalue"}
+        unknown = set(config) - known
+        if unknown:
+            raise ValueError(f"unknown engine optimizer settings {sorted(unknown)}")
+        get = config.get
+        self.opt.kind = <fusenn_optimizer_kind><int>get("kind", 0)
+        self.opt.lr = get("lr", 0.0)
+        self.opt.momentum = get("momentum", 0.0)
+        self.opt.nesterov = bool(get("nesterov", False))
+        self.opt.beta1 = get("beta1", 0.0)
+        self.opt.beta2 = get("beta2", 0.0)
+        self.opt.eps = get("eps", 0.0)
+        self.opt.rho = get("rho", 0.0)
+        self.opt.weight_decay = get("weight_decay", 0.0)
+        self.opt.l2 = get("l2", 0.0)
+        self.opt.clipnorm = get("clipnorm", 0.0)
+        self.opt.global_clipnorm = get("global_clipnorm", 0.0)
+        self.opt.clipvalue = get("clipvalue", 0.0)
         self.opt.steps = steps
 
     @property

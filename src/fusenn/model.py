@@ -224,7 +224,8 @@ class Sequential:
     # ---- compile ------------------------------------------------------------
 
     def compile(self, loss="cross_entropy", optimizer="sgd"):
-        """Choose the loss and the optimizer (an instance, or 'sgd' / 'adam')."""
+        """Choose the loss and the optimizer (an instance, or 'sgd', 'adam', 'adamw',
+        'rmsprop', 'adagrad' with default settings)."""
         if not self.layers:
             raise ValueError("the model has no layers; pass Dense layers to Sequential([...])")
         if not isinstance(self.layers[-1], Dense):
@@ -409,7 +410,7 @@ class Sequential:
                 j += 2
             self._plan = _kernels.Plan(specs, self.loss.engine_id, self.dtype,
                                        getattr(self.loss, "delta", 0.0))
-        self._plan.set_optimizer(*config, self.optimizer.iterations)
+        self._plan.set_optimizer(config, self.optimizer.iterations)
         return self._plan
 
     def _targets(self, y):

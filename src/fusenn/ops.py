@@ -18,6 +18,7 @@ __all__ = [
     "ACTIVATIONS", "LEAKY_RELU_SLOPE", "matmul", "activation_forward",
     "activation_backward", "dense_forward", "dense_backward", "softmax_cross_entropy",
     "sigmoid_binary_cross_entropy", "mse", "mae", "huber", "sgd_update", "adam_update",
+    "rmsprop_update", "adagrad_update", "sum_squares", "grad_transform",
     "dropout_forward", "dropout_backward", "dropout_seed", "batchnorm_forward_train",
     "batchnorm_forward_infer", "batchnorm_backward",
 ]
@@ -291,8 +292,10 @@ def sgd_update(w, g, v, lr, momentum=0.0, nesterov=False, prev=None):
                                get_num_threads())
 
 
-def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, prev=None):
-    """In place, step t >= 1: bias-corrected Adam with eps added after the square root.
+def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                prev=None):
+    """In place, step t >= 1: bias-corrected Adam with eps added after the square root;
+    weight_decay > 0 first decays w by 1 - lr * weight_decay (AdamW).
 
     Returns and keeps prev as sgd_update does.
     """
@@ -305,6 +308,7 @@ def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, prev=N
     return _kernels.adam_update(wf, gf, _state(m, "m", w), _state(v, "v", w), int(t),
                                 finite_number(lr, "lr"), finite_number(beta1, "beta1"),
                                 finite_number(beta2, "beta2"), finite_number(eps, "eps"),
+                                finite_number(weight_decay, "weight_decay"),
                                 _prev(prev, w), get_num_threads())
 
 
@@ -445,3 +449,55 @@ def batchnorm_backward(x, dy, gamma, mean, invstd, need_dx=True):
     _kernels.batchnorm_backward(x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                                 get_num_threads())
     return dx, dgamma, dbeta
+def rmsprop_update(w, g, v, lr, rho=0.9, eps=1e-7, prev=None):
+    """In place: v = rho v + (1 - rho) g^2; w -= lr g / (sqrt(v) + eps).
+
+    Returns and keeps prev as sgd_update does.
+    """
+    lr, rho, eps = finite_number(lr, "lr"), finite_number(rho, "rho"), finite_number(eps, "eps")
+    wf = _state(w, "w", w)
+    gf = _grad(g, w)
+    return _kernels.rmsprop_update(wf, gf, _state(v, "v", w), lr, rho, eps, _prev(prev, w),
+                                   get_num_threads())
+
+
+def adagrad_update(w, g, v, lr, eps=1e-10, prev=None):
+    """In place: v += g^2; w -= lr g / (sqrt(v) + eps).
+
+    Returns and keeps prev as sgd_update does.
+    """
+    lr, eps = finite_number(lr, "lr"), finite_number(eps, "eps")
+    wf = _state(w, "w", w)
+    gf = _grad(g, w)
+    return _kernels.adagrad_update(wf, gf, _state(v, "v", w), lr, eps, _prev(prev, w),
+                                   get_num_threads())
+
+
+def sum_squares(x):
+    """sum(x**2) accumulated in float64, the same bits for any thread count."""
+    x = np.asarray(x)
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    return _kernels.sum_squares(np.ascontiguousarray(x).reshape(-1), get_num_threads())
+
+
+def grad_transform(g, w, l2=0.0, scale=1.0, clipvalue=0.0):
+    """In place on g: g = clip(scale * (g + l2 * w), -clipvalue, clipvalue).
+
+    w is only read when l2 != 0 (it may be None then); clipvalue <= 0 means
+    no clipping. Returns None.
+    """
+    l2, scale = finite_number(l2, "l2"), finite_number(scale, "scale")
+    clipvalue = finite_number(clipvalue, "clipvalue")
+    if not isinstance(g, np.ndarray) or g.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"g must be a float32 or float64 ndarray, got "
+                        f"{getattr(g, 'dtype', type(g).__name__)}")
+    gf = _state(g, "g", g)
+    wf = None
+    if l2 != 0:
+        if w is None:
+            raise ValueError("w is needed when l2 != 0 (the penalty's gradient is l2 * w)")
+        w = _float_array(w, "w", g.ndim, g.dtype)
+        _expect_shape(w, "w", g.shape)
+        wf = np.ascontiguousarray(w).reshape(-1)
+    _kernels.grad_transform(gf, wf, l2, scale, clipvalue, get_num_threads())

@@ -1,8 +1,10 @@
-"""Optimizers: SGD (with momentum and Nesterov) and Adam.
+"""Optimizers: SGD (with momentum and Nesterov), Adam, AdamW, RMSprop and Adagrad,
+each with optional L2 penalty and gradient clipping.
 
 An optimizer holds its hyperparameters and, once it has stepped, one state
 array per parameter; `step` updates the parameters in place through the
-model's backend (the C kernels or the NumPy reference).
+model's backend (the C kernels or the NumPy reference). The C training engine
+(csrc/plan.c) runs the same steps from engine_config(), bitwise identically.
 """
 
 import math
@@ -11,7 +13,7 @@ import numpy as np
 
 from .ops import finite_number
 
-__all__ = ["Optimizer", "SGD", "Adam", "get_optimizer"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "get_optimizer"]
 
 
 def _check_range(name, value, low, high, low_open=False, high_open=True):
@@ -25,17 +27,55 @@ def _check_range(name, value, low, high, low_open=False, high_open=True):
     return value
 
 
+def _positive_or_none(name, value):
+    return None if value is None else _check_range(name, value, 0.0, math.inf, low_open=True)
+
+
+def _clip_scale(sum_squares, c):
+    """Norm clipping's factor c / max(norm, c), norm = sqrt(sum_squares); 1 for a
+    NaN norm (the update then fails the finiteness check). csrc/plan.c's
+    clip_scale is the same expression."""
+    norm = math.sqrt(sum_squares)
+    return c / norm if norm > c else 1.0
+
+
 class Optimizer:
-    """Base class: subclasses define `_state_names` and `_update`, which updates
-    one parameter through the backend and returns its count of non-finite
-    weights."""
+    """Base class: subclasses define `_state_names`, `_hyperparameters` and
+    `_update`, which updates one parameter through the backend and returns its
+    count of non-finite weights; those the C engine runs also set
+    `_engine_kind` (fusenn_optimizer_kind) and `_engine_settings`.
+
+    Every optimizer takes the gradient preprocessing options below, applied in
+    this order before the update rule on every step:
+
+    l2: coupled L2 penalty, g += l2 * w, on weight matrices only (parameters
+        with ndim >= 2), never on biases (as Keras' kernel_regularizer, or
+        scikit-learn's alpha; PyTorch's SGD weight_decay also decays biases).
+        The loss that fit / train_on_batch report does not include the
+        penalty term, as in PyTorch.
+    clipnorm: each parameter's gradient is rescaled so its L2 norm is at most
+        clipnorm (Keras' clipnorm): g *= clipnorm / max(norm, clipnorm).
+    global_clipnorm: all gradients are rescaled together so that their joint
+        norm is at most global_clipnorm (Keras' global_clipnorm, PyTorch's
+        clip_grad_norm_). Mutually exclusive with clipnorm.
+    clipvalue: every gradient element is clipped to [-clipvalue, clipvalue].
+    None (and l2=0) means off.
+    """
 
     _state_names = ()
+    _engine_kind = None
 
-    def __init__(self):
+    def __init__(self, l2=0.0, clipnorm=None, global_clipnorm=None, clipvalue=None):
         self.state = None  # {name: [array per parameter]} once stepping starts
         self.iterations = 0
         self._model = None  # weak reference to the one model compiled with this optimizer
+        self.l2 = _check_range("l2", l2, 0.0, math.inf)
+        self.clipnorm = _positive_or_none("clipnorm", clipnorm)
+        self.global_clipnorm = _positive_or_none("global_clipnorm", global_clipnorm)
+        self.clipvalue = _positive_or_none("clipvalue", clipvalue)
+        if self.clipnorm is not None and self.global_clipnorm is not None:
+            raise ValueError("clipnorm (per parameter) and global_clipnorm (all parameters "
+                             "together) are mutually exclusive; set only one of them")
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -50,10 +90,25 @@ class Optimizer:
                 a.fill(0)
         self.iterations = 0
 
+    def _preprocessing(self):
+        return {"l2": self.l2, "clipnorm": self.clipnorm,
+                "global_clipnorm": self.global_clipnorm, "clipvalue": self.clipvalue}
+
     def engine_config(self):
-        """(kind, lr, momentum, nesterov, beta1, beta2, eps) for the C engine, or
-        None when this optimizer only runs op by op (subclasses)."""
-        return None
+        """The C engine's settings (the fields of fusenn_optimizer in fusenn.h,
+        as a dict for _kernels.Plan.set_optimizer), or None when this optimizer
+        only runs op by op: a subclass the engine does not know, whose update
+        may differ."""
+        kind = type(self).__dict__.get("_engine_kind")
+        if kind is None:
+            return None
+        return {"kind": kind, "lr": self.lr, **self._engine_settings(), "l2": self.l2,
+                "clipnorm": self.clipnorm or 0.0,
+                "global_clipnorm": self.global_clipnorm or 0.0,
+                "clipvalue": self.clipvalue or 0.0}
+
+    def _engine_settings(self):
+        return {}
 
     def ensure_state(self, params):
         """Allocate the per-parameter state arrays (zeros) if not done yet."""
@@ -69,26 +124,68 @@ class Optimizer:
         """Update each parameter in place from its gradient.
 
         Returns the number of non-finite updated weights. The gradient arrays
-        are consumed: afterwards they hold the weights from before the step,
-        so the caller can undo a diverging step exactly.
+        (C-contiguous, writeable) are consumed: first preprocessed in place (L2,
+        clipping), then, after the update, they hold the weights from before
+        the step, so the caller can undo a diverging step exactly.
         """
         self.ensure_state(params)
         self.iterations += 1
+        self._transform_gradients(backend, params, grads)
         bad = 0
         for i, (p, g) in enumerate(zip(params, grads)):
             bad += self._update(backend, p, g, [self.state[name][i] for name in self._state_names])
         return bad
 
+    def _transform_gradients(self, backend, params, grads):
+        """L2, then norm clipping, then value clipping, in place on grads. The C
+        engine (transform_gradients in csrc/plan.c) makes the same kernel calls
+        in the same order, so both give the same bits."""
+        clipvalue = self.clipvalue or 0.0
+        l2s = [self.l2 if p.ndim >= 2 else 0.0 for p in params]
+        per_param = self.clipnorm is not None
+        global_norm = not per_param and self.global_clipnorm is not None
+        if not per_param and not global_norm:  # one pass: l2 and value clipping together
+            for p, g, l2 in zip(params, grads, l2s):
+                if l2 > 0 or clipvalue > 0:
+                    backend.grad_transform(g, p if l2 > 0 else None, l2, 1.0, clipvalue)
+            return
+        for p, g, l2 in zip(params, grads, l2s):  # the norm is that of the penalised gradient
+            if l2 > 0:
+                backend.grad_transform(g, p, l2, 1.0, 0.0)
+        scale = 1.0
+        if global_norm:
+            total = 0.0
+            for g in grads:  # in order, as the engine (Python's sum() of floats is compensated)
+                total += backend.sum_squares(g)
+            scale = _clip_scale(total, self.global_clipnorm)
+        for g in grads:
+            if per_param:
+                scale = _clip_scale(backend.sum_squares(g), self.clipnorm)
+            if scale != 1.0 or clipvalue > 0:
+                backend.grad_transform(g, None, 0.0, scale, clipvalue)
+
     def config(self):
-        return {"name": type(self).__name__, **self._hyperparameters()}
+        return {"name": type(self).__name__, **self._hyperparameters(), **self._preprocessing()}
+
+    def __repr__(self):
+        options = dict(self._hyperparameters())
+        options.update({k: v for k, v in self._preprocessing().items() if v not in (None, 0.0)})
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
 
 
 class SGD(Optimizer):
     """Stochastic gradient descent, as PyTorch defines momentum:
-    v = momentum * v + grad;  w -= lr * v  (Nesterov: w -= lr * (grad + momentum * v))."""
+    v = momentum * v + grad;  w -= lr * v  (Nesterov: w -= lr * (grad + momentum * v)).
 
-    def __init__(self, lr=0.01, momentum=0.0, nesterov=False):
-        super().__init__()
+    l2, clipnorm, global_clipnorm, clipvalue: see Optimizer (the reported loss
+    does not include the L2 term)."""
+
+    _engine_kind = 0
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False,
+                 *, l2=0.0, clipnorm=None, global_clipnorm=None, clipvalue=None):
+        super().__init__(l2=l2, clipnorm=clipnorm, global_clipnorm=global_clipnorm,
+                         clipvalue=clipvalue)
         self.lr = _check_range("lr", lr, 0.0, math.inf, low_open=True)
         self.momentum = _check_range("momentum", momentum, 0.0, 1.0)
         if nesterov and self.momentum == 0:
@@ -99,26 +196,28 @@ class SGD(Optimizer):
     def _hyperparameters(self):
         return {"lr": self.lr, "momentum": self.momentum, "nesterov": self.nesterov}
 
-    def engine_config(self):
-        if type(self) is not SGD:
-            return None
-        return (0, self.lr, self.momentum, self.nesterov, 0.0, 0.0, 0.0)
+    def _engine_settings(self):
+        return {"momentum": self.momentum, "nesterov": self.nesterov}
 
     def _update(self, backend, p, g, state):
         v = state[0] if state else None
         return backend.sgd_update(p, g, v, self.lr, self.momentum, self.nesterov, prev=g)
 
-    def __repr__(self):
-        return f"SGD(lr={self.lr}, momentum={self.momentum}, nesterov={self.nesterov})"
-
 
 class Adam(Optimizer):
-    """Adam (Kingma and Ba) with bias correction; eps is added after the square root."""
+    """Adam (Kingma and Ba) with bias correction; eps is added after the square root.
+
+    l2, clipnorm, global_clipnorm, clipvalue: see Optimizer. l2 is the coupled
+    penalty (added to the gradient, so Adam rescales it); for decoupled weight
+    decay use AdamW. The reported loss does not include the L2 term."""
 
     _state_names = ("m", "v")
+    _engine_kind = 1
 
-    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
-        super().__init__()
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
+                 *, l2=0.0, clipnorm=None, global_clipnorm=None, clipvalue=None):
+        super().__init__(l2=l2, clipnorm=clipnorm, global_clipnorm=global_clipnorm,
+                         clipvalue=clipvalue)
         self.lr = _check_range("lr", lr, 0.0, math.inf, low_open=True)
         self.beta1 = _check_range("beta1", beta1, 0.0, 1.0)
         self.beta2 = _check_range("beta2", beta2, 0.0, 1.0)
@@ -127,25 +226,106 @@ class Adam(Optimizer):
     def _hyperparameters(self):
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
 
-    def engine_config(self):
-        if type(self) is not Adam:
-            return None
-        return (1, self.lr, 0.0, False, self.beta1, self.beta2, self.eps)
+    def _weight_decay(self):
+        return 0.0
+
+    def _engine_settings(self):
+        return {"beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
+                "weight_decay": self._weight_decay()}
 
     def _update(self, backend, p, g, state):
         m, v = state
+        decay = self._weight_decay() if p.ndim >= 2 else 0.0  # never the biases
         return backend.adam_update(p, g, m, v, self.iterations, self.lr, self.beta1, self.beta2,
-                                   self.eps, prev=g)
-
-    def __repr__(self):
-        return f"Adam(lr={self.lr}, beta1={self.beta1}, beta2={self.beta2}, eps={self.eps})"
+                                   self.eps, weight_decay=decay, prev=g)
 
 
-_OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov and Hutter), as PyTorch's
+    AdamW: each step first decays the weight matrices, w *= 1 - lr * weight_decay,
+    then takes the Adam step. Biases and other 1-D parameters are not decayed
+    (PyTorch decays every parameter unless told otherwise; Keras users exclude
+    biases with exclude_from_weight_decay).
+
+    l2, clipnorm, global_clipnorm, clipvalue: see Optimizer. The reported loss
+    includes no decay or penalty term."""
+
+    _engine_kind = 1
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
+                 *, l2=0.0, clipnorm=None, global_clipnorm=None, clipvalue=None):
+        super().__init__(lr, beta1, beta2, eps, l2=l2, clipnorm=clipnorm,
+                         global_clipnorm=global_clipnorm, clipvalue=clipvalue)
+        self.weight_decay = _check_range("weight_decay", weight_decay, 0.0, math.inf)
+
+    def _hyperparameters(self):
+        return {**super()._hyperparameters(), "weight_decay": self.weight_decay}
+
+    def _weight_decay(self):
+        return self.weight_decay
+
+
+class RMSprop(Optimizer):
+    """RMSprop: v = rho * v + (1 - rho) * grad**2;  w -= lr * grad / (sqrt(v) + eps).
+
+    Defaults are Keras' (lr=0.001, rho=0.9, eps=1e-7); eps is added after the
+    square root, as PyTorch does (Keras adds it inside). No momentum, not
+    centered. l2, clipnorm, global_clipnorm, clipvalue: see Optimizer (the
+    reported loss does not include the L2 term)."""
+
+    _state_names = ("v",)
+    _engine_kind = 2
+
+    def __init__(self, lr=1e-3, rho=0.9, eps=1e-7,
+                 *, l2=0.0, clipnorm=None, global_clipnorm=None, clipvalue=None):
+        super().__init__(l2=l2, clipnorm=clipnorm, global_clipnorm=global_clipnorm,
+                         clipvalue=clipvalue)
+        self.lr = _check_range("lr", lr, 0.0, math.inf, low_open=True)
+        self.rho = _check_range("rho", rho, 0.0, 1.0)
+        self.eps = _check_range("eps", eps, 0.0, math.inf, low_open=True)
+
+    def _hyperparameters(self):
+        return {"lr": self.lr, "rho": self.rho, "eps": self.eps}
+
+    def _engine_settings(self):
+        return {"rho": self.rho, "eps": self.eps}
+
+    def _update(self, backend, p, g, state):
+        return backend.rmsprop_update(p, g, state[0], self.lr, self.rho, self.eps, prev=g)
+
+
+class Adagrad(Optimizer):
+    """Adagrad: v += grad**2;  w -= lr * grad / (sqrt(v) + eps), with the
+    accumulator v starting at 0 (PyTorch's defaults lr=0.01, eps=1e-10; no lr
+    decay). l2, clipnorm, global_clipnorm, clipvalue: see Optimizer (the
+    reported loss does not include the L2 term)."""
+
+    _state_names = ("v",)
+    _engine_kind = 3
+
+    def __init__(self, lr=0.01, eps=1e-10,
+                 *, l2=0.0, clipnorm=None, global_clipnorm=None, clipvalue=None):
+        super().__init__(l2=l2, clipnorm=clipnorm, global_clipnorm=global_clipnorm,
+                         clipvalue=clipvalue)
+        self.lr = _check_range("lr", lr, 0.0, math.inf, low_open=True)
+        self.eps = _check_range("eps", eps, 0.0, math.inf, low_open=True)
+
+    def _hyperparameters(self):
+        return {"lr": self.lr, "eps": self.eps}
+
+    def _engine_settings(self):
+        return {"eps": self.eps}
+
+    def _update(self, backend, p, g, state):
+        return backend.adagrad_update(p, g, state[0], self.lr, self.eps, prev=g)
+
+
+_OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "adagrad": Adagrad}
 
 
 def get_optimizer(optimizer):
-    """An Optimizer from an instance, a name ('sgd', 'adam') or a saved config dict."""
+    """An Optimizer from an instance, a name ('sgd', 'adam', 'adamw', 'rmsprop',
+    'adagrad') or a saved config dict."""
     if isinstance(optimizer, Optimizer):
         return optimizer
     if isinstance(optimizer, str) and optimizer.lower() in _OPTIMIZERS:
@@ -153,5 +333,7 @@ def get_optimizer(optimizer):
     if isinstance(optimizer, dict) and str(optimizer.get("name", "")).lower() in _OPTIMIZERS:
         params = {k: v for k, v in optimizer.items() if k != "name"}
         return _OPTIMIZERS[optimizer["name"].lower()](**params)
-    raise ValueError(f"unknown optimizer {optimizer!r}; expected 'sgd', 'adam' or an "
-                     f"instance of fusenn.SGD / fusenn.Adam")
+    names = ", ".join(repr(name) for name in _OPTIMIZERS)
+    classes = " / ".join(f"fusenn.{cls.__name__}" for cls in _OPTIMIZERS.values())
+    raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {names} or an "
+                     f"instance of {classes}")

@@ -189,10 +189,13 @@ def huber(a, t, delta=1.0, sample_weight=None):
     return loss, _scale_rows(g, 1 / a.size, sample_weight)
 
 
-def _commit(w, step, prev):
-    """w -= step, keeping the old w in prev; returns the count of non-finite new weights."""
+def _commit(w, step, prev, decay=None):
+    """w = w * decay - step (w -= step without decay), keeping the old w in prev;
+    returns the count of non-finite new weights."""
     if prev is not None:
         prev[...] = w  # may alias g: step is already computed
+    if decay is not None:
+        w *= decay
     w -= step
     return 0 if np.isfinite(w).all() else int(np.count_nonzero(~np.isfinite(w)))
 
@@ -213,9 +216,11 @@ def sgd_update(w, g, v, lr, momentum=0.0, nesterov=False, prev=None):
     return _commit(w, step, prev)
 
 
-def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, prev=None):
-    """Adam step t >= 1, in place on w, m and v:
+def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                prev=None):
+    """Adam step t >= 1, in place on w, m and v, with AdamW's decoupled decay:
 
+    w *= 1 - lr weight_decay   (only when weight_decay != 0)
     m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
     w -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
     Returns and keeps prev as sgd_update does.
@@ -342,3 +347,51 @@ def batchnorm_backward(x, dy, gamma, mean, invstd, need_dx=True):
         k = _f64(gamma) * _f64(invstd) / n
         dx = (k * (n * dy64 - _f64(dbeta) - xhat * _f64(dgamma))).astype(x.dtype)
     return dx, dgamma, dbeta
+    decay = w.dtype.type(1 - lr * weight_decay) if weight_decay != 0 else None
+    return _commit(w, (lr / (1 - beta1**t)) * m / denom, prev, decay)
+
+
+def rmsprop_update(w, g, v, lr, rho=0.9, eps=1e-7, prev=None):
+    """RMSprop step, in place on w and v:
+
+    v = rho v + (1 - rho) g^2;  w -= lr g / (sqrt(v) + eps)
+    Returns and keeps prev as sgd_update does.
+    """
+    v *= rho
+    v += (1 - rho) * g * g  # ((1 - rho) g) g, as the kernel rounds (and overflows) it
+    denom = np.sqrt(v)
+    denom += eps
+    return _commit(w, lr * g / denom, prev)
+
+
+def adagrad_update(w, g, v, lr, eps=1e-10, prev=None):
+    """Adagrad step, in place on w and the accumulator v:
+
+    v += g^2;  w -= lr g / (sqrt(v) + eps)
+    Returns and keeps prev as sgd_update does.
+    """
+    v += g * g
+    denom = np.sqrt(v)
+    denom += eps
+    return _commit(w, lr * g / denom, prev)
+
+
+def sum_squares(x):
+    """sum(x**2) accumulated in float64, as a Python float."""
+    x = np.asarray(x, dtype=np.float64)
+    return float(np.dot(x.ravel(), x.ravel()))
+
+
+def grad_transform(g, w, l2=0.0, scale=1.0, clipvalue=0.0):
+    """In place on g: g = clip(scale * (g + l2 * w), -clipvalue, clipvalue).
+
+    w is only read when l2 != 0; clipvalue <= 0 means no clipping.
+    """
+    real = g.dtype.type
+    with np.errstate(over="ignore"):  # a bound beyond the dtype's range clips nothing
+        if l2 != 0:
+            g += real(l2) * w
+        if scale != 1:
+            g *= real(scale)
+        if clipvalue > 0:
+            np.clip(g, -real(clipvalue), real(clipvalue), out=g)
