@@ -31,7 +31,7 @@ static void FN(dz_and_bias_grad)(size_t n, size_t d_out, const real *Y, ptrdiff_
                                  real *dZ, real *db, int nthreads)
 {
     if (act == FUSENN_ACT_SOFTMAX) /* needs whole rows: its own pass, then the sums */
-        FN(fusenn_activation_backward)(act, n, d_out, Y, ldy, dY, lddy, dZ,
+        FN(fusenn_activation_backward)(act, n, d_out, NULL, 0, Y, ldy, dY, lddy, dZ,
                                        (ptrdiff_t)d_out, nthreads);
     const size_t n_blocks = (d_out + DB_BLOCK - 1) / DB_BLOCK;
     const int nt = n_blocks > 1 ? fusenn_threads_for(n * d_out, nthreads) : 1;
@@ -43,7 +43,7 @@ static void FN(dz_and_bias_grad)(size_t n, size_t d_out, const real *Y, ptrdiff_
         for (size_t i = 0; i < n; i++) {
             real *dz = dZ + i * d_out + j0;
             if (act != FUSENN_ACT_SOFTMAX)
-                FN(activate_backward_row)(act, w, Y + (ptrdiff_t)i * ldy + j0,
+                FN(activate_backward_row)(act, w, NULL, Y + (ptrdiff_t)i * ldy + j0,
                                           dY + (ptrdiff_t)i * lddy + j0, dz);
             for (size_t j = 0; j < w; j++)
                 sum[j] += dz[j];
@@ -60,6 +60,8 @@ int FN(fusenn_dense_backward)(size_t n, size_t d_in, size_t d_out,
                               const real *dY, ptrdiff_t lddy, fusenn_activation act,
                               real *dZ, real *dW, real *db, real *dX, int nthreads)
 {
+    if (fusenn_act_needs_z(act)) /* act'(Z) is not a function of Y alone */
+        return FUSENN_EINVAL;
     FN(dz_and_bias_grad)(n, d_out, Y, ldy, dY, lddy, act, dZ, db, nthreads);
     /* dW = X^T dZ: X^T is X with its strides swapped. */
     int rc = FN(fusenn_gemm)(d_in, d_out, n, 1, X, cs_x, rs_x, dZ, (ptrdiff_t)d_out, 1, 0,

@@ -14,7 +14,8 @@
  * Results do not depend on nthreads: reductions use fixed partitions summed in
  * a fixed order, and GEMM never splits the k dimension.
  *
- * Functions returning int return FUSENN_OK or FUSENN_ENOMEM.
+ * Functions returning int return FUSENN_OK or FUSENN_ENOMEM (and
+ * fusenn_dense_backward FUSENN_EINVAL, see there).
  */
 #ifndef FUSENN_H
 #define FUSENN_H
@@ -28,9 +29,12 @@ extern "C" {
 
 #define FUSENN_OK 0
 #define FUSENN_ENOMEM (-1)
+#define FUSENN_EINVAL (-3) /* an argument the kernel cannot take (see its doc) */
 
 /* Negative-side slope of leaky_relu (Keras and PyTorch use 0.01 too). */
 #define FUSENN_LEAKY_RELU_SLOPE 0.01
+/* alpha of elu: z > 0 ? z : alpha (e^z - 1) (Keras and PyTorch default 1). */
+#define FUSENN_ELU_ALPHA 1.0
 
 typedef enum {
     FUSENN_ACT_IDENTITY = 0,
@@ -38,8 +42,17 @@ typedef enum {
     FUSENN_ACT_TANH = 2,
     FUSENN_ACT_RELU = 3,
     FUSENN_ACT_LEAKY_RELU = 4,
-    FUSENN_ACT_SOFTMAX = 5 /* row-wise */
+    FUSENN_ACT_SOFTMAX = 5,    /* row-wise */
+    FUSENN_ACT_GELU = 6,       /* 0.5 z (1 + erf(z / sqrt 2)), exact (PyTorch's default) */
+    FUSENN_ACT_GELU_TANH = 7,  /* 0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3))) */
+    FUSENN_ACT_ELU = 8,        /* z > 0 ? z : FUSENN_ELU_ALPHA expm1(z) */
+    FUSENN_ACT_SOFTPLUS = 9,   /* log(1 + e^z) = max(z, 0) + log1p(e^-|z|) */
+    FUSENN_ACT_SWISH = 10      /* swish = silu = z sigmoid(z) */
 } fusenn_activation;
+
+/* 1 if the derivative of `act` is not a function of its output, so that its
+ * backward pass needs the pre-activation Z (gelu, gelu_tanh, swish), else 0. */
+int fusenn_activation_needs_z(fusenn_activation act);
 
 /* ---- build and CPU information (cpu.c) -------------------------------- */
 
@@ -93,7 +106,10 @@ int fusenn_dense_forward_f64(size_t n, size_t d_in, size_t d_out,
  *   dW = X^T dZ            (d_in x d_out, contiguous)
  *   dX = dZ W^T            (n x d_in, contiguous; skipped when dX is NULL,
  *                           as for the first layer)
- * Pass act = FUSENN_ACT_IDENTITY when dY already is dL/dZ (fused losses). */
+ * Pass act = FUSENN_ACT_IDENTITY when dY already is dL/dZ (fused losses).
+ * Activations whose derivative needs the pre-activation
+ * (fusenn_activation_needs_z) are refused with FUSENN_EINVAL before anything
+ * is written: apply fusenn_activation_backward first, then pass identity. */
 int fusenn_dense_backward_f32(size_t n, size_t d_in, size_t d_out,
                               const float *X, ptrdiff_t rs_x, ptrdiff_t cs_x,
                               const float *W, ptrdiff_t rs_w, ptrdiff_t cs_w,
@@ -117,15 +133,22 @@ void fusenn_activation_forward_f64(fusenn_activation act, size_t n, size_t d,
                                    const double *Z, ptrdiff_t ldz,
                                    double *A, ptrdiff_t lda, int nthreads);
 
-/* dZ = dA * act'(Z), expressed through the output A = act(Z) (every supported
- * activation's derivative is a function of its output). For softmax this is
- * the row-wise Jacobian product dZ = A * (dA - sum_j dA_j A_j).
- * dZ may alias dA when their leading dimensions are equal. */
+/* dZ = dA * act'(Z). Where the derivative is a function of the output it is
+ * computed through A = act(Z) (sigmoid, tanh, relu, leaky_relu, elu:
+ * a > 0 ? 1 : a + alpha, softplus: sigmoid(z) = -expm1(-a)); gelu, gelu_tanh
+ * and swish read the pre-activation Z instead (see
+ * fusenn_activation_needs_z). Z may be NULL (and ldz anything) for every other
+ * activation; A and dA are always required. For softmax this is the row-wise
+ * Jacobian product
+ * dZ = A * (dA - sum_j dA_j A_j).
+ * dZ may alias dA (or A, or Z) when their leading dimensions are equal. */
 void fusenn_activation_backward_f32(fusenn_activation act, size_t n, size_t d,
+                                    const float *Z, ptrdiff_t ldz,
                                     const float *A, ptrdiff_t lda,
                                     const float *dA, ptrdiff_t ldda,
                                     float *dZ, ptrdiff_t lddz, int nthreads);
 void fusenn_activation_backward_f64(fusenn_activation act, size_t n, size_t d,
+                                    const double *Z, ptrdiff_t ldz,
                                     const double *A, ptrdiff_t lda,
                                     const double *dA, ptrdiff_t ldda,
                                     double *dZ, ptrdiff_t lddz, int nthreads);

@@ -65,13 +65,19 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, const real *restr
             r += bias_v[v];
             if (act == FUSENN_ACT_RELU || act == FUSENN_ACT_LEAKY_RELU) {
                 ivec pos = r > zero; /* lanes: all ones where r > 0 */
-                vec neg = act == FUSENN_ACT_RELU ? zero : r * slope;
-                r = (vec)(((ivec)r & pos) | ((ivec)neg & ~pos));
+                /* two branches: a vector ?: on the scalar act crashes GCC 12
+                 * (generic f64 kernel) once this function calls out */
+                if (act == FUSENN_ACT_RELU)
+                    r = (vec)((ivec)r & pos);
+                else
+                    r = (vec)(((ivec)r & pos) | ((ivec)(r * slope) & ~pos));
             }
             memcpy(crow + v * LANES, &r, sizeof(vec));
         }
-        if (act == FUSENN_ACT_SIGMOID || act == FUSENN_ACT_TANH)
-            FN(activate_row)(act, UK_NR, crow, crow); /* libm; the row is in L1 */
+        /* every other elementwise activation calls libm (the row is in L1),
+         * compiled without this kernel's FMA target: see activate_row_baseline */
+        if (act != FUSENN_ACT_IDENTITY && act != FUSENN_ACT_RELU && act != FUSENN_ACT_LEAKY_RELU)
+            FN(activate_row_baseline)(act, UK_NR, crow, crow);
     }
 }
 

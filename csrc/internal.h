@@ -92,7 +92,38 @@ static inline uint64_t fusenn_hash64(uint64_t seed, uint64_t index)
     return fusenn_mix64(seed + (index + 1) * FUSENN_GOLDEN_GAMMA);
 }
 
+/* Activations whose derivative is not a function of their output: their
+ * backward pass reads the pre-activation z (fusenn_activation_needs_z). */
+static inline int fusenn_act_needs_z(fusenn_activation act)
+{
+    return act == FUSENN_ACT_GELU || act == FUSENN_ACT_GELU_TANH || act == FUSENN_ACT_SWISH;
+}
+
+/* Constants of the gelu family: 1/sqrt(2), 1/sqrt(2 pi), sqrt(2/pi) and the
+ * cubic coefficient of the tanh approximation. */
+#define FUSENN_SQRT1_2 0.70710678118654752440
+#define FUSENN_INV_SQRT_2PI 0.39894228040143267794
+#define FUSENN_SQRT_2_OVER_PI 0.79788456080286535588
+#define FUSENN_GELU_TANH_CUBIC 0.044715
+
 #ifndef FUSENN_NO_DTYPE
+/* sigmoid(z) and 1 - sigmoid(z) = sigmoid(-z) from e = exp(-|z|), which never
+ * overflows: for z >= 0 they are 1 / (1 + e) and e / (1 + e), for z < 0 the
+ * other way round. Neither is formed by a subtraction, so both are accurate. */
+static inline real FN(sigmoid_pair)(real z, real *one_minus)
+{
+    real e = exp(-fabs(z));
+    real s = (real)1 / ((real)1 + e);
+    *one_minus = z >= 0 ? e * s : s;
+    return z >= 0 ? s : e * s;
+}
+
+/* 2 u of gelu_tanh: 2 sqrt(2/pi) (z + 0.044715 z^3). */
+static inline real FN(gelu_tanh_2u)(real z)
+{
+    return 2 * (real)FUSENN_SQRT_2_OVER_PI * (z + (real)FUSENN_GELU_TANH_CUBIC * (z * z * z));
+}
+
 /* Elementwise activations over one row: a[j] = act(z[j]) for j < d.
  * Softmax is not elementwise and is handled by its callers.
  * Shared by the activation kernels and GEMM's fused store (dense forward). */
@@ -100,14 +131,11 @@ static inline void FN(activate_row)(fusenn_activation act, size_t d,
                                     const real *z, real *a)
 {
     size_t j;
+    real unused;
     switch (act) {
     case FUSENN_ACT_SIGMOID:
-        /* sigmoid via exp(-|z|), which never overflows */
-        for (j = 0; j < d; j++) {
-            real e = exp(-fabs(z[j]));
-            real s = (real)1 / ((real)1 + e);
-            a[j] = z[j] >= 0 ? s : e * s;
-        }
+        for (j = 0; j < d; j++)
+            a[j] = FN(sigmoid_pair)(z[j], &unused);
         break;
     case FUSENN_ACT_TANH:
         for (j = 0; j < d; j++)
@@ -121,6 +149,30 @@ static inline void FN(activate_row)(fusenn_activation act, size_t d,
         for (j = 0; j < d; j++)
             a[j] = z[j] > 0 ? z[j] : (real)FUSENN_LEAKY_RELU_SLOPE * z[j];
         break;
+    case FUSENN_ACT_GELU:
+        /* z Phi(z), Phi(z) = (1 + erf(z / sqrt 2)) / 2 = erfc(-z / sqrt 2) / 2:
+         * erfc has no cancellation where erf(z / sqrt 2) is near -1 */
+        for (j = 0; j < d; j++)
+            a[j] = (real)0.5 * z[j] * erfc(-z[j] * (real)FUSENN_SQRT1_2);
+        break;
+    case FUSENN_ACT_GELU_TANH:
+        /* (z / 2) (1 + tanh(u)) = z sigmoid(2 u), u = sqrt(2/pi) (z + 0.044715 z^3):
+         * the sigmoid form has no cancellation where tanh(u) is near -1 */
+        for (j = 0; j < d; j++)
+            a[j] = z[j] * FN(sigmoid_pair)(FN(gelu_tanh_2u)(z[j]), &unused);
+        break;
+    case FUSENN_ACT_ELU: /* expm1 keeps e^z - 1 accurate near 0 */
+        for (j = 0; j < d; j++)
+            a[j] = z[j] > 0 ? z[j] : (real)FUSENN_ELU_ALPHA * expm1(z[j]);
+        break;
+    case FUSENN_ACT_SOFTPLUS: /* log(1 + e^z) = max(z, 0) + log1p(e^-|z|), never overflows */
+        for (j = 0; j < d; j++)
+            a[j] = (z[j] > 0 ? z[j] : (real)0) + log1p(exp(-fabs(z[j])));
+        break;
+    case FUSENN_ACT_SWISH: /* z sigmoid(z) */
+        for (j = 0; j < d; j++)
+            a[j] = z[j] * FN(sigmoid_pair)(z[j], &unused);
+        break;
     case FUSENN_ACT_IDENTITY:
     case FUSENN_ACT_SOFTMAX:
     default:
@@ -130,13 +182,15 @@ static inline void FN(activate_row)(fusenn_activation act, size_t d,
     }
 }
 
-/* Activation derivatives over one whole row, through the output a = act(z):
- * dz[j] = da[j] * act'(z[j]); for softmax the Jacobian product
- * dz_j = a_j (da_j - sum_i da_i a_i). Each dz[j] is written after a[j] and
- * da[j] are read (softmax sums the row first), so dz may alias da or a.
- * Shared by the activation kernel and the dense layer's fused dZ/db pass. */
-static inline void FN(activate_backward_row)(fusenn_activation act, size_t d, const real *a,
-                                             const real *da, real *dz)
+/* Activation derivatives over one whole row: dz[j] = da[j] * act'(z[j]),
+ * through the output a = act(z) where that is possible, else (gelu, gelu_tanh,
+ * swish; z may be NULL for every other activation) through z. For softmax the
+ * Jacobian product dz_j = a_j (da_j - sum_i da_i a_i). Each dz[j] is written
+ * after z[j], a[j] and da[j] are read (softmax sums the row first), so dz may
+ * alias da, a or z. Shared by the activation kernel and the dense layer's
+ * fused dZ/db pass. */
+static inline void FN(activate_backward_row)(fusenn_activation act, size_t d, const real *z,
+                                             const real *a, const real *da, real *dz)
 {
     size_t j;
     switch (act) {
@@ -164,6 +218,40 @@ static inline void FN(activate_backward_row)(fusenn_activation act, size_t d, co
             dz[j] = a[j] * (da[j] - s);
         break;
     }
+    case FUSENN_ACT_GELU: /* Phi(z) + z phi(z), phi(z) = e^(-z^2/2) / sqrt(2 pi) */
+        for (j = 0; j < d; j++) {
+            real cdf = (real)0.5 * erfc(-z[j] * (real)FUSENN_SQRT1_2);
+            real pdf = (real)FUSENN_INV_SQRT_2PI * exp((real)-0.5 * z[j] * z[j]);
+            dz[j] = da[j] * (cdf + z[j] * pdf);
+        }
+        break;
+    case FUSENN_ACT_GELU_TANH:
+        /* d/dz z s(2u) = s + 2 z s (1 - s) u', s = sigmoid(2 u), u' = c (1 + 3 k z^2).
+         * s (1 - s) is 0 wherever u' could overflow: the term is then 0 (not 0 inf) */
+        for (j = 0; j < d; j++) {
+            real one_minus;
+            real s = FN(sigmoid_pair)(FN(gelu_tanh_2u)(z[j]), &one_minus);
+            real sp = s * one_minus;
+            real du = (real)FUSENN_SQRT_2_OVER_PI *
+                      ((real)1 + 3 * (real)FUSENN_GELU_TANH_CUBIC * (z[j] * z[j]));
+            dz[j] = da[j] * (s + (sp != 0 ? 2 * z[j] * sp * du : (real)0));
+        }
+        break;
+    case FUSENN_ACT_ELU: /* alpha e^z = a + alpha where z <= 0 */
+        for (j = 0; j < d; j++)
+            dz[j] = a[j] > 0 ? da[j] : da[j] * (a[j] + (real)FUSENN_ELU_ALPHA);
+        break;
+    case FUSENN_ACT_SOFTPLUS: /* sigmoid(z) = 1 - e^-a */
+        for (j = 0; j < d; j++)
+            dz[j] = da[j] * -expm1(-a[j]);
+        break;
+    case FUSENN_ACT_SWISH: /* s + z s (1 - s) = s (1 + z (1 - s)) */
+        for (j = 0; j < d; j++) {
+            real one_minus;
+            real s = FN(sigmoid_pair)(z[j], &one_minus);
+            dz[j] = da[j] * (s * ((real)1 + z[j] * one_minus));
+        }
+        break;
     case FUSENN_ACT_IDENTITY:
     default:
         if (dz != da)
@@ -171,6 +259,12 @@ static inline void FN(activate_backward_row)(fusenn_activation act, size_t d, co
         break;
     }
 }
+
+/* FN(activate_row) compiled once, in activations.c, for the baseline ISA.
+ * GEMM's micro-kernels are compiled for AVX2/AVX-512 targets where the
+ * compiler contracts a * b + c into FMA; calling this instead of inlining
+ * activate_row keeps the fused store's bits those of the standalone kernel. */
+void FN(activate_row_baseline)(fusenn_activation act, size_t d, const real *z, real *a);
 
 /* Row-wise softmax of one row, max-subtracted so exp never overflows. */
 static inline void FN(softmax_row)(size_t d, const real *z, real *a)

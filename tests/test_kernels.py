@@ -181,6 +181,13 @@ def dense_operands(rng, shape, dtype, activation, layout="contiguous"):
     return x, w, b, y, dy
 
 
+def pre_activation(x, w, b, activation, layout="contiguous"):
+    """z = x w + b when `activation`'s backward needs it (ref.NEEDS_Z), else None."""
+    if activation not in ref.NEEDS_Z:
+        return None
+    return as_layout(ref.dense_forward(np.array(x), np.array(w), np.array(b), "identity"), layout)
+
+
 def loss_operands(rng, name, shape, dtype, layout="contiguous", logit_scale=2.0):
     """(z or a, labels or t) for the loss `name`."""
     n, k = shape
@@ -212,6 +219,8 @@ def test_every_op_has_a_reference_twin_and_a_test():
         assert callable(getattr(ref, name)), name
     assert ops.ACTIVATIONS == ref.ACTIVATIONS
     assert ops.LEAKY_RELU_SLOPE == ref.LEAKY_RELU_SLOPE == 0.01
+    assert ops.ELU_ALPHA == ref.ELU_ALPHA == 1.0
+    assert ops.NEEDS_Z == ref.NEEDS_Z == {"gelu", "gelu_tanh", "swish"}
 
 
 # ---- GEMM ------------------------------------------------------------------------------
@@ -362,10 +371,13 @@ def test_activation_forward(activation, shape, dtype):
 @pytest.mark.parametrize("shape", ROW_SHAPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_activation_backward(activation, shape, dtype):
+    """z only where the activation needs it: the others must work without."""
     rng = np.random.default_rng(6)
-    a = ref.activation_forward(rand(rng, shape, dtype, scale=3.0), activation)
+    z = rand(rng, shape, dtype, scale=3.0)
+    a = ref.activation_forward(z, activation)
     da = rand(rng, shape, dtype)
-    run_both("activation_backward", lambda: (a, da, activation), dtype,
+    z = z if activation in ref.NEEDS_Z else None
+    run_both("activation_backward", lambda: (a, da, activation, z), dtype,
              _act_k(activation, shape[1]))
 
 
@@ -379,7 +391,7 @@ def test_activation_layouts(activation, layout, dtype):
     da = rand(rng, (17, 33), dtype, layout)
     k = _act_k(activation, 33)
     run_both("activation_forward", lambda: (z, activation), dtype, k)
-    run_both("activation_backward", lambda: (a, da, activation), dtype, k)
+    run_both("activation_backward", lambda: (a, da, activation, z), dtype, k)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -434,22 +446,24 @@ def test_dense_forward(activation, shape, dtype):
 @pytest.mark.parametrize("shape", DENSE_SHAPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_dense_backward(activation, shape, need_dx, dtype):
-    x, w, _, y, dy = dense_operands(np.random.default_rng(10), shape, dtype, activation)
+    x, w, b, y, dy = dense_operands(np.random.default_rng(10), shape, dtype, activation)
+    z = pre_activation(x, w, b, activation)
     k = max(shape[0], shape[2])  # dw and db sum over n rows, dx over d_out
-    got = run_both("dense_backward", lambda: (x, w, y, dy, activation, need_dx), dtype, k)
+    got = run_both("dense_backward", lambda: (x, w, y, dy, activation, need_dx, z), dtype, k)
     assert (got[2] is None) == (not need_dx)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("activation", ["identity", "sigmoid", "softmax"])
+@pytest.mark.parametrize("activation", ["identity", "sigmoid", "softmax", "gelu_tanh"])
 def test_dense_layouts(activation, layout, dtype):
     """Every matrix operand in the given layout (the bias vector: next test)."""
     shape = (17, 33, 7)
     x, w, b, y, dy = dense_operands(np.random.default_rng(11), shape, dtype, activation, layout)
     b = np.ascontiguousarray(b)
+    z = pre_activation(x, w, b, activation, layout)
     run_both("dense_forward", lambda: (x, w, b, activation), dtype, 33 + 7)
-    run_both("dense_backward", lambda: (x, w, y, dy, activation, True), dtype, 17)
+    run_both("dense_backward", lambda: (x, w, y, dy, activation, True, z), dtype, 17)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -471,16 +485,17 @@ def test_dense_zero_inputs_gives_activated_bias(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("activation", ["relu", "softmax"])
+@pytest.mark.parametrize("activation", ["relu", "softmax", "swish"])
 def test_dense_bitwise_independent_of_threads(activation, dtype):
     """n=48 forward uses the column-split GEMM path with 3 threads; d_out > 64
     gives the bias gradient several column blocks."""
     x, w, b, y, dy = dense_operands(np.random.default_rng(12), (48, 300, 600), dtype, activation)
+    z = pre_activation(x, w, b, activation)
     results = []
     for nt in THREAD_COUNTS:
         with fusenn.threads(nt):
             results.append((ops.dense_forward(x, w, b, activation),)
-                           + ops.dense_backward(x, w, y, dy, activation))
+                           + ops.dense_backward(x, w, y, dy, activation, z=z))
     for res in results[1:]:
         for got, first in zip(res, results[0]):
             assert np.array_equal(got, first)
@@ -766,10 +781,11 @@ def _valid_args(name, dtype=np.float64):
     return {
         "matmul": lambda: dict(a=m(3, 4), b=m(4, 5)),
         "activation_forward": lambda: dict(z=m(3, 4), activation="tanh"),
-        "activation_backward": lambda: dict(a=m(3, 4), da=m(3, 4), activation="tanh"),
+        "activation_backward": lambda: dict(a=m(3, 4), da=m(3, 4), activation="tanh",
+                                            z=m(3, 4)),
         "dense_forward": lambda: dict(x=m(2, 4), w=m(4, 3), b=m(3), activation="relu"),
         "dense_backward": lambda: dict(x=m(2, 4), w=m(4, 3), y=m(2, 3), dy=m(2, 3),
-                                       activation="relu"),
+                                       activation="relu", z=m(2, 3)),
         "softmax_cross_entropy": lambda: dict(z=m(3, 4), labels=np.array([0, 3, 1])),
         "sigmoid_binary_cross_entropy": lambda: dict(z=m(3, 4), t=m(3, 4)),
         "mse": lambda: dict(a=m(3, 4), t=m(3, 4)),
@@ -794,8 +810,8 @@ def _valid_args(name, dtype=np.float64):
 
 
 ARRAY_ARGS = [pytest.param(op, arg, id=f"{op}-{arg}") for op, args in [
-    ("matmul", "a b"), ("activation_forward", "z"), ("activation_backward", "a da"),
-    ("dense_forward", "x w b"), ("dense_backward", "x w y dy"), ("softmax_cross_entropy", "z"),
+    ("matmul", "a b"), ("activation_forward", "z"), ("activation_backward", "a da z"),
+    ("dense_forward", "x w b"), ("dense_backward", "x w y dy z"), ("softmax_cross_entropy", "z"),
     ("sigmoid_binary_cross_entropy", "z t"), ("mse", "a t"), ("mae", "a t"), ("huber", "a t"),
     ("sgd_update", "w g v"),
     ("adam_update", "w g m v"), ("rmsprop_update", "w g v"), ("adagrad_update", "w g v"),
@@ -847,6 +863,8 @@ SHAPE_ERRORS = [
     pytest.param(_replace("matmul", b=(5, 5)), "(3, 4)", id="matmul-inner"),
     pytest.param(_replace("activation_forward", z=(12,)), "2-D", id="act_fwd-z_1d"),
     pytest.param(_replace("activation_backward", da=(4, 3)), "(3, 4)", id="act_bwd-da"),
+    pytest.param(_replace("activation_backward", z=(3, 5)), "(3, 4)", id="act_bwd-z"),
+    pytest.param(_replace("activation_backward", z=(12,)), "2-D", id="act_bwd-z_1d"),
     pytest.param(_replace("dense_forward", x=(2, 4, 1)), "2-D", id="dense_fwd-x_3d"),
     pytest.param(_replace("dense_forward", w=(5, 3)), "(4, units)", id="dense_fwd-w"),
     pytest.param(_replace("dense_forward", b=(4,)), "(3,)", id="dense_fwd-b"),
@@ -854,6 +872,7 @@ SHAPE_ERRORS = [
     pytest.param(_replace("dense_backward", w=(3, 3)), "(4, units)", id="dense_bwd-w"),
     pytest.param(_replace("dense_backward", y=(2, 4)), "(2, 3)", id="dense_bwd-y"),
     pytest.param(_replace("dense_backward", dy=(3, 3)), "(2, 3)", id="dense_bwd-dy"),
+    pytest.param(_replace("dense_backward", z=(3, 2)), "(2, 3)", id="dense_bwd-z"),
     pytest.param(_replace("sigmoid_binary_cross_entropy", t=(3, 5)), "(3, 4)", id="bce-t"),
     pytest.param(_replace("softmax_cross_entropy", z=(4,)), "2-D", id="ce-z_1d"),
     pytest.param(_replace("mse", t=(4, 3)), "(3, 4)", id="mse-t"),
@@ -895,7 +914,7 @@ def test_optimizer_state_must_be_writable_c_contiguous(op, arg, layout):
         np.testing.assert_array_equal(kwargs[k], v)
 
 
-@pytest.mark.parametrize("bad", ["gelu", "RELU", "", None, 3], ids=repr)
+@pytest.mark.parametrize("bad", ["mish", "RELU", "silu", "", None, 3], ids=repr)
 @pytest.mark.parametrize("op", ["activation_forward", "activation_backward", "dense_forward",
                                 "dense_backward"])
 def test_unknown_activation_lists_allowed_names(op, bad):

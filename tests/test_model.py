@@ -483,8 +483,8 @@ def unbuilt_model(activation="softmax"):
 
 
 BAD_CALLS = {
-    "unknown-activation": (lambda m, X, y: fusenn.Dense(3, activation="swish"),
-                           ValueError, r"unknown activation 'swish'; expected one of identity"),
+    "unknown-activation": (lambda m, X, y: fusenn.Dense(3, activation="mish"),
+                           ValueError, r"unknown activation 'mish'; expected one of identity"),
     "unknown-loss": (lambda m, X, y: m.compile(loss="hinge"),
                      ValueError, r"unknown loss 'hinge'; expected one of cross_entropy"),
     "unknown-optimizer": (lambda m, X, y: m.compile(optimizer="adadelta"),

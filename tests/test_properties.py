@@ -316,7 +316,21 @@ def activation_forward_bound(z, want, activation):
         return 0.0  # a copy, a select, one product identical in both: exact
     if activation == "softmax":  # exp per element + a d-term positive sum
         return f64abs(want) * (2 * (d + 16) * eps(dtype)) + floor(dtype, d)
-    return f64abs(want) * (16 * eps(dtype)) + floor(dtype)  # sigmoid, tanh (libm vs NumPy)
+    # sigmoid, tanh, elu, softplus, swish, gelu, gelu_tanh: libm vs NumPy, a few
+    # roundings; plus the conditioning of erfc(x) (~2 x^2) and of sigmoid(v)
+    # (~|v|) in the tails, should the two round their argument differently
+    return f64abs(want) * ((16 + _tail_condition(z, activation)) * eps(dtype)) + floor(dtype)
+
+
+def _tail_condition(z, activation):
+    """Relative error amplification of gelu's erfc / gelu_tanh's sigmoid(2u) at z."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        Z = np.nan_to_num(np.abs(np.asarray(z, dtype=np.float64)), posinf=0.0)
+        if activation == "gelu":
+            return 4 * Z * Z
+        if activation == "gelu_tanh":
+            return 8 * Z * (1 + Z * Z)
+    return 0.0
 
 
 @inner
@@ -345,7 +359,7 @@ def test_activation_forward_matches_reference(data, n, d, dtype, activation, thr
 
 
 @quiet
-def activation_backward_bound(a, da, want, activation):
+def activation_backward_bound(a, da, want, activation, z=None):
     dtype = want.dtype
     A, dA = f64abs(a), f64abs(da)
     if activation in ("identity", "relu", "leaky_relu"):
@@ -354,6 +368,12 @@ def activation_backward_bound(a, da, want, activation):
         return dA * A * (1 + A) * (4 * eps(dtype)) + floor(dtype)
     if activation == "tanh":  # da (1 - a a): cancellation in 1 - a^2, maybe FMA
         return dA * (1 + A * A) * (4 * eps(dtype)) + floor(dtype)
+    if activation == "elu":  # da (a + 1) where a <= 0: one add and one product
+        return dA * (1 + A) * (4 * eps(dtype)) + floor(dtype)
+    if activation in ("softplus", "gelu", "gelu_tanh", "swish"):
+        # |act'| is at most ~1.13; libm vs NumPy and the tails as in the forward bound
+        return (dA * (16 + _tail_condition(z, activation)) * 2 * eps(dtype)
+                + f64abs(want) * (16 * eps(dtype)) + floor(dtype))
     d = want.shape[1]  # softmax: a_j (da_j - sum_i da_i a_i)
     s = (dA * A).sum(axis=1, keepdims=True)
     return A * (dA + s) * (2 * (d + 4) * eps(dtype)) + floor(dtype, d)
@@ -373,20 +393,29 @@ def test_activation_backward_matches_reference(data, n, d, dtype, activation, co
                                       activation)
         assert got.shape == (n, 0) and got.dtype == dtype
         return
+    z = None
     if consistent:  # a = act(z), as in training
         huge_side = None if huge_side == "a" else huge_side
         z = make_values(data.draw(st.integers(0, 2**32 - 1)), (n, d), dtype,
                         data.draw(st.sampled_from(kinds_for("a", huge_side))))
         a = with_layout(reference("activation_forward", z, activation), data.draw(LAYOUT))
+        z = with_layout(z, data.draw(LAYOUT))
     else:
         a = data.draw(operand((n, d), dtype, kinds_for("a", huge_side, extra=NONFINITE_KINDS)))
+        if activation in ref.NEEDS_Z:  # any z: these read z alone
+            z = data.draw(operand((n, d), dtype, kinds_for("a", huge_side,
+                                                           extra=NONFINITE_KINDS)), "z")
+    if activation not in ref.NEEDS_Z:
+        z = None  # the others must not need it
     da = data.draw(operand((n, d), dtype, kinds_for("da", huge_side, extra=NONFINITE_KINDS)))
-    before = snapshot([a, da])
+    args = [a, da] + ([z] if z is not None else [])
+    before = snapshot(args)
     with fusenn.threads(threads):
-        got = ops.activation_backward(a, da, activation)
-    unchanged(before, [a, da], "activation_backward")
-    want = reference("activation_backward", np.array(a), np.array(da), activation)
-    check(got, want, activation_backward_bound(a, da, want, activation),
+        got = ops.activation_backward(a, da, activation, z)
+    unchanged(before, args, "activation_backward")
+    want = reference("activation_backward", np.array(a), np.array(da), activation,
+                     None if z is None else np.array(z))
+    check(got, want, activation_backward_bound(a, da, want, activation, z),
           f"activation_backward[{activation}]")
 
 
@@ -406,8 +435,11 @@ def dense_forward_bound(x, w, b, want, activation):
     ez = dense_z_bound(x, w, b)
     if activation in ("identity", "relu", "leaky_relu"):
         return ez  # Lipschitz 1, and the final select/product is exact
-    if activation in ("sigmoid", "tanh"):
-        return ez + f64abs(want) * (16 * eps(dtype)) + floor(dtype)
+    if activation in ("sigmoid", "tanh", "elu", "softplus", "swish", "gelu", "gelu_tanh"):
+        # Lipschitz ~1.13 at most; then the activation's own error at z
+        z = reference("dense_forward", np.array(x), np.array(w), np.array(b), "identity")
+        return (1.2 * ez + f64abs(want) * ((16 + _tail_condition(z, activation)) * eps(dtype))
+                + floor(dtype))
     # softmax: an error E in every logit moves each output by at most a factor exp(+-2E)
     d = want.shape[1]
     row = ez.max(axis=1, keepdims=True) if d else ez
@@ -469,18 +501,25 @@ def test_dense_backward_matches_reference(data, n, d_in, d_out, dtype, activatio
     else:  # any y: the kernel's math is defined through y alone
         y = data.draw(operand((n, d_out), dtype, FINITE_KINDS), "y")
     dy = data.draw(operand((n, d_out), dtype, kinds_for("dy", huge_side)), "dy")
+    # the pre-activation for the activations that need it (any z if not consistent)
+    z = None
+    if activation in ref.NEEDS_Z:
+        z = (reference("dense_forward", np.array(x), np.array(w), np.array(b), "identity")
+             if consistent else data.draw(operand((n, d_out), dtype, FINITE_KINDS), "z"))
     args = [x, w, y, dy]
     before = snapshot(args)
     with fusenn.threads(threads):
-        got = ops.dense_backward(x, w, y, dy, activation, need_dx)
+        got = ops.dense_backward(x, w, y, dy, activation, need_dx, z)
     unchanged(before, args, "dense_backward")
-    want = reference("dense_backward", *[np.array(a) for a in args], activation, need_dx)
+    want = reference("dense_backward", *[np.array(a) for a in args], activation, need_dx,
+                     None if z is None else np.array(z))
     assert isinstance(got, tuple) and len(got) == 3
     assert (got[2] is None) == (not need_dx)
 
     # dz as both compute it, and its error bound, then the three reductions over it
-    dz = reference("activation_backward", np.array(y), np.array(dy), activation)
-    edz = activation_backward_bound(y, dy, dz, activation)
+    dz = reference("activation_backward", np.array(y), np.array(dy), activation,
+                   None if z is None else np.array(z))
+    edz = activation_backward_bound(y, dy, dz, activation, z)
     edz = np.broadcast_to(np.asarray(edz, dtype=np.float64), dz.shape)
     DZ, X, W = f64abs(dz), f64abs(x), f64abs(w)
     e = eps(dtype)
@@ -688,10 +727,13 @@ def test_adam_update_matches_reference(data, shape, dtype, lr, beta1, beta2, ada
 
 # ---- the model API -------------------------------------------------------------------------
 
+# The activations models train with so far (gelu, gelu_tanh, elu, softplus and
+# swish are kernel-level only until the model passes pre-activations around).
+MODEL_ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
 OUTPUT_ACTIVATIONS = {
     "cross_entropy": ["softmax", "identity", "linear", None],
     "binary_cross_entropy": ["sigmoid", "identity", "linear", None],
-    "mse": list(ref.ACTIVATIONS) + ["linear", None],
+    "mse": list(MODEL_ACTIVATIONS) + ["linear", None],
 }
 LOSS_NAMES = st.sampled_from(["cross_entropy", "binary_cross_entropy", "mse",
                               "sparse_categorical_crossentropy", "bce", "mean_squared_error"])
@@ -707,7 +749,7 @@ def architectures(draw):
     widths = draw(st.lists(st.integers(1, 40), min_size=n_layers, max_size=n_layers))
     if canonical == "cross_entropy" and widths[-1] < 2:
         widths[-1] = draw(st.integers(2, 12))
-    hidden = draw(st.lists(st.sampled_from(list(ref.ACTIVATIONS) + ["linear", None]),
+    hidden = draw(st.lists(st.sampled_from(list(MODEL_ACTIVATIONS) + ["linear", None]),
                            min_size=n_layers - 1, max_size=n_layers - 1))
     last = draw(st.sampled_from(OUTPUT_ACTIVATIONS[canonical]))
     optimizer = draw(st.one_of(

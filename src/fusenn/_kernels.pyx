@@ -14,6 +14,8 @@ cdef extern from "fusenn.h" nogil:
     ctypedef enum fusenn_activation:
         pass
     int FUSENN_OK
+    int FUSENN_EINVAL
+    int fusenn_activation_needs_z(fusenn_activation act)
     int fusenn_has_openmp()
     int fusenn_num_procs()
     int fusenn_omp_max_threads()
@@ -58,10 +60,12 @@ cdef extern from "fusenn.h" nogil:
                                        const double *Z, Py_ssize_t ldz,
                                        double *A, Py_ssize_t lda, int nthreads)
     void fusenn_activation_backward_f32(fusenn_activation act, size_t n, size_t d,
+                                        const float *Z, Py_ssize_t ldz,
                                         const float *A, Py_ssize_t lda,
                                         const float *dA, Py_ssize_t ldda,
                                         float *dZ, Py_ssize_t lddz, int nthreads)
     void fusenn_activation_backward_f64(fusenn_activation act, size_t n, size_t d,
+                                        const double *Z, Py_ssize_t ldz,
                                         const double *A, Py_ssize_t lda,
                                         const double *dA, Py_ssize_t ldda,
                                         double *dZ, Py_ssize_t lddz, int nthreads)
@@ -199,6 +203,11 @@ def gemm_isa():
     return fusenn_gemm_isa().decode()
 
 
+def activation_needs_z(int act):
+    """True if activation `act`'s backward pass reads the pre-activation z."""
+    return bool(fusenn_activation_needs_z(<fusenn_activation>act))
+
+
 # ---- pointers and strides in elements -----------------------------------------
 # A zero-sized view has no element 0 to take the address of: pass NULL, the C
 # kernels never dereference it when a size is 0.
@@ -225,7 +234,13 @@ cdef inline Py_ssize_t cs(const real[:, :] a) noexcept nogil:
     return a.strides[1] // <Py_ssize_t>sizeof(real)
 
 
+FUSENN_EINVAL_CODE = FUSENN_EINVAL  # fusenn_dense_backward given an activation that needs z
+
+
 cdef inline int check(int rc) except -1:
+    if rc == FUSENN_EINVAL:
+        raise ValueError("fusenn: this activation's derivative needs the pre-activation z; "
+                         "apply activation_backward with z first, then pass identity")
     if rc != FUSENN_OK:
         raise MemoryError("fusenn: could not allocate GEMM packing buffers")
     return 0
@@ -306,15 +321,26 @@ def activation_forward(int act, const real[:, :] z, real[:, :] a, int nthreads):
 
 
 def activation_backward(int act, const real[:, :] a, const real[:, :] da, real[:, :] dz,
-                        int nthreads):
+                        const real[:, :] z, int nthreads):
+    """dz = da * act'(z); z may be None unless activation_needs_z(act) (it comes
+    after the arrays that are never None, which pick the dtype)."""
     cdef size_t n = a.shape[0], d = a.shape[1]
+    cdef const real *z_ptr = NULL
+    cdef Py_ssize_t ldz = 0
+    if z is not None:
+        z_ptr = cptr2(z)
+        ldz = rs(z)
+    elif fusenn_activation_needs_z(<fusenn_activation>act):
+        raise ValueError("z (the pre-activation) is required for this activation")
     with nogil:
         if real is float:
-            fusenn_activation_backward_f32(<fusenn_activation>act, n, d, cptr2(a), rs(a),
-                                           cptr2(da), rs(da), ptr2(dz), rs(dz), nthreads)
+            fusenn_activation_backward_f32(<fusenn_activation>act, n, d, z_ptr, ldz,
+                                           cptr2(a), rs(a), cptr2(da), rs(da), ptr2(dz), rs(dz),
+                                           nthreads)
         else:
-            fusenn_activation_backward_f64(<fusenn_activation>act, n, d, cptr2(a), rs(a),
-                                           cptr2(da), rs(da), ptr2(dz), rs(dz), nthreads)
+            fusenn_activation_backward_f64(<fusenn_activation>act, n, d, z_ptr, ldz,
+                                           cptr2(a), rs(a), cptr2(da), rs(da), ptr2(dz), rs(dz),
+                                           nthreads)
 
 
 # ---- losses ------------------------------------------------------------------------

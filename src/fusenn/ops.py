@@ -12,10 +12,10 @@ import numpy as np
 
 from . import _kernels
 from ._threads import get_num_threads
-from .reference import ACTIVATIONS, LEAKY_RELU_SLOPE
+from .reference import ACTIVATIONS, ELU_ALPHA, LEAKY_RELU_SLOPE, NEEDS_Z
 
 __all__ = [
-    "ACTIVATIONS", "LEAKY_RELU_SLOPE", "matmul", "activation_forward",
+    "ACTIVATIONS", "NEEDS_Z", "LEAKY_RELU_SLOPE", "ELU_ALPHA", "matmul", "activation_forward",
     "activation_backward", "dense_forward", "dense_backward", "softmax_cross_entropy",
     "sigmoid_binary_cross_entropy", "mse", "mae", "huber", "sgd_update", "adam_update",
     "rmsprop_update", "adagrad_update", "sum_squares", "grad_transform",
@@ -88,13 +88,28 @@ def activation_forward(z, activation):
     return a
 
 
-def activation_backward(a, da, activation):
+def _pre_activation(z, activation, shape, dtype, what="the pre-activation"):
+    """z checked like the output it produced (None allowed unless NEEDS_Z)."""
+    if z is None:
+        if activation in NEEDS_Z:
+            raise ValueError(f"z ({what}) is required for activation {activation!r}: "
+                             f"its derivative is not a function of the output")
+        return None
+    z = contiguous_rows(_float_array(z, "z", 2, dtype))
+    _expect_shape(z, "z", shape)
+    return z
+
+
+def activation_backward(a, da, activation, z=None):
+    """dz = da * act'(z), through the output a = act(z) or, for the activations
+    in NEEDS_Z (which require it), through the pre-activation z."""
     act = _activation_id(activation)
     a = contiguous_rows(_float_array(a, "a", 2))
     da = contiguous_rows(_float_array(da, "da", 2, a.dtype))
     _expect_shape(da, "da", a.shape)
+    z = _pre_activation(z, activation, a.shape, a.dtype)
     dz = np.empty_like(a, order="C")
-    _kernels.activation_backward(act, a, da, dz, get_num_threads())
+    _kernels.activation_backward(act, a, da, dz, z, get_num_threads())
     return dz
 
 
@@ -117,8 +132,12 @@ def dense_forward(x, w, b, activation):
     return y
 
 
-def dense_backward(x, w, y, dy, activation, need_dx=True):
-    """(dw, db, dx) of y = act(x @ w + b) given dy = dL/dy; dx is None unless need_dx."""
+def dense_backward(x, w, y, dy, activation, need_dx=True, z=None):
+    """(dw, db, dx) of y = act(x @ w + b) given dy = dL/dy; dx is None unless need_dx.
+
+    Activations in NEEDS_Z require z, the pre-activation x @ w + b: their dz
+    comes from activation_backward, then the identity layer backward runs on it.
+    """
     act = _activation_id(activation)
     x = _float_array(x, "x", 2)
     w = _float_array(w, "w", 2, x.dtype)
@@ -129,11 +148,17 @@ def dense_backward(x, w, y, dy, activation, need_dx=True):
     dy = contiguous_rows(_float_array(dy, "dy", 2, x.dtype))
     _expect_shape(y, "y", out_shape)
     _expect_shape(dy, "dy", out_shape)
+    z = _pre_activation(z, activation, out_shape, x.dtype, "the pre-activation x @ w + b")
     dz = np.empty(out_shape, dtype=x.dtype)
     dw = np.empty(w.shape, dtype=x.dtype)
     db = np.empty(w.shape[1], dtype=x.dtype)
     dx = np.empty(x.shape, dtype=x.dtype) if need_dx else None
-    _kernels.dense_backward(x, w, y, dy, act, dz, dw, db, dx, get_num_threads())
+    nthreads = get_num_threads()
+    if activation in NEEDS_Z:
+        # the C layer refuses these (FUSENN_EINVAL): dz first, then identity in place on it
+        _kernels.activation_backward(act, y, dy, dz, z, nthreads)
+        dy, act = dz, _ACTIVATION_IDS["identity"]
+    _kernels.dense_backward(x, w, y, dy, act, dz, dw, db, dx, nthreads)
     return dw, db, dx
 
 

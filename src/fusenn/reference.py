@@ -11,10 +11,23 @@ C kernels do. Callers validate shapes and dtypes; only activation names are
 checked here.
 """
 
+import math
+
 import numpy as np
 
-ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax")
+ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax",
+               "gelu", "gelu_tanh", "elu", "softplus", "swish")
+# Activations whose derivative is not a function of their output: their
+# backward pass needs the pre-activation z as well.
+NEEDS_Z = frozenset({"gelu", "gelu_tanh", "swish"})
 LEAKY_RELU_SLOPE = 0.01
+ELU_ALPHA = 1.0
+_SQRT1_2 = math.sqrt(0.5)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_GELU_TANH_CUBIC = 0.044715
+# NumPy has no erfc: Python's (libm's), elementwise in float64.
+_erfc_f64 = np.frompyfunc(math.erfc, 1, 1)
 
 
 def _check_activation(activation):
@@ -29,6 +42,31 @@ def _sigmoid(z):
     e = np.exp(-np.abs(z))
     s = 1 / (1 + e)
     return np.where(z >= 0, s, e * s), e
+
+
+def _sigmoid_pair(z):
+    """(sigmoid(z), 1 - sigmoid(z)); 1 - sigmoid(z) = sigmoid(-z) is formed
+    without a subtraction, so it stays accurate where sigmoid(z) is near 1."""
+    e = np.exp(-np.abs(z))
+    s = 1 / (1 + e)
+    pos = z >= 0
+    return np.where(pos, s, e * s), np.where(pos, e * s, s)
+
+
+def _erfc(x):
+    """erfc elementwise, in x's dtype."""
+    return _erfc_f64(x.astype(np.float64)).astype(x.dtype)
+
+
+def _gelu_tanh_2u(z):
+    """2 u of gelu_tanh: 2 sqrt(2/pi) (z + 0.044715 z^3)."""
+    with np.errstate(over="ignore"):  # z^3 = inf only where the sigmoid of it is 0 or 1
+        return 2 * _c(_SQRT_2_OVER_PI, z) * (z + _c(_GELU_TANH_CUBIC, z) * (z * z * z))
+
+
+def _c(value, like):
+    """A constant rounded to the dtype of `like`, as the C kernels do."""
+    return like.dtype.type(value)
 
 
 def _softmax(z):
@@ -55,12 +93,31 @@ def activation_forward(z, activation):
         return np.where(z > 0, z, 0)
     if activation == "leaky_relu":
         return np.where(z > 0, z, LEAKY_RELU_SLOPE * z)
+    if activation == "gelu":
+        # z Phi(z), Phi(z) = (1 + erf(z / sqrt 2)) / 2 = erfc(-z / sqrt 2) / 2:
+        # erfc has no cancellation where erf(z / sqrt 2) is near -1
+        return _c(0.5, z) * z * _erfc(-z * _c(_SQRT1_2, z))
+    if activation == "gelu_tanh":
+        # (z / 2) (1 + tanh(u)) = z sigmoid(2 u), u = sqrt(2/pi) (z + 0.044715 z^3):
+        # the sigmoid form has no cancellation where tanh(u) is near -1
+        return z * _sigmoid(_gelu_tanh_2u(z))[0]
+    if activation == "elu":
+        # expm1 of z <= 0 only (no overflow warnings); where, not minimum, keeps -0
+        return np.where(z > 0, z, _c(ELU_ALPHA, z) * np.expm1(np.where(z > 0, 0, z)))
+    if activation == "softplus":  # log(1 + e^z) = max(z, 0) + log1p(e^-|z|), never overflows
+        return np.maximum(z, 0) + np.log1p(np.exp(-np.abs(z)))
+    if activation == "swish":  # z sigmoid(z)
+        return z * _sigmoid(z)[0]
     return _softmax(z)
 
 
-def activation_backward(a, da, activation):
-    """dz = da * act'(z), written through the forward output a = act(z)."""
+def activation_backward(a, da, activation, z=None):
+    """dz = da * act'(z), written through the forward output a = act(z), or
+    through the pre-activation z for the activations in NEEDS_Z (gelu,
+    gelu_tanh, swish), which require it."""
     _check_activation(activation)
+    if activation in NEEDS_Z and z is None:
+        raise ValueError(f"z (the pre-activation) is required for activation {activation!r}")
     if activation == "identity":
         return da.copy()
     if activation == "sigmoid":
@@ -71,6 +128,27 @@ def activation_backward(a, da, activation):
         return np.where(a > 0, da, 0)
     if activation == "leaky_relu":
         return np.where(a > 0, da, LEAKY_RELU_SLOPE * da)
+    if activation == "gelu":  # Phi(z) + z phi(z), phi(z) = e^(-z^2/2) / sqrt(2 pi)
+        cdf = _c(0.5, z) * _erfc(-z * _c(_SQRT1_2, z))
+        with np.errstate(over="ignore"):  # z^2 = inf gives exp(-inf) = 0
+            pdf = _c(_INV_SQRT_2PI, z) * np.exp(_c(-0.5, z) * z * z)
+        return da * (cdf + z * pdf)
+    if activation == "gelu_tanh":
+        # d/dz z s(2u) = s + 2 z s (1 - s) u', s = sigmoid(2 u), u' = c (1 + 3 k z^2).
+        # s (1 - s) is 0 wherever u' could overflow: the term is then 0 (not 0 inf)
+        s, one_minus = _sigmoid_pair(_gelu_tanh_2u(z))
+        sp = s * one_minus
+        with np.errstate(over="ignore", invalid="ignore"):
+            du = _c(_SQRT_2_OVER_PI, z) * (1 + 3 * _c(_GELU_TANH_CUBIC, z) * (z * z))
+            term = 2 * z * sp * du
+        return da * (s + np.where(sp != 0, term, 0))
+    if activation == "elu":  # alpha e^z = a + alpha where z <= 0
+        return np.where(a > 0, da, da * (a + _c(ELU_ALPHA, a)))
+    if activation == "softplus":  # sigmoid(z) = 1 - e^-a
+        return da * -np.expm1(-a)
+    if activation == "swish":  # s + z s (1 - s) = s (1 + z (1 - s))
+        s, one_minus = _sigmoid_pair(z)
+        return da * (s * (1 + z * one_minus))
     return a * (da - (da * a).sum(axis=-1, keepdims=True))
 
 
@@ -82,13 +160,18 @@ def dense_forward(x, w, b, activation):
     return z if activation == "identity" else activation_forward(z, activation)
 
 
-def dense_backward(x, w, y, dy, activation, need_dx=True):
+def dense_backward(x, w, y, dy, activation, need_dx=True, z=None):
     """Gradients of y = act(x @ w + b) given dy = dL/dy: returns (dw, db, dx).
 
     dx is None when need_dx is False (the first layer needs no input gradient).
+    Activations in NEEDS_Z require z, the pre-activation x @ w + b.
     """
+    _check_activation(activation)
+    if activation in NEEDS_Z and z is None:
+        raise ValueError(f"z (the pre-activation x @ w + b) is required for activation "
+                         f"{activation!r}")
     # dy is only read, so identity can use it as dz without a copy.
-    dz = dy if activation == "identity" else activation_backward(y, dy, activation)
+    dz = dy if activation == "identity" else activation_backward(y, dy, activation, z)
     dw = x.T @ dz
     db = dz.sum(axis=0)
     dx = dz @ w.T if need_dx else None
