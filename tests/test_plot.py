@@ -106,6 +106,14 @@ def test_history(tmp_path, close, Figure):
     fig = plot.history({"loss": [3, 2, 1]})  # no validation, no accuracy
     close(fig)
     assert len(fig.axes) == 1 and len(fig.axes[0].get_lines()) == 1
+    logs = {"loss": [3, 2], "time": [0.1, 0.1], "lr": [0.1, 0.05], "mae": [1, 0.5],
+            "val_mae": [2, 1]}
+    fig = plot.history(logs)  # time and lr only on request
+    close(fig)
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "mae"]
+    fig = plot.history(logs, metrics=["lr", "loss"])
+    close(fig)
+    assert [ax.get_title() for ax in fig.axes] == ["lr", "loss"]
 
 
 @pytest.mark.parametrize("hist, kwargs, error, match", [
@@ -155,7 +163,7 @@ def test_weights(tmp_path, close, Figure):
     (np.zeros((64, 0)), {}, ValueError, "inputs, units"),
     (np.full((64, 1), np.nan), {}, ValueError, "NaN"),
     (fusenn.Dense(4), {}, ValueError, "not built"),
-    (fusenn.Sequential(), {}, ValueError, "no layers"),
+    (fusenn.Sequential(), {}, ValueError, "no layers with weights"),
     ("abc", {}, TypeError, "Dense layer"),
 ])
 def test_weights_errors(target, kwargs, error, match):

@@ -55,7 +55,8 @@ def history(hist, metrics=None, save=None):
     One axes per metric, each showing the training values and, when present, the
     "val_" values: loss and val_loss together, accuracy and val_accuracy together.
     metrics: which metrics to show (a name or a list of names, without "val_");
-    default: all but "time" (fit's seconds per epoch), loss first. Returns the Figure; save: a path to write a PNG."""
+    default: all but "time" and "lr" (fit's seconds per epoch and learning rate;
+    metrics=["loss", "lr"] shows the rate), loss first. Returns the Figure; save: a path to write a PNG."""
     logs = getattr(hist, "history", hist)
     if not isinstance(logs, dict):
         raise TypeError(f"hist must be a fusenn History or its .history dict, got {hist!r}")
@@ -78,7 +79,8 @@ def history(hist, metrics=None, save=None):
         base.remove("loss")
         base.insert(0, "loss")
     if metrics is None:
-        metrics = [m for m in base if m != "time"]  # seconds per epoch: not a learning curve
+        # fit's seconds per epoch and learning rate are not learning curves
+        metrics = [m for m in base if m not in ("time", "lr")]
     elif isinstance(metrics, str):
         metrics = [metrics]
     else:
@@ -121,16 +123,17 @@ def weights(layer_or_array, shape=(8, 8), max_neurons=64, cmap="RdBu_r", save=No
     """Each neuron's incoming weights drawn as an image: what the first layer looks for.
 
     layer_or_array: a fusenn Dense layer (its W, shape (inputs, units)), a Sequential
-    (its first layer), or an array of that shape (a 1-D array is one neuron).
+    (its first Dense layer), or an array of that shape (a 1-D array is one neuron).
     shape: the image shape, with inputs == shape[0] * shape[1] (8x8 digits, 28x28
     MNIST). Shows the first max_neurons neurons in a grid, red positive and blue
     negative on one colour scale centred at zero (cmap: any matplotlib colormap).
     Returns the Figure; save: a path to write a PNG."""
     obj = layer_or_array
-    if hasattr(obj, "layers"):  # a model: its first layer
-        if not obj.layers:
-            raise ValueError("the model has no layers")
-        obj = obj.layers[0]
+    if hasattr(obj, "layers"):  # a model: its first layer with weights (skips e.g. Dropout)
+        with_weights = [layer for layer in obj.layers if hasattr(layer, "W")]
+        if not with_weights:
+            raise ValueError("the model has no layers with weights")
+        obj = with_weights[0]
     if hasattr(obj, "W"):
         if obj.W is None:
             raise ValueError(f"{obj!r} is not built yet: it has no weights to show "
