@@ -15,7 +15,7 @@ checkpoints, learning-rate callbacks, the progress bar), `fusenn.schedules`
 (learning-rate schedules) and `fusenn.initializers` (weight initialisers).
 """
 
-from . import callbacks, datasets, initializers, losses, ops, reference, schedules
+from . import callbacks, datasets, initializers, losses, ops, plot, reference, schedules
 from ._kernels import gemm_isa, has_openmp
 from ._threads import get_num_threads, set_num_threads, threads
 from .layers import BatchNorm, Dense, Dropout, Layer
@@ -30,5 +30,5 @@ __all__ = [
     "Sequential", "Dense", "Dropout", "BatchNorm", "Layer", "SGD", "Adam", "AdamW", "RMSprop",
     "Adagrad", "History", "load", "matmul", "LOSSES", "set_num_threads", "get_num_threads",
     "threads", "has_openmp", "gemm_isa", "datasets", "ops", "reference", "callbacks",
-    "schedules", "initializers", "losses", "__version__",
+    "schedules", "initializers", "losses", "plot", "__version__",
 ]

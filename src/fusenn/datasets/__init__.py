@@ -1,8 +1,11 @@
-"""Small bundled datasets and a train/test splitter.
+"""Small bundled datasets, readers for MNIST-style IDX files, a train/test
+splitter and one-hot encoding.
 
 ``load_digits`` reads the UCI "Optical Recognition of Handwritten Digits"
 8x8 digits (1,797 samples, CC BY 4.0) shipped in ``data/digits.csv.gz``; see
-``data/README.md`` for the source and citation.
+``data/README.md`` for the source and citation. ``load_idx`` and
+``load_mnist`` read MNIST, Fashion-MNIST and EMNIST from IDX files the user
+has (nothing is downloaded).
 """
 
 import gzip
@@ -11,7 +14,9 @@ from importlib.resources import files
 
 import numpy as np
 
-__all__ = ["load_digits", "train_test_split"]
+from ._idx import load_idx, load_mnist
+
+__all__ = ["load_digits", "load_idx", "load_mnist", "train_test_split", "one_hot"]
 
 _digits = None  # parsed (1797, 65) int64 array, loaded on first use
 
@@ -124,4 +129,37 @@ def train_test_split(*arrays, test_size=0.25, seed=0, shuffle=True, stratify=Non
     out = []
     for a in arrays:
         out += [a[train], a[test]]
+    return out
+
+
+def one_hot(y, num_classes=None, dtype="float32"):
+    """One-hot encode integer labels: returns an array of shape y.shape + (num_classes,)
+    with 1 at [..., y] and 0 elsewhere, of dtype `dtype` (like Keras' to_categorical
+    and torch.nn.functional.one_hot). num_classes defaults to max(y) + 1. Labels
+    must be integers (floats with integral values are accepted) in [0, num_classes).
+    The inverse is argmax: ``np.argmax(Y, axis=-1)``."""
+    y = np.asarray(y)
+    if y.dtype.kind not in "iuf" or y.dtype.kind == "f" and not (
+            np.all(np.isfinite(y)) and np.all(y == np.round(y))):
+        raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}"
+                         + (" with non-integer values" if y.dtype.kind == "f" else ""))
+    if num_classes is None:
+        if y.size == 0:
+            raise ValueError("cannot infer num_classes from an empty y; pass num_classes")
+        num_classes = int(y.max()) + 1
+    elif isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) \
+            or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if y.size and y.min() < 0:
+        raise ValueError(f"labels must be non-negative, got {y.min()}")
+    if y.size and y.max() >= num_classes:
+        raise ValueError(f"label {y.max()} is out of range for num_classes={num_classes}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype must be a NumPy dtype, got {dtype!r}") from None
+    if dt.kind not in "biuf":
+        raise ValueError(f"dtype must be a numeric or bool dtype, got {dtype!r}")
+    out = np.zeros(y.shape + (int(num_classes),), dtype=dt)
+    np.put_along_axis(out, y.astype(np.intp)[..., None], 1, axis=-1)
     return out
