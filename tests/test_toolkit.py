@@ -258,6 +258,17 @@ def test_batchnorm_model_saves_and_loads(tmp_path):
     assert loaded.layers[2].config() == model.layers[2].config()
 
 
+def test_load_refuses_a_negative_running_variance(tmp_path):
+    model = fusenn.Sequential([BatchNorm(), Dense(2)], input_dim=3)
+    model.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as f:
+        arrays = dict(f)
+    arrays["buffer_1"] = -np.ones(3, dtype=np.float32)
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match="running variance is negative"):
+        fusenn.load(tmp_path / "bad.npz")
+
+
 def test_set_weights_refuses_negative_running_variance():
     model = fusenn.Sequential([BatchNorm(), Dense(2)], input_dim=3)
     w = model.get_weights()

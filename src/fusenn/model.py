@@ -795,6 +795,8 @@ def load(path):
         if not np.all(np.isfinite(saved)):
             raise bad(f"buffer_{i} contains NaN or infinity")
         a[...] = saved
+    if any(label.startswith("running_var") and np.any(a < 0) for label, a in model._weight_arrays()):
+        raise bad("a BatchNorm running variance is negative")
     opt = model.optimizer
     if opt is not None:
         opt.iterations = int(config.get("optimizer_iterations", 0))
