@@ -275,3 +275,64 @@ def umask(request):
 def test_saved_file_has_the_permissions_the_umask_allows(tmp_path, umask):
     _, path = saved_model_file(tmp_path)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# ---- pickle ---------------------------------------------------------------------
+
+
+def pickle_with_readonly_arrays(model):
+    """Pickle and unpickle `model` the way joblib's memory maps hand arrays
+    back: every array's data lives in a read-only buffer."""
+    import pickle
+    buffers = []
+    data = pickle.dumps(model, protocol=5, buffer_callback=buffers.append)
+    return pickle.loads(data, buffers=[memoryview(b.raw()).toreadonly() for b in buffers])
+
+
+def model_arrays(model):
+    return [*model.params, *model.buffers, model.layers[2].step_counter,
+            *[a for arrays in (model.optimizer.state or {}).values() for a in arrays]]
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_unpickled_read_only_arrays_become_writeable_and_training_continues(optimizer):
+    model = fusenn.Sequential([fusenn.Dense(6, "relu"), fusenn.BatchNorm(),
+                               fusenn.Dropout(0.2), fusenn.Dense(3, "softmax")],
+                              input_dim=4, dtype="float32", seed=1)
+    model.compile(loss="cross_entropy", optimizer=OPTIMIZERS[optimizer]())
+    data = batches(4)
+    train(model, data[:2])
+    model.predict(data[0][0])
+    copy = pickle_with_readonly_arrays(model)
+    arrays = model_arrays(copy)
+    assert len(arrays) == len(model_arrays(model)) == 9 + 6 * len(model.optimizer._state_names)
+    for a in arrays:
+        assert a.flags.writeable and a.flags.c_contiguous
+    for m in (model, copy):  # the C engine trains the copies exactly as the originals
+        train(m, data[2:])
+        m.fit(data[0][0], data[0][1], epochs=2, batch_size=4, verbose=0)
+    assert_weights_identical(model_arrays(model), model_arrays(copy))
+    assert copy.optimizer.iterations == model.optimizer.iterations
+    np.testing.assert_array_equal(copy.predict(data[1][0]), model.predict(data[1][0]))
+
+
+def test_unpickling_copies_only_arrays_that_need_it():
+    model = make_model(dtype="float32", optimizer="adam")
+    train(model, batches(1))
+    state = model.__getstate__()
+    W_ok = model.layers[0].W
+    W_ro = model.layers[1].W.copy()
+    W_ro.flags.writeable = False
+    W_strided = np.asfortranarray(model.layers[2].W)
+    m_ro = model.optimizer.state["m"][0].copy()
+    m_ro.flags.writeable = False
+    model.layers[1].W, model.layers[2].W = W_ro, W_strided
+    model.optimizer.state["m"][0] = m_ro
+    copy = fusenn.Sequential.__new__(fusenn.Sequential)
+    copy.__setstate__(state)
+    assert copy.layers[0].W is W_ok  # writeable and contiguous: kept as is
+    for got, was in [(copy.layers[1].W, W_ro), (copy.layers[2].W, W_strided),
+                     (copy.optimizer.state["m"][0], m_ro)]:
+        assert got is not was and got.flags.writeable and got.flags.c_contiguous
+        np.testing.assert_array_equal(got, was)
+    assert copy.optimizer.state["v"][0] is model.optimizer.state["v"][0]

@@ -57,6 +57,13 @@ def _positive_int(value, name, allow_zero=False):
     return int(value)
 
 
+def _writeable(a):
+    """`a` if it is a writeable C-contiguous array (or None), else such a copy."""
+    if a is None or (a.flags.writeable and a.flags.c_contiguous):
+        return a
+    return np.array(a, order="C")
+
+
 class History:
     """What fit() returns: `history` maps each metric to its per-epoch values."""
 
@@ -121,8 +128,18 @@ class Sequential:
         self.__dict__.update(state)
         self.backend = BACKENDS[self.backend_name]
         self._lock = threading.Lock()
+        # the C plan writes in place (parameters, buffers, Dropout's step
+        # counter, optimizer state): arrays unpickled read-only (joblib's
+        # memory maps) or non-contiguous become private C-contiguous copies
+        for layer in self.layers:
+            for name, value in vars(layer).items():
+                if isinstance(value, np.ndarray):
+                    setattr(layer, name, _writeable(value))
         if self.optimizer is not None:
             self.optimizer._model = weakref.ref(self)
+            if self.optimizer.state is not None:
+                self.optimizer.state = {name: [_writeable(a) for a in arrays]
+                                        for name, arrays in self.optimizer.state.items()}
 
     def __repr__(self):
         return (f"Sequential({self.layers}, input_dim={self.input_dim}, dtype={self.dtype.name!r}, "

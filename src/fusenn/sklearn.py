@@ -15,10 +15,15 @@ learning rate and epsilon are converted), and `loss_curve_` holds
 scikit-learn's loss: cross-entropy summed over the outputs (multi-label) or
 half the mean squared error (regression), averaged over the epoch's samples,
 plus the L2 penalty term 0.5 * alpha * ||W||^2 / batch per batch.
+
+sample_weight follows scikit-learn's MLP: each batch's loss is the weighted
+mean of its samples' losses (sum_i w_i loss_i / sum_i w_i over the batch) and
+its L2 gradient alpha * W / sum_i w_i. The estimator draws the batches itself
+(so it knows each batch's weight sum) and hands fusenn weights rescaled to
+mean 1 in each batch; see _epoch_weights.
 """
 
 import contextlib
-import inspect
 import numbers
 import warnings
 
@@ -29,7 +34,8 @@ from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
+                                      validate_data)
 
 from ._threads import threads
 from .layers import Dense
@@ -42,14 +48,29 @@ __all__ = ["MLPClassifier", "MLPRegressor"]
 _ACTIVATIONS = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 _SOLVERS = ("adam", "sgd")
 _LEARNING_RATES = ("constant", "invscaling", "adaptive")
-_alpha_warned = False  # alpha is ignored (with one warning) while optimizers lack l2=
 
 
-def _optimizer_accepts_l2(cls):
-    try:
-        return "l2" in inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return False
+def _epoch_weights(sample_weight, n, batch_size):
+    """The weights fusenn trains one epoch with, and sum over batches of 1 / S_b.
+
+    Batch b holds rows [b * batch_size, (b + 1) * batch_size) and S_b is its
+    weight sum (its size without weights). fusenn's batch loss is
+    (1 / n_b) sum_i w_i loss_i, scikit-learn's sum_i w_i loss_i / S_b: the
+    weights are rescaled by n_b / S_b (mean 1 in every batch). A batch of
+    zero weights gets zeros (no data gradient) and counts for nothing.
+    """
+    starts = np.arange(0, n, batch_size)
+    sizes = np.diff(np.append(starts, n))
+    if sample_weight is None:
+        return None, float(np.sum(1.0 / sizes)), float(len(sizes))
+    sums = np.add.reduceat(sample_weight, starts)
+    live = sums > 0
+    scale = np.zeros_like(sums)
+    scale[live] = sizes[live] / sums[live]
+    inv_sums = float(np.sum(1.0 / sums[live]))
+    # sum over batches of n_b / S_b: the batches' penalty terms in loss_curve_
+    penalty_count = float(np.sum(scale))
+    return sample_weight * np.repeat(scale, sizes), inv_sums, penalty_count
 
 
 class _BaseMLP(BaseEstimator):
@@ -157,31 +178,22 @@ class _BaseMLP(BaseEstimator):
     def _make_optimizer(self):
         """A fresh fusenn optimizer for this estimator's solver, in fusenn's units
         (see _sync_optimizer)."""
-        global _alpha_warned
-        cls = SGD if self.solver == "sgd" else Adam
-        accepts_l2 = _optimizer_accepts_l2(cls)
-        extra = {"l2": 0.0} if accepts_l2 else {}
-        if self.alpha > 0 and not accepts_l2 and not _alpha_warned:
-            _alpha_warned = True
-            warnings.warn("alpha (the L2 penalty) is ignored: this version of fusenn's "
-                          "optimizers has no l2= option", UserWarning, stacklevel=4)
-        if cls is SGD:
-            optimizer = SGD(lr=1.0, momentum=self.momentum,
-                            nesterov=bool(self.nesterovs_momentum) and self.momentum > 0, **extra)
-        else:
-            optimizer = Adam(lr=1.0, beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon,
-                             **extra)
-        self._alpha_applied = accepts_l2
-        return optimizer
+        if self.solver == "sgd":
+            return SGD(lr=1.0, momentum=self.momentum,
+                       nesterov=bool(self.nesterovs_momentum) and self.momentum > 0)
+        return Adam(lr=1.0, beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon)
 
-    def _sync_optimizer(self, batch_size):
+    def _sync_optimizer(self, inv_weight_sum):
         """Hand the current learning rate and L2 strength to the optimizer.
 
         fusenn's gradient is `_grad_scale` times scikit-learn's (its losses are
         means over outputs), so SGD's learning rate is divided by it, Adam's
-        epsilon multiplied by it, and the L2 strength is alpha / batch (the
-        gradient of scikit-learn's penalty) times it: the updates are then
-        scikit-learn's."""
+        epsilon multiplied by it, and the L2 strength is alpha / S (the
+        gradient of scikit-learn's penalty; S is a batch's size, or its weight
+        sum with sample weights) times it: the updates are then
+        scikit-learn's. fusenn's L2 strength is one number per epoch: 1 / S is
+        the epoch's mean over batches, exact when every batch has the same S
+        (one batch, or no weights and batch_size dividing the samples)."""
         opt = self.model_.optimizer
         s = self._grad_scale
         if isinstance(opt, SGD):
@@ -189,8 +201,7 @@ class _BaseMLP(BaseEstimator):
         else:
             opt.lr = self._learning_rate
             opt.eps = self.epsilon * s
-        if self._alpha_applied:
-            opt.l2 = self.alpha / batch_size * s
+        opt.l2 = self.alpha * inv_weight_sum * s
 
     def _build(self, sizes, dtype, n_features, random_state):
         units, out_activation, loss = self._output()
@@ -198,6 +209,7 @@ class _BaseMLP(BaseEstimator):
         layers = [Dense(n, activation=act) for n in sizes] + [Dense(units, out_activation)]
         seed = int(random_state.randint(np.iinfo(np.int32).max))
         self.model_ = Sequential(layers, input_dim=n_features, dtype=dtype.name, seed=seed)
+        self._shuffle_rng = np.random.default_rng(seed)  # the batches of every epoch
         self.model_.compile(loss=loss, optimizer=self._make_optimizer())
         self.n_layers_ = len(sizes) + 2
         self.n_outputs_ = self._n_outputs
@@ -217,7 +229,7 @@ class _BaseMLP(BaseEstimator):
             self.best_validation_score_ = None
             self.best_loss_ = np.inf
 
-    def _fit(self, X, y, incremental, classes=None):
+    def _fit(self, X, y, sample_weight, incremental, classes=None):
         sizes, dtype = self._check_params()
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
@@ -231,6 +243,10 @@ class _BaseMLP(BaseEstimator):
                                  f"keep hidden_layer_sizes, activation and dtype as they were "
                                  f"(hidden_layer_sizes={old}, dtype={self.model_.dtype.name!r})")
         X, target = self._validate_fit_data(X, y, dtype, incremental, first_pass, classes)
+        if sample_weight is not None:
+            # fusenn's weighted loss takes no negative weights (scikit-learn's MLP does)
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64,
+                                                 ensure_non_negative=True)
         random_state = check_random_state(self.random_state)
         if first_pass:
             self._build(sizes, dtype, X.shape[1], random_state)
@@ -240,14 +256,17 @@ class _BaseMLP(BaseEstimator):
 
         if self.early_stopping:
             stratify = target if (self._is_single_label_classifier()) else None
-            X_train, X_val, y_train, y_val = train_test_split(
-                X, target, random_state=random_state, test_size=self.validation_fraction,
-                stratify=stratify)
+            arrays = (X, target) if sample_weight is None else (X, target, sample_weight)
+            split = train_test_split(*arrays, random_state=random_state,
+                                     test_size=self.validation_fraction, stratify=stratify)
+            X_train, X_val, y_train, y_val = split[:4]
+            w_train, w_val = split[4:] if sample_weight is not None else (None, None)
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase "
                                  "'validation_fraction' or the size of your dataset.")
         else:
-            X_train, y_train, X_val, y_val = X, target, None, None
+            X_train, y_train, w_train = X, target, sample_weight
+            X_val = y_val = w_val = None
         n = X_train.shape[0]
         if self.batch_size == "auto":
             batch_size = min(200, n)
@@ -262,21 +281,28 @@ class _BaseMLP(BaseEstimator):
         try:
             with self._threads():
                 for _ in range(self.max_iter):
-                    self._sync_optimizer(batch_size)
-                    history = self.model_.fit(X_train, y_train, epochs=1, batch_size=batch_size,
-                                              shuffle=bool(self.shuffle), verbose=0)
+                    if self.shuffle:
+                        order = self._shuffle_rng.permutation(n)
+                        X_epoch, y_epoch = X_train[order], y_train[order]
+                        w_epoch = None if w_train is None else w_train[order]
+                    else:
+                        X_epoch, y_epoch, w_epoch = X_train, y_train, w_train
+                    w_epoch, inv_sums, penalty_count = _epoch_weights(w_epoch, n, batch_size)
+                    self._sync_optimizer(inv_sums / n_batches)
+                    history = self.model_.fit(X_epoch, y_epoch, epochs=1, batch_size=batch_size,
+                                              shuffle=False, sample_weight=w_epoch, verbose=0)
                     loss = history.history["loss"][0] / self._loss_scale
-                    if self._alpha_applied and self.alpha > 0:
-                        sq = sum(float(np.dot(w.ravel(), w.ravel()))
-                                 for w in self.model_.params[0::2])
-                        loss += 0.5 * self.alpha * sq * n_batches / n
+                    if self.alpha > 0:  # per batch 0.5 * alpha * ||W||^2 / S_b, times n_b / n
+                        sq = sum(float(np.dot(W.ravel(), W.ravel()))
+                                 for W in self.model_.params[0::2])
+                        loss += 0.5 * self.alpha * sq * penalty_count / n
                     self.n_iter_ += 1
                     self.t_ += n
                     self.loss_ = loss
                     self.loss_curve_.append(loss)
                     if self.verbose:
                         print(f"Iteration {self.n_iter_}, loss = {loss:.8f}")
-                    self._update_no_improvement_count(X_val, y_val)
+                    self._update_no_improvement_count(X_val, y_val, w_val)
                     if self.solver == "sgd" and self.learning_rate == "invscaling":
                         self._learning_rate = (self.learning_rate_init
                                                / (self.t_ + 1) ** self.power_t)
@@ -309,10 +335,10 @@ class _BaseMLP(BaseEstimator):
             self._store_coefs()
         return self
 
-    def _update_no_improvement_count(self, X_val, y_val):
+    def _update_no_improvement_count(self, X_val, y_val, w_val):
         if self.early_stopping:
             with self._threads():
-                score = self._val_score(X_val, y_val)
+                score = self._val_score(X_val, y_val, w_val)
             self.validation_scores_.append(score)
             if self.verbose:
                 print(f"Validation score: {score:f}")
@@ -346,20 +372,6 @@ class _BaseMLP(BaseEstimator):
     def _is_single_label_classifier(self):
         return False
 
-    def __setstate__(self, state):
-        super().__setstate__(state)
-        # joblib may unpickle arrays as read-only memory maps; the C engine
-        # trains in place, so give the model private writeable copies
-        model = self.__dict__.get("model_")
-        if model is not None:
-            def writeable(a):
-                return a if a is None or a.flags.writeable else np.array(a)
-            for layer in model.layers:
-                layer.W, layer.b = writeable(layer.W), writeable(layer.b)
-            if model.optimizer is not None and model.optimizer.state is not None:
-                model.optimizer.state = {name: [writeable(a) for a in arrays]
-                                         for name, arrays in model.optimizer.state.items()}
-
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False
@@ -378,15 +390,19 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     label. `model_` is the underlying fusenn.Sequential.
     """
 
-    def fit(self, X, y):
-        """Train on (X, y) for up to max_iter epochs; returns self."""
-        return self._fit(X, y, incremental=False)
+    def fit(self, X, y, sample_weight=None):
+        """Train on (X, y) for up to max_iter epochs; returns self.
 
-    def partial_fit(self, X, y, classes=None):
-        """One epoch over (X, y); `classes` (all the labels) is required on the first call."""
+        sample_weight: one non-negative weight per sample, or None (all 1);
+        scikit-learn's semantics (see the module's docstring)."""
+        return self._fit(X, y, sample_weight, incremental=False)
+
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
+        """One epoch over (X, y); `classes` (all the labels) is required on the first call.
+        sample_weight as in fit."""
         if not hasattr(self, "classes_") and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit.")
-        return self._fit(X, y, incremental=True, classes=classes)
+        return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
     def _validate_fit_data(self, X, y, dtype, incremental, first_pass, classes):
         X, y = validate_data(self, X, y, multi_output=True, dtype=dtype, reset=first_pass)
@@ -456,14 +472,16 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                                  else np.zeros(len(P), dtype=np.intp)]
         return self.classes_[np.argmax(P, axis=1)]
 
-    def _val_score(self, X_val, y_val):
+    def _val_score(self, X_val, y_val, w_val):
         P = self.model_.predict(X_val)
         if self._multilabel:
-            return accuracy_score(y_val, (P > 0.5).astype(y_val.dtype))
-        if y_val.ndim == 2:
+            truth, pred = y_val, (P > 0.5).astype(y_val.dtype)
+        elif y_val.ndim == 2:
             truth = (y_val[:, 0] > 0.5) if len(self.classes_) == 2 else np.zeros(len(y_val), bool)
-            return float(np.mean(truth == (P[:, 0] > 0.5)))
-        return float(np.mean(np.argmax(P, axis=1) == y_val))
+            pred = P[:, 0] > 0.5
+        else:
+            truth, pred = y_val, np.argmax(P, axis=1)
+        return float(accuracy_score(truth, pred, sample_weight=w_val))
 
     def predict(self, X):
         """The predicted labels (an indicator matrix for multi-label targets)."""
@@ -497,13 +515,16 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     Parameters as MLPClassifier's. `model_` is the underlying fusenn.Sequential.
     """
 
-    def fit(self, X, y):
-        """Train on (X, y) for up to max_iter epochs; returns self."""
-        return self._fit(X, y, incremental=False)
+    def fit(self, X, y, sample_weight=None):
+        """Train on (X, y) for up to max_iter epochs; returns self.
 
-    def partial_fit(self, X, y):
-        """One epoch over (X, y)."""
-        return self._fit(X, y, incremental=True)
+        sample_weight: one non-negative weight per sample, or None (all 1);
+        scikit-learn's semantics (see the module's docstring)."""
+        return self._fit(X, y, sample_weight, incremental=False)
+
+    def partial_fit(self, X, y, sample_weight=None):
+        """One epoch over (X, y); sample_weight as in fit."""
+        return self._fit(X, y, sample_weight, incremental=True)
 
     def _validate_fit_data(self, X, y, dtype, incremental, first_pass, classes):
         X, y = validate_data(self, X, y, multi_output=True, y_numeric=True, dtype=dtype,
@@ -530,8 +551,8 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         self._grad_scale = 2.0 / k
         return k, "identity", "mse"
 
-    def _val_score(self, X_val, y_val):
-        return float(r2_score(y_val, self.model_.predict(X_val)))
+    def _val_score(self, X_val, y_val, w_val):
+        return float(r2_score(y_val, self.model_.predict(X_val), sample_weight=w_val))
 
     def predict(self, X):
         """The predicted values: shape (n_samples,) for one target, else (n_samples, n_targets)."""
