@@ -211,6 +211,12 @@ def finite_numbers(value):
     return True
 
 
+# Callables whose true result can exceed the dtype for finite inputs: a sum of
+# squares of 1e200 is inf in float64, and the optimizers rely on that (a global
+# norm of inf clips the step to nothing).
+OVERFLOW_IS_THE_ANSWER = {"ops.sum_squares"}
+
+
 def all_finite_out(result):
     if result is None:
         return True
@@ -1061,7 +1067,7 @@ def run_case(case):
         tb = traceback.format_exc(limit=6)
         return "raised", f"{type(exc).__name__}: {exc}", [
             f"unexpected exception type {type(exc).__name__}: {exc}\n{tb}"]
-    if finite_in and not all_finite_out(result):
+    if finite_in and not all_finite_out(result) and spec.name not in OVERFLOW_IS_THE_ANSWER:
         problems.append(f"non-finite output for finite inputs: {_short(result)}")
     if obj is not None and type(obj).__name__ == "Sequential" and obj.built:
         if finite_in and not all(np.all(np.isfinite(w)) for w in obj.params):

@@ -191,7 +191,7 @@ def _sample_weight(sample_weight, n, dtype):
         raise ValueError(f"sample_weight must have shape ({n},) (one weight per sample), "
                          f"got {sw.shape}")
     with np.errstate(over="ignore"):  # too large for dtype: inf, rejected below
-        sw = np.ascontiguousarray(sw, dtype=dtype)
+        sw = np.require(sw, dtype=dtype, requirements=["C_CONTIGUOUS", "ALIGNED"])
     if not np.all(np.isfinite(sw)):
         raise ValueError(f"sample_weight must be finite (and representable in {dtype})")
     if n and sw.min() < 0:
