@@ -131,7 +131,8 @@ def pytest_generate_tests(metafunc):
     """Parametrize (<shape argument>, backend) for every shape, shape-outer and backend-inner,
     so a group's C and NumPy variants run back to back; ids read "c-1024", "numpy-1024".
     Tests that also take `nthreads` get (<shape>, nthreads, backend), shape-outer, then
-    threads, backend-inner, over TRAIN_BACKENDS; ids read "c-64-32-10-b32-1t"."""
+    threads, backend-inner (the training tests also over TRAIN_BACKENDS); ids read
+    "c-64-32-10-b32-1t"."""
     names = metafunc.fixturenames
     for argname, shapes in SHAPE_ARGS.items():
         if argname not in names or "backend" not in names:
@@ -144,7 +145,8 @@ def pytest_generate_tests(metafunc):
         if "nthreads" in names:
             metafunc.parametrize((argname, "nthreads", "backend"), [
                 pytest.param(shape, n, backend, id=f"{backend}-{shape}-{n}t", marks=marks(shape))
-                for shape in shapes for n in THREAD_COUNTS[argname] for backend in TRAIN_BACKENDS])
+                for shape in shapes for n in THREAD_COUNTS[argname]
+                for backend in BACKENDS_FOR.get(argname, BACKENDS)])
         else:
             metafunc.parametrize((argname, "backend"), [
                 pytest.param(shape, backend, id=f"{backend}-{shape}", marks=marks(shape))
@@ -205,17 +207,17 @@ def run(benchmark):
 
 # ---- checking results against a float64 oracle -------------------------------------------
 
-def _gamma(k):
-    """Higham's gamma_k for float32: |fl(sum of k products) - exact| <= gamma_k * sum |products|,
-    whatever the summation order, blocking or FMA use."""
-    return 1.01 * k * U32 / (1 - k * U32)
+def _gamma(k, u=U32):
+    """Higham's gamma_k for unit roundoff u (float32 by default): |fl(sum of k products) -
+    exact| <= gamma_k * sum |products|, whatever the summation order, blocking or FMA use."""
+    return 1.01 * k * u / (1 - k * u)
 
 
-def assert_bounded(got, want, bound, what):
+def assert_bounded(got, want, bound, what, dtype=DTYPE):
     """|got - want| <= bound elementwise (want, bound in float64)."""
     got = np.asarray(got)
     assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
-    assert got.dtype == DTYPE, f"{what}: dtype {got.dtype}, expected {np.dtype(DTYPE)}"
+    assert got.dtype == dtype, f"{what}: dtype {got.dtype}, expected {np.dtype(dtype)}"
     err = np.abs(got.astype(np.float64) - want)
     bad = ~(err <= bound)  # also catches NaN
     if bad.any():
@@ -234,23 +236,27 @@ def _f64(a):
 
 
 class GemmCase:
-    """C = op(a) @ b (op = transpose when trans_a), M x K x N."""
+    """C = op(a) @ op(b), M x K x N, where op transposes when trans_a / trans_b (the
+    operand is stored transposed, as X^T in dW = X^T dZ and W^T in dX = dZ W^T)."""
 
-    def __init__(self, m, k, n, trans_a=False, seed=0):
+    def __init__(self, m, k, n, trans_a=False, trans_b=False, dtype=DTYPE, seed=0):
         rng = np.random.default_rng(seed)
-        self.m, self.k, self.n, self.trans_a = m, k, n, trans_a
-        self.a = _uniform(rng, (k, m) if trans_a else (m, k))
-        self.b = _uniform(rng, (k, n))
-        A, B = _f64(self.a.T if trans_a else self.a), _f64(self.b)
+        self.m, self.k, self.n = m, k, n
+        self.trans_a, self.trans_b, self.dtype = trans_a, trans_b, np.dtype(dtype)
+        self.a = _uniform(rng, (k, m) if trans_a else (m, k)).astype(dtype)
+        self.b = _uniform(rng, (n, k) if trans_b else (k, n)).astype(dtype)
+        A = _f64(self.a.T if trans_a else self.a)
+        B = _f64(self.b.T if trans_b else self.b)
         self.want = A @ B
-        self.bound = _gamma(k) * (np.abs(A) @ np.abs(B)) + 1e-30
+        u = np.finfo(dtype).eps / 2
+        self.bound = _gamma(k, u) * (np.abs(A) @ np.abs(B)) + 1e-30
         self.flop = 2 * m * k * n
 
     def args(self):
-        return (self.a, self.b, self.trans_a)
+        return (self.a, self.b, self.trans_a, self.trans_b)
 
     def check(self, c):
-        assert_bounded(c, self.want, self.bound, f"gemm {self.m}x{self.k}x{self.n}")
+        assert_bounded(c, self.want, self.bound, f"gemm {self.m}x{self.k}x{self.n}", self.dtype)
 
 
 class DenseCase:
@@ -555,13 +561,18 @@ class EpochCase(MLPCase):
 
 # ---- session-wide cached cases -------------------------------------------------------------
 
-GEMM_SHAPES = {  # id -> (M, K, N, trans_a): C (M, N) = op(A) (M, K) @ B (K, N)
-    "64": (64, 64, 64, False),
-    "256": (256, 256, 256, False),
-    "1024": (1024, 1024, 1024, False),
-    "128x784x256": (128, 784, 256, False),   # MLP layer 1 forward: X @ W1
-    "128x256x128": (128, 256, 128, False),   # MLP layer 2 forward: H1 @ W2
-    "784x128x256": (784, 128, 256, True),    # MLP layer 1 dW = X^T @ dZ, X (128, 784)
+GEMM_SHAPES = {  # id -> (M, K, N, trans_a, trans_b[, dtype]): C (M, N) = op(A) (M, K) @ op(B) (K, N)
+    "32": (32, 32, 32, False, False),
+    "64": (64, 64, 64, False, False),
+    "128x128x10": (128, 128, 10, False, False),  # an output layer: H @ W, 10 classes
+    "256": (256, 256, 256, False, False),
+    "1024": (1024, 1024, 1024, False, False),
+    "2048": (2048, 2048, 2048, False, False),
+    "1024-f64": (1024, 1024, 1024, False, False, np.float64),
+    "128x784x256": (128, 784, 256, False, False),  # MLP layer 1 forward: X @ W1
+    "128x256x128": (128, 256, 128, False, False),  # MLP layer 2 forward: H1 @ W2
+    "784x128x256": (784, 128, 256, True, False),   # MLP layer 1 dW = X^T @ dZ, X (128, 784)
+    "128x128x256": (128, 128, 256, False, True),   # MLP layer 2 dX = dZ @ W2^T, W2 (256, 128)
 }
 DENSE_SHAPES = {"128x784x256": (128, 784, 256)}  # batch x d_in x d_out, relu
 SOFTMAX_SHAPES = {"128x10": (128, 10), "1024x10": (1024, 10)}
@@ -576,7 +587,9 @@ EPOCH_SMOKE_ROWS = 2_000  # rows under --benchmark-disable, so the smoke test st
 
 # Per-shape timing settings (a benchmark marker on those cases): a 1024-wide step takes
 # ~30-150 ms, so 50 rounds per variant would stretch a group's run to ~40 s.
-SHAPE_BENCHMARK_SETTINGS = {"1024-1024-1024-10-b256": dict(min_rounds=20)}
+SHAPE_BENCHMARK_SETTINGS = {"1024-1024-1024-10-b256": dict(min_rounds=20),
+                            "2048": dict(min_rounds=10), "1024-f64": dict(min_rounds=20),
+                            "1024": dict(min_rounds=20)}
 
 
 # test argument name -> the shapes it is parametrized over (see pytest_generate_tests)
@@ -584,8 +597,9 @@ SHAPE_ARGS = {"gemm_shape": GEMM_SHAPES, "dense_shape": DENSE_SHAPES,
               "softmax_shape": SOFTMAX_SHAPES, "net": TRAIN_NETS, "epoch_net": EPOCH_NETS}
 # Arguments also parametrized over thread counts and over the comparison frameworks, for
 # tests that take an `nthreads` argument: argname -> thread counts.
-THREAD_COUNTS = {"net": (1, 2), "epoch_net": (2,)}
+THREAD_COUNTS = {"gemm_shape": (1, 2), "net": (1, 2), "epoch_net": (2,)}
 TRAIN_BACKENDS = ("c", "numpy", "torch", "sklearn")
+BACKENDS_FOR = {"net": TRAIN_BACKENDS, "epoch_net": TRAIN_BACKENDS}  # others: c and numpy
 
 
 @functools.lru_cache(maxsize=None)

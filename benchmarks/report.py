@@ -57,8 +57,9 @@ def unit_for(*seconds):
 
 
 def collect(benchmarks):
-    """({group: {backend: median seconds}}, {group: thread count}), groups in the order they ran."""
-    rows, threads = {}, {}
+    """({group: {backend: median seconds}}, {group: thread count}, {group: (flop, dtype)}),
+    groups in the order they ran; the last only for groups that record their flop count."""
+    rows, threads, flops = {}, {}, {}
     for bench in benchmarks:
         backend = backend_of(bench)
         if backend is None:
@@ -66,7 +67,25 @@ def collect(benchmarks):
         group = bench.get("group") or bench.get("name")
         rows.setdefault(group, {})[backend] = bench["stats"]["median"]
         threads.setdefault(group, threads_of(group, bench))
-    return rows, threads
+        extra = bench.get("extra_info") or {}
+        if extra.get("flop"):
+            flops[group] = (extra["flop"], extra.get("dtype", "float32"))
+    return rows, threads, flops
+
+
+def gflops_table(rows, threads, flops, peak):
+    """GFLOP/s of C and NumPy for the groups with a flop count, and C's share of the
+    peak: `peak` GFLOP/s per core for float32 (half that for float64) times threads."""
+    out = ["| group | threads | C GFLOP/s | NumPy GFLOP/s | C, % of peak | NumPy, % of peak |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for group, (flop, dtype) in flops.items():
+        t, n = rows[group], threads.get(group) or 1
+        top = peak * n * (0.5 if dtype == "float64" else 1.0)
+        rate = {b: flop / t[b] / 1e9 for b in ("c", "numpy") if t.get(b)}
+        cells = [group, str(n)] + [f"{rate[b]:.1f}" if b in rate else "—" for b in ("c", "numpy")]
+        cells += [f"{100 * rate[b] / top:.0f}%" if b in rate else "—" for b in ("c", "numpy")]
+        out.append("| " + " | ".join(cells) + " |")
+    return out
 
 
 def header(data):
@@ -128,10 +147,13 @@ def table(rows, threads=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("json_file", help="file written by pytest --benchmark-json=FILE")
+    parser.add_argument("--peak", type=float, default=None, metavar="GFLOPS",
+                        help="float32 FMA peak of one core in GFLOP/s (benchmarks/fma_peak.py "
+                             "measures it); adds a GFLOP/s table with the percent of peak")
     args = parser.parse_args(argv)
     with open(args.json_file, encoding="utf-8") as f:
         data = json.load(f)
-    rows, threads = collect(data.get("benchmarks", []))
+    rows, threads, flops = collect(data.get("benchmarks", []))
     if not rows:
         print(f"{args.json_file}: no benchmarks with a known backend ({', '.join(BACKEND_NAMES)}) "
               f"(was the run made with --benchmark-disable?)", file=sys.stderr)
@@ -140,6 +162,10 @@ def main(argv=None):
     print("\n".join(lines + ([""] if lines else []) + table(rows, threads)))
     print("\nRatios are <other> median / C median: > 1 means fusenn's C backend is faster. "
           "Medians; each group's variants ran back to back.")
+    if args.peak and flops:
+        print(f"\nGFLOP/s from the medians; peak = {args.peak:g} GFLOP/s per core in float32 "
+              f"(half in float64) x threads.\n")
+        print("\n".join(gflops_table(rows, threads, flops, args.peak)))
     return 0
 
 

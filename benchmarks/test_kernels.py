@@ -10,12 +10,16 @@ from fusenn import ops, reference
 BACKEND = {"c": ops, "numpy": reference}
 
 
-def test_gemm(run, gemm_case, gemm_shape, backend):
+def test_gemm(run, gemm_case, limit_threads, gemm_shape, nthreads, backend):
+    """1 and 2 threads (NumPy's BLAS limited too): groups "gemm-1024-1t", "gemm-1024-2t"."""
     case = gemm_case(gemm_shape)
-    a, b, trans_a = case.args()
+    a, b, trans_a, trans_b = case.args()
     matmul = BACKEND[backend].matmul
-    c = run(f"gemm-{gemm_shape}", backend, lambda: matmul(a, b, trans_a=trans_a),
-            info=dict(m=case.m, k=case.k, n=case.n, trans_a=trans_a, flop=case.flop))
+    with limit_threads(backend, nthreads) as info:
+        c = run(f"gemm-{gemm_shape}-{nthreads}t", backend,
+                lambda: matmul(a, b, trans_a=trans_a, trans_b=trans_b),
+                info=dict(m=case.m, k=case.k, n=case.n, trans_a=trans_a, trans_b=trans_b,
+                          dtype=case.dtype.name, flop=case.flop, **info))
     case.check(c)
 
 
