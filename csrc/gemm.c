@@ -29,12 +29,14 @@ typedef struct {
     int last;              /* this is the last kc block */
 } FN(store_params);
 
-typedef void (*FN(ukernel_fn))(size_t kc, const real *a, const real *b, real *c,
-                               ptrdiff_t rs_c, const FN(store_params) *sp, const real *bias);
+typedef void (*FN(ukernel_fn))(size_t kc, const real *a, ptrdiff_t rs_a, ptrdiff_t cs_a,
+                               const real *b, real *c, ptrdiff_t rs_c,
+                               const FN(store_params) *sp, const real *bias);
 
 /* A micro-kernel and the block sizes that suit it. */
 typedef struct {
-    FN(ukernel_fn) kernel;
+    FN(ukernel_fn) kernel;        /* A from packed panels */
+    FN(ukernel_fn) kernel_direct; /* the same, reading A in place (small shapes) */
     int mr, nr;     /* register tile */
     size_t kc;      /* depth of packed panels: an MR x KC panel of A stays in L1 */
     size_t mc;      /* MC x KC block of A fits in L2 (multiple of mr) */
@@ -103,6 +105,7 @@ typedef int64_t int_same_size_real;
 #endif
 
 #define UK_NAME FN(ukernel_generic)
+#define UK_NAME_DIRECT FN(ukernel_generic_direct)
 #define UK_MR GENERIC_MR
 #define UK_NR GENERIC_NR
 #define UK_VBYTES 16
@@ -112,6 +115,7 @@ typedef int64_t int_same_size_real;
 #if defined(__x86_64__) && defined(__GNUC__)
 #define FUSENN_HAVE_X86_KERNELS 1
 #define UK_NAME FN(ukernel_avx2)
+#define UK_NAME_DIRECT FN(ukernel_avx2_direct)
 #define UK_MR AVX2_MR
 #define UK_NR AVX2_NR
 #define UK_VBYTES 32
@@ -119,6 +123,7 @@ typedef int64_t int_same_size_real;
 #include "gemm_ukernel.h"
 
 #define UK_NAME FN(ukernel_avx512)
+#define UK_NAME_DIRECT FN(ukernel_avx512_direct)
 #define UK_MR AVX512_MR
 #define UK_NR AVX512_NR
 #define UK_VBYTES 64
@@ -128,6 +133,7 @@ typedef int64_t int_same_size_real;
 /* Narrow tiles, one vector wide, for outputs with few columns (a 10-unit
  * output layer would waste most of a 64-wide tile). */
 #define UK_NAME FN(ukernel_avx2_narrow)
+#define UK_NAME_DIRECT FN(ukernel_avx2_narrow_direct)
 #define UK_MR 8
 #define UK_NR (2 * LANES_PER_16B)
 #define UK_VBYTES 32
@@ -135,6 +141,7 @@ typedef int64_t int_same_size_real;
 #include "gemm_ukernel.h"
 
 #define UK_NAME FN(ukernel_avx512_narrow)
+#define UK_NAME_DIRECT FN(ukernel_avx512_narrow_direct)
 #define UK_MR 8
 #define UK_NR (4 * LANES_PER_16B)
 #define UK_VBYTES 64
@@ -143,6 +150,7 @@ typedef int64_t int_same_size_real;
 #endif
 
 #define UK_NAME FN(ukernel_generic_narrow)
+#define UK_NAME_DIRECT FN(ukernel_generic_narrow_direct)
 #define UK_MR 4
 #define UK_NR LANES_PER_16B
 #define UK_VBYTES 16
@@ -151,13 +159,18 @@ typedef int64_t int_same_size_real;
 
 /* One table entry per ISA level. */
 static const FN(gemm_config) FN(gemm_configs)[][2] = {
-    {{FN(ukernel_generic), GENERIC_MR, GENERIC_NR, GENERIC_KC, GENERIC_MC, GENERIC_NC},
-     {FN(ukernel_generic_narrow), 4, LANES_PER_16B, 256, 4 * 32, LANES_PER_16B * 512}},
+    {{FN(ukernel_generic), FN(ukernel_generic_direct), GENERIC_MR, GENERIC_NR, GENERIC_KC,
+      GENERIC_MC, GENERIC_NC},
+     {FN(ukernel_generic_narrow), FN(ukernel_generic_narrow_direct), 4, LANES_PER_16B, 256,
+      4 * 32, LANES_PER_16B * 512}},
 #ifdef FUSENN_HAVE_X86_KERNELS
-    {{FN(ukernel_avx2), AVX2_MR, AVX2_NR, AVX2_KC, AVX2_MC, AVX2_NC},
-     {FN(ukernel_avx2_narrow), 8, 2 * LANES_PER_16B, 256, 8 * 24, 2 * LANES_PER_16B * 512}},
-    {{FN(ukernel_avx512), AVX512_MR, AVX512_NR, AVX512_KC, AVX512_MC, AVX512_NC},
-     {FN(ukernel_avx512_narrow), 8, 4 * LANES_PER_16B, 256, 8 * 24, 4 * LANES_PER_16B * 256}},
+    {{FN(ukernel_avx2), FN(ukernel_avx2_direct), AVX2_MR, AVX2_NR, AVX2_KC, AVX2_MC, AVX2_NC},
+     {FN(ukernel_avx2_narrow), FN(ukernel_avx2_narrow_direct), 8, 2 * LANES_PER_16B, 256,
+      8 * 24, 2 * LANES_PER_16B * 512}},
+    {{FN(ukernel_avx512), FN(ukernel_avx512_direct), AVX512_MR, AVX512_NR, AVX512_KC,
+      AVX512_MC, AVX512_NC},
+     {FN(ukernel_avx512_narrow), FN(ukernel_avx512_narrow_direct), 8, 4 * LANES_PER_16B, 256,
+      8 * 24, 4 * LANES_PER_16B * 256}},
 #endif
 };
 
@@ -169,6 +182,19 @@ static const FN(gemm_config) *FN(gemm_select)(size_t n)
     const FN(gemm_config) *pair = FN(gemm_configs)[level < available ? level : available];
     return n <= (size_t)pair[0].nr / 2 ? &pair[1] : &pair[0];
 }
+
+/* When the micro-kernel reads A in place instead of from packed panels (the
+ * bits are the same either way). Measured on AVX-512, float32:
+ *  - C at most this many register tiles wide: each A panel is reused by too
+ *    few B panels to repay packing it. 1 and 2 threads: 64^3 85 -> 115 GF/s,
+ *    128x128x10 29 -> 59, 128x784x256 141 -> 161 (2t 209 -> 273),
+ *    dZ W^T 128x128x256 125 -> 136 (2t 170 -> 223); no shape got slower.
+ *  - one thread and A's rows contiguous: 1024^3 151 -> 163 GF/s, 2048^3 equal.
+ *    Not on two threads (1024^3: 301 -> 203 GF/s, the threads then share each
+ *    A block), nor for a transposed A (1024^3: 157 -> 126). */
+#ifndef GEMM_DIRECT_A_MAX_PANELS
+#define GEMM_DIRECT_A_MAX_PANELS 4
+#endif
 
 /* Below this many multiply-adds GEMM runs on one thread. */
 #define GEMM_PARALLEL_MIN_WORK (128 * 128 * 64)
@@ -329,10 +355,14 @@ static real *FN(pack_buffer)(size_t len)
 
 /* ---- the blocked product ------------------------------------------------ */
 
-/* Multiply the packed mc x kc block of A (Ap) by the packed kc x nc block of B
- * (Bp), tiles with jr in [jr0, jr1) panels, and store into C. */
+/* Multiply the mc x kc block of A by the packed kc x nc block of B (Bp), tiles
+ * with jr in [jr0, jr1) panels, and store into C. A is packed (Ap, MR-tall
+ * panels) unless A_direct is given: then full MR-row panels are read in place
+ * from A_direct (strides rs_a, cs_a) and only the partial last panel is packed,
+ * at its place in Ap. */
 static void FN(macro_kernel)(const FN(gemm_config) *cfg, size_t mc, size_t nc, size_t kc,
-                             const real *Ap, const real *Bp, size_t jp0, size_t jp1,
+                             const real *Ap, const real *A_direct, ptrdiff_t rs_a,
+                             ptrdiff_t cs_a, const real *Bp, size_t jp0, size_t jp1,
                              real *C, ptrdiff_t rs_c, ptrdiff_t cs_c,
                              const real *bias, const FN(store_params) *sp)
 {
@@ -345,10 +375,13 @@ static void FN(macro_kernel)(const FN(gemm_config) *cfg, size_t mc, size_t nc, s
         for (size_t ir = 0; ir < mc; ir += mr) {
             size_t mr_eff = FUSENN_MIN(mr, mc - ir);
             real *c = C + (ptrdiff_t)ir * rs_c + (ptrdiff_t)jr * cs_c;
+            const int direct = A_direct != NULL && mr_eff == mr;
+            FN(ukernel_fn) kernel = direct ? cfg->kernel_direct : cfg->kernel;
+            const real *a = direct ? A_direct + (ptrdiff_t)ir * rs_a : Ap + ir * kc;
             if (mr_eff == mr && nr_eff == nr && cs_c == 1) {
-                cfg->kernel(kc, Ap + ir * kc, Bp + jr * kc, c, rs_c, sp, bias_jr);
+                kernel(kc, a, rs_a, cs_a, Bp + jr * kc, c, rs_c, sp, bias_jr);
             } else { /* edge tile or strided C: via a temporary tile */
-                cfg->kernel(kc, Ap + ir * kc, Bp + jr * kc, ab, (ptrdiff_t)nr, &to_tile, NULL);
+                kernel(kc, a, rs_a, cs_a, Bp + jr * kc, ab, (ptrdiff_t)nr, &to_tile, NULL);
                 FN(store_tile)(mr_eff, nr_eff, cfg->nr, ab, c, rs_c, cs_c, bias_jr, sp);
             }
         }
@@ -367,7 +400,31 @@ typedef struct {
     real *Bp, *Ap;       /* packed B block; A block(s) */
     size_t a_len;        /* elements per A block */
     int split_columns;   /* threads share each A block and split its columns */
+    int direct_a;        /* read A in place, packing only partial panels (small n) */
 } FN(gemm_call);
+
+/* Pack the MR-tall panels [ip0, ip1) of the mc x kc block of A at (ic, pc) into
+ * Ap; with direct A, only a partial last panel (the kernel reads the others in
+ * place). */
+static void FN(pack_a_block)(const FN(gemm_call) *g, size_t ic, size_t pc, size_t mc,
+                             size_t kc, size_t ip0, size_t ip1, real *Ap)
+{
+    const size_t mr = (size_t)g->cfg->mr;
+    for (size_t ip = ip0; ip < ip1; ip++) {
+        const size_t mr_eff = FUSENN_MIN(mr, mc - ip * mr);
+        if (g->direct_a && mr_eff == mr)
+            continue;
+        FN(pack_a_panel)(mr_eff, g->cfg->mr, kc,
+                         g->A + (ptrdiff_t)(ic + ip * mr) * g->rs_a + (ptrdiff_t)pc * g->cs_a,
+                         g->rs_a, g->cs_a, Ap + ip * mr * kc);
+    }
+}
+
+/* Where the block of A at (ic, pc) lies, when the kernel reads it in place. */
+static const real *FN(direct_a)(const FN(gemm_call) *g, size_t ic, size_t pc)
+{
+    return g->direct_a ? g->A + (ptrdiff_t)ic * g->rs_a + (ptrdiff_t)pc * g->cs_a : NULL;
+}
 
 /* The blocked loops, run by every thread of the team (or alone, outside any
  * parallel region: the worksharing loops then run serially). */
@@ -398,13 +455,11 @@ static void FN(gemm_blocked)(const FN(gemm_call) *g, int tid)
                     const size_t m_panels = (mc + mr - 1) / mr;
 #pragma omp for schedule(static)
                     for (size_t ip = 0; ip < m_panels; ip++)
-                        FN(pack_a_panel)(FUSENN_MIN(mr, mc - ip * mr), cfg->mr, kc,
-                                         g->A + (ptrdiff_t)(ic + ip * mr) * g->rs_a
-                                              + (ptrdiff_t)pc * g->cs_a,
-                                         g->rs_a, g->cs_a, Ap + ip * mr * kc);
+                        FN(pack_a_block)(g, ic, pc, mc, kc, ip, ip + 1, Ap);
 #pragma omp for schedule(static)
                     for (size_t jp = 0; jp < n_panels; jp++)
-                        FN(macro_kernel)(cfg, mc, nc, kc, Ap, g->Bp, jp, jp + 1,
+                        FN(macro_kernel)(cfg, mc, nc, kc, Ap, FN(direct_a)(g, ic, pc),
+                                         g->rs_a, g->cs_a, g->Bp, jp, jp + 1,
                                          g->C + (ptrdiff_t)ic * g->rs_c + (ptrdiff_t)jc * g->cs_c,
                                          g->rs_c, g->cs_c, bias_jc, &sp);
                 }
@@ -412,12 +467,9 @@ static void FN(gemm_blocked)(const FN(gemm_call) *g, int tid)
 #pragma omp for schedule(dynamic, 1)
                 for (size_t ib = 0; ib < m_blocks; ib++) {
                     const size_t ic = ib * MC, mc = FUSENN_MIN(MC, m - ic);
-                    for (size_t ip = 0; ip * mr < mc; ip++)
-                        FN(pack_a_panel)(FUSENN_MIN(mr, mc - ip * mr), cfg->mr, kc,
-                                         g->A + (ptrdiff_t)(ic + ip * mr) * g->rs_a
-                                              + (ptrdiff_t)pc * g->cs_a,
-                                         g->rs_a, g->cs_a, Ap + ip * mr * kc);
-                    FN(macro_kernel)(cfg, mc, nc, kc, Ap, g->Bp, 0, n_panels,
+                    FN(pack_a_block)(g, ic, pc, mc, kc, 0, (mc + mr - 1) / mr, Ap);
+                    FN(macro_kernel)(cfg, mc, nc, kc, Ap, FN(direct_a)(g, ic, pc),
+                                     g->rs_a, g->cs_a, g->Bp, 0, n_panels,
                                      g->C + (ptrdiff_t)ic * g->rs_c + (ptrdiff_t)jc * g->cs_c,
                                      g->rs_c, g->cs_c, bias_jc, &sp);
                 }
@@ -455,6 +507,7 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
          * pack each A block together and split its columns. Otherwise each
          * thread takes whole row blocks with its own A. */
         .split_columns = m_blocks % (size_t)nt != 0,
+        .direct_a = n <= GEMM_DIRECT_A_MAX_PANELS * nr || (nt == 1 && cs_a == 1),
     };
     const size_t b_len = kc_max * ((FUSENN_MIN(cfg->nc, n) + nr - 1) / nr * nr);
     real *buf = FN(pack_buffer)(b_len + g.a_len * (size_t)(g.split_columns ? 1 : nt));

@@ -3,6 +3,8 @@
  * gemm.c once per ISA with these macros set:
  *   UK_NAME    function name           UK_MR, UK_NR  register tile (rows x columns)
  *   UK_VBYTES  vector width in bytes   UK_ATTR       attributes (a target(...) or empty)
+ *   UK_NAME_DIRECT  name of the variant that reads A in place (see UK_DIRECT_A)
+ * The file includes itself once more to define that second variant.
  *
  * It accumulates one UK_MR x UK_NR tile AB = sum_p a_p b_p^T from packed
  * panels (a: kc steps of UK_MR values, b: kc steps of UK_NR values) in vector
@@ -11,14 +13,28 @@
  * C's rows are rs_c apart and its columns contiguous; callers route edge tiles
  * and strided C through a temporary tile (alpha 1, beta 0, no epilogue).
  *
+ * With UK_DIRECT_A defined, A is read where it lies instead of from a packed
+ * panel: element (i, p) of the MR x kc panel at a[i * rs_a + p * cs_a]. The
+ * small-shape path uses it when packing A would cost more than it saves; the
+ * arithmetic, and so every result bit, is the same.
+ *
  * Written with GCC/Clang vector extensions, which lower to SSE, AVX, AVX-512
  * or NEON as the target allows. An ISA-specific kernel with intrinsics can
  * replace it without touching packing or blocking.
  */
-static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, const real *restrict b,
-                            real *restrict c, ptrdiff_t rs_c, const FN(store_params) *sp,
-                            const real *restrict bias)
+#ifdef UK_DIRECT_A
+#define UK_A(i) a[(ptrdiff_t)(i) * rs_a]
+#define UK_A_STEP cs_a
+#else
+#define UK_A(i) a[i]
+#define UK_A_STEP UK_MR
+#endif
+static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, ptrdiff_t cs_a,
+                            const real *restrict b, real *restrict c, ptrdiff_t rs_c,
+                            const FN(store_params) *sp, const real *restrict bias)
 {
+    (void)rs_a; /* only the direct variant reads the strides */
+    (void)cs_a;
     typedef real vec __attribute__((vector_size(UK_VBYTES)));
     typedef int_same_size_real ivec __attribute__((vector_size(UK_VBYTES)));
     enum { LANES = UK_VBYTES / sizeof(real), NV = UK_NR / LANES };
@@ -31,11 +47,11 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, const real *restr
         for (int v = 0; v < NV; v++)
             memcpy(&bv[v], b + v * LANES, sizeof(vec));
         for (int i = 0; i < UK_MR; i++) {
-            const real ai = a[i];
+            const real ai = UK_A(i);
             for (int v = 0; v < NV; v++)
                 acc[i][v] += ai * bv[v]; /* contracted to FMA where available */
         }
-        a += UK_MR;
+        a += UK_A_STEP;
         b += UK_NR;
     }
 
@@ -81,8 +97,17 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, const real *restr
     }
 }
 
+#undef UK_A
+#undef UK_A_STEP
 #undef UK_NAME
+#ifndef UK_DIRECT_A /* second pass: the same kernel reading A in place */
+#define UK_DIRECT_A
+#define UK_NAME UK_NAME_DIRECT
+#include "gemm_ukernel.h"
+#undef UK_DIRECT_A
+#undef UK_NAME_DIRECT
 #undef UK_MR
 #undef UK_NR
 #undef UK_VBYTES
 #undef UK_ATTR
+#endif

@@ -10,7 +10,8 @@
 #   RelWithDebInfo (-O2 -g), not stripped, so reports name file:line.
 # Runs pytest on a copy of tests/ with
 #   LD_PRELOAD=$(gcc -print-file-name=libasan.so)   (CPython is not instrumented:
-#                                                    the ASan runtime must come first)
+#                                                    the ASan runtime must come first;
+#                                                    libstdc++ too, for C++ exceptions)
 #   ASAN_OPTIONS=detect_leaks=0                     (CPython "leaks" at exit by design)
 #                allocator_may_return_null=1         (an absurd allocation fails with
 #                                                    MemoryError, as without ASan, instead
@@ -33,6 +34,10 @@ mkdir "$logs"
 
 libasan="$(gcc -print-file-name=libasan.so)"
 [ -f "$libasan" ] || die "gcc has no libasan.so ($libasan): install gcc's sanitizer runtime"
+# C++ extensions the tests load (matplotlib's ft2font) throw exceptions: ASan's
+# __cxa_throw interceptor needs libstdc++ loaded at start-up, or it aborts.
+libstdcxx="$(gcc -print-file-name=libstdc++.so.6)"
+[ -f "$libstdcxx" ] && preload="$libasan $libstdcxx" || preload="$libasan"
 san_flags="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
 
 section "sanitize: build with $san_flags and run the tests"
@@ -40,7 +45,7 @@ rc=0
 venv_install_test \
   --pre "scikit-build-core cython cython-cmake cmake ninja" \
   --openmp yes \
-  --env "LD_PRELOAD=$libasan" \
+  --env "LD_PRELOAD=$preload" \
   --env "ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:log_path=$logs/asan" \
   --env "UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1" \
   --pytest-args "-q --capture=sys $*" \
