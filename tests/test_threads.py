@@ -29,12 +29,38 @@ def test_set_and_get_num_threads():
     assert fusenn.get_num_threads() == before
 
 
+@pytest.mark.parametrize("files, want", [
+    ({"cpu.max": "150000 100000\n"}, 2),
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "300000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 3),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_cgroup_cpu_quota_is_read(files, want, tmp_path, monkeypatch):
+    from fusenn import _threads
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        if str(path).startswith("/sys/fs/cgroup/"):
+            rel = str(path)[len("/sys/fs/cgroup/"):]
+            if rel not in files:
+                raise FileNotFoundError(path)
+            target = tmp_path / rel.replace("/", "_")
+            target.write_text(files[rel])
+            return real_open(target, *args, **kwargs)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert _threads._cgroup_cpus() == want
+
+
 def test_default_follows_openmp_and_threadpoolctl():
     threadpoolctl = pytest.importorskip("threadpoolctl")
     if not fusenn.has_openmp():
         pytest.skip("built without OpenMP")
     default = fusenn.get_num_threads()
-    assert default == fusenn._kernels.omp_max_threads()
+    cap = fusenn._threads._CGROUP_CPUS
+    assert default == min(fusenn._kernels.omp_max_threads(), cap or 1024)
     with threadpoolctl.threadpool_limits(1):
         assert fusenn.get_num_threads() == 1
         with fusenn.threads(2):  # an explicit count wins

@@ -9,7 +9,8 @@ a call is, in order of precedence:
 3. otherwise OpenMP's own count in the calling thread: OMP_NUM_THREADS, else
    the CPUs this process may run on (affinity). `threadpoolctl.threadpool_limits`
    sets this one (through omp_set_num_threads), so it limits fusenn as it
-   limits scikit-learn's OpenMP code.
+   limits scikit-learn's OpenMP code. Without OMP_NUM_THREADS it is also capped
+   by a cgroup CPU quota (containers: `docker --cpus=2` on a 64-core host).
 """
 
 import contextlib
@@ -33,6 +34,31 @@ def _affinity_threads():
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
 
+
+def _cgroup_cpus():
+    """CPUs allowed by a cgroup CPU quota (v2 cpu.max, or v1 cfs quota), or None."""
+    import math
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            return max(1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
+            quota = int(f.read())
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+            period = int(f.read())
+        if quota > 0 and period > 0:
+            return max(1, math.ceil(quota / period))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+# OMP_NUM_THREADS is an explicit request; otherwise a CPU quota caps the default
+_CGROUP_CPUS = None if os.environ.get("OMP_NUM_THREADS") else _cgroup_cpus()
 
 _global = None  # set_num_threads' value, None until called
 _local = threading.local()
@@ -72,6 +98,8 @@ def get_num_threads():
     n = getattr(_local, "override", None) or _global
     if n is None:
         n = _kernels.omp_max_threads() or _affinity_threads()
+        if _CGROUP_CPUS is not None:
+            n = min(n, _CGROUP_CPUS)
     return min(n, MAX_THREADS)
 
 
