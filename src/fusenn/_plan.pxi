@@ -99,6 +99,15 @@ def shuffle(int64_t[::1] order, uint64_t seed):
         fusenn_shuffle(seed, order.shape[0], p)
 
 
+def first_label_out_of_range(const int64_t[::1] labels, int64_t k):
+    """Index of the first label outside [0, k), or -1 (one pass, no temporaries)."""
+    cdef Py_ssize_t i
+    for i in range(labels.shape[0]):
+        if labels[i] < 0 or labels[i] >= k:
+            return i
+    return -1
+
+
 def count_nonfinite(const real[:, :] X, int nthreads):
     """Number of NaN / infinite values in X (rows contiguous)."""
     cdef size_t bad
@@ -324,6 +333,10 @@ cdef class Plan:
         self.opt.clipnorm = get("clipnorm", 0.0)
         self.opt.global_clipnorm = get("global_clipnorm", 0.0)
         self.opt.clipvalue = get("clipvalue", 0.0)
+        self.opt.steps = steps
+
+    def set_steps(self, int64_t steps):
+        """Only the step count (the settings are unchanged)."""
         self.opt.steps = steps
 
     @property

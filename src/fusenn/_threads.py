@@ -61,7 +61,13 @@ def _cgroup_cpus():
 _CGROUP_CPUS = None if os.environ.get("OMP_NUM_THREADS") else _cgroup_cpus()
 
 _global = None  # set_num_threads' value, None until called
-_local = threading.local()
+
+
+class _Local(threading.local):
+    override = None  # a class default: a missing attribute would cost an AttributeError
+
+
+_local = _Local()
 # GNU libgomp hangs in a child forked after a parallel region ran in the
 # parent; a forked child therefore runs every kernel on one thread.
 _forked_child = False
@@ -95,7 +101,7 @@ def get_num_threads():
     """The number of threads the next kernel call from this thread will use."""
     if _forked_child:
         return 1
-    n = getattr(_local, "override", None) or _global
+    n = _local.override or _global
     if n is None:
         n = _kernels.omp_max_threads() or _affinity_threads()
         if _CGROUP_CPUS is not None:
@@ -107,7 +113,7 @@ def get_num_threads():
 def threads(n):
     """Run the block with `n` kernel threads in the current Python thread."""
     _check_count(n)
-    previous = getattr(_local, "override", None)
+    previous = _local.override
     _local.override = n
     try:
         yield

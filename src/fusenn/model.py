@@ -6,7 +6,6 @@ NumPy oracle), which share names and signatures. Everything else here is
 bookkeeping, validation and I/O.
 """
 
-import contextlib
 import json
 import math
 import os
@@ -110,6 +109,7 @@ class Sequential:
         self.loss = None
         self.optimizer = None
         self._plan = None  # the C training engine, built on first use (see _engine)
+        self._plan_config = None  # the optimizer settings last handed to it
         self._lock = threading.Lock()
         self.stop_training = False  # set by callbacks (EarlyStopping) to end fit()
         for layer in layers:
@@ -120,7 +120,7 @@ class Sequential:
     def __getstate__(self):
         # the C plan, the lock and the backend module are rebuilt on unpickling
         state = dict(self.__dict__)
-        state["_plan"] = None
+        state["_plan"] = state["_plan_config"] = None
         del state["_lock"], state["backend"]
         return state
 
@@ -309,11 +309,15 @@ class Sequential:
                 y = y.astype(np.int64)
             if y.dtype.kind not in "iu":
                 raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-            if n and (y.min() < 0 or y.max() >= k):
-                bad = y[(y < 0) | (y >= k)][0]
+            if y.dtype.kind == "u" and n and y.max() > np.iinfo(np.int64).max:
                 raise ValueError(f"{name} holds class labels outside [0, {k}) (the last layer has "
-                                 f"{k} units): found {bad}")
-            return np.ascontiguousarray(y, dtype=np.int64)
+                                 f"{k} units): found {y.max()}")
+            y = np.ascontiguousarray(y, dtype=np.int64)
+            bad = _kernels.first_label_out_of_range(y, k)
+            if bad >= 0:
+                raise ValueError(f"{name} holds class labels outside [0, {k}) (the last layer has "
+                                 f"{k} units): found {y[bad]}")
+            return y
         if y.ndim == 1 and k == 1:
             y = y.reshape(-1, 1)
         if y.shape != (n, k):
@@ -432,7 +436,12 @@ class Sequential:
                 j += 2
             self._plan = _kernels.Plan(specs, self.loss.engine_id, self.dtype,
                                        getattr(self.loss, "delta", 0.0))
-        self._plan.set_optimizer(config, self.optimizer.iterations)
+            self._plan_config = None
+        if config is not self._plan_config:  # new settings (engine_config caches them)
+            self._plan.set_optimizer(config, self.optimizer.iterations)
+            self._plan_config = config
+        elif self._plan.steps != self.optimizer.iterations:  # e.g. after optimizer.reset()
+            self._plan.set_steps(self.optimizer.iterations)
         return self._plan
 
     def _targets(self, y):
@@ -447,16 +456,13 @@ class Sequential:
         if code != 0:
             raise MemoryError("fusenn: out of memory in the training engine")
 
-    @contextlib.contextmanager
     def _exclusive(self):
-        """One call at a time per model: training and inference share its buffers."""
+        """One call at a time per model (training and inference share its buffers):
+        `with self._exclusive():` holds the model's lock, or raises RuntimeError."""
         if not self._lock.acquire(blocking=False):
             raise RuntimeError("this model is already in use by another thread; use one "
                                "model per thread, or serialise the calls")
-        try:
-            yield
-        finally:
-            self._lock.release()
+        return _Release(self._lock)
 
     # ---- sample weights ----------------------------------------------------------------
 
@@ -732,6 +738,21 @@ class Sequential:
                 for i, s in enumerate(states):
                     arrays[f"opt_{name}_{i}"] = s
         _atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+class _Release:
+    """Releases a held lock on leaving a with block (cheaper than a generator
+    context manager on every train_on_batch)."""
+    __slots__ = ("lock",)
+
+    def __init__(self, lock):
+        self.lock = lock
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.lock.release()
 
 
 def _as_list(value, name):

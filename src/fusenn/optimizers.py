@@ -80,6 +80,7 @@ class Optimizer:
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_model"] = None  # a weak reference does not pickle; the model sets it again
+        state["_engine_config_cache"] = None
         return state
 
     def reset(self):
@@ -94,18 +95,31 @@ class Optimizer:
         return {"l2": self.l2, "clipnorm": self.clipnorm,
                 "global_clipnorm": self.global_clipnorm, "clipvalue": self.clipvalue}
 
+    # attributes that are not hyperparameters: setting them keeps the engine settings
+    _NOT_SETTINGS = frozenset({"state", "iterations", "_model", "_engine_config_cache"})
+
+    def __setattr__(self, name, value):
+        if name not in self._NOT_SETTINGS:  # a hyperparameter (lr...): recompute the settings
+            self.__dict__["_engine_config_cache"] = None
+        object.__setattr__(self, name, value)
+
     def engine_config(self):
         """The C engine's settings (the fields of fusenn_optimizer in fusenn.h,
         as a dict for _kernels.Plan.set_optimizer), or None when this optimizer
         only runs op by op: a subclass the engine does not know, whose update
-        may differ."""
+        may differ. The same dict object until a hyperparameter changes, so the
+        model hands it to the engine only then."""
         kind = type(self).__dict__.get("_engine_kind")
         if kind is None:
             return None
-        return {"kind": kind, "lr": self.lr, **self._engine_settings(), "l2": self.l2,
-                "clipnorm": self.clipnorm or 0.0,
-                "global_clipnorm": self.global_clipnorm or 0.0,
-                "clipvalue": self.clipvalue or 0.0}
+        cached = self.__dict__.get("_engine_config_cache")
+        if cached is None:
+            cached = {"kind": kind, "lr": self.lr, **self._engine_settings(), "l2": self.l2,
+                      "clipnorm": self.clipnorm or 0.0,
+                      "global_clipnorm": self.global_clipnorm or 0.0,
+                      "clipvalue": self.clipvalue or 0.0}
+            self.__dict__["_engine_config_cache"] = cached
+        return cached
 
     def _engine_settings(self):
         return {}
