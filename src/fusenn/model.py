@@ -817,22 +817,16 @@ def load(path):
     except (ValueError, TypeError, KeyError) as exc:
         raise bad(f"bad config ({type(exc).__name__}: {exc})") from None
     params = model.params
-    for i, p in enumerate(params):
-        saved = arrays.get(f"param_{i}")
-        if saved is None or saved.shape != p.shape or saved.dtype != p.dtype:
-            raise bad(f"param_{i} is missing or does not match the config "
-                      f"(expected {p.dtype} {p.shape})")
-        if not np.all(np.isfinite(saved)):
-            raise bad(f"param_{i} contains NaN or infinity")
-        p[...] = saved
-    for i, a in enumerate(model.buffers):
-        saved = arrays.get(f"buffer_{i}")
-        if saved is None or saved.shape != a.shape or saved.dtype != a.dtype:
-            raise bad(f"buffer_{i} is missing or does not match the config "
-                      f"(expected {a.dtype} {a.shape})")
-        if not np.all(np.isfinite(saved)):
-            raise bad(f"buffer_{i} contains NaN or infinity")
-        a[...] = saved
+    for kind, targets in (("param", params), ("buffer", model.buffers)):
+        for i, a in enumerate(targets):
+            key = f"{kind}_{i}"
+            saved = arrays.get(key)
+            if saved is None or saved.shape != a.shape or saved.dtype != a.dtype:
+                raise bad(f"{key} is missing or does not match the config "
+                          f"(expected {a.dtype} {a.shape})")
+            if not np.all(np.isfinite(saved)):
+                raise bad(f"{key} contains NaN or infinity")
+            a[...] = saved
     if any(label.startswith("running_var") and np.any(a < 0) for label, a in model._weight_arrays()):
         raise bad("a BatchNorm running variance is negative")
     opt = model.optimizer
