@@ -88,6 +88,22 @@ def test_engine_is_bitwise_the_op_by_op_path(net, dtype):
     assert drop(h1) == drop(h2)
 
 
+class OpByOpAdamW(fusenn.AdamW):
+    """AdamW the engine does not take."""
+
+
+@pytest.mark.parametrize("options", [dict(global_clipnorm=0.5, l2=1e-3),
+                                     dict(clipnorm=0.3, clipvalue=0.01)])
+def test_engine_preprocesses_gradients_of_every_layer_kind_as_the_op_by_op_path(options):
+    X, y = data(37, D_IN, 4, "cross_entropy")
+    engine = model_for("dropout-bn-ce", fusenn.AdamW(lr=0.01, **options))
+    by_op = model_for("dropout-bn-ce", OpByOpAdamW(lr=0.01, **options))
+    assert engine._engine() is not None and by_op._engine() is None
+    engine.fit(X, y, epochs=2, batch_size=8, verbose=0)
+    by_op.fit(X, y, epochs=2, batch_size=8, verbose=0)
+    assert_same_weights(engine, by_op)
+
+
 @pytest.mark.parametrize("net", NETS)
 def test_c_backend_agrees_with_the_numpy_reference(net):
     loss = NETS[net][1]
