@@ -269,18 +269,22 @@ def test_matmul_zero_sized(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(256, 300, 200), (48, 600, 300)], ids=_mnk_id)
-def test_matmul_bitwise_independent_of_threads(shape, dtype):
-    """(48, ...) has fewer row blocks than threads: the column-split path."""
+@pytest.mark.parametrize("shape", [(256, 300, 200), (48, 600, 300), (130, 257, 90),
+                                   (130, 129, 90)], ids=_mnk_id)
+@pytest.mark.parametrize("trans_a", [False, True], ids=["N", "T"])
+def test_matmul_bitwise_independent_of_threads(shape, dtype, trans_a):
+    """(48, ...) has fewer row blocks than threads: the column-split path. One
+    thread reads row-major A in place where more threads pack it, and n = 257 /
+    129 straddle the narrow-C threshold of that path (4 tiles of 64 / 32)."""
     rng = np.random.default_rng(3)
-    a, b = matmul_operands(rng, *shape, dtype, False, False)
+    a, b = matmul_operands(rng, *shape, dtype, trans_a, False)
     results = []
     for nt in THREAD_COUNTS:
         with fusenn.threads(nt):
-            results.append(ops.matmul(a, b))
+            results.append(ops.matmul(a, b, trans_a=trans_a))
     for nt, c in zip(THREAD_COUNTS[1:], results[1:]):
         assert np.array_equal(c, results[0]), f"{nt} threads differ from 1 thread"
-    assert_close(results[0], a @ b, dtype, k=shape[2])
+    assert_close(results[0], (a.T if trans_a else a) @ b, dtype, k=shape[2])
 
 
 def _cpu_isas():
