@@ -95,14 +95,13 @@ size_t FN(fusenn_adam_update)(size_t len, real *w, const real *g, real *m, real 
     return bad;
 }
 
-/* RMSprop (Hinton; PyTorch's form, eps added after the square root):
- *   v = rho v + (1 - rho) g^2         running mean of the squared gradient
- *   w -= lr g / (sqrt(v) + eps) */
-size_t FN(fusenn_rmsprop_update)(size_t len, real *w, const real *g, real *v, double lr,
-                                 double rho, double eps, real *prev, int nthreads)
+/* The shared step of RMSprop and Adagrad, which differ only in how v keeps
+ * the squared gradients:
+ *   v = keep v + gain g^2;  w -= lr g / (sqrt(v) + eps) */
+static size_t FN(scaled_update)(size_t len, real *w, const real *g, real *v, double lr,
+                                real keep, real gain, double eps, real *prev, int nthreads)
 {
     const real lr_r = (real)lr, eps_r = (real)eps;
-    const real rho_r = (real)rho, one_minus_rho = (real)(1.0 - rho);
     size_t bad = 0;
     int nt = fusenn_threads_for(len, nthreads);
     (void)nt; /* only read by the OpenMP pragma */
@@ -110,31 +109,29 @@ size_t FN(fusenn_rmsprop_update)(size_t len, real *w, const real *g, real *v, do
 #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static) reduction(+:bad)
     for (size_t i = 0; i < len; i++) {
         const real gi = g[i];
-        const real vi = rho_r * v[i] + one_minus_rho * gi * gi;
+        const real vi = keep * v[i] + gain * gi * gi;
         v[i] = vi;
         bad += FN(commit)(w, prev, i, w[i] - lr_r * gi / (sqrt(vi) + eps_r));
     }
     return bad;
 }
 
+/* RMSprop (Hinton; PyTorch's form, eps added after the square root):
+ *   v = rho v + (1 - rho) g^2         running mean of the squared gradient
+ *   w -= lr g / (sqrt(v) + eps) */
+size_t FN(fusenn_rmsprop_update)(size_t len, real *w, const real *g, real *v, double lr,
+                                 double rho, double eps, real *prev, int nthreads)
+{
+    return FN(scaled_update)(len, w, g, v, lr, (real)rho, (real)(1.0 - rho), eps, prev,
+                             nthreads);
+}
+
 /* Adagrad (Duchi et al.): the accumulator v sums every squared gradient,
- *   v += g^2;  w -= lr g / (sqrt(v) + eps) */
+ *   v += g^2;  w -= lr g / (sqrt(v) + eps)   (keep = gain = 1: exact, same bits) */
 size_t FN(fusenn_adagrad_update)(size_t len, real *w, const real *g, real *v, double lr,
                                  double eps, real *prev, int nthreads)
 {
-    const real lr_r = (real)lr, eps_r = (real)eps;
-    size_t bad = 0;
-    int nt = fusenn_threads_for(len, nthreads);
-    (void)nt; /* only read by the OpenMP pragma */
-
-#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static) reduction(+:bad)
-    for (size_t i = 0; i < len; i++) {
-        const real gi = g[i];
-        const real vi = v[i] + gi * gi;
-        v[i] = vi;
-        bad += FN(commit)(w, prev, i, w[i] - lr_r * gi / (sqrt(vi) + eps_r));
-    }
-    return bad;
+    return FN(scaled_update)(len, w, g, v, lr, 1, 1, eps, prev, nthreads);
 }
 
 /* ---- gradient transforms (before the update) ------------------------------ */

@@ -309,14 +309,10 @@ class Sequential:
                 y = y.astype(np.int64)
             if y.dtype.kind not in "iu":
                 raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-            if y.dtype.kind == "u" and n and y.max() > np.iinfo(np.int64).max:
+            y, bad = ops.labels_in_range(y, k)
+            if bad is not None:
                 raise ValueError(f"{name} holds class labels outside [0, {k}) (the last layer has "
-                                 f"{k} units): found {y.max()}")
-            y = np.ascontiguousarray(y, dtype=np.int64)
-            bad = _kernels.first_label_out_of_range(y, k)
-            if bad >= 0:
-                raise ValueError(f"{name} holds class labels outside [0, {k}) (the last layer has "
-                                 f"{k} units): found {y[bad]}")
+                                 f"{k} units): found {bad}")
             return y
         if y.ndim == 1 and k == 1:
             y = y.reshape(-1, 1)
@@ -410,10 +406,12 @@ class Sequential:
         optimizer's hyperparameters and step count are handed over on every
         call, so changing them between calls works."""
         config = self.optimizer.engine_config()
-        if (self.backend is not ops or config is None or self.loss.engine_id is None
-                or any(type(layer) not in (Dense, Dropout, BatchNorm) for layer in self.layers)):
+        if self.backend is not ops or config is None:
             return None
         if self._plan is None:
+            if self.loss.engine_id is None or any(
+                    type(layer) not in (Dense, Dropout, BatchNorm) for layer in self.layers):
+                return None  # a custom layer or loss: op by op
             state = self.optimizer.ensure_state(self.params)
             names = self.optimizer._state_names
             specs, j = [], 0  # j: index of the layer's first parameter in self.params

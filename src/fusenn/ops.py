@@ -169,15 +169,25 @@ def _nonempty(a, name):
     return a
 
 
+def labels_in_range(labels, k):
+    """Integer labels as a contiguous int64 array, and the first one outside
+    [0, k) (None if all are inside), in one pass (shared by the model's checks)."""
+    if labels.dtype.kind == "u" and labels.size and labels.max() > np.iinfo(np.int64).max:
+        return None, labels.max()  # would wrap to a negative int64
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    bad = _kernels.first_label_out_of_range(labels, k)
+    return labels, (None if bad < 0 else labels[bad])
+
+
 def _labels(labels, n, k):
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
     _expect_shape(labels, "labels", (n,))
-    if n and (labels.min() < 0 or labels.max() >= k):
-        bad = labels[(labels < 0) | (labels >= k)][0]
+    labels, bad = labels_in_range(labels, k)
+    if bad is not None:
         raise ValueError(f"labels must lie in [0, {k}), found {bad}")
-    return np.ascontiguousarray(labels, dtype=np.int64)
+    return labels
 
 
 def _sample_weight(sample_weight, n, dtype):
