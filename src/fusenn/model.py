@@ -375,14 +375,13 @@ class Sequential:
             raise self._divergence_error(where, loss)
         grads = []
         last = len(self.layers) - 1
-        for i in reversed(range(len(self.layers))):
-            layer = self.layers[i]
-            need_dx = i > 0 and any(l.params for l in self.layers[:i])
-            dy, layer_grads = layer.backward(self.backend, outputs[i], outputs[i + 1], caches[i],
-                                             dy, need_dx, logits=fused and i == last)
+        # nothing before the first layer with parameters needs a gradient (as csrc/plan.c)
+        first_trainable = next(i for i, layer in enumerate(self.layers) if layer.param_names)
+        for i in range(last, first_trainable - 1, -1):
+            dy, layer_grads = self.layers[i].backward(
+                self.backend, outputs[i], outputs[i + 1], caches[i], dy,
+                i > first_trainable, logits=fused and i == last)
             grads[:0] = layer_grads
-            if not need_dx:
-                break
         if self.optimizer.step(self.backend, self.params, grads):
             for param, previous in zip(self.params, grads):
                 np.copyto(param, previous)
