@@ -380,6 +380,9 @@ size_t fusenn_count_nonfinite_f64(size_t n, size_t d, const double *X, ptrdiff_t
  * state allocates nothing. All matrices are row-major and contiguous. */
 
 #define FUSENN_EDIVERGED (-2) /* a loss or updated weight was not finite */
+/* fusenn_plan_train_batch's batch holds a NaN or infinity, a label outside
+ * [0, k), or a binary cross-entropy target outside [0, 1]; nothing changed */
+#define FUSENN_EBADINPUT (-4)
 
 typedef enum {
     FUSENN_LOSS_CROSS_ENTROPY = 0,        /* softmax + cross-entropy, integer labels */
@@ -459,9 +462,10 @@ void fusenn_plan_destroy_f64(fusenn_plan_f64 *plan);
 /* One training step on X (n x d_in, row stride ldx) with labels (cross-entropy)
  * or targets T (n x k, row stride ldt; otherwise), rows weighted by sw (length
  * n; NULL: unweighted). On FUSENN_EDIVERGED the weights are those from before
- * the step, the optimizer state is zeroed and opt->steps is 0. *loss is the
- * batch loss; *correct counts correct predictions (rows for cross-entropy,
- * elements for binary cross-entropy). */
+ * the step, the optimizer state is zeroed and opt->steps is 0. The batch is
+ * checked before anything changes: FUSENN_EBADINPUT if it cannot be trained on.
+ * *loss is the batch loss; *correct counts correct predictions (rows for
+ * cross-entropy, elements for binary cross-entropy). */
 int fusenn_plan_train_batch_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
                                 const int64_t *labels, const float *T, ptrdiff_t ldt,
                                 const float *sw, fusenn_optimizer *opt, double *loss,

@@ -510,12 +510,38 @@ static int FN(step)(plan_t *plan, size_t n, const real *X, ptrdiff_t ldx,
 
 /* ---- public entry points --------------------------------------------------------- */
 
+/* FUSENN_OK if a batch can be trained on, else FUSENN_EBADINPUT: X or T not
+ * finite, a label outside [0, k), a binary cross-entropy target outside [0, 1].
+ * (fit checks its whole data set once in Python instead.) */
+static int FN(check_batch)(const plan_t *plan, size_t n, const real *X, ptrdiff_t ldx,
+                           const int64_t *labels, const real *T, ptrdiff_t ldt, int nthreads)
+{
+    const size_t k = plan->k;
+    if (FN(fusenn_count_nonfinite)(n, plan->layers[0].d_in, X, ldx, nthreads))
+        return FUSENN_EBADINPUT;
+    if (plan->loss == FUSENN_LOSS_CROSS_ENTROPY) {
+        for (size_t i = 0; i < n; i++)
+            if (labels[i] < 0 || (uint64_t)labels[i] >= k)
+                return FUSENN_EBADINPUT;
+    } else if (FN(fusenn_count_nonfinite)(n, k, T, ldt, nthreads)) {
+        return FUSENN_EBADINPUT;
+    } else if (plan->loss == FUSENN_LOSS_BINARY_CROSS_ENTROPY) {
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < k; j++)
+                if (!(T[(ptrdiff_t)i * ldt + j] >= 0 && T[(ptrdiff_t)i * ldt + j] <= 1))
+                    return FUSENN_EBADINPUT;
+    }
+    return FUSENN_OK;
+}
+
 int FN(fusenn_plan_train_batch)(plan_t *plan, size_t n, const real *X, ptrdiff_t ldx,
                                 const int64_t *labels, const real *T, ptrdiff_t ldt,
                                 const real *sw, fusenn_optimizer *opt, double *loss,
                                 double *correct, int nthreads)
 {
-    int rc = FN(reserve)(plan, n);
+    int rc = FN(check_batch)(plan, n, X, ldx, labels, T, ldt, nthreads);
+    if (rc == FUSENN_OK)
+        rc = FN(reserve)(plan, n);
     if (rc != FUSENN_OK)
         return rc;
     rc = FN(step)(plan, n, X, ldx, labels, T, ldt, sw, opt, loss, correct, nthreads);

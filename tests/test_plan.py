@@ -337,3 +337,42 @@ def test_training_memory_is_not_proportional_to_the_data():
         tracemalloc.stop()
     permutation = n * 8
     assert peak < permutation + 4 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+# The engine checks a train_on_batch batch's values itself (one pass in C, no Python
+# pass over X); the model then re-runs its checks to name the problem.
+BAD_BATCHES = {
+    "nan-X": ("cross_entropy", lambda X, y: (np.where(X > 1, np.nan, X), y), r"X contains NaN"),
+    "inf-X": ("mse", lambda X, y: (np.where(X > 1, np.inf, X), y), r"X contains NaN"),
+    "label-too-big": ("cross_entropy", lambda X, y: (X, np.where(y == 1, 3, y)),
+                      r"outside \[0, 3\).*found 3"),
+    "label-negative": ("cross_entropy", lambda X, y: (X, np.where(y == 1, -1, y)), r"found -1"),
+    "uint64-label-wraps": ("cross_entropy",
+                           lambda X, y: (X, np.where(y == 1, 2**64 - 1, y).astype(np.uint64)),
+                           r"found 18446744073709551615"),
+    "nan-target": ("mse", lambda X, y: (X, np.where(y > 1, np.nan, y)), r"y contains NaN"),
+    "bce-target-above-1": ("binary_cross_entropy", lambda X, y: (X, np.where(y > 0.5, 2.0, y)),
+                           r"targets in \[0, 1\]"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_BATCHES)
+def test_the_engine_refuses_a_bad_batch_before_changing_anything(case):
+    loss, corrupt = BAD_BATCHES[case][:2]
+    act = {"cross_entropy": "softmax", "binary_cross_entropy": "sigmoid", "mse": "identity"}[loss]
+    model = make_model((4, 5, 3), ("relu", act), loss, SGD(lr=0.1, momentum=0.9))
+    X, y = make_data(32, (4, 5, 3), loss)
+    model.train_on_batch(X, y)
+    before, steps = model.get_weights(), model.optimizer.iterations
+    bad_X, bad_y = corrupt(X, y)
+    with pytest.raises(ValueError, match=BAD_BATCHES[case][2]):
+        model.train_on_batch(bad_X, bad_y)
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    assert model.optimizer.iterations == steps
+    # the C check itself, not only the model's re-check, refuses the batch
+    plan = model._engine()
+    labels, T = model._targets(model._check_y(bad_y, len(X), values=False))
+    code, _, _ = plan.train_batch(model._check_X(bad_X, values=False), labels, T, None, 1)
+    assert code == _kernels.FUSENN_EBADINPUT_CODE
+    assert model.optimizer.iterations == steps and plan.steps == steps

@@ -9,6 +9,9 @@ Matrices other than GEMM's operands must have contiguous rows (unit column
 stride); their row stride is passed as the leading dimension.
 """
 from libc.stdint cimport int64_t, uint64_t
+cimport numpy as cnp
+
+cnp.import_array()
 
 cdef extern from "fusenn.h" nogil:
     ctypedef enum fusenn_activation:

@@ -59,6 +59,7 @@ def _cgroup_cpus():
 
 # OMP_NUM_THREADS is an explicit request; otherwise a CPU quota caps the default
 _CGROUP_CPUS = None if os.environ.get("OMP_NUM_THREADS") else _cgroup_cpus()
+_DEFAULT_CAP = min(_CGROUP_CPUS or MAX_THREADS, MAX_THREADS)
 
 _global = None  # set_num_threads' value, None until called
 
@@ -102,11 +103,10 @@ def get_num_threads():
     if _forked_child:
         return 1
     n = _local.override or _global
-    if n is None:
-        n = _kernels.omp_max_threads() or _affinity_threads()
-        if _CGROUP_CPUS is not None:
-            n = min(n, _CGROUP_CPUS)
-    return min(n, MAX_THREADS)
+    if n is not None:
+        return n  # checked by _check_count
+    n = _kernels.omp_max_threads() or _affinity_threads()
+    return n if n <= _DEFAULT_CAP else _DEFAULT_CAP
 
 
 @contextlib.contextmanager

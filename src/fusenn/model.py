@@ -279,25 +279,32 @@ class Sequential:
         if self.loss is None:
             raise ValueError("the model is not compiled: call model.compile(loss=..., optimizer=...) first")
 
-    def _check_X(self, X, name="X"):
+    def _check_X(self, X, name="X", values=True):
+        """X as a 2-D array of the model's dtype with contiguous rows; values=False
+        leaves the NaN/infinity check to the caller (the engine's train_batch)."""
         X = np.asarray(X)
         if X.dtype.kind not in "fiub":
             raise TypeError(f"{name} must hold numbers, got dtype {X.dtype}")
         if X.ndim != 2:
             want = f"(n_samples, {self.input_dim})" if self.input_dim else "(n_samples, n_features)"
             raise ValueError(f"{name} must be 2-D with shape {want}, got shape {X.shape}")
-        if X.shape[0] == 0:
+        n, d = X.shape
+        if n == 0:
             raise ValueError(f"{name} is empty: expected at least one sample, got shape {X.shape}")
-        if X.shape[1] == 0:
+        if d == 0:
             raise ValueError(f"{name} has no features: expected at least one column, got shape {X.shape}")
-        if self.input_dim is not None and X.shape[1] != self.input_dim:
+        if self.input_dim is not None and d != self.input_dim:
             raise ValueError(f"{name} must have shape (n_samples, {self.input_dim}), got {X.shape}")
-        X = contiguous_rows(np.asarray(X, dtype=self.dtype))
-        if _kernels.count_nonfinite(X, get_num_threads()):  # no mask as big as X
+        if X.dtype is not self.dtype and X.dtype != self.dtype:
+            X = X.astype(self.dtype)
+        X = contiguous_rows(X)
+        if values and _kernels.count_nonfinite(X, get_num_threads()):  # no mask as big as X
             raise ValueError(f"{name} contains NaN or infinity")
         return X
 
-    def _check_y(self, y, n, name="y"):
+    def _check_y(self, y, n, name="y", values=True):
+        """y as the loss takes it (int64 labels, or an (n, k) array of the model's
+        dtype); values=False leaves the range and NaN checks to the caller."""
         y = np.asarray(y)
         k = self.output_dim
         if self.loss.targets == "labels":
@@ -309,6 +316,8 @@ class Sequential:
                 y = y.astype(np.int64)
             if y.dtype.kind not in "iu":
                 raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+            if not values:  # a uint64 label too large for int64 wraps to a negative one: caught too
+                return np.ascontiguousarray(y, dtype=np.int64)
             y, bad = ops.labels_in_range(y, k)
             if bad is not None:
                 raise ValueError(f"{name} holds class labels outside [0, {k}) (the last layer has "
@@ -321,17 +330,19 @@ class Sequential:
         if y.dtype.kind not in "fiub":
             raise TypeError(f"{name} must hold numbers, got dtype {y.dtype}")
         y = contiguous_rows(np.asarray(y, dtype=self.dtype))
+        if not values:
+            return y
         if _kernels.count_nonfinite(y, get_num_threads()):
             raise ValueError(f"{name} contains NaN or infinity")
         if self.loss.name == "binary_cross_entropy" and (y.min() < 0 or y.max() > 1):
             raise ValueError(f"{name} must hold targets in [0, 1] for binary_cross_entropy")
         return y
 
-    def _check_data(self, X, y, name_x="X", name_y="y"):
+    def _check_data(self, X, y, name_x="X", name_y="y", values=True):
         self._require_compiled()
-        X = self._check_X(X, name_x)
-        y = self._check_y(y, X.shape[0], name_y)
-        if not self.built:
+        X = self._check_X(X, name_x, values)
+        y = self._check_y(y, X.shape[0], name_y, values)
+        if self.input_dim is None:  # not built (build sets input_dim last)
             self.build(X.shape[1])  # like Keras: the first valid data fixes input_dim
         return X, y
 
@@ -404,7 +415,12 @@ class Sequential:
         gradient buffers, optimizer state and running statistics; the
         optimizer's hyperparameters and step count are handed over on every
         call, so changing them between calls works."""
-        config = self.optimizer.engine_config()
+        plan, optimizer = self._plan, self.optimizer
+        cached = optimizer.__dict__.get("_engine_config_cache")
+        if (plan is not None and cached is not None and cached is self._plan_config
+                and plan.steps == optimizer.iterations):
+            return plan  # nothing changed since the last call (the common case, kept cheap)
+        config = optimizer.engine_config()
         if self.backend is not ops or config is None:
             return None
         if self._plan is None:
@@ -447,7 +463,8 @@ class Sequential:
 
     def _engine_result(self, plan, code, where, loss):
         """Sync the optimizer's step count and turn an engine code into an exception."""
-        self.optimizer.iterations = plan.steps
+        # not a hyperparameter: set directly, past Optimizer.__setattr__'s cache check
+        self.optimizer.__dict__["iterations"] = plan.steps
         if code == _kernels.FUSENN_EDIVERGED_CODE:
             raise self._divergence_error(where, loss)
         if code != 0:
@@ -456,10 +473,14 @@ class Sequential:
     def _exclusive(self):
         """One call at a time per model (training and inference share its buffers):
         `with self._exclusive():` holds the model's lock, or raises RuntimeError."""
-        if not self._lock.acquire(blocking=False):
+        self._acquire()
+        return _Release(self._lock)
+
+    def _acquire(self):
+        """Take the model's lock, or raise RuntimeError if another thread holds it."""
+        if not self._lock.acquire(False):
             raise RuntimeError("this model is already in use by another thread; use one "
                                "model per thread, or serialise the calls")
-        return _Release(self._lock)
 
     # ---- sample weights ----------------------------------------------------------------
 
@@ -508,15 +529,27 @@ class Sequential:
         finite, ValueError is raised, the weights are left as they were before
         the call and the optimizer state is reset.
         """
-        X, y = self._check_data(X, y)
-        sw = self._check_weights(y, X.shape[0], sample_weight, class_weight)
-        with self._exclusive():
+        # Shapes and dtypes here; the engine checks the values (NaN, label range) in its
+        # own pass. class_weight looks labels up in a table, so they are checked first.
+        X_in, y_in = X, y
+        X, y = self._check_data(X, y, values=class_weight is not None)
+        sw = (None if sample_weight is None and class_weight is None else
+              self._check_weights(y, X.shape[0], sample_weight, class_weight))
+        self._acquire()  # as `with self._exclusive()`, minus a context manager's calls
+        try:
             plan = self._engine()
             if plan is None:
+                self._check_data(X_in, y_in)
                 loss, _ = self._train_step(X, y, "train_on_batch", sw)
             else:
-                code, loss, _ = plan.train_batch(X, *self._targets(y), sw, get_num_threads())
+                labels, T = self._targets(y)
+                code, loss, _ = plan.train_batch(X, labels, T, sw, get_num_threads())
+                if code == _kernels.FUSENN_EBADINPUT_CODE:
+                    self._check_data(X_in, y_in)  # raises, naming what is wrong
+                    raise ValueError("the batch holds values the training engine refuses")
                 self._engine_result(plan, code, "train_on_batch", loss)
+        finally:
+            self._lock.release()
         return loss
 
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose="auto",
