@@ -376,3 +376,25 @@ def test_the_engine_refuses_a_bad_batch_before_changing_anything(case):
     code, _, _ = plan.train_batch(model._check_X(bad_X, values=False), labels, T, None, 1)
     assert code == _kernels.FUSENN_EBADINPUT_CODE
     assert model.optimizer.iterations == steps and plan.steps == steps
+
+
+def test_the_plan_takes_only_arrays_it_can_read_in_place():
+    """The binding reads arrays through NumPy's C API: anything but aligned, native,
+    row-contiguous arrays of the plan's dtype and widths is refused (the model converts)."""
+    model = make_model((4, 5, 3), ("relu", "softmax"), "cross_entropy", SGD(lr=0.1))
+    X, y = make_data(8, (4, 5, 3), "cross_entropy")
+    model.train_on_batch(X, y)
+    plan = model._engine()
+    bad = {"float64": X.astype(np.float64), "big-endian": X.astype(">f4"),
+           "columns-strided": np.repeat(X, 2, axis=1)[:, ::2], "too-wide": np.ones((8, 5), np.float32),
+           "1-D": X.ravel(), "list": X.tolist()}
+    for name, bad_X in bad.items():
+        with pytest.raises((ValueError, TypeError)):
+            plan.train_batch(bad_X, y, None, None, 1)
+    with pytest.raises(ValueError, match="labels"):
+        plan.train_batch(X, y.astype(np.int32), None, None, 1)
+    with pytest.raises(ValueError, match="labels"):
+        plan.train_batch(X, y[:-1], None, None, 1)
+    # while the model converts the same inputs and trains
+    for name in ("float64", "big-endian", "columns-strided", "list"):
+        model.train_on_batch(bad[name], y)

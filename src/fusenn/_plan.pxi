@@ -155,9 +155,9 @@ cdef const void *rows_ptr(object a, int typenum, Py_ssize_t n, Py_ssize_t d, str
     cdef cnp.npy_intp *strides = cnp.PyArray_STRIDES(arr)
     cdef Py_ssize_t size = cnp.PyArray_ITEMSIZE(arr)
     if (cnp.PyArray_NDIM(arr) != 2 or not cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(arr), typenum)
-            or (n >= 0 and shape[0] != n) or shape[1] != d or not cnp.PyArray_ISALIGNED(arr)
+            or (n >= 0 and shape[0] != n) or shape[1] != d or not cnp.PyArray_ISBEHAVED_RO(arr)
             or (d > 1 and strides[1] != size) or strides[0] % size != 0):
-        raise ValueError(f"{name} must be an aligned {cnp.PyArray_DescrFromType(typenum)} array "
+        raise ValueError(f"{name} must be an aligned, native {cnp.PyArray_DescrFromType(typenum)} array "
                          f"of shape ({n if n >= 0 else 'n'}, {d}) with contiguous rows")
     ld[0] = strides[0] // size
     return cnp.PyArray_DATA(arr)
@@ -172,7 +172,7 @@ cdef const void *vector_ptr(object a, int typenum, Py_ssize_t n, str name) excep
     cdef cnp.ndarray arr = <cnp.ndarray>a
     if (cnp.PyArray_NDIM(arr) != 1 or not cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(arr), typenum)
             or cnp.PyArray_DIMS(arr)[0] != n or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
-            or not cnp.PyArray_ISALIGNED(arr)):
+            or not cnp.PyArray_ISBEHAVED_RO(arr)):
         raise ValueError(f"{name} must be a contiguous {cnp.PyArray_DescrFromType(typenum)} "
                          f"array of {n} elements")
     return cnp.PyArray_DATA(arr)

@@ -66,6 +66,9 @@ def contiguous_rows(a):
 
 def matmul(a, b, trans_a=False, trans_b=False):
     """op(a) @ op(b) by fusenn's GEMM, where op transposes when asked (no copy)."""
+    c = _kernels.matmul(a, b, trans_a, trans_b, get_num_threads())
+    if c is not None:  # float arrays of one dtype and matching sizes: straight to C
+        return c
     a = _float_array(a, "a", 2)
     b = _float_array(b, "b", 2, a.dtype)
     A = a.T if trans_a else a
