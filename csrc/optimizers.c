@@ -29,6 +29,7 @@ typedef struct {
     const real *g;
     real lr, eps;
     real mu;                                         /* SGD */
+    int nesterov;
     real b1, one_minus_b1, b2, one_minus_b2, c1, c2; /* Adam */
     real decay;                                      /* AdamW's 1 - lr wd */
     int decay_weights;
@@ -52,33 +53,19 @@ static size_t FN(sgd_range)(const void *ctx, size_t begin, size_t end)
     return bad;
 }
 
-static size_t FN(sgd_nesterov_range)(const void *ctx, size_t begin, size_t end)
-{
-    const FN(update_args) *u = ctx;
-    real *w = u->w, *v = u->v, *prev = u->prev;
-    const real *g = u->g;
-    const real lr_r = u->lr, mu = u->mu;
-    size_t bad = 0;
-    for (size_t i = begin; i < end; i++) {
-        const real gi = g[i];
-        const real vi = mu * v[i] + gi;
-        v[i] = vi;
-        bad += FN(commit)(w, prev, i, w[i] - lr_r * (gi + mu * vi));
-    }
-    return bad;
-}
-
 static size_t FN(sgd_momentum_range)(const void *ctx, size_t begin, size_t end)
 {
     const FN(update_args) *u = ctx;
     real *w = u->w, *v = u->v, *prev = u->prev;
     const real *g = u->g;
     const real lr_r = u->lr, mu = u->mu;
+    const int nesterov = u->nesterov;
     size_t bad = 0;
     for (size_t i = begin; i < end; i++) {
-        const real vi = mu * v[i] + g[i];
+        const real gi = g[i];
+        const real vi = mu * v[i] + gi;
         v[i] = vi;
-        bad += FN(commit)(w, prev, i, w[i] - lr_r * vi);
+        bad += FN(commit)(w, prev, i, w[i] - lr_r * (nesterov ? gi + mu * vi : vi));
     }
     return bad;
 }
@@ -88,11 +75,9 @@ size_t FN(fusenn_sgd_update)(size_t len, real *w, const real *g, real *v,
                              int nthreads)
 {
     const FN(update_args) args = {.w = w, .g = g, .v = v, .prev = prev,
-                                  .lr = (real)lr, .mu = (real)momentum};
+                                  .lr = (real)lr, .mu = (real)momentum, .nesterov = nesterov};
     return fusenn_parallel_ranges(fusenn_threads_for(len, nthreads), len,
-                                  momentum == 0 ? FN(sgd_range)
-                                  : nesterov    ? FN(sgd_nesterov_range)
-                                                : FN(sgd_momentum_range),
+                                  momentum == 0 ? FN(sgd_range) : FN(sgd_momentum_range),
                                   &args);
 }
 
