@@ -2,6 +2,7 @@
  * 60,000 x 784 training set would cost as much memory as the data. */
 #include "internal.h"
 
+/* The matrix to check: rows of d values, ldx apart. */
 typedef struct {
     size_t d;
     const real *X;
