@@ -11,6 +11,34 @@ void FN(activate_row_baseline)(fusenn_activation act, size_t d, const real *z, r
     FN(activate_row)(act, d, z, a);
 }
 
+/* The rows of one activation call and their arguments. */
+typedef struct {
+    fusenn_activation act;
+    size_t d;
+    const real *Z, *A, *dA;
+    ptrdiff_t ldz, lda, ldda, ldout;
+    real *out; /* A of the forward, dZ of the backward */
+} FN(activation_rows);
+
+static size_t FN(forward_rows)(const void *ctx, size_t begin, size_t end)
+{
+    const FN(activation_rows) *r = ctx;
+    const fusenn_activation act = r->act;
+    const size_t d = r->d;
+    const real *Z = r->Z;
+    real *A = r->out;
+    const ptrdiff_t ldz = r->ldz, lda = r->ldout;
+    for (size_t i = begin; i < end; i++) {
+        const real *z = Z + (ptrdiff_t)i * ldz;
+        real *a = A + (ptrdiff_t)i * lda;
+        if (act == FUSENN_ACT_SOFTMAX)
+            FN(softmax_row)(d, z, a);
+        else
+            FN(activate_row)(act, d, z, a);
+    }
+    return 0;
+}
+
 /* A = act(Z). Elementwise activations share FN(activate_row) with GEMM's fused
  * store, so standalone and fused layers give the same bits. Both row helpers
  * read z[j] before writing a[j], which makes A == Z (in place) safe. */
@@ -20,17 +48,25 @@ void FN(fusenn_activation_forward)(fusenn_activation act, size_t n, size_t d,
 {
     if (n == 0 || d == 0)
         return;
-    int nt = fusenn_threads_for(n * d, nthreads);
-    (void)nt; /* only read by the OpenMP pragma */
-#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        const real *z = Z + (ptrdiff_t)i * ldz;
-        real *a = A + (ptrdiff_t)i * lda;
-        if (act == FUSENN_ACT_SOFTMAX)
-            FN(softmax_row)(d, z, a);
-        else
-            FN(activate_row)(act, d, z, a);
-    }
+    const FN(activation_rows) rows = {.act = act, .d = d, .Z = Z, .ldz = ldz,
+                                      .out = A, .ldout = lda};
+    fusenn_parallel_ranges(fusenn_threads_for(n * d, nthreads), n, FN(forward_rows), &rows);
+}
+
+static size_t FN(backward_rows)(const void *ctx, size_t begin, size_t end)
+{
+    const FN(activation_rows) *r = ctx;
+    const fusenn_activation act = r->act;
+    const size_t d = r->d;
+    const real *Z = r->Z, *A = r->A, *dA = r->dA;
+    real *dZ = r->out;
+    const ptrdiff_t ldz = r->ldz, lda = r->lda, ldda = r->ldda, lddz = r->ldout;
+    const int use_z = fusenn_act_needs_z(act); /* else Z may be NULL: no row pointers into it */
+    for (size_t i = begin; i < end; i++)
+        FN(activate_backward_row)(act, d, use_z ? Z + (ptrdiff_t)i * ldz : NULL,
+                                  A + (ptrdiff_t)i * lda, dA + (ptrdiff_t)i * ldda,
+                                  dZ + (ptrdiff_t)i * lddz);
+    return 0;
 }
 
 /* dZ = dA * act'(Z) row by row (see FN(activate_backward_row)): through the
@@ -44,12 +80,8 @@ void FN(fusenn_activation_backward)(fusenn_activation act, size_t n, size_t d,
 {
     if (n == 0 || d == 0)
         return;
-    const int use_z = fusenn_act_needs_z(act); /* else Z may be NULL: no row pointers into it */
-    int nt = fusenn_threads_for(n * d, nthreads);
-    (void)nt; /* only read by the OpenMP pragma */
-#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (size_t i = 0; i < n; i++)
-        FN(activate_backward_row)(act, d, use_z ? Z + (ptrdiff_t)i * ldz : NULL,
-                                  A + (ptrdiff_t)i * lda, dA + (ptrdiff_t)i * ldda,
-                                  dZ + (ptrdiff_t)i * lddz);
+    const FN(activation_rows) rows = {.act = act, .d = d, .Z = Z, .ldz = ldz, .A = A,
+                                      .lda = lda, .dA = dA, .ldda = ldda,
+                                      .out = dZ, .ldout = lddz};
+    fusenn_parallel_ranges(fusenn_threads_for(n * d, nthreads), n, FN(backward_rows), &rows);
 }

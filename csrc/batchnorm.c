@@ -95,11 +95,82 @@ static void FN(normalize_tile)(tile tl, const real *X, ptrdiff_t ldx, const real
     }
 }
 
+/* The normalising pass's arguments (see FN(normalize_tile)). */
+typedef struct {
+    layout L;
+    const real *X, *gamma, *beta, *center, *invstd, *var;
+    ptrdiff_t ldx, ldy;
+    double eps;
+    real *Y;
+} FN(normalize_args);
+
+static size_t FN(normalize_tiles)(const void *ctx, size_t t0, size_t t1)
+{
+    const FN(normalize_args) *p = ctx;
+    for (size_t t = t0; t < t1; t++)
+        FN(normalize_tile)(tile_at(&p->L, t), p->X, p->ldx, p->gamma, p->beta, p->center,
+                           p->invstd, p->var, p->eps, p->Y, p->ldy);
+    return 0;
+}
+
 /* ---- training forward -------------------------------------------------------
  * Per column block: mean = sum x / n, var = sum (x - mean)^2 / n (two passes
  * in double), invstd = 1 / sqrt(var + eps), running statistics updated. Then
  * per tile: y = (x - mean) * (gamma invstd) + beta from the stored mean and
- * invstd. A barrier separates the two loops, so Y may alias X. */
+ * invstd. All statistics are stored before the tiles start, so Y may alias X. */
+typedef struct {
+    layout L;
+    const real *X;
+    ptrdiff_t ldx;
+    double eps, momentum;
+    real *running_mean, *running_var, *mean, *invstd;
+} FN(stats_args);
+
+static size_t FN(batch_stats_blocks)(const void *ctx, size_t b0, size_t b1)
+{
+    const FN(stats_args) *p = ctx;
+    const size_t n = p->L.n;
+    const real *X = p->X;
+    const ptrdiff_t ldx = p->ldx;
+    const double eps = p->eps, momentum = p->momentum;
+    real *running_mean = p->running_mean, *running_var = p->running_var;
+    real *mean = p->mean, *invstd = p->invstd;
+    for (size_t b = b0; b < b1; b++) {
+        const tile blk = column_block(&p->L, b);
+        const size_t j0 = blk.j0, w = blk.w;
+        double mu[BN_MAX_BLOCK], sq[BN_MAX_BLOCK];
+        size_t i, j;
+        for (j = 0; j < w; j++)
+            mu[j] = sq[j] = 0;
+        for (i = 0; i < n; i++) {
+            const real *x = X + (ptrdiff_t)i * ldx + j0;
+            for (j = 0; j < w; j++)
+                mu[j] += (double)x[j];
+        }
+        for (j = 0; j < w; j++)
+            mu[j] /= (double)n;
+        for (i = 0; i < n; i++) {
+            const real *x = X + (ptrdiff_t)i * ldx + j0;
+            for (j = 0; j < w; j++) {
+                const double c = (double)x[j] - mu[j];
+                sq[j] += c * c;
+            }
+        }
+        for (j = 0; j < w; j++) {
+            const double var = sq[j] / (double)n;
+            mean[j0 + j] = (real)mu[j];
+            invstd[j0 + j] = (real)(1.0 / sqrt(var + eps));
+            if (running_mean) {
+                running_mean[j0 + j] = (real)(momentum * (double)running_mean[j0 + j] +
+                                              (1.0 - momentum) * mu[j]);
+                running_var[j0 + j] = (real)(momentum * (double)running_var[j0 + j] +
+                                             (1.0 - momentum) * var);
+            }
+        }
+    }
+    return 0;
+}
+
 void FN(fusenn_batchnorm_forward_train)(size_t n, size_t d, const real *X, ptrdiff_t ldx,
                                         const real *gamma, const real *beta,
                                         double eps, double momentum,
@@ -110,47 +181,13 @@ void FN(fusenn_batchnorm_forward_train)(size_t n, size_t d, const real *X, ptrdi
     if (n == 0 || d == 0)
         return;
     const layout L = layout_for(n, d, nthreads);
-#pragma omp parallel num_threads(L.nt) if(L.nt > 1)
-    {
-#pragma omp for schedule(static)
-        for (size_t b = 0; b < L.nblocks; b++) {
-            const tile blk = column_block(&L, b);
-            const size_t j0 = blk.j0, w = blk.w;
-            double mu[BN_MAX_BLOCK], sq[BN_MAX_BLOCK];
-            size_t i, j;
-            for (j = 0; j < w; j++)
-                mu[j] = sq[j] = 0;
-            for (i = 0; i < n; i++) {
-                const real *x = X + (ptrdiff_t)i * ldx + j0;
-                for (j = 0; j < w; j++)
-                    mu[j] += (double)x[j];
-            }
-            for (j = 0; j < w; j++)
-                mu[j] /= (double)n;
-            for (i = 0; i < n; i++) {
-                const real *x = X + (ptrdiff_t)i * ldx + j0;
-                for (j = 0; j < w; j++) {
-                    const double c = (double)x[j] - mu[j];
-                    sq[j] += c * c;
-                }
-            }
-            for (j = 0; j < w; j++) {
-                const double var = sq[j] / (double)n;
-                mean[j0 + j] = (real)mu[j];
-                invstd[j0 + j] = (real)(1.0 / sqrt(var + eps));
-                if (running_mean) {
-                    running_mean[j0 + j] = (real)(momentum * (double)running_mean[j0 + j] +
-                                                  (1.0 - momentum) * mu[j]);
-                    running_var[j0 + j] = (real)(momentum * (double)running_var[j0 + j] +
-                                                 (1.0 - momentum) * var);
-                }
-            }
-        }
-#pragma omp for schedule(static)
-        for (size_t t = 0; t < L.nrows * L.nblocks; t++)
-            FN(normalize_tile)(tile_at(&L, t), X, ldx, gamma, beta,
-                               mean, invstd, NULL, 0.0, Y, ldy);
-    }
+    const FN(stats_args) stats = {L, X, ldx, eps, momentum, running_mean, running_var,
+                                  mean, invstd};
+    fusenn_parallel_ranges(L.nt, L.nblocks, FN(batch_stats_blocks), &stats);
+    const FN(normalize_args) norm = {.L = L, .X = X, .gamma = gamma, .beta = beta,
+                                     .center = mean, .invstd = invstd, .ldx = ldx,
+                                     .ldy = ldy, .Y = Y};
+    fusenn_parallel_ranges(L.nt, L.nrows * L.nblocks, FN(normalize_tiles), &norm);
 }
 
 /* ---- inference forward ----------------------------------------------------------
@@ -163,10 +200,10 @@ void FN(fusenn_batchnorm_forward_infer)(size_t n, size_t d, const real *X, ptrdi
     if (n == 0 || d == 0)
         return;
     const layout L = layout_for(n, d, nthreads);
-#pragma omp parallel for num_threads(L.nt) if(L.nt > 1) schedule(static)
-    for (size_t t = 0; t < L.nrows * L.nblocks; t++)
-        FN(normalize_tile)(tile_at(&L, t), X, ldx, gamma, beta,
-                           running_mean, NULL, running_var, eps, Y, ldy);
+    const FN(normalize_args) norm = {.L = L, .X = X, .gamma = gamma, .beta = beta,
+                                     .center = running_mean, .var = running_var,
+                                     .eps = eps, .ldx = ldx, .ldy = ldy, .Y = Y};
+    fusenn_parallel_ranges(L.nt, L.nrows * L.nblocks, FN(normalize_tiles), &norm);
 }
 
 /* ---- backward --------------------------------------------------------------------
@@ -174,7 +211,82 @@ void FN(fusenn_batchnorm_forward_infer)(size_t n, size_t d, const real *X, ptrdi
  *   dbeta = sum_i dy,  dgamma = sum_i dy xhat.
  * Then per tile, from the stored (dtype-rounded) sums:
  *   dx = (gamma invstd / n) (n dy - dbeta - xhat dgamma).
- * dY is read whole before dX is written (barrier), so dX may alias dY. */
+ * All of dY is read before the tiles start, so dX may alias dY. */
+typedef struct {
+    layout L;
+    const real *X, *dY, *gamma, *mean, *invstd;
+    ptrdiff_t ldx, lddy, lddx;
+    real *dX, *dgamma, *dbeta;
+} FN(backward_args);
+
+static size_t FN(param_grad_blocks)(const void *ctx, size_t b0, size_t b1)
+{
+    const FN(backward_args) *p = ctx;
+    const size_t n = p->L.n;
+    const real *X = p->X, *dY = p->dY, *mean = p->mean, *invstd = p->invstd;
+    const ptrdiff_t ldx = p->ldx, lddy = p->lddy;
+    real *dgamma = p->dgamma, *dbeta = p->dbeta;
+    for (size_t b = b0; b < b1; b++) {
+        const tile blk = column_block(&p->L, b);
+        const size_t j0 = blk.j0, w = blk.w;
+        double m[BN_MAX_BLOCK], is[BN_MAX_BLOCK], sum_dy[BN_MAX_BLOCK], sum_dyx[BN_MAX_BLOCK];
+        size_t i, j;
+        for (j = 0; j < w; j++) {
+            m[j] = (double)mean[j0 + j];
+            is[j] = (double)invstd[j0 + j];
+            sum_dy[j] = sum_dyx[j] = 0;
+        }
+        for (i = 0; i < n; i++) {
+            const real *x = X + (ptrdiff_t)i * ldx + j0;
+            const real *dy = dY + (ptrdiff_t)i * lddy + j0;
+            for (j = 0; j < w; j++) {
+                const double xhat = ((double)x[j] - m[j]) * is[j];
+                sum_dy[j] += (double)dy[j];
+                sum_dyx[j] += (double)dy[j] * xhat;
+            }
+        }
+        for (j = 0; j < w; j++) {
+            dbeta[j0 + j] = (real)sum_dy[j];
+            dgamma[j0 + j] = (real)sum_dyx[j];
+        }
+    }
+    return 0;
+}
+
+static size_t FN(input_grad_tiles)(const void *ctx, size_t t0, size_t t1)
+{
+    const FN(backward_args) *p = ctx;
+    const real *X = p->X, *dY = p->dY, *gamma = p->gamma, *mean = p->mean;
+    const real *invstd = p->invstd, *dgamma = p->dgamma, *dbeta = p->dbeta;
+    const ptrdiff_t ldx = p->ldx, lddy = p->lddy, lddx = p->lddx;
+    real *dX = p->dX;
+    const double nd = (double)p->L.n;
+    for (size_t t = t0; t < t1; t++) {
+        const tile tl = tile_at(&p->L, t);
+        double m[BN_MAX_BLOCK], is[BN_MAX_BLOCK], k[BN_MAX_BLOCK];
+        double db[BN_MAX_BLOCK], dg[BN_MAX_BLOCK];
+        size_t j;
+        for (j = 0; j < tl.w; j++) {
+            const size_t c = tl.j0 + j;
+            m[j] = (double)mean[c];
+            is[j] = (double)invstd[c];
+            k[j] = (double)gamma[c] * is[j] / nd;
+            db[j] = (double)dbeta[c];
+            dg[j] = (double)dgamma[c];
+        }
+        for (size_t i = tl.i0; i < tl.i1; i++) {
+            const real *x = X + (ptrdiff_t)i * ldx + tl.j0;
+            const real *dy = dY + (ptrdiff_t)i * lddy + tl.j0;
+            real *dx = dX + (ptrdiff_t)i * lddx + tl.j0;
+            for (j = 0; j < tl.w; j++) {
+                const double xhat = ((double)x[j] - m[j]) * is[j];
+                dx[j] = (real)(k[j] * (nd * (double)dy[j] - db[j] - xhat * dg[j]));
+            }
+        }
+    }
+    return 0;
+}
+
 void FN(fusenn_batchnorm_backward)(size_t n, size_t d, const real *X, ptrdiff_t ldx,
                                    const real *dY, ptrdiff_t lddy, const real *gamma,
                                    const real *mean, const real *invstd,
@@ -184,59 +296,9 @@ void FN(fusenn_batchnorm_backward)(size_t n, size_t d, const real *X, ptrdiff_t 
     if (d == 0)
         return;
     const layout L = layout_for(n, d, nthreads);
-#pragma omp parallel num_threads(L.nt) if(L.nt > 1)
-    {
-#pragma omp for schedule(static)
-        for (size_t b = 0; b < L.nblocks; b++) {
-            const tile blk = column_block(&L, b);
-            const size_t j0 = blk.j0, w = blk.w;
-            double m[BN_MAX_BLOCK], is[BN_MAX_BLOCK], sum_dy[BN_MAX_BLOCK], sum_dyx[BN_MAX_BLOCK];
-            size_t i, j;
-            for (j = 0; j < w; j++) {
-                m[j] = (double)mean[j0 + j];
-                is[j] = (double)invstd[j0 + j];
-                sum_dy[j] = sum_dyx[j] = 0;
-            }
-            for (i = 0; i < n; i++) {
-                const real *x = X + (ptrdiff_t)i * ldx + j0;
-                const real *dy = dY + (ptrdiff_t)i * lddy + j0;
-                for (j = 0; j < w; j++) {
-                    const double xhat = ((double)x[j] - m[j]) * is[j];
-                    sum_dy[j] += (double)dy[j];
-                    sum_dyx[j] += (double)dy[j] * xhat;
-                }
-            }
-            for (j = 0; j < w; j++) {
-                dbeta[j0 + j] = (real)sum_dy[j];
-                dgamma[j0 + j] = (real)sum_dyx[j];
-            }
-        }
-        if (dX && n > 0) {
-#pragma omp for schedule(static)
-            for (size_t t = 0; t < L.nrows * L.nblocks; t++) {
-                const tile tl = tile_at(&L, t);
-                double m[BN_MAX_BLOCK], is[BN_MAX_BLOCK], k[BN_MAX_BLOCK];
-                double db[BN_MAX_BLOCK], dg[BN_MAX_BLOCK];
-                const double nd = (double)n;
-                size_t j;
-                for (j = 0; j < tl.w; j++) {
-                    const size_t c = tl.j0 + j;
-                    m[j] = (double)mean[c];
-                    is[j] = (double)invstd[c];
-                    k[j] = (double)gamma[c] * is[j] / nd;
-                    db[j] = (double)dbeta[c];
-                    dg[j] = (double)dgamma[c];
-                }
-                for (size_t i = tl.i0; i < tl.i1; i++) {
-                    const real *x = X + (ptrdiff_t)i * ldx + tl.j0;
-                    const real *dy = dY + (ptrdiff_t)i * lddy + tl.j0;
-                    real *dx = dX + (ptrdiff_t)i * lddx + tl.j0;
-                    for (j = 0; j < tl.w; j++) {
-                        const double xhat = ((double)x[j] - m[j]) * is[j];
-                        dx[j] = (real)(k[j] * (nd * (double)dy[j] - db[j] - xhat * dg[j]));
-                    }
-                }
-            }
-        }
-    }
+    const FN(backward_args) args = {L, X, dY, gamma, mean, invstd, ldx, lddy, lddx,
+                                    dX, dgamma, dbeta};
+    fusenn_parallel_ranges(L.nt, L.nblocks, FN(param_grad_blocks), &args);
+    if (dX && n > 0)
+        fusenn_parallel_ranges(L.nt, L.nrows * L.nblocks, FN(input_grad_tiles), &args);
 }

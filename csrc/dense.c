@@ -25,19 +25,25 @@ int FN(fusenn_dense_forward)(size_t n, size_t d_in, size_t d_out,
  * summed over rows in order by one thread whatever the thread count. */
 #define DB_BLOCK 64
 
-/* dZ = dY * act'(Y) and db = sum_i dZ[i, :], in one pass over dY. */
-static void FN(dz_and_bias_grad)(size_t n, size_t d_out, const real *Y, ptrdiff_t ldy,
-                                 const real *dY, ptrdiff_t lddy, fusenn_activation act,
-                                 real *dZ, real *db, int nthreads)
+/* The dZ/db pass's arguments. */
+typedef struct {
+    size_t n, d_out;
+    const real *Y, *dY;
+    ptrdiff_t ldy, lddy;
+    fusenn_activation act;
+    real *dZ, *db;
+} FN(dz_db_args);
+
+/* Column blocks [begin, end) of the dZ/db pass. */
+static size_t FN(dz_db_blocks)(const void *ctx, size_t begin, size_t end)
 {
-    if (act == FUSENN_ACT_SOFTMAX) /* needs whole rows: its own pass, then the sums */
-        FN(fusenn_activation_backward)(act, n, d_out, NULL, 0, Y, ldy, dY, lddy, dZ,
-                                       (ptrdiff_t)d_out, nthreads);
-    const size_t n_blocks = (d_out + DB_BLOCK - 1) / DB_BLOCK;
-    const int nt = n_blocks > 1 ? fusenn_threads_for(n * d_out, nthreads) : 1;
-    (void)nt; /* only read by the OpenMP pragma */
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-    for (size_t blk = 0; blk < n_blocks; blk++) {
+    const FN(dz_db_args) *p = ctx;
+    const size_t n = p->n, d_out = p->d_out;
+    const real *Y = p->Y, *dY = p->dY;
+    const ptrdiff_t ldy = p->ldy, lddy = p->lddy;
+    const fusenn_activation act = p->act;
+    real *dZ = p->dZ, *db = p->db;
+    for (size_t blk = begin; blk < end; blk++) {
         const size_t j0 = blk * DB_BLOCK, w = FUSENN_MIN((size_t)DB_BLOCK, d_out - j0);
         double sum[DB_BLOCK] = {0}; /* double: batch sums of many small terms */
         for (size_t i = 0; i < n; i++) {
@@ -51,6 +57,21 @@ static void FN(dz_and_bias_grad)(size_t n, size_t d_out, const real *Y, ptrdiff_
         for (size_t j = 0; j < w; j++)
             db[j0 + j] = (real)sum[j];
     }
+    return 0;
+}
+
+/* dZ = dY * act'(Y) and db = sum_i dZ[i, :], in one pass over dY. */
+static void FN(dz_and_bias_grad)(size_t n, size_t d_out, const real *Y, ptrdiff_t ldy,
+                                 const real *dY, ptrdiff_t lddy, fusenn_activation act,
+                                 real *dZ, real *db, int nthreads)
+{
+    if (act == FUSENN_ACT_SOFTMAX) /* needs whole rows: its own pass, then the sums */
+        FN(fusenn_activation_backward)(act, n, d_out, NULL, 0, Y, ldy, dY, lddy, dZ,
+                                       (ptrdiff_t)d_out, nthreads);
+    const size_t n_blocks = (d_out + DB_BLOCK - 1) / DB_BLOCK;
+    const FN(dz_db_args) args = {n, d_out, Y, dY, ldy, lddy, act, dZ, db};
+    fusenn_parallel_ranges(n_blocks > 1 ? fusenn_threads_for(n * d_out, nthreads) : 1,
+                           n_blocks, FN(dz_db_blocks), &args);
 }
 
 int FN(fusenn_dense_backward)(size_t n, size_t d_in, size_t d_out,

@@ -36,20 +36,28 @@ static inline real FN(keep_or_zero)(int keep, real v)
     return v;
 }
 
-/* Y = X * mask * scale, scale = 1 / (1 - rate) rounded to the dtype; dropped
- * elements are exactly 0 (also for non-finite inputs). Each element is read
- * before it is written, so Y may alias X. */
-static void FN(dropout_apply)(size_t n, size_t d, const real *X, ptrdiff_t ldx, double rate,
-                              uint64_t seed, real *Y, ptrdiff_t ldy, int nthreads)
+/* One dropout call's arguments. */
+typedef struct {
+    size_t d;
+    const real *X;
+    ptrdiff_t ldx, ldy;
+    double rate;
+    uint64_t seed, threshold;
+    real scale;
+    real *Y;
+} FN(dropout_args);
+
+static size_t FN(dropout_rows)(const void *ctx, size_t begin, size_t end)
 {
-    if (n == 0 || d == 0)
-        return;
-    const uint64_t threshold = drop_threshold(rate);
-    const real scale = rate < 1 ? (real)(1.0 / (1.0 - rate)) : (real)0;
-    int nt = fusenn_threads_for(n * d, nthreads);
-    (void)nt; /* only read by the OpenMP pragma */
-#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (size_t i = 0; i < n; i++) {
+    const FN(dropout_args) *p = ctx;
+    const size_t d = p->d;
+    const real *X = p->X;
+    real *Y = p->Y;
+    const ptrdiff_t ldx = p->ldx, ldy = p->ldy;
+    const double rate = p->rate;
+    const uint64_t seed = p->seed, threshold = p->threshold;
+    const real scale = p->scale;
+    for (size_t i = begin; i < end; i++) {
         const real *x = X + (ptrdiff_t)i * ldx;
         real *y = Y + (ptrdiff_t)i * ldy;
         if (rate == 0) { /* keep everything: an exact copy */
@@ -61,6 +69,22 @@ static void FN(dropout_apply)(size_t n, size_t d, const real *X, ptrdiff_t ldx, 
         for (size_t j = 0; j < d; j++)
             y[j] = FN(keep_or_zero)(fusenn_hash64(seed, first + j) >= threshold, x[j] * scale);
     }
+    return 0;
+}
+
+/* Y = X * mask * scale, scale = 1 / (1 - rate) rounded to the dtype; dropped
+ * elements are exactly 0 (also for non-finite inputs). Each element is read
+ * before it is written, so Y may alias X. */
+static void FN(dropout_apply)(size_t n, size_t d, const real *X, ptrdiff_t ldx, double rate,
+                              uint64_t seed, real *Y, ptrdiff_t ldy, int nthreads)
+{
+    if (n == 0 || d == 0)
+        return;
+    const FN(dropout_args) args = {
+        .d = d, .X = X, .ldx = ldx, .ldy = ldy, .rate = rate, .seed = seed,
+        .threshold = drop_threshold(rate),
+        .scale = rate < 1 ? (real)(1.0 / (1.0 - rate)) : (real)0, .Y = Y};
+    fusenn_parallel_ranges(fusenn_threads_for(n * d, nthreads), n, FN(dropout_rows), &args);
 }
 
 void FN(fusenn_dropout_forward)(size_t n, size_t d, const real *X, ptrdiff_t ldx,

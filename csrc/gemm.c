@@ -437,15 +437,41 @@ static void FN(pack_a_block)(const FN(gemm_call) *g, size_t ic, size_t pc, size_
     }
 }
 
+/* Pack the NR-wide panels [jp0, jp1) of the kc x nc block of B at (pc, jc) into Bp. */
+static void FN(pack_b_block)(const FN(gemm_call) *g, size_t pc, size_t jc, size_t kc,
+                             size_t nc, size_t jp0, size_t jp1)
+{
+    const size_t nr = (size_t)g->cfg->nr;
+    for (size_t jp = jp0; jp < jp1; jp++)
+        FN(pack_b_panel)(FUSENN_MIN(nr, nc - jp * nr), g->cfg->nr, kc,
+                         g->B + (ptrdiff_t)pc * g->rs_b + (ptrdiff_t)(jc + jp * nr) * g->cs_b,
+                         g->rs_b, g->cs_b, g->Bp + jp * nr * kc);
+}
+
 /* Where the block of A at (ic, pc) lies, when the kernel reads it in place. */
 static const real *FN(direct_a)(const FN(gemm_call) *g, size_t ic, size_t pc)
 {
     return g->direct_a ? g->A + (ptrdiff_t)ic * g->rs_a + (ptrdiff_t)pc * g->cs_a : NULL;
 }
 
-/* The blocked loops, run by every thread of the team (or alone, outside any
- * parallel region: the worksharing loops then run serially). */
-static void FN(gemm_blocked)(const FN(gemm_call) *g, int tid)
+/* Row block ib of C's columns [jc, jc + nc) at depth block [pc, pc + kc): pack
+ * its A (into this thread's Ap) and multiply it by the packed B block. */
+static void FN(gemm_row_block)(const FN(gemm_call) *g, size_t ib, size_t pc, size_t jc,
+                               size_t kc, size_t nc, const FN(store_params) *sp, real *Ap)
+{
+    const size_t mr = (size_t)g->cfg->mr, MC = g->cfg->mc, nr = (size_t)g->cfg->nr;
+    const size_t ic = ib * MC, mc = FUSENN_MIN(MC, g->m - ic);
+    FN(pack_a_block)(g, ic, pc, mc, kc, 0, (mc + mr - 1) / mr, Ap);
+    FN(macro_kernel)(g->cfg, mc, nc, kc, Ap, FN(direct_a)(g, ic, pc), g->rs_a, g->cs_a,
+                     g->Bp, 0, (nc + nr - 1) / nr,
+                     g->C + (ptrdiff_t)ic * g->rs_c + (ptrdiff_t)jc * g->cs_c,
+                     g->rs_c, g->cs_c, g->bias ? g->bias + jc : NULL, sp);
+}
+
+/* The blocked loops, run by every thread of the team, or by the caller alone
+ * (serial: no parallel region, and no worksharing loops, which would still
+ * call the OpenMP runtime). split_columns is never set when serial. */
+static void FN(gemm_blocked)(const FN(gemm_call) *g, int tid, int serial)
 {
     const FN(gemm_config) *cfg = g->cfg;
     const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
@@ -460,11 +486,13 @@ static void FN(gemm_blocked)(const FN(gemm_call) *g, int tid)
             const size_t kc = FUSENN_MIN(KC, k - pc);
             const FN(store_params) sp = {g->alpha, pc == 0 ? g->beta : (real)1, g->act,
                                          pc + kc == k};
+            if (serial) { /* even an orphaned static loop calls libgomp (and a barrier) */
+                FN(pack_b_block)(g, pc, jc, kc, nc, 0, n_panels);
+            } else {
 #pragma omp for schedule(static)
-            for (size_t jp = 0; jp < n_panels; jp++)
-                FN(pack_b_panel)(FUSENN_MIN(nr, nc - jp * nr), cfg->nr, kc,
-                                 g->B + (ptrdiff_t)pc * g->rs_b + (ptrdiff_t)(jc + jp * nr) * g->cs_b,
-                                 g->rs_b, g->cs_b, g->Bp + jp * nr * kc);
+                for (size_t jp = 0; jp < n_panels; jp++)
+                    FN(pack_b_block)(g, pc, jc, kc, nc, jp, jp + 1);
+            }
 
             if (g->split_columns) {
                 for (size_t ic = 0; ic < m; ic += MC) {
@@ -480,16 +508,13 @@ static void FN(gemm_blocked)(const FN(gemm_call) *g, int tid)
                                          g->C + (ptrdiff_t)ic * g->rs_c + (ptrdiff_t)jc * g->cs_c,
                                          g->rs_c, g->cs_c, bias_jc, &sp);
                 }
+            } else if (serial) { /* an orphaned dynamic loop mallocs a work share */
+                for (size_t ib = 0; ib < m_blocks; ib++)
+                    FN(gemm_row_block)(g, ib, pc, jc, kc, nc, &sp, Ap);
             } else {
 #pragma omp for schedule(dynamic, 1)
-                for (size_t ib = 0; ib < m_blocks; ib++) {
-                    const size_t ic = ib * MC, mc = FUSENN_MIN(MC, m - ic);
-                    FN(pack_a_block)(g, ic, pc, mc, kc, 0, (mc + mr - 1) / mr, Ap);
-                    FN(macro_kernel)(cfg, mc, nc, kc, Ap, FN(direct_a)(g, ic, pc),
-                                     g->rs_a, g->cs_a, g->Bp, 0, n_panels,
-                                     g->C + (ptrdiff_t)ic * g->rs_c + (ptrdiff_t)jc * g->cs_c,
-                                     g->rs_c, g->cs_c, bias_jc, &sp);
-                }
+                for (size_t ib = 0; ib < m_blocks; ib++)
+                    FN(gemm_row_block)(g, ib, pc, jc, kc, nc, &sp, Ap);
             }
         }
     }
@@ -534,15 +559,15 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
     g.Ap = buf + b_len;
 
     if (nt == 1) {
-        FN(gemm_blocked)(&g, 0); /* no parallel region: small calls pay nothing for it */
+        FN(gemm_blocked)(&g, 0, 1); /* no parallel region: small calls pay nothing for it */
         return FUSENN_OK;
     }
 #pragma omp parallel num_threads(nt)
     {
 #ifdef _OPENMP
-        FN(gemm_blocked)(&g, omp_get_thread_num());
+        FN(gemm_blocked)(&g, omp_get_thread_num(), 0);
 #else
-        FN(gemm_blocked)(&g, 0);
+        FN(gemm_blocked)(&g, 0, 0);
 #endif
     }
     return FUSENN_OK;

@@ -48,13 +48,23 @@ void fusenn_aligned_free(void *p);
 
 /* Threads to use for `work` elements: 1 when small, else the caller's count.
  * Use as: int nt = fusenn_threads_for(work, nthreads);
- *         #pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static) */
+ *         fusenn_parallel_ranges(nt, n, fn, &ctx); */
 static inline int fusenn_threads_for(size_t work, int nthreads)
 {
     if (nthreads < 1 || work < FUSENN_PARALLEL_MIN_WORK)
         return 1;
     return nthreads;
 }
+
+/* The body of a parallel loop: handles iterations [begin, end) with the
+ * arguments in *ctx, and returns a count (e.g. of non-finite values) or 0. */
+typedef size_t (*fusenn_range_fn)(const void *ctx, size_t begin, size_t end);
+
+/* Runs fn over iterations [0, n) cut into at most nt contiguous ranges, one per
+ * thread (parallel.c), and returns the sum of fn's results. With nt <= 1 it is
+ * the plain call fn(ctx, 0, n): no OpenMP runtime call. Each range's results
+ * must not depend on the cut (the fixed chunks below give reductions that). */
+size_t fusenn_parallel_ranges(int nt, size_t n, fusenn_range_fn fn, const void *ctx);
 
 /* Deterministic reductions: rows are split into at most this many chunks,
  * whose boundaries depend only on the row count; each chunk's partial sum is

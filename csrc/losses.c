@@ -46,6 +46,20 @@ static inline double sum_partials(const double *partial, size_t nchunks)
     return total;
 }
 
+/* One loss call's arguments. Z holds the logits (the predictions A of the
+ * regression losses), dZ the gradient; grad_base is the gradient's factor
+ * before the row weight (1/n, 1/(n k), ...). Chunk c's loss sum goes to
+ * partial[c]. */
+typedef struct {
+    size_t n, k, nchunks;
+    const real *Z, *T, *sw;
+    const int64_t *labels;
+    ptrdiff_t ldz, ldt, ldp, lddz;
+    real *P, *dZ;
+    double grad_base, delta;
+    double *partial;
+} FN(loss_args);
+
 /* ---- softmax + cross-entropy ---------------------------------------------
  * Per row, with mx = max_j z_j (so no exp overflows):
  *   lse    = mx + log(sum_j exp(z_j - mx))
@@ -55,21 +69,17 @@ static inline double sum_partials(const double *partial, size_t nchunks)
  * The exponentials are computed once, into P if wanted, else into dZ (the
  * probabilities are needed for dZ even when P is NULL). mx and z_label are read
  * before anything is written, so dZ (or P) may alias Z. */
-double FN(fusenn_softmax_cross_entropy)(size_t n, size_t k, const real *Z, ptrdiff_t ldz,
-                                        const int64_t *labels, const real *sw,
-                                        real *P, ptrdiff_t ldp,
-                                        real *dZ, ptrdiff_t lddz, int nthreads)
+static size_t FN(softmax_ce_chunks)(const void *ctx, size_t c0, size_t c1)
 {
-    if (n == 0 || k == 0)
-        return 0.0;
-    const size_t nchunks = fusenn_num_chunks(n);
-    double partial[FUSENN_SUM_CHUNKS];
-    const double inv_n = 1.0 / (double)n;
-    int nt = fusenn_threads_for(n * k, nthreads);
-    (void)nt; /* only read by the OpenMP pragma */
-
-#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (size_t c = 0; c < nchunks; c++) {
+    const FN(loss_args) *q = ctx;
+    const size_t n = q->n, k = q->k, nchunks = q->nchunks;
+    const real *Z = q->Z, *sw = q->sw;
+    const int64_t *labels = q->labels;
+    const ptrdiff_t ldz = q->ldz, ldp = q->ldp, lddz = q->lddz;
+    real *P = q->P, *dZ = q->dZ;
+    const double inv_n = q->grad_base;
+    double *partial = q->partial;
+    for (size_t c = c0; c < c1; c++) {
         size_t first, end;
         chunk_rows(c, nchunks, n, &first, &end);
         double loss_sum = 0;
@@ -119,6 +129,23 @@ double FN(fusenn_softmax_cross_entropy)(size_t n, size_t k, const real *Z, ptrdi
         }
         partial[c] = loss_sum;
     }
+    return 0;
+}
+
+double FN(fusenn_softmax_cross_entropy)(size_t n, size_t k, const real *Z, ptrdiff_t ldz,
+                                        const int64_t *labels, const real *sw,
+                                        real *P, ptrdiff_t ldp,
+                                        real *dZ, ptrdiff_t lddz, int nthreads)
+{
+    if (n == 0 || k == 0)
+        return 0.0;
+    const size_t nchunks = fusenn_num_chunks(n);
+    double partial[FUSENN_SUM_CHUNKS];
+    const FN(loss_args) args = {.n = n, .k = k, .nchunks = nchunks, .Z = Z, .ldz = ldz,
+                                .labels = labels, .sw = sw, .P = P, .ldp = ldp, .dZ = dZ,
+                                .lddz = lddz, .grad_base = 1.0 / (double)n, .partial = partial};
+    fusenn_parallel_ranges(fusenn_threads_for(n * k, nthreads), nchunks,
+                           FN(softmax_ce_chunks), &args);
     return sum_partials(partial, nchunks) / (double)n;
 }
 
@@ -131,21 +158,16 @@ double FN(fusenn_softmax_cross_entropy)(size_t n, size_t k, const real *Z, ptrdi
  * e = exp(-|z|) serves both the loss and s (the same formula as
  * FN(activate_row)). Each element is read before it is written, so P or dZ
  * may alias Z. */
-double FN(fusenn_sigmoid_binary_cross_entropy)(size_t n, size_t k, const real *Z, ptrdiff_t ldz,
-                                               const real *T, ptrdiff_t ldt, const real *sw,
-                                               real *P, ptrdiff_t ldp,
-                                               real *dZ, ptrdiff_t lddz, int nthreads)
+static size_t FN(sigmoid_bce_chunks)(const void *ctx, size_t c0, size_t c1)
 {
-    if (n == 0 || k == 0)
-        return 0.0;
-    const size_t nchunks = fusenn_num_chunks(n);
-    double partial[FUSENN_SUM_CHUNKS];
-    const double inv_nk = 1.0 / ((double)n * (double)k);
-    int nt = fusenn_threads_for(n * k, nthreads);
-    (void)nt; /* only read by the OpenMP pragma */
-
-#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (size_t c = 0; c < nchunks; c++) {
+    const FN(loss_args) *q = ctx;
+    const size_t n = q->n, k = q->k, nchunks = q->nchunks;
+    const real *Z = q->Z, *T = q->T, *sw = q->sw;
+    const ptrdiff_t ldz = q->ldz, ldt = q->ldt, ldp = q->ldp, lddz = q->lddz;
+    real *P = q->P, *dZ = q->dZ;
+    const double inv_nk = q->grad_base;
+    double *partial = q->partial;
+    for (size_t c = c0; c < c1; c++) {
         size_t first, end;
         chunk_rows(c, nchunks, n, &first, &end);
         double loss_sum = 0;
@@ -170,12 +192,30 @@ double FN(fusenn_sigmoid_binary_cross_entropy)(size_t n, size_t k, const real *Z
         }
         partial[c] = loss_sum;
     }
+    return 0;
+}
+
+double FN(fusenn_sigmoid_binary_cross_entropy)(size_t n, size_t k, const real *Z, ptrdiff_t ldz,
+                                               const real *T, ptrdiff_t ldt, const real *sw,
+                                               real *P, ptrdiff_t ldp,
+                                               real *dZ, ptrdiff_t lddz, int nthreads)
+{
+    if (n == 0 || k == 0)
+        return 0.0;
+    const size_t nchunks = fusenn_num_chunks(n);
+    double partial[FUSENN_SUM_CHUNKS];
+    const FN(loss_args) args = {.n = n, .k = k, .nchunks = nchunks, .Z = Z, .ldz = ldz,
+                                .T = T, .ldt = ldt, .sw = sw, .P = P, .ldp = ldp, .dZ = dZ,
+                                .lddz = lddz, .grad_base = 1.0 / ((double)n * (double)k),
+                                .partial = partial};
+    fusenn_parallel_ranges(fusenn_threads_for(n * k, nthreads), nchunks,
+                           FN(sigmoid_bce_chunks), &args);
     return sum_partials(partial, nchunks) / ((double)n * (double)k);
 }
 
 /* ---- elementwise regression losses: mse, mae, huber ---------------------------
- * One driver, inlined into each public kernel with a constant `kind`, so each
- * compiles to its own loop. Per element, d = a - t:
+ * One loop, inlined with a constant `kind` into a chunk function per loss, so
+ * each compiles to its own loop. Per element, d = a - t:
  *   mse:   l = d^2,                                       dl/da = 2 d
  *   mae:   l = |d|,                                       dl/da = sign(d) (0 at d == 0,
  *                                                         as PyTorch's L1Loss; NaN for NaN)
@@ -187,24 +227,19 @@ double FN(fusenn_sigmoid_binary_cross_entropy)(size_t n, size_t k, const real *Z
  * alias A. */
 enum regression_kind { REG_MSE, REG_MAE, REG_HUBER };
 
-static inline __attribute__((always_inline)) double FN(regression_loss)(
-    enum regression_kind kind, size_t n, size_t k, const real *A, ptrdiff_t lda,
-    const real *T, ptrdiff_t ldt, double delta, const real *sw, real *dA, ptrdiff_t ldda,
-    int nthreads)
+static inline __attribute__((always_inline)) size_t FN(regression_chunks)(
+    enum regression_kind kind, const void *ctx, size_t c0, size_t c1)
 {
-    if (n == 0 || k == 0)
-        return 0.0;
-    const size_t nchunks = fusenn_num_chunks(n);
-    double partial[FUSENN_SUM_CHUNKS];
-    /* the factor of dl/da in the gradient of the mean: 2 for mse's d^2 */
-    const double base = (kind == REG_MSE ? 2.0 : 1.0) / ((double)n * (double)k);
+    const FN(loss_args) *q = ctx;
+    const size_t n = q->n, k = q->k, nchunks = q->nchunks;
+    const real *A = q->Z, *T = q->T, *sw = q->sw;
+    const ptrdiff_t lda = q->ldz, ldt = q->ldt, ldda = q->lddz;
+    real *dA = q->dZ;
+    const double base = q->grad_base, delta = q->delta;
     const real delta_r = (real)delta;
-    int nt = fusenn_threads_for(n * k, nthreads);
-    (void)nt; /* only read by the OpenMP pragma */
+    double *partial = q->partial;
     (void)delta_r;
-
-#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (size_t c = 0; c < nchunks; c++) {
+    for (size_t c = c0; c < c1; c++) {
         size_t first, end;
         chunk_rows(c, nchunks, n, &first, &end);
         double loss_sum = 0;
@@ -240,6 +275,43 @@ static inline __attribute__((always_inline)) double FN(regression_loss)(
         }
         partial[c] = loss_sum;
     }
+    return 0;
+}
+
+static size_t FN(mse_chunks)(const void *ctx, size_t c0, size_t c1)
+{
+    return FN(regression_chunks)(REG_MSE, ctx, c0, c1);
+}
+
+static size_t FN(mae_chunks)(const void *ctx, size_t c0, size_t c1)
+{
+    return FN(regression_chunks)(REG_MAE, ctx, c0, c1);
+}
+
+static size_t FN(huber_chunks)(const void *ctx, size_t c0, size_t c1)
+{
+    return FN(regression_chunks)(REG_HUBER, ctx, c0, c1);
+}
+
+static inline __attribute__((always_inline)) double FN(regression_loss)(
+    enum regression_kind kind, size_t n, size_t k, const real *A, ptrdiff_t lda,
+    const real *T, ptrdiff_t ldt, double delta, const real *sw, real *dA, ptrdiff_t ldda,
+    int nthreads)
+{
+    if (n == 0 || k == 0)
+        return 0.0;
+    const size_t nchunks = fusenn_num_chunks(n);
+    double partial[FUSENN_SUM_CHUNKS];
+    /* the factor of dl/da in the gradient of the mean: 2 for mse's d^2 */
+    const double base = (kind == REG_MSE ? 2.0 : 1.0) / ((double)n * (double)k);
+    const FN(loss_args) args = {.n = n, .k = k, .nchunks = nchunks, .Z = A, .ldz = lda,
+                                .T = T, .ldt = ldt, .sw = sw, .dZ = dA, .lddz = ldda,
+                                .grad_base = base, .delta = delta, .partial = partial};
+    fusenn_parallel_ranges(fusenn_threads_for(n * k, nthreads), nchunks,
+                           kind == REG_MSE   ? FN(mse_chunks)
+                           : kind == REG_MAE ? FN(mae_chunks)
+                                             : FN(huber_chunks),
+                           &args);
     return sum_partials(partial, nchunks) / ((double)n * (double)k);
 }
 

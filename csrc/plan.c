@@ -550,25 +550,44 @@ int FN(fusenn_plan_train_batch)(plan_t *plan, size_t n, const real *X, ptrdiff_t
     return rc;
 }
 
+/* A gather's source rows; the destination is the plan's arena. */
+typedef struct {
+    const plan_t *plan;
+    const int64_t *order, *labels;
+    const real *X, *T, *sw;
+    ptrdiff_t ldx, ldt;
+} FN(gather_args);
+
+static size_t FN(gather_rows)(const void *ctx, size_t begin, size_t end)
+{
+    const FN(gather_args) *p = ctx;
+    const size_t d = p->plan->d_in, k = p->plan->k;
+    const int64_t *order = p->order, *labels = p->labels;
+    const real *X = p->X, *T = p->T, *sw = p->sw;
+    const ptrdiff_t ldx = p->ldx, ldt = p->ldt;
+    real *x_to = p->plan->x, *t_to = p->plan->t, *sw_to = p->plan->sw;
+    int64_t *labels_to = p->plan->labels;
+    for (size_t i = begin; i < end; i++) {
+        const ptrdiff_t row = (ptrdiff_t)order[i];
+        memcpy(x_to + i * d, X + row * ldx, d * sizeof(real));
+        if (labels)
+            labels_to[i] = labels[row];
+        else
+            memcpy(t_to + i * k, T + row * ldt, k * sizeof(real));
+        if (sw)
+            sw_to[i] = sw[row];
+    }
+    return 0;
+}
+
 /* Copy the rows order[0..n) of X (and of the targets and weights) into the arena. */
 static void FN(gather)(plan_t *plan, size_t n, const int64_t *order, const real *X,
                        ptrdiff_t ldx, const int64_t *labels, const real *T, ptrdiff_t ldt,
                        const real *sw, int nthreads)
 {
-    const size_t d = plan->d_in, k = plan->k;
-    int nt = fusenn_threads_for(n * d, nthreads);
-    (void)nt; /* only read by the OpenMP pragma */
-#pragma omp parallel for num_threads(nt) if(nt > 1) schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        const ptrdiff_t row = (ptrdiff_t)order[i];
-        memcpy(plan->x + i * d, X + row * ldx, d * sizeof(real));
-        if (labels)
-            plan->labels[i] = labels[row];
-        else
-            memcpy(plan->t + i * k, T + row * ldt, k * sizeof(real));
-        if (sw)
-            plan->sw[i] = sw[row];
-    }
+    const FN(gather_args) args = {plan, order, labels, X, T, sw, ldx, ldt};
+    fusenn_parallel_ranges(fusenn_threads_for(n * plan->d_in, nthreads), n,
+                           FN(gather_rows), &args);
 }
 
 int FN(fusenn_plan_train_epoch)(plan_t *plan, size_t n, const real *X, ptrdiff_t ldx,
