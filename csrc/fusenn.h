@@ -308,7 +308,8 @@ void fusenn_batchnorm_backward_f64(size_t n, size_t d, const double *X, ptrdiff_
 /* ---- Optimizers (optimizers.c), in place over flat arrays of length len ----
  * Each returns the number of updated weights that are not finite. When prev
  * is not NULL it receives the weights from before the update (prev may alias
- * g), so a diverging step can be undone exactly. */
+ * g), so a diverging step can be undone exactly. The state (v, m) never keeps a
+ * subnormal number: those are stored as 0 (see optimizers.c for why). */
 
 /* SGD. momentum == 0: w -= lr g (v unused, may be NULL). Otherwise
  *   v = momentum v + g;  w -= lr v,  or with Nesterov w -= lr (g + momentum v). */

@@ -12,6 +12,7 @@
 
 #include "fusenn.h"
 
+#include <float.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -24,9 +25,11 @@
 #if defined(FUSENN_DTYPE_F32)
 typedef float real;
 #define FN(name) name##_f32
+#define REAL_MIN FLT_MIN /* the smallest normal number */
 #elif defined(FUSENN_DTYPE_F64)
 typedef double real;
 #define FN(name) name##_f64
+#define REAL_MIN DBL_MIN
 #elif !defined(FUSENN_NO_DTYPE)
 #error "compile kernel sources with -DFUSENN_DTYPE_F32 or -DFUSENN_DTYPE_F64"
 #endif

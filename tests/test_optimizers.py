@@ -233,3 +233,40 @@ def test_preprocessing_options_are_keyword_only():
         fusenn.SGD(0.1, 0.9, False, 0.01)
     with pytest.raises(TypeError, match="clip_norm"):
         fusenn.Adam(clip_norm=1.0)
+
+
+# name -> (kernel, its state arrays (by position after w, g), settings)
+DECAYING_STATE = {
+    "sgd-momentum": ("sgd_update", 1, dict(lr=0.1, momentum=0.9)),
+    "nesterov": ("sgd_update", 1, dict(lr=0.1, momentum=0.9, nesterov=True)),
+    "adam": ("adam_update", 2, dict(t=3, lr=0.1)),
+    "rmsprop": ("rmsprop_update", 1, dict(lr=0.1, rho=0.9)),
+    "adagrad": ("adagrad_update", 1, dict(lr=0.1)),
+}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", DECAYING_STATE)
+def test_optimizer_state_never_keeps_subnormals(name, dtype):
+    """A dead unit's momentum (0.9 v + 0) would sink to the smallest subnormals and
+    stay there, making every later update slow: state is flushed to 0 instead, by
+    both backends, while normal values (and the weights) are untouched."""
+    kernel, n_state, kw = DECAYING_STATE[name]
+    tiny = np.finfo(dtype).tiny
+    smallest = np.finfo(dtype).smallest_subnormal
+    results = []
+    for backend in (ops, ref):
+        w = np.array([1.0, -2.0, 0.5, 3.0], dtype=dtype)
+        g = np.array([0.0, 0.0, 0.0, 1e-3], dtype=dtype)  # the first three: a dead unit
+        state = [np.array([smallest, -4 * smallest, 4 * tiny, 0.5], dtype=dtype)
+                 for _ in range(n_state)]
+        getattr(backend, kernel)(w, g, *state, **kw)
+        for s in state:
+            assert s[0] == 0 and s[1] == 0, f"{backend.__name__}: subnormal state kept: {s}"
+            assert not np.any((s != 0) & (np.abs(s) < tiny)), s
+        results.append((w, state))
+    (w_c, s_c), (w_r, s_r) = results
+    np.testing.assert_allclose(w_c, w_r, rtol=1e-6)
+    for a, b in zip(s_c, s_r):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert np.all(s_c[0][2:] != 0)  # normal state decays but is kept

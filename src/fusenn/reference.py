@@ -283,6 +283,13 @@ def _commit(w, step, prev, decay=None):
     return 0 if np.isfinite(w).all() else int(np.count_nonzero(~np.isfinite(w)))
 
 
+def _flush_subnormal(state):
+    """Zero the subnormal entries of optimizer state, in place (as the C kernels:
+    decaying state would otherwise sit on the smallest subnormals, where every
+    operation is slow)."""
+    state[np.abs(state) < np.finfo(state.dtype).tiny] = 0
+
+
 def sgd_update(w, g, v, lr, momentum=0.0, nesterov=False, prev=None):
     """SGD step, in place on w (and v; v may be None when momentum == 0).
 
@@ -295,6 +302,7 @@ def sgd_update(w, g, v, lr, momentum=0.0, nesterov=False, prev=None):
     else:
         v *= momentum
         v += g
+        _flush_subnormal(v)
         step = lr * (g + momentum * v) if nesterov else lr * v
     return _commit(w, step, prev)
 
@@ -312,6 +320,8 @@ def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight
     m += (1 - beta1) * g
     v *= beta2
     v += (1 - beta2) * (g * g)
+    _flush_subnormal(m)
+    _flush_subnormal(v)
     denom = np.sqrt(v / (1 - beta2**t))
     denom += eps
     decay = w.dtype.type(1 - lr * weight_decay) if weight_decay != 0 else None
@@ -441,6 +451,7 @@ def rmsprop_update(w, g, v, lr, rho=0.9, eps=1e-7, prev=None):
     """
     v *= rho
     v += (1 - rho) * g * g  # ((1 - rho) g) g, as the kernel rounds (and overflows) it
+    _flush_subnormal(v)
     denom = np.sqrt(v)
     denom += eps
     return _commit(w, lr * g / denom, prev)
@@ -453,6 +464,7 @@ def adagrad_update(w, g, v, lr, eps=1e-10, prev=None):
     Returns and keeps prev as sgd_update does.
     """
     v += g * g
+    _flush_subnormal(v)
     denom = np.sqrt(v)
     denom += eps
     return _commit(w, lr * g / denom, prev)
