@@ -270,7 +270,8 @@ static void FN(pack_b_panel)(size_t nr_eff, int nr, size_t kc, const real *B,
 
 
 /* Write the mr_eff x nr_eff corner of tile ab (row stride nr) to C: edge
- * tiles and strided C, which the micro-kernel's fused store does not take. */
+ * tiles and strided C, which the micro-kernel's fused store does not take.
+ * Contiguous rows of C are finished in place; strided ones in a row buffer. */
 static void FN(store_tile)(size_t mr_eff, size_t nr_eff, int nr, const real *ab,
                            real *C, ptrdiff_t rs_c, ptrdiff_t cs_c,
                            const real *bias, const FN(store_params) *sp)
@@ -278,30 +279,27 @@ static void FN(store_tile)(size_t mr_eff, size_t nr_eff, int nr, const real *ab,
     real row[GEMM_MAX_NR];
     for (size_t i = 0; i < mr_eff; i++) {
         real *c = C + (ptrdiff_t)i * rs_c;
+        real *dst = cs_c == 1 ? c : row; /* contiguous, so these loops vectorise */
         const real *t = ab + i * (size_t)nr;
-        /* the row in contiguous memory first, so these loops vectorise */
         if (sp->beta == 0) { /* beta = 0 never reads C, which may hold NaN */
             for (size_t j = 0; j < nr_eff; j++)
-                row[j] = sp->alpha * t[j];
+                dst[j] = sp->alpha * t[j];
         } else if (cs_c == 1) {
             for (size_t j = 0; j < nr_eff; j++)
-                row[j] = sp->alpha * t[j] + sp->beta * c[j];
+                dst[j] = sp->alpha * t[j] + sp->beta * c[j];
         } else {
             for (size_t j = 0; j < nr_eff; j++)
-                row[j] = sp->alpha * t[j] + sp->beta * c[(ptrdiff_t)j * cs_c];
+                dst[j] = sp->alpha * t[j] + sp->beta * c[(ptrdiff_t)j * cs_c];
         }
         if (sp->last) {
             if (bias)
                 for (size_t j = 0; j < nr_eff; j++)
-                    row[j] += bias[j];
-            FN(activate_row)(sp->act, nr_eff, row, row);
+                    dst[j] += bias[j];
+            FN(activate_row)(sp->act, nr_eff, dst, dst);
         }
-        if (cs_c == 1) {
-            memcpy(c, row, nr_eff * sizeof(real));
-        } else {
+        if (dst == row)
             for (size_t j = 0; j < nr_eff; j++)
                 c[(ptrdiff_t)j * cs_c] = row[j];
-        }
     }
 }
 
