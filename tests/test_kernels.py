@@ -287,6 +287,23 @@ def test_matmul_bitwise_independent_of_threads(shape, dtype, trans_a):
     assert_close(results[0], (a.T if trans_a else a) @ b, dtype, k=shape[2])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a", [False, True], ids=["N", "T"])
+def test_matmul_bits_do_not_depend_on_the_register_tile(dtype, trans_a):
+    """GEMM picks its register tile by shape (AVX-512: a 6x64 tile for large calls, 8x32
+    below the one-thread threshold of 128 * 128 * 64 multiply-adds, 8x16 for narrow C).
+    Every tile sums each element over k in the same order, so rows of a large product
+    equal, bit for bit, the product of those rows alone (a small call, another tile)."""
+    rng = np.random.default_rng(5)
+    a, b = matmul_operands(rng, 200, 100, 300, dtype, trans_a, False)  # 6M multiply-adds
+    full = ops.matmul(a, b, trans_a=trans_a)
+    for rows in (slice(0, 8), slice(37, 40), slice(190, 200)):
+        part = ops.matmul(a[:, rows] if trans_a else a[rows], b, trans_a=trans_a)
+        assert np.array_equal(part, full[rows]), f"rows {rows} differ"
+    narrow = ops.matmul(a, b[:, :10], trans_a=trans_a)
+    assert np.array_equal(narrow, full[:, :10])
+
+
 def _cpu_isas():
     """GEMM ISA levels this CPU supports, as fusenn names them."""
     isas = ["generic"]
@@ -307,7 +324,8 @@ def _cpu_isas():
 
 # Runs in a fresh interpreter with FUSENN_ISA set (read once per process). It
 # imports this file for its helpers and checks matmul around the tile edges of
-# every kernel (MR/NR up to 8/32), across the KC boundary, and the fused
+# every kernel (MR/NR up to 8/64: the small shapes reach the small-call tiles,
+# the k = 300 ones the large-call tiles), across the KC boundary, and the fused
 # bias + activation store of dense_forward.
 _ISA_CHILD = textwrap.dedent("""
     import sys
@@ -324,6 +342,7 @@ _ISA_CHILD = textwrap.dedent("""
               for i, m in enumerate(edge) for j, n in enumerate(edge)]
     shapes += [(m, n, k) for m in (1, 8, 33) for n in (7, 32, 65) for k in (255, 256, 257)]
     shapes += [(300, 40, 20), (9, 2100, 20)]  # several MC / NC blocks
+    shapes += [(m, n, 300) for m in (61, 66, 67) for n in (63, 129, 191)]  # large-call tiles
     for dtype in (np.float32, np.float64):
         for idx, (m, n, k) in enumerate(shapes):
             ta, tb = idx % 2 == 1, idx % 4 >= 2
