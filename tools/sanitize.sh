@@ -43,7 +43,7 @@ san_flags="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-fram
 section "sanitize: build with $san_flags and run the tests"
 rc=0
 venv_install_test \
-  --pre "scikit-build-core cython cython-cmake cmake ninja" \
+  --pre "scikit-build-core cython cython-cmake cmake ninja numpy" \
   --openmp yes \
   --env "LD_PRELOAD=$preload" \
   --env "ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:log_path=$logs/asan" \
