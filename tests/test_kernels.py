@@ -337,7 +337,7 @@ _ISA_CHILD = textwrap.dedent("""
 
     assert fusenn.gemm_isa() == sys.argv[1], (fusenn.gemm_isa(), sys.argv[1])
     rng = np.random.default_rng(4)
-    edge = list(range(1, 18)) + [31, 32, 33, 63, 65]
+    edge = list(range(1, 26)) + [31, 32, 33, 63, 65, 97]  # 1 .. 3 MR + 1 of the 8-row tiles
     shapes = [(m, n, edge[(i * 3 + j) % len(edge)])
               for i, m in enumerate(edge) for j, n in enumerate(edge)]
     shapes += [(m, n, k) for m in (1, 8, 33) for n in (7, 32, 65) for k in (255, 256, 257)]
