@@ -575,7 +575,14 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         .direct_a = n <= GEMM_DIRECT_A_MAX_PANELS * nr || (nt == 1 && cs_a == 1),
     };
     const size_t b_len = kc_max * ((FUSENN_MIN(cfg->nc, n) + nr - 1) / nr * nr);
-    real *buf = FN(pack_buffer)(b_len + g.a_len * (size_t)(g.split_columns ? 1 : nt));
+    /* Threads that split C's columns while reading A in place need not share
+     * anything: each takes a slab of whole panels and runs the serial loops on
+     * it with its own buffers, with no barrier per k block (they cost ~10% of a
+     * two-thread 128x784x256). Same tiles, same sums: the same bits. */
+    const int slabs = nt > 1 && g.split_columns && g.direct_a;
+    const size_t per_thread = b_len + g.a_len;
+    real *buf = FN(pack_buffer)(slabs ? per_thread * (size_t)nt
+                                      : b_len + g.a_len * (size_t)(g.split_columns ? 1 : nt));
     if (buf == NULL)
         return FUSENN_ENOMEM;
     g.Bp = buf;
@@ -583,6 +590,26 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
 
     if (nt == 1) {
         FN(gemm_blocked)(&g, 0, 1); /* no parallel region: small calls pay nothing for it */
+        return FUSENN_OK;
+    }
+    if (slabs) {
+        const size_t n_panels = (n + nr - 1) / nr;
+#pragma omp parallel for num_threads(nt) schedule(static)
+        for (int t = 0; t < nt; t++) {
+            const size_t j0 = fusenn_chunk_start((size_t)t, (size_t)nt, n_panels) * nr;
+            const size_t j1 = FUSENN_MIN(fusenn_chunk_start((size_t)t + 1, (size_t)nt, n_panels) * nr, n);
+            if (j0 >= j1)
+                continue;
+            FN(gemm_call) slab = g;
+            slab.n = j1 - j0;
+            slab.B = g.B + (ptrdiff_t)j0 * g.cs_b;
+            slab.C = g.C + (ptrdiff_t)j0 * g.cs_c;
+            slab.bias = g.bias ? g.bias + j0 : NULL;
+            slab.Bp = buf + (size_t)t * per_thread;
+            slab.Ap = slab.Bp + b_len;
+            slab.split_columns = 0;
+            FN(gemm_blocked)(&slab, 0, 1);
+        }
         return FUSENN_OK;
     }
 #pragma omp parallel num_threads(nt)

@@ -270,12 +270,14 @@ def test_matmul_zero_sized(shape, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(256, 300, 200), (48, 600, 300), (130, 257, 90),
-                                   (130, 129, 90)], ids=_mnk_id)
+                                   (130, 129, 90), (784, 256, 128)], ids=_mnk_id)
 @pytest.mark.parametrize("trans_a", [False, True], ids=["N", "T"])
 def test_matmul_bitwise_independent_of_threads(shape, dtype, trans_a):
     """(48, ...) has fewer row blocks than threads: the column-split path. One
     thread reads row-major A in place where more threads pack it, and n = 257 /
-    129 straddle the narrow-C threshold of that path (4 tiles of 64 / 32)."""
+    129 straddle the narrow-C threshold of that path (4 tiles of 64 / 32). With A
+    read in place, split columns are independent slabs (130 x 129; 784 x 256 on 2
+    threads, whose 3 row blocks 3 threads split instead)."""
     rng = np.random.default_rng(3)
     a, b = matmul_operands(rng, *shape, dtype, trans_a, False)
     results = []
