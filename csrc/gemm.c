@@ -580,7 +580,7 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
      * it with its own buffers, with no barrier per k block (they cost ~10% of a
      * two-thread 128x784x256). Same tiles, same sums: the same bits. */
     const int slabs = nt > 1 && g.split_columns && g.direct_a;
-    const size_t per_thread = b_len + g.a_len;
+    const size_t per_thread = (b_len + g.a_len + 15) / 16 * 16; /* slabs start 64-byte aligned */
     real *buf = FN(pack_buffer)(slabs ? per_thread * (size_t)nt
                                       : b_len + g.a_len * (size_t)(g.split_columns ? 1 : nt));
     if (buf == NULL)
