@@ -7,6 +7,11 @@ callers in fusenn.ops, and every C call runs without the GIL. `real` is fused
 over float and double, so each function binds both the _f32 and _f64 kernel.
 Matrices other than GEMM's operands must have contiguous rows (unit column
 stride); their row stride is passed as the leading dimension.
+
+Two calls are too short for a memoryview's ~0.3 us per argument, and read
+ndarrays through NumPy's C API instead: matmul (a 32^3 product takes about a
+microsecond) and the training engine's Plan (_plan.pxi; a small net's step
+takes ~8 us).
 """
 from libc.stdint cimport int64_t, uint64_t
 cimport numpy as cnp
