@@ -368,6 +368,9 @@ size_t fusenn_allocation_count(void);
  * the batch order of one epoch of fit(). */
 void fusenn_shuffle(uint64_t seed, size_t n, int64_t *order);
 
+/* Index of the first of n labels outside [0, k), or n if all lie inside. */
+size_t fusenn_first_label_out_of_range(size_t n, const int64_t *labels, int64_t k);
+
 /* Number of NaN and infinite values in the n x d matrix X. */
 size_t fusenn_count_nonfinite_f32(size_t n, size_t d, const float *X, ptrdiff_t ldx, int nthreads);
 size_t fusenn_count_nonfinite_f64(size_t n, size_t d, const double *X, ptrdiff_t ldx, int nthreads);

@@ -37,15 +37,6 @@ static inline real row_grad_scale(const real *sw, size_t i, double base)
     return (real)(sw ? (double)sw[i] * base : base);
 }
 
-/* Sum of partial[0..nchunks) in chunk order. */
-static inline double sum_partials(const double *partial, size_t nchunks)
-{
-    double total = 0;
-    for (size_t c = 0; c < nchunks; c++)
-        total += partial[c];
-    return total;
-}
-
 /* One loss call's arguments. Z holds the logits (the predictions A of the
  * regression losses), dZ the gradient; grad_base is the gradient's factor
  * before the row weight (1/n, 1/(n k), ...). Chunk c's loss sum goes to
@@ -59,6 +50,23 @@ typedef struct {
     double grad_base, delta;
     double *partial;
 } FN(loss_args);
+
+/* Runs a loss's chunk function over the fixed row chunks of args (n, k and the
+ * operands set) and returns the chunks' loss sums, added in chunk order, over
+ * `count`: the same bits for any thread count. */
+static double FN(chunked_loss)(FN(loss_args) *args, fusenn_range_fn chunks, double count,
+                               int nthreads)
+{
+    double partial[FUSENN_SUM_CHUNKS];
+    args->nchunks = fusenn_num_chunks(args->n);
+    args->partial = partial;
+    fusenn_parallel_ranges(fusenn_threads_for(args->n * args->k, nthreads), args->nchunks,
+                           chunks, args);
+    double total = 0;
+    for (size_t c = 0; c < args->nchunks; c++)
+        total += partial[c];
+    return total / count;
+}
 
 /* ---- softmax + cross-entropy ---------------------------------------------
  * Per row, with mx = max_j z_j (so no exp overflows):
@@ -139,14 +147,10 @@ double FN(fusenn_softmax_cross_entropy)(size_t n, size_t k, const real *Z, ptrdi
 {
     if (n == 0 || k == 0)
         return 0.0;
-    const size_t nchunks = fusenn_num_chunks(n);
-    double partial[FUSENN_SUM_CHUNKS];
-    const FN(loss_args) args = {.n = n, .k = k, .nchunks = nchunks, .Z = Z, .ldz = ldz,
-                                .labels = labels, .sw = sw, .P = P, .ldp = ldp, .dZ = dZ,
-                                .lddz = lddz, .grad_base = 1.0 / (double)n, .partial = partial};
-    fusenn_parallel_ranges(fusenn_threads_for(n * k, nthreads), nchunks,
-                           FN(softmax_ce_chunks), &args);
-    return sum_partials(partial, nchunks) / (double)n;
+    FN(loss_args) args = {.n = n, .k = k, .Z = Z, .ldz = ldz, .labels = labels, .sw = sw,
+                          .P = P, .ldp = ldp, .dZ = dZ, .lddz = lddz,
+                          .grad_base = 1.0 / (double)n};
+    return FN(chunked_loss)(&args, FN(softmax_ce_chunks), (double)n, nthreads);
 }
 
 /* ---- sigmoid + binary cross-entropy ----------------------------------------
@@ -202,15 +206,10 @@ double FN(fusenn_sigmoid_binary_cross_entropy)(size_t n, size_t k, const real *Z
 {
     if (n == 0 || k == 0)
         return 0.0;
-    const size_t nchunks = fusenn_num_chunks(n);
-    double partial[FUSENN_SUM_CHUNKS];
-    const FN(loss_args) args = {.n = n, .k = k, .nchunks = nchunks, .Z = Z, .ldz = ldz,
-                                .T = T, .ldt = ldt, .sw = sw, .P = P, .ldp = ldp, .dZ = dZ,
-                                .lddz = lddz, .grad_base = 1.0 / ((double)n * (double)k),
-                                .partial = partial};
-    fusenn_parallel_ranges(fusenn_threads_for(n * k, nthreads), nchunks,
-                           FN(sigmoid_bce_chunks), &args);
-    return sum_partials(partial, nchunks) / ((double)n * (double)k);
+    FN(loss_args) args = {.n = n, .k = k, .Z = Z, .ldz = ldz, .T = T, .ldt = ldt, .sw = sw,
+                          .P = P, .ldp = ldp, .dZ = dZ, .lddz = lddz,
+                          .grad_base = 1.0 / ((double)n * (double)k)};
+    return FN(chunked_loss)(&args, FN(sigmoid_bce_chunks), (double)n * (double)k, nthreads);
 }
 
 /* ---- elementwise regression losses: mse, mae, huber ---------------------------
@@ -300,19 +299,15 @@ static inline __attribute__((always_inline)) double FN(regression_loss)(
 {
     if (n == 0 || k == 0)
         return 0.0;
-    const size_t nchunks = fusenn_num_chunks(n);
-    double partial[FUSENN_SUM_CHUNKS];
     /* the factor of dl/da in the gradient of the mean: 2 for mse's d^2 */
     const double base = (kind == REG_MSE ? 2.0 : 1.0) / ((double)n * (double)k);
-    const FN(loss_args) args = {.n = n, .k = k, .nchunks = nchunks, .Z = A, .ldz = lda,
-                                .T = T, .ldt = ldt, .sw = sw, .dZ = dA, .lddz = ldda,
-                                .grad_base = base, .delta = delta, .partial = partial};
-    fusenn_parallel_ranges(fusenn_threads_for(n * k, nthreads), nchunks,
-                           kind == REG_MSE   ? FN(mse_chunks)
-                           : kind == REG_MAE ? FN(mae_chunks)
-                                             : FN(huber_chunks),
-                           &args);
-    return sum_partials(partial, nchunks) / ((double)n * (double)k);
+    FN(loss_args) args = {.n = n, .k = k, .Z = A, .ldz = lda, .T = T, .ldt = ldt, .sw = sw,
+                          .dZ = dA, .lddz = ldda, .grad_base = base, .delta = delta};
+    return FN(chunked_loss)(&args,
+                            kind == REG_MSE   ? FN(mse_chunks)
+                            : kind == REG_MAE ? FN(mae_chunks)
+                                              : FN(huber_chunks),
+                            (double)n * (double)k, nthreads);
 }
 
 double FN(fusenn_mse)(size_t n, size_t k, const real *A, ptrdiff_t lda,

@@ -520,9 +520,8 @@ static int FN(check_batch)(const plan_t *plan, size_t n, const real *X, ptrdiff_
     if (FN(fusenn_count_nonfinite)(n, plan->layers[0].d_in, X, ldx, nthreads))
         return FUSENN_EBADINPUT;
     if (plan->loss == FUSENN_LOSS_CROSS_ENTROPY) {
-        for (size_t i = 0; i < n; i++)
-            if (labels[i] < 0 || (uint64_t)labels[i] >= k)
-                return FUSENN_EBADINPUT;
+        if (fusenn_first_label_out_of_range(n, labels, (int64_t)k) < n)
+            return FUSENN_EBADINPUT;
     } else if (FN(fusenn_count_nonfinite)(n, k, T, ldt, nthreads)) {
         return FUSENN_EBADINPUT;
     } else if (plan->loss == FUSENN_LOSS_BINARY_CROSS_ENTROPY) {

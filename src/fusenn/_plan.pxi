@@ -10,6 +10,7 @@ cdef extern from "fusenn.h" nogil:
     int FUSENN_EDIVERGED
     int FUSENN_EBADINPUT
     size_t fusenn_allocation_count()
+    size_t fusenn_first_label_out_of_range(size_t n, const int64_t *labels, int64_t k)
     void fusenn_shuffle(uint64_t seed, size_t n, int64_t *order)
     size_t fusenn_count_nonfinite_f32(size_t n, size_t d, const float *X, Py_ssize_t ldx, int nthreads)
     size_t fusenn_count_nonfinite_f64(size_t n, size_t d, const double *X, Py_ssize_t ldx, int nthreads)
@@ -103,11 +104,12 @@ def shuffle(int64_t[::1] order, uint64_t seed):
 
 def first_label_out_of_range(const int64_t[::1] labels, int64_t k):
     """Index of the first label outside [0, k), or -1 (one pass, no temporaries)."""
-    cdef Py_ssize_t i
-    for i in range(labels.shape[0]):
-        if labels[i] < 0 or labels[i] >= k:
-            return i
-    return -1
+    cdef size_t n = labels.shape[0], i
+    if n == 0:
+        return -1
+    with nogil:
+        i = fusenn_first_label_out_of_range(n, &labels[0], k)
+    return -1 if i == n else <Py_ssize_t>i
 
 
 def count_nonfinite(const real[:, :] X, int nthreads):
