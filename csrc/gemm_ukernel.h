@@ -90,11 +90,14 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
             }
             memcpy(crow + v * LANES, &r, sizeof(vec));
         }
-        /* every other elementwise activation calls libm (the row is in L1),
-         * compiled without this kernel's FMA target: see activate_row_baseline */
-        if (act != FUSENN_ACT_IDENTITY && act != FUSENN_ACT_RELU && act != FUSENN_ACT_LEAKY_RELU)
-            FN(activate_row_baseline)(act, UK_NR, crow, crow);
     }
+    /* Every other elementwise activation calls libm on the stored rows (still
+     * in L1), compiled without this kernel's FMA target: see
+     * activate_row_baseline. A separate loop, so that no call sits in the
+     * store loop and the accumulators stay in registers through it. */
+    if (act != FUSENN_ACT_IDENTITY && act != FUSENN_ACT_RELU && act != FUSENN_ACT_LEAKY_RELU)
+        for (int i = 0; i < UK_MR; i++)
+            FN(activate_row_baseline)(act, UK_NR, c + (ptrdiff_t)i * rs_c, c + (ptrdiff_t)i * rs_c);
 }
 
 #undef UK_A
