@@ -153,7 +153,10 @@ typedef int64_t int_same_size_real;
 
 #define UK_NAME FN(ukernel_avx512_narrow)
 #define UK_NAME_DIRECT FN(ukernel_avx512_narrow_direct)
-#define UK_MR 8
+#ifndef AVX512_NARROW_MR
+#define AVX512_NARROW_MR 8
+#endif
+#define UK_MR AVX512_NARROW_MR
 #define UK_NR (4 * LANES_PER_16B)
 #define UK_VBYTES 64
 #define UK_ATTR __attribute__((target("avx512f,avx2,fma")))
@@ -185,8 +188,8 @@ static const FN(gemm_config) FN(gemm_configs)[][3] = {
       AVX512_MC, AVX512_NC},
      {FN(ukernel_avx512_mid), FN(ukernel_avx512_mid_direct), 8, 8 * LANES_PER_16B, AVX512_KC,
       8 * 48, 8 * LANES_PER_16B * 128},
-     {FN(ukernel_avx512_narrow), FN(ukernel_avx512_narrow_direct), 8, 4 * LANES_PER_16B, 256,
-      8 * 24, 4 * LANES_PER_16B * 256}},
+     {FN(ukernel_avx512_narrow), FN(ukernel_avx512_narrow_direct), AVX512_NARROW_MR,
+      4 * LANES_PER_16B, 256, AVX512_NARROW_MR * 24, 4 * LANES_PER_16B * 256}},
 #endif
 };
 

@@ -42,6 +42,10 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
     for (int i = 0; i < UK_MR; i++)
         for (int v = 0; v < NV; v++)
             acc[i][v] = (vec){0};
+    /* Four steps per iteration: the loop's counter and pointer updates no
+     * longer take FMA ports' issue slots every step. +5-11% from 128x256x128
+     * to 2048^3 on AVX-512 (1 and 2 threads); 8 steps was slower again. */
+#pragma GCC unroll 4
     for (size_t p = 0; p < kc; p++) {
         vec bv[NV];
         for (int v = 0; v < NV; v++)
