@@ -30,13 +30,14 @@ typedef struct {
 } FN(store_params);
 
 typedef void (*FN(ukernel_fn))(size_t kc, const real *a, ptrdiff_t rs_a, ptrdiff_t cs_a,
-                               const real *b, real *c, ptrdiff_t rs_c,
+                               const real *b, ptrdiff_t rs_b, real *c, ptrdiff_t rs_c,
                                const FN(store_params) *sp, const real *bias);
 
 /* A micro-kernel and the block sizes that suit it. */
 typedef struct {
     FN(ukernel_fn) kernel;        /* A from packed panels */
     FN(ukernel_fn) kernel_direct; /* the same, reading A in place (small shapes) */
+    FN(ukernel_fn) kernel_direct_ab; /* reading A and B in place (small calls) */
     int mr, nr;     /* register tile */
     size_t kc;      /* depth of packed panels: an MR x KC panel of A stays in L1 */
     size_t mc;      /* MC x KC block of A fits in L2 (multiple of mr) */
@@ -106,6 +107,7 @@ typedef int64_t int_same_size_real;
 
 #define UK_NAME FN(ukernel_generic)
 #define UK_NAME_DIRECT FN(ukernel_generic_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_generic_direct_ab)
 #define UK_MR GENERIC_MR
 #define UK_NR GENERIC_NR
 #define UK_VBYTES 16
@@ -116,6 +118,7 @@ typedef int64_t int_same_size_real;
 #define FUSENN_HAVE_X86_KERNELS 1
 #define UK_NAME FN(ukernel_avx2)
 #define UK_NAME_DIRECT FN(ukernel_avx2_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx2_direct_ab)
 #define UK_MR AVX2_MR
 #define UK_NR AVX2_NR
 #define UK_VBYTES 32
@@ -124,6 +127,7 @@ typedef int64_t int_same_size_real;
 
 #define UK_NAME FN(ukernel_avx512)
 #define UK_NAME_DIRECT FN(ukernel_avx512_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx512_direct_ab)
 #define UK_MR AVX512_MR
 #define UK_NR AVX512_NR
 #define UK_VBYTES 64
@@ -135,6 +139,7 @@ typedef int64_t int_same_size_real;
  * latency. (AVX2's and the portable wide tiles serve both roles.) */
 #define UK_NAME FN(ukernel_avx512_mid)
 #define UK_NAME_DIRECT FN(ukernel_avx512_mid_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx512_mid_direct_ab)
 #define UK_MR 8
 #define UK_NR (8 * LANES_PER_16B)
 #define UK_VBYTES 64
@@ -145,6 +150,7 @@ typedef int64_t int_same_size_real;
  * output layer would waste most of a 64-wide tile). */
 #define UK_NAME FN(ukernel_avx2_narrow)
 #define UK_NAME_DIRECT FN(ukernel_avx2_narrow_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx2_narrow_direct_ab)
 #define UK_MR 8
 #define UK_NR (2 * LANES_PER_16B)
 #define UK_VBYTES 32
@@ -153,6 +159,7 @@ typedef int64_t int_same_size_real;
 
 #define UK_NAME FN(ukernel_avx512_narrow)
 #define UK_NAME_DIRECT FN(ukernel_avx512_narrow_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx512_narrow_direct_ab)
 #ifndef AVX512_NARROW_MR
 #define AVX512_NARROW_MR 8
 #endif
@@ -165,33 +172,31 @@ typedef int64_t int_same_size_real;
 
 #define UK_NAME FN(ukernel_generic_narrow)
 #define UK_NAME_DIRECT FN(ukernel_generic_narrow_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_generic_narrow_direct_ab)
 #define UK_MR 4
 #define UK_NR LANES_PER_16B
 #define UK_VBYTES 16
 #define UK_ATTR
 #include "gemm_ukernel.h"
 
-/* One table entry per ISA level: the wide, mid and narrow configurations. */
+/* One table entry per ISA level: the wide, mid and narrow configurations.
+ * K(x) names a kernel's three variants: packed, A in place, A and B in place. */
+#define K(x) FN(x), FN(x##_direct), FN(x##_direct_ab)
 static const FN(gemm_config) FN(gemm_configs)[][3] = {
-    {{FN(ukernel_generic), FN(ukernel_generic_direct), GENERIC_MR, GENERIC_NR, GENERIC_KC,
-      GENERIC_MC, GENERIC_NC},
-     {FN(ukernel_generic), FN(ukernel_generic_direct), GENERIC_MR, GENERIC_NR, GENERIC_KC,
-      GENERIC_MC, GENERIC_NC},
-     {FN(ukernel_generic_narrow), FN(ukernel_generic_narrow_direct), 4, LANES_PER_16B, 256,
-      4 * 32, LANES_PER_16B * 512}},
+    {{K(ukernel_generic), GENERIC_MR, GENERIC_NR, GENERIC_KC, GENERIC_MC, GENERIC_NC},
+     {K(ukernel_generic), GENERIC_MR, GENERIC_NR, GENERIC_KC, GENERIC_MC, GENERIC_NC},
+     {K(ukernel_generic_narrow), 4, LANES_PER_16B, 256, 4 * 32, LANES_PER_16B * 512}},
 #ifdef FUSENN_HAVE_X86_KERNELS
-    {{FN(ukernel_avx2), FN(ukernel_avx2_direct), AVX2_MR, AVX2_NR, AVX2_KC, AVX2_MC, AVX2_NC},
-     {FN(ukernel_avx2), FN(ukernel_avx2_direct), AVX2_MR, AVX2_NR, AVX2_KC, AVX2_MC, AVX2_NC},
-     {FN(ukernel_avx2_narrow), FN(ukernel_avx2_narrow_direct), 8, 2 * LANES_PER_16B, 256,
-      8 * 24, 2 * LANES_PER_16B * 512}},
-    {{FN(ukernel_avx512), FN(ukernel_avx512_direct), AVX512_MR, AVX512_NR, AVX512_KC,
-      AVX512_MC, AVX512_NC},
-     {FN(ukernel_avx512_mid), FN(ukernel_avx512_mid_direct), 8, 8 * LANES_PER_16B, AVX512_KC,
-      8 * 48, 8 * LANES_PER_16B * 128},
-     {FN(ukernel_avx512_narrow), FN(ukernel_avx512_narrow_direct), AVX512_NARROW_MR,
-      4 * LANES_PER_16B, 256, AVX512_NARROW_MR * 24, 4 * LANES_PER_16B * 256}},
+    {{K(ukernel_avx2), AVX2_MR, AVX2_NR, AVX2_KC, AVX2_MC, AVX2_NC},
+     {K(ukernel_avx2), AVX2_MR, AVX2_NR, AVX2_KC, AVX2_MC, AVX2_NC},
+     {K(ukernel_avx2_narrow), 8, 2 * LANES_PER_16B, 256, 8 * 24, 2 * LANES_PER_16B * 512}},
+    {{K(ukernel_avx512), AVX512_MR, AVX512_NR, AVX512_KC, AVX512_MC, AVX512_NC},
+     {K(ukernel_avx512_mid), 8, 8 * LANES_PER_16B, AVX512_KC, 8 * 48, 8 * LANES_PER_16B * 128},
+     {K(ukernel_avx512_narrow), AVX512_NARROW_MR, 4 * LANES_PER_16B, 256, AVX512_NARROW_MR * 24,
+      4 * LANES_PER_16B * 256}},
 #endif
 };
+#undef K
 
 
 /* Below this many multiply-adds GEMM runs on one thread. */
@@ -225,6 +230,10 @@ static const FN(gemm_config) *FN(gemm_select)(size_t m, size_t n, size_t k)
  *    A block), nor for a transposed A (1024^3: 157 -> 126). */
 #ifndef GEMM_DIRECT_A_MAX_PANELS
 #define GEMM_DIRECT_A_MAX_PANELS 4
+#endif
+
+#ifndef GEMM_DIRECT_B
+#define GEMM_DIRECT_B 1
 #endif
 
 /* ---- packing ---------------------------------------------------------- */
@@ -447,10 +456,12 @@ static real *FN(pack_buffer)(size_t len)
  * with jr in [jr0, jr1) panels, and store into C. A is packed (Ap, MR-tall
  * panels) unless A_direct is given: then full MR-row panels are read in place
  * from A_direct (strides rs_a, cs_a) and only the partial last panel is packed,
- * at its place in Ap. */
+ * at its place in Ap. Likewise B: with B_direct (contiguous rows, rs_b apart),
+ * full NR-wide panels are read in place and only the partial one is packed. */
 static void FN(macro_kernel)(const FN(gemm_config) *cfg, size_t mc, size_t nc, size_t kc,
                              const real *Ap, const real *A_direct, ptrdiff_t rs_a,
-                             ptrdiff_t cs_a, const real *Bp, size_t jp0, size_t jp1,
+                             ptrdiff_t cs_a, const real *Bp, const real *B_direct,
+                             ptrdiff_t rs_b, size_t jp0, size_t jp1,
                              real *C, ptrdiff_t rs_c, ptrdiff_t cs_c,
                              const real *bias, const FN(store_params) *sp)
 {
@@ -460,16 +471,23 @@ static void FN(macro_kernel)(const FN(gemm_config) *cfg, size_t mc, size_t nc, s
     for (size_t jp = jp0; jp < jp1; jp++) {
         size_t jr = jp * nr, nr_eff = FUSENN_MIN(nr, nc - jr);
         const real *bias_jr = bias ? bias + jr : NULL;
+        const int direct_b = B_direct != NULL && nr_eff == nr;
+        const real *b = direct_b ? B_direct + jr : Bp + jr * kc;
+        const ptrdiff_t b_step = direct_b ? rs_b : (ptrdiff_t)nr;
         for (size_t ir = 0; ir < mc; ir += mr) {
             size_t mr_eff = FUSENN_MIN(mr, mc - ir);
             real *c = C + (ptrdiff_t)ir * rs_c + (ptrdiff_t)jr * cs_c;
             const int direct = A_direct != NULL && mr_eff == mr;
-            FN(ukernel_fn) kernel = direct ? cfg->kernel_direct : cfg->kernel;
             const real *a = direct ? A_direct + (ptrdiff_t)ir * rs_a : Ap + ir * kc;
+            /* with B read in place, one kernel takes every tile: a packed
+             * panel is A with strides (1, mr), B with step nr */
+            FN(ukernel_fn) kernel = B_direct ? cfg->kernel_direct_ab
+                                  : direct   ? cfg->kernel_direct : cfg->kernel;
+            const ptrdiff_t a_rs = direct ? rs_a : 1, a_cs = direct ? cs_a : (ptrdiff_t)mr;
             if (mr_eff == mr && nr_eff == nr && cs_c == 1) {
-                kernel(kc, a, rs_a, cs_a, Bp + jr * kc, c, rs_c, sp, bias_jr);
+                kernel(kc, a, a_rs, a_cs, b, b_step, c, rs_c, sp, bias_jr);
             } else { /* edge tile or strided C: via a temporary tile */
-                kernel(kc, a, rs_a, cs_a, Bp + jr * kc, ab, (ptrdiff_t)nr, &to_tile, NULL);
+                kernel(kc, a, a_rs, a_cs, b, b_step, ab, (ptrdiff_t)nr, &to_tile, NULL);
                 FN(store_tile)(mr_eff, nr_eff, cfg->nr, ab, c, rs_c, cs_c, bias_jr, sp);
             }
         }
@@ -489,6 +507,7 @@ typedef struct {
     size_t a_len;        /* elements per A block */
     int split_columns;   /* threads share each A block and split its columns */
     int direct_a;        /* read A in place, packing only partial panels (small n) */
+    int direct_b;        /* read B in place, packing only a partial panel (small calls) */
 } FN(gemm_call);
 
 /* Pack the MR-tall panels [ip0, ip1) of the mc x kc block of A at (ic, pc) into
@@ -513,16 +532,26 @@ static void FN(pack_b_block)(const FN(gemm_call) *g, size_t pc, size_t jc, size_
                              size_t nc, size_t jp0, size_t jp1)
 {
     const size_t nr = (size_t)g->cfg->nr;
-    for (size_t jp = jp0; jp < jp1; jp++)
-        FN(pack_b_panel)(FUSENN_MIN(nr, nc - jp * nr), g->cfg->nr, kc,
+    for (size_t jp = jp0; jp < jp1; jp++) {
+        const size_t nr_eff = FUSENN_MIN(nr, nc - jp * nr);
+        if (g->direct_b && nr_eff == nr)
+            continue;
+        FN(pack_b_panel)(nr_eff, g->cfg->nr, kc,
                          g->B + (ptrdiff_t)pc * g->rs_b + (ptrdiff_t)(jc + jp * nr) * g->cs_b,
                          g->rs_b, g->cs_b, g->Bp + jp * nr * kc);
+    }
 }
 
 /* Where the block of A at (ic, pc) lies, when the kernel reads it in place. */
 static const real *FN(direct_a)(const FN(gemm_call) *g, size_t ic, size_t pc)
 {
     return g->direct_a ? g->A + (ptrdiff_t)ic * g->rs_a + (ptrdiff_t)pc * g->cs_a : NULL;
+}
+
+/* Where the block of B at (pc, jc) lies, when the kernel reads it in place. */
+static const real *FN(direct_b)(const FN(gemm_call) *g, size_t pc, size_t jc)
+{
+    return g->direct_b ? g->B + (ptrdiff_t)pc * g->rs_b + (ptrdiff_t)jc : NULL;
 }
 
 /* Row block ib of C's columns [jc, jc + nc) at depth block [pc, pc + kc): pack
@@ -534,7 +563,7 @@ static void FN(gemm_row_block)(const FN(gemm_call) *g, size_t ib, size_t pc, siz
     const size_t ic = ib * MC, mc = FUSENN_MIN(MC, g->m - ic);
     FN(pack_a_block)(g, ic, pc, mc, kc, 0, (mc + mr - 1) / mr, Ap);
     FN(macro_kernel)(g->cfg, mc, nc, kc, Ap, FN(direct_a)(g, ic, pc), g->rs_a, g->cs_a,
-                     g->Bp, 0, (nc + nr - 1) / nr,
+                     g->Bp, FN(direct_b)(g, pc, jc), g->rs_b, 0, (nc + nr - 1) / nr,
                      g->C + (ptrdiff_t)ic * g->rs_c + (ptrdiff_t)jc * g->cs_c,
                      g->rs_c, g->cs_c, g->bias ? g->bias + jc : NULL, sp);
 }
@@ -575,7 +604,8 @@ static void FN(gemm_blocked)(const FN(gemm_call) *g, int tid, int serial)
 #pragma omp for schedule(static)
                     for (size_t jp = 0; jp < n_panels; jp++)
                         FN(macro_kernel)(cfg, mc, nc, kc, Ap, FN(direct_a)(g, ic, pc),
-                                         g->rs_a, g->cs_a, g->Bp, jp, jp + 1,
+                                         g->rs_a, g->cs_a, g->Bp, FN(direct_b)(g, pc, jc),
+                                         g->rs_b, jp, jp + 1,
                                          g->C + (ptrdiff_t)ic * g->rs_c + (ptrdiff_t)jc * g->cs_c,
                                          g->rs_c, g->cs_c, bias_jc, &sp);
                 }
@@ -621,6 +651,8 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
          * thread takes whole row blocks with its own A. */
         .split_columns = m_blocks % (size_t)nt != 0,
         .direct_a = n <= GEMM_DIRECT_A_MAX_PANELS * nr || (nt == 1 && cs_a == 1),
+        .direct_b = GEMM_DIRECT_B && nt == 1 && cs_b == 1 &&
+                    (double)m * (double)n * (double)k < (double)GEMM_PARALLEL_MIN_WORK,
     };
     const size_t b_len = kc_max * ((FUSENN_MIN(cfg->nc, n) + nr - 1) / nr * nr);
     /* Threads that split C's columns while reading A in place need not share

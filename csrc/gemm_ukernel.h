@@ -3,8 +3,9 @@
  * gemm.c once per ISA with these macros set:
  *   UK_NAME    function name           UK_MR, UK_NR  register tile (rows x columns)
  *   UK_VBYTES  vector width in bytes   UK_ATTR       attributes (a target(...) or empty)
- *   UK_NAME_DIRECT  name of the variant that reads A in place (see UK_DIRECT_A)
- * The file includes itself once more to define that second variant.
+ *   UK_NAME_DIRECT     name of the variant that reads A in place (UK_DIRECT_A)
+ *   UK_NAME_DIRECT_AB  name of the variant that reads A and B in place (UK_DIRECT_B)
+ * The file includes itself twice more to define those variants.
  *
  * It accumulates one UK_MR x UK_NR tile AB = sum_p a_p b_p^T from packed
  * panels (a: kc steps of UK_MR values, b: kc steps of UK_NR values) in vector
@@ -16,7 +17,10 @@
  * With UK_DIRECT_A defined, A is read where it lies instead of from a packed
  * panel: element (i, p) of the MR x kc panel at a[i * rs_a + p * cs_a]. The
  * small-shape path uses it when packing A would cost more than it saves; the
- * arithmetic, and so every result bit, is the same.
+ * arithmetic, and so every result bit, is the same. A packed panel is the
+ * case rs_a = 1, cs_a = UK_MR. With UK_DIRECT_B defined too, B's steps are
+ * rs_b apart instead of UK_NR (B read in place; a packed panel passes UK_NR):
+ * small calls use it for every tile, so they pack neither operand.
  *
  * Written with GCC/Clang vector extensions, which lower to SSE, AVX, AVX-512
  * or NEON as the target allows. An ISA-specific kernel with intrinsics can
@@ -29,12 +33,19 @@
 #define UK_A(i) a[i]
 #define UK_A_STEP UK_MR
 #endif
+#ifdef UK_DIRECT_B
+#define UK_B_STEP rs_b
+#else
+#define UK_B_STEP UK_NR
+#endif
 static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, ptrdiff_t cs_a,
-                            const real *restrict b, real *restrict c, ptrdiff_t rs_c,
-                            const FN(store_params) *sp, const real *restrict bias)
+                            const real *restrict b, ptrdiff_t rs_b, real *restrict c,
+                            ptrdiff_t rs_c, const FN(store_params) *sp,
+                            const real *restrict bias)
 {
-    (void)rs_a; /* only the direct variant reads the strides */
+    (void)rs_a; /* only the direct variants read the strides */
     (void)cs_a;
+    (void)rs_b;
     typedef real vec __attribute__((vector_size(UK_VBYTES)));
     typedef int_same_size_real ivec __attribute__((vector_size(UK_VBYTES)));
     enum { LANES = UK_VBYTES / sizeof(real), NV = UK_NR / LANES };
@@ -56,7 +67,7 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
                 acc[i][v] += ai * bv[v]; /* contracted to FMA where available */
         }
         a += UK_A_STEP;
-        b += UK_NR;
+        b += UK_B_STEP;
     }
 
     /* The store, with the epilogue in registers. */
@@ -106,13 +117,19 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
 
 #undef UK_A
 #undef UK_A_STEP
+#undef UK_B_STEP
 #undef UK_NAME
-#ifndef UK_DIRECT_A /* second pass: the same kernel reading A in place */
-#define UK_DIRECT_A
+#ifndef UK_DIRECT_A
+#define UK_DIRECT_A /* second pass: the same kernel reading A in place */
 #define UK_NAME UK_NAME_DIRECT
 #include "gemm_ukernel.h"
+#define UK_DIRECT_B /* third pass: reading A and B in place */
+#define UK_NAME UK_NAME_DIRECT_AB
+#include "gemm_ukernel.h"
+#undef UK_DIRECT_B
 #undef UK_DIRECT_A
 #undef UK_NAME_DIRECT
+#undef UK_NAME_DIRECT_AB
 #undef UK_MR
 #undef UK_NR
 #undef UK_VBYTES
