@@ -74,6 +74,44 @@ static void FN(dz_and_bias_grad)(size_t n, size_t d_out, const real *Y, ptrdiff_
                            n_blocks, FN(dz_db_blocks), &args);
 }
 
+/* The backward pass's two products, dW = X^T dZ and dX = dZ W^T: independent,
+ * and of the same size (n d_in d_out multiply-adds each). */
+typedef struct {
+    size_t n, d_in, d_out;
+    const real *X, *W, *dZ;
+    ptrdiff_t rs_x, cs_x, rs_w, cs_w;
+    real *dW, *dX;
+    int nthreads; /* threads for each product */
+} FN(backward_products);
+
+static int FN(weight_grad)(const FN(backward_products) *p)
+{
+    /* dW = X^T dZ: X^T is X with its strides swapped. */
+    return FN(fusenn_gemm)(p->d_in, p->d_out, p->n, 1, p->X, p->cs_x, p->rs_x, p->dZ,
+                           (ptrdiff_t)p->d_out, 1, 0, p->dW, (ptrdiff_t)p->d_out, 1, p->nthreads);
+}
+
+static int FN(input_grad)(const FN(backward_products) *p)
+{
+    /* dX = dZ W^T */
+    return FN(fusenn_gemm)(p->n, p->d_in, p->d_out, 1, p->dZ, (ptrdiff_t)p->d_out, 1, p->W,
+                           p->cs_w, p->rs_w, 0, p->dX, (ptrdiff_t)p->d_in, 1, p->nthreads);
+}
+
+/* Product 0 is dW, product 1 is dX; returns how many failed. */
+static size_t FN(backward_products_range)(const void *ctx, size_t begin, size_t end)
+{
+    const FN(backward_products) *p = ctx;
+    size_t failed = 0;
+    for (size_t i = begin; i < end; i++)
+        failed += (i == 0 ? FN(weight_grad)(p) : FN(input_grad)(p)) != FUSENN_OK;
+    return failed;
+}
+
+/* From this many multiply-adds per product, two threads run the two products
+ * side by side instead of one after the other (GEMM's own threshold). */
+#define BACKWARD_SIDE_BY_SIDE_MIN_WORK (128 * 128 * 64)
+
 int FN(fusenn_dense_backward)(size_t n, size_t d_in, size_t d_out,
                               const real *X, ptrdiff_t rs_x, ptrdiff_t cs_x,
                               const real *W, ptrdiff_t rs_w, ptrdiff_t cs_w,
@@ -84,12 +122,21 @@ int FN(fusenn_dense_backward)(size_t n, size_t d_in, size_t d_out,
     if (fusenn_act_needs_z(act)) /* act'(Z) is not a function of Y alone */
         return FUSENN_EINVAL;
     FN(dz_and_bias_grad)(n, d_out, Y, ldy, dY, lddy, act, dZ, db, nthreads);
-    /* dW = X^T dZ: X^T is X with its strides swapped. */
-    int rc = FN(fusenn_gemm)(d_in, d_out, n, 1, X, cs_x, rs_x, dZ, (ptrdiff_t)d_out, 1, 0,
-                             dW, (ptrdiff_t)d_out, 1, nthreads);
-    /* dX = dZ W^T, skipped for the first layer. */
-    if (rc == FUSENN_OK && dX != NULL)
-        rc = FN(fusenn_gemm)(n, d_in, d_out, 1, dZ, (ptrdiff_t)d_out, 1, W, cs_w, rs_w, 0,
-                             dX, (ptrdiff_t)d_in, 1, nthreads);
-    return rc;
+    FN(backward_products) p = {n, d_in, d_out, X, W, dZ, rs_x, cs_x, rs_w, cs_w, dW, dX,
+                               nthreads};
+    if (dX == NULL) /* the first layer needs no input gradient */
+        return FN(weight_grad)(&p);
+    /* On two threads, each computes one whole product on its own: the products
+     * are the same size, and a one-thread GEMM neither splits panels nor waits
+     * for the other thread. Every product's bits are the same on any number of
+     * threads, so this changes none. (More threads would need nested parallel
+     * regions; they take the products one after the other.) */
+    if (nthreads == 2 &&
+        (double)n * (double)d_in * (double)d_out >= (double)BACKWARD_SIDE_BY_SIDE_MIN_WORK) {
+        p.nthreads = 1;
+        return fusenn_parallel_ranges(2, 2, FN(backward_products_range), &p) ? FUSENN_ENOMEM
+                                                                              : FUSENN_OK;
+    }
+    int rc = FN(weight_grad)(&p);
+    return rc == FUSENN_OK ? FN(input_grad)(&p) : rc;
 }
