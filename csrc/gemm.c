@@ -359,6 +359,13 @@ static void FN(store_tile)(size_t mr_eff, size_t nr_eff, int nr, const real *ab,
                            const real *bias, const FN(store_params) *sp)
 {
     real row[GEMM_MAX_NR];
+    const int epilogue = sp->last && (bias || sp->act != FUSENN_ACT_IDENTITY);
+    if (sp->alpha == 1 && sp->beta == 0 && !epilogue && cs_c == 1) {
+        /* the common edge tile (a plain product): a copy per row */
+        for (size_t i = 0; i < mr_eff; i++)
+            memcpy(C + (ptrdiff_t)i * rs_c, ab + i * (size_t)nr, nr_eff * sizeof(real));
+        return;
+    }
     for (size_t i = 0; i < mr_eff; i++) {
         real *c = C + (ptrdiff_t)i * rs_c;
         real *dst = cs_c == 1 ? c : row; /* contiguous, so these loops vectorise */
