@@ -1,8 +1,9 @@
 #!/usr/bin/env python
-"""Markdown summary of a pytest-benchmark JSON file from fusenn's benchmarks.
+"""Markdown summary of pytest-benchmark JSON files from fusenn's benchmarks.
 
     pytest benchmarks/ --benchmark-only --benchmark-json=bench.json
     python benchmarks/report.py bench.json
+    python benchmarks/report.py run1.json run2.json run3.json   # several runs
 
 One row per benchmark group: the thread count the group ran with, the C and
 NumPy medians (µs, ms or s, chosen per row) and the speed-up NumPy median / C
@@ -11,11 +12,18 @@ scikit-learn results (the train_step and epoch groups), a median and a
 <framework> / C ratio column for each. The header lists fusenn's default thread
 count, GEMM ISA and OpenMP status and the NumPy/BLAS versions when the run
 recorded them (benchmarks/conftest.py does).
+
+Given several runs of the same benchmarks, each ratio is the median over the
+runs of that run's own ratio (both sides timed in the same run, minutes apart
+at most), shown with its range across the runs; the times are the median of
+the runs' medians. This machine's speed drifts by up to 1.7x, so one run's
+single rows move by 10-30%; the median of per-run ratios moves much less.
 """
 
 import argparse
 import json
 import re
+import statistics
 import sys
 
 BACKEND_NAMES = ("c", "numpy", "torch", "sklearn")
@@ -73,6 +81,22 @@ def collect(benchmarks):
     return rows, threads, flops
 
 
+def combine(runs):
+    """One table from several runs' ({group: {backend: median}}, ...): per group and
+    backend the median of the runs' medians, and per group and other backend the
+    list of that run's other / C ratios. Groups in the order the first run has them."""
+    rows, ratios = {}, {}
+    for run in runs:
+        for group, t in run.items():
+            rows.setdefault(group, {})
+            for backend, seconds in t.items():
+                rows[group].setdefault(backend, []).append(seconds)
+                if backend != "c" and t.get("c"):
+                    ratios.setdefault(group, {}).setdefault(backend, []).append(seconds / t["c"])
+    medians = {g: {b: statistics.median(v) for b, v in t.items()} for g, t in rows.items()}
+    return medians, ratios
+
+
 def gflops_table(rows, threads, flops, peak):
     """GFLOP/s of C and NumPy for the groups with a flop count, and C's share of the
     peak: `peak` GFLOP/s per core for float32 (half that for float64) times threads."""
@@ -118,8 +142,10 @@ def header(data):
     return lines
 
 
-def table(rows, threads=None):
-    threads = threads or {}
+def table(rows, threads=None, ratios=None):
+    """ratios: {group: {backend: [other / C per run]}} from several runs (combine), shown
+    as the median and its range; without it a ratio is the two medians' quotient."""
+    threads, ratios = threads or {}, ratios or {}
     extra = [b for b in OPTIONAL_BACKENDS if any(b in t for t in rows.values())]
     head = "| group | threads | C median | NumPy median | speed-up (NumPy/C) |"
     rule = "|---|---:|---:|---:|---:|"
@@ -128,7 +154,11 @@ def table(rows, threads=None):
         rule += "---:|---:|"
     out = [head, rule]
 
-    def ratio(other, c):
+    def ratio(group, backend, other, c):
+        per_run = ratios.get(group, {}).get(backend)
+        if per_run and len(per_run) > 1:
+            return (f"{statistics.median(per_run):.2f}× "
+                    f"({min(per_run):.2f}–{max(per_run):.2f})")
         return f"{other / c:.2f}×" if c and other else "—"
 
     for group, t in rows.items():
@@ -137,31 +167,44 @@ def table(rows, threads=None):
         unit = unit_for(*(pair or t.values()))
         cells = [group, str(threads.get(group) or "—")]
         cells += [fmt_time(t[b], unit) if t.get(b) else "—" for b in ("c", "numpy")]
-        cells.append(ratio(t.get("numpy"), c))
+        cells.append(ratio(group, "numpy", t.get("numpy"), c))
         for b in extra:
-            cells += [fmt_time(t[b], unit) if t.get(b) else "—", ratio(t.get(b), c)]
+            cells += [fmt_time(t[b], unit) if t.get(b) else "—", ratio(group, b, t.get(b), c)]
         out.append("| " + " | ".join(cells) + " |")
     return out
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("json_file", help="file written by pytest --benchmark-json=FILE")
+    parser.add_argument("json_files", nargs="+", metavar="json_file",
+                        help="file written by pytest --benchmark-json=FILE (several: one per run)")
     parser.add_argument("--peak", type=float, default=None, metavar="GFLOPS",
                         help="float32 FMA peak of one core in GFLOP/s (benchmarks/fma_peak.py "
                              "measures it); adds a GFLOP/s table with the percent of peak")
     args = parser.parse_args(argv)
-    with open(args.json_file, encoding="utf-8") as f:
-        data = json.load(f)
-    rows, threads, flops = collect(data.get("benchmarks", []))
-    if not rows:
-        print(f"{args.json_file}: no benchmarks with a known backend ({', '.join(BACKEND_NAMES)}) "
-              f"(was the run made with --benchmark-disable?)", file=sys.stderr)
-        return 1
-    lines = header(data)
-    print("\n".join(lines + ([""] if lines else []) + table(rows, threads)))
-    print("\nRatios are <other> median / C median: > 1 means fusenn's C backend is faster. "
-          "Medians; each group's variants ran back to back.")
+    runs, threads, flops = [], {}, {}
+    for path in args.json_files:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        rows, run_threads, run_flops = collect(data.get("benchmarks", []))
+        if not rows:
+            print(f"{path}: no benchmarks with a known backend ({', '.join(BACKEND_NAMES)}) "
+                  f"(was the run made with --benchmark-disable?)", file=sys.stderr)
+            return 1
+        runs.append(rows)
+        threads = {**run_threads, **threads}
+        flops = {**run_flops, **flops}
+        if len(runs) == 1:
+            lines = header(data)
+    rows, ratios = combine(runs)
+    print("\n".join(lines + ([""] if lines else []) + table(rows, threads, ratios)))
+    if len(runs) > 1:
+        print(f"\nMedians of {len(runs)} runs. Ratios are <other> median / C median within each "
+              f"run, then the median over the runs (range in brackets): > 1 means fusenn's C "
+              f"backend is faster. Each group's variants ran back to back.")
+    else:
+        print("\nRatios are <other> median / C median: > 1 means fusenn's C backend is faster. "
+              "Medians; each group's variants ran back to back.")
     if args.peak and flops:
         print(f"\nGFLOP/s from the medians; peak = {args.peak:g} GFLOP/s per core in float32 "
               f"(half in float64) x threads.\n")
