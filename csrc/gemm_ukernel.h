@@ -74,6 +74,16 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
     const real alpha = sp->alpha, beta = sp->beta;
     const int last = sp->last;
     const fusenn_activation act = last ? sp->act : FUSENN_ACT_IDENTITY;
+    if (alpha == 1 && beta == 0 && act == FUSENN_ACT_IDENTITY && !(last && bias)) {
+        /* a plain product (every matmul): no branch per vector, so the
+         * accumulators go straight from registers to C */
+#pragma GCC unroll 16
+        for (int i = 0; i < UK_MR; i++)
+#pragma GCC unroll 16
+            for (int v = 0; v < NV; v++)
+                memcpy(c + (ptrdiff_t)i * rs_c + v * LANES, &acc[i][v], sizeof(vec));
+        return;
+    }
     vec bias_v[NV];
     for (int v = 0; v < NV; v++) {
         bias_v[v] = (vec){0};
@@ -82,8 +92,10 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
     }
     const vec zero = {0};
     const vec slope = zero + (real)FUSENN_LEAKY_RELU_SLOPE;
+#pragma GCC unroll 16
     for (int i = 0; i < UK_MR; i++) {
         real *crow = c + (ptrdiff_t)i * rs_c;
+#pragma GCC unroll 16
         for (int v = 0; v < NV; v++) {
             vec r = acc[i][v];
             if (alpha != 1)
