@@ -108,10 +108,6 @@ static size_t FN(backward_products_range)(const void *ctx, size_t begin, size_t 
     return failed;
 }
 
-/* From this many multiply-adds per product, two threads run the two products
- * side by side instead of one after the other (GEMM's own threshold). */
-#define BACKWARD_SIDE_BY_SIDE_MIN_WORK (128 * 128 * 64)
-
 int FN(fusenn_dense_backward)(size_t n, size_t d_in, size_t d_out,
                               const real *X, ptrdiff_t rs_x, ptrdiff_t cs_x,
                               const real *W, ptrdiff_t rs_w, ptrdiff_t cs_w,
@@ -131,8 +127,7 @@ int FN(fusenn_dense_backward)(size_t n, size_t d_in, size_t d_out,
      * for the other thread. Every product's bits are the same on any number of
      * threads, so this changes none. (More threads would need nested parallel
      * regions; they take the products one after the other.) */
-    if (nthreads == 2 &&
-        (double)n * (double)d_in * (double)d_out >= (double)BACKWARD_SIDE_BY_SIDE_MIN_WORK) {
+    if (nthreads == 2 && !fusenn_gemm_is_serial(n, d_in, d_out)) {
         p.nthreads = 1;
         return fusenn_parallel_ranges(2, 2, FN(backward_products_range), &p) ? FUSENN_ENOMEM
                                                                               : FUSENN_OK;

@@ -199,9 +199,6 @@ static const FN(gemm_config) FN(gemm_configs)[][3] = {
 #undef K
 
 
-/* Below this many multiply-adds GEMM runs on one thread. */
-#define GEMM_PARALLEL_MIN_WORK (128 * 128 * 64)
-
 /* The kernel for this CPU (or FUSENN_ISA) and the shape: narrow when C has few
  * columns, the mid tile for calls that run on one thread anyway, else the wide
  * one. Measured (AVX-512, float32, ratio to NumPy): the mid tile takes 32^3
@@ -209,12 +206,11 @@ static const FN(gemm_config) FN(gemm_configs)[][3] = {
  * at the MLP shapes, but loses 10-25% there on two threads and 14% at 1024^3.
  * The choice never depends on the thread count, and every tile sums each
  * element in the same order, so it does not change the bits. */
-static const FN(gemm_config) *FN(gemm_select)(size_t m, size_t n, size_t k)
+static const FN(gemm_config) *FN(gemm_select)(int serial, size_t n)
 {
     int level = fusenn_isa_level();
     int available = (int)(sizeof(FN(gemm_configs)) / sizeof(FN(gemm_configs)[0])) - 1;
     const FN(gemm_config) *trio = FN(gemm_configs)[level < available ? level : available];
-    const int serial = (double)m * (double)n * (double)k < (double)GEMM_PARALLEL_MIN_WORK;
     const FN(gemm_config) *full = serial ? &trio[1] : &trio[0];
     return n <= (size_t)full->nr / 2 ? &trio[2] : full;
 }
@@ -644,12 +640,11 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         FN(gemm_scale_only)(m, n, beta, C, rs_c, cs_c, bias, act);
         return FUSENN_OK;
     }
-    const FN(gemm_config) *cfg = FN(gemm_select)(m, n, k);
+    const int serial = fusenn_gemm_is_serial(m, n, k);
+    const FN(gemm_config) *cfg = FN(gemm_select)(serial, n);
     const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
 
-    int nt = nthreads < 1 ? 1 : nthreads;
-    if ((double)m * (double)n * (double)k < (double)GEMM_PARALLEL_MIN_WORK)
-        nt = 1;
+    const int nt = serial || nthreads < 1 ? 1 : nthreads;
     const size_t m_blocks = (m + cfg->mc - 1) / cfg->mc;
     const size_t kc_max = FUSENN_MIN(cfg->kc, k);
     FN(gemm_call) g = {
@@ -662,8 +657,7 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
          * thread takes whole row blocks with its own A. */
         .split_columns = m_blocks % (size_t)nt != 0,
         .direct_a = n <= GEMM_DIRECT_A_MAX_PANELS * nr || (nt == 1 && cs_a == 1),
-        .direct_b = GEMM_DIRECT_B && nt == 1 && cs_b == 1 &&
-                    (double)m * (double)n * (double)k < (double)GEMM_PARALLEL_MIN_WORK,
+        .direct_b = GEMM_DIRECT_B && serial && cs_b == 1,
     };
     const size_t b_len = kc_max * ((FUSENN_MIN(cfg->nc, n) + nr - 1) / nr * nr);
     /* Threads that split C's columns while reading A in place need not share
