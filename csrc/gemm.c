@@ -29,15 +29,17 @@ typedef struct {
     int last;              /* this is the last kc block */
 } FN(store_params);
 
+/* nr_eff: the columns the edge variant computes; the others compute all NR */
 typedef void (*FN(ukernel_fn))(size_t kc, const real *a, ptrdiff_t rs_a, ptrdiff_t cs_a,
                                const real *b, ptrdiff_t rs_b, real *c, ptrdiff_t rs_c,
-                               const FN(store_params) *sp, const real *bias);
+                               const FN(store_params) *sp, const real *bias, size_t nr_eff);
 
 /* A micro-kernel and the block sizes that suit it. */
 typedef struct {
     FN(ukernel_fn) kernel;        /* A from packed panels */
     FN(ukernel_fn) kernel_direct; /* the same, reading A in place (small shapes) */
     FN(ukernel_fn) kernel_direct_ab; /* reading A and B in place (small calls) */
+    FN(ukernel_fn) kernel_edge;      /* and a partial B panel in place (NULL: packed) */
     int mr, nr;     /* register tile */
     size_t kc;      /* depth of packed panels: an MR x KC panel of A stays in L1 */
     size_t mc;      /* MC x KC block of A fits in L2 (multiple of mr) */
@@ -116,6 +118,25 @@ typedef int64_t int_same_size_real;
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define FUSENN_HAVE_X86_KERNELS 1
+#include <immintrin.h>
+
+/* The AVX-512 kernels' target, and their edge variants': those are tuned for
+ * Ice Lake, as with generic tuning GCC 12 reloads the lane mask from the stack
+ * before every masked load (one more load per step of a load-bound loop). Not
+ * the others: that tuning made the 6 x 64 kernel 2.5x slower. */
+#define AVX512_TARGET __attribute__((target("avx512f,avx2,fma")))
+#define AVX512_EDGE_TARGET __attribute__((target("avx512f,avx2,fma,tune=icelake-server")))
+
+/* AVX-512's masked loads and stores, for the edge kernels (UK_EDGE). */
+#if defined(FUSENN_DTYPE_F32)
+typedef __mmask16 uk_mask;
+#define UK_MASK_LOAD(m, p) _mm512_maskz_loadu_ps((m), (p))
+#define UK_MASK_STORE(p, m, v) _mm512_mask_storeu_ps((p), (m), (__m512)(v))
+#else
+typedef __mmask8 uk_mask;
+#define UK_MASK_LOAD(m, p) _mm512_maskz_loadu_pd((m), (p))
+#define UK_MASK_STORE(p, m, v) _mm512_mask_storeu_pd((p), (m), (__m512d)(v))
+#endif
 #define UK_NAME FN(ukernel_avx2)
 #define UK_NAME_DIRECT FN(ukernel_avx2_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_avx2_direct_ab)
@@ -131,7 +152,7 @@ typedef int64_t int_same_size_real;
 #define UK_MR AVX512_MR
 #define UK_NR AVX512_NR
 #define UK_VBYTES 64
-#define UK_ATTR __attribute__((target("avx512f,avx2,fma")))
+#define UK_ATTR AVX512_TARGET
 #include "gemm_ukernel.h"
 
 /* AVX-512's tile for the MLP shapes: 8 x 2 vectors. Batches are powers of two,
@@ -140,10 +161,12 @@ typedef int64_t int_same_size_real;
 #define UK_NAME FN(ukernel_avx512_mid)
 #define UK_NAME_DIRECT FN(ukernel_avx512_mid_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_avx512_mid_direct_ab)
+#define UK_NAME_EDGE FN(ukernel_avx512_mid_edge)
+#define UK_ATTR_EDGE AVX512_EDGE_TARGET
 #define UK_MR 8
 #define UK_NR (8 * LANES_PER_16B)
 #define UK_VBYTES 64
-#define UK_ATTR __attribute__((target("avx512f,avx2,fma")))
+#define UK_ATTR AVX512_TARGET
 #include "gemm_ukernel.h"
 
 /* Narrow tiles, one vector wide, for outputs with few columns (a 10-unit
@@ -160,13 +183,15 @@ typedef int64_t int_same_size_real;
 #define UK_NAME FN(ukernel_avx512_narrow)
 #define UK_NAME_DIRECT FN(ukernel_avx512_narrow_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_avx512_narrow_direct_ab)
+#define UK_NAME_EDGE FN(ukernel_avx512_narrow_edge)
+#define UK_ATTR_EDGE AVX512_EDGE_TARGET
 #ifndef AVX512_NARROW_MR
 #define AVX512_NARROW_MR 8
 #endif
 #define UK_MR AVX512_NARROW_MR
 #define UK_NR (4 * LANES_PER_16B)
 #define UK_VBYTES 64
-#define UK_ATTR __attribute__((target("avx512f,avx2,fma")))
+#define UK_ATTR AVX512_TARGET
 #include "gemm_ukernel.h"
 #endif
 
@@ -180,8 +205,11 @@ typedef int64_t int_same_size_real;
 #include "gemm_ukernel.h"
 
 /* One table entry per ISA level: the wide, mid and narrow configurations.
- * K(x) names a kernel's three variants: packed, A in place, A and B in place. */
-#define K(x) FN(x), FN(x##_direct), FN(x##_direct_ab)
+ * K(x) names a kernel's three variants: packed, A in place, A and B in place;
+ * KE(x) adds the edge variant, which the small-call (mid, narrow) AVX-512
+ * kernels have. */
+#define K(x) FN(x), FN(x##_direct), FN(x##_direct_ab), NULL
+#define KE(x) FN(x), FN(x##_direct), FN(x##_direct_ab), FN(x##_edge)
 static const FN(gemm_config) FN(gemm_configs)[][3] = {
     {{K(ukernel_generic), GENERIC_MR, GENERIC_NR, GENERIC_KC, GENERIC_MC, GENERIC_NC},
      {K(ukernel_generic), GENERIC_MR, GENERIC_NR, GENERIC_KC, GENERIC_MC, GENERIC_NC},
@@ -191,12 +219,13 @@ static const FN(gemm_config) FN(gemm_configs)[][3] = {
      {K(ukernel_avx2), AVX2_MR, AVX2_NR, AVX2_KC, AVX2_MC, AVX2_NC},
      {K(ukernel_avx2_narrow), 8, 2 * LANES_PER_16B, 256, 8 * 24, 2 * LANES_PER_16B * 512}},
     {{K(ukernel_avx512), AVX512_MR, AVX512_NR, AVX512_KC, AVX512_MC, AVX512_NC},
-     {K(ukernel_avx512_mid), 8, 8 * LANES_PER_16B, AVX512_KC, 8 * 48, 8 * LANES_PER_16B * 128},
-     {K(ukernel_avx512_narrow), AVX512_NARROW_MR, 4 * LANES_PER_16B, 256, AVX512_NARROW_MR * 24,
+     {KE(ukernel_avx512_mid), 8, 8 * LANES_PER_16B, AVX512_KC, 8 * 48, 8 * LANES_PER_16B * 128},
+     {KE(ukernel_avx512_narrow), AVX512_NARROW_MR, 4 * LANES_PER_16B, 256, AVX512_NARROW_MR * 24,
       4 * LANES_PER_16B * 256}},
 #endif
 };
 #undef K
+#undef KE
 
 
 /* The kernel for this CPU (or FUSENN_ISA) and the shape: narrow when C has few
@@ -464,7 +493,9 @@ static real *FN(pack_buffer)(size_t len)
  * panels) unless A_direct is given: then full MR-row panels are read in place
  * from A_direct (strides rs_a, cs_a) and only the partial last panel is packed,
  * at its place in Ap. Likewise B: with B_direct (contiguous rows, rs_b apart),
- * full NR-wide panels are read in place and only the partial one is packed. */
+ * full NR-wide panels are read in place and only the partial one is packed,
+ * unless the configuration has an edge kernel, which reads that one in place
+ * too. */
 static void FN(macro_kernel)(const FN(gemm_config) *cfg, size_t mc, size_t nc, size_t kc,
                              const real *Ap, const real *A_direct, ptrdiff_t rs_a,
                              ptrdiff_t cs_a, const real *Bp, const real *B_direct,
@@ -479,8 +510,10 @@ static void FN(macro_kernel)(const FN(gemm_config) *cfg, size_t mc, size_t nc, s
         size_t jr = jp * nr, nr_eff = FUSENN_MIN(nr, nc - jr);
         const real *bias_jr = bias ? bias + jr : NULL;
         const int direct_b = B_direct != NULL && nr_eff == nr;
-        const real *b = direct_b ? B_direct + jr : Bp + jr * kc;
-        const ptrdiff_t b_step = direct_b ? rs_b : (ptrdiff_t)nr;
+        /* a partial panel read in place by the edge kernel */
+        const int edge = B_direct != NULL && nr_eff < nr && cfg->kernel_edge != NULL;
+        const real *b = direct_b || edge ? B_direct + jr : Bp + jr * kc;
+        const ptrdiff_t b_step = direct_b || edge ? rs_b : (ptrdiff_t)nr;
         for (size_t ir = 0; ir < mc; ir += mr) {
             size_t mr_eff = FUSENN_MIN(mr, mc - ir);
             real *c = C + (ptrdiff_t)ir * rs_c + (ptrdiff_t)jr * cs_c;
@@ -488,13 +521,14 @@ static void FN(macro_kernel)(const FN(gemm_config) *cfg, size_t mc, size_t nc, s
             const real *a = direct ? A_direct + (ptrdiff_t)ir * rs_a : Ap + ir * kc;
             /* with B read in place, one kernel takes every tile: a packed
              * panel is A with strides (1, mr), B with step nr */
-            FN(ukernel_fn) kernel = B_direct ? cfg->kernel_direct_ab
+            FN(ukernel_fn) kernel = edge     ? cfg->kernel_edge
+                                  : B_direct ? cfg->kernel_direct_ab
                                   : direct   ? cfg->kernel_direct : cfg->kernel;
             const ptrdiff_t a_rs = direct ? rs_a : 1, a_cs = direct ? cs_a : (ptrdiff_t)mr;
-            if (mr_eff == mr && nr_eff == nr && cs_c == 1) {
-                kernel(kc, a, a_rs, a_cs, b, b_step, c, rs_c, sp, bias_jr);
+            if (mr_eff == mr && (nr_eff == nr || edge) && cs_c == 1) {
+                kernel(kc, a, a_rs, a_cs, b, b_step, c, rs_c, sp, bias_jr, nr_eff);
             } else { /* edge tile or strided C: via a temporary tile */
-                kernel(kc, a, a_rs, a_cs, b, b_step, ab, (ptrdiff_t)nr, &to_tile, NULL);
+                kernel(kc, a, a_rs, a_cs, b, b_step, ab, (ptrdiff_t)nr, &to_tile, NULL, nr_eff);
                 FN(store_tile)(mr_eff, nr_eff, cfg->nr, ab, c, rs_c, cs_c, bias_jr, sp);
             }
         }
@@ -541,8 +575,8 @@ static void FN(pack_b_block)(const FN(gemm_call) *g, size_t pc, size_t jc, size_
     const size_t nr = (size_t)g->cfg->nr;
     for (size_t jp = jp0; jp < jp1; jp++) {
         const size_t nr_eff = FUSENN_MIN(nr, nc - jp * nr);
-        if (g->direct_b && nr_eff == nr)
-            continue;
+        if (g->direct_b && (nr_eff == nr || g->cfg->kernel_edge != NULL))
+            continue; /* read in place */
         FN(pack_b_panel)(nr_eff, g->cfg->nr, kc,
                          g->B + (ptrdiff_t)pc * g->rs_b + (ptrdiff_t)(jc + jp * nr) * g->cs_b,
                          g->rs_b, g->cs_b, g->Bp + jp * nr * kc);

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import fusenn
-from fusenn import ops
+from fusenn import _kernels, ops
 from fusenn import reference as ref
 
 # ---- parameters -------------------------------------------------------------------
@@ -268,6 +268,37 @@ def test_matmul_zero_sized(shape, dtype):
     np.testing.assert_array_equal(c, np.zeros((m, n), dtype))
 
 
+def gemm_alpha_beta_case(rng, shape, alpha, beta, dtype, c_layout, nthreads):
+    """Run c = alpha a b + beta c through the GEMM binding and compare. With
+    beta = 0 the old C is all NaN, which must not reach the result."""
+    m, n, k = shape
+    a, b = matmul_operands(rng, m, n, k, dtype, False, False)
+    c0 = np.full((m, n), np.nan, dtype) if beta == 0 else rand(rng, (m, n), dtype)
+    c = as_layout(c0.copy(), c_layout)
+    _kernels.gemm(alpha, a, b, beta, c, nthreads)
+    want = alpha * (a.astype(np.float64) @ b.astype(np.float64))
+    if beta != 0:
+        want += beta * c0
+    assert_close(c, want.astype(dtype), dtype, k + 1)
+
+
+# m, n, k: small calls (one thread, B read in place) whose last column panel is
+# partial (the masked edge kernel), with and without partial row tiles; a large
+# call with edges on every side.
+GEMM_ALPHA_BETA_SHAPES = [(13, 10, 33), (16, 40, 20), (37, 17, 65), (1, 1, 1), (130, 129, 90)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("c_layout", ["contiguous", "rows", "cols"])
+@pytest.mark.parametrize("alpha, beta", [(1.0, 0.0), (0.5, 0.0), (-2.0, 1.0), (1.0, 0.25),
+                                         (0.0, 0.5), (0.0, 0.0)])
+@pytest.mark.parametrize("shape", GEMM_ALPHA_BETA_SHAPES, ids=_mnk_id)
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_gemm_alpha_beta(nthreads, shape, alpha, beta, c_layout, dtype):
+    gemm_alpha_beta_case(np.random.default_rng(sum(shape)), shape, alpha, beta, dtype,
+                         c_layout, nthreads)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(256, 300, 200), (48, 600, 300), (130, 257, 90),
                                    (130, 129, 90), (784, 256, 128)], ids=_mnk_id)
@@ -327,15 +358,16 @@ def _cpu_isas():
 # Runs in a fresh interpreter with FUSENN_ISA set (read once per process). It
 # imports this file for its helpers and checks matmul around the tile edges of
 # every kernel (MR/NR up to 8/64: the small shapes reach the small-call tiles,
-# the k = 300 ones the large-call tiles), across the KC boundary, and the fused
-# bias + activation store of dense_forward.
+# the k = 300 ones the large-call tiles), across the KC boundary, the fused
+# bias + activation store of dense_forward, and alpha / beta.
 _ISA_CHILD = textwrap.dedent("""
     import sys
     import numpy as np
     import fusenn
     from fusenn import ops, reference as ref
     sys.path.insert(0, sys.argv[2])
-    from test_kernels import assert_close, matmul_operands, dense_operands
+    from test_kernels import (GEMM_ALPHA_BETA_SHAPES, assert_close, dense_operands,
+                              gemm_alpha_beta_case, matmul_operands)
 
     assert fusenn.gemm_isa() == sys.argv[1], (fusenn.gemm_isa(), sys.argv[1])
     rng = np.random.default_rng(4)
@@ -355,6 +387,10 @@ _ISA_CHILD = textwrap.dedent("""
                 x, w, b, _, _ = dense_operands(rng, shape, dtype, act)
                 assert_close(ops.dense_forward(x, w, b, act),
                              ref.dense_forward(x, w, b, act), dtype, shape[1])
+        for shape in GEMM_ALPHA_BETA_SHAPES:
+            for alpha, beta in [(0.5, 0.0), (-2.0, 1.0)]:
+                for c_layout in ("contiguous", "cols"):
+                    gemm_alpha_beta_case(rng, shape, alpha, beta, dtype, c_layout, 1)
         a, b = matmul_operands(rng, 200, 150, 260, dtype, False, False)
         outs = []
         for nt in (1, 2, 3):
