@@ -62,6 +62,19 @@ int fusenn_num_procs(void);         /* processors OpenMP may use (1 without Open
  * OMP_NUM_THREADS, the CPU affinity, and omp_set_num_threads as threadpoolctl
  * calls it); 0 without OpenMP. */
 int fusenn_omp_max_threads(void);
+
+/* ---- the thread-count setting (threads.c) ------------------------------- */
+
+/* The thread count for the next kernel call from this thread: 1 in a forked
+ * child; else the calling thread's override; else the global setting; else
+ * OpenMP's count (fusenn_omp_max_threads, or the given affinity count without
+ * OpenMP) capped by a CPU quota. 0 clears an override or the global setting. */
+int fusenn_num_threads(void);
+void fusenn_set_global_threads(int n);
+int fusenn_swap_thread_override(int n); /* returns the previous override (0: none) */
+void fusenn_mark_forked_child(void);
+void fusenn_configure_default_threads(int cap, int without_openmp);
+
 /* Name of the GEMM micro-kernel ISA in use: "avx512", "avx2" or "generic".
  * Chosen once from the CPU's features; FUSENN_ISA=generic|avx2|avx512 in the
  * environment forces a lower path (a higher one than the CPU has is ignored). */

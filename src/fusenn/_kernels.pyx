@@ -27,6 +27,11 @@ cdef extern from "fusenn.h" nogil:
     int fusenn_has_openmp()
     int fusenn_num_procs()
     int fusenn_omp_max_threads()
+    int fusenn_num_threads()
+    void fusenn_set_global_threads(int n)
+    int fusenn_swap_thread_override(int n)
+    void fusenn_mark_forked_child()
+    void fusenn_configure_default_threads(int cap, int without_openmp)
     const char *fusenn_gemm_isa()
 
     int fusenn_gemm_f32(size_t m, size_t n, size_t k, float alpha,
@@ -211,6 +216,29 @@ def gemm_isa():
     return fusenn_gemm_isa().decode()
 
 
+# ---- the thread-count setting (csrc/threads.c; the rules in fusenn/_threads.py) ----
+
+def num_threads():
+    """The number of threads the next kernel call from this thread will use."""
+    return fusenn_num_threads()
+
+
+def set_global_threads(int n):
+    fusenn_set_global_threads(n)
+
+
+def swap_thread_override(int n):
+    return fusenn_swap_thread_override(n)
+
+
+def mark_forked_child():
+    fusenn_mark_forked_child()
+
+
+def configure_default_threads(int cap, int without_openmp):
+    fusenn_configure_default_threads(cap, without_openmp)
+
+
 def activation_needs_z(int act):
     """True if activation `act`'s backward pass reads the pre-activation z."""
     return bool(fusenn_activation_needs_z(<fusenn_activation>act))
@@ -273,11 +301,29 @@ def gemm(double alpha, const real[:, :] a, const real[:, :] b, double beta, real
     check(rc)
 
 
-def matmul(a, b, bint trans_a, bint trans_b, int nthreads):
-    """op(a) @ op(b) into a new C-contiguous array, for two aligned, native 2-D float32 or
-    float64 ndarrays of one dtype with matching inner sizes; None for anything
-    else (fusenn.ops.matmul then converts or explains). NumPy's C API rather than
-    typed memoryviews: at 32^3 the multiply itself takes about a microsecond."""
+_matmul_checked = None  # fusenn.ops' path for every other input (set_matmul_checked)
+
+
+def set_matmul_checked(fn):
+    global _matmul_checked
+    _matmul_checked = fn
+
+
+def matmul(a, b, bint trans_a=False, bint trans_b=False):
+    """op(a) @ op(b) by fusenn's GEMM, where op transposes when asked (no copy).
+
+    fusenn.ops.matmul is this function: at 32^3 the multiply itself takes well
+    under a microsecond, so the common case (two aligned, native 2-D float32 or
+    float64 ndarrays of one dtype with matching inner sizes) goes from here
+    straight to C, with no Python frame in between. Anything else goes to
+    fusenn.ops' checked path, which converts or explains."""
+    c = _matmul_fast(a, b, trans_a, trans_b, fusenn_num_threads())
+    return c if c is not None else _matmul_checked(a, b, trans_a, trans_b)
+
+
+cdef object _matmul_fast(a, b, bint trans_a, bint trans_b, int nthreads):
+    """op(a) @ op(b) into a new C-contiguous array, or None if the inputs are not
+    the common case. NumPy's C API rather than typed memoryviews, for speed."""
     if not cnp.PyArray_Check(a) or not cnp.PyArray_Check(b):
         return None
     cdef cnp.ndarray A = <cnp.ndarray>a, B = <cnp.ndarray>b

@@ -15,7 +15,6 @@ a call is, in order of precedence:
 
 import contextlib
 import os
-import threading
 
 from . import _kernels
 
@@ -61,26 +60,15 @@ def _cgroup_cpus():
 _CGROUP_CPUS = None if os.environ.get("OMP_NUM_THREADS") else _cgroup_cpus()
 _DEFAULT_CAP = min(_CGROUP_CPUS or MAX_THREADS, MAX_THREADS)
 
-_global = None  # set_num_threads' value, None until called
+# The setting itself lives in C (csrc/threads.c), where a kernel call reads it
+# in nanoseconds: the global count, this thread's threads(n) override, the
+# forked-child flag, and the default's cap.
+_kernels.configure_default_threads(_DEFAULT_CAP, _affinity_threads())
 
-
-class _Local(threading.local):
-    override = None  # a class default: a missing attribute would cost an AttributeError
-
-
-_local = _Local()
 # GNU libgomp hangs in a child forked after a parallel region ran in the
 # parent; a forked child therefore runs every kernel on one thread.
-_forked_child = False
-
-
-def _after_fork_in_child():
-    global _forked_child
-    _forked_child = True
-
-
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(after_in_child=_kernels.mark_forked_child)
 
 
 def _check_count(n):
@@ -94,28 +82,20 @@ def _check_count(n):
 def set_num_threads(n):
     """Set the number of threads fusenn's kernels use (all Python threads).
     None returns to the default (OpenMP's count in each calling thread)."""
-    global _global
-    _global = None if n is None else _check_count(n)
+    _kernels.set_global_threads(0 if n is None else _check_count(n))
 
 
-def get_num_threads():
-    """The number of threads the next kernel call from this thread will use."""
-    if _forked_child:
-        return 1
-    n = _local.override or _global
-    if n is not None:
-        return n  # checked by _check_count
-    n = _kernels.omp_max_threads() or _affinity_threads()
-    return n if n <= _DEFAULT_CAP else _DEFAULT_CAP
+# The number of threads the next kernel call from this thread will use (a C
+# function: every kernel call from Python reads it).
+get_num_threads = _kernels.num_threads
 
 
 @contextlib.contextmanager
 def threads(n):
     """Run the block with `n` kernel threads in the current Python thread."""
     _check_count(n)
-    previous = _local.override
-    _local.override = n
+    previous = _kernels.swap_thread_override(n)
     try:
         yield
     finally:
-        _local.override = previous
+        _kernels.swap_thread_override(previous)

@@ -64,11 +64,9 @@ def contiguous_rows(a):
     return a
 
 
-def matmul(a, b, trans_a=False, trans_b=False):
-    """op(a) @ op(b) by fusenn's GEMM, where op transposes when asked (no copy)."""
-    c = _kernels.matmul(a, b, trans_a, trans_b, get_num_threads())
-    if c is not None:  # float arrays of one dtype and matching sizes: straight to C
-        return c
+def _matmul_checked(a, b, trans_a, trans_b):
+    """matmul for any input other than two float arrays of one dtype and matching
+    sizes, which _kernels.matmul takes straight to C."""
     a = _float_array(a, "a", 2)
     b = _float_array(b, "b", 2, a.dtype)
     A = a.T if trans_a else a
@@ -81,6 +79,10 @@ def matmul(a, b, trans_a=False, trans_b=False):
     c = np.empty((A.shape[0], B.shape[1]), dtype=a.dtype)
     _kernels.gemm(1.0, A, B, 0.0, c, get_num_threads())
     return c
+
+
+_kernels.set_matmul_checked(_matmul_checked)
+matmul = _kernels.matmul  # op(a) @ op(b); the common case checks and calls C in Cython
 
 
 def activation_forward(z, activation):
