@@ -55,9 +55,11 @@ def _mnk_id(shape):
 
 
 GEMM_SHAPES = [pytest.param(s, id=_mnk_id(s)) for s in _gemm_sweep()]
-# Several MC blocks (m=300), several KC blocks (k=513 > 256), several NC blocks (n=4500).
+# Several MC blocks (m=300), several KC blocks (k=513 > 256 for float64 and the
+# portable kernel, k=2049 > 2 * 1024 for float32 on AVX2 and AVX-512), several NC
+# blocks (n=4500).
 LARGE_GEMM_SHAPES = [pytest.param(s, id=_mnk_id(s))
-                     for s in [(300, 257, 129), (40, 50, 513), (5, 4500, 9)]]
+                     for s in [(300, 257, 129), (40, 50, 513), (19, 70, 2049), (5, 4500, 9)]]
 # (n, d_in, d_out) for the dense layer; d_in plays GEMM's k in forward.
 DENSE_SHAPES = [pytest.param(s, id="n{}-in{}-out{}".format(*s)) for s in [
     (1, 1, 1), (2, 7, 17), (17, 33, 2), (33, 65, 7), (65, 2, 127), (127, 17, 33),
@@ -358,8 +360,9 @@ def _cpu_isas():
 # Runs in a fresh interpreter with FUSENN_ISA set (read once per process). It
 # imports this file for its helpers and checks matmul around the tile edges of
 # every kernel (MR/NR up to 8/64: the small shapes reach the small-call tiles,
-# the k = 300 ones the large-call tiles), across the KC boundary, the fused
-# bias + activation store of dense_forward, and alpha / beta.
+# the k = 300 ones the large-call tiles), across the KC boundaries (256, and
+# 1024 for float32 on AVX2 and AVX-512), the fused bias + activation store of
+# dense_forward, and alpha / beta.
 _ISA_CHILD = textwrap.dedent("""
     import sys
     import numpy as np
@@ -375,6 +378,7 @@ _ISA_CHILD = textwrap.dedent("""
     shapes = [(m, n, edge[(i * 3 + j) % len(edge)])
               for i, m in enumerate(edge) for j, n in enumerate(edge)]
     shapes += [(m, n, k) for m in (1, 8, 33) for n in (7, 32, 65) for k in (255, 256, 257)]
+    shapes += [(m, n, k) for m in (3, 9) for n in (10, 65) for k in (1023, 1024, 1025)]
     shapes += [(300, 40, 20), (9, 2100, 20)]  # several MC / NC blocks
     shapes += [(m, n, 300) for m in (61, 66, 67) for n in (63, 129, 191)]  # large-call tiles
     for dtype in (np.float32, np.float64):
