@@ -115,7 +115,14 @@ typedef int64_t int_same_size_real;
 #define AVX512_KC FAST_KC
 #endif
 #ifndef AVX512_MC
+#if defined(FUSENN_DTYPE_F32)
+/* 258 rows: with 1024-deep kc blocks a 1 MB block of A, half of L2, so that
+ * the B panels it meets stay there too. Two threads, 2048^3: +10% against
+ * 384 rows (1.5 MB); one thread and smaller shapes unchanged. */
+#define AVX512_MC (AVX512_MR * 43)
+#else
 #define AVX512_MC (AVX512_MR * 64)
+#endif
 #endif
 #ifndef AVX512_NC
 #define AVX512_NC (AVX512_NR * FAST_NC_PANELS(64))
@@ -710,11 +717,13 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         .direct_b = GEMM_DIRECT_B && serial && cs_b == 1,
     };
     const size_t b_len = kc_max * ((FUSENN_MIN(cfg->nc, n) + nr - 1) / nr * nr);
-    /* Threads that split C's columns while reading A in place need not share
-     * anything: each takes a slab of whole panels and runs the serial loops on
-     * it with its own buffers, with no barrier per k block (they cost ~10% of a
-     * two-thread 128x784x256). Same tiles, same sums: the same bits. */
-    const int slabs = nt > 1 && g.split_columns && g.direct_a;
+    /* Threads that read A in place need not share anything: each takes a
+     * slab of whole column panels and runs the serial loops on it with its own
+     * buffers, with no barrier per k block (they cost ~10% of a two-thread
+     * 128x784x256). Also when the row blocks would divide evenly: two threads,
+     * 512x784x256 +47% against splitting rows over a shared packed B. Same
+     * tiles, same sums: the same bits. */
+    const int slabs = nt > 1 && g.direct_a && (n + nr - 1) / nr >= (size_t)nt;
     const size_t per_thread = (b_len + g.a_len + 15) / 16 * 16; /* slabs start 64-byte aligned */
     real *buf = FN(pack_buffer)(slabs ? per_thread * (size_t)nt
                                       : b_len + g.a_len * (size_t)(g.split_columns ? 1 : nt));

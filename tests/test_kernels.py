@@ -303,14 +303,16 @@ def test_gemm_alpha_beta(nthreads, shape, alpha, beta, c_layout, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(256, 300, 200), (48, 600, 300), (130, 257, 90),
-                                   (130, 129, 90), (784, 256, 128)], ids=_mnk_id)
+                                   (130, 129, 90), (784, 256, 128), (800, 300, 70)],
+                         ids=_mnk_id)
 @pytest.mark.parametrize("trans_a", [False, True], ids=["N", "T"])
 def test_matmul_bitwise_independent_of_threads(shape, dtype, trans_a):
-    """(48, ...) has fewer row blocks than threads: the column-split path. One
-    thread reads row-major A in place where more threads pack it, and n = 257 /
-    129 straddle the narrow-C threshold of that path (4 tiles of 64 / 32). With A
-    read in place, split columns are independent slabs (130 x 129; 784 x 256 on 2
-    threads, whose 3 row blocks 3 threads split instead)."""
+    """(m, n, k). (48, ...) has fewer row blocks than threads: the column-split
+    path. (800, ...) has 4 row blocks in float32 and 3 in float64: 2 or 3 threads
+    take whole row blocks each. One thread reads row-major A in place where more
+    threads pack it, and n = 257 / 129 straddle the narrow-C threshold of that
+    path (4 tiles of 64 / 32). With A read in place, threads take independent
+    slabs of whole column panels (130 x 129, 784 x 256)."""
     rng = np.random.default_rng(3)
     a, b = matmul_operands(rng, *shape, dtype, trans_a, False)
     results = []
