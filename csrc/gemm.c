@@ -146,7 +146,11 @@ typedef int64_t int_same_size_real;
  * before every masked load (one more load per step of a load-bound loop). Not
  * the others: that tuning made the 6 x 64 kernel 2.5x slower. */
 #define AVX512_TARGET __attribute__((target("avx512f,avx2,fma")))
+#if defined(__clang__) /* GCC's register allocation problem; not every Clang takes tune= */
+#define AVX512_EDGE_TARGET AVX512_TARGET
+#else
 #define AVX512_EDGE_TARGET __attribute__((target("avx512f,avx2,fma,tune=icelake-server")))
+#endif
 
 /* AVX-512's masked loads and stores, for the edge kernels (UK_EDGE). */
 #if defined(FUSENN_DTYPE_F32)
