@@ -247,8 +247,8 @@ static const FN(gemm_config) FN(gemm_configs)[][3] = {
      {K(ukernel_avx2_narrow), 8, 2 * LANES_PER_16B, AVX2_KC, 8 * 24, 2 * LANES_PER_16B * 512}},
     {{K(ukernel_avx512), AVX512_MR, AVX512_NR, AVX512_KC, AVX512_MC, AVX512_NC},
      {KE(ukernel_avx512_mid), 8, 8 * LANES_PER_16B, AVX512_KC, 8 * 48, 8 * LANES_PER_16B * 128},
-     {KE(ukernel_avx512_narrow), AVX512_NARROW_MR, 4 * LANES_PER_16B, AVX512_KC, AVX512_NARROW_MR * 24,
-      4 * LANES_PER_16B * 256}},
+     {KE(ukernel_avx512_narrow), AVX512_NARROW_MR, 4 * LANES_PER_16B, AVX512_KC,
+      AVX512_NARROW_MR * 24, 4 * LANES_PER_16B * 256}},
 #endif
 };
 #undef K

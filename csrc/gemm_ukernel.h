@@ -51,8 +51,8 @@
 #endif
 /* Vector v of a row of B, bias or C: whole, or its first nr_eff lanes. */
 #ifdef UK_EDGE
-#define UK_LOAD(dst, src, v) ((dst) = (vec)UK_MASK_LOAD(mask(v), (src)))
-#define UK_STORE(dst, src, v) UK_MASK_STORE((dst), mask(v), (src))
+#define UK_LOAD(dst, src, v) ((dst) = (vec)UK_MASK_LOAD(UK_LANE_MASK(v), (src)))
+#define UK_STORE(dst, src, v) UK_MASK_STORE((dst), UK_LANE_MASK(v), (src))
 #define UK_COLS nr_eff
 #else
 #define UK_LOAD(dst, src, v) memcpy(&(dst), (src), sizeof(vec))
@@ -72,9 +72,9 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
     typedef int_same_size_real ivec __attribute__((vector_size(UK_VBYTES)));
     enum { LANES = UK_VBYTES / sizeof(real), NV = UK_NR / LANES };
 #ifdef UK_EDGE
-    /* mask(v): the lanes of vector v below nr_eff (< UK_NR <= 64) */
+    /* UK_LANE_MASK(v): the lanes of vector v below nr_eff (< UK_NR <= 64) */
     const unsigned long long lanes = (1ull << nr_eff) - 1;
-#define mask(v) ((uk_mask)(lanes >> ((v) * LANES)))
+#define UK_LANE_MASK(v) ((uk_mask)(lanes >> ((v) * LANES)))
 #endif
     vec acc[UK_MR][NV];
     /* unrolled: as a loop, one vector wide, GCC zeroed a dead stack copy of
@@ -155,7 +155,8 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
      * store loop and the accumulators stay in registers through it. */
     if (act != FUSENN_ACT_IDENTITY && act != FUSENN_ACT_RELU && act != FUSENN_ACT_LEAKY_RELU)
         for (int i = 0; i < UK_MR; i++)
-            FN(activate_row_baseline)(act, UK_COLS, c + (ptrdiff_t)i * rs_c, c + (ptrdiff_t)i * rs_c);
+            FN(activate_row_baseline)(act, UK_COLS, c + (ptrdiff_t)i * rs_c,
+                                      c + (ptrdiff_t)i * rs_c);
 }
 
 #undef UK_A
@@ -163,7 +164,7 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
 #undef UK_B_STEP
 #undef UK_LOAD
 #undef UK_STORE
-#undef mask
+#undef UK_LANE_MASK
 #undef UK_COLS
 #undef UK_NAME
 #ifndef UK_DIRECT_A
