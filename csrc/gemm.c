@@ -292,6 +292,14 @@ static const FN(gemm_config) *FN(gemm_select)(int serial, size_t n)
 #define GEMM_DIRECT_B 1
 #endif
 
+/* In a call that reads B in place (direct_b), whether the panel nr_eff wide
+ * is read in place too, rather than packed: a full one always, a partial one
+ * where the ISA has an edge kernel. */
+static inline int FN(b_panel_in_place)(const FN(gemm_config) *cfg, size_t nr_eff)
+{
+    return nr_eff == (size_t)cfg->nr || cfg->kernel_edge != NULL;
+}
+
 /* ---- packing ---------------------------------------------------------- */
 
 /* Pack rows [0, mr_eff) x depth [0, kc) of A into one MR-tall panel: kc
@@ -536,11 +544,10 @@ static void FN(macro_kernel)(const FN(gemm_config) *cfg, size_t mc, size_t nc, s
     for (size_t jp = jp0; jp < jp1; jp++) {
         size_t jr = jp * nr, nr_eff = FUSENN_MIN(nr, nc - jr);
         const real *bias_jr = bias ? bias + jr : NULL;
-        const int direct_b = B_direct != NULL && nr_eff == nr;
-        /* a partial panel read in place by the edge kernel */
-        const int edge = B_direct != NULL && nr_eff < nr && cfg->kernel_edge != NULL;
-        const real *b = direct_b || edge ? B_direct + jr : Bp + jr * kc;
-        const ptrdiff_t b_step = direct_b || edge ? rs_b : (ptrdiff_t)nr;
+        const int b_in_place = B_direct != NULL && FN(b_panel_in_place)(cfg, nr_eff);
+        const int edge = b_in_place && nr_eff < nr; /* for the edge kernel */
+        const real *b = b_in_place ? B_direct + jr : Bp + jr * kc;
+        const ptrdiff_t b_step = b_in_place ? rs_b : (ptrdiff_t)nr;
         for (size_t ir = 0; ir < mc; ir += mr) {
             size_t mr_eff = FUSENN_MIN(mr, mc - ir);
             real *c = C + (ptrdiff_t)ir * rs_c + (ptrdiff_t)jr * cs_c;
@@ -602,7 +609,7 @@ static void FN(pack_b_block)(const FN(gemm_call) *g, size_t pc, size_t jc, size_
     const size_t nr = (size_t)g->cfg->nr;
     for (size_t jp = jp0; jp < jp1; jp++) {
         const size_t nr_eff = FUSENN_MIN(nr, nc - jp * nr);
-        if (g->direct_b && (nr_eff == nr || g->cfg->kernel_edge != NULL))
+        if (g->direct_b && FN(b_panel_in_place)(g->cfg, nr_eff))
             continue; /* read in place */
         FN(pack_b_panel)(nr_eff, g->cfg->nr, kc,
                          g->B + (ptrdiff_t)pc * g->rs_b + (ptrdiff_t)(jc + jp * nr) * g->cs_b,
@@ -727,7 +734,8 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
      * 128x784x256). Also when the row blocks would divide evenly: two threads,
      * 512x784x256 +47% against splitting rows over a shared packed B. Same
      * tiles, same sums: the same bits. */
-    const int slabs = nt > 1 && g.direct_a && (n + nr - 1) / nr >= (size_t)nt;
+    const size_t n_panels = (n + nr - 1) / nr;
+    const int slabs = nt > 1 && g.direct_a && n_panels >= (size_t)nt;
     const size_t per_thread = (b_len + g.a_len + 15) / 16 * 16; /* slabs start 64-byte aligned */
     real *buf = FN(pack_buffer)(slabs ? per_thread * (size_t)nt
                                       : b_len + g.a_len * (size_t)(g.split_columns ? 1 : nt));
@@ -741,7 +749,6 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         return FUSENN_OK;
     }
     if (slabs) {
-        const size_t n_panels = (n + nr - 1) / nr;
 #pragma omp parallel for num_threads(nt) schedule(static)
         for (int t = 0; t < nt; t++) {
             const size_t j0 = fusenn_chunk_start((size_t)t, (size_t)nt, n_panels) * nr;
