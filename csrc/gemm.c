@@ -288,9 +288,9 @@ static const FN(gemm_config) *FN(gemm_select)(int serial, size_t n)
  *    few B panels to repay packing it. 1 and 2 threads: 64^3 85 -> 115 GF/s,
  *    128x128x10 29 -> 59, 128x784x256 141 -> 161 (2t 209 -> 273),
  *    dZ W^T 128x128x256 125 -> 136 (2t 170 -> 223); no shape got slower.
- *  - one thread and A's rows contiguous: 1024^3 151 -> 163 GF/s, 2048^3 equal.
- *    Not on two threads (1024^3: 301 -> 203 GF/s, the threads then share each
- *    A block), nor for a transposed A (1024^3: 157 -> 126). */
+ *  - A's rows contiguous: one thread 1024^3 151 -> 163 GF/s, 2048^3 equal;
+ *    more threads then take column slabs (below). Not for a transposed A
+ *    (1024^3: 157 -> 126). */
 #ifndef GEMM_DIRECT_A_MAX_PANELS
 #define GEMM_DIRECT_A_MAX_PANELS 4
 #endif
@@ -301,6 +301,15 @@ static const FN(gemm_config) *FN(gemm_select)(int serial, size_t n)
  * -DGEMM_DIRECT_B=0 turns it off, for comparison. */
 #ifndef GEMM_DIRECT_B
 #define GEMM_DIRECT_B 1
+#endif
+
+/* Column slabs (threads reading A in place) are about this many panels wide:
+ * small enough to balance two threads when one vCPU is slowed (dynamic
+ * schedule), wide enough that each slab reuses its A blocks. Measured (two
+ * threads, alternating): 4 and 8 panels within 1-2%, both ahead of one slab
+ * per thread by 3-7% at 512^3-2048^3. */
+#ifndef GEMM_SLAB_PANELS
+#define GEMM_SLAB_PANELS 4
 #endif
 
 /* In a call that reads B in place (direct_b), whether the panel nr_eff wide
@@ -748,16 +757,17 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
          * pack each A block together and split its columns. Otherwise each
          * thread takes whole row blocks with its own A. */
         .split_columns = m_blocks % (size_t)nt != 0,
-        .direct_a = n <= GEMM_DIRECT_A_MAX_PANELS * nr || (nt == 1 && cs_a == 1),
+        .direct_a = n <= GEMM_DIRECT_A_MAX_PANELS * nr || cs_a == 1,
         .direct_b = GEMM_DIRECT_B && serial && cs_b == 1,
     };
     const size_t b_len = kc_max * ((FUSENN_MIN(cfg->nc, n) + nr - 1) / nr * nr);
-    /* Threads that read A in place need not share anything: each takes a
-     * slab of whole column panels and runs the serial loops on it with its own
-     * buffers, with no barrier per k block (they cost ~10% of a two-thread
-     * 128x784x256). Also when the row blocks would divide evenly: two threads,
-     * 512x784x256 +47% against splitting rows over a shared packed B. Same
-     * tiles, same sums: the same bits. */
+    /* Threads that read A in place need not share anything: each takes
+     * slabs of whole column panels (about GEMM_SLAB_PANELS, at least one per
+     * thread, handed out dynamically) and runs the serial loops on each with
+     * its own buffers, with no barrier per k block (they cost ~10% of a
+     * two-thread 128x784x256). Against splitting rows over a shared packed B,
+     * two threads: 512x784x256 +47%, 1024^3 +10%, 2048^3 +6%, 512^3 +16%.
+     * Same tiles, same sums: the same bits. */
     const size_t n_panels = (n + nr - 1) / nr;
     const int slabs = nt > 1 && g.direct_a && n_panels >= (size_t)nt;
     /* A thread that has the B block to itself packs its full panels in its
@@ -778,10 +788,11 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         return FUSENN_OK;
     }
     if (slabs) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-        for (int t = 0; t < nt; t++) {
-            const size_t j0 = fusenn_chunk_start((size_t)t, (size_t)nt, n_panels) * nr;
-            const size_t j1 = FUSENN_MIN(fusenn_chunk_start((size_t)t + 1, (size_t)nt, n_panels) * nr, n);
+        const size_t n_slabs = FUSENN_MAX((size_t)nt, n_panels / GEMM_SLAB_PANELS);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+        for (size_t t = 0; t < n_slabs; t++) {
+            const size_t j0 = fusenn_chunk_start(t, n_slabs, n_panels) * nr;
+            const size_t j1 = FUSENN_MIN(fusenn_chunk_start(t + 1, n_slabs, n_panels) * nr, n);
             if (j0 >= j1)
                 continue;
             FN(gemm_call) slab = g;
@@ -789,7 +800,7 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
             slab.B = g.B + (ptrdiff_t)j0 * g.cs_b;
             slab.C = g.C + (ptrdiff_t)j0 * g.cs_c;
             slab.bias = g.bias ? g.bias + j0 : NULL;
-            slab.Bp = buf + (size_t)t * per_thread;
+            slab.Bp = buf + (size_t)fusenn_thread_num() * per_thread;
             slab.Ap = slab.Bp + b_len;
             slab.split_columns = 0;
             FN(gemm_blocked)(&slab, 0, 1);
@@ -797,13 +808,7 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         return FUSENN_OK;
     }
 #pragma omp parallel num_threads(nt)
-    {
-#ifdef _OPENMP
-        FN(gemm_blocked)(&g, omp_get_thread_num(), 0);
-#else
-        FN(gemm_blocked)(&g, 0, 0);
-#endif
-    }
+    FN(gemm_blocked)(&g, fusenn_thread_num(), 0);
     return FUSENN_OK;
 }
 

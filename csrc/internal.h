@@ -42,6 +42,16 @@ int fusenn_isa_level(void);
 void *fusenn_aligned_alloc(size_t bytes);
 void fusenn_aligned_free(void *p);
 
+/* This thread's number in the innermost parallel region (0 without OpenMP). */
+static inline int fusenn_thread_num(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
 #define FUSENN_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define FUSENN_MAX(a, b) ((a) > (b) ? (a) : (b))
 
