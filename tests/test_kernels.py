@@ -303,16 +303,18 @@ def test_gemm_alpha_beta(nthreads, shape, alpha, beta, c_layout, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(256, 300, 200), (48, 600, 300), (130, 257, 90),
-                                   (130, 129, 90), (784, 256, 128), (800, 300, 70)],
+                                   (130, 129, 90), (784, 256, 128), (800, 300, 70),
+                                   (100, 1000, 50)],
                          ids=_mnk_id)
 @pytest.mark.parametrize("trans_a", [False, True], ids=["N", "T"])
 def test_matmul_bitwise_independent_of_threads(shape, dtype, trans_a):
-    """(m, n, k). (48, ...) has fewer row blocks than threads: the column-split
-    path. (800, ...) has 4 row blocks in float32 and 3 in float64: 2 or 3 threads
-    take whole row blocks each. One thread reads row-major A in place where more
-    threads pack it, and n = 257 / 129 straddle the narrow-C threshold of that
-    path (4 tiles of 64 / 32). With A read in place, threads take independent
-    slabs of whole column panels (130 x 129, 784 x 256)."""
+    """(m, n, k). Row-major A is read in place and threads take slabs of whole
+    column panels: one per thread, or (n = 1000: 16 or 32 panels) about four
+    panels each, handed out dynamically; with fewer panels than threads (n = 70,
+    3 threads) they take row blocks. Transposed A is packed: (48, ...) has fewer
+    row blocks than threads, the column-split path; (800, ...) has 4 row blocks
+    in float32 and 3 in float64, which 2 or 3 threads take whole; n = 257 / 129
+    straddle the narrow-C threshold of reading A in place (4 tiles of 64 / 32)."""
     rng = np.random.default_rng(3)
     a, b = matmul_operands(rng, *shape, dtype, trans_a, False)
     results = []
