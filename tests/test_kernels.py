@@ -304,17 +304,21 @@ def test_gemm_alpha_beta(nthreads, shape, alpha, beta, c_layout, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(256, 300, 200), (48, 600, 300), (130, 257, 90),
                                    (130, 129, 90), (784, 256, 128), (800, 300, 70),
-                                   (100, 1000, 50)],
+                                   (516, 300, 40), (100, 1000, 50), (600, 20, 100)],
                          ids=_mnk_id)
 @pytest.mark.parametrize("trans_a", [False, True], ids=["N", "T"])
 def test_matmul_bitwise_independent_of_threads(shape, dtype, trans_a):
-    """(m, n, k). Row-major A is read in place and threads take slabs of whole
-    column panels: one per thread, or (n = 1000: 16 or 32 panels) about four
-    panels each, handed out dynamically; with fewer panels than threads (n = 70,
-    3 threads) they take row blocks. Transposed A is packed: (48, ...) has fewer
-    row blocks than threads, the column-split path; (800, ...) has 4 row blocks
-    in float32 and 3 in float64, which 2 or 3 threads take whole; n = 257 / 129
-    straddle the narrow-C threshold of reading A in place (4 tiles of 64 / 32)."""
+    """(m, n, k), each with row-major and with transposed A; between them they
+    take every multi-thread path:
+    - A read in place, column slabs: one per thread (256 x 300, 800 x 300, ...),
+      or about four panels each, handed out dynamically (n = 1000);
+    - A read in place, row slabs: a transposed A taller than wide (130 x 129,
+      784 x 256), or C much taller than wide (600 x 20, whose column panels are
+      also too few for 3 threads);
+    - a transposed A that is packed (n above the narrow-C threshold, which 257 /
+      129 straddle): the column-split path with fewer row blocks than threads
+      (48, 130, 256 rows), whole row blocks per thread (516 rows: 2 blocks; 800
+      rows: 4 in float32, 3 in float64)."""
     rng = np.random.default_rng(3)
     a, b = matmul_operands(rng, *shape, dtype, trans_a, False)
     results = []
