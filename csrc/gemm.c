@@ -798,37 +798,30 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         FN(gemm_blocked)(&g, 0, 1); /* no parallel region: small calls pay nothing for it */
         return FUSENN_OK;
     }
-    if (slabs && by_rows) { /* one per thread: each packs all of B */
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-        for (size_t t = 0; t < (size_t)nt; t++) {
-            const size_t i0 = fusenn_chunk_start(t, (size_t)nt, m_tiles) * mr;
-            const size_t i1 = FUSENN_MIN(fusenn_chunk_start(t + 1, (size_t)nt, m_tiles) * mr, m);
-            if (i0 >= i1)
-                continue;
-            FN(gemm_call) slab = g;
-            slab.m = i1 - i0;
-            slab.A = g.A + (ptrdiff_t)i0 * g.rs_a;
-            slab.C = g.C + (ptrdiff_t)i0 * g.rs_c;
-            slab.Bp = buf + (size_t)fusenn_thread_num() * per_thread;
-            slab.Ap = slab.Bp + b_len;
-            slab.split_columns = 0;
-            FN(gemm_blocked)(&slab, 0, 1);
-        }
-        return FUSENN_OK;
-    }
     if (slabs) {
-        const size_t n_slabs = FUSENN_MAX((size_t)nt, n_panels / GEMM_SLAB_PANELS);
+        /* rows: one slab per thread (each packs all of B); columns: about
+         * GEMM_SLAB_PANELS panels each */
+        const size_t units = by_rows ? m_tiles : n_panels, unit = by_rows ? mr : nr;
+        const size_t end = by_rows ? m : n;
+        const size_t n_slabs =
+            by_rows ? (size_t)nt : FUSENN_MAX((size_t)nt, n_panels / GEMM_SLAB_PANELS);
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
         for (size_t t = 0; t < n_slabs; t++) {
-            const size_t j0 = fusenn_chunk_start(t, n_slabs, n_panels) * nr;
-            const size_t j1 = FUSENN_MIN(fusenn_chunk_start(t + 1, n_slabs, n_panels) * nr, n);
-            if (j0 >= j1)
+            const size_t lo = fusenn_chunk_start(t, n_slabs, units) * unit;
+            const size_t hi = FUSENN_MIN(fusenn_chunk_start(t + 1, n_slabs, units) * unit, end);
+            if (lo >= hi)
                 continue;
             FN(gemm_call) slab = g;
-            slab.n = j1 - j0;
-            slab.B = g.B + (ptrdiff_t)j0 * g.cs_b;
-            slab.C = g.C + (ptrdiff_t)j0 * g.cs_c;
-            slab.bias = g.bias ? g.bias + j0 : NULL;
+            if (by_rows) {
+                slab.m = hi - lo;
+                slab.A = g.A + (ptrdiff_t)lo * g.rs_a;
+                slab.C = g.C + (ptrdiff_t)lo * g.rs_c;
+            } else {
+                slab.n = hi - lo;
+                slab.B = g.B + (ptrdiff_t)lo * g.cs_b;
+                slab.C = g.C + (ptrdiff_t)lo * g.cs_c;
+                slab.bias = g.bias ? g.bias + lo : NULL;
+            }
             slab.Bp = buf + (size_t)fusenn_thread_num() * per_thread;
             slab.Ap = slab.Bp + b_len;
             slab.split_columns = 0;
