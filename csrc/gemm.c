@@ -244,8 +244,8 @@ typedef __mmask8 uk_mask;
  * All three of a level share its KC, so that every tile sums each element
  * over the same kc blocks and the choice of tile does not change the bits.
  * K(x) names a kernel's four variants: packed, A in place, A and B in place,
- * and A and B in place packing B; KE(x) adds the edge variant, which the small-call (mid, narrow) AVX-512
- * kernels have. */
+ * and A and B in place packing B; KE(x) adds the edge variant, which the
+ * small-call (mid, narrow) AVX-512 kernels have. */
 #define K(x) FN(x), FN(x##_direct), FN(x##_direct_ab), FN(x##_pack_b), NULL
 #define KE(x) FN(x), FN(x##_direct), FN(x##_direct_ab), FN(x##_pack_b), FN(x##_edge)
 static const FN(gemm_config) FN(gemm_configs)[][3] = {
