@@ -95,6 +95,14 @@ int fusenn_gemm_f64(size_t m, size_t n, size_t k, double alpha,
                     const double *B, ptrdiff_t rs_b, ptrdiff_t cs_b, double beta,
                     double *C, ptrdiff_t rs_c, ptrdiff_t cs_c, int nthreads);
 
+/* Below this many multiply-adds a GEMM runs on one thread whatever nthreads
+ * says (dense.c's backward pass uses the same line to run its two products
+ * side by side, and the matmul binding to keep the GIL). */
+static inline int fusenn_gemm_is_serial(size_t m, size_t n, size_t k)
+{
+    return (double)m * (double)n * (double)k < (double)(128 * 128 * 64);
+}
+
 /* ---- Dense layer (dense.c) ---------------------------------------------- */
 
 /* Y = act(X W + b): X n x d_in (strides rs_x, cs_x), W d_in x d_out (strides

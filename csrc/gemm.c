@@ -92,7 +92,8 @@ typedef int64_t int_same_size_real;
  * keeping B's KC x NR panel in L1. Against 256, one thread: AVX-512 1024^3
  * +6%, 2048^3 +7%, 128x784x256 +3% (two threads: +3%, +4%, +16%); AVX2
  * 1024^3 +6%, 2048^3 +27%. Not for float64 (AVX-512 128x784x256 -8%) nor
- * the portable kernel (-24%). NC then keeps the packed B block at 4 MB. */
+ * the portable kernel (-24%). NC is then 16 panels: a packed B block of 4 MB
+ * on AVX-512, 1 MB on AVX2. */
 #if defined(FUSENN_DTYPE_F32)
 #define FAST_KC 1024
 #define FAST_NC_PANELS(wide) 16
@@ -568,11 +569,13 @@ static void FN(macro_kernel)(const FN(gemm_config) *cfg, size_t mc, size_t nc, s
         const real *bias_jr = bias ? bias + jr : NULL;
         const int b_in_place = B_direct != NULL && FN(b_panel_in_place)(cfg, nr_eff);
         const int edge = b_in_place && nr_eff < nr; /* for the edge kernel */
-        const int pack_first = B_first != NULL && nr_eff == nr;
+        const real *b_panel = b_in_place ? B_direct + jr : Bp + jr * kc;
+        const ptrdiff_t panel_step = b_in_place ? rs_b : (ptrdiff_t)nr;
         for (size_t ir = 0; ir < mc; ir += mr) {
-            const int packing = pack_first && ir == 0;
-            const real *b = b_in_place ? B_direct + jr : packing ? B_first + jr : Bp + jr * kc;
-            const ptrdiff_t b_step = b_in_place || packing ? rs_b : (ptrdiff_t)nr;
+            /* the panel's first tile packs it, reading B in place */
+            const int packing = B_first != NULL && nr_eff == nr && ir == 0;
+            const real *b = packing ? B_first + jr : b_panel;
+            const ptrdiff_t b_step = packing ? rs_b : panel_step;
             real *b_pack = packing ? Bp + jr * kc : NULL;
             size_t mr_eff = FUSENN_MIN(mr, mc - ir);
             real *c = C + (ptrdiff_t)ir * rs_c + (ptrdiff_t)jr * cs_c;

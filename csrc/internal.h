@@ -59,13 +59,6 @@ static inline int fusenn_thread_num(void)
  * parallel region costs a few microseconds, which small layers cannot repay. */
 #define FUSENN_PARALLEL_MIN_WORK 32768
 
-/* Below this many multiply-adds a GEMM runs on one thread (gemm.c; dense.c's
- * backward pass uses the same line to run its two products side by side). */
-static inline int fusenn_gemm_is_serial(size_t m, size_t n, size_t k)
-{
-    return (double)m * (double)n * (double)k < (double)(128 * 128 * 64);
-}
-
 /* Threads to use for `work` elements: 1 when small, else the caller's count.
  * Use as: int nt = fusenn_threads_for(work, nthreads);
  *         fusenn_parallel_ranges(nt, n, fn, &ctx); */

@@ -14,7 +14,7 @@ static int global_threads;                /* set_num_threads(n); 0: not set */
 static _Thread_local int override_threads; /* threads(n) in this thread; 0: none */
 static int forked_child;                  /* in a child forked from the importer */
 static int default_cap = INT_MAX;         /* a cgroup CPU quota, if any */
-static int default_without_openmp = 1;    /* the affinity count, for reporting */
+static int default_without_openmp = 1;    /* the default without OpenMP: the CPUs we may use */
 
 int fusenn_num_threads(void)
 {

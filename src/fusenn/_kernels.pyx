@@ -33,6 +33,7 @@ cdef extern from "fusenn.h" nogil:
     void fusenn_mark_forked_child()
     void fusenn_configure_default_threads(int cap, int without_openmp)
     const char *fusenn_gemm_isa()
+    int fusenn_gemm_is_serial(size_t m, size_t n, size_t k)
 
     int fusenn_gemm_f32(size_t m, size_t n, size_t k, float alpha,
                         const float *A, Py_ssize_t rs_a, Py_ssize_t cs_a,
@@ -349,9 +350,9 @@ cdef object _matmul_fast(a, b, bint trans_a, bint trans_b, int nthreads):
     cdef const void *pb = cnp.PyArray_DATA(B)
     cdef void *pc = cnp.PyArray_DATA(C)
     cdef int rc
-    # A call too small for two threads (under 2^20 multiply-adds, a few µs)
-    # keeps the GIL: releasing and retaking it cost 8% of 32^3 (19% of 8^3).
-    if <double>m * n * k < 1048576:
+    # A call too small for two threads (a few µs) keeps the GIL: releasing and
+    # retaking it cost 8% of 32^3 (19% of 8^3).
+    if fusenn_gemm_is_serial(m, n, k):
         rc = _matmul_call(typenum, m, n, k, pa, rs_a, cs_a, pb, rs_b, cs_b, pc, nthreads)
     else:
         with nogil:
