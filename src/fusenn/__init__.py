@@ -20,7 +20,8 @@ from ._kernels import gemm_isa, has_openmp
 from ._threads import get_num_threads, set_num_threads, threads
 from .layers import BatchNorm, Dense, Dropout, Layer
 from .losses import LOSSES
-from .model import History, Sequential, load
+from .model import History, Sequential
+from .saving import load
 from .ops import matmul
 from .optimizers import SGD, Adagrad, Adam, AdamW, RMSprop
 

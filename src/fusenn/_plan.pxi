@@ -1,90 +1,13 @@
 # Included by _kernels.pyx: the binding of the training engine (csrc/plan.c).
 # Plan holds a C plan plus references to every array it points into; the
-# model (fusenn/model.py) builds one when a C-backend model trains with one of
-# fusenn's optimizers, and validates everything it passes in.
+# model's engine module (fusenn/_engine.py) builds one when a C-backend model
+# trains with one of fusenn's optimizers, and validates everything it passes in.
 
 from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport uint64_t, uintptr_t
+from libc.string cimport memset
 
-cdef extern from "fusenn.h" nogil:
-    int FUSENN_EDIVERGED
-    int FUSENN_EBADINPUT
-    size_t fusenn_allocation_count()
-    size_t fusenn_first_label_out_of_range(size_t n, const int64_t *labels, int64_t k)
-    void fusenn_shuffle(uint64_t seed, size_t n, int64_t *order)
-    size_t fusenn_count_nonfinite_f32(size_t n, size_t d, const float *X, Py_ssize_t ldx, int nthreads)
-    size_t fusenn_count_nonfinite_f64(size_t n, size_t d, const double *X, Py_ssize_t ldx, int nthreads)
-
-    ctypedef enum fusenn_loss:
-        pass
-    ctypedef enum fusenn_optimizer_kind:
-        pass
-    ctypedef struct fusenn_optimizer:
-        fusenn_optimizer_kind kind
-        double lr, momentum
-        int nesterov
-        double beta1, beta2, eps
-        double rho, weight_decay, l2
-        double clipnorm, global_clipnorm, clipvalue
-        int64_t steps
-    ctypedef enum fusenn_layer_kind:
-        FUSENN_LAYER_DENSE
-        FUSENN_LAYER_DROPOUT
-        FUSENN_LAYER_BATCHNORM
-    ctypedef struct fusenn_layer:
-        fusenn_layer_kind kind
-        size_t d_in, d_out
-        fusenn_activation act
-        void *W
-        void *b
-        void *dW
-        void *db
-        void *W_state[2]
-        void *b_state[2]
-        double rate
-        uint64_t seed
-        uint64_t *step
-        double momentum, eps
-        void *running_mean
-        void *running_var
-    ctypedef struct fusenn_plan_f32:
-        pass
-    ctypedef struct fusenn_plan_f64:
-        pass
-
-    fusenn_plan_f32 *fusenn_plan_create_f32(size_t n_layers, const fusenn_layer *layers, fusenn_loss loss,
-                                            double loss_param)
-    fusenn_plan_f64 *fusenn_plan_create_f64(size_t n_layers, const fusenn_layer *layers, fusenn_loss loss,
-                                            double loss_param)
-    void fusenn_plan_destroy_f32(fusenn_plan_f32 *plan)
-    void fusenn_plan_destroy_f64(fusenn_plan_f64 *plan)
-    int fusenn_plan_train_batch_f32(fusenn_plan_f32 *plan, size_t n, const float *X, Py_ssize_t ldx,
-                                    const int64_t *labels, const float *T, Py_ssize_t ldt,
-                                    const float *sw, fusenn_optimizer *opt, double *loss, double *correct, int nthreads)
-    int fusenn_plan_train_batch_f64(fusenn_plan_f64 *plan, size_t n, const double *X, Py_ssize_t ldx,
-                                    const int64_t *labels, const double *T, Py_ssize_t ldt,
-                                    const double *sw, fusenn_optimizer *opt, double *loss, double *correct, int nthreads)
-    int fusenn_plan_train_epoch_f32(fusenn_plan_f32 *plan, size_t n, const float *X, Py_ssize_t ldx,
-                                    const int64_t *labels, const float *T, Py_ssize_t ldt,
-                                    const float *sw, const int64_t *order, size_t batch_size, size_t first_batch,
-                                    size_t n_batches, fusenn_optimizer *opt, double *loss,
-                                    double *loss_sum, double *correct_sum, int nthreads)
-    int fusenn_plan_train_epoch_f64(fusenn_plan_f64 *plan, size_t n, const double *X, Py_ssize_t ldx,
-                                    const int64_t *labels, const double *T, Py_ssize_t ldt,
-                                    const double *sw, const int64_t *order, size_t batch_size, size_t first_batch,
-                                    size_t n_batches, fusenn_optimizer *opt, double *loss,
-                                    double *loss_sum, double *correct_sum, int nthreads)
-    int fusenn_plan_predict_f32(fusenn_plan_f32 *plan, size_t n, const float *X, Py_ssize_t ldx,
-                                float *out, Py_ssize_t ldo, int nthreads)
-    int fusenn_plan_predict_f64(fusenn_plan_f64 *plan, size_t n, const double *X, Py_ssize_t ldx,
-                                double *out, Py_ssize_t ldo, int nthreads)
-    int fusenn_plan_evaluate_f32(fusenn_plan_f32 *plan, size_t n, const float *X, Py_ssize_t ldx,
-                                 const int64_t *labels, const float *T, Py_ssize_t ldt,
-                                 const float *sw, double *loss_sum, double *correct_sum, int nthreads)
-    int fusenn_plan_evaluate_f64(fusenn_plan_f64 *plan, size_t n, const double *X, Py_ssize_t ldx,
-                                 const int64_t *labels, const double *T, Py_ssize_t ldt,
-                                 const double *sw, double *loss_sum, double *correct_sum, int nthreads)
-
+import numpy
 
 FUSENN_EDIVERGED_CODE = FUSENN_EDIVERGED
 FUSENN_EBADINPUT_CODE = FUSENN_EBADINPUT
@@ -123,13 +46,72 @@ def count_nonfinite(const real[:, :] X, int nthreads):
     return bad
 
 
-cdef void *address(object array, object dtype, size_t size) except NULL:
+cdef void *address(object array, object dtype, size_t size, str what) except NULL:
     """The data pointer of a C-contiguous, writeable array of `dtype` and `size` elements."""
     if (array.dtype != dtype or array.size != size or not array.flags.c_contiguous
             or not array.flags.writeable):
-        raise ValueError(f"plan arrays must be C-contiguous, writeable {dtype} arrays "
-                         f"shaped like their layer's parameters")
+        raise ValueError(f"{what} must be a C-contiguous, writeable {dtype} array of "
+                         f"{size} elements")
     return <void *><uintptr_t>array.__array_interface__["data"][0]
+
+
+def kinds():
+    """{kind name: (attribute names, in the order of fusenn_layer.attr)} of the engine."""
+    table = {}
+    cdef int k
+    cdef size_t i
+    cdef const char *name
+    for k in range(fusenn_kind_count()):
+        attrs = []
+        i = 0
+        name = fusenn_kind_attr(k, i)
+        while name != NULL:
+            attrs.append(name.decode())
+            i += 1
+            name = fusenn_kind_attr(k, i)
+        table[fusenn_kind_name(k).decode()] = tuple(attrs)
+    return table
+
+
+cdef int lower_layer(dict spec, fusenn_layer *desc, object dtype, list keep) except -1:
+    """Fill one descriptor from a layer's engine spec (see Plan): the kind by name,
+    attributes in the kind's order (activation names as their C values)."""
+    kind = spec["kind"]
+    desc.kind = fusenn_kind_find(kind.encode())
+    if desc.kind < 0:
+        raise ValueError(f"the engine has no layer kind {kind!r}")
+    attrs = dict(spec.get("attrs", {}))
+    cdef size_t i = 0
+    cdef const char *name = fusenn_kind_attr(desc.kind, 0)
+    while name != NULL:
+        key = name.decode()
+        if key not in attrs:
+            raise ValueError(f"layer kind {kind!r} needs attribute {key!r}")
+        value = attrs.pop(key)
+        desc.attr[i] = ACTIVATION_IDS[value] if isinstance(value, str) else value
+        i += 1
+        name = fusenn_kind_attr(desc.kind, i)
+    if attrs:
+        raise ValueError(f"layer kind {kind!r} has no attributes {sorted(attrs)}")
+    offsets = spec.get("param_offsets", ())
+    if len(offsets) > FUSENN_MAX_PARAMS:
+        raise ValueError(f"a layer has at most {FUSENN_MAX_PARAMS} parameter tensors")
+    for i in range(len(offsets)):
+        desc.param_offset[i] = offsets[i]
+    desc.seed = spec.get("seed", 0)
+    counter = spec.get("counter")
+    if counter is not None:
+        if counter.dtype != numpy.uint64:
+            raise ValueError("a layer's step counter must be a uint64 array")
+        desc.counter = <uint64_t *>address(counter, counter.dtype, 1, "a step counter")
+        keep.append(counter)
+    buffers = spec.get("buffers", ())
+    if len(buffers) > 2:
+        raise ValueError("a layer has at most 2 buffers")
+    for i in range(len(buffers)):
+        desc.buffer[i] = address(buffers[i], dtype, buffers[i].size, "a layer buffer")
+        keep.append(buffers[i])
+    return 0
 
 
 # The per-dtype calls, fused over `real`; `plan` is a fusenn_plan_f32/_f64.
@@ -183,101 +165,96 @@ cdef const void *vector_ptr(object a, int typenum, Py_ssize_t n, str name) excep
 cdef class Plan:
     """A network lowered into fusenn's C training engine.
 
-    layers: one dict per layer (built by fusenn.model's engine_layer):
-      {"kind": "dense", "W", "b", "dW", "db", "act", "W_state", "b_state"}
-      {"kind": "batchnorm", "W" (gamma), "b" (beta), "dW", "db", "W_state",
-       "b_state", "momentum", "eps", "running_mean", "running_var"}
-      {"kind": "dropout", "d", "rate", "seed", "step"} (step: a uint64 array of
-       one element that the engine advances)
-    where the states are lists of 0-2 arrays shaped like W / b (SGD:
-    [velocity] or []; Adam: [m, v]; RMSprop, Adagrad: [v]). loss: the fusenn_loss value, loss_param
-    Huber's delta. Every array must be C-contiguous and of `dtype`; the plan
-    keeps them alive. Return codes of the methods are those of csrc/fusenn.h.
+    network: a dict (built by fusenn._engine) with
+      "input_shape": a sample's shape; "loss": a name of LOSS_IDS; "loss_param":
+      Huber's delta; "params", "grads": the parameter and gradient arenas (flat,
+      C-contiguous, of `dtype`); "state": the optimizer's 0-2 state arenas shaped
+      like "params"; "layers": one spec per layer,
+        {"kind": a name of kinds(), "attrs": {attribute: number or activation name},
+         "param_offsets": [where each parameter tensor starts in the arenas],
+         "seed": dropout's base seed, "counter": a uint64 array of one element that
+         the engine advances (dropout), "buffers": persistent arrays (batchnorm's
+         running mean and variance)}.
+    The plan keeps every array alive. Return codes of the methods are those of
+    csrc/fusenn.h.
     """
     cdef void *plan
     cdef readonly bint f64
-    cdef int typenum  # NPY_FLOAT32 or NPY_FLOAT64
-    cdef Py_ssize_t d_in, k  # input and output widths
+    cdef int typenum    # NPY_FLOAT32 or NPY_FLOAT64
+    cdef int x_typenum  # the input's: the dtype's, or NPY_INT64 for index input
+    cdef Py_ssize_t d_in, out_size  # a sample's input and output sizes
+    cdef Py_ssize_t out_rows        # the rows of the output's last dimension in a sample
+    cdef readonly tuple output_shape
     cdef fusenn_optimizer opt
     cdef list arrays
 
     def __cinit__(self):
         self.plan = NULL
 
-    def __init__(self, list layers, int loss, object dtype, double loss_param=0.0):
-        import numpy
+    def __init__(self, dict network, object dtype):
         dtype = numpy.dtype(dtype)
         self.f64 = dtype == numpy.float64
         self.typenum = cnp.NPY_FLOAT64 if self.f64 else cnp.NPY_FLOAT32
-        self.arrays = []
-        cdef Py_ssize_t n = len(layers), i, s
-        cdef size_t w_size, d
-        if n == 0:
+        layers = network["layers"]
+        params, grads, state = network["params"], network["grads"], list(network["state"])
+        self.arrays = [params, grads, *state]
+        cdef fusenn_network net
+        memset(&net, 0, sizeof(net))
+        net.n_layers = len(layers)
+        if net.n_layers == 0:
             raise ValueError("a plan needs at least one layer")
-        cdef fusenn_layer *descs = <fusenn_layer *>PyMem_Calloc(n, sizeof(fusenn_layer))
+        shape = tuple(network["input_shape"])
+        if not 1 <= len(shape) <= FUSENN_MAX_RANK:
+            raise ValueError(f"a sample has 1 to {FUSENN_MAX_RANK} dimensions, got {shape}")
+        net.input.rank = len(shape)
+        cdef Py_ssize_t i
+        for i in range(len(shape)):
+            net.input.dim[i] = shape[i]
+        net.loss = <fusenn_loss>LOSS_IDS[network["loss"]]
+        net.loss_param = network.get("loss_param", 0.0)
+        net.arena_len = params.size
+        net.params = address(params, dtype, params.size, "the parameter arena")
+        net.grads = address(grads, dtype, params.size, "the gradient arena")
+        if len(state) > 2:
+            raise ValueError("an optimizer has at most 2 state arenas")
+        for i in range(len(state)):
+            net.state[i] = address(state[i], dtype, params.size, "an optimizer state arena")
+        cdef fusenn_layer *descs = <fusenn_layer *>PyMem_Calloc(net.n_layers, sizeof(fusenn_layer))
         if descs == NULL:
             raise MemoryError()
+        cdef size_t bad = 0
+        cdef int rc
         try:
-            for i in range(n):
-                spec = layers[i]
-                kind = spec["kind"]
-                if kind == "dropout":
-                    d = spec["d"]
-                    step = spec["step"]
-                    if step.dtype != numpy.uint64:
-                        raise ValueError("a dropout step counter must be a uint64 array")
-                    descs[i].kind = FUSENN_LAYER_DROPOUT
-                    descs[i].d_in = descs[i].d_out = d
-                    descs[i].rate = spec["rate"]
-                    descs[i].seed = spec["seed"]
-                    descs[i].step = <uint64_t *>address(step, step.dtype, 1)
-                    self.arrays.append(step)
-                else:
-                    W, b = spec["W"], spec["b"]
-                    if kind == "dense":
-                        descs[i].kind = FUSENN_LAYER_DENSE
-                        if W.ndim != 2:
-                            raise ValueError("a dense layer's W must be 2-D")
-                        descs[i].d_in, descs[i].d_out = W.shape[0], W.shape[1]
-                        descs[i].act = <fusenn_activation>spec["act"]
-                    elif kind == "batchnorm":
-                        descs[i].kind = FUSENN_LAYER_BATCHNORM
-                        descs[i].d_in = descs[i].d_out = W.shape[0]
-                        descs[i].momentum = spec["momentum"]
-                        descs[i].eps = spec["eps"]
-                        d = W.shape[0]
-                        descs[i].running_mean = address(spec["running_mean"], dtype, d)
-                        descs[i].running_var = address(spec["running_var"], dtype, d)
-                        self.arrays.extend([spec["running_mean"], spec["running_var"]])
-                    else:
-                        raise ValueError(f"unknown plan layer kind {kind!r}")
-                    w_size = W.size
-                    d = descs[i].d_out
-                    descs[i].W = address(W, dtype, w_size)
-                    descs[i].b = address(b, dtype, d)
-                    descs[i].dW = address(spec["dW"], dtype, w_size)
-                    descs[i].db = address(spec["db"], dtype, d)
-                    W_state, b_state = spec["W_state"], spec["b_state"]
-                    for s in range(2):
-                        descs[i].W_state[s] = (address(W_state[s], dtype, w_size)
-                                               if s < len(W_state) else NULL)
-                        descs[i].b_state[s] = (address(b_state[s], dtype, d)
-                                               if s < len(b_state) else NULL)
-                    self.arrays.extend([W, b, spec["dW"], spec["db"], *W_state, *b_state])
-                if i > 0 and descs[i].d_in != descs[i - 1].d_out:
-                    raise ValueError("plan layers must chain: each layer's input width is "
-                                     "the previous layer's output width")
-            if descs[n - 1].kind != FUSENN_LAYER_DENSE:
-                raise ValueError("a plan's last layer must be dense")
-            self.d_in, self.k = descs[0].d_in, descs[n - 1].d_out
+            for i in range(net.n_layers):
+                lower_layer(layers[i], &descs[i], dtype, self.arrays)
+            net.layers = descs
+            descs_kind0 = descs[0].kind
             if self.f64:
-                self.plan = fusenn_plan_create_f64(n, descs, <fusenn_loss>loss, loss_param)
+                rc = fusenn_plan_create_f64(&net, <fusenn_plan_f64 **>&self.plan, &bad)
             else:
-                self.plan = fusenn_plan_create_f32(n, descs, <fusenn_loss>loss, loss_param)
+                rc = fusenn_plan_create_f32(&net, <fusenn_plan_f32 **>&self.plan, &bad)
         finally:
             PyMem_Free(descs)
-        if self.plan == NULL:
+        if rc == FUSENN_ENOMEM:
             raise MemoryError("fusenn: could not allocate the training plan")
+        if rc != FUSENN_OK:
+            where = (f"layer {bad} ({layers[bad]['kind']})" if bad < net.n_layers
+                     else "the network")
+            raise ValueError(f"the engine refused {where}: its attributes, input shape or "
+                             f"parameters do not fit")
+        cdef fusenn_shape out = (fusenn_plan_output_shape_f64(<fusenn_plan_f64 *>self.plan)
+                                 if self.f64 else
+                                 fusenn_plan_output_shape_f32(<fusenn_plan_f32 *>self.plan))
+        self.output_shape = tuple(out.dim[i] for i in range(out.rank))
+        self.out_size = 1
+        for i in range(out.rank):
+            self.out_size *= out.dim[i]
+        self.out_rows = self.out_size // out.dim[out.rank - 1]
+        self.d_in = 1
+        for d in shape:
+            self.d_in *= d
+        self.x_typenum = (cnp.NPY_INT64 if fusenn_kind_reads_indices(descs_kind0)
+                          else self.typenum)
 
     def __dealloc__(self):
         if self.plan != NULL:
@@ -287,15 +264,16 @@ cdef class Plan:
                 fusenn_plan_destroy_f32(<fusenn_plan_f32 *>self.plan)
 
     def set_optimizer(self, dict config, int64_t steps):
-        """The optimizer's settings (Optimizer.engine_config(): the fields of
-        fusenn_optimizer, missing ones 0) and its step count."""
+        """The optimizer's settings (Optimizer.engine_config(): "kind", a name of
+        OPTIMIZER_IDS, and the other fields of fusenn_optimizer, missing ones 0)
+        and its step count."""
         known = {"kind", "lr", "momentum", "nesterov", "beta1", "beta2", "eps", "rho",
                  "weight_decay", "l2", "clipnorm", "global_clipnorm", "clipvalue"}
         unknown = set(config) - known
         if unknown:
             raise ValueError(f"unknown engine optimizer settings {sorted(unknown)}")
         get = config.get
-        self.opt.kind = <fusenn_optimizer_kind><int>get("kind", 0)
+        self.opt.kind = <fusenn_optimizer_kind>OPTIMIZER_IDS[config["kind"]]
         self.opt.lr = get("lr", 0.0)
         self.opt.momentum = get("momentum", 0.0)
         self.opt.nesterov = bool(get("nesterov", False))
@@ -320,14 +298,16 @@ cdef class Plan:
         return self.opt.steps
 
     cdef int batch(self, X, labels, T, sw, batch_t *b) except -1:
-        """Pointers into a batch the model has validated: X (n x d_in), labels
-        (int64, n) or T (n x k), sw (n weights) or None."""
-        b.X = rows_ptr(X, self.typenum, -1, self.d_in, "X", &b.ldx)
+        """Pointers into a batch the model has validated: X (n samples as rows of
+        d_in), labels (int64, one per output row: n x rows) or T (n x out_size),
+        sw (n weights) or None."""
+        b.X = rows_ptr(X, self.x_typenum, -1, self.d_in, "X", &b.ldx)
         b.n = cnp.PyArray_DIMS(<cnp.ndarray>X)[0]
-        b.labels = <const int64_t *>vector_ptr(labels, cnp.NPY_INT64, b.n, "labels")
+        b.labels = <const int64_t *>vector_ptr(labels, cnp.NPY_INT64, b.n * self.out_rows,
+                                               "labels")
         b.T, b.ldt = NULL, 0
         if T is not None:
-            b.T = rows_ptr(T, self.typenum, b.n, self.k, "T", &b.ldt)
+            b.T = rows_ptr(T, self.typenum, b.n, self.out_size, "T", &b.ldt)
         b.sw = vector_ptr(sw, self.typenum, b.n, "sample weights")
         return 0
 
@@ -340,12 +320,12 @@ cdef class Plan:
         cdef int rc
         with nogil:
             if self.f64:
-                rc = fusenn_plan_train_batch_f64(<fusenn_plan_f64 *>self.plan, b.n, <const double *>b.X,
+                rc = fusenn_plan_train_batch_f64(<fusenn_plan_f64 *>self.plan, b.n, b.X,
                                                  b.ldx, b.labels, <const double *>b.T, b.ldt,
                                                  <const double *>b.sw, &self.opt, &loss, &correct,
                                                  nthreads)
             else:
-                rc = fusenn_plan_train_batch_f32(<fusenn_plan_f32 *>self.plan, b.n, <const float *>b.X,
+                rc = fusenn_plan_train_batch_f32(<fusenn_plan_f32 *>self.plan, b.n, b.X,
                                                  b.ldx, b.labels, <const float *>b.T, b.ldt,
                                                  <const float *>b.sw, &self.opt, &loss, &correct,
                                                  nthreads)
@@ -362,13 +342,13 @@ cdef class Plan:
         cdef int rc
         with nogil:
             if self.f64:
-                rc = fusenn_plan_train_epoch_f64(<fusenn_plan_f64 *>self.plan, b.n, <const double *>b.X,
+                rc = fusenn_plan_train_epoch_f64(<fusenn_plan_f64 *>self.plan, b.n, b.X,
                                                  b.ldx, b.labels, <const double *>b.T, b.ldt,
                                                  <const double *>b.sw, o, batch_size, first_batch,
                                                  n_batches, &self.opt, &loss, &loss_sum,
                                                  &correct_sum, nthreads)
             else:
-                rc = fusenn_plan_train_epoch_f32(<fusenn_plan_f32 *>self.plan, b.n, <const float *>b.X,
+                rc = fusenn_plan_train_epoch_f32(<fusenn_plan_f32 *>self.plan, b.n, b.X,
                                                  b.ldx, b.labels, <const float *>b.T, b.ldt,
                                                  <const float *>b.sw, o, batch_size, first_batch,
                                                  n_batches, &self.opt, &loss, &loss_sum,
@@ -376,20 +356,20 @@ cdef class Plan:
         return rc, loss, loss_sum, correct_sum
 
     def predict(self, X, out, int nthreads):
-        """Fill out (n x outputs, C-contiguous) with the network's outputs for X."""
+        """Fill out (n x out_size, C-contiguous) with the network's outputs for X."""
         cdef Py_ssize_t ldx, ldo
-        cdef const void *x = rows_ptr(X, self.typenum, -1, self.d_in, "X", &ldx)
+        cdef const void *x = rows_ptr(X, self.x_typenum, -1, self.d_in, "X", &ldx)
         cdef size_t n = cnp.PyArray_DIMS(<cnp.ndarray>X)[0]
-        cdef void *o = <void *>rows_ptr(out, self.typenum, n, self.k, "out", &ldo)
+        cdef void *o = <void *>rows_ptr(out, self.typenum, n, self.out_size, "out", &ldo)
         if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out):
             raise ValueError("out must be writeable")
         cdef int rc
         with nogil:
             if self.f64:
-                rc = fusenn_plan_predict_f64(<fusenn_plan_f64 *>self.plan, n, <const double *>x, ldx,
+                rc = fusenn_plan_predict_f64(<fusenn_plan_f64 *>self.plan, n, x, ldx,
                                              <double *>o, ldo, nthreads)
             else:
-                rc = fusenn_plan_predict_f32(<fusenn_plan_f32 *>self.plan, n, <const float *>x, ldx,
+                rc = fusenn_plan_predict_f32(<fusenn_plan_f32 *>self.plan, n, x, ldx,
                                              <float *>o, ldo, nthreads)
         return rc
 
@@ -401,11 +381,11 @@ cdef class Plan:
         cdef int rc
         with nogil:
             if self.f64:
-                rc = fusenn_plan_evaluate_f64(<fusenn_plan_f64 *>self.plan, b.n, <const double *>b.X,
+                rc = fusenn_plan_evaluate_f64(<fusenn_plan_f64 *>self.plan, b.n, b.X,
                                               b.ldx, b.labels, <const double *>b.T, b.ldt,
                                               <const double *>b.sw, &loss_sum, &correct_sum, nthreads)
             else:
-                rc = fusenn_plan_evaluate_f32(<fusenn_plan_f32 *>self.plan, b.n, <const float *>b.X,
+                rc = fusenn_plan_evaluate_f32(<fusenn_plan_f32 *>self.plan, b.n, b.X,
                                               b.ldx, b.labels, <const float *>b.T, b.ldt,
                                               <const float *>b.sw, &loss_sum, &correct_sum, nthreads)
         return rc, loss_sum, correct_sum

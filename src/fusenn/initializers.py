@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from .ops import finite_number
+from ._common import finite_number
 
 __all__ = ["Initializer", "GlorotUniform", "GlorotNormal", "HeUniform", "HeNormal",
            "LecunUniform", "LecunNormal", "Zeros", "Ones", "Constant", "get", "serialize",

@@ -3,23 +3,30 @@
 Every layer computes through the model's backend (fusenn.ops, the C kernels,
 or fusenn.reference, the NumPy oracle) with the same protocol:
 
-    build(fan_in, dtype, rng)                 draw weights for `fan_in` inputs
+    compute_output_shape(input_shape)         a sample's output shape (or ValueError)
+    build(input_shape, dtype, rng)            draw weights for samples of `input_shape`
     forward(backend, x, training, logits)     -> (y, cache)
     backward(backend, x, y, cache, dy, need_dx) -> (dx or None, [grad per param])
     params                                    trainable arrays, live
     buffers                                   non-trainable arrays saved with the
                                               model (BatchNorm's running statistics)
 
-The C training engine (csrc/plan.c) runs the same layers from descriptors
-(`engine_layer` in model.py), through the same kernels in the same order, so
-both paths give the same bits.
+Shapes are those of one sample (the batch dimension is left out, as Keras's
+input_shape): (features,), (height, width, channels) or (steps, features).
+
+A layer that the C training engine (csrc/plan.c) can run states its engine
+spec: `engine_kind`, the name of its kind in the engine's table, and
+`engine_attrs()`, its attributes by the names that kind's record gives
+(csrc/layers/<kind>.c); its params are handed over in `param_names` order. The
+engine runs the same kernels in the same order as forward/backward here, so
+both paths give the same bits. A layer without an engine kind (a subclass of
+Layer that defines only forward and backward) trains op by op.
 """
 
 import numpy as np
 
 from . import initializers
-from .ops import finite_number
-from .reference import ACTIVATIONS, NEEDS_Z
+from ._common import ACTIVATIONS, NEEDS_Z, finite_number
 
 __all__ = ["Layer", "Dense", "Dropout", "BatchNorm", "canonical_activation", "layer_from_config"]
 
@@ -56,19 +63,37 @@ def _fraction(value, name, low, high, high_open=True):
     return value
 
 
-class Layer:
-    """Base class. Subclasses set `units` once built (the output width)."""
+def shape_text(shape):
+    """A shape as Keras prints it, batch dimension first: (None, 28, 28, 1)."""
+    return "(None, " + ", ".join(map(str, shape)) + ")"
 
-    units = None
+
+def _rows(x):
+    """x with every sample's features as rows: (n * rows, last dim); a view."""
+    return x.reshape(-1, x.shape[-1])
+
+
+class Layer:
+    """Base class. Subclasses set `param_names` (and `buffer_names`), compute
+    their output shape, create their arrays in `_build`, and compute in
+    `forward` / `backward`; see the module docstring."""
+
+    engine_kind = None       # the C engine's kind; None: trained op by op
     param_names = ()
     buffer_names = ()
+    output_activation = "identity"  # what a fused loss (softmax/sigmoid) may absorb
 
     def __init__(self):
-        self.input_dim = None
+        self.input_shape = None   # a sample's shape, once built
+        self.output_shape = None
+
+    @property
+    def name(self):
+        return type(self).__name__
 
     @property
     def built(self):
-        return self.input_dim is not None
+        return self.input_shape is not None
 
     @property
     def params(self):
@@ -81,8 +106,40 @@ class Layer:
     def count_params(self):
         return sum(p.size for p in self.params) if self.built else 0
 
+    def compute_output_shape(self, input_shape):
+        """A sample's output shape for samples of `input_shape` (ValueError, naming
+        the layer and the shapes, if it cannot take them). Default: unchanged."""
+        return tuple(input_shape)
+
+    def build(self, input_shape, dtype, rng):
+        """Create the layer's arrays for samples of `input_shape` (an int: flat)."""
+        input_shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else \
+            tuple(int(d) for d in input_shape)
+        output_shape = self.compute_output_shape(input_shape)
+        self._build(input_shape, dtype, rng)
+        self.input_shape, self.output_shape = input_shape, tuple(output_shape)
+
+    def _build(self, input_shape, dtype, rng):
+        """Create the parameter and buffer arrays (none by default)."""
+
     def unbuild(self):
-        self.input_dim = None
+        self.input_shape = self.output_shape = None
+        for name in (*self.param_names, *self.buffer_names):
+            setattr(self, name, None)
+
+    def engine_spec(self):
+        """The layer as the C engine takes it ({"kind", "attrs", "buffers", ...}),
+        or None when it trains op by op."""
+        if self.engine_kind is None:
+            return None
+        return {"kind": self.engine_kind, "attrs": self.engine_attrs(), "buffers": self.buffers}
+
+    def engine_attrs(self):
+        return {}
+
+    def _refuse(self, input_shape, why):
+        return ValueError(f"{self!r} cannot take samples of shape {shape_text(input_shape)}: "
+                          f"{why}")
 
     def config(self):
         raise NotImplementedError
@@ -91,13 +148,15 @@ class Layer:
 class Dense(Layer):
     """A fully connected layer: y = activation(x @ W + b).
 
-    W has shape (fan_in, units) and b shape (units,), as in Keras.
+    W has shape (fan_in, units) and b shape (units,), as in Keras. On a sequence
+    (steps, features) it acts on every step (Keras's Dense on the last axis).
     kernel_initializer: a name from fusenn.initializers ("glorot_uniform",
     "he_normal", ...) or an initializer; by default He-uniform for relu and
     leaky_relu (keeps the activations' variance through rectifiers) and
     Glorot-uniform otherwise. bias_initializer: "zeros" by default.
     """
 
+    engine_kind = "dense"
     param_names = ("W", "b")
 
     def __init__(self, units, activation=None, kernel_initializer=None, bias_initializer="zeros"):
@@ -115,30 +174,43 @@ class Dense(Layer):
     def __repr__(self):
         return f"Dense({self.units}, activation={self.activation!r})"
 
-    def build(self, fan_in, dtype, rng):
+    @property
+    def output_activation(self):
+        return self.activation
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) > 2:
+            raise self._refuse(input_shape, "Dense takes features (n_features,) or a sequence "
+                                            "(steps, features); put Flatten() before it")
+        return (*input_shape[:-1], self.units)
+
+    def _build(self, input_shape, dtype, rng):
+        fan_in = input_shape[-1]
         W = self.kernel_initializer((fan_in, self.units), rng, dtype)
         b = self.bias_initializer((self.units,), rng, dtype)
         self.W = np.ascontiguousarray(W, dtype=dtype)
         self.b = np.ascontiguousarray(b, dtype=dtype)
-        self.input_dim = fan_in
 
-    def unbuild(self):
-        super().unbuild()
-        self.W = self.b = None
+    def engine_attrs(self):
+        return {"units": self.units, "activation": self.activation}
 
     def forward(self, backend, x, training, logits=False):
         """act(x @ W + b); with logits=True the activation is skipped (fused losses).
         The cache is the pre-activation when the activation's derivative needs it."""
         act = "identity" if logits else self.activation
+        rows = _rows(x)
         if act in NEEDS_Z:
-            z = backend.dense_forward(x, self.W, self.b, "identity")
-            return backend.activation_forward(z, act), z
-        return backend.dense_forward(x, self.W, self.b, act), None
+            z = backend.dense_forward(rows, self.W, self.b, "identity")
+            y, cache = backend.activation_forward(z, act), z
+        else:
+            y, cache = backend.dense_forward(rows, self.W, self.b, act), None
+        return y.reshape(*x.shape[:-1], self.units), cache
 
     def backward(self, backend, x, y, cache, dy, need_dx, logits=False):
         act = "identity" if logits else self.activation
-        dw, db, dx = backend.dense_backward(x, self.W, y, dy, act, need_dx=need_dx, z=cache)
-        return dx, [dw, db]
+        dw, db, dx = backend.dense_backward(_rows(x), self.W, _rows(y), _rows(dy), act,
+                                            need_dx=need_dx, z=cache)
+        return (None if dx is None else dx.reshape(x.shape)), [dw, db]
 
     def config(self):
         return {"type": "Dense", "units": self.units, "activation": self.activation,
@@ -158,6 +230,8 @@ class Dropout(Layer):
     given here.
     """
 
+    engine_kind = "dropout"
+
     def __init__(self, rate, seed=None):
         super().__init__()
         self.rate = _fraction(rate, "rate", 0.0, 1.0)
@@ -172,43 +246,46 @@ class Dropout(Layer):
     def __repr__(self):
         return f"Dropout({self.rate})"
 
-    def build(self, fan_in, dtype, rng):
-        # The model draws an unseeded layer's seed from a stream of its own (see
-        # Sequential.build), so adding dropout does not change weight initialisation.
-        self.units = fan_in
-        self.input_dim = fan_in
+    # The model draws an unseeded layer's seed from a stream of its own (see
+    # Sequential.build), so adding dropout does not change weight initialisation.
 
-    def unbuild(self):
-        super().unbuild()
-        self.units = None
+    def engine_attrs(self):
+        return {"rate": self.rate}
+
+    def engine_spec(self):
+        return {**super().engine_spec(), "seed": self._base_seed, "counter": self.step_counter}
 
     def forward(self, backend, x, training, logits=False):
         if not training or self.rate == 0:
             return x, None
         seed = backend.dropout_seed(self._base_seed, int(self.step_counter[0]))
         self.step_counter[0] += 1
-        return backend.dropout_forward(x, self.rate, seed), seed
+        # a sample's elements are numbered in order, whatever its shape
+        y = backend.dropout_forward(x.reshape(len(x), -1), self.rate, seed)
+        return y.reshape(x.shape), seed
 
     def backward(self, backend, x, y, cache, dy, need_dx, logits=False):
         if cache is None:
             return dy, []
-        return backend.dropout_backward(dy, self.rate, cache), []
+        return backend.dropout_backward(dy.reshape(len(dy), -1), self.rate, cache).reshape(dy.shape), []
 
     def config(self):
         return {"type": "Dropout", "rate": self.rate, "seed": self._base_seed}
 
 
 class BatchNorm(Layer):
-    """Batch normalisation of dense activations (Ioffe and Szegedy), per feature:
+    """Batch normalisation (Ioffe and Szegedy) per feature, the last axis of a
+    sample (the channels of an image, Keras's axis=-1):
     y = gamma (x - mean) / sqrt(var + eps) + beta.
 
-    Training normalises with the batch's mean and (biased) variance and updates
-    the running statistics: running = momentum * running + (1 - momentum) *
-    batch. Inference (predict, evaluate) uses the running statistics. Defaults
-    are Keras's (momentum 0.99, eps 1e-3); PyTorch's momentum=0.1 is this
-    momentum=0.9.
+    Training normalises with the batch's mean and (biased) variance over every
+    row of the batch and updates the running statistics: running = momentum *
+    running + (1 - momentum) * batch. Inference (predict, evaluate) uses the
+    running statistics. Defaults are Keras's (momentum 0.99, eps 1e-3);
+    PyTorch's momentum=0.1 is this momentum=0.9.
     """
 
+    engine_kind = "batchnorm"
     param_names = ("gamma", "beta")
     buffer_names = ("running_mean", "running_var")
 
@@ -223,33 +300,32 @@ class BatchNorm(Layer):
     def __repr__(self):
         return f"BatchNorm(momentum={self.momentum}, eps={self.eps})"
 
-    def build(self, fan_in, dtype, rng):
-        self.gamma = np.ones(fan_in, dtype=dtype)
-        self.beta = np.zeros(fan_in, dtype=dtype)
-        self.running_mean = np.zeros(fan_in, dtype=dtype)
-        self.running_var = np.ones(fan_in, dtype=dtype)
-        self.units = fan_in
-        self.input_dim = fan_in
+    def _build(self, input_shape, dtype, rng):
+        features = input_shape[-1]
+        self.gamma = np.ones(features, dtype=dtype)
+        self.beta = np.zeros(features, dtype=dtype)
+        self.running_mean = np.zeros(features, dtype=dtype)
+        self.running_var = np.ones(features, dtype=dtype)
 
-    def unbuild(self):
-        super().unbuild()
-        self.units = None
-        self.gamma = self.beta = self.running_mean = self.running_var = None
+    def engine_attrs(self):
+        return {"momentum": self.momentum, "eps": self.eps}
 
     def forward(self, backend, x, training, logits=False):
+        rows = _rows(x)
         if not training:
-            return backend.batchnorm_forward_infer(x, self.gamma, self.beta, self.running_mean,
-                                                   self.running_var, eps=self.eps), None
+            y = backend.batchnorm_forward_infer(rows, self.gamma, self.beta, self.running_mean,
+                                                self.running_var, eps=self.eps)
+            return y.reshape(x.shape), None
         y, mean, invstd = backend.batchnorm_forward_train(
-            x, self.gamma, self.beta, self.running_mean, self.running_var,
+            rows, self.gamma, self.beta, self.running_mean, self.running_var,
             momentum=self.momentum, eps=self.eps)
-        return y, (mean, invstd)
+        return y.reshape(x.shape), (mean, invstd)
 
     def backward(self, backend, x, y, cache, dy, need_dx, logits=False):
         mean, invstd = cache
-        dx, dgamma, dbeta = backend.batchnorm_backward(x, dy, self.gamma, mean, invstd,
-                                                       need_dx=need_dx)
-        return dx, [dgamma, dbeta]
+        dx, dgamma, dbeta = backend.batchnorm_backward(_rows(x), _rows(dy), self.gamma, mean,
+                                                       invstd, need_dx=need_dx)
+        return (None if dx is None else dx.reshape(x.shape)), [dgamma, dbeta]
 
     def config(self):
         return {"type": "BatchNorm", "momentum": self.momentum, "eps": self.eps}

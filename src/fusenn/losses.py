@@ -12,15 +12,15 @@ output activation; Huber's delta is set with fusenn.losses.Huber(delta=...).
 
 import numpy as np
 
-from .ops import huber_delta
+from ._common import huber_delta
 
 __all__ = ["LOSSES", "Loss", "Huber", "get_loss"]
 
 
 class Loss:
-    def __init__(self, name, engine_id, fused_kernel, output_activations, targets, kernel=None):
+    def __init__(self, name, engine, fused_kernel, output_activations, targets, kernel=None):
         self.name = name
-        self.engine_id = engine_id                # fusenn_loss in csrc/fusenn.h
+        self.engine = engine                      # the C engine's loss of that name, or None
         self.fused_kernel = fused_kernel          # backend function name, or None
         self.output_activations = output_activations  # allowed, or None for any
         self.targets = targets                    # "labels" or "values"
@@ -73,12 +73,13 @@ class Loss:
 
 
 LOSSES = {
-    "cross_entropy": Loss("cross_entropy", 0, "softmax_cross_entropy", ("softmax", "identity"),
-                          "labels"),
-    "binary_cross_entropy": Loss("binary_cross_entropy", 1, "sigmoid_binary_cross_entropy",
-                                 ("sigmoid", "identity"), "values"),
-    "mse": Loss("mse", 2, None, None, "values", "mse"),
-    "mae": Loss("mae", 3, None, None, "values", "mae"),
+    "cross_entropy": Loss("cross_entropy", "cross_entropy", "softmax_cross_entropy",
+                          ("softmax", "identity"), "labels"),
+    "binary_cross_entropy": Loss("binary_cross_entropy", "binary_cross_entropy",
+                                 "sigmoid_binary_cross_entropy", ("sigmoid", "identity"),
+                                 "values"),
+    "mse": Loss("mse", "mse", None, None, "values", "mse"),
+    "mae": Loss("mae", "mae", None, None, "values", "mae"),
 }
 # Keras' and PyTorch's names for the same losses.
 _ALIASES = {
@@ -100,7 +101,7 @@ class Huber(Loss):
     beyond; the mean over all outputs. delta must be a finite number > 0."""
 
     def __init__(self, delta=1.0):
-        super().__init__("huber", 4, None, None, "values", "huber")
+        super().__init__("huber", "huber", None, None, "values", "huber")
         self.delta = huber_delta(delta)
 
     def __repr__(self):

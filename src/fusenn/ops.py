@@ -11,8 +11,8 @@ GIL and calls the C kernel of the same name in csrc/ (for example
 import numpy as np
 
 from . import _kernels
+from ._common import ACTIVATIONS, ELU_ALPHA, LEAKY_RELU_SLOPE, NEEDS_Z, finite_number, huber_delta
 from ._threads import get_num_threads
-from .reference import ACTIVATIONS, ELU_ALPHA, LEAKY_RELU_SLOPE, NEEDS_Z
 
 __all__ = [
     "ACTIVATIONS", "NEEDS_Z", "LEAKY_RELU_SLOPE", "ELU_ALPHA", "matmul", "activation_forward",
@@ -23,8 +23,7 @@ __all__ = [
     "batchnorm_forward_infer", "batchnorm_backward",
 ]
 
-# Position in ACTIVATIONS is the C enum value (fusenn_activation in fusenn.h).
-_ACTIVATION_IDS = {name: i for i, name in enumerate(ACTIVATIONS)}
+_ACTIVATION_IDS = _kernels.ACTIVATION_IDS  # name -> fusenn_activation (the binding's table)
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -174,6 +173,19 @@ def _nonempty(a, name):
     return a
 
 
+def count_nonfinite(x):
+    """The number of NaN and infinite values in a float32/float64 array of any shape
+    (one pass in C, no temporary as big as x; the model's input checks)."""
+    rows = x.reshape(len(x), -1) if x.ndim > 2 else (x.reshape(1, -1) if x.ndim < 2 else x)
+    return _kernels.count_nonfinite(contiguous_rows(rows), get_num_threads())
+
+
+def shuffle(order, seed):
+    """Fill the int64 array `order` with the permutation of its indices drawn from
+    `seed` (csrc/shuffle.c): the sample order of an epoch of fit, on both backends."""
+    _kernels.shuffle(order, seed)
+
+
 def labels_in_range(labels, k):
     """Integer labels as a contiguous int64 array, and the first one outside
     [0, k) (None if all are inside), in one pass (shared by the model's checks)."""
@@ -263,14 +275,6 @@ def mae(a, t, sample_weight=None):
     return loss, da
 
 
-def huber_delta(delta):
-    """Huber's delta as a float > 0, or an error naming it."""
-    delta = finite_number(delta, "delta")
-    if not delta > 0:
-        raise ValueError(f"delta must be > 0, got {delta}")
-    return delta
-
-
 def huber(a, t, delta=1.0, sample_weight=None):
     """(loss, da): mean Huber loss (quadratic for |a - t| <= delta, linear beyond)
     and its gradient clip(a - t, -delta, delta) / (n k), row i weighted by
@@ -299,19 +303,6 @@ def _grad(g, w):
     g = _float_array(g, "g", w.ndim, w.dtype)
     _expect_shape(g, "g", w.shape)
     return np.ascontiguousarray(g).reshape(-1)
-
-
-def finite_number(value, name):
-    """A hyperparameter as a finite float, or an error naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    try:
-        value = float(value)
-    except OverflowError:
-        raise ValueError(f"{name} is far too large") from None
-    if not np.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return value
 
 
 def _prev(prev, w):

@@ -15,13 +15,8 @@ import math
 
 import numpy as np
 
-ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax",
-               "gelu", "gelu_tanh", "elu", "softplus", "swish")
-# Activations whose derivative is not a function of their output: their
-# backward pass needs the pre-activation z as well.
-NEEDS_Z = frozenset({"gelu", "gelu_tanh", "swish"})
-LEAKY_RELU_SLOPE = 0.01
-ELU_ALPHA = 1.0
+from ._common import ACTIVATIONS, ELU_ALPHA, LEAKY_RELU_SLOPE, NEEDS_Z
+
 _SQRT1_2 = math.sqrt(0.5)
 _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
