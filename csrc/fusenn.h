@@ -452,7 +452,7 @@ typedef struct {
 } fusenn_optimizer;
 
 #define FUSENN_MAX_RANK 4    /* dimensions of a sample */
-#define FUSENN_MAX_ATTRS 12  /* attributes of a layer */
+#define FUSENN_MAX_ATTRS 16  /* attributes of a layer */
 #define FUSENN_MAX_PARAMS 4  /* parameter tensors of a layer */
 
 /* A per-sample shape: dim[0 .. rank). */
@@ -482,6 +482,48 @@ typedef struct {
     void *buffer[2];                 /* persistent non-trainable tensors (batchnorm: the
                                         running mean and variance, updated while training) */
 } fusenn_layer;
+
+/* Pooling modes (the "mode" attribute of the pooling kinds). */
+typedef enum {
+    FUSENN_POOL_MAX = 0,
+    FUSENN_POOL_AVG = 1
+} fusenn_pool_mode;
+
+/* ---- One layer of a kind, called directly --------------------------------
+ * The per-op API of every layer kind: the same forward and backward the
+ * engine runs, on n samples of shape `in` (sample stride ldx). params and
+ * grads list the layer's parameter tensors (fusenn_layer_describe gives their
+ * number and shapes; param_offset is not used). saved (saved_bytes) carries
+ * what the forward keeps for the backward; work (work_bytes) is scratch. y
+ * and dy are contiguous (out_size per sample), dx too (in_size per sample, or
+ * NULL: not needed). *result is where the output (or dL/dx) ended up: y or x
+ * for a forward that passes its input through, dx or dy for a backward that
+ * worked in place. Returns FUSENN_OK, FUSENN_EINVAL (the layer cannot take
+ * the input) or FUSENN_ENOMEM. */
+int fusenn_layer_describe(const fusenn_layer *desc, const fusenn_shape *in, fusenn_shape *out,
+                          size_t *n_params, fusenn_shape *param_shapes);
+size_t fusenn_layer_saved_bytes_f32(const fusenn_layer *desc, const fusenn_shape *in, size_t n);
+size_t fusenn_layer_saved_bytes_f64(const fusenn_layer *desc, const fusenn_shape *in, size_t n);
+size_t fusenn_layer_work_bytes_f32(const fusenn_layer *desc, const fusenn_shape *in, size_t n);
+size_t fusenn_layer_work_bytes_f64(const fusenn_layer *desc, const fusenn_shape *in, size_t n);
+int fusenn_layer_forward_f32(const fusenn_layer *desc, const fusenn_shape *in, size_t n,
+                             const void *x, ptrdiff_t ldx, float *const *params, float *y,
+                             void *saved, void *work, int training, int logits, int nthreads,
+                             const void **result);
+int fusenn_layer_forward_f64(const fusenn_layer *desc, const fusenn_shape *in, size_t n,
+                             const void *x, ptrdiff_t ldx, double *const *params, double *y,
+                             void *saved, void *work, int training, int logits, int nthreads,
+                             const void **result);
+int fusenn_layer_backward_f32(const fusenn_layer *desc, const fusenn_shape *in, size_t n,
+                              const void *x, ptrdiff_t ldx, const float *y,
+                              float *const *params, float *const *grads, const void *saved,
+                              void *work, float *dy, float *dx, int logits, int nthreads,
+                              void **result);
+int fusenn_layer_backward_f64(const fusenn_layer *desc, const fusenn_shape *in, size_t n,
+                              const void *x, ptrdiff_t ldx, const double *y,
+                              double *const *params, double *const *grads, const void *saved,
+                              void *work, double *dy, double *dx, int logits, int nthreads,
+                              void **result);
 
 /* A network to plan. The optimizer state arenas are shaped like the parameter
  * arena: SGD {velocity or NULL, NULL}, Adam {m, v}, RMSprop and Adagrad {v, NULL}.

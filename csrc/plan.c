@@ -25,12 +25,15 @@
 
 /* ---- the table of layer kinds ----------------------------------------------- */
 
-extern const FN(layer_kind) FN(dense_kind), FN(dropout_kind), FN(batchnorm_kind);
+extern const FN(layer_kind) FN(dense_kind), FN(dropout_kind), FN(batchnorm_kind),
+    FN(reshape_kind), FN(global_pool_kind);
 
 static const FN(layer_kind) *const FN(kinds)[] = {
     &FN(dense_kind),
     &FN(dropout_kind),
     &FN(batchnorm_kind),
+    &FN(reshape_kind),
+    &FN(global_pool_kind),
 };
 
 #define N_KINDS (sizeof FN(kinds) / sizeof FN(kinds)[0])
@@ -67,6 +70,110 @@ const char *fusenn_kind_attr(int kind, size_t i)
     return NULL;
 }
 #endif
+
+static int valid_shape(const fusenn_shape *s)
+{
+    if (s->rank < 1 || s->rank > FUSENN_MAX_RANK)
+        return 0;
+    for (size_t i = 0; i < s->rank; i++)
+        if (s->dim[i] == 0)
+            return 0;
+    return 1;
+}
+
+/* ---- one layer, called directly ----------------------------------------------------- */
+
+/* The kind's view of a layer of `desc` on samples of shape `in`, its
+ * parameters and gradients at params and grads (NULL: not given). */
+static int FN(layer_view)(const fusenn_layer *desc, const fusenn_shape *in, real *const *params,
+                          real *const *grads, const FN(layer_kind) **kind, FN(layer) *layer)
+{
+    if (desc->kind < 0 || desc->kind >= (int)N_KINDS || !valid_shape(in))
+        return FUSENN_EINVAL;
+    *kind = FN(kinds)[desc->kind];
+    memset(layer, 0, sizeof *layer);
+    layer->desc = desc;
+    layer->in = *in;
+    if ((*kind)->output_shape(desc, in, &layer->out) != FUSENN_OK || !valid_shape(&layer->out))
+        return FUSENN_EINVAL;
+    layer->in_size = fusenn_shape_size(&layer->in);
+    layer->out_size = fusenn_shape_size(&layer->out);
+    fusenn_shape shapes[FUSENN_MAX_PARAMS];
+    int decayed[FUSENN_MAX_PARAMS];
+    layer->n_params = (*kind)->params ? (*kind)->params(desc, in, shapes, decayed) : 0;
+    for (size_t i = 0; i < layer->n_params; i++) {
+        layer->param[i] = params ? params[i] : NULL;
+        layer->grad[i] = grads ? grads[i] : NULL;
+    }
+    return FUSENN_OK;
+}
+
+#if defined(FUSENN_DTYPE_F32) /* shapes are the same for both dtypes: defined once */
+int fusenn_layer_describe(const fusenn_layer *desc, const fusenn_shape *in, fusenn_shape *out,
+                          size_t *n_params, fusenn_shape *param_shapes)
+{
+    const FN(layer_kind) *kind;
+    FN(layer) layer;
+    if (FN(layer_view)(desc, in, NULL, NULL, &kind, &layer) != FUSENN_OK)
+        return FUSENN_EINVAL;
+    *out = layer.out;
+    int decayed[FUSENN_MAX_PARAMS];
+    *n_params = kind->params ? kind->params(desc, in, param_shapes, decayed) : 0;
+    return FUSENN_OK;
+}
+#endif
+
+size_t FN(fusenn_layer_saved_bytes)(const fusenn_layer *desc, const fusenn_shape *in, size_t n)
+{
+    const FN(layer_kind) *kind;
+    FN(layer) layer;
+    if (FN(layer_view)(desc, in, NULL, NULL, &kind, &layer) != FUSENN_OK || !kind->saved_bytes)
+        return 0;
+    return kind->saved_bytes(&layer, n);
+}
+
+size_t FN(fusenn_layer_work_bytes)(const fusenn_layer *desc, const fusenn_shape *in, size_t n)
+{
+    const FN(layer_kind) *kind;
+    FN(layer) layer;
+    if (FN(layer_view)(desc, in, NULL, NULL, &kind, &layer) != FUSENN_OK || !kind->work_bytes)
+        return 0;
+    return kind->work_bytes(&layer, n);
+}
+
+int FN(fusenn_layer_forward)(const fusenn_layer *desc, const fusenn_shape *in, size_t n,
+                             const void *x, ptrdiff_t ldx, real *const *params, real *y,
+                             void *saved, void *work, int training, int logits, int nthreads,
+                             const void **result)
+{
+    const FN(layer_kind) *kind;
+    FN(layer) layer;
+    if (FN(layer_view)(desc, in, params, NULL, &kind, &layer) != FUSENN_OK)
+        return FUSENN_EINVAL;
+    FN(forward_args) a = {.n = n, .x = x, .ldx = ldx, .y = y, .ldy = (ptrdiff_t)layer.out_size,
+                          .saved = saved, .work = work, .training = training, .logits = logits,
+                          .nthreads = nthreads};
+    const int rc = kind->forward(&layer, &a);
+    *result = a.result;
+    return rc;
+}
+
+int FN(fusenn_layer_backward)(const fusenn_layer *desc, const fusenn_shape *in, size_t n,
+                              const void *x, ptrdiff_t ldx, const real *y, real *const *params,
+                              real *const *grads, const void *saved, void *work, real *dy,
+                              real *dx, int logits, int nthreads, void **result)
+{
+    const FN(layer_kind) *kind;
+    FN(layer) layer;
+    if (FN(layer_view)(desc, in, params, grads, &kind, &layer) != FUSENN_OK)
+        return FUSENN_EINVAL;
+    FN(backward_args) a = {.n = n, .x = x, .ldx = ldx, .y = y, .ldy = (ptrdiff_t)layer.out_size,
+                           .dy = dy, .dx = dx, .saved = saved, .work = work, .logits = logits,
+                           .nthreads = nthreads};
+    const int rc = kind->backward(&layer, &a);
+    *result = a.result;
+    return rc;
+}
 
 /* ---- the plan ------------------------------------------------------------------- */
 
@@ -198,16 +305,6 @@ void FN(fusenn_plan_destroy)(plan_t *plan)
     fusenn_aligned_free(plan->params);
     fusenn_aligned_free(plan->layers);
     fusenn_aligned_free(plan);
-}
-
-static int valid_shape(const fusenn_shape *s)
-{
-    if (s->rank < 1 || s->rank > FUSENN_MAX_RANK)
-        return 0;
-    for (size_t i = 0; i < s->rank; i++)
-        if (s->dim[i] == 0)
-            return 0;
-    return 1;
 }
 
 /* Layer l of the network: its kind, shapes and parameters, checked. */

@@ -770,6 +770,42 @@ SPECS = [
          skip={"momentum": ["zero"]},  # momentum 0: the running stats are the last batch's
          extra=[("momentum_one", dict(momentum=lambda: 1.0), []),
                 ("momentum_above_one", dict(momentum=lambda: 1.01), ["momentum"])]),
+    Spec("Conv2D", _attr("Conv2D"),
+         dict(filters=("count", lambda: 4), kernel_size=("count", lambda: 3),
+              strides=("count", lambda: 1), padding=("name", lambda: "same"),
+              dilation_rate=("count", lambda: 1), activation=("name", lambda: "relu"),
+              use_bias=("flag", lambda: True)),
+         check=lambda result, args, obj: None,
+         skip={"use_bias": ["zero", "one", "np_bool"]},  # any truth value is a bool
+         extra=[("pairs", dict(kernel_size=lambda: (3, 2), strides=lambda: (2, 1)), []),
+                ("kernel_triple", dict(kernel_size=lambda: (3, 3, 3)), ["kernel_size"]),
+                ("kernel_zero_pair", dict(kernel_size=lambda: (3, 0)), ["kernel_size"]),
+                ("padding_full", dict(padding=lambda: "full"), ["padding"])]),
+    *[Spec(name, _attr(name),
+           dict(pool_size=("count", lambda: 2), strides=("count", lambda: 2),
+                padding=("name", lambda: "valid")),
+           check=lambda result, args, obj: None,
+           extra=[("strides_none", dict(strides=lambda: None), []),
+                  ("pool_pair", dict(pool_size=lambda: (3, 2)), []),
+                  ("pool_negative", dict(pool_size=lambda: -2), ["pool_size"])])
+      for name in ("MaxPooling2D", "AveragePooling2D")],
+    *[Spec(name, _attr(name), dict(), check=lambda result, args, obj: None)
+      for name in ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")],
+    Spec("Reshape", _attr("Reshape"), dict(target_shape=("seq", lambda: (2, -1))),
+         check=lambda result, args, obj: None,
+         extra=[("two_unknown", dict(target_shape=lambda: (-1, -1)), ["target_shape"]),
+                ("zero", dict(target_shape=lambda: (0, 4)), ["target_shape"])]),
+    *[Spec(f"ops.{name}", _ops(name),
+           dict(x=("array", lambda: arr(N, 3, D)),
+                **({"dy": ("array", lambda: arr(N, D))} if name.endswith("backward") else {}),
+                mode=("name", lambda: "avg")),
+           check=ops_check(name),
+           extra=[("mode_max", dict(mode=lambda: "max"), []),
+                  ("mode_min", dict(mode=lambda: "min"), ["mode"]),
+                  ("x_flat", dict(x=lambda: arr(N, D)), ["x"])]
+           + ([("dy_shape", dict(dy=lambda: arr(N, D + 1)), ["dy"])]
+              if name.endswith("backward") else []))
+      for name in ("global_pool_forward", "global_pool_backward")],
     Spec("SGD", _attr("SGD"), dict(lr=("scalar", lambda: 0.1), momentum=("scalar", lambda: 0.9),
                                    nesterov=("flag", lambda: True), **_preprocessing()),
          check=check_optimizer,

@@ -211,7 +211,8 @@ TESTED_OPS = {"matmul", "activation_forward", "activation_backward", "dense_forw
               "mse", "mae", "huber", "sgd_update", "adam_update", "rmsprop_update",
               "adagrad_update", "sum_squares", "grad_transform", "dropout_forward",
               "dropout_backward", "dropout_seed", "batchnorm_forward_train",
-              "batchnorm_forward_infer", "batchnorm_backward"}  # dropout, batchnorm: their own files
+              "batchnorm_forward_infer", "batchnorm_backward",  # dropout, batchnorm: their own files
+              "global_pool_forward", "global_pool_backward"}  # layer kinds: test_conv.py
 
 
 def test_every_op_has_a_reference_twin_and_a_test():
@@ -879,6 +880,8 @@ def _valid_args(name, dtype=np.float64):
         "adagrad_update": lambda: dict(w=m(3, 4), g=m(3, 4), v=np.abs(m(3, 4)), lr=0.01),
         "sum_squares": lambda: dict(x=m(3, 4)),
         "grad_transform": lambda: dict(g=m(3, 4), w=m(3, 4), l2=0.1, scale=0.5, clipvalue=1.0),
+        "global_pool_forward": lambda: dict(x=m(3, 5, 4), mode="avg"),
+        "global_pool_backward": lambda: dict(x=m(3, 5, 4), dy=m(3, 4), mode="max"),
     }[name]()
 
 
@@ -893,6 +896,7 @@ ARRAY_ARGS = [pytest.param(op, arg, id=f"{op}-{arg}") for op, args in [
     ("batchnorm_forward_train", "x gamma beta running_mean running_var"),
     ("batchnorm_forward_infer", "x gamma beta running_mean running_var"),
     ("batchnorm_backward", "x dy gamma mean invstd"),
+    ("global_pool_forward", "x"), ("global_pool_backward", "x dy"),
 ] for arg in args.split()]
 
 
@@ -914,7 +918,8 @@ def test_wrong_dtype_is_type_error_naming_the_argument(op, arg, bad_dtype):
 
 @pytest.mark.parametrize("op, arg", [p for p in ARRAY_ARGS if p.values[0] not in
                                      ("activation_forward", "softmax_cross_entropy",
-                                      "dropout_forward", "dropout_backward", "sum_squares")])
+                                      "dropout_forward", "dropout_backward", "sum_squares",
+                                      "global_pool_forward")])
 def test_mixed_float_dtypes_is_type_error(op, arg):
     kwargs = _valid_args(op, np.float64)
     kwargs[arg] = kwargs[arg].astype(np.float32)

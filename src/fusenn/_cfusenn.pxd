@@ -239,6 +239,37 @@ cdef extern from "fusenn.h" nogil:
         uint64_t seed
         uint64_t *counter
         void *buffer[2]
+    ctypedef enum fusenn_pool_mode:
+        FUSENN_POOL_MAX
+        FUSENN_POOL_AVG
+    int fusenn_layer_describe(const fusenn_layer *desc, const fusenn_shape *input,
+                              fusenn_shape *out, size_t *n_params, fusenn_shape *param_shapes)
+    size_t fusenn_layer_saved_bytes_f32(const fusenn_layer *desc, const fusenn_shape *input,
+                                        size_t n)
+    size_t fusenn_layer_saved_bytes_f64(const fusenn_layer *desc, const fusenn_shape *input,
+                                        size_t n)
+    size_t fusenn_layer_work_bytes_f32(const fusenn_layer *desc, const fusenn_shape *input,
+                                       size_t n)
+    size_t fusenn_layer_work_bytes_f64(const fusenn_layer *desc, const fusenn_shape *input,
+                                       size_t n)
+    int fusenn_layer_forward_f32(const fusenn_layer *desc, const fusenn_shape *input, size_t n,
+                                 const void *x, Py_ssize_t ldx, float **params, float *y,
+                                 void *saved, void *work, int training, int logits,
+                                 int nthreads, const void **result)
+    int fusenn_layer_forward_f64(const fusenn_layer *desc, const fusenn_shape *input, size_t n,
+                                 const void *x, Py_ssize_t ldx, double **params, double *y,
+                                 void *saved, void *work, int training, int logits,
+                                 int nthreads, const void **result)
+    int fusenn_layer_backward_f32(const fusenn_layer *desc, const fusenn_shape *input, size_t n,
+                                  const void *x, Py_ssize_t ldx, const float *y,
+                                  float **params, float **grads, const void *saved,
+                                  void *work, float *dy, float *dx, int logits, int nthreads,
+                                  void **result)
+    int fusenn_layer_backward_f64(const fusenn_layer *desc, const fusenn_shape *input, size_t n,
+                                  const void *x, Py_ssize_t ldx, const double *y,
+                                  double **params, double **grads, const void *saved,
+                                  void *work, double *dy, double *dx, int logits, int nthreads,
+                                  void **result)
     ctypedef struct fusenn_network:
         size_t n_layers
         const fusenn_layer *layers

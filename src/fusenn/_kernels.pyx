@@ -37,6 +37,8 @@ LOSS_IDS = {
 }
 OPTIMIZER_IDS = {"sgd": FUSENN_OPT_SGD, "adam": FUSENN_OPT_ADAM, "rmsprop": FUSENN_OPT_RMSPROP,
                  "adagrad": FUSENN_OPT_ADAGRAD}
+# Layer attributes given by name: activations and pooling modes.
+ATTRIBUTE_VALUES = {**ACTIVATION_IDS, "max": FUSENN_POOL_MAX, "avg": FUSENN_POOL_AVG}
 
 ctypedef fused real:
     float

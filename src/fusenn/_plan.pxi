@@ -88,7 +88,7 @@ cdef int lower_layer(dict spec, fusenn_layer *desc, object dtype, list keep) exc
         if key not in attrs:
             raise ValueError(f"layer kind {kind!r} needs attribute {key!r}")
         value = attrs.pop(key)
-        desc.attr[i] = ACTIVATION_IDS[value] if isinstance(value, str) else value
+        desc.attr[i] = ATTRIBUTE_VALUES[value] if isinstance(value, str) else value
         i += 1
         name = fusenn_kind_attr(desc.kind, i)
     if attrs:
@@ -111,6 +111,160 @@ cdef int lower_layer(dict spec, fusenn_layer *desc, object dtype, list keep) exc
     for i in range(len(buffers)):
         desc.buffer[i] = address(buffers[i], dtype, buffers[i].size, "a layer buffer")
         keep.append(buffers[i])
+    return 0
+
+
+# ---- one layer of a kind, called directly (csrc/plan.c's fusenn_layer_*) ----------
+
+cdef void *data_of(object a):
+    return <void *><uintptr_t>a.__array_interface__["data"][0] if a.size else NULL
+
+
+cdef int describe(dict spec, tuple in_shape, fusenn_layer *desc, fusenn_shape *shape,
+                  fusenn_shape *out, size_t *n_params, fusenn_shape *param_shapes,
+                  object dtype, list keep) except -1:
+    """A layer spec and its input shape as the C layer API takes them."""
+    lower_layer(spec, desc, dtype, keep)
+    if not 1 <= len(in_shape) <= FUSENN_MAX_RANK:
+        raise ValueError(f"a sample has 1 to {FUSENN_MAX_RANK} dimensions, got {in_shape}")
+    shape.rank = len(in_shape)
+    cdef Py_ssize_t i
+    for i in range(shape.rank):
+        shape.dim[i] = in_shape[i]
+    if fusenn_layer_describe(desc, shape, out, n_params, param_shapes) != FUSENN_OK:
+        raise ValueError(f"a {spec['kind']} layer with {spec.get('attrs')} cannot take samples of "
+                         f"shape {in_shape}")
+    return 0
+
+
+cdef tuple shape_tuple(fusenn_shape *s):
+    return tuple(s.dim[i] for i in range(s.rank))
+
+
+def layer_forward(dict spec, x, list params, saved=None, bint training=False,
+                  bint logits=False, int nthreads=1):
+    """One forward pass of a layer of spec {"kind", "attrs", ...} on x (n samples,
+    C-contiguous; int64 for a kind that reads indices) with its parameter arrays
+    (C-contiguous, of the layer's dtype, in the kind's order): returns (y, saved),
+    saved being the bytes the kind keeps for the backward pass (given: reused)."""
+    dtype = numpy.dtype(params[0].dtype if params else x.dtype)
+    cdef fusenn_layer desc
+    cdef fusenn_shape shape, out
+    cdef fusenn_shape pshapes[FUSENN_MAX_PARAMS]
+    cdef size_t n_params, i
+    cdef list keep = []
+    memset(&desc, 0, sizeof(desc))
+    describe(spec, tuple(x.shape[1:]), &desc, &shape, &out, &n_params, pshapes, dtype, keep)
+    cdef void *pp[FUSENN_MAX_PARAMS]
+    if len(params) != n_params:
+        raise ValueError(f"a {spec['kind']} layer has {n_params} parameter tensors, got {len(params)}")
+    for i in range(n_params):
+        pp[i] = address(params[i], dtype, params[i].size, f"parameter {i}")
+        if params[i].shape != shape_tuple(&pshapes[i]):
+            raise ValueError(f"parameter {i} must have shape {shape_tuple(&pshapes[i])}, "
+                             f"got {params[i].shape}")
+    if not x.flags.c_contiguous:
+        raise ValueError("x must be C-contiguous")
+    cdef size_t n = x.shape[0]
+    cdef bint f64 = dtype == numpy.float64
+    y = numpy.empty((n, *shape_tuple(&out)), dtype=dtype)
+    cdef size_t saved_bytes = (fusenn_layer_saved_bytes_f64(&desc, &shape, n) if f64 else
+                               fusenn_layer_saved_bytes_f32(&desc, &shape, n))
+    cdef size_t work_bytes = (fusenn_layer_work_bytes_f64(&desc, &shape, n) if f64 else
+                              fusenn_layer_work_bytes_f32(&desc, &shape, n))
+    if saved is None:
+        saved = numpy.empty(saved_bytes, dtype=numpy.uint8)
+    elif saved.dtype != numpy.uint8 or saved.size != saved_bytes or not saved.flags.c_contiguous:
+        raise ValueError(f"saved must be {saved_bytes} contiguous bytes")
+    work = numpy.empty(work_bytes, dtype=numpy.uint8)
+    cdef const void *px = data_of(x)
+    cdef void *py = data_of(y)
+    cdef void *ps = data_of(saved)
+    cdef void *pw = data_of(work)
+    cdef Py_ssize_t ldx = shape_size(&shape)
+    cdef const void *result = NULL
+    cdef int rc
+    with nogil:
+        if f64:
+            rc = fusenn_layer_forward_f64(&desc, &shape, n, px, ldx, <double **>pp, <double *>py,
+                                          ps, pw, training, logits, nthreads, &result)
+        else:
+            rc = fusenn_layer_forward_f32(&desc, &shape, n, px, ldx, <float **>pp, <float *>py,
+                                          ps, pw, training, logits, nthreads, &result)
+    layer_check(rc, spec)
+    if result == px:  # the layer passes its input through
+        y = x.reshape(y.shape)
+    return y, saved
+
+
+def layer_backward(dict spec, x, y, dy, list params, saved, bint need_dx, bint logits=False,
+                   int nthreads=1):
+    """The backward pass of layer_forward's call, given dy = dL/dy: returns (dx or
+    None, [gradient of each parameter]). dy is not modified."""
+    dtype = numpy.dtype(params[0].dtype if params else y.dtype)
+    cdef fusenn_layer desc
+    cdef fusenn_shape shape, out
+    cdef fusenn_shape pshapes[FUSENN_MAX_PARAMS]
+    cdef size_t n_params, i
+    cdef list keep = []
+    memset(&desc, 0, sizeof(desc))
+    describe(spec, tuple(x.shape[1:]), &desc, &shape, &out, &n_params, pshapes, dtype, keep)
+    cdef void *pp[FUSENN_MAX_PARAMS]
+    cdef void *pg[FUSENN_MAX_PARAMS]
+    grads = [numpy.empty(shape_tuple(&pshapes[i]), dtype=dtype) for i in range(n_params)]
+    for i in range(n_params):
+        pp[i] = address(params[i], dtype, params[i].size, f"parameter {i}")
+        pg[i] = data_of(grads[i])
+    cdef size_t n = x.shape[0]
+    cdef bint f64 = dtype == numpy.float64
+    out_shape = (n, *shape_tuple(&out))
+    if y.shape != out_shape or dy.shape != out_shape:
+        raise ValueError(f"y and dy must have shape {out_shape}, got {y.shape} and {dy.shape}")
+    for name, a in (("x", x), ("y", y), ("saved", saved)):
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name} must be C-contiguous")
+    dy = numpy.array(dy, dtype=dtype, order="C")  # the kernels may work in place on it
+    dx = numpy.empty(x.shape, dtype=dtype) if need_dx else None
+    cdef size_t work_bytes = (fusenn_layer_work_bytes_f64(&desc, &shape, n) if f64 else
+                              fusenn_layer_work_bytes_f32(&desc, &shape, n))
+    work = numpy.empty(work_bytes, dtype=numpy.uint8)
+    cdef const void *px = data_of(x)
+    cdef const void *py = data_of(y)
+    cdef void *pdy = data_of(dy)
+    cdef void *pdx = data_of(dx) if need_dx else NULL
+    cdef const void *ps = data_of(saved)
+    cdef void *pw = data_of(work)
+    cdef Py_ssize_t ldx = shape_size(&shape)
+    cdef void *result = NULL
+    cdef int rc
+    with nogil:
+        if f64:
+            rc = fusenn_layer_backward_f64(&desc, &shape, n, px, ldx, <const double *>py,
+                                           <double **>pp, <double **>pg, ps, pw, <double *>pdy,
+                                           <double *>pdx, logits, nthreads, &result)
+        else:
+            rc = fusenn_layer_backward_f32(&desc, &shape, n, px, ldx, <const float *>py,
+                                           <float **>pp, <float **>pg, ps, pw, <float *>pdy,
+                                           <float *>pdx, logits, nthreads, &result)
+    layer_check(rc, spec)
+    if need_dx and result == pdy:  # computed in place
+        dx = dy.reshape(x.shape)
+    return dx, grads
+
+
+cdef Py_ssize_t shape_size(fusenn_shape *s) noexcept:
+    cdef Py_ssize_t size = 1
+    cdef size_t i
+    for i in range(s.rank):
+        size *= s.dim[i]
+    return size
+
+
+cdef int layer_check(int rc, dict spec) except -1:
+    if rc == FUSENN_ENOMEM:
+        raise MemoryError(f"fusenn: out of memory in a {spec['kind']} layer")
+    if rc != FUSENN_OK:
+        raise ValueError(f"the {spec['kind']} layer refused its arguments")
     return 0
 
 

@@ -1,4 +1,6 @@
-"""Layers: Dense (fully connected), Dropout and BatchNorm.
+"""Layers: Dense (fully connected), Dropout, BatchNorm, and for images Conv2D,
+MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D,
+Flatten and Reshape.
 
 Every layer computes through the model's backend (fusenn.ops, the C kernels,
 or fusenn.reference, the NumPy oracle) with the same protocol:
@@ -28,7 +30,9 @@ import numpy as np
 from . import initializers
 from ._common import ACTIVATIONS, NEEDS_Z, finite_number
 
-__all__ = ["Layer", "Dense", "Dropout", "BatchNorm", "canonical_activation", "layer_from_config"]
+__all__ = ["Layer", "Dense", "Dropout", "BatchNorm", "Conv2D", "MaxPooling2D", "AveragePooling2D",
+           "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape",
+           "canonical_activation", "layer_from_config"]
 
 # Keras calls identity "linear" and swish "silu"; None means no activation in
 # both Keras and PyTorch.
@@ -331,7 +335,324 @@ class BatchNorm(Layer):
         return {"type": "BatchNorm", "momentum": self.momentum, "eps": self.eps}
 
 
-LAYER_TYPES = {"Dense": Dense, "Dropout": Dropout, "BatchNorm": BatchNorm}
+# ---- images ---------------------------------------------------------------------------
+
+def _pair(value, name):
+    """An int or a pair of ints (height, width), each >= 1, as a pair."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        pair = tuple(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return tuple(_width(v, name) for v in pair)
+
+
+def _padding_mode(padding):
+    if not isinstance(padding, str) or padding.lower() not in ("valid", "same"):
+        raise ValueError(f"padding must be 'valid' or 'same', got {padding!r}")
+    return padding.lower()
+
+
+def window_padding(mode, sizes, kernel, strides, dilation=(1, 1)):
+    """Keras's padding as ((top, bottom), (left, right)): none for "valid"; for
+    "same" enough that the output has ceil(size / stride) positions, the odd cell
+    at the bottom / right (as TensorFlow)."""
+    if mode == "valid":
+        return ((0, 0), (0, 0))
+    pads = []
+    for size, k, s, d in zip(sizes, kernel, strides, dilation):
+        out = -(-size // s)
+        total = max((out - 1) * s + d * (k - 1) + 1 - size, 0)
+        pads.append((total // 2, total - total // 2))
+    return tuple(pads)
+
+
+def _window_output(layer, input_shape, kernel, strides, padding, dilation=(1, 1)):
+    """The output height and width of a window layer, or a ValueError naming it."""
+    if len(input_shape) != 3:
+        raise layer._refuse(input_shape, "it takes images (height, width, channels)")
+    out = []
+    for size, k, s, p, d in zip(input_shape[:2], kernel, strides, padding, dilation):
+        span = d * (k - 1) + 1
+        if size + p[0] + p[1] < span:
+            raise layer._refuse(input_shape, f"its window ({kernel[0]}x{kernel[1]}, dilation "
+                                             f"{dilation[0]}x{dilation[1]}) is larger than the "
+                                             f"padded image")
+        out.append((size + p[0] + p[1] - span) // s + 1)
+    return tuple(out)
+
+
+def _flat_pads(padding):
+    (top, bottom), (left, right) = padding
+    return {"pad_top": top, "pad_bottom": bottom, "pad_left": left, "pad_right": right}
+
+
+class Conv2D(Layer):
+    """A 2-D convolution over images (channels last, as Keras):
+    y[oh, ow, :] = activation(sum over the window of x * kernel + bias).
+
+    kernel has shape (kernel_h, kernel_w, channels_in, filters) and bias
+    (filters,), as Keras's. strides, dilation_rate: an int or a pair;
+    padding "valid" (no padding) or "same" (outputs ceil(size / stride), the odd
+    padding cell at the bottom / right, as Keras). kernel_initializer: by
+    default He-uniform for relu and leaky_relu and Glorot-uniform otherwise
+    (fan in = kernel_h kernel_w channels_in, as Keras).
+    """
+
+    engine_kind = "conv2d"
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
+                 activation=None, use_bias=True, kernel_initializer=None,
+                 bias_initializer="zeros"):
+        super().__init__()
+        self.filters = _width(filters, "filters")
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.strides = _pair(strides, "strides")
+        self.padding = _padding_mode(padding)
+        self.dilation_rate = _pair(dilation_rate, "dilation_rate")
+        self.activation = canonical_activation(activation)
+        self.use_bias = bool(use_bias)
+        if kernel_initializer is None:
+            kernel_initializer = ("he_uniform" if self.activation in ("relu", "leaky_relu")
+                                  else "glorot_uniform")
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.param_names = ("kernel", "bias") if self.use_bias else ("kernel",)
+        self.kernel = self.bias = None
+        self.pads = None  # ((top, bottom), (left, right)), once built
+
+    def __repr__(self):
+        return (f"Conv2D({self.filters}, {self.kernel_size}, strides={self.strides}, "
+                f"padding={self.padding!r}, activation={self.activation!r})")
+
+    @property
+    def output_activation(self):
+        return self.activation
+
+    def _geometry(self, input_shape):
+        pads = window_padding(self.padding, input_shape[:2], self.kernel_size, self.strides,
+                              self.dilation_rate)
+        out = _window_output(self, input_shape, self.kernel_size, self.strides, pads,
+                             self.dilation_rate)
+        return pads, out
+
+    def compute_output_shape(self, input_shape):
+        return (*self._geometry(input_shape)[1], self.filters)
+
+    def _build(self, input_shape, dtype, rng):
+        shape = (*self.kernel_size, input_shape[2], self.filters)
+        self.kernel = np.ascontiguousarray(self.kernel_initializer(shape, rng, dtype), dtype=dtype)
+        if self.use_bias:
+            self.bias = np.ascontiguousarray(self.bias_initializer((self.filters,), rng, dtype),
+                                             dtype=dtype)
+        self.pads = self._geometry(input_shape)[0]
+
+    def unbuild(self):
+        super().unbuild()
+        self.pads = None
+
+    def engine_attrs(self):
+        return {"filters": self.filters, "kernel_h": self.kernel_size[0],
+                "kernel_w": self.kernel_size[1], "stride_h": self.strides[0],
+                "stride_w": self.strides[1], "dilation_h": self.dilation_rate[0],
+                "dilation_w": self.dilation_rate[1], **_flat_pads(self.pads),
+                "use_bias": int(self.use_bias), "activation": self.activation}
+
+    def _window(self):
+        return dict(strides=self.strides, padding=self.pads, dilation=self.dilation_rate)
+
+    def forward(self, backend, x, training, logits=False):
+        act = "identity" if logits else self.activation
+        if act in NEEDS_Z:
+            z = backend.conv2d_forward(x, self.kernel, self.bias, activation="identity",
+                                       **self._window())
+            return backend.activation_forward(_rows(z), act).reshape(z.shape), z
+        return backend.conv2d_forward(x, self.kernel, self.bias, activation=act,
+                                      **self._window()), None
+
+    def backward(self, backend, x, y, cache, dy, need_dx, logits=False):
+        act = "identity" if logits else self.activation
+        dw, db, dx = backend.conv2d_backward(x, self.kernel, y, dy, activation=act,
+                                             need_dx=need_dx, z=cache, bias=self.use_bias,
+                                             **self._window())
+        return dx, [dw, db] if self.use_bias else [dw]
+
+    def config(self):
+        return {"type": "Conv2D", "filters": self.filters, "kernel_size": list(self.kernel_size),
+                "strides": list(self.strides), "padding": self.padding,
+                "dilation_rate": list(self.dilation_rate), "activation": self.activation,
+                "use_bias": self.use_bias,
+                "kernel_initializer": initializers.serialize(self.kernel_initializer),
+                "bias_initializer": initializers.serialize(self.bias_initializer) or "zeros"}
+
+
+class _Pooling2D(Layer):
+    """Max or average pooling over windows of pool_size, strides apart (default:
+    pool_size, as Keras), each channel on its own. padding "same" pads as Conv2D;
+    padded cells are never a maximum and are left out of averages (Keras)."""
+
+    engine_kind = "pool2d"
+    mode = None
+
+    def __init__(self, pool_size=2, strides=None, padding="valid"):
+        super().__init__()
+        self.pool_size = _pair(pool_size, "pool_size")
+        self.strides = self.pool_size if strides is None else _pair(strides, "strides")
+        self.padding = _padding_mode(padding)
+        self.pads = None
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(pool_size={self.pool_size}, strides={self.strides}, "
+                f"padding={self.padding!r})")
+
+    def _geometry(self, input_shape):
+        pads = window_padding(self.padding, input_shape[:2], self.pool_size, self.strides)
+        return pads, _window_output(self, input_shape, self.pool_size, self.strides, pads)
+
+    def compute_output_shape(self, input_shape):
+        return (*self._geometry(input_shape)[1], input_shape[2])
+
+    def _build(self, input_shape, dtype, rng):
+        self.pads = self._geometry(input_shape)[0]
+
+    def unbuild(self):
+        super().unbuild()
+        self.pads = None
+
+    def engine_attrs(self):
+        return {"mode": self.mode, "pool_h": self.pool_size[0], "pool_w": self.pool_size[1],
+                "stride_h": self.strides[0], "stride_w": self.strides[1], **_flat_pads(self.pads)}
+
+    def _window(self):
+        return dict(pool_size=self.pool_size, strides=self.strides, padding=self.pads,
+                    mode=self.mode)
+
+    def forward(self, backend, x, training, logits=False):
+        return backend.pool2d_forward(x, **self._window())
+
+    def backward(self, backend, x, y, cache, dy, need_dx, logits=False):
+        return backend.pool2d_backward(dy, x.shape, cache, **self._window()), []
+
+    def config(self):
+        return {"type": type(self).__name__, "pool_size": list(self.pool_size),
+                "strides": list(self.strides), "padding": self.padding}
+
+
+class MaxPooling2D(_Pooling2D):
+    __doc__ = "Max pooling of images. " + _Pooling2D.__doc__
+    mode = "max"
+
+
+class AveragePooling2D(_Pooling2D):
+    __doc__ = "Average pooling of images. " + _Pooling2D.__doc__
+    mode = "avg"
+
+
+class _GlobalPooling(Layer):
+    """The mean (or max) of each channel over all positions of a sample: images
+    (height, width, channels) or sequences (steps, features) -> (channels,)."""
+
+    engine_kind = "global_pool"
+    mode = None
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) < 2:
+            raise self._refuse(input_shape, "it pools images or sequences; the input is "
+                                            "already flat")
+        return (input_shape[-1],)
+
+    def engine_attrs(self):
+        return {"mode": self.mode}
+
+    def forward(self, backend, x, training, logits=False):
+        return backend.global_pool_forward(x, self.mode), None
+
+    def backward(self, backend, x, y, cache, dy, need_dx, logits=False):
+        return backend.global_pool_backward(x, dy, self.mode), []
+
+    def config(self):
+        return {"type": type(self).__name__}
+
+
+class GlobalAveragePooling2D(_GlobalPooling):
+    __doc__ = _GlobalPooling.__doc__
+    mode = "avg"
+
+
+class GlobalMaxPooling2D(_GlobalPooling):
+    __doc__ = _GlobalPooling.__doc__ + " The gradient goes to each channel's first maximum."
+    mode = "max"
+
+
+class Reshape(Layer):
+    """Gives each sample a new shape of the same size (row-major order, as NumPy's
+    reshape); one dimension may be -1 (inferred). No copy is made."""
+
+    engine_kind = "reshape"
+
+    def __init__(self, target_shape):
+        super().__init__()
+        try:
+            target = tuple(target_shape)
+        except TypeError:
+            raise TypeError(f"target_shape must be a tuple of ints, got {target_shape!r}") from None
+        ints = all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in target)
+        if (not ints or not 1 <= len(target) <= 4 or sum(d == -1 for d in target) > 1
+                or not all(d == -1 or d >= 1 for d in target)):
+            raise ValueError(f"target_shape must be 1 to 4 positive ints (one may be -1), got "
+                             f"{target_shape!r}")
+        self.target_shape = tuple(int(d) for d in target)
+
+    def __repr__(self):
+        return f"Reshape({self.target_shape})"
+
+    def compute_output_shape(self, input_shape):
+        size = int(np.prod(input_shape))
+        known = int(np.prod([d for d in self.target_shape if d != -1]))
+        if (-1 in self.target_shape and size % known) or (
+                -1 not in self.target_shape and known != size):
+            raise self._refuse(input_shape, f"its {size} values per sample do not fill "
+                                            f"{self.target_shape}")
+        return tuple(size // known if d == -1 else d for d in self.target_shape)
+
+    def engine_attrs(self):
+        dims = (*self.output_shape, 0, 0, 0)[:4]
+        return {"rank": len(self.output_shape), "dim0": dims[0], "dim1": dims[1],
+                "dim2": dims[2], "dim3": dims[3]}
+
+    def forward(self, backend, x, training, logits=False):
+        return x.reshape(len(x), *self.output_shape), None
+
+    def backward(self, backend, x, y, cache, dy, need_dx, logits=False):
+        return dy.reshape(x.shape), []
+
+    def config(self):
+        return {"type": "Reshape", "target_shape": list(self.target_shape)}
+
+
+class Flatten(Reshape):
+    """Each sample as one row of features, row-major over (height, width,
+    channels), as Keras's Flatten."""
+
+    def __init__(self):
+        super().__init__((-1,))
+
+    def __repr__(self):
+        return "Flatten()"
+
+    def config(self):
+        return {"type": "Flatten"}
+
+
+LAYER_TYPES = {cls.__name__: cls for cls in (
+    Dense, Dropout, BatchNorm, Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
+    GlobalMaxPooling2D, Reshape, Flatten)}
 
 
 def layer_from_config(spec):

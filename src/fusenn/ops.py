@@ -20,7 +20,8 @@ __all__ = [
     "sigmoid_binary_cross_entropy", "mse", "mae", "huber", "sgd_update", "adam_update",
     "rmsprop_update", "adagrad_update", "sum_squares", "grad_transform",
     "dropout_forward", "dropout_backward", "dropout_seed", "batchnorm_forward_train",
-    "batchnorm_forward_infer", "batchnorm_backward",
+    "batchnorm_forward_infer", "batchnorm_backward", "global_pool_forward",
+    "global_pool_backward",
 ]
 
 _ACTIVATION_IDS = _kernels.ACTIVATION_IDS  # name -> fusenn_activation (the binding's table)
@@ -532,3 +533,43 @@ def grad_transform(g, w, l2=0.0, scale=1.0, clipvalue=0.0):
         _expect_shape(w, "w", g.shape)
         wf = np.ascontiguousarray(w).reshape(-1)
     _kernels.grad_transform(gf, wf, l2, scale, clipvalue, get_num_threads())
+
+
+# ---- layer kinds, through the engine's record of each (csrc/layers/<kind>.c) --------------
+# _kernels.layer_forward / layer_backward run one layer of a kind exactly as the
+# training engine does: fusenn_layer_forward / _backward in csrc/plan.c.
+
+def _pool_mode(mode):
+    if not isinstance(mode, str) or mode not in ("max", "avg"):
+        raise ValueError(f"mode must be 'max' or 'avg', got {mode!r}")
+    return mode
+
+
+def _samples(x, name, min_rank=2):
+    """x as a C-contiguous float array of at least `min_rank` dims with samples."""
+    x = np.asarray(x)
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    if x.ndim < min_rank or x.ndim > 5 or 0 in x.shape:
+        raise ValueError(f"{name} must be a non-empty batch of samples with {min_rank - 1} to 4 "
+                         f"dimensions each, got shape {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def global_pool_forward(x, mode="avg"):
+    """The mean (mode "avg") or maximum ("max") of every channel over all positions
+    of a sample: x (n, ..., C) -> (n, C) (csrc/layers/global_pool.c)."""
+    x = _samples(x, "x", 3)
+    spec = {"kind": "global_pool", "attrs": {"mode": _pool_mode(mode)}}
+    return _kernels.layer_forward(spec, x, [], nthreads=get_num_threads())[0]
+
+
+def global_pool_backward(x, dy, mode="avg"):
+    """dx of global_pool_forward given dy = dL/dy (n, C)."""
+    x = _samples(x, "x", 3)
+    dy = _float_array(dy, "dy", 2, x.dtype)
+    _expect_shape(dy, "dy", (x.shape[0], x.shape[-1]))
+    spec = {"kind": "global_pool", "attrs": {"mode": _pool_mode(mode)}}
+    y = np.empty(dy.shape, dtype=x.dtype)  # not read by this kind
+    return _kernels.layer_backward(spec, x, y, dy, [], np.empty(0, np.uint8), True,
+                                   nthreads=get_num_threads())[0]

@@ -484,3 +484,166 @@ def grad_transform(g, w, l2=0.0, scale=1.0, clipvalue=0.0):
             g *= real(scale)
         if clipvalue > 0:
             np.clip(g, -real(clipvalue), real(clipvalue), out=g)
+
+
+# ---- convolution and pooling (channels last) ------------------------------------------------
+# Images are (n, height, width, channels), as Keras's default. A window's geometry is
+# given explicitly: strides (sh, sw), padding ((top, bottom), (left, right)) and
+# dilation (dh, dw); the layers turn Keras's "valid" / "same" into pads.
+
+def conv2d_output_size(size, kernel, stride, pad, dilation):
+    """The output length along one axis: floor((size + pads - span) / stride) + 1,
+    span = dilation (kernel - 1) + 1, the window's extent."""
+    return (size + pad[0] + pad[1] - (dilation * (kernel - 1) + 1)) // stride + 1
+
+
+def _window_slices(x_padded, kernel, strides, dilation, out_hw):
+    """For each tap (i, j) of the window, the input values it multiplies at every
+    output position: x_padded[:, oh sh + i dh, ow sw + j dw, :]."""
+    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, strides, dilation, out_hw
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, x_padded[:, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                                 j * dw:j * dw + sw * (ow - 1) + 1:sw, :]
+
+
+def _im2col(x, kernel, strides, padding, dilation):
+    """The patches of x: (n, OH, OW, KH, KW, C), patch (oh, ow) the window of input
+    values output (oh, ow) is computed from (zeros where it reaches the padding)."""
+    n, h, w, c = x.shape
+    out_hw = tuple(conv2d_output_size(s, k, st, p, d) for s, k, st, p, d in
+                   zip((h, w), kernel, strides, padding, dilation))
+    x_padded = np.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    cols = np.empty((n, *out_hw, *kernel, c), dtype=x.dtype)
+    for i, j, taps in _window_slices(x_padded, kernel, strides, dilation, out_hw):
+        cols[:, :, :, i, j, :] = taps
+    return cols
+
+
+def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1),
+                   activation="identity"):
+    """y = act(conv(x, w) + b): x (n, H, W, Cin), w (KH, KW, Cin, Cout) as Keras's
+    kernel, b (Cout,) or None; y[n, oh, ow, :] = act(patch(oh, ow) . w + b), the
+    patch read with the strides, padding and dilation. y: (n, OH, OW, Cout)."""
+    _check_activation(activation)
+    cols = _im2col(x, w.shape[:2], strides, padding, dilation)
+    z = cols.reshape(*cols.shape[:3], -1) @ w.reshape(-1, w.shape[3])
+    if b is not None:
+        z += b
+    if activation == "identity":
+        return z
+    return activation_forward(z.reshape(-1, z.shape[3]), activation).reshape(z.shape)
+
+
+def conv2d_backward(x, w, y, dy, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1),
+                    activation="identity", need_dx=True, z=None, bias=True):
+    """Gradients of conv2d_forward given dy = dL/dy: (dw, db, dx).
+
+    dz = dy act'(z); dw = sum over outputs of patch^T dz (the patches are x's
+    windows); db = sum of dz over every output (None when bias is False); dx
+    scatters dz w^T back over each output's window (col2im), None unless need_dx.
+    """
+    _check_activation(activation)
+    if activation in NEEDS_Z and z is None:
+        raise ValueError(f"z (the pre-activation) is required for activation {activation!r}")
+    cout = w.shape[3]
+    dz = dy if activation == "identity" else activation_backward(
+        y.reshape(-1, cout), dy.reshape(-1, cout), activation,
+        None if z is None else z.reshape(-1, cout)).reshape(dy.shape)
+    cols = _im2col(x, w.shape[:2], strides, padding, dilation)
+    dz_rows = dz.reshape(-1, cout)
+    dw = (cols.reshape(dz_rows.shape[0], -1).T @ dz_rows).reshape(w.shape)
+    db = dz_rows.sum(axis=0) if bias else None
+    dx = None
+    if need_dx:
+        dcols = (dz_rows @ w.reshape(-1, cout).T).reshape(cols.shape)
+        (pt, pb), (pl, pr) = padding
+        dx_padded = np.zeros((x.shape[0], x.shape[1] + pt + pb, x.shape[2] + pl + pr,
+                              x.shape[3]), dtype=x.dtype)
+        for i, j, taps in _window_slices(dx_padded, w.shape[:2], strides, dilation,
+                                         dz.shape[1:3]):
+            taps += dcols[:, :, :, i, j, :]  # a view of dx_padded: the scatter-add
+        dx = dx_padded[:, pt:pt + x.shape[1], pl:pl + x.shape[2], :].copy()
+    return dw, db, dx
+
+
+def pool2d_forward(x, pool_size=(2, 2), strides=(2, 2), padding=((0, 0), (0, 0)), mode="max"):
+    """Max or average pooling of x (n, H, W, C) over windows pool_size apart by
+    strides, each channel on its own: (y, argmax). argmax (max pooling only; else
+    None) holds, per output, the index h * W + w of the input it took (the first
+    maximum in the window's row-major order). Padded cells take no part: they are
+    never a maximum and an average is over the window's cells inside the image
+    (Keras's "same")."""
+    n, h, w, c = x.shape
+    out_hw = tuple(conv2d_output_size(s, k, st, p, 1) for s, k, st, p in
+                   zip((h, w), pool_size, strides, padding))
+    if mode not in ("max", "avg"):
+        raise ValueError(f"mode must be 'max' or 'avg', got {mode!r}")
+    # each output's window of input positions, and whether each lies inside
+    rows = np.arange(out_hw[0])[:, None] * strides[0] - padding[0][0] + np.arange(pool_size[0])
+    cols = np.arange(out_hw[1])[:, None] * strides[1] - padding[1][0] + np.arange(pool_size[1])
+    inside = (((rows >= 0) & (rows < h))[:, None, :, None] &
+              ((cols >= 0) & (cols < w))[None, :, None, :])     # (OH, OW, KH, KW)
+    index = np.clip(rows, 0, h - 1)[:, None, :, None] * w + np.clip(cols, 0, w - 1)[None, :, None, :]
+    windows = x.reshape(n, h * w, c)[:, index.reshape(-1), :].reshape(
+        n, *out_hw, pool_size[0] * pool_size[1], c)
+    inside = inside.reshape(*out_hw, -1)
+    if mode == "avg":
+        count = inside.sum(axis=-1)[:, :, None]
+        summed = np.where(inside[None, :, :, :, None], windows, 0).sum(axis=3)
+        return summed / count.astype(x.dtype), None
+    windows = np.where(inside[None, :, :, :, None], windows, -np.inf).astype(x.dtype)
+    best = windows.argmax(axis=3)                                # (n, OH, OW, C)
+    argmax = np.take_along_axis(index.reshape(*out_hw, -1)[None, :, :, :, None],
+                                best[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+    return np.take_along_axis(windows, best[:, :, :, None, :], axis=3)[:, :, :, 0, :], \
+        argmax.astype(np.int64)
+
+
+def pool2d_backward(dy, x_shape, argmax=None, pool_size=(2, 2), strides=(2, 2),
+                    padding=((0, 0), (0, 0)), mode="max"):
+    """dx of pool2d_forward given dy = dL/dy (n, OH, OW, C): max pooling sends each
+    output's gradient to the input in argmax; average pooling spreads it evenly over
+    the window's cells inside the image. Contributions to one input add up."""
+    n, h, w, c = x_shape
+    dx = np.zeros((n, h * w, c), dtype=dy.dtype)
+    if mode == "max":
+        for i in range(n):
+            for ch in range(c):
+                np.add.at(dx[i, :, ch], argmax[i, :, :, ch].reshape(-1), dy[i, :, :, ch].reshape(-1))
+        return dx.reshape(x_shape)
+    out_hw = dy.shape[1:3]
+    for oh in range(out_hw[0]):
+        r0 = oh * strides[0] - padding[0][0]
+        rs = range(max(r0, 0), min(r0 + pool_size[0], h))
+        for ow in range(out_hw[1]):
+            c0 = ow * strides[1] - padding[1][0]
+            cs = range(max(c0, 0), min(c0 + pool_size[1], w))
+            share = dy[:, oh, ow, :] / dy.dtype.type(len(rs) * len(cs))
+            for r in rs:
+                for col in cs:
+                    dx[:, r * w + col, :] += share
+    return dx.reshape(x_shape)
+
+
+def global_pool_forward(x, mode="avg"):
+    """The mean (or max) of every channel over all positions of a sample:
+    x (n, ..., C) -> (n, C)."""
+    rows = x.reshape(x.shape[0], -1, x.shape[-1])
+    if mode == "avg":
+        return rows.mean(axis=1, dtype=np.float64).astype(x.dtype)
+    if mode == "max":
+        return rows.max(axis=1)
+    raise ValueError(f"mode must be 'max' or 'avg', got {mode!r}")
+
+
+def global_pool_backward(x, dy, mode="avg"):
+    """dx of global_pool_forward: dy / positions everywhere (avg), or dy at each
+    channel's first maximum (max)."""
+    rows = x.reshape(x.shape[0], -1, x.shape[-1])
+    if mode == "avg":
+        dx = np.broadcast_to(dy[:, None, :] / dy.dtype.type(rows.shape[1]), rows.shape).copy()
+    else:
+        dx = np.zeros_like(rows)
+        np.put_along_axis(dx, rows.argmax(axis=1)[:, None, :], dy[:, None, :], axis=1)
+    return dx.reshape(x.shape)
