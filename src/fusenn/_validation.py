@@ -8,6 +8,8 @@ import numpy as np
 from . import ops
 from ._common import positive_int
 
+_INT64 = np.dtype(np.int64)
+
 __all__ = ["check_X", "check_y", "check_data", "check_weights", "check_input_shape", "writeable",
            "positive_int"]
 
@@ -30,6 +32,11 @@ def check_X(model, X, name="X", values=True):
     """X as an array of the model's dtype shaped (n, *input_shape), samples of
     one row with contiguous columns, samples of several rows C-contiguous;
     values=False leaves the NaN/infinity check to the caller (the engine)."""
+    if (type(X) is np.ndarray and X.dtype is model.dtype and X.shape[1:] == model.input_shape
+            and X.flags.c_contiguous and len(X)):  # the common case, kept cheap
+        if values and ops.count_nonfinite(X):
+            raise ValueError(f"{name} contains NaN or infinity")
+        return X
     X = np.asarray(X)
     if X.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold numbers, got dtype {X.dtype}")
@@ -56,10 +63,14 @@ def check_y(model, y, n, name="y", values=True, out=None):
     """y as the loss takes it (int64 labels, one per output row, or an array of the
     model's dtype shaped like the output, `out`: the model's output shape by
     default); values=False leaves the range and NaN checks to the caller."""
-    y = np.asarray(y)
     out = model.output_shape if out is None else out
     k = out[-1]
-    if model.loss.targets == "labels":
+    labels = model.loss.targets == "labels"
+    if (not values and labels and type(y) is np.ndarray and y.dtype is _INT64
+            and y.shape == (n,) and len(out) == 1 and y.flags.c_contiguous):
+        return y  # the common case of train_on_batch, kept cheap
+    y = np.asarray(y)
+    if labels:
         want = (n, *out[:-1])
         if y.shape != want:
             hint = (f"; for one-hot targets pass y.argmax(axis={len(want)})"

@@ -153,7 +153,7 @@ class Sequential:
 
     @property
     def built(self):
-        return bool(self.layers) and all(layer.built for layer in self.layers)
+        return self.input_shape is not None  # set once every layer is built
 
     @property
     def input_dim(self):
