@@ -75,6 +75,18 @@ int fusenn_swap_thread_override(int n); /* returns the previous override (0: non
 void fusenn_mark_forked_child(void);
 void fusenn_configure_default_threads(int cap, int without_openmp);
 
+/* ---- Ctrl-C during long calls (interrupt.c) -------------------------------
+ * fusenn_interrupt_begin installs a SIGINT handler that records the signal in
+ * a flag and passes it on to the handler it replaces (Python's); the engine's
+ * long loops (an epoch, predict, evaluate) poll the flag between batches when
+ * asked to and stop with FUSENN_EINTERRUPTED after a whole step. Returns 1 if
+ * installed (SIGINT had a handler function; nested calls share it), else 0.
+ * Call from one thread (Python's main thread, with the GIL held). */
+int fusenn_interrupt_begin(void);
+void fusenn_interrupt_end(void);
+int fusenn_interrupt_pending(void);
+void fusenn_interrupt_clear(void);
+
 /* Name of the GEMM micro-kernel ISA in use: "avx512", "avx2" or "generic".
  * Chosen once from the CPU's features; FUSENN_ISA=generic|avx2|avx512 in the
  * environment forces a lower path (a higher one than the CPU has is ignored). */
@@ -415,6 +427,9 @@ size_t fusenn_count_nonfinite_f64(size_t n, size_t d, const double *X, ptrdiff_t
 /* fusenn_plan_train_batch's batch holds a NaN or infinity, a label outside
  * [0, k), or a binary cross-entropy target outside [0, 1]; nothing changed */
 #define FUSENN_EBADINPUT (-4)
+/* an interruptible call saw Ctrl-C (fusenn_interrupt_begin) and stopped after a
+ * whole step */
+#define FUSENN_EINTERRUPTED (-5)
 
 typedef enum {
     FUSENN_LOSS_CROSS_ENTROPY = 0,        /* softmax + cross-entropy, integer labels */
@@ -580,35 +595,41 @@ int fusenn_plan_train_batch_f64(fusenn_plan_f64 *plan, size_t n, const void *X, 
  * batch b is the samples order[b * batch_size ...] (the last one may be short),
  * gathered into the arena with their targets and weights. Adds loss x samples
  * and correct predictions of every batch to *loss_sum and *correct_sum; *loss
- * is the last batch's loss (the diverging one on FUSENN_EDIVERGED). */
+ * is the last batch's loss (the diverging one on FUSENN_EDIVERGED); *done
+ * counts the batches trained. interruptible: poll for Ctrl-C
+ * (fusenn_interrupt_begin) before each batch and return FUSENN_EINTERRUPTED. */
 int fusenn_plan_train_epoch_f32(fusenn_plan_f32 *plan, size_t n, const void *X, ptrdiff_t ldx,
                                 const int64_t *labels, const float *T, ptrdiff_t ldt,
                                 const float *sw, const int64_t *order, size_t batch_size,
                                 size_t first_batch, size_t n_batches, fusenn_optimizer *opt,
-                                double *loss, double *loss_sum, double *correct_sum, int nthreads);
+                                double *loss, double *loss_sum, double *correct_sum,
+                                size_t *done, int interruptible, int nthreads);
 int fusenn_plan_train_epoch_f64(fusenn_plan_f64 *plan, size_t n, const void *X, ptrdiff_t ldx,
                                 const int64_t *labels, const double *T, ptrdiff_t ldt,
                                 const double *sw, const int64_t *order, size_t batch_size,
                                 size_t first_batch, size_t n_batches, fusenn_optimizer *opt,
-                                double *loss, double *loss_sum, double *correct_sum, int nthreads);
+                                double *loss, double *loss_sum, double *correct_sum,
+                                size_t *done, int interruptible, int nthreads);
 
 /* The network's outputs for n samples X into out (sample stride ldo), in
  * chunks of samples, in inference mode (no dropout, batchnorm's running
- * statistics). */
+ * statistics). interruptible: poll for Ctrl-C about every 10 ms of work. */
 int fusenn_plan_predict_f32(fusenn_plan_f32 *plan, size_t n, const void *X, ptrdiff_t ldx,
-                            float *out, ptrdiff_t ldo, int nthreads);
+                            float *out, ptrdiff_t ldo, int interruptible, int nthreads);
 int fusenn_plan_predict_f64(fusenn_plan_f64 *plan, size_t n, const void *X, ptrdiff_t ldx,
-                            double *out, ptrdiff_t ldo, int nthreads);
+                            double *out, ptrdiff_t ldo, int interruptible, int nthreads);
 
 /* Loss x samples summed over chunks into *loss_sum (samples weighted by sw,
  * may be NULL), correct predictions into *correct_sum (as train_batch counts
  * them). */
 int fusenn_plan_evaluate_f32(fusenn_plan_f32 *plan, size_t n, const void *X, ptrdiff_t ldx,
                              const int64_t *labels, const float *T, ptrdiff_t ldt,
-                             const float *sw, double *loss_sum, double *correct_sum, int nthreads);
+                             const float *sw, double *loss_sum, double *correct_sum,
+                             int interruptible, int nthreads);
 int fusenn_plan_evaluate_f64(fusenn_plan_f64 *plan, size_t n, const void *X, ptrdiff_t ldx,
                              const int64_t *labels, const double *T, ptrdiff_t ldt,
-                             const double *sw, double *loss_sum, double *correct_sum, int nthreads);
+                             const double *sw, double *loss_sum, double *correct_sum,
+                             int interruptible, int nthreads);
 
 #ifdef __cplusplus
 }

@@ -20,6 +20,8 @@
  */
 #include "layer.h"
 
+#include <time.h>
+
 /* Samples per forward pass in predict / evaluate. */
 #define PLAN_CHUNK_ROWS 1024
 
@@ -219,6 +221,7 @@ struct FN(fusenn_plan) {
     real *t;         /* gathered targets (the other losses) */
     real *sw;        /* sample weights per loss row */
     real *p;         /* probabilities from the fused losses */
+    real *z;         /* evaluate's outputs of a chunk, forwarded in parts */
     real *g2[2];     /* gradient ping-pong */
 };
 
@@ -255,6 +258,7 @@ static size_t FN(arena_layout)(plan_t *plan, size_t n, char *base)
     size_t t = carve(&size, n * plan->out_size * r);
     size_t sw = carve(&size, rows * r);
     size_t p = carve(&size, n * plan->out_size * r);
+    size_t z = carve(&size, n * plan->out_size * r);
     size_t g0 = carve(&size, n * plan->widest * r);
     size_t g1 = carve(&size, n * plan->widest * r);
     for (size_t l = 0; l < plan->n_layers; l++) {
@@ -274,6 +278,7 @@ static size_t FN(arena_layout)(plan_t *plan, size_t n, char *base)
         plan->t = (real *)(base + t);
         plan->sw = (real *)(base + sw);
         plan->p = (real *)(base + p);
+        plan->z = (real *)(base + z);
         plan->g2[0] = (real *)(base + g0);
         plan->g2[1] = (real *)(base + g1);
     }
@@ -481,14 +486,13 @@ static double FN(loss)(plan_t *plan, size_t rows, const real *z, ptrdiff_t ldz,
     return loss;
 }
 
-/* The loss of the last forward pass over n samples: their rows as the loss
- * reads them (a sample of several rows is contiguous). Sample weights are
+/* The loss of n samples' outputs z (sample stride ldz; a sample of several rows
+ * is contiguous): their rows as the loss reads them. Sample weights are
  * repeated for each of a sample's rows (into the arena). */
-static double FN(batch_loss)(plan_t *plan, size_t n, const int64_t *labels, const real *T,
-                             ptrdiff_t ldt, const real *sw, real *dz, double *correct,
-                             int nthreads)
+static double FN(batch_loss)(plan_t *plan, size_t n, const real *z, ptrdiff_t ldz,
+                             const int64_t *labels, const real *T, ptrdiff_t ldt, const real *sw,
+                             real *dz, double *correct, int nthreads)
 {
-    const FN(plan_layer) *last = &plan->layers[plan->n_layers - 1];
     const size_t r = plan->rows;
     if (r > 1 && sw) {
         if (sw != plan->sw)
@@ -497,9 +501,9 @@ static double FN(batch_loss)(plan_t *plan, size_t n, const int64_t *labels, cons
                     plan->sw[i * r + j] = sw[i];
         sw = plan->sw;
     }
-    const ptrdiff_t ldz = r > 1 ? (ptrdiff_t)plan->k : last->ld_res;
-    return FN(loss)(plan, n * r, last->res, ldz, labels, T, r > 1 ? (ptrdiff_t)plan->k : ldt, sw,
-                    dz, correct, nthreads);
+    const ptrdiff_t k = (ptrdiff_t)plan->k;
+    return FN(loss)(plan, n * r, z, r > 1 ? k : ldz, labels, T, r > 1 ? k : ldt, sw, dz, correct,
+                    nthreads);
 }
 
 /* Zero the optimizer state and its step count: after a diverging step the
@@ -598,7 +602,9 @@ static int FN(step)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx,
     if (rc != FUSENN_OK)
         return rc;
     int cur = 0; /* plan->g2[cur] holds dL/d(output of the layer being differentiated) */
-    *loss = FN(batch_loss)(plan, n, labels, T, ldt, sw, plan->g2[cur], correct, nthreads);
+    const FN(plan_layer) *last = &plan->layers[L - 1];
+    *loss = FN(batch_loss)(plan, n, last->res, last->ld_res, labels, T, ldt, sw, plan->g2[cur],
+                           correct, nthreads);
     if (!isfinite(*loss))
         return FUSENN_EDIVERGED; /* nothing has changed yet */
 
@@ -726,8 +732,10 @@ int FN(fusenn_plan_train_epoch)(plan_t *plan, size_t n, const void *X, ptrdiff_t
                                 const int64_t *labels, const real *T, ptrdiff_t ldt,
                                 const real *sw, const int64_t *order, size_t batch_size,
                                 size_t first_batch, size_t n_batches, fusenn_optimizer *opt,
-                                double *loss, double *loss_sum, double *correct_sum, int nthreads)
+                                double *loss, double *loss_sum, double *correct_sum,
+                                size_t *done, int interruptible, int nthreads)
 {
+    *done = 0;
     if (batch_size == 0)
         return FUSENN_OK;
     if (plan->rows > 1)
@@ -737,6 +745,8 @@ int FN(fusenn_plan_train_epoch)(plan_t *plan, size_t n, const void *X, ptrdiff_t
         const size_t start = b * batch_size;
         if (start >= n)
             break;
+        if (interruptible && fusenn_interrupt_pending())
+            return FUSENN_EINTERRUPTED;
         const size_t rows = FUSENN_MIN(batch_size, n - start);
         FN(gather)(plan, rows, order + start, X, ldx, labels, T, ldt, sw, nthreads);
         double correct = 0;
@@ -746,6 +756,7 @@ int FN(fusenn_plan_train_epoch)(plan_t *plan, size_t n, const void *X, ptrdiff_t
         if (rc == FUSENN_OK) {
             *loss_sum += *loss * (double)rows;
             *correct_sum += correct;
+            ++*done;
         }
     }
     if (rc == FUSENN_EDIVERGED)
@@ -753,43 +764,82 @@ int FN(fusenn_plan_train_epoch)(plan_t *plan, size_t n, const void *X, ptrdiff_t
     return rc;
 }
 
+/* Seconds on a monotonic clock. */
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* The outputs of samples [0, n) of X into out (sample stride ldo), in
+ * inference mode, stopping at the logits when `logits` is set. Forward passes
+ * take PLAN_CHUNK_ROWS samples; an interruptible call takes fewer, about 10 ms
+ * of work each, and polls for Ctrl-C between them (the bits of each output do
+ * not depend on how samples are grouped). */
+static int FN(infer)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx, int logits, real *out,
+                     ptrdiff_t ldo, int interruptible, int nthreads)
+{
+    const FN(plan_layer) *last = &plan->layers[plan->n_layers - 1];
+    const size_t bytes = plan->out_size * sizeof(real);
+    size_t part = interruptible ? FUSENN_MIN((size_t)16, (size_t)PLAN_CHUNK_ROWS)
+                                : PLAN_CHUNK_ROWS;
+    for (size_t start = 0; start < n;) {
+        if (interruptible && fusenn_interrupt_pending())
+            return FUSENN_EINTERRUPTED;
+        const size_t rows = FUSENN_MIN(part, n - start);
+        real *to = out + (ptrdiff_t)start * ldo;
+        const double t0 = interruptible ? now() : 0;
+        int rc = FN(forward)(plan, rows, FN(sample)(plan, X, ldx, start), ldx, 0, logits, to, ldo,
+                             nthreads);
+        if (rc != FUSENN_OK)
+            return rc;
+        if (last->res != to) /* the last layer passed its input through */
+            for (size_t i = 0; i < rows; i++)
+                memcpy(to + (ptrdiff_t)i * ldo, last->res + (ptrdiff_t)i * last->ld_res, bytes);
+        start += rows;
+        if (interruptible) { /* aim at 5-20 ms per part */
+            const double took = now() - t0;
+            if (took < 5e-3 && rows == part)
+                part = FUSENN_MIN(2 * part, (size_t)PLAN_CHUNK_ROWS);
+            else if (took > 20e-3 && part > 1)
+                part /= 2;
+        }
+    }
+    return FUSENN_OK;
+}
+
 int FN(fusenn_plan_predict)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx,
-                            real *out, ptrdiff_t ldo, int nthreads)
+                            real *out, ptrdiff_t ldo, int interruptible, int nthreads)
 {
     if (!FN(samples_fit)(plan, ldx))
         return FUSENN_EINVAL;
-    const FN(plan_layer) *last = &plan->layers[plan->n_layers - 1];
-    const size_t bytes = plan->out_size * sizeof(real);
     int rc = FN(reserve)(plan, FUSENN_MIN(n, (size_t)PLAN_CHUNK_ROWS));
-    for (size_t start = 0; rc == FUSENN_OK && start < n; start += PLAN_CHUNK_ROWS) {
-        const size_t rows = FUSENN_MIN((size_t)PLAN_CHUNK_ROWS, n - start);
-        real *to = out + (ptrdiff_t)start * ldo;
-        rc = FN(forward)(plan, rows, FN(sample)(plan, X, ldx, start), ldx, 0, 0, to, ldo,
-                         nthreads);
-        if (rc == FUSENN_OK && last->res != to) /* the last layer passed its input through */
-            for (size_t i = 0; i < rows; i++)
-                memcpy(to + (ptrdiff_t)i * ldo, last->res + (ptrdiff_t)i * last->ld_res, bytes);
-    }
-    return rc;
+    return rc == FUSENN_OK ? FN(infer)(plan, n, X, ldx, 0, out, ldo, interruptible, nthreads)
+                           : rc;
 }
 
 int FN(fusenn_plan_evaluate)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx,
                              const int64_t *labels, const real *T, ptrdiff_t ldt,
-                             const real *sw, double *loss_sum, double *correct_sum, int nthreads)
+                             const real *sw, double *loss_sum, double *correct_sum,
+                             int interruptible, int nthreads)
 {
     if (!FN(samples_fit)(plan, ldx))
         return FUSENN_EINVAL;
     if (plan->rows > 1)
         ldt = (ptrdiff_t)plan->out_size;
+    const ptrdiff_t ldz = (ptrdiff_t)plan->out_size;
     int rc = FN(reserve)(plan, FUSENN_MIN(n, (size_t)PLAN_CHUNK_ROWS));
+    /* the loss sums over chunks of PLAN_CHUNK_ROWS samples, whatever the forward parts */
     for (size_t start = 0; rc == FUSENN_OK && start < n; start += PLAN_CHUNK_ROWS) {
         const size_t rows = FUSENN_MIN((size_t)PLAN_CHUNK_ROWS, n - start);
-        rc = FN(forward)(plan, rows, FN(sample)(plan, X, ldx, start), ldx, 0, plan->fused, NULL,
-                         0, nthreads);
+        rc = FN(infer)(plan, rows, FN(sample)(plan, X, ldx, start), ldx, plan->fused, plan->z,
+                       ldz, interruptible, nthreads);
         if (rc != FUSENN_OK)
             break;
         double correct = 0;
-        double loss = FN(batch_loss)(plan, rows, labels ? labels + start * plan->rows : NULL,
+        double loss = FN(batch_loss)(plan, rows, plan->z, ldz,
+                                     labels ? labels + start * plan->rows : NULL,
                                      T ? T + (ptrdiff_t)start * ldt : NULL, ldt,
                                      sw ? sw + start : NULL, NULL, &correct, nthreads);
         *loss_sum += loss * (double)rows;

@@ -22,6 +22,11 @@ cdef extern from "fusenn.h" nogil:
     int FUSENN_EINVAL
     int FUSENN_EDIVERGED
     int FUSENN_EBADINPUT
+    int FUSENN_EINTERRUPTED
+    int fusenn_interrupt_begin()
+    void fusenn_interrupt_end()
+    int fusenn_interrupt_pending()
+    void fusenn_interrupt_clear()
     int fusenn_activation_needs_z(fusenn_activation act)
     int fusenn_has_openmp()
     int fusenn_num_procs()
@@ -303,22 +308,22 @@ cdef extern from "fusenn.h" nogil:
                                     const float *sw, const int64_t *order, size_t batch_size,
                                     size_t first_batch, size_t n_batches, fusenn_optimizer *opt,
                                     double *loss, double *loss_sum, double *correct_sum,
-                                    int nthreads)
+                                    size_t *done, int interruptible, int nthreads)
     int fusenn_plan_train_epoch_f64(fusenn_plan_f64 *plan, size_t n, const void *X, Py_ssize_t ldx,
                                     const int64_t *labels, const double *T, Py_ssize_t ldt,
                                     const double *sw, const int64_t *order, size_t batch_size,
                                     size_t first_batch, size_t n_batches, fusenn_optimizer *opt,
                                     double *loss, double *loss_sum, double *correct_sum,
-                                    int nthreads)
+                                    size_t *done, int interruptible, int nthreads)
     int fusenn_plan_predict_f32(fusenn_plan_f32 *plan, size_t n, const void *X, Py_ssize_t ldx,
-                                float *out, Py_ssize_t ldo, int nthreads)
+                                float *out, Py_ssize_t ldo, int interruptible, int nthreads)
     int fusenn_plan_predict_f64(fusenn_plan_f64 *plan, size_t n, const void *X, Py_ssize_t ldx,
-                                double *out, Py_ssize_t ldo, int nthreads)
+                                double *out, Py_ssize_t ldo, int interruptible, int nthreads)
     int fusenn_plan_evaluate_f32(fusenn_plan_f32 *plan, size_t n, const void *X, Py_ssize_t ldx,
                                  const int64_t *labels, const float *T, Py_ssize_t ldt,
                                  const float *sw, double *loss_sum, double *correct_sum,
-                                 int nthreads)
+                                 int interruptible, int nthreads)
     int fusenn_plan_evaluate_f64(fusenn_plan_f64 *plan, size_t n, const void *X, Py_ssize_t ldx,
                                  const int64_t *labels, const double *T, Py_ssize_t ldt,
                                  const double *sw, double *loss_sum, double *correct_sum,
-                                 int nthreads)
+                                 int interruptible, int nthreads)

@@ -7,7 +7,10 @@ from cpython.mem cimport PyMem_Calloc, PyMem_Free
 from libc.stdint cimport uint64_t, uintptr_t
 from libc.string cimport memset
 
+import threading
+
 import numpy
+from cpython.exc cimport PyErr_CheckSignals
 
 FUSENN_EDIVERGED_CODE = FUSENN_EDIVERGED
 FUSENN_EBADINPUT_CODE = FUSENN_EBADINPUT
@@ -111,6 +114,27 @@ cdef int lower_layer(dict spec, fusenn_layer *desc, object dtype, list keep) exc
     for i in range(len(buffers)):
         desc.buffer[i] = address(buffers[i], dtype, buffers[i].size, "a layer buffer")
         keep.append(buffers[i])
+    return 0
+
+
+# ---- Ctrl-C (csrc/interrupt.c) ----------------------------------------------------
+
+# predict and evaluate of at most this many samples are not interruptible: they
+# return within milliseconds, and arming the handler costs about a microsecond
+SHORT_CALL_SAMPLES = 64
+
+
+cdef bint begin_interruptible():
+    """Arm the engine's Ctrl-C flag, from the main thread only (Python delivers
+    KeyboardInterrupt there); True if armed (then call fusenn_interrupt_end)."""
+    return threading.current_thread() is threading.main_thread() and fusenn_interrupt_begin()
+
+
+cdef int raise_pending_signal() except -1:
+    """Let Python run its SIGINT handler (KeyboardInterrupt by default), after the
+    engine stopped on the flag; returns if the handler raised nothing."""
+    fusenn_interrupt_clear()
+    PyErr_CheckSignals()
     return 0
 
 
@@ -488,29 +512,43 @@ cdef class Plan:
     def train_epoch(self, X, labels, T, sw, const int64_t[::1] order, size_t batch_size,
                     size_t first_batch, size_t n_batches, int nthreads):
         """Batches [first_batch, first_batch + n_batches) of an epoch in `order`:
-        returns (code, last batch loss, sum of loss x rows, correct predictions)."""
+        returns (code, last batch loss, sum of loss x rows, correct predictions).
+        From the main thread, Ctrl-C stops it after a whole step: KeyboardInterrupt
+        is raised (the plan's step count is that of the steps taken)."""
         cdef batch_t b
         self.batch(X, labels, T, sw, &b)
         cdef const int64_t *o = &order[0] if order.shape[0] > 0 else NULL
         cdef double loss = 0, loss_sum = 0, correct_sum = 0
+        cdef size_t done = 0
         cdef int rc
-        with nogil:
-            if self.f64:
-                rc = fusenn_plan_train_epoch_f64(<fusenn_plan_f64 *>self.plan, b.n, b.X,
-                                                 b.ldx, b.labels, <const double *>b.T, b.ldt,
-                                                 <const double *>b.sw, o, batch_size, first_batch,
-                                                 n_batches, &self.opt, &loss, &loss_sum,
-                                                 &correct_sum, nthreads)
-            else:
-                rc = fusenn_plan_train_epoch_f32(<fusenn_plan_f32 *>self.plan, b.n, b.X,
-                                                 b.ldx, b.labels, <const float *>b.T, b.ldt,
-                                                 <const float *>b.sw, o, batch_size, first_batch,
-                                                 n_batches, &self.opt, &loss, &loss_sum,
-                                                 &correct_sum, nthreads)
-        return rc, loss, loss_sum, correct_sum
+        cdef bint interruptible = begin_interruptible()
+        try:
+            while True:
+                with nogil:
+                    if self.f64:
+                        rc = fusenn_plan_train_epoch_f64(
+                            <fusenn_plan_f64 *>self.plan, b.n, b.X, b.ldx, b.labels,
+                            <const double *>b.T, b.ldt, <const double *>b.sw, o, batch_size,
+                            first_batch, n_batches, &self.opt, &loss, &loss_sum, &correct_sum,
+                            &done, interruptible, nthreads)
+                    else:
+                        rc = fusenn_plan_train_epoch_f32(
+                            <fusenn_plan_f32 *>self.plan, b.n, b.X, b.ldx, b.labels,
+                            <const float *>b.T, b.ldt, <const float *>b.sw, o, batch_size,
+                            first_batch, n_batches, &self.opt, &loss, &loss_sum, &correct_sum,
+                            &done, interruptible, nthreads)
+                if rc != FUSENN_EINTERRUPTED:
+                    return rc, loss, loss_sum, correct_sum
+                raise_pending_signal()  # KeyboardInterrupt, unless a handler chose otherwise
+                first_batch += done
+                n_batches -= done
+        finally:
+            if interruptible:
+                fusenn_interrupt_end()
 
     def predict(self, X, out, int nthreads):
-        """Fill out (n x out_size, C-contiguous) with the network's outputs for X."""
+        """Fill out (n x out_size, C-contiguous) with the network's outputs for X.
+        A large call from the main thread stops on Ctrl-C (KeyboardInterrupt)."""
         cdef Py_ssize_t ldx, ldo
         cdef const void *x = rows_ptr(X, self.x_typenum, -1, self.d_in, "X", &ldx)
         cdef size_t n = cnp.PyArray_DIMS(<cnp.ndarray>X)[0]
@@ -518,28 +556,48 @@ cdef class Plan:
         if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out):
             raise ValueError("out must be writeable")
         cdef int rc
-        with nogil:
-            if self.f64:
-                rc = fusenn_plan_predict_f64(<fusenn_plan_f64 *>self.plan, n, x, ldx,
-                                             <double *>o, ldo, nthreads)
-            else:
-                rc = fusenn_plan_predict_f32(<fusenn_plan_f32 *>self.plan, n, x, ldx,
-                                             <float *>o, ldo, nthreads)
-        return rc
+        cdef bint interruptible = n > SHORT_CALL_SAMPLES and begin_interruptible()
+        try:
+            while True:
+                with nogil:
+                    if self.f64:
+                        rc = fusenn_plan_predict_f64(<fusenn_plan_f64 *>self.plan, n, x, ldx,
+                                                     <double *>o, ldo, interruptible, nthreads)
+                    else:
+                        rc = fusenn_plan_predict_f32(<fusenn_plan_f32 *>self.plan, n, x, ldx,
+                                                     <float *>o, ldo, interruptible, nthreads)
+                if rc != FUSENN_EINTERRUPTED:
+                    return rc
+                raise_pending_signal()
+        finally:
+            if interruptible:
+                fusenn_interrupt_end()
 
     def evaluate(self, X, labels, T, sw, int nthreads):
-        """Returns (code, sum of loss x rows, correct predictions)."""
+        """Returns (code, sum of loss x rows, correct predictions). A large call
+        from the main thread stops on Ctrl-C (KeyboardInterrupt)."""
         cdef batch_t b
         self.batch(X, labels, T, sw, &b)
         cdef double loss_sum = 0, correct_sum = 0
         cdef int rc
-        with nogil:
-            if self.f64:
-                rc = fusenn_plan_evaluate_f64(<fusenn_plan_f64 *>self.plan, b.n, b.X,
-                                              b.ldx, b.labels, <const double *>b.T, b.ldt,
-                                              <const double *>b.sw, &loss_sum, &correct_sum, nthreads)
-            else:
-                rc = fusenn_plan_evaluate_f32(<fusenn_plan_f32 *>self.plan, b.n, b.X,
-                                              b.ldx, b.labels, <const float *>b.T, b.ldt,
-                                              <const float *>b.sw, &loss_sum, &correct_sum, nthreads)
-        return rc, loss_sum, correct_sum
+        cdef bint interruptible = b.n > SHORT_CALL_SAMPLES and begin_interruptible()
+        try:
+            while True:
+                loss_sum = correct_sum = 0
+                with nogil:
+                    if self.f64:
+                        rc = fusenn_plan_evaluate_f64(
+                            <fusenn_plan_f64 *>self.plan, b.n, b.X, b.ldx, b.labels,
+                            <const double *>b.T, b.ldt, <const double *>b.sw, &loss_sum,
+                            &correct_sum, interruptible, nthreads)
+                    else:
+                        rc = fusenn_plan_evaluate_f32(
+                            <fusenn_plan_f32 *>self.plan, b.n, b.X, b.ldx, b.labels,
+                            <const float *>b.T, b.ldt, <const float *>b.sw, &loss_sum,
+                            &correct_sum, interruptible, nthreads)
+                if rc != FUSENN_EINTERRUPTED:
+                    return rc, loss_sum, correct_sum
+                raise_pending_signal()
+        finally:
+            if interruptible:
+                fusenn_interrupt_end()

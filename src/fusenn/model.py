@@ -8,6 +8,7 @@ users' arrays live in _validation.py, saving and loading in saving.py.
 """
 
 import math
+import signal
 import threading
 import time
 import weakref
@@ -98,6 +99,7 @@ class Sequential:
         self._plan_config = None  # the optimizer settings last handed to it
         self._lock = threading.Lock()
         self.stop_training = False  # set by callbacks (EarlyStopping) to end fit()
+        self.history = None  # the History of the last fit, also when Ctrl-C stopped it
         for layer in layers:
             self.add(layer)
         if input_dim is not None:
@@ -422,11 +424,15 @@ class Sequential:
             plan = self._engine()
             if plan is None:
                 check_data(self, X_in, y_in)
-                loss, _ = self._train_step(X, y, "train_on_batch", sw)
+                with _BetweenSteps():
+                    loss, _ = self._train_step(X, y, "train_on_batch", sw)
             else:
                 labels, T = _engine.targets(self, y)
-                code, loss, _ = plan.train_batch(_engine.samples(X), labels, T, sw,
-                                                 get_num_threads())
+                try:
+                    code, loss, _ = plan.train_batch(_engine.samples(X), labels, T, sw,
+                                                     get_num_threads())
+                finally:  # a Ctrl-C that arrived during the step is raised here
+                    self.optimizer.__dict__["iterations"] = plan.steps
                 if code == _engine.EBADINPUT:
                     check_data(self, X_in, y_in)  # raises, naming what is wrong
                     raise ValueError("the batch holds values the training engine refuses")
@@ -486,7 +492,7 @@ class Sequential:
         n_batches = -(-n // batch_size)
         rows = n * self._rows_per_sample()
         order = np.arange(n, dtype=np.int64)  # the one array proportional to the data
-        history = History()
+        history = self.history = History()  # Keras keeps it on the model (also after Ctrl-C)
         self.stop_training = False
         with self._exclusive():
             callback_list.on_train_begin()
@@ -498,18 +504,23 @@ class Sequential:
                 where = f"epoch {epoch + 1}"
                 plan = self._engine()  # hands over the current learning rate
                 if plan is not None:
-                    code, loss, loss_sum, correct = plan.train_epoch(
-                        _engine.samples(X), *_engine.targets(self, y), sw, order, batch_size, 0,
-                        n_batches, get_num_threads())
+                    try:  # Ctrl-C stops the engine after a whole step (KeyboardInterrupt)
+                        code, loss, loss_sum, correct = plan.train_epoch(
+                            _engine.samples(X), *_engine.targets(self, y), sw, order,
+                            batch_size, 0, n_batches, get_num_threads())
+                    finally:
+                        self.optimizer.__dict__["iterations"] = plan.steps
                     _engine.raise_for(self, plan, code, where, loss)
                 else:
                     loss_sum, correct = 0.0, 0
-                    for first in range(0, n, batch_size):
-                        idx = order[first:first + batch_size]
-                        loss, hits = self._train_step(X[idx], y[idx], where,
-                                                      None if sw is None else sw[idx])
-                        loss_sum += loss * len(idx)
-                        correct += hits
+                    with _BetweenSteps() as steps:
+                        for first in range(0, n, batch_size):
+                            steps.raise_pending()
+                            idx = order[first:first + batch_size]
+                            loss, hits = self._train_step(X[idx], y[idx], where,
+                                                          None if sw is None else sw[idx])
+                            loss_sum += loss * len(idx)
+                            correct += hits
                 logs = {"loss": loss_sum / n}
                 if self.loss.has_accuracy:
                     logs["accuracy"] = self.loss.accuracy(correct, rows, self.output_dim)
@@ -651,6 +662,37 @@ class Sequential:
         existing file.
         """
         saving.save(self, path)
+
+
+class _BetweenSteps:
+    """Ctrl-C during op-by-op training takes effect between steps, never inside
+    one: while the block runs (in the main thread, with Python's default SIGINT
+    handler), the signal is recorded and raised as KeyboardInterrupt by
+    raise_pending() or at the end of the block. The C engine needs none of this:
+    it polls for the signal between its own steps."""
+    __slots__ = ("pending", "previous")
+
+    def __enter__(self):
+        self.pending = False
+        self.previous = None
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous = signal.signal(signal.SIGINT, self._record)
+        return self
+
+    def _record(self, signum, frame):
+        self.pending = True
+
+    def raise_pending(self):
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def __exit__(self, kind, exc, tb):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        if kind is None:
+            self.raise_pending()
 
 
 class _Release:

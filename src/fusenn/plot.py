@@ -154,7 +154,7 @@ def weights(layer_or_array, shape=(8, 8), max_neurons=64, cmap="RdBu_r", save=No
     try:
         W = np.asarray(W, dtype=np.float64)
     except (TypeError, ValueError):
-        raise TypeError(f"expected a Dense or Conv2D layer or an array of weights, got "
+        raise TypeError(f"expected a Dense layer, a Conv2D layer or an array of weights, got "
                         f"{layer_or_array!r}") from None
     if W.ndim == 1:
         W = W[:, None]
