@@ -814,9 +814,14 @@ int FN(fusenn_plan_predict)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx
 {
     if (!FN(samples_fit)(plan, ldx))
         return FUSENN_EINVAL;
+    if (!plan->index_input && FN(fusenn_count_nonfinite)(n, plan->d_in, X, ldx, nthreads))
+        return FUSENN_EBADINPUT;
     int rc = FN(reserve)(plan, FUSENN_MIN(n, (size_t)PLAN_CHUNK_ROWS));
-    return rc == FUSENN_OK ? FN(infer)(plan, n, X, ldx, 0, out, ldo, interruptible, nthreads)
-                           : rc;
+    if (rc == FUSENN_OK)
+        rc = FN(infer)(plan, n, X, ldx, 0, out, ldo, interruptible, nthreads);
+    if (rc == FUSENN_OK && FN(fusenn_count_nonfinite)(n, plan->out_size, out, ldo, nthreads))
+        return FUSENN_EDIVERGED;
+    return rc;
 }
 
 int FN(fusenn_plan_evaluate)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx,

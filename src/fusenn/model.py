@@ -541,25 +541,34 @@ class Sequential:
 
         batch_size only bounds the samples per forward pass of the op-by-op path;
         results do not depend on it."""
-        self._require_built()
-        X = check_X(self, X)
-        chunk = PREDICT_CHUNK if batch_size is None else positive_int(batch_size, "batch_size")
+        if self.input_shape is None:
+            self._require_built()
+        X = check_X(self, X, values=False)  # the engine checks the values in its own pass
+        if batch_size is not None:
+            positive_int(batch_size, "batch_size")
         with self._exclusive():
             plan = self._engine() if self.loss is not None else None
             if plan is not None:
                 out = np.empty((X.shape[0], *self.output_shape), dtype=self.dtype)
-                if plan.predict(_engine.samples(X), _engine.samples(out), get_num_threads()) != 0:
+                code = plan.predict(_engine.samples(X), _engine.samples(out), get_num_threads())
+                if code == 0:
+                    return out
+                if code == _engine.EBADINPUT:
+                    check_X(self, X)  # raises, naming the problem
+                if code != _engine.EDIVERGED:
                     raise MemoryError("fusenn: out of memory in the training engine")
             else:
+                check_X(self, X)
+                chunk = PREDICT_CHUNK if batch_size is None else batch_size
                 parts = [self._forward(X[i:i + chunk], training=False)[0][-1]
                          for i in range(0, X.shape[0], chunk)]
                 out = parts[0] if len(parts) == 1 else np.concatenate(parts)
                 if out is X:  # a network of dropouts only
                     out = X.copy()
-        if ops.count_nonfinite(out):
-            raise ValueError(f"X is too large for this network in {self.dtype}: its outputs "
-                             f"overflowed (or the weights are too large)")
-        return out
+                if not ops.count_nonfinite(out):
+                    return out
+        raise ValueError(f"X is too large for this network in {self.dtype}: its outputs "
+                         f"overflowed (or the weights are too large)")
 
     def evaluate(self, X, y, batch_size=None, sample_weight=None):
         """{'loss': ..., 'accuracy': ...} over (X, y) (accuracy only for classification;
