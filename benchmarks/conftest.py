@@ -116,7 +116,13 @@ def fusenn_info():
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
+    """The run's JSON records fusenn's settings, the CPU model and this core's
+    float32 FMA peak, measured at the start of the run (report.py reads it)."""
     machine_info["fusenn"] = fusenn_info()
+    import fma_peak  # benchmarks/ is on sys.path: pytest inserts a conftest's directory
+    machine_info["fusenn"]["cpu_model"] = fma_peak.cpu_model()
+    isa, gflops = fma_peak.measure()
+    machine_info["fusenn"]["fma_peak"] = {"isa": isa, "gflops_per_core_f32": gflops}
 
 
 def pytest_report_header(config):
