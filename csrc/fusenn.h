@@ -514,7 +514,9 @@ typedef enum {
  * NULL: not needed). *result is where the output (or dL/dx) ended up: y or x
  * for a forward that passes its input through, dx or dy for a backward that
  * worked in place. Returns FUSENN_OK, FUSENN_EINVAL (the layer cannot take
- * the input) or FUSENN_ENOMEM. */
+ * the input) or FUSENN_ENOMEM. mask: the time steps of a sequence that are
+ * real (n x T bytes) or NULL; a forward that makes a mask (Embedding with
+ * mask_zero) sets *mask_out to it (else to mask). */
 int fusenn_layer_describe(const fusenn_layer *desc, const fusenn_shape *in, fusenn_shape *out,
                           size_t *n_params, fusenn_shape *param_shapes);
 size_t fusenn_layer_saved_bytes_f32(const fusenn_layer *desc, const fusenn_shape *in, size_t n);
@@ -523,22 +525,24 @@ size_t fusenn_layer_work_bytes_f32(const fusenn_layer *desc, const fusenn_shape 
 size_t fusenn_layer_work_bytes_f64(const fusenn_layer *desc, const fusenn_shape *in, size_t n);
 int fusenn_layer_forward_f32(const fusenn_layer *desc, const fusenn_shape *in, size_t n,
                              const void *x, ptrdiff_t ldx, float *const *params, float *y,
-                             void *saved, void *work, int training, int logits, int nthreads,
-                             const void **result);
+                             void *saved, void *work, const unsigned char *mask, int training,
+                             int logits, int nthreads, const void **result,
+                             const unsigned char **mask_out);
 int fusenn_layer_forward_f64(const fusenn_layer *desc, const fusenn_shape *in, size_t n,
                              const void *x, ptrdiff_t ldx, double *const *params, double *y,
-                             void *saved, void *work, int training, int logits, int nthreads,
-                             const void **result);
+                             void *saved, void *work, const unsigned char *mask, int training,
+                             int logits, int nthreads, const void **result,
+                             const unsigned char **mask_out);
 int fusenn_layer_backward_f32(const fusenn_layer *desc, const fusenn_shape *in, size_t n,
                               const void *x, ptrdiff_t ldx, const float *y,
                               float *const *params, float *const *grads, const void *saved,
-                              void *work, float *dy, float *dx, int logits, int nthreads,
-                              void **result);
+                              void *work, const unsigned char *mask, float *dy, float *dx,
+                              int logits, int nthreads, void **result);
 int fusenn_layer_backward_f64(const fusenn_layer *desc, const fusenn_shape *in, size_t n,
                               const void *x, ptrdiff_t ldx, const double *y,
                               double *const *params, double *const *grads, const void *saved,
-                              void *work, double *dy, double *dx, int logits, int nthreads,
-                              void **result);
+                              void *work, const unsigned char *mask, double *dy, double *dx,
+                              int logits, int nthreads, void **result);
 
 /* A network to plan. The optimizer state arenas are shaped like the parameter
  * arena: SGD {velocity or NULL, NULL}, Adam {m, v}, RMSprop and Adagrad {v, NULL}.

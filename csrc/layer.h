@@ -59,7 +59,11 @@ typedef struct {
  * (sample stride ldy). The kind sets *result to where its output is: y, or x
  * itself for a layer that passes its input through. saved is the kind's
  * saved_bytes(n) kept for the backward pass, work its work_bytes(n). logits:
- * the loss applies the output activation itself, so stop before it. */
+ * the loss applies the output activation itself, so stop before it.
+ * mask: which time steps of a sequence are real (n x T bytes, 1 = real, T
+ * the first dimension of the sequence), or NULL; a kind that makes a mask
+ * (Embedding with mask_zero) points it at its own (in its saved area). The
+ * engine drops the mask once a layer's output has no time axis of T steps. */
 typedef struct {
     size_t n;
     const void *x;
@@ -69,6 +73,7 @@ typedef struct {
     const real *result;
     ptrdiff_t ld_result;
     void *saved, *work;
+    const unsigned char *mask;
     int training, logits, nthreads;
 } FN(forward_args);
 
@@ -88,6 +93,7 @@ typedef struct {
     real *result;
     const void *saved;
     void *work;
+    const unsigned char *mask; /* the forward pass's input mask */
     int logits, nthreads;
 } FN(backward_args);
 

@@ -145,33 +145,36 @@ size_t FN(fusenn_layer_work_bytes)(const fusenn_layer *desc, const fusenn_shape 
 
 int FN(fusenn_layer_forward)(const fusenn_layer *desc, const fusenn_shape *in, size_t n,
                              const void *x, ptrdiff_t ldx, real *const *params, real *y,
-                             void *saved, void *work, int training, int logits, int nthreads,
-                             const void **result)
+                             void *saved, void *work, const unsigned char *mask, int training,
+                             int logits, int nthreads, const void **result,
+                             const unsigned char **mask_out)
 {
     const FN(layer_kind) *kind;
     FN(layer) layer;
     if (FN(layer_view)(desc, in, params, NULL, &kind, &layer) != FUSENN_OK)
         return FUSENN_EINVAL;
     FN(forward_args) a = {.n = n, .x = x, .ldx = ldx, .y = y, .ldy = (ptrdiff_t)layer.out_size,
-                          .saved = saved, .work = work, .training = training, .logits = logits,
-                          .nthreads = nthreads};
+                          .saved = saved, .work = work, .mask = mask, .training = training,
+                          .logits = logits, .nthreads = nthreads};
     const int rc = kind->forward(&layer, &a);
     *result = a.result;
+    *mask_out = a.mask;
     return rc;
 }
 
 int FN(fusenn_layer_backward)(const fusenn_layer *desc, const fusenn_shape *in, size_t n,
                               const void *x, ptrdiff_t ldx, const real *y, real *const *params,
-                              real *const *grads, const void *saved, void *work, real *dy,
-                              real *dx, int logits, int nthreads, void **result)
+                              real *const *grads, const void *saved, void *work,
+                              const unsigned char *mask, real *dy, real *dx, int logits,
+                              int nthreads, void **result)
 {
     const FN(layer_kind) *kind;
     FN(layer) layer;
     if (FN(layer_view)(desc, in, params, grads, &kind, &layer) != FUSENN_OK)
         return FUSENN_EINVAL;
     FN(backward_args) a = {.n = n, .x = x, .ldx = ldx, .y = y, .ldy = (ptrdiff_t)layer.out_size,
-                           .dy = dy, .dx = dx, .saved = saved, .work = work, .logits = logits,
-                           .nthreads = nthreads};
+                           .dy = dy, .dx = dx, .saved = saved, .work = work, .mask = mask,
+                           .logits = logits, .nthreads = nthreads};
     const int rc = kind->backward(&layer, &a);
     *result = a.result;
     return rc;
@@ -196,6 +199,7 @@ typedef struct {
     ptrdiff_t ld_in;
     const real *res;
     ptrdiff_t ld_res;
+    const unsigned char *mask; /* the time-step mask it saw */
 } FN(plan_layer);
 
 struct FN(fusenn_plan) {
@@ -212,6 +216,7 @@ struct FN(fusenn_plan) {
     size_t d_in, x_bytes; /* elements and bytes of a sample of X */
     fusenn_shape out_shape;
     size_t out_size, k, rows; /* the loss reads `rows` rows of k outputs per sample */
+    const unsigned char *out_mask; /* the last forward pass's mask of the output's steps */
     size_t widest;
 
     size_t capacity; /* samples the arena holds */
@@ -419,6 +424,8 @@ static int FN(forward)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx, int
 {
     const void *in = X;
     ptrdiff_t ld_in = ldx;
+    const unsigned char *mask = NULL;
+    size_t steps = 0; /* the mask's time steps */
     for (size_t l = 0; l < plan->n_layers; l++) {
         FN(plan_layer) *pl = &plan->layers[l];
         const int is_last = l + 1 == plan->n_layers;
@@ -426,10 +433,11 @@ static int FN(forward)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx, int
             .n = n, .x = in, .ldx = ld_in,
             .y = is_last && last ? last : pl->out,
             .ldy = is_last && last ? ld_last : (ptrdiff_t)pl->layer.out_size,
-            .saved = pl->saved, .work = pl->work,
+            .saved = pl->saved, .work = pl->work, .mask = mask,
             .training = training, .logits = is_last && logits, .nthreads = nthreads};
         pl->in = in;
         pl->ld_in = ld_in;
+        pl->mask = mask;
         const int rc = pl->kind->forward(&pl->layer, &a);
         if (rc != FUSENN_OK)
             return rc;
@@ -437,7 +445,12 @@ static int FN(forward)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx, int
         pl->ld_res = a.ld_result;
         in = a.result;
         ld_in = a.ld_result;
+        if (a.mask != mask) /* a new mask, over the steps of this layer's input */
+            steps = pl->layer.in.dim[0];
+        const fusenn_shape *out = &pl->layer.out;
+        mask = a.mask && out->rank >= 2 && out->dim[0] == steps ? a.mask : NULL;
     }
+    plan->out_mask = mask;
     return FUSENN_OK;
 }
 
@@ -494,7 +507,17 @@ static double FN(batch_loss)(plan_t *plan, size_t n, const real *z, ptrdiff_t ld
                              real *dz, double *correct, int nthreads)
 {
     const size_t r = plan->rows;
-    if (r > 1 && sw) {
+    const unsigned char *mask = plan->out_mask;
+    if (mask) { /* masked steps weigh 0, the others rows / valid (Keras): a mean over valid steps */
+        size_t valid = 0;
+        for (size_t i = 0; i < n * r; i++)
+            valid += mask[i] != 0;
+        const double scale = valid ? (double)(n * r) / (double)valid : 0;
+        for (size_t i = n; i-- > 0;) /* backwards: sw may be the arena's first n */
+            for (size_t j = r; j-- > 0;)
+                plan->sw[i * r + j] = mask[i * r + j] ? (real)((sw ? sw[i] : 1) * scale) : 0;
+        sw = plan->sw;
+    } else if (r > 1 && sw) {
         if (sw != plan->sw)
             for (size_t i = n; i-- > 0;) /* backwards: sw may be the arena's first n */
                 for (size_t j = 0; j < r; j++)
@@ -613,7 +636,7 @@ static int FN(step)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx,
         FN(backward_args) a = {
             .n = n, .x = pl->in, .ldx = pl->ld_in, .y = pl->res, .ldy = pl->ld_res,
             .dy = plan->g2[cur], .dx = l > plan->first_trainable ? plan->g2[1 - cur] : NULL,
-            .saved = pl->saved, .work = pl->work,
+            .saved = pl->saved, .work = pl->work, .mask = pl->mask,
             .logits = l + 1 == L && plan->fused, .nthreads = nthreads};
         rc = pl->kind->backward(&pl->layer, &a);
         if (rc != FUSENN_OK)

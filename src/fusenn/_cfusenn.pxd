@@ -259,22 +259,24 @@ cdef extern from "fusenn.h" nogil:
                                        size_t n)
     int fusenn_layer_forward_f32(const fusenn_layer *desc, const fusenn_shape *input, size_t n,
                                  const void *x, Py_ssize_t ldx, float **params, float *y,
-                                 void *saved, void *work, int training, int logits,
-                                 int nthreads, const void **result)
+                                 void *saved, void *work, const unsigned char *mask,
+                                 int training, int logits, int nthreads, const void **result,
+                                 const unsigned char **mask_out)
     int fusenn_layer_forward_f64(const fusenn_layer *desc, const fusenn_shape *input, size_t n,
                                  const void *x, Py_ssize_t ldx, double **params, double *y,
-                                 void *saved, void *work, int training, int logits,
-                                 int nthreads, const void **result)
+                                 void *saved, void *work, const unsigned char *mask,
+                                 int training, int logits, int nthreads, const void **result,
+                                 const unsigned char **mask_out)
     int fusenn_layer_backward_f32(const fusenn_layer *desc, const fusenn_shape *input, size_t n,
                                   const void *x, Py_ssize_t ldx, const float *y,
                                   float **params, float **grads, const void *saved,
-                                  void *work, float *dy, float *dx, int logits, int nthreads,
-                                  void **result)
+                                  void *work, const unsigned char *mask, float *dy, float *dx,
+                                  int logits, int nthreads, void **result)
     int fusenn_layer_backward_f64(const fusenn_layer *desc, const fusenn_shape *input, size_t n,
                                   const void *x, Py_ssize_t ldx, const double *y,
                                   double **params, double **grads, const void *saved,
-                                  void *work, double *dy, double *dx, int logits, int nthreads,
-                                  void **result)
+                                  void *work, const unsigned char *mask, double *dy, double *dx,
+                                  int logits, int nthreads, void **result)
     ctypedef struct fusenn_network:
         size_t n_layers
         const fusenn_layer *layers

@@ -165,12 +165,25 @@ cdef tuple shape_tuple(fusenn_shape *s):
     return tuple(s.dim[i] for i in range(s.rank))
 
 
+cdef const unsigned char *mask_of(object mask, size_t n, tuple in_shape) except? NULL:
+    """A time-step mask (bool or uint8, C-contiguous, (n, T): T the input's first
+    dimension), or NULL for None."""
+    if mask is None:
+        return NULL
+    if (mask.dtype not in (numpy.bool_, numpy.uint8) or not mask.flags.c_contiguous
+            or mask.shape != (n, in_shape[0])):
+        raise ValueError(f"mask must be a C-contiguous bool array of shape {(n, in_shape[0])}")
+    return <const unsigned char *>data_of(mask)
+
+
 def layer_forward(dict spec, x, list params, saved=None, bint training=False,
-                  bint logits=False, int nthreads=1):
+                  bint logits=False, mask=None, int nthreads=1):
     """One forward pass of a layer of spec {"kind", "attrs", ...} on x (n samples,
     C-contiguous; int64 for a kind that reads indices) with its parameter arrays
-    (C-contiguous, of the layer's dtype, in the kind's order): returns (y, saved),
-    saved being the bytes the kind keeps for the backward pass (given: reused)."""
+    (C-contiguous, of the layer's dtype, in the kind's order) and the time-step
+    mask of a sequence (or None): returns (y, saved, mask), saved being the bytes
+    the kind keeps for the backward pass (given: reused) and mask the output's
+    (a new bool array when the kind made one, else the one given)."""
     dtype = numpy.dtype(params[0].dtype if params else x.dtype)
     cdef fusenn_layer desc
     cdef fusenn_shape shape, out
@@ -207,24 +220,34 @@ def layer_forward(dict spec, x, list params, saved=None, bint training=False,
     cdef void *pw = data_of(work)
     cdef Py_ssize_t ldx = shape_size(&shape)
     cdef const void *result = NULL
+    cdef const unsigned char *pm = mask_of(mask, n, tuple(x.shape[1:]))
+    cdef const unsigned char *mask_out = NULL
     cdef int rc
     with nogil:
         if f64:
             rc = fusenn_layer_forward_f64(&desc, &shape, n, px, ldx, <double **>pp, <double *>py,
-                                          ps, pw, training, logits, nthreads, &result)
+                                          ps, pw, pm, training, logits, nthreads, &result,
+                                          &mask_out)
         else:
             rc = fusenn_layer_forward_f32(&desc, &shape, n, px, ldx, <float **>pp, <float *>py,
-                                          ps, pw, training, logits, nthreads, &result)
+                                          ps, pw, pm, training, logits, nthreads, &result,
+                                          &mask_out)
     layer_check(rc, spec)
     if result == px:  # the layer passes its input through
         y = x.reshape(y.shape)
-    return y, saved
+    if mask_out != pm:  # the kind made a mask, in its saved bytes: a copy the caller keeps
+        steps = x.shape[1]
+        mask = numpy.frombuffer(saved, dtype=numpy.uint8, count=n * steps,
+                                offset=<size_t>(mask_out - <const unsigned char *>ps)
+                                ).reshape(n, steps).astype(bool)
+    return y, saved, mask
 
 
 def layer_backward(dict spec, x, y, dy, list params, saved, bint need_dx, bint logits=False,
-                   int nthreads=1):
-    """The backward pass of layer_forward's call, given dy = dL/dy: returns (dx or
-    None, [gradient of each parameter]). dy is not modified."""
+                   mask=None, int nthreads=1):
+    """The backward pass of layer_forward's call (mask: the one it was given),
+    given dy = dL/dy: returns (dx or None, [gradient of each parameter]). dy is
+    not modified."""
     dtype = numpy.dtype(params[0].dtype if params else y.dtype)
     cdef fusenn_layer desc
     cdef fusenn_shape shape, out
@@ -260,16 +283,19 @@ def layer_backward(dict spec, x, y, dy, list params, saved, bint need_dx, bint l
     cdef void *pw = data_of(work)
     cdef Py_ssize_t ldx = shape_size(&shape)
     cdef void *result = NULL
+    cdef const unsigned char *pm = mask_of(mask, n, tuple(x.shape[1:]))
     cdef int rc
     with nogil:
         if f64:
             rc = fusenn_layer_backward_f64(&desc, &shape, n, px, ldx, <const double *>py,
-                                           <double **>pp, <double **>pg, ps, pw, <double *>pdy,
-                                           <double *>pdx, logits, nthreads, &result)
+                                           <double **>pp, <double **>pg, ps, pw, pm,
+                                           <double *>pdy, <double *>pdx, logits, nthreads,
+                                           &result)
         else:
             rc = fusenn_layer_backward_f32(&desc, &shape, n, px, ldx, <const float *>py,
-                                           <float **>pp, <float **>pg, ps, pw, <float *>pdy,
-                                           <float *>pdx, logits, nthreads, &result)
+                                           <float **>pp, <float **>pg, ps, pw, pm,
+                                           <float *>pdy, <float *>pdx, logits, nthreads,
+                                           &result)
     layer_check(rc, spec)
     if need_dx and result == pdy:  # computed in place
         dx = dy.reshape(x.shape)
