@@ -647,3 +647,227 @@ def global_pool_backward(x, dy, mode="avg"):
         dx = np.zeros_like(rows)
         np.put_along_axis(dx, rows.argmax(axis=1)[:, None, :], dy[:, None, :], axis=1)
     return dx.reshape(x.shape)
+
+
+# ---- embeddings and recurrent layers (Keras's weights and gate orders) -----------------------
+# A sequence is (n, T, features). The recurrent layers read its steps in order (reversed
+# with go_backwards, outputs too) and return the last state h (n, units), or every
+# step's h (n, T, units) with return_sequences. mask (n, T) marks the real steps: at a
+# masked step a sample's state carries over unchanged (and so does its output). The
+# backward passes recompute the forward states, then run back through time.
+
+def embedding_forward(x, table):
+    """y[n, t] = table[x[n, t]]: int indices x (n, T), table (input_dim, output_dim)."""
+    return table[x]
+
+
+def embedding_backward(x, dy, table_shape):
+    """dtable: every step's dy row added to its index's row, in (n, t) order."""
+    dtable = np.zeros(table_shape, dtype=dy.dtype)
+    np.add.at(dtable, x.reshape(-1), dy.reshape(-1, table_shape[1]))
+    return dtable
+
+
+def _steps(T, go_backwards):
+    return range(T - 1, -1, -1) if go_backwards else range(T)
+
+
+def _act(z, name):
+    return activation_forward(z, name)
+
+
+def _dact(z, a, da, name):
+    """da * act'(z), through a = act(z) (or z where the derivative needs it)."""
+    return activation_backward(a, da, name, z)
+
+
+def _keep(mask, t, new, old):
+    """new where step t of a sample is real, else old (the state carries over)."""
+    return new if mask is None else np.where(mask[:, t][:, None], new, old)
+
+
+def _outputs(hs, return_sequences):
+    return np.stack(hs, axis=1) if return_sequences else hs[-1]
+
+
+def simple_rnn_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
+                       return_sequences=False, go_backwards=False, mask=None):
+    """h_t = act(x_t W + h_{t-1} U + b), h_0 = 0."""
+    h = np.zeros((x.shape[0], recurrent_kernel.shape[0]), dtype=x.dtype)
+    hs = []
+    for t in _steps(x.shape[1], go_backwards):
+        h = _keep(mask, t, _act(x[:, t] @ kernel + h @ recurrent_kernel + bias, activation), h)
+        hs.append(h)
+    return _outputs(hs, return_sequences)
+
+
+def simple_rnn_backward(x, kernel, recurrent_kernel, bias, dy, activation="tanh",
+                        return_sequences=False, go_backwards=False, mask=None, need_dx=True):
+    """(dx or None, dkernel, drecurrent_kernel, dbias) of simple_rnn_forward."""
+    steps = list(_steps(x.shape[1], go_backwards))
+    h = np.zeros((x.shape[0], recurrent_kernel.shape[0]), dtype=x.dtype)
+    trace = []  # (h_{t-1}, z_t, h_t) of each step
+    for t in steps:
+        z = x[:, t] @ kernel + h @ recurrent_kernel + bias
+        h_prev, h = h, _keep(mask, t, _act(z, activation), h)
+        trace.append((h_prev, z, h))
+    dW, dU, db = np.zeros_like(kernel), np.zeros_like(recurrent_kernel), np.zeros_like(bias)
+    dx = np.zeros_like(x) if need_dx else None
+    dh = np.zeros_like(h) if return_sequences else dy.copy()
+    for s in range(len(steps) - 1, -1, -1):
+        t, (h_prev, z, h) = steps[s], trace[s]
+        if return_sequences:
+            dh = dh + dy[:, s]
+        dz = _keep(mask, t, _dact(z, _act(z, activation), dh, activation), 0 * dh)
+        dW += x[:, t].T @ dz
+        dU += h_prev.T @ dz
+        db += dz.sum(axis=0)
+        if need_dx:
+            dx[:, t] = dz @ kernel.T
+        dh = dz @ recurrent_kernel.T + _keep(mask, t, 0 * dh, dh)
+    return dx, dW, dU, db
+
+
+def gru_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
+                recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
+                reset_after=True, mask=None):
+    """Keras's GRU, gates in the order z, r, h. reset_after (bias (2, 3 units): input
+    and recurrent biases):
+        z = rec(x W_z + b_z + h U_z + b'_z);  r = rec(x W_r + b_r + h U_r + b'_r)
+        c = act(x W_h + b_h + r (h U_h + b'_h));  h = z h_prev + (1 - z) c
+    without reset_after (bias (3 units,)): c = act(x W_h + b_h + (r h) U_h)."""
+    u = recurrent_kernel.shape[0]
+    h = np.zeros((x.shape[0], u), dtype=x.dtype)
+    hs = []
+    for t in _steps(x.shape[1], go_backwards):
+        xp = x[:, t] @ kernel + (bias[0] if reset_after else bias)
+        if reset_after:
+            hp = h @ recurrent_kernel + bias[1]
+            z = _act(xp[:, :u] + hp[:, :u], recurrent_activation)
+            r = _act(xp[:, u:2 * u] + hp[:, u:2 * u], recurrent_activation)
+            c = _act(xp[:, 2 * u:] + r * hp[:, 2 * u:], activation)
+        else:
+            hp = h @ recurrent_kernel[:, :2 * u]
+            z = _act(xp[:, :u] + hp[:, :u], recurrent_activation)
+            r = _act(xp[:, u:2 * u] + hp[:, u:], recurrent_activation)
+            c = _act(xp[:, 2 * u:] + (r * h) @ recurrent_kernel[:, 2 * u:], activation)
+        h = _keep(mask, t, z * h + (1 - z) * c, h)
+        hs.append(h)
+    return _outputs(hs, return_sequences)
+
+
+def gru_backward(x, kernel, recurrent_kernel, bias, dy, activation="tanh",
+                 recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
+                 reset_after=True, mask=None, need_dx=True):
+    """(dx or None, dkernel, drecurrent_kernel, dbias) of gru_forward."""
+    u = recurrent_kernel.shape[0]
+    U_zr, U_h = recurrent_kernel[:, :2 * u], recurrent_kernel[:, 2 * u:]
+    steps = list(_steps(x.shape[1], go_backwards))
+    h = np.zeros((x.shape[0], u), dtype=x.dtype)
+    trace = []
+    for t in steps:  # the forward, keeping each step's pre-activations
+        xp = x[:, t] @ kernel + (bias[0] if reset_after else bias)
+        hp = h @ recurrent_kernel + bias[1] if reset_after else h @ U_zr
+        pz, pr = xp[:, :u] + hp[:, :u], xp[:, u:2 * u] + hp[:, u:2 * u]
+        z, r = _act(pz, recurrent_activation), _act(pr, recurrent_activation)
+        pc = xp[:, 2 * u:] + (r * hp[:, 2 * u:] if reset_after else (r * h) @ U_h)
+        c = _act(pc, activation)
+        trace.append((h, hp, pz, z, pr, r, pc, c))
+        h = _keep(mask, t, z * h + (1 - z) * c, h)
+    dW, dU, db = np.zeros_like(kernel), np.zeros_like(recurrent_kernel), np.zeros_like(bias)
+    dx = np.zeros_like(x) if need_dx else None
+    dh = np.zeros_like(h) if return_sequences else dy.copy()
+    for s in range(len(steps) - 1, -1, -1):
+        t, (h_prev, hp, pz, z, pr, r, pc, c) = steps[s], trace[s]
+        if return_sequences:
+            dh = dh + dy[:, s]
+        real = _keep(mask, t, dh, 0 * dh)  # the gradient of this step's own update
+        dpc = _dact(pc, c, real * (1 - z), activation)
+        dpz = _dact(pz, z, real * (h_prev - c), recurrent_activation)
+        if reset_after:
+            dpr = _dact(pr, r, dpc * hp[:, 2 * u:], recurrent_activation)
+            dxp = np.concatenate([dpz, dpr, dpc], axis=1)
+            dhp = np.concatenate([dpz, dpr, dpc * r], axis=1)
+            dU += h_prev.T @ dhp
+            db[0] += dxp.sum(axis=0)
+            db[1] += dhp.sum(axis=0)
+            dh_prev = dhp @ recurrent_kernel.T
+        else:
+            drh = dpc @ U_h.T  # d(r h)
+            dpr = _dact(pr, r, drh * h_prev, recurrent_activation)
+            dxp = np.concatenate([dpz, dpr, dpc], axis=1)
+            dU[:, :2 * u] += h_prev.T @ np.concatenate([dpz, dpr], axis=1)
+            dU[:, 2 * u:] += (r * h_prev).T @ dpc
+            db += dxp.sum(axis=0)
+            dh_prev = np.concatenate([dpz, dpr], axis=1) @ U_zr.T + drh * r
+        dW += x[:, t].T @ dxp
+        if need_dx:
+            dx[:, t] = dxp @ kernel.T
+        dh = dh_prev + real * z + _keep(mask, t, 0 * dh, dh)
+    return dx, dW, dU, db
+
+
+def lstm_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
+                 recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
+                 mask=None):
+    """Keras's LSTM, gates in the order i, f, c, o:
+        i = rec(x W_i + h U_i + b_i);  f = rec(x W_f + h U_f + b_f)
+        g = act(x W_c + h U_c + b_c);  o = rec(x W_o + h U_o + b_o)
+        c = f c_prev + i g;  h = o act(c)"""
+    u = recurrent_kernel.shape[0]
+    h = np.zeros((x.shape[0], u), dtype=x.dtype)
+    c = np.zeros_like(h)
+    hs = []
+    for t in _steps(x.shape[1], go_backwards):
+        p = x[:, t] @ kernel + h @ recurrent_kernel + bias
+        i = _act(p[:, :u], recurrent_activation)
+        f = _act(p[:, u:2 * u], recurrent_activation)
+        g = _act(p[:, 2 * u:3 * u], activation)
+        o = _act(p[:, 3 * u:], recurrent_activation)
+        c_new = f * c + i * g
+        h, c = _keep(mask, t, o * _act(c_new, activation), h), _keep(mask, t, c_new, c)
+        hs.append(h)
+    return _outputs(hs, return_sequences)
+
+
+def lstm_backward(x, kernel, recurrent_kernel, bias, dy, activation="tanh",
+                  recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
+                  mask=None, need_dx=True):
+    """(dx or None, dkernel, drecurrent_kernel, dbias) of lstm_forward."""
+    u = recurrent_kernel.shape[0]
+    steps = list(_steps(x.shape[1], go_backwards))
+    h = np.zeros((x.shape[0], u), dtype=x.dtype)
+    c = np.zeros_like(h)
+    trace = []
+    for t in steps:
+        p = x[:, t] @ kernel + h @ recurrent_kernel + bias
+        gates = [_act(p[:, k * u:(k + 1) * u], a) for k, a in
+                 enumerate((recurrent_activation, recurrent_activation, activation,
+                            recurrent_activation))]
+        c_new = gates[1] * c + gates[0] * gates[2]
+        tc = _act(c_new, activation)
+        trace.append((h, c, p, gates, c_new, tc))
+        h, c = _keep(mask, t, gates[3] * tc, h), _keep(mask, t, c_new, c)
+    dW, dU, db = np.zeros_like(kernel), np.zeros_like(recurrent_kernel), np.zeros_like(bias)
+    dx = np.zeros_like(x) if need_dx else None
+    dh = np.zeros_like(h) if return_sequences else dy.copy()
+    dc = np.zeros_like(h)
+    for s in range(len(steps) - 1, -1, -1):
+        t, (h_prev, c_prev, p, (i, f, g, o), c_new, tc) = steps[s], trace[s]
+        if return_sequences:
+            dh = dh + dy[:, s]
+        real_h, real_c = _keep(mask, t, dh, 0 * dh), _keep(mask, t, dc, 0 * dc)
+        dcn = real_c + _dact(c_new, tc, real_h * o, activation)
+        dp = np.concatenate([
+            _dact(p[:, :u], i, dcn * g, recurrent_activation),
+            _dact(p[:, u:2 * u], f, dcn * c_prev, recurrent_activation),
+            _dact(p[:, 2 * u:3 * u], g, dcn * i, activation),
+            _dact(p[:, 3 * u:], o, real_h * tc, recurrent_activation)], axis=1)
+        dW += x[:, t].T @ dp
+        dU += h_prev.T @ dp
+        db += dp.sum(axis=0)
+        if need_dx:
+            dx[:, t] = dp @ kernel.T
+        dh = dp @ recurrent_kernel.T + _keep(mask, t, 0 * dh, dh)
+        dc = dcn * f + _keep(mask, t, 0 * dc, dc)
+    return dx, dW, dU, db
