@@ -618,7 +618,8 @@ int fusenn_plan_train_epoch_f64(fusenn_plan_f64 *plan, size_t n, const void *X, 
 /* The network's outputs for n samples X into out (sample stride ldo), in
  * chunks of samples, in inference mode (no dropout, batchnorm's running
  * statistics). interruptible: poll for Ctrl-C about every 10 ms of work.
- * FUSENN_EBADINPUT: X holds a NaN or infinity (nothing computed);
+ * FUSENN_EBADINPUT: X holds a NaN or infinity, or an index the first layer
+ * cannot take (nothing computed);
  * FUSENN_EDIVERGED: an output is not finite (X too large for the weights). */
 int fusenn_plan_predict_f32(fusenn_plan_f32 *plan, size_t n, const void *X, ptrdiff_t ldx,
                             float *out, ptrdiff_t ldo, int interruptible, int nthreads);

@@ -117,6 +117,9 @@ typedef struct {
     int (*backward)(const FN(layer) *layer, FN(backward_args) *a);
     /* 1 if the input is int64 indices rather than real values. */
     int index_input;
+    /* For a kind that reads indices: how many of n samples' indices it cannot
+     * take (the engine refuses such a batch before anything changes). */
+    size_t (*count_bad_input)(const FN(layer) *layer, size_t n, const void *x, ptrdiff_t ldx);
 } FN(layer_kind);
 
 #endif /* FUSENN_NO_DTYPE */

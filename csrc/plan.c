@@ -227,6 +227,7 @@ struct FN(fusenn_plan) {
     real *sw;        /* sample weights per loss row */
     real *p;         /* probabilities from the fused losses */
     real *z;         /* evaluate's outputs of a chunk, forwarded in parts */
+    unsigned char *z_mask; /* and their time-step mask, when they have one */
     real *g2[2];     /* gradient ping-pong */
 };
 
@@ -264,6 +265,7 @@ static size_t FN(arena_layout)(plan_t *plan, size_t n, char *base)
     size_t sw = carve(&size, rows * r);
     size_t p = carve(&size, n * plan->out_size * r);
     size_t z = carve(&size, n * plan->out_size * r);
+    size_t z_mask = carve(&size, rows);
     size_t g0 = carve(&size, n * plan->widest * r);
     size_t g1 = carve(&size, n * plan->widest * r);
     for (size_t l = 0; l < plan->n_layers; l++) {
@@ -284,6 +286,7 @@ static size_t FN(arena_layout)(plan_t *plan, size_t n, char *base)
         plan->sw = (real *)(base + sw);
         plan->p = (real *)(base + p);
         plan->z = (real *)(base + z);
+        plan->z_mask = (unsigned char *)(base + z_mask);
         plan->g2[0] = (real *)(base + g0);
         plan->g2[1] = (real *)(base + g1);
     }
@@ -330,7 +333,7 @@ static int FN(plan_layer_init)(plan_t *plan, const fusenn_network *net, size_t l
     FN(layer) *layer = &pl->layer;
     layer->desc = &pl->desc;
     layer->in = *in;
-    if ((pl->kind->index_input && l > 0) ||
+    if ((pl->kind->index_input && (l > 0 || !pl->kind->count_bad_input)) ||
         pl->kind->output_shape(desc, in, &layer->out) != FUSENN_OK || !valid_shape(&layer->out))
         return FUSENN_EINVAL;
     layer->in_size = fusenn_shape_size(&layer->in);
@@ -456,10 +459,11 @@ static int FN(forward)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx, int
 
 /* Loss of the last layer's output z (rows of k, row stride ldz) against the
  * targets, rows weighted by sw (NULL: unweighted); dZ (may be NULL) gets
- * dL/dz. *correct counts correct predictions. */
+ * dL/dz. *correct counts correct predictions, of the rows mask marks real
+ * (NULL: all). */
 static double FN(loss)(plan_t *plan, size_t rows, const real *z, ptrdiff_t ldz,
                        const int64_t *labels, const real *T, ptrdiff_t ldt, const real *sw,
-                       real *dz, double *correct, int nthreads)
+                       const unsigned char *mask, real *dz, double *correct, int nthreads)
 {
     const size_t k = plan->k;
     const ptrdiff_t ldk = (ptrdiff_t)k;
@@ -474,14 +478,14 @@ static double FN(loss)(plan_t *plan, size_t rows, const real *z, ptrdiff_t ldz,
             size_t best = 0;
             for (size_t j = 1; j < k; j++)
                 best = p[j] > p[best] ? j : best;
-            hits += (int64_t)best == labels[i];
+            hits += (int64_t)best == labels[i] && (!mask || mask[i]);
         }
         break;
     case FUSENN_LOSS_BINARY_CROSS_ENTROPY:
         loss = FN(fusenn_sigmoid_binary_cross_entropy)(rows, k, z, ldz, T, ldt, sw, plan->p, ldk,
                                                        dz, ldk, nthreads);
         for (size_t i = 0; i < rows; i++)
-            for (size_t j = 0; j < k; j++)
+            for (size_t j = 0; j < k && (!mask || mask[i]); j++)
                 hits += (plan->p[i * k + j] > (real)0.5) == (T[(ptrdiff_t)i * ldt + j] > (real)0.5);
         break;
     case FUSENN_LOSS_MAE:
@@ -504,10 +508,9 @@ static double FN(loss)(plan_t *plan, size_t rows, const real *z, ptrdiff_t ldz,
  * repeated for each of a sample's rows (into the arena). */
 static double FN(batch_loss)(plan_t *plan, size_t n, const real *z, ptrdiff_t ldz,
                              const int64_t *labels, const real *T, ptrdiff_t ldt, const real *sw,
-                             real *dz, double *correct, int nthreads)
+                             const unsigned char *mask, real *dz, double *correct, int nthreads)
 {
     const size_t r = plan->rows;
-    const unsigned char *mask = plan->out_mask;
     if (mask) { /* masked steps weigh 0, the others rows / valid (Keras): a mean over valid steps */
         size_t valid = 0;
         for (size_t i = 0; i < n * r; i++)
@@ -525,8 +528,8 @@ static double FN(batch_loss)(plan_t *plan, size_t n, const real *z, ptrdiff_t ld
         sw = plan->sw;
     }
     const ptrdiff_t k = (ptrdiff_t)plan->k;
-    return FN(loss)(plan, n * r, z, r > 1 ? k : ldz, labels, T, r > 1 ? k : ldt, sw, dz, correct,
-                    nthreads);
+    return FN(loss)(plan, n * r, z, r > 1 ? k : ldz, labels, T, r > 1 ? k : ldt, sw, mask, dz,
+                    correct, nthreads);
 }
 
 /* Zero the optimizer state and its step count: after a diverging step the
@@ -626,8 +629,8 @@ static int FN(step)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx,
         return rc;
     int cur = 0; /* plan->g2[cur] holds dL/d(output of the layer being differentiated) */
     const FN(plan_layer) *last = &plan->layers[L - 1];
-    *loss = FN(batch_loss)(plan, n, last->res, last->ld_res, labels, T, ldt, sw, plan->g2[cur],
-                           correct, nthreads);
+    *loss = FN(batch_loss)(plan, n, last->res, last->ld_res, labels, T, ldt, sw, plan->out_mask,
+                           plan->g2[cur], correct, nthreads);
     if (!isfinite(*loss))
         return FUSENN_EDIVERGED; /* nothing has changed yet */
 
@@ -670,7 +673,9 @@ static int FN(check_batch)(const plan_t *plan, size_t n, const void *X, ptrdiff_
                            const int64_t *labels, const real *T, ptrdiff_t ldt, int nthreads)
 {
     const size_t k = plan->k, rows = n * plan->rows;
-    if (!plan->index_input && FN(fusenn_count_nonfinite)(n, plan->d_in, X, ldx, nthreads))
+    const FN(plan_layer) *first = &plan->layers[0];
+    if (plan->index_input ? first->kind->count_bad_input(&first->layer, n, X, ldx)
+                          : FN(fusenn_count_nonfinite)(n, plan->d_in, X, ldx, nthreads))
         return FUSENN_EBADINPUT;
     if (plan->rows > 1)
         ldt = (ptrdiff_t)k; /* samples of several rows are contiguous */
@@ -801,7 +806,7 @@ static double now(void)
  * of work each, and polls for Ctrl-C between them (the bits of each output do
  * not depend on how samples are grouped). */
 static int FN(infer)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx, int logits, real *out,
-                     ptrdiff_t ldo, int interruptible, int nthreads)
+                     ptrdiff_t ldo, unsigned char *out_mask, int interruptible, int nthreads)
 {
     const FN(plan_layer) *last = &plan->layers[plan->n_layers - 1];
     const size_t bytes = plan->out_size * sizeof(real);
@@ -820,6 +825,8 @@ static int FN(infer)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx, int l
         if (last->res != to) /* the last layer passed its input through */
             for (size_t i = 0; i < rows; i++)
                 memcpy(to + (ptrdiff_t)i * ldo, last->res + (ptrdiff_t)i * last->ld_res, bytes);
+        if (out_mask && plan->out_mask) /* the part's mask, before the next part's */
+            memcpy(out_mask + start * plan->rows, plan->out_mask, rows * plan->rows);
         start += rows;
         if (interruptible) { /* aim at 5-20 ms per part */
             const double took = now() - t0;
@@ -837,11 +844,13 @@ int FN(fusenn_plan_predict)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx
 {
     if (!FN(samples_fit)(plan, ldx))
         return FUSENN_EINVAL;
-    if (!plan->index_input && FN(fusenn_count_nonfinite)(n, plan->d_in, X, ldx, nthreads))
+    const FN(plan_layer) *first = &plan->layers[0];
+    if (plan->index_input ? first->kind->count_bad_input(&first->layer, n, X, ldx)
+                          : FN(fusenn_count_nonfinite)(n, plan->d_in, X, ldx, nthreads))
         return FUSENN_EBADINPUT;
     int rc = FN(reserve)(plan, FUSENN_MIN(n, (size_t)PLAN_CHUNK_ROWS));
     if (rc == FUSENN_OK)
-        rc = FN(infer)(plan, n, X, ldx, 0, out, ldo, interruptible, nthreads);
+        rc = FN(infer)(plan, n, X, ldx, 0, out, ldo, NULL, interruptible, nthreads);
     if (rc == FUSENN_OK && FN(fusenn_count_nonfinite)(n, plan->out_size, out, ldo, nthreads))
         return FUSENN_EDIVERGED;
     return rc;
@@ -862,14 +871,15 @@ int FN(fusenn_plan_evaluate)(plan_t *plan, size_t n, const void *X, ptrdiff_t ld
     for (size_t start = 0; rc == FUSENN_OK && start < n; start += PLAN_CHUNK_ROWS) {
         const size_t rows = FUSENN_MIN((size_t)PLAN_CHUNK_ROWS, n - start);
         rc = FN(infer)(plan, rows, FN(sample)(plan, X, ldx, start), ldx, plan->fused, plan->z,
-                       ldz, interruptible, nthreads);
+                       ldz, plan->z_mask, interruptible, nthreads);
         if (rc != FUSENN_OK)
             break;
         double correct = 0;
         double loss = FN(batch_loss)(plan, rows, plan->z, ldz,
                                      labels ? labels + start * plan->rows : NULL,
                                      T ? T + (ptrdiff_t)start * ldt : NULL, ldt,
-                                     sw ? sw + start : NULL, NULL, &correct, nthreads);
+                                     sw ? sw + start : NULL, plan->out_mask ? plan->z_mask : NULL,
+                                     NULL, &correct, nthreads);
         *loss_sum += loss * (double)rows;
         *correct_sum += correct;
     }

@@ -791,6 +791,25 @@ SPECS = [
       for name in ("MaxPooling2D", "AveragePooling2D")],
     *[Spec(name, _attr(name), dict(), check=lambda result, args, obj: None)
       for name in ("GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten")],
+    Spec("Embedding", _attr("Embedding"),
+         dict(input_dim=("count", lambda: 10), output_dim=("count", lambda: 4),
+              embeddings_initializer=("name", lambda: "uniform"),
+              mask_zero=("flag", lambda: False)),
+         check=lambda result, args, obj: None,
+         skip={"mask_zero": ["zero", "one", "np_bool"]},  # any truth value is a bool
+         keywords={"embeddings_initializer": ["initializer"]},
+         extra=[("input_dim_zero", dict(input_dim=lambda: 0), ["input_dim"])]),
+    *[Spec(name, _attr(name),
+           dict(units=("count", lambda: 4), activation=("name", lambda: "tanh"),
+                return_sequences=("flag", lambda: False), go_backwards=("flag", lambda: False)),
+           check=lambda result, args, obj: None,
+           skip={"return_sequences": ["zero", "one", "np_bool"],
+                 "go_backwards": ["zero", "one", "np_bool"]},
+           extra=[("softmax_activation", dict(activation=lambda: "softmax"), ["softmax"]),
+                  ("units_zero", dict(units=lambda: 0), ["units"])])
+      for name in ("SimpleRNN", "GRU", "LSTM")],
+    *[Spec(name, _attr(name), dict(), check=lambda result, args, obj: None)
+      for name in ("GlobalAveragePooling1D", "GlobalMaxPooling1D")],
     Spec("Reshape", _attr("Reshape"), dict(target_shape=("seq", lambda: (2, -1))),
          check=lambda result, args, obj: None,
          extra=[("two_unknown", dict(target_shape=lambda: (-1, -1)), ["target_shape"]),

@@ -170,7 +170,7 @@ def training_loss(model, X, y, counters, stats):
         if isinstance(layer, Dropout):
             layer.step_counter[0] = c
     fused = model.loss.fused_kernel is not None
-    outputs, _ = model._forward(X, training=True, logits=fused)
+    outputs = model._forward(X, training=True, logits=fused)[0]
     loss = model._loss_and_grad(outputs[-1], y)[0]
     for layer, (m, v) in zip([l for l in model.layers if isinstance(l, BatchNorm)], stats):
         layer.running_mean[...] = m  # the forward pass updated them

@@ -18,8 +18,9 @@ checkpoints, learning-rate callbacks, the progress bar), `fusenn.schedules`
 from . import callbacks, datasets, initializers, losses, ops, plot, reference, schedules
 from ._kernels import gemm_isa, has_openmp
 from ._threads import get_num_threads, set_num_threads, threads
-from .layers import (AveragePooling2D, BatchNorm, Conv2D, Dense, Dropout, Flatten,
-                     GlobalAveragePooling2D, GlobalMaxPooling2D, Layer, MaxPooling2D, Reshape)
+from .layers import (GRU, LSTM, AveragePooling2D, BatchNorm, Conv2D, Dense, Dropout, Embedding,
+                     Flatten, GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D,
+                     GlobalMaxPooling2D, Layer, MaxPooling2D, Reshape, SimpleRNN)
 from .losses import LOSSES
 from .model import History, Sequential
 from .saving import load
@@ -30,7 +31,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Sequential", "Dense", "Dropout", "BatchNorm", "Conv2D", "MaxPooling2D", "AveragePooling2D",
-    "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape", "Layer", "SGD", "Adam", "AdamW", "RMSprop",
+    "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape", "Embedding",
+    "SimpleRNN", "GRU", "LSTM", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Layer", "SGD", "Adam", "AdamW", "RMSprop",
     "Adagrad", "History", "load", "matmul", "LOSSES", "set_num_threads", "get_num_threads",
     "threads", "has_openmp", "gemm_isa", "datasets", "ops", "reference", "callbacks",
     "schedules", "initializers", "losses", "plot", "__version__",

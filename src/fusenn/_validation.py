@@ -10,7 +10,7 @@ from ._common import positive_int
 
 _INT64 = np.dtype(np.int64)
 
-__all__ = ["check_X", "check_y", "check_data", "check_weights", "check_input_shape", "writeable",
+__all__ = ["check_X", "check_indices", "check_y", "check_data", "check_weights", "check_input_shape", "writeable",
            "positive_int"]
 
 
@@ -28,10 +28,36 @@ def _want(model):
     return "(n_samples, " + ", ".join(map(str, model.input_shape)) + ")"
 
 
+def check_indices(model, X, name="X", values=True):
+    """X as int64 indices (n, steps) for a model whose first layer reads indices
+    (Embedding); values=False leaves the range check to the caller (the engine)."""
+    layer = model.layers[0]
+    X = np.asarray(X)
+    if X.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integer indices for {layer!r}, got dtype {X.dtype}"
+                        + ("; a float array of whole numbers can be converted with "
+                           "X.astype(int)" if X.dtype.kind == "f" else ""))
+    if X.ndim != 2 or (model.input_shape is not None and X.shape[1:] != model.input_shape):
+        raise ValueError(f"{name} must be 2-D with shape {_want(model)} (integer indices per "
+                         f"step), got shape {X.shape}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} is empty: expected at least one sample of one step, got "
+                         f"shape {X.shape}")
+    if values and X.size:
+        low, high = X.min(), X.max()
+        if low < 0 or high >= layer.input_dim:
+            raise ValueError(f"{name} holds indices outside [0, {layer.input_dim}) of {layer!r}: "
+                             f"the largest is {high}, the smallest {low}")
+    return np.ascontiguousarray(X, dtype=np.int64)
+
+
 def check_X(model, X, name="X", values=True):
     """X as an array of the model's dtype shaped (n, *input_shape), samples of
     one row with contiguous columns, samples of several rows C-contiguous;
-    values=False leaves the NaN/infinity check to the caller (the engine)."""
+    values=False leaves the NaN/infinity check to the caller (the engine).
+    For a model whose first layer reads indices: int64 indices (check_indices)."""
+    if model.layers and model.layers[0].reads_indices:
+        return check_indices(model, X, name, values)
     if (type(X) is np.ndarray and X.dtype is model.dtype and X.shape[1:] == model.input_shape
             and X.flags.c_contiguous and len(X)):  # the common case, kept cheap
         if values and ops.count_nonfinite(X):

@@ -1,6 +1,7 @@
-"""Layers: Dense (fully connected), Dropout, BatchNorm, and for images Conv2D,
+"""Layers: Dense (fully connected), Dropout, BatchNorm; for images Conv2D,
 MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D, GlobalMaxPooling2D,
-Flatten and Reshape.
+Flatten and Reshape; for sequences Embedding, SimpleRNN, GRU, LSTM,
+GlobalAveragePooling1D and GlobalMaxPooling1D.
 
 Every layer computes through the model's backend (fusenn.ops, the C kernels,
 or fusenn.reference, the NumPy oracle) with the same protocol:
@@ -31,7 +32,8 @@ from . import initializers
 from ._common import ACTIVATIONS, NEEDS_Z, finite_number
 
 __all__ = ["Layer", "Dense", "Dropout", "BatchNorm", "Conv2D", "MaxPooling2D", "AveragePooling2D",
-           "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape",
+           "GlobalAveragePooling2D", "GlobalMaxPooling2D", "GlobalAveragePooling1D",
+           "GlobalMaxPooling1D", "Flatten", "Reshape", "Embedding", "SimpleRNN", "GRU", "LSTM",
            "canonical_activation", "layer_from_config"]
 
 # Keras calls identity "linear" and swish "silu"; None means no activation in
@@ -85,7 +87,11 @@ class Layer:
     engine_kind = None       # the C engine's kind; None: trained op by op
     param_names = ()
     buffer_names = ()
+    decayed_params = None    # the kernels the L2 penalty and weight decay apply to
+                             # (None: the parameters with two or more dimensions)
     output_activation = "identity"  # what a fused loss (softmax/sigmoid) may absorb
+    reads_indices = False    # its input is integer indices (Embedding)
+    uses_mask = False        # forward and backward take the sequence's time-step mask
 
     def __init__(self):
         self.input_shape = None   # a sample's shape, once built
@@ -109,6 +115,17 @@ class Layer:
 
     def count_params(self):
         return sum(p.size for p in self.params) if self.built else 0
+
+    def decayed(self):
+        """Per parameter, whether the L2 penalty and weight decay apply to it."""
+        if self.decayed_params is None:
+            return [p.ndim >= 2 for p in self.params]
+        return [name in self.decayed_params for name in self.param_names]
+
+    def output_mask(self, x, mask):
+        """The time-step mask of the output (Embedding(mask_zero) makes one); by
+        default the input's, which the model drops once there is no time axis."""
+        return mask
 
     def compute_output_shape(self, input_shape):
         """A sample's output shape for samples of `input_shape` (ValueError, naming
@@ -162,6 +179,7 @@ class Dense(Layer):
 
     engine_kind = "dense"
     param_names = ("W", "b")
+    decayed_params = ("W",)
 
     def __init__(self, units, activation=None, kernel_initializer=None, bias_initializer="zeros"):
         super().__init__()
@@ -291,6 +309,7 @@ class BatchNorm(Layer):
 
     engine_kind = "batchnorm"
     param_names = ("gamma", "beta")
+    decayed_params = ()
     buffer_names = ("running_mean", "running_var")
 
     def __init__(self, momentum=0.99, eps=1e-3):
@@ -403,6 +422,7 @@ class Conv2D(Layer):
     """
 
     engine_kind = "conv2d"
+    decayed_params = ("kernel",)
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
                  activation=None, use_bias=True, kernel_initializer=None,
@@ -590,6 +610,34 @@ class GlobalMaxPooling2D(_GlobalPooling):
     mode = "max"
 
 
+class _GlobalPooling1D(_GlobalPooling):
+    """Over the steps of a sequence (steps, features) -> (features,): with a
+    time-step mask (Embedding(mask_zero=True)), over its real steps only, as Keras."""
+
+    uses_mask = True
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 2:
+            raise self._refuse(input_shape, "it pools sequences (steps, features)")
+        return (input_shape[-1],)
+
+    def forward(self, backend, x, training, logits=False, mask=None):
+        return backend.global_pool_forward(x, self.mode, mask=mask), None
+
+    def backward(self, backend, x, y, cache, dy, need_dx, logits=False, mask=None):
+        return backend.global_pool_backward(x, dy, self.mode, mask=mask), []
+
+
+class GlobalAveragePooling1D(_GlobalPooling1D):
+    __doc__ = _GlobalPooling1D.__doc__
+    mode = "avg"
+
+
+class GlobalMaxPooling1D(_GlobalPooling1D):
+    __doc__ = _GlobalPooling1D.__doc__ + " The gradient goes to each feature's first maximum."
+    mode = "max"
+
+
 class Reshape(Layer):
     """Gives each sample a new shape of the same size (row-major order, as NumPy's
     reshape); one dimension may be -1 (inferred). No copy is made."""
@@ -650,9 +698,216 @@ class Flatten(Reshape):
         return {"type": "Flatten"}
 
 
+# ---- sequences ------------------------------------------------------------------------
+
+class Embedding(Layer):
+    """A learned vector for each of input_dim indices: integer sequences (steps,)
+    become (steps, output_dim), y[t] = embeddings[x[t]] (Keras's Embedding).
+
+    mask_zero: index 0 is padding: the recurrent layers after it skip those steps
+    (the state carries over them) and the loss leaves them out, so one batch can
+    hold sequences of different lengths. The gradient adds up repeated indices in
+    a fixed order. An index outside [0, input_dim) is refused, naming the largest."""
+
+    engine_kind = "embedding"
+    param_names = ("embeddings",)
+    decayed_params = ("embeddings",)
+    reads_indices = True
+
+    def __init__(self, input_dim, output_dim, embeddings_initializer="uniform", mask_zero=False):
+        super().__init__()
+        self.input_dim = _width(input_dim, "input_dim")
+        self.output_dim = _width(output_dim, "output_dim")
+        self.embeddings_initializer = initializers.get(embeddings_initializer)
+        self.mask_zero = bool(mask_zero)
+        self.embeddings = None
+
+    def __repr__(self):
+        return f"Embedding({self.input_dim}, {self.output_dim}, mask_zero={self.mask_zero})"
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 1:
+            raise self._refuse(input_shape, "it takes a sequence of integer indices (steps,) "
+                                            "per sample")
+        return (input_shape[0], self.output_dim)
+
+    def _build(self, input_shape, dtype, rng):
+        self.embeddings = np.ascontiguousarray(
+            self.embeddings_initializer((self.input_dim, self.output_dim), rng, dtype),
+            dtype=dtype)
+
+    def engine_attrs(self):
+        return {"input_dim": self.input_dim, "output_dim": self.output_dim,
+                "mask_zero": int(self.mask_zero)}
+
+    def output_mask(self, x, mask):
+        return x != 0 if self.mask_zero else mask
+
+    def forward(self, backend, x, training, logits=False):
+        return backend.embedding_forward(x, self.embeddings), None
+
+    def backward(self, backend, x, y, cache, dy, need_dx, logits=False):
+        return None, [backend.embedding_backward(x, dy, self.embeddings.shape)]
+
+    def config(self):
+        return {"type": "Embedding", "input_dim": self.input_dim, "output_dim": self.output_dim,
+                "embeddings_initializer": initializers.serialize(self.embeddings_initializer)
+                or "uniform", "mask_zero": self.mask_zero}
+
+
+class _Recurrent(Layer):
+    """A recurrent layer over sequences (steps, features): the last state (units,),
+    or every step's state (steps, units) with return_sequences; go_backwards reads
+    the steps in reverse (and returns them so). Keras's weights: kernel (features,
+    G units), recurrent_kernel (units, G units), bias; Glorot-uniform kernel,
+    orthogonal recurrent kernel, zero bias. With a time-step mask the state
+    carries over masked steps."""
+
+    param_names = ("kernel", "recurrent_kernel", "bias")
+    decayed_params = ("kernel", "recurrent_kernel")
+    uses_mask = True
+    gates = 1
+
+    def __init__(self, units, activation="tanh", return_sequences=False, go_backwards=False):
+        super().__init__()
+        self.units = _width(units, "units")
+        self.activation = canonical_activation(activation)
+        if self.activation == "softmax":
+            raise ValueError("a recurrent layer's activation must be elementwise, not softmax")
+        self.return_sequences = bool(return_sequences)
+        self.go_backwards = bool(go_backwards)
+        self.kernel = self.recurrent_kernel = self.bias = None
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.units}, return_sequences={self.return_sequences}"
+                f"{', go_backwards=True' if self.go_backwards else ''})")
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 2:
+            raise self._refuse(input_shape, "it takes sequences (steps, features); an image "
+                                            "(H, W, C) can be read row by row after "
+                                            "Reshape((H, W * C))")
+        return (input_shape[0], self.units) if self.return_sequences else (self.units,)
+
+    def _bias(self, dtype):
+        return np.zeros(self.gates * self.units, dtype=dtype)
+
+    def _build(self, input_shape, dtype, rng):
+        G, u = self.gates, self.units
+        glorot, orthogonal = initializers.get("glorot_uniform"), initializers.get("orthogonal")
+        self.kernel = np.ascontiguousarray(glorot((input_shape[1], G * u), rng, dtype))
+        self.recurrent_kernel = np.ascontiguousarray(orthogonal((u, G * u), rng, dtype))
+        self.bias = np.ascontiguousarray(self._bias(dtype))
+
+    def engine_attrs(self):
+        return {"units": self.units, "activation": self.activation,
+                "return_sequences": int(self.return_sequences),
+                "go_backwards": int(self.go_backwards)}
+
+    def _options(self):
+        return dict(activation=self.activation, return_sequences=self.return_sequences,
+                    go_backwards=self.go_backwards)
+
+    def forward(self, backend, x, training, logits=False, mask=None):
+        y = getattr(backend, f"{self.engine_kind}_forward")(
+            x, self.kernel, self.recurrent_kernel, self.bias, mask=mask, **self._options())
+        return y, None
+
+    def backward(self, backend, x, y, cache, dy, need_dx, logits=False, mask=None):
+        dx, *grads = getattr(backend, f"{self.engine_kind}_backward")(
+            x, self.kernel, self.recurrent_kernel, self.bias, dy, mask=mask, need_dx=need_dx,
+            **self._options())
+        return dx, grads
+
+    def config(self):
+        return {"type": type(self).__name__, "units": self.units, "activation": self.activation,
+                "return_sequences": self.return_sequences, "go_backwards": self.go_backwards}
+
+
+class SimpleRNN(_Recurrent):
+    """h_t = activation(x_t W + h_{t-1} U + b): the plain recurrent layer (Keras's SimpleRNN)."""
+
+    engine_kind = "simple_rnn"
+    __doc__ += _Recurrent.__doc__
+
+
+class _Gated(_Recurrent):
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid",
+                 return_sequences=False, go_backwards=False):
+        super().__init__(units, activation, return_sequences, go_backwards)
+        self.recurrent_activation = canonical_activation(recurrent_activation)
+        if self.recurrent_activation == "softmax":
+            raise ValueError("a recurrent_activation must be elementwise, not softmax")
+
+    def engine_attrs(self):
+        return {**super().engine_attrs(), "recurrent_activation": self.recurrent_activation}
+
+    def _options(self):
+        return {**super()._options(), "recurrent_activation": self.recurrent_activation}
+
+    def config(self):
+        return {**super().config(), "recurrent_activation": self.recurrent_activation}
+
+
+class GRU(_Gated):
+    """The gated recurrent unit, Keras's GRU: gates z (update), r (reset), h in that
+    order in the kernels. reset_after=True (Keras's and PyTorch's form) applies the
+    reset gate after the recurrent product, with a bias (2, 3 units): [input bias,
+    recurrent bias]; reset_after=False before it, with a bias (3 units,).
+        z = rec(x W_z + h U_z + b_z);  r = rec(x W_r + h U_r + b_r)
+        c = act(x W_h + b_h + r (h U_h + b'_h));  h = z h_prev + (1 - z) c"""
+
+    engine_kind = "gru"
+    gates = 3
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid",
+                 return_sequences=False, go_backwards=False, reset_after=True):
+        super().__init__(units, activation, recurrent_activation, return_sequences, go_backwards)
+        self.reset_after = bool(reset_after)
+
+    def _bias(self, dtype):
+        shape = (2, 3 * self.units) if self.reset_after else (3 * self.units,)
+        return np.zeros(shape, dtype=dtype)
+
+    def engine_attrs(self):
+        return {**super().engine_attrs(), "reset_after": int(self.reset_after)}
+
+    def _options(self):
+        return {**super()._options(), "reset_after": self.reset_after}
+
+    def config(self):
+        return {**super().config(), "reset_after": self.reset_after}
+
+
+class LSTM(_Gated):
+    """Long short-term memory, Keras's LSTM: gates i, f, c, o in that order,
+        i = rec(x W_i + h U_i + b_i);  f = rec(x W_f + h U_f + b_f)
+        g = act(x W_c + h U_c + b_c);  o = rec(x W_o + h U_o + b_o)
+        c = f c_prev + i g;  h = o act(c)
+    unit_forget_bias: the forget gate's bias starts at 1 (Keras's default)."""
+
+    engine_kind = "lstm"
+    gates = 4
+
+    def __init__(self, units, activation="tanh", recurrent_activation="sigmoid",
+                 return_sequences=False, go_backwards=False, unit_forget_bias=True):
+        super().__init__(units, activation, recurrent_activation, return_sequences, go_backwards)
+        self.unit_forget_bias = bool(unit_forget_bias)
+
+    def _bias(self, dtype):
+        bias = np.zeros(4 * self.units, dtype=dtype)
+        if self.unit_forget_bias:
+            bias[self.units:2 * self.units] = 1
+        return bias
+
+    def config(self):
+        return {**super().config(), "unit_forget_bias": self.unit_forget_bias}
+
+
 LAYER_TYPES = {cls.__name__: cls for cls in (
     Dense, Dropout, BatchNorm, Conv2D, MaxPooling2D, AveragePooling2D, GlobalAveragePooling2D,
-    GlobalMaxPooling2D, Reshape, Flatten)}
+    GlobalMaxPooling2D, GlobalAveragePooling1D, GlobalMaxPooling1D, Reshape, Flatten, Embedding,
+    SimpleRNN, GRU, LSTM)}
 
 
 def layer_from_config(spec):

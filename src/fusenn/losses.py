@@ -68,8 +68,10 @@ class Loss:
         return 0
 
     def accuracy(self, correct, n, k):
-        """Accuracy from a count of correct predictions over n samples of k outputs."""
-        return correct / (n if self.targets == "labels" else n * k)
+        """Accuracy from a count of correct predictions over n samples (or rows) of k
+        outputs (0 when there are none: every step masked)."""
+        total = n if self.targets == "labels" else n * k
+        return correct / total if total else 0.0
 
 
 LOSSES = {

@@ -309,27 +309,61 @@ class Sequential:
         """Output rows (of output_dim values) per sample: one, or the steps of a sequence."""
         return math.prod(self.output_shape[:-1])
 
+    def _masked_output(self):
+        """Whether the output carries a time-step mask: an Embedding(mask_zero) first
+        and every layer after it keeping the steps (the rule of _forward)."""
+        first = self.layers[0]
+        if not getattr(first, "mask_zero", False):
+            return False
+        steps = first.input_shape[0]
+        return all(len(layer.output_shape) >= 2 and layer.output_shape[0] == steps
+                   for layer in self.layers)
+
+    def _scored_rows(self, X):
+        """The output rows accuracy is over: every step of every sample, or the real
+        steps when the output is masked (index 0 is padding)."""
+        if self._masked_output():
+            return int(np.count_nonzero(X))
+        return len(X) * self._rows_per_sample()
+
     # ---- the math, op by op ---------------------------------------------------------
 
     def _forward(self, X, training, logits=False):
-        """(outputs, caches): outputs[0] = X and outputs[i + 1] is layer i's output;
-        with logits=True the last layer stops before its activation."""
-        outputs, caches = [X], []
-        last = len(self.layers) - 1
+        """(outputs, caches, masks): outputs[0] = X and outputs[i + 1] is layer i's
+        output; masks[i] the time-step mask layer i saw (None: none) and masks[-1]
+        the output's. With logits=True the last layer stops before its activation.
+        A mask (made by Embedding(mask_zero)) lasts while outputs keep its steps,
+        as in the C engine."""
+        outputs, caches, masks = [X], [], [None]
+        mask, steps, last = None, None, len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            y, cache = layer.forward(self.backend, outputs[-1], training, logits and i == last)
+            x = outputs[-1]
+            kw = {"mask": mask} if layer.uses_mask else {}
+            y, cache = layer.forward(self.backend, x, training, logits and i == last, **kw)
+            new = layer.output_mask(x, mask)
+            if new is not mask:
+                steps = layer.input_shape[0]
+            out = layer.output_shape
+            mask = new if new is not None and len(out) >= 2 and out[0] == steps else None
             outputs.append(y)
             caches.append(cache)
-        return outputs, caches
+            masks.append(mask)
+        return outputs, caches, masks
 
-    def _loss_and_grad(self, z, y, sample_weight=None):
+    def _loss_and_grad(self, z, y, sample_weight=None, mask=None):
         """(loss, probabilities for metrics, dL/dz) of the last layer's output z:
         logits for the fused losses, the activated output otherwise. The loss
-        reads z as rows of its last dimension."""
+        reads z as rows of its last dimension; masked steps weigh 0 and the loss
+        is the mean over the real ones (Keras)."""
         k = z.shape[-1]
         rows = z.reshape(-1, k)
         per_sample = len(rows) // len(z)
-        if sample_weight is not None and per_sample > 1:
+        if mask is not None:
+            real = mask.reshape(-1)
+            scale = len(real) / real.sum() if real.any() else 0.0
+            weights = 1.0 if sample_weight is None else np.repeat(sample_weight, per_sample)
+            sample_weight = (np.where(real, weights * scale, 0.0)).astype(z.dtype)
+        elif sample_weight is not None and per_sample > 1:
             sample_weight = np.repeat(sample_weight, per_sample)
         kw = {} if sample_weight is None else {"sample_weight": sample_weight}
         labels = self.loss.targets == "labels"
@@ -341,8 +375,11 @@ class Sequential:
             (loss, dz), p = self.loss.compute(self.backend, rows, t, **kw), rows
         return loss, p, dz.reshape(z.shape)
 
-    def _correct(self, p, y):
+    def _correct(self, p, y, mask=None):
         t = y.reshape(-1) if self.loss.targets == "labels" else y.reshape(-1, p.shape[-1])
+        if mask is not None:
+            real = mask.reshape(-1)
+            p, t = p[real], t[real]
         return self.loss.correct(p, t)
 
     def _train_step(self, X, y, where, sample_weight=None):
@@ -355,8 +392,8 @@ class Sequential:
         as the C engine does.
         """
         fused = self.loss.fused_kernel is not None
-        outputs, caches = self._forward(X, training=True, logits=fused)
-        loss, p, dy = self._loss_and_grad(outputs[-1], y, sample_weight)
+        outputs, caches, masks = self._forward(X, training=True, logits=fused)
+        loss, p, dy = self._loss_and_grad(outputs[-1], y, sample_weight, masks[-1])
         if not math.isfinite(loss):
             self.optimizer.reset()
             raise self._divergence_error(where, loss)
@@ -366,16 +403,20 @@ class Sequential:
         first_trainable = next((i for i, layer in enumerate(self.layers) if layer.param_names),
                                len(self.layers))
         for i in range(last, first_trainable - 1, -1):
-            dy, layer_grads = self.layers[i].backward(
+            layer = self.layers[i]
+            kw = {"mask": masks[i]} if layer.uses_mask else {}
+            dy, layer_grads = layer.backward(
                 self.backend, outputs[i], outputs[i + 1], caches[i], dy,
-                i > first_trainable, logits=fused and i == last)
+                i > first_trainable, logits=fused and i == last, **kw)
             grads[:0] = layer_grads
+        # which parameters the L2 penalty and weight decay apply to (the layers say)
+        self.optimizer.__dict__["_decayed"] = [d for layer in self.layers for d in layer.decayed()]
         if self.optimizer.step(self.backend, self.params, grads):
             for param, previous in zip(self.params, grads):
                 np.copyto(param, previous)
             self.optimizer.reset()
             raise self._divergence_error(where, loss)
-        return loss, self._correct(p, y)
+        return loss, self._correct(p, y, masks[-1])
 
     @staticmethod
     def _divergence_error(where, loss):
@@ -490,7 +531,7 @@ class Sequential:
              callbacks_module.ProgressBar(epochs, verbose)], self)
         n = X.shape[0]
         n_batches = -(-n // batch_size)
-        rows = n * self._rows_per_sample()
+        rows = self._scored_rows(X)
         order = np.arange(n, dtype=np.int64)  # the one array proportional to the data
         history = self.history = History()  # Keras keeps it on the model (also after Ctrl-C)
         self.stop_training = False
@@ -595,16 +636,16 @@ class Sequential:
             for i in range(0, n, PREDICT_CHUNK):
                 Xc, yc = X[i:i + PREDICT_CHUNK], y[i:i + PREDICT_CHUNK]
                 swc = None if sw is None else sw[i:i + PREDICT_CHUNK]
-                z = self._forward(Xc, training=False, logits=fused)[0][-1]
-                loss, p, _ = self._loss_and_grad(z, yc, swc)
+                outputs, _, masks = self._forward(Xc, training=False, logits=fused)
+                loss, p, _ = self._loss_and_grad(outputs[-1], yc, swc, masks[-1])
                 loss_sum += loss * len(Xc)
-                correct += self._correct(p, yc)
+                correct += self._correct(p, yc, masks[-1])
         if not math.isfinite(loss_sum):
             raise ValueError(f"X is too large for this network in {self.dtype}: the loss "
                              f"overflowed (or the weights are too large)")
         result = {"loss": loss_sum / n}
         if self.loss.has_accuracy:
-            result["accuracy"] = self.loss.accuracy(correct, n * self._rows_per_sample(),
+            result["accuracy"] = self.loss.accuracy(correct, self._scored_rows(X),
                                                     self.output_dim)
         return result
 

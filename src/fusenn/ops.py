@@ -556,15 +556,29 @@ def _samples(x, name, min_rank=2):
     return np.ascontiguousarray(x)
 
 
-def global_pool_forward(x, mode="avg"):
+def _mask(mask, x):
+    """A time-step mask for the sequences x (n, steps, ...) as a C-contiguous bool
+    array, or None."""
+    if mask is None:
+        return None
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != x.shape[:2]:
+        raise ValueError(f"mask must be a bool array of shape {x.shape[:2]} (samples, steps), "
+                         f"got {mask.dtype} {mask.shape}")
+    return np.ascontiguousarray(mask)
+
+
+def global_pool_forward(x, mode="avg", mask=None):
     """The mean (mode "avg") or maximum ("max") of every channel over all positions
-    of a sample: x (n, ..., C) -> (n, C) (csrc/layers/global_pool.c)."""
+    of a sample: x (n, ..., C) -> (n, C) (csrc/layers/global_pool.c); with a mask
+    (n, steps) of sequences (n, steps, C), over the real steps only."""
     x = _samples(x, "x", 3)
     spec = {"kind": "global_pool", "attrs": {"mode": _pool_mode(mode)}}
-    return _kernels.layer_forward(spec, x, [], nthreads=get_num_threads())[0]
+    return _kernels.layer_forward(spec, x, [], mask=_mask(mask, x),
+                                  nthreads=get_num_threads())[0]
 
 
-def global_pool_backward(x, dy, mode="avg"):
+def global_pool_backward(x, dy, mode="avg", mask=None):
     """dx of global_pool_forward given dy = dL/dy (n, C)."""
     x = _samples(x, "x", 3)
     dy = _float_array(dy, "dy", 2, x.dtype)
@@ -572,4 +586,4 @@ def global_pool_backward(x, dy, mode="avg"):
     spec = {"kind": "global_pool", "attrs": {"mode": _pool_mode(mode)}}
     y = np.empty(dy.shape, dtype=x.dtype)  # not read by this kind
     return _kernels.layer_backward(spec, x, y, dy, [], np.empty(0, np.uint8), True,
-                                   nthreads=get_num_threads())[0]
+                                   mask=_mask(mask, x), nthreads=get_num_threads())[0]

@@ -48,8 +48,8 @@ class Optimizer:
     Every optimizer takes the gradient preprocessing options below, applied in
     this order before the update rule on every step:
 
-    l2: coupled L2 penalty, g += l2 * w, on weight matrices only (parameters
-        with ndim >= 2), never on biases (as Keras' kernel_regularizer, or
+    l2: coupled L2 penalty, g += l2 * w, on kernels only (the parameters a
+        layer lists in decayed_params; by default those with ndim >= 2), never on biases (as Keras' kernel_regularizer, or
         scikit-learn's alpha; PyTorch's SGD weight_decay also decays biases).
         The loss that fit / train_on_batch report does not include the
         penalty term, as in PyTorch.
@@ -98,7 +98,7 @@ class Optimizer:
 
     # attributes that are not hyperparameters: setting them keeps the engine settings
     _NOT_SETTINGS = frozenset({"state", "iterations", "_model", "_engine_config_cache",
-                               "_state_arenas"})
+                               "_state_arenas", "_decaying", "_decayed"})
 
     def __setattr__(self, name, value):
         if name not in self._NOT_SETTINGS:  # a hyperparameter (lr...): recompute the settings
@@ -162,22 +162,28 @@ class Optimizer:
         Returns the number of non-finite updated weights. The gradient arrays
         (C-contiguous, writeable) are consumed: first preprocessed in place (L2,
         clipping), then, after the update, they hold the weights from before
-        the step, so the caller can undo a diverging step exactly.
+        the step, so the caller can undo a diverging step exactly. The L2
+        penalty and weight decay apply to the kernels the model's layers name
+        (its model sets them), else to the parameters of two or more dimensions.
         """
         self.ensure_state(params)
         self.iterations += 1
-        self._transform_gradients(backend, params, grads)
+        decayed = self.__dict__.get("_decayed")
+        if decayed is None or len(decayed) != len(params):
+            decayed = [p.ndim >= 2 for p in params]
+        self._transform_gradients(backend, params, grads, decayed)
         bad = 0
         for i, (p, g) in enumerate(zip(params, grads)):
+            self.__dict__["_decaying"] = decayed[i]  # read by _update (AdamW's decay)
             bad += self._update(backend, p, g, [self.state[name][i] for name in self._state_names])
         return bad
 
-    def _transform_gradients(self, backend, params, grads):
+    def _transform_gradients(self, backend, params, grads, decayed):
         """L2, then norm clipping, then value clipping, in place on grads. The C
         engine (transform_gradients in csrc/plan.c) makes the same kernel calls
         in the same order, so both give the same bits."""
         clipvalue = self.clipvalue or 0.0
-        l2s = [self.l2 if p.ndim >= 2 else 0.0 for p in params]
+        l2s = [self.l2 if d else 0.0 for d in decayed]
         per_param = self.clipnorm is not None
         global_norm = not per_param and self.global_clipnorm is not None
         if not per_param and not global_norm:  # one pass: l2 and value clipping together
@@ -271,7 +277,7 @@ class Adam(Optimizer):
 
     def _update(self, backend, p, g, state):
         m, v = state
-        decay = self._weight_decay() if p.ndim >= 2 else 0.0  # never the biases
+        decay = self._weight_decay() if self.__dict__.get("_decaying", p.ndim >= 2) else 0.0
         return backend.adam_update(p, g, m, v, self.iterations, self.lr, self.beta1, self.beta2,
                                    self.eps, weight_decay=decay, prev=g)
 

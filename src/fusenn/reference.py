@@ -626,26 +626,36 @@ def pool2d_backward(dy, x_shape, argmax=None, pool_size=(2, 2), strides=(2, 2),
     return dx.reshape(x_shape)
 
 
-def global_pool_forward(x, mode="avg"):
+def global_pool_forward(x, mode="avg", mask=None):
     """The mean (or max) of every channel over all positions of a sample:
-    x (n, ..., C) -> (n, C)."""
+    x (n, ..., C) -> (n, C). With a time-step mask (n, steps) of a sequence, over
+    its real steps only (a sample with none gives 0)."""
     rows = x.reshape(x.shape[0], -1, x.shape[-1])
+    real = np.ones(rows.shape[:2], bool) if mask is None else np.asarray(mask, bool)
     if mode == "avg":
-        return rows.mean(axis=1, dtype=np.float64).astype(x.dtype)
+        count = real.sum(axis=1)[:, None]
+        total = np.where(real[:, :, None], rows, 0).sum(axis=1, dtype=np.float64)
+        return np.where(count > 0, total / np.maximum(count, 1), 0).astype(x.dtype)
     if mode == "max":
-        return rows.max(axis=1)
+        best = np.where(real[:, :, None], rows, -np.inf).max(axis=1)
+        return np.where(real.any(axis=1)[:, None], best, 0).astype(x.dtype)
     raise ValueError(f"mode must be 'max' or 'avg', got {mode!r}")
 
 
-def global_pool_backward(x, dy, mode="avg"):
-    """dx of global_pool_forward: dy / positions everywhere (avg), or dy at each
-    channel's first maximum (max)."""
+def global_pool_backward(x, dy, mode="avg", mask=None):
+    """dx of global_pool_forward: dy / (real) positions everywhere real (avg), or
+    dy at each channel's first maximum among the real positions (max)."""
     rows = x.reshape(x.shape[0], -1, x.shape[-1])
+    real = np.ones(rows.shape[:2], bool) if mask is None else np.asarray(mask, bool)
     if mode == "avg":
-        dx = np.broadcast_to(dy[:, None, :] / dy.dtype.type(rows.shape[1]), rows.shape).copy()
+        count = real.sum(axis=1)[:, None, None].astype(dy.dtype)
+        share = np.where(count > 0, dy[:, None, :] / np.maximum(count, 1), 0)
+        dx = np.where(real[:, :, None], share, 0).astype(dy.dtype)
     else:
         dx = np.zeros_like(rows)
-        np.put_along_axis(dx, rows.argmax(axis=1)[:, None, :], dy[:, None, :], axis=1)
+        first = np.where(real[:, :, None], rows, -np.inf).argmax(axis=1)
+        np.put_along_axis(dx, first[:, None, :], np.where(real.any(axis=1)[:, None], dy, 0)
+                          [:, None, :], axis=1)
     return dx.reshape(x.shape)
 
 
