@@ -51,8 +51,8 @@ typedef struct {
 } FN(gemm_config);
 
 /* Largest register tile of any kernel (sizes the on-stack tile buffers). */
-#define GEMM_MAX_NR 64
-#define GEMM_MAX_TILE (32 * GEMM_MAX_NR)
+#define GEMM_MAX_NR 128
+#define GEMM_MAX_TILE (16 * GEMM_MAX_NR)
 
 /* Register tiles and cache blocks per ISA (elements). MR x NR accumulators
  * must fit the vector registers with room for B and a broadcast; KC x NR of
@@ -231,6 +231,108 @@ typedef __mmask8 uk_mask;
 #include "gemm_ukernel.h"
 #endif
 
+/* Row tiles for calls with few rows (m <= GEMM_FEW_ROWS: batch-1 to batch-16
+ * inference): 1, 2 or 4 rows by enough column vectors that the independent
+ * sums hide the FMA latency, reading A and B in place. With one row each
+ * value of B is used once, so the call streams B and no packing can pay. */
+#ifdef FUSENN_HAVE_X86_KERNELS
+#ifndef AVX512_ROW1_NV
+#define AVX512_ROW1_NV 8
+#endif
+#ifndef AVX512_ROW2_NV
+#define AVX512_ROW2_NV 8
+#endif
+#ifndef AVX512_ROW4_NV
+#define AVX512_ROW4_NV 4
+#endif
+#define UK_NAME FN(ukernel_avx512_row1)
+#define UK_NAME_DIRECT FN(ukernel_avx512_row1_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx512_row1_direct_ab)
+#define UK_NAME_PACK_B FN(ukernel_avx512_row1_pack_b)
+#define UK_NAME_EDGE FN(ukernel_avx512_row1_edge)
+#define UK_ATTR_EDGE AVX512_EDGE_TARGET
+#define UK_MR 1
+#define UK_NR (AVX512_ROW1_NV * 4 * LANES_PER_16B)
+#define UK_VBYTES 64
+#define UK_ATTR AVX512_TARGET
+#include "gemm_ukernel.h"
+
+#define UK_NAME FN(ukernel_avx512_row2)
+#define UK_NAME_DIRECT FN(ukernel_avx512_row2_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx512_row2_direct_ab)
+#define UK_NAME_PACK_B FN(ukernel_avx512_row2_pack_b)
+#define UK_NAME_EDGE FN(ukernel_avx512_row2_edge)
+#define UK_ATTR_EDGE AVX512_EDGE_TARGET
+#define UK_MR 2
+#define UK_NR (AVX512_ROW2_NV * 4 * LANES_PER_16B)
+#define UK_VBYTES 64
+#define UK_ATTR AVX512_TARGET
+#include "gemm_ukernel.h"
+
+#define UK_NAME FN(ukernel_avx512_row4)
+#define UK_NAME_DIRECT FN(ukernel_avx512_row4_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx512_row4_direct_ab)
+#define UK_NAME_PACK_B FN(ukernel_avx512_row4_pack_b)
+#define UK_NAME_EDGE FN(ukernel_avx512_row4_edge)
+#define UK_ATTR_EDGE AVX512_EDGE_TARGET
+#define UK_MR 4
+#define UK_NR (AVX512_ROW4_NV * 4 * LANES_PER_16B)
+#define UK_VBYTES 64
+#define UK_ATTR AVX512_TARGET
+#include "gemm_ukernel.h"
+
+#define UK_NAME FN(ukernel_avx2_row1)
+#define UK_NAME_DIRECT FN(ukernel_avx2_row1_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx2_row1_direct_ab)
+#define UK_NAME_PACK_B FN(ukernel_avx2_row1_pack_b)
+#define UK_MR 1
+#define UK_NR (8 * 2 * LANES_PER_16B)
+#define UK_VBYTES 32
+#define UK_ATTR __attribute__((target("avx2,fma")))
+#include "gemm_ukernel.h"
+
+#define UK_NAME FN(ukernel_avx2_row2)
+#define UK_NAME_DIRECT FN(ukernel_avx2_row2_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx2_row2_direct_ab)
+#define UK_NAME_PACK_B FN(ukernel_avx2_row2_pack_b)
+#define UK_MR 2
+#define UK_NR (4 * 2 * LANES_PER_16B)
+#define UK_VBYTES 32
+#define UK_ATTR __attribute__((target("avx2,fma")))
+#include "gemm_ukernel.h"
+
+#define UK_NAME FN(ukernel_avx2_row4)
+#define UK_NAME_DIRECT FN(ukernel_avx2_row4_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx2_row4_direct_ab)
+#define UK_NAME_PACK_B FN(ukernel_avx2_row4_pack_b)
+#define UK_MR 4
+#define UK_NR (2 * 2 * LANES_PER_16B)
+#define UK_VBYTES 32
+#define UK_ATTR __attribute__((target("avx2,fma")))
+#include "gemm_ukernel.h"
+
+#endif
+
+#define UK_NAME FN(ukernel_generic_row1)
+#define UK_NAME_DIRECT FN(ukernel_generic_row1_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_generic_row1_direct_ab)
+#define UK_NAME_PACK_B FN(ukernel_generic_row1_pack_b)
+#define UK_MR 1
+#define UK_NR (8 * LANES_PER_16B)
+#define UK_VBYTES 16
+#define UK_ATTR 
+#include "gemm_ukernel.h"
+
+#define UK_NAME FN(ukernel_generic_row2)
+#define UK_NAME_DIRECT FN(ukernel_generic_row2_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_generic_row2_direct_ab)
+#define UK_NAME_PACK_B FN(ukernel_generic_row2_pack_b)
+#define UK_MR 2
+#define UK_NR (4 * LANES_PER_16B)
+#define UK_VBYTES 16
+#define UK_ATTR 
+#include "gemm_ukernel.h"
+
 #define UK_NAME FN(ukernel_generic_narrow)
 #define UK_NAME_DIRECT FN(ukernel_generic_narrow_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_generic_narrow_direct_ab)
@@ -263,22 +365,55 @@ static const FN(gemm_config) FN(gemm_configs)[][3] = {
       AVX512_NARROW_MR * 24, 4 * LANES_PER_16B * 256}},
 #endif
 };
+
+/* Tiles for calls with few rows, per ISA level: 1, 2, 4 and 8 rows (the
+ * 8-row ones are the mid or narrow tile of the level, the portable level's
+ * 4-row one its only tile). The same KC as the level's other tiles, so the
+ * same bits. Calls with at most GEMM_FEW_ROWS rows take them, in one MC
+ * block; a packed (transposed) B block is ROW_NC columns wide. */
+#define GEMM_FEW_ROWS 16
+#define ROW_NC (256 * LANES_PER_16B)
+static const FN(gemm_config) FN(gemm_row_configs)[][4] = {
+    {{K(ukernel_generic_row1), 1, 8 * LANES_PER_16B, GENERIC_KC, GEMM_FEW_ROWS, ROW_NC},
+     {K(ukernel_generic_row2), 2, 4 * LANES_PER_16B, GENERIC_KC, GEMM_FEW_ROWS, ROW_NC},
+     {K(ukernel_generic), GENERIC_MR, GENERIC_NR, GENERIC_KC, GENERIC_MC, GENERIC_NC},
+     {K(ukernel_generic), GENERIC_MR, GENERIC_NR, GENERIC_KC, GENERIC_MC, GENERIC_NC}},
+#ifdef FUSENN_HAVE_X86_KERNELS
+    {{K(ukernel_avx2_row1), 1, 16 * LANES_PER_16B, AVX2_KC, GEMM_FEW_ROWS, ROW_NC},
+     {K(ukernel_avx2_row2), 2, 8 * LANES_PER_16B, AVX2_KC, GEMM_FEW_ROWS, ROW_NC},
+     {K(ukernel_avx2_row4), 4, 4 * LANES_PER_16B, AVX2_KC, GEMM_FEW_ROWS, ROW_NC},
+     {K(ukernel_avx2_narrow), 8, 2 * LANES_PER_16B, AVX2_KC, 8 * 24, 2 * LANES_PER_16B * 512}},
+    {{KE(ukernel_avx512_row1), 1, AVX512_ROW1_NV * 4 * LANES_PER_16B, AVX512_KC, GEMM_FEW_ROWS, ROW_NC},
+     {KE(ukernel_avx512_row2), 2, AVX512_ROW2_NV * 4 * LANES_PER_16B, AVX512_KC, GEMM_FEW_ROWS, ROW_NC},
+     {KE(ukernel_avx512_row4), 4, AVX512_ROW4_NV * 4 * LANES_PER_16B, AVX512_KC, GEMM_FEW_ROWS, ROW_NC},
+     {KE(ukernel_avx512_mid), 8, 8 * LANES_PER_16B, AVX512_KC, 8 * 48, 8 * LANES_PER_16B * 128}},
+#endif
+};
 #undef K
 #undef KE
 
-
-/* The kernel for this CPU (or FUSENN_ISA) and the shape: narrow when C has few
- * columns, the mid tile for calls that run on one thread anyway, else the wide
- * one. Measured (AVX-512, float32, ratio to NumPy): the mid tile takes 32^3
- * from 1.05x to 1.25x and 64^3 from 0.97x to 1.02x, and wins 5% on one thread
- * at the MLP shapes, but loses 10-25% there on two threads and 14% at 1024^3.
- * The choice never depends on the thread count, and every tile sums each
- * element in the same order, so it does not change the bits. */
-static const FN(gemm_config) *FN(gemm_select)(int serial, size_t n)
+/* The kernel for this CPU (or FUSENN_ISA) and the shape: a row tile when C has
+ * few rows, narrow when C has few columns, the mid tile for calls that run on
+ * one thread anyway, else the wide one. Measured (AVX-512, float32, ratio to
+ * NumPy): the mid tile takes 32^3 from 1.05x to 1.25x and 64^3 from 0.97x to
+ * 1.02x, and wins 5% on one thread at the MLP shapes, but loses 10-25% there
+ * on two threads and 14% at 1024^3. The choice never depends on the thread
+ * count, and every tile sums each element in the same order, so it does not
+ * change the bits. */
+static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n)
 {
     int level = fusenn_isa_level();
     int available = (int)(sizeof(FN(gemm_configs)) / sizeof(FN(gemm_configs)[0])) - 1;
-    const FN(gemm_config) *trio = FN(gemm_configs)[level < available ? level : available];
+    if (level > available)
+        level = available;
+    const FN(gemm_config) *trio = FN(gemm_configs)[level];
+    if (m <= GEMM_FEW_ROWS) {
+        /* the height that pads fewest rows: 3 -> 4, 5..8 -> 8, 9..12 -> 3 x 4 */
+        const int tile = m == 1 ? 0 : m == 2 ? 1 : m <= 4 || (m > 8 && m <= 12) ? 2 : 3;
+        const FN(gemm_config) *rows = &FN(gemm_row_configs)[level][tile];
+        if (rows->kernel_edge != NULL || n > (size_t)rows->nr / 2)
+            return rows;
+    }
     const FN(gemm_config) *full = serial ? &trio[1] : &trio[0];
     return n <= (size_t)full->nr / 2 ? &trio[2] : full;
 }
@@ -745,7 +880,7 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         return FUSENN_OK;
     }
     const int serial = fusenn_gemm_is_serial(m, n, k);
-    const FN(gemm_config) *cfg = FN(gemm_select)(serial, n);
+    const FN(gemm_config) *cfg = FN(gemm_select)(serial, m, n);
     const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
 
     const int nt = serial || nthreads < 1 ? 1 : nthreads;
@@ -761,7 +896,7 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
          * thread takes whole row blocks with its own A. */
         .split_columns = m_blocks % (size_t)nt != 0,
         .direct_a = n <= GEMM_DIRECT_A_MAX_PANELS * nr || cs_a == 1,
-        .direct_b = GEMM_DIRECT_B && serial && cs_b == 1,
+        .direct_b = GEMM_DIRECT_B && (serial || m <= GEMM_FEW_ROWS) && cs_b == 1,
     };
     const size_t b_len = kc_max * ((FUSENN_MIN(cfg->nc, n) + nr - 1) / nr * nr);
     /* Threads that read A in place need not share anything: each takes

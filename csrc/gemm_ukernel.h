@@ -80,8 +80,12 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
     typedef int_same_size_real ivec __attribute__((vector_size(UK_VBYTES)));
     enum { LANES = UK_VBYTES / sizeof(real), NV = UK_NR / LANES };
 #ifdef UK_EDGE
-    /* UK_LANE_MASK(v): the lanes of vector v below nr_eff (< UK_NR <= 64) */
+    /* UK_LANE_MASK(v): the lanes of vector v below nr_eff (< UK_NR <= 128) */
+#if UK_NR > 64
+    const unsigned __int128 lanes = ((unsigned __int128)1 << nr_eff) - 1;
+#else
     const unsigned long long lanes = (1ull << nr_eff) - 1;
+#endif
 #define UK_LANE_MASK(v) ((uk_mask)(lanes >> ((v) * LANES)))
 #endif
     vec acc[UK_MR][NV];
@@ -98,15 +102,21 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
 #pragma GCC unroll 4
     for (size_t p = 0; p < kc; p++) {
         vec bv[NV];
+        /* unrolled: left to GCC, eight 32-byte vectors of B became a copy
+         * loop through the stack (the AVX2 one-row tile ran 6x slower) */
+#pragma GCC unroll 16
         for (int v = 0; v < NV; v++)
             UK_LOAD(bv[v], b + v * LANES, v);
 #ifdef UK_PACK_B
+#pragma GCC unroll 16
         for (int v = 0; v < NV; v++)
             memcpy(b_pack + v * LANES, &bv[v], sizeof(vec));
         b_pack += UK_NR;
 #endif
+#pragma GCC unroll 16
         for (int i = 0; i < UK_MR; i++) {
             const real ai = UK_A(i);
+#pragma GCC unroll 16
             for (int v = 0; v < NV; v++)
                 acc[i][v] += ai * bv[v]; /* contracted to FMA where available */
         }
