@@ -168,6 +168,11 @@ typedef __mmask8 uk_mask;
 #define UK_MASK_LOAD(m, p) _mm512_maskz_loadu_pd((m), (p))
 #define UK_MASK_STORE(p, m, v) _mm512_mask_storeu_pd((p), (m), (__m512d)(v))
 #endif
+#if defined(FUSENN_DTYPE_F32)
+#define UK_PERMUTE2(lo, idx, hi) _mm512_permutex2var_ps((__m512)(lo), (__m512i)(idx), (__m512)(hi))
+#else
+#define UK_PERMUTE2(lo, idx, hi) _mm512_permutex2var_pd((__m512d)(lo), (__m512i)(idx), (__m512d)(hi))
+#endif
 #define UK_NAME FN(ukernel_avx2)
 #define UK_NAME_DIRECT FN(ukernel_avx2_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_avx2_direct_ab)
@@ -250,6 +255,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT_AB FN(ukernel_avx512_row1_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_avx512_row1_pack_b)
 #define UK_NAME_EDGE FN(ukernel_avx512_row1_edge)
+#define UK_REALIGN_B
 #define UK_ATTR_EDGE AVX512_EDGE_TARGET
 #define UK_MR 1
 #define UK_NR (AVX512_ROW1_NV * 4 * LANES_PER_16B)
@@ -262,6 +268,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT_AB FN(ukernel_avx512_row2_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_avx512_row2_pack_b)
 #define UK_NAME_EDGE FN(ukernel_avx512_row2_edge)
+#define UK_REALIGN_B
 #define UK_ATTR_EDGE AVX512_EDGE_TARGET
 #define UK_MR 2
 #define UK_NR (AVX512_ROW2_NV * 4 * LANES_PER_16B)
@@ -274,6 +281,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT_AB FN(ukernel_avx512_row4_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_avx512_row4_pack_b)
 #define UK_NAME_EDGE FN(ukernel_avx512_row4_edge)
+#define UK_REALIGN_B
 #define UK_ATTR_EDGE AVX512_EDGE_TARGET
 #define UK_MR 4
 #define UK_NR (AVX512_ROW4_NV * 4 * LANES_PER_16B)
@@ -417,6 +425,18 @@ static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n)
     const FN(gemm_config) *full = serial ? &trio[1] : &trio[0];
     return n <= (size_t)full->nr / 2 ? &trio[2] : full;
 }
+
+/* A call with few rows streams B, and threads that take column slabs of B
+ * each finish it sooner from this many multiply-adds (and two panels), well
+ * below the line of fusenn_gemm_is_serial; a one-row call counts as two rows,
+ * as loading B costs it more than its multiply-adds. Two threads against
+ * one, AVX-512, float32 (B 16 bytes off a cache line, as NumPy's arrays):
+ * 1x784x256 7.1 -> 5.2 us, 1x512x256 4.7 -> 3.8, 4x256x256 4.3 -> 3.4,
+ * 8x256x128 3.5 -> 3.1, 16x128x128 3.6 -> 3.3; below the line 8x128x128 1.9
+ * -> 2.3, 1x256x256 equal. */
+#ifndef GEMM_FEW_ROWS_PARALLEL
+#define GEMM_FEW_ROWS_PARALLEL (256.0 * 1024)
+#endif
 
 /* When the micro-kernel reads A in place instead of from packed panels (the
  * bits are the same either way). Measured on AVX-512, float32:
@@ -879,9 +899,12 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         FN(gemm_scale_only)(m, n, beta, C, rs_c, cs_c, bias, act);
         return FUSENN_OK;
     }
-    const int serial = fusenn_gemm_is_serial(m, n, k);
-    const FN(gemm_config) *cfg = FN(gemm_select)(serial, m, n);
+    const int small = fusenn_gemm_is_serial(m, n, k);
+    const FN(gemm_config) *cfg = FN(gemm_select)(small, m, n);
     const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
+    const int serial = small && !(m <= GEMM_FEW_ROWS && n >= 2 * nr
+                                  && (double)FUSENN_MAX(m, 2) * (double)n * (double)k
+                                         >= GEMM_FEW_ROWS_PARALLEL);
 
     const int nt = serial || nthreads < 1 ? 1 : nthreads;
     const size_t m_blocks = (m + cfg->mc - 1) / cfg->mc;

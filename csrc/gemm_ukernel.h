@@ -33,6 +33,13 @@
  * it. That pass was 12% of a one-thread 128x784x256 in perf; packing in the
  * kernel made the call 5% faster.
  *
+ * With UK_ALIGN_B defined too (the direct-B variant of the kernels whose
+ * instantiation sets UK_REALIGN_B, given UK_PERMUTE2(lo, idx, hi), AVX-512's
+ * two-vector permute, and the masked loads above), rows of B that all start
+ * at the same offset into a vector are read as aligned vectors and shifted
+ * into place: the few-row tiles stream B from L2, and misaligned loads made
+ * a one-row 1x784x256 1.8x slower.
+ *
  * With UK_EDGE defined too (AVX-512 only: it needs masked loads and stores),
  * the kernel touches only the first nr_eff < UK_NR columns of B, bias and C;
  * the other variants ignore nr_eff and compute all UK_NR. A small call's
@@ -96,6 +103,42 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
 #pragma GCC unroll 16
         for (int v = 0; v < NV; v++)
             acc[i][v] = (vec){0};
+    /* One step: every row's value of A times the NV vectors of B in bv. */
+#define UK_FMAS(bv)                                                                       \
+    _Pragma("GCC unroll 16") for (int i = 0; i < UK_MR; i++) {                           \
+        const real ai = UK_A(i);                                                          \
+        _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++)                             \
+            acc[i][v] += ai * (bv)[v]; /* contracted to FMA where available */           \
+    }
+#ifdef UK_ALIGN_B
+    /* B's rows all start `shift` lanes past a vector boundary (NumPy's large
+     * arrays start 16 bytes past one): read whole aligned vectors, the end
+     * ones masked to the row, and permute each adjacent pair into place.
+     * Loads that straddle two cache lines cost more than the permutes. */
+    const size_t shift = (uintptr_t)b / sizeof(real) % LANES;
+    if (shift != 0 && rs_b % LANES == 0) {
+        ivec idx;
+        for (int l = 0; l < LANES; l++)
+            idx[l] = (int_same_size_real)(shift + (size_t)l);
+        const uk_mask head = (uk_mask)(~0ull << shift), tail = (uk_mask)((1ull << shift) - 1);
+        const real *ba = b - shift;
+#pragma GCC unroll 4
+        for (size_t p = 0; p < kc; p++) {
+            vec w[NV + 1], bv[NV];
+            w[0] = (vec)UK_MASK_LOAD(head, ba);
+#pragma GCC unroll 16
+            for (int v = 1; v < NV; v++)
+                memcpy(&w[v], ba + v * LANES, sizeof(vec));
+            w[NV] = (vec)UK_MASK_LOAD(tail, ba + NV * LANES);
+#pragma GCC unroll 16
+            for (int v = 0; v < NV; v++)
+                bv[v] = (vec)UK_PERMUTE2(w[v], idx, w[v + 1]);
+            UK_FMAS(bv)
+            a += UK_A_STEP;
+            ba += rs_b;
+        }
+    } else
+#endif
     /* Four steps per iteration: the loop's counter and pointer updates no
      * longer take FMA ports' issue slots every step. +5-11% from 128x256x128
      * to 2048^3 on AVX-512 (1 and 2 threads); 8 steps was slower again. */
@@ -113,13 +156,7 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
             memcpy(b_pack + v * LANES, &bv[v], sizeof(vec));
         b_pack += UK_NR;
 #endif
-#pragma GCC unroll 16
-        for (int i = 0; i < UK_MR; i++) {
-            const real ai = UK_A(i);
-#pragma GCC unroll 16
-            for (int v = 0; v < NV; v++)
-                acc[i][v] += ai * bv[v]; /* contracted to FMA where available */
-        }
+        UK_FMAS(bv)
         a += UK_A_STEP;
         b += UK_B_STEP;
     }
@@ -188,6 +225,7 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
 #undef UK_LOAD
 #undef UK_STORE
 #undef UK_LANE_MASK
+#undef UK_FMAS
 #undef UK_COLS
 #undef UK_NAME
 #ifndef UK_DIRECT_A
@@ -196,7 +234,12 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
 #include "gemm_ukernel.h"
 #define UK_DIRECT_B /* third pass: reading A and B in place */
 #define UK_NAME UK_NAME_DIRECT_AB
+#ifdef UK_REALIGN_B
+#define UK_ALIGN_B
+#endif
 #include "gemm_ukernel.h"
+#undef UK_ALIGN_B
+#undef UK_REALIGN_B
 #define UK_PACK_B /* fourth pass: reading A and B in place, packing B */
 #define UK_NAME UK_NAME_PACK_B
 #include "gemm_ukernel.h"
