@@ -401,8 +401,14 @@ static const FN(gemm_config) FN(gemm_row_configs)[][4] = {
 #undef KE
 
 /* The kernel for this CPU (or FUSENN_ISA) and the shape: a row tile when C has
- * few rows, narrow when C has few columns, the mid tile for calls that run on
- * one thread anyway, else the wide one. Measured (AVX-512, float32, ratio to
+ * few rows (with few columns too, only below the narrow tile's height, and
+ * where the row tile has an edge kernel or C is at least half its width, as
+ * its partial panel is packed otherwise), narrow when C has few columns, the
+ * mid tile for calls that run on one thread anyway, else the wide one. One
+ * thread, AVX-512, float32, against the mid / narrow / wide tiles: 1x784x256
+ * 28 -> 7.1 us, 4x784x256 29 -> 13, 8x784x256 50 -> 22, 1x256x128 4.0 ->
+ * 1.2, 4x128x10 0.72 -> 0.60; 16x16x16 stays narrow (0.17 us, 0.23 on the
+ * mid tile's edge kernel). Measured (AVX-512, float32, ratio to
  * NumPy): the mid tile takes 32^3 from 1.05x to 1.25x and 64^3 from 0.97x to
  * 1.02x, and wins 5% on one thread at the MLP shapes, but loses 10-25% there
  * on two threads and 14% at 1024^3. The choice never depends on the thread
@@ -415,15 +421,17 @@ static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n)
     if (level > available)
         level = available;
     const FN(gemm_config) *trio = FN(gemm_configs)[level];
-    if (m <= GEMM_FEW_ROWS) {
-        /* the tallest tile that fits: the caller splits the other rows off */
-        const int tile = m >= 8 ? 3 : m >= 4 ? 2 : m >= 2 ? 1 : 0;
+    const FN(gemm_config) *full = serial || m <= GEMM_FEW_ROWS ? &trio[1] : &trio[0];
+    const int few_columns = n <= (size_t)full->nr / 2;
+    if (m <= GEMM_FEW_ROWS && (m < (size_t)trio[2].mr || !few_columns)) {
+        /* the lowest tile that takes all rows, else 8 rows (the caller
+         * splits rows off that would pad it with many zero rows) */
+        const int tile = m > 4 ? 3 : m > 2 ? 2 : (int)m - 1;
         const FN(gemm_config) *rows = &FN(gemm_row_configs)[level][tile];
         if (rows->kernel_edge != NULL || n > (size_t)rows->nr / 2)
             return rows;
     }
-    const FN(gemm_config) *full = serial ? &trio[1] : &trio[0];
-    return n <= (size_t)full->nr / 2 ? &trio[2] : full;
+    return few_columns ? &trio[2] : full;
 }
 
 /* A call with few rows streams B, and threads that take column slabs of B
@@ -505,11 +513,12 @@ static void FN(pack_a_panel)(size_t mr_eff, int mr, size_t kc, const real *A,
                 dst[p * (size_t)mr + i] = A[(ptrdiff_t)i * rs + (ptrdiff_t)p];
         return;
     }
-    for (size_t p = 0; p < kc; p++) {
-        for (size_t i = 0; i < mr_eff; i++)
-            dst[p * (size_t)mr + i] = A[(ptrdiff_t)i * rs + (ptrdiff_t)p * cs];
-        for (size_t i = mr_eff; i < (size_t)mr; i++)
-            dst[p * (size_t)mr + i] = 0;
+    /* a row at a time: a zero-padding loop per step became a memset call
+     * per step */
+    for (size_t i = 0; i < (size_t)mr; i++) {
+        const real *a = A + (ptrdiff_t)i * rs;
+        for (size_t p = 0; p < kc; p++)
+            dst[p * (size_t)mr + i] = i < mr_eff ? a[(ptrdiff_t)p * cs] : 0;
     }
 }
 
@@ -899,16 +908,17 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         FN(gemm_scale_only)(m, n, beta, C, rs_c, cs_c, bias, act);
         return FUSENN_OK;
     }
-    const int small = fusenn_gemm_is_serial(m, n, k);
-    const FN(gemm_config) *cfg = FN(gemm_select)(small, m, n);
-    const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
-    if (m <= GEMM_FEW_ROWS && m > mr && m % mr != 0) {
-        /* Rows past the last whole tile: a call of their own, with a tile of
-         * their height, instead of a tile padded with zero rows (one more
-         * pass over B, but no packing and no wasted multiply-adds). 5 rows,
-         * 4 + 1: 29 -> 20 us at 1x784x256 on one thread; 9 rows, 8 + 1: 44
-         * -> 29. */
-        const size_t head = m - m % mr;
+    /* Few rows that would leave a tile padded with many zero rows: the rows
+     * past the tallest tile that fits (past 8k rows) go to a call of their
+     * own, with a tile of their height (one more pass over B, but neither
+     * packing nor wasted multiply-adds). One row short of a tile (3, 7, 15
+     * rows) is padded instead: a pass over B for one row costs about what a
+     * 4-row tile's does (1x100x300 1.8 us, 4x100x300 2.2, 3 rows as 2 + 1
+     * 3.9). One thread, B 784x256: 5 rows (4 + 1) 29 -> 20 us, 9 rows (8 +
+     * 1) 44 -> 34; B 64x64: 5 rows 0.80 -> 0.69 us. With a smaller B the
+     * second call costs more than it saves (6x32x32 0.37 -> 0.47 us). */
+    const size_t head = m >= 8 ? m / 8 * 8 : m >= 4 ? 4 : m >= 2 ? 2 : 1;
+    if (m <= GEMM_FEW_ROWS && head < m && (m & (m + 1)) != 0 && n * k >= 64 * 64) {
         int rc = FN(fusenn_gemm_fused)(head, n, k, alpha, A, rs_a, cs_a, B, rs_b, cs_b, beta,
                                        C, rs_c, cs_c, bias, act, nthreads);
         if (rc != FUSENN_OK)
@@ -917,6 +927,9 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
                                      cs_a, B, rs_b, cs_b, beta, C + (ptrdiff_t)head * rs_c,
                                      rs_c, cs_c, bias, act, nthreads);
     }
+    const int small = fusenn_gemm_is_serial(m, n, k);
+    const FN(gemm_config) *cfg = FN(gemm_select)(small, m, n);
+    const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
     const int serial = small && !(m <= GEMM_FEW_ROWS && n >= 2 * nr
                                   && (double)FUSENN_MAX(m, 2) * (double)n * (double)k
                                          >= GEMM_FEW_ROWS_PARALLEL);
