@@ -374,11 +374,12 @@ static const FN(gemm_config) FN(gemm_configs)[][3] = {
 #endif
 };
 
-/* Tiles for calls with few rows, per ISA level: 1, 2, 4 and 8 rows (the
- * 8-row ones are the mid or narrow tile of the level, the portable level's
- * 4-row one its only tile). The same KC as the level's other tiles, so the
- * same bits. Calls with at most GEMM_FEW_ROWS rows take them, in one MC
- * block; a packed (transposed) B block is ROW_NC columns wide. */
+/* Tiles for calls with few rows, per ISA level, from the lowest: 1, 2, 4 and
+ * then the level's tile for more rows (AVX-512: the 8-row mid tile; AVX2: its
+ * 6-row tile, which beat 8 x 1 and 4 x 3 vectors from 8 to 16 rows; the
+ * portable level: its only tile, 4 rows). The same KC as the level's other
+ * tiles, so the same bits. Calls with at most GEMM_FEW_ROWS rows take them,
+ * in one MC block; a packed (transposed) B block is ROW_NC columns wide. */
 #define GEMM_FEW_ROWS 16
 #define ROW_NC (256 * LANES_PER_16B)
 static const FN(gemm_config) FN(gemm_row_configs)[][4] = {
@@ -390,7 +391,7 @@ static const FN(gemm_config) FN(gemm_row_configs)[][4] = {
     {{K(ukernel_avx2_row1), 1, 16 * LANES_PER_16B, AVX2_KC, GEMM_FEW_ROWS, ROW_NC},
      {K(ukernel_avx2_row2), 2, 8 * LANES_PER_16B, AVX2_KC, GEMM_FEW_ROWS, ROW_NC},
      {K(ukernel_avx2_row4), 4, 4 * LANES_PER_16B, AVX2_KC, GEMM_FEW_ROWS, ROW_NC},
-     {K(ukernel_avx2_narrow), 8, 2 * LANES_PER_16B, AVX2_KC, 8 * 24, 2 * LANES_PER_16B * 512}},
+     {K(ukernel_avx2), AVX2_MR, AVX2_NR, AVX2_KC, AVX2_MC, AVX2_NC}},
     {{KE(ukernel_avx512_row1), 1, AVX512_ROW1_NV * 4 * LANES_PER_16B, AVX512_KC, GEMM_FEW_ROWS, ROW_NC},
      {KE(ukernel_avx512_row2), 2, AVX512_ROW2_NV * 4 * LANES_PER_16B, AVX512_KC, GEMM_FEW_ROWS, ROW_NC},
      {KE(ukernel_avx512_row4), 4, AVX512_ROW4_NV * 4 * LANES_PER_16B, AVX512_KC, GEMM_FEW_ROWS, ROW_NC},
@@ -399,6 +400,11 @@ static const FN(gemm_config) FN(gemm_row_configs)[][4] = {
 };
 #undef K
 #undef KE
+
+/* Few-row calls split off rows past their tile's last whole one (below) only
+ * from this many values of B: with a smaller B the second call costs more
+ * than it saves (6x32x32 0.37 -> 0.47 us). */
+#define GEMM_SPLIT_MIN_B (64 * 64)
 
 /* The kernel for this CPU (or FUSENN_ISA) and the shape: a row tile when C has
  * few rows (with few columns too, only below the narrow tile's height, and
@@ -414,7 +420,7 @@ static const FN(gemm_config) FN(gemm_row_configs)[][4] = {
  * on two threads and 14% at 1024^3. The choice never depends on the thread
  * count, and every tile sums each element in the same order, so it does not
  * change the bits. */
-static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n)
+static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n, size_t k)
 {
     int level = fusenn_isa_level();
     int available = (int)(sizeof(FN(gemm_configs)) / sizeof(FN(gemm_configs)[0])) - 1;
@@ -424,12 +430,18 @@ static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n)
     const FN(gemm_config) *full = serial || m <= GEMM_FEW_ROWS ? &trio[1] : &trio[0];
     const int few_columns = n <= (size_t)full->nr / 2;
     if (m <= GEMM_FEW_ROWS && (m < (size_t)trio[2].mr || !few_columns)) {
-        /* the lowest tile that takes all rows, else 8 rows (the caller
-         * splits rows off that would pad it with many zero rows) */
-        const int tile = m > 4 ? 3 : m > 2 ? 2 : (int)m - 1;
-        const FN(gemm_config) *rows = &FN(gemm_row_configs)[level][tile];
-        if (rows->kernel_edge != NULL || n > (size_t)rows->nr / 2)
-            return rows;
+        /* With a large enough B, the tallest tile no taller than m rows, or
+         * than m + 1 from 3 rows (3 rows on the 4-row tile: a pass over B for
+         * one row costs about what a 4-row tile's does, 1x100x300 1.8 us,
+         * 4x100x300 2.2), the caller splitting off the rows that would pad
+         * it with more zero rows; else the lowest tile that takes all rows. */
+        const FN(gemm_config) *rows = FN(gemm_row_configs)[level];
+        const size_t most = n * k >= GEMM_SPLIT_MIN_B ? m + (m >= 3) : (size_t)-1;
+        int tile = 0;
+        while (tile < 3 && (size_t)rows[tile].mr < m && (size_t)rows[tile + 1].mr <= most)
+            tile++;
+        if (rows[tile].kernel_edge != NULL || n > (size_t)rows[tile].nr / 2)
+            return &rows[tile];
     }
     return few_columns ? &trio[2] : full;
 }
@@ -908,17 +920,17 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         FN(gemm_scale_only)(m, n, beta, C, rs_c, cs_c, bias, act);
         return FUSENN_OK;
     }
-    /* Few rows that would leave a tile padded with many zero rows: the rows
-     * past the tallest tile that fits (past 8k rows) go to a call of their
-     * own, with a tile of their height (one more pass over B, but neither
-     * packing nor wasted multiply-adds). One row short of a tile (3, 7, 15
-     * rows) is padded instead: a pass over B for one row costs about what a
-     * 4-row tile's does (1x100x300 1.8 us, 4x100x300 2.2, 3 rows as 2 + 1
-     * 3.9). One thread, B 784x256: 5 rows (4 + 1) 29 -> 20 us, 9 rows (8 +
-     * 1) 44 -> 34; B 64x64: 5 rows 0.80 -> 0.69 us. With a smaller B the
-     * second call costs more than it saves (6x32x32 0.37 -> 0.47 us). */
-    const size_t head = m >= 8 ? m / 8 * 8 : m >= 4 ? 4 : m >= 2 ? 2 : 1;
-    if (m <= GEMM_FEW_ROWS && head < m && (m & (m + 1)) != 0 && n * k >= 64 * 64) {
+    const int small = fusenn_gemm_is_serial(m, n, k);
+    const FN(gemm_config) *cfg = FN(gemm_select)(small, m, n, k);
+    const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
+    /* Few rows that would leave a tile padded with two or more zero rows:
+     * the rows past the last whole tile go to a call of their own, with a
+     * tile of their height (one more pass over B, but neither packing nor
+     * wasted multiply-adds). One thread, AVX-512, B 784x256: 5 rows (4 + 1)
+     * 29 -> 20 us, 9 rows (8 + 1) 44 -> 34; B 64x64: 5 rows 0.80 -> 0.69 us. */
+    if (m <= GEMM_FEW_ROWS && m > mr && m % mr != 0 && m % mr < mr - 1
+        && n * k >= GEMM_SPLIT_MIN_B) {
+        const size_t head = m - m % mr;
         int rc = FN(fusenn_gemm_fused)(head, n, k, alpha, A, rs_a, cs_a, B, rs_b, cs_b, beta,
                                        C, rs_c, cs_c, bias, act, nthreads);
         if (rc != FUSENN_OK)
@@ -927,9 +939,6 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
                                      cs_a, B, rs_b, cs_b, beta, C + (ptrdiff_t)head * rs_c,
                                      rs_c, cs_c, bias, act, nthreads);
     }
-    const int small = fusenn_gemm_is_serial(m, n, k);
-    const FN(gemm_config) *cfg = FN(gemm_select)(small, m, n);
-    const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
     const int serial = small && !(m <= GEMM_FEW_ROWS && n >= 2 * nr
                                   && (double)FUSENN_MAX(m, 2) * (double)n * (double)k
                                          >= GEMM_FEW_ROWS_PARALLEL);
