@@ -525,12 +525,13 @@ static void FN(pack_a_panel)(size_t mr_eff, int mr, size_t kc, const real *A,
                 dst[p * (size_t)mr + i] = A[(ptrdiff_t)i * rs + (ptrdiff_t)p];
         return;
     }
-    /* a row at a time: a zero-padding loop per step became a memset call
-     * per step */
-    for (size_t i = 0; i < (size_t)mr; i++) {
+    /* zeros first, in one memset, then a row at a time (zero padding per
+     * step was a memset call per step) */
+    memset(dst, 0, kc * (size_t)mr * sizeof(real));
+    for (size_t i = 0; i < mr_eff; i++) {
         const real *a = A + (ptrdiff_t)i * rs;
         for (size_t p = 0; p < kc; p++)
-            dst[p * (size_t)mr + i] = i < mr_eff ? a[(ptrdiff_t)p * cs] : 0;
+            dst[p * (size_t)mr + i] = a[(ptrdiff_t)p * cs];
     }
 }
 
