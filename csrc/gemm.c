@@ -168,10 +168,13 @@ typedef __mmask8 uk_mask;
 #define UK_MASK_LOAD(m, p) _mm512_maskz_loadu_pd((m), (p))
 #define UK_MASK_STORE(p, m, v) _mm512_mask_storeu_pd((p), (m), (__m512d)(v))
 #endif
+/* Lanes idx of the two vectors lo, hi (UK_REALIGN_B). */
 #if defined(FUSENN_DTYPE_F32)
-#define UK_PERMUTE2(lo, idx, hi) _mm512_permutex2var_ps((__m512)(lo), (__m512i)(idx), (__m512)(hi))
+#define UK_PERMUTE2(lo, idx, hi) \
+    _mm512_permutex2var_ps((__m512)(lo), (__m512i)(idx), (__m512)(hi))
 #else
-#define UK_PERMUTE2(lo, idx, hi) _mm512_permutex2var_pd((__m512d)(lo), (__m512i)(idx), (__m512d)(hi))
+#define UK_PERMUTE2(lo, idx, hi) \
+    _mm512_permutex2var_pd((__m512d)(lo), (__m512i)(idx), (__m512d)(hi))
 #endif
 #define UK_NAME FN(ukernel_avx2)
 #define UK_NAME_DIRECT FN(ukernel_avx2_direct)
@@ -239,7 +242,10 @@ typedef __mmask8 uk_mask;
 /* Row tiles for calls with few rows (m <= GEMM_FEW_ROWS: batch-1 to batch-16
  * inference): 1, 2 or 4 rows by enough column vectors that the independent
  * sums hide the FMA latency, reading A and B in place. With one row each
- * value of B is used once, so the call streams B and no packing can pay. */
+ * value of B is used once, so the call streams B and no packing can pay.
+ * AVX-512, one row: 8 vectors; at 1x784x256 4 vectors took 5-20% longer, 6
+ * took 30% longer, 16 were no faster. The AVX-512 ones shift rows of B that
+ * start off a vector boundary into place (UK_REALIGN_B, gemm_ukernel.h). */
 #ifdef FUSENN_HAVE_X86_KERNELS
 #ifndef AVX512_ROW1_NV
 #define AVX512_ROW1_NV 8
@@ -328,7 +334,7 @@ typedef __mmask8 uk_mask;
 #define UK_MR 1
 #define UK_NR (8 * LANES_PER_16B)
 #define UK_VBYTES 16
-#define UK_ATTR 
+#define UK_ATTR
 #include "gemm_ukernel.h"
 
 #define UK_NAME FN(ukernel_generic_row2)
@@ -338,7 +344,7 @@ typedef __mmask8 uk_mask;
 #define UK_MR 2
 #define UK_NR (4 * LANES_PER_16B)
 #define UK_VBYTES 16
-#define UK_ATTR 
+#define UK_ATTR
 #include "gemm_ukernel.h"
 
 #define UK_NAME FN(ukernel_generic_narrow)
@@ -392,9 +398,12 @@ static const FN(gemm_config) FN(gemm_row_configs)[][4] = {
      {K(ukernel_avx2_row2), 2, 8 * LANES_PER_16B, AVX2_KC, GEMM_FEW_ROWS, ROW_NC},
      {K(ukernel_avx2_row4), 4, 4 * LANES_PER_16B, AVX2_KC, GEMM_FEW_ROWS, ROW_NC},
      {K(ukernel_avx2), AVX2_MR, AVX2_NR, AVX2_KC, AVX2_MC, AVX2_NC}},
-    {{KE(ukernel_avx512_row1), 1, AVX512_ROW1_NV * 4 * LANES_PER_16B, AVX512_KC, GEMM_FEW_ROWS, ROW_NC},
-     {KE(ukernel_avx512_row2), 2, AVX512_ROW2_NV * 4 * LANES_PER_16B, AVX512_KC, GEMM_FEW_ROWS, ROW_NC},
-     {KE(ukernel_avx512_row4), 4, AVX512_ROW4_NV * 4 * LANES_PER_16B, AVX512_KC, GEMM_FEW_ROWS, ROW_NC},
+    {{KE(ukernel_avx512_row1), 1, AVX512_ROW1_NV * 4 * LANES_PER_16B, AVX512_KC, GEMM_FEW_ROWS,
+      ROW_NC},
+     {KE(ukernel_avx512_row2), 2, AVX512_ROW2_NV * 4 * LANES_PER_16B, AVX512_KC, GEMM_FEW_ROWS,
+      ROW_NC},
+     {KE(ukernel_avx512_row4), 4, AVX512_ROW4_NV * 4 * LANES_PER_16B, AVX512_KC, GEMM_FEW_ROWS,
+      ROW_NC},
      {KE(ukernel_avx512_mid), 8, 8 * LANES_PER_16B, AVX512_KC, 8 * 48, 8 * LANES_PER_16B * 128}},
 #endif
 };
@@ -406,20 +415,20 @@ static const FN(gemm_config) FN(gemm_row_configs)[][4] = {
  * than it saves (6x32x32 0.37 -> 0.47 us). */
 #define GEMM_SPLIT_MIN_B (64 * 64)
 
-/* The kernel for this CPU (or FUSENN_ISA) and the shape: a row tile when C has
- * few rows (with few columns too, only below the narrow tile's height, and
- * where the row tile has an edge kernel or C is at least half its width, as
- * its partial panel is packed otherwise), narrow when C has few columns, the
- * mid tile for calls that run on one thread anyway, else the wide one. One
- * thread, AVX-512, float32, against the mid / narrow / wide tiles: 1x784x256
- * 28 -> 7.1 us, 4x784x256 29 -> 13, 8x784x256 50 -> 22, 1x256x128 4.0 ->
- * 1.2, 4x128x10 0.72 -> 0.60; 16x16x16 stays narrow (0.17 us, 0.23 on the
- * mid tile's edge kernel). Measured (AVX-512, float32, ratio to
- * NumPy): the mid tile takes 32^3 from 1.05x to 1.25x and 64^3 from 0.97x to
- * 1.02x, and wins 5% on one thread at the MLP shapes, but loses 10-25% there
- * on two threads and 14% at 1024^3. The choice never depends on the thread
- * count, and every tile sums each element in the same order, so it does not
- * change the bits. */
+/* The kernel for this CPU (or FUSENN_ISA) and the shape: narrow when C has few
+ * columns, the mid tile for calls that run on one thread anyway, else the wide
+ * one. Measured (AVX-512, float32, ratio to NumPy): the mid tile takes 32^3
+ * from 1.05x to 1.25x and 64^3 from 0.97x to 1.02x, and wins 5% on one thread
+ * at the MLP shapes, but loses 10-25% there on two threads and 14% at 1024^3.
+ * With at most GEMM_FEW_ROWS rows a row tile instead, unless C has few columns
+ * and at least the narrow tile's rows, or the row tile has no edge kernel and
+ * C is under half its width (its partial panel would be packed). One thread,
+ * AVX-512, float32, B 16 bytes off a cache line, the tiles before -> the row
+ * tiles: 1x784x256 28 -> 7.1 us, 4x784x256 29 -> 13, 8x784x256 50 -> 22,
+ * 1x256x128 4.0 -> 1.2, 4x128x10 0.72 -> 0.60; 16x16x16 stays narrow (0.17
+ * us, 0.23 on the mid tile's edge kernel). The choice never depends on the
+ * thread count, and every tile sums each element in the same order, so it
+ * does not change the bits. */
 static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n, size_t k)
 {
     int level = fusenn_isa_level();

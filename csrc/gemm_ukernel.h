@@ -10,6 +10,9 @@
  *                      read in place (UK_EDGE), given its attributes UK_ATTR_EDGE,
  *                      UK_MASK_LOAD(mask, p), UK_MASK_STORE(p, mask, v) and
  *                      the mask type uk_mask
+ *   UK_REALIGN_B       optional, with UK_NAME_EDGE: the A-and-B-in-place variant
+ *                      shifts misaligned rows of B into place (UK_ALIGN_B),
+ *                      given UK_PERMUTE2(lo, idx, hi)
  * The file includes itself again to define those variants.
  *
  * It accumulates one UK_MR x UK_NR tile AB = sum_p a_p b_p^T from packed
@@ -34,11 +37,12 @@
  * kernel made the call 5% faster.
  *
  * With UK_ALIGN_B defined too (the direct-B variant of the kernels whose
- * instantiation sets UK_REALIGN_B, given UK_PERMUTE2(lo, idx, hi), AVX-512's
- * two-vector permute, and the masked loads above), rows of B that all start
- * at the same offset into a vector are read as aligned vectors and shifted
- * into place: the few-row tiles stream B from L2, and misaligned loads made
- * a one-row 1x784x256 1.8x slower.
+ * instantiation sets UK_REALIGN_B; UK_PERMUTE2 is AVX-512's two-vector
+ * permute), rows of B that all start at the same offset into a vector are
+ * read as aligned vectors and shifted into place: the few-row tiles stream B
+ * from L2, and loads straddling two cache lines made a one-row 1x784x256 1.9x
+ * slower than an aligned B (1.35x with the permutes). The mid tile, FMA-bound,
+ * lost 10% with them.
  *
  * With UK_EDGE defined too (AVX-512 only: it needs masked loads and stores),
  * the kernel touches only the first nr_eff < UK_NR columns of B, bias and C;
