@@ -411,8 +411,9 @@ static const FN(gemm_config) FN(gemm_row_configs)[][4] = {
 #undef KE
 
 /* Few-row calls split off rows past their tile's last whole one (below) only
- * from this many values of B: with a smaller B the second call costs more
- * than it saves (6x32x32 0.37 -> 0.47 us). */
+ * from this many values of B, read in place: with a smaller B the second call
+ * costs more than it saves (6x32x32 0.37 -> 0.47 us), and a B that is packed
+ * (transposed) would be packed twice (float64 5x784x256 144 -> 202 us). */
 #define GEMM_SPLIT_MIN_B (64 * 64)
 
 /* The kernel for this CPU (or FUSENN_ISA) and the shape: narrow when C has few
@@ -421,15 +422,17 @@ static const FN(gemm_config) FN(gemm_row_configs)[][4] = {
  * from 1.05x to 1.25x and 64^3 from 0.97x to 1.02x, and wins 5% on one thread
  * at the MLP shapes, but loses 10-25% there on two threads and 14% at 1024^3.
  * With at most GEMM_FEW_ROWS rows a row tile instead, unless C has few columns
- * and at least the narrow tile's rows, or the row tile has no edge kernel and
- * C is under half its width (its partial panel would be packed). One thread,
+ * and at least the narrow tile's rows, or C is under half the row tile's width
+ * and its partial panel would be packed (no edge kernel, or a transposed B:
+ * float64 1x128x10 with B^T 1.6 -> 2.7 us on the 1-row tile). One thread,
  * AVX-512, float32, B 16 bytes off a cache line, the tiles before -> the row
  * tiles: 1x784x256 28 -> 7.1 us, 4x784x256 29 -> 13, 8x784x256 50 -> 22,
  * 1x256x128 4.0 -> 1.2, 4x128x10 0.72 -> 0.60; 16x16x16 stays narrow (0.17
  * us, 0.23 on the mid tile's edge kernel). The choice never depends on the
  * thread count, and every tile sums each element in the same order, so it
  * does not change the bits. */
-static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n, size_t k)
+static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n, size_t k,
+                                              int b_rows_contiguous)
 {
     int level = fusenn_isa_level();
     int available = (int)(sizeof(FN(gemm_configs)) / sizeof(FN(gemm_configs)[0])) - 1;
@@ -445,11 +448,12 @@ static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n, si
          * 4x100x300 2.2), the caller splitting off the rows that would pad
          * it with more zero rows; else the lowest tile that takes all rows. */
         const FN(gemm_config) *rows = FN(gemm_row_configs)[level];
-        const size_t most = n * k >= GEMM_SPLIT_MIN_B ? m + (m >= 3) : (size_t)-1;
+        const int split = b_rows_contiguous && n * k >= GEMM_SPLIT_MIN_B;
+        const size_t most = split ? m + (m >= 3) : (size_t)-1;
         int tile = 0;
         while (tile < 3 && (size_t)rows[tile].mr < m && (size_t)rows[tile + 1].mr <= most)
             tile++;
-        if (rows[tile].kernel_edge != NULL || n > (size_t)rows[tile].nr / 2)
+        if ((rows[tile].kernel_edge != NULL && b_rows_contiguous) || n > (size_t)rows[tile].nr / 2)
             return &rows[tile];
     }
     return few_columns ? &trio[2] : full;
@@ -931,7 +935,7 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         return FUSENN_OK;
     }
     const int small = fusenn_gemm_is_serial(m, n, k);
-    const FN(gemm_config) *cfg = FN(gemm_select)(small, m, n, k);
+    const FN(gemm_config) *cfg = FN(gemm_select)(small, m, n, k, cs_b == 1);
     const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
     /* Few rows that would leave a tile padded with two or more zero rows:
      * the rows past the last whole tile go to a call of their own, with a
@@ -939,7 +943,7 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
      * wasted multiply-adds). One thread, AVX-512, B 784x256: 5 rows (4 + 1)
      * 29 -> 20 us, 9 rows (8 + 1) 44 -> 34; B 64x64: 5 rows 0.80 -> 0.69 us. */
     if (m <= GEMM_FEW_ROWS && m > mr && m % mr != 0 && m % mr < mr - 1
-        && n * k >= GEMM_SPLIT_MIN_B) {
+        && n * k >= GEMM_SPLIT_MIN_B && cs_b == 1) {
         const size_t head = m - m % mr;
         int rc = FN(fusenn_gemm_fused)(head, n, k, alpha, A, rs_a, cs_a, B, rs_b, cs_b, beta,
                                        C, rs_c, cs_c, bias, act, nthreads);
