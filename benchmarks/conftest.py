@@ -579,8 +579,14 @@ GEMM_SHAPES = {  # id -> (M, K, N, trans_a, trans_b[, dtype]): C (M, N) = op(A) 
     "128x256x128": (128, 256, 128, False, False),  # MLP layer 2 forward: H1 @ W2
     "784x128x256": (784, 128, 256, True, False),   # MLP layer 1 dW = X^T @ dZ, X (128, 784)
     "128x128x256": (128, 128, 256, False, True),   # MLP layer 2 dX = dZ @ W2^T, W2 (256, 128)
+    "1x784x256": (1, 784, 256, False, False),      # the MLP's layers at batch 1 (predict) ...
+    "1x256x128": (1, 256, 128, False, False),
+    "1x128x10": (1, 128, 10, False, False),
+    "8x784x256": (8, 784, 256, False, False),      # ... and at batches 8 and 16
+    "16x784x256": (16, 784, 256, False, False),
 }
-DENSE_SHAPES = {"128x784x256": (128, 784, 256)}  # batch x d_in x d_out, relu
+DENSE_SHAPES = {"128x784x256": (128, 784, 256),  # batch x d_in x d_out, relu
+                "1x784x256": (1, 784, 256), "8x784x256": (8, 784, 256)}
 SOFTMAX_SHAPES = {"128x10": (128, 10), "1024x10": (1024, 10)}
 TRAIN_NETS = {  # id -> (layer sizes, activations, batch)
     "64-32-10-b32": ((64, 32, 10), ("relu", "softmax"), 32),

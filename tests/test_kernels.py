@@ -287,8 +287,10 @@ def gemm_alpha_beta_case(rng, shape, alpha, beta, dtype, c_layout, nthreads):
 
 # m, n, k: small calls (one thread, B read in place) whose last column panel is
 # partial (the masked edge kernel), with and without partial row tiles; a large
-# call with edges on every side.
-GEMM_ALPHA_BETA_SHAPES = [(13, 10, 33), (16, 40, 20), (37, 17, 65), (1, 1, 1), (130, 129, 90)]
+# call with edges on every side; few-row calls that take two threads (one row;
+# five rows, split 4 + 1).
+GEMM_ALPHA_BETA_SHAPES = [(13, 10, 33), (16, 40, 20), (37, 17, 65), (1, 1, 1), (130, 129, 90),
+                          (1, 300, 1000), (5, 300, 300)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -348,6 +350,54 @@ def test_matmul_bits_do_not_depend_on_the_register_tile(dtype, trans_a):
     assert np.array_equal(narrow, full[:, :10])
 
 
+def _offset_copy(values, offset):
+    """`values` copied into a flat buffer `offset` elements past its start: with
+    offsets 0 .. 15 a few-row kernel meets rows of B at every position in a
+    vector, aligned and not."""
+    buf = np.empty(values.size + offset, values.dtype)
+    view = buf[offset:].reshape(values.shape)
+    view[...] = values
+    return view
+
+
+def few_rows_bits_check(rng, dtype):
+    """Calls with 1 to 17 rows (the row tiles, rows split past the last whole
+    tile, two threads from 256K multiply-adds) give, bit for bit, the rows of a
+    140-row product (the large-call tile): row-major and transposed A and B,
+    rows of B at every offset into a vector, and the fused bias + activation of
+    dense_forward. k crosses a KC boundary (1024 for float32 on AVX2 and
+    AVX-512, else 256)."""
+    k = 1100 if dtype == np.float32 else 300
+    for n in (256, 129):
+        a, b = matmul_operands(rng, 140, n, k, dtype, False, False)
+        full = ops.matmul(a, b)
+        bias = rng.standard_normal(n).astype(dtype)
+        dense = {act: ops.dense_forward(a, b, bias, act) for act in ("relu", "sigmoid")}
+        bt = np.ascontiguousarray(b.T)
+        for m in range(1, 18):
+            rows = slice(7 * m, 8 * m)
+            want = full[rows]
+            for nt in (1, 2):
+                with fusenn.threads(nt):
+                    assert np.array_equal(ops.matmul(a[rows], b), want), (m, n, nt)
+            at = np.ascontiguousarray(a[rows].T)
+            assert np.array_equal(ops.matmul(at, b, trans_a=True), want), (m, n, "A^T")
+            assert np.array_equal(ops.matmul(a[rows], bt, trans_b=True), want), (m, n, "B^T")
+            for act, y in dense.items():
+                assert np.array_equal(ops.dense_forward(a[rows], b, bias, act), y[rows]), \
+                    (m, n, act)
+        for m in (1, 2, 4, 8):
+            rows = slice(3, 3 + m)
+            for offset in range(16):
+                got = ops.matmul(a[rows], _offset_copy(b, offset))
+                assert np.array_equal(got, full[rows]), (m, n, "offset", offset)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_few_rows_bits_match_the_large_call_tile(dtype):
+    few_rows_bits_check(np.random.default_rng(6), dtype)
+
+
 def _cpu_isas():
     """GEMM ISA levels this CPU supports, as fusenn names them."""
     isas = ["generic"]
@@ -379,7 +429,7 @@ _ISA_CHILD = textwrap.dedent("""
     from fusenn import ops, reference as ref
     sys.path.insert(0, sys.argv[2])
     from test_kernels import (GEMM_ALPHA_BETA_SHAPES, assert_close, dense_operands,
-                              gemm_alpha_beta_case, matmul_operands)
+                              few_rows_bits_check, gemm_alpha_beta_case, matmul_operands)
 
     assert fusenn.gemm_isa() == sys.argv[1], (fusenn.gemm_isa(), sys.argv[1])
     rng = np.random.default_rng(4)
@@ -390,13 +440,15 @@ _ISA_CHILD = textwrap.dedent("""
     shapes += [(m, n, k) for m in (3, 9) for n in (10, 65) for k in (1023, 1024, 1025)]
     shapes += [(300, 40, 20), (9, 2100, 20)]  # several MC / NC blocks
     shapes += [(m, n, 300) for m in (61, 66, 67) for n in (63, 129, 191)]  # large-call tiles
+    # the few-row tiles (up to 128 columns wide), their edges and row splits
+    shapes += [(m, n, 1 + 37 * m % 60) for m in range(1, 18) for n in (31, 127, 128, 129, 257)]
     for dtype in (np.float32, np.float64):
         for idx, (m, n, k) in enumerate(shapes):
             ta, tb = idx % 2 == 1, idx % 4 >= 2
             a, b = matmul_operands(rng, m, n, k, dtype, ta, tb)
             assert_close(ops.matmul(a, b, ta, tb), ref.matmul(a, b, ta, tb), dtype, k)
         for act in ref.ACTIVATIONS:
-            for shape in [(13, 257, 33), (6, 5, 31)]:
+            for shape in [(13, 257, 33), (6, 5, 31), (1, 40, 200), (7, 60, 129)]:
                 x, w, b, _, _ = dense_operands(rng, shape, dtype, act)
                 assert_close(ops.dense_forward(x, w, b, act),
                              ref.dense_forward(x, w, b, act), dtype, shape[1])
@@ -404,6 +456,7 @@ _ISA_CHILD = textwrap.dedent("""
             for alpha, beta in [(0.5, 0.0), (-2.0, 1.0)]:
                 for c_layout in ("contiguous", "cols"):
                     gemm_alpha_beta_case(rng, shape, alpha, beta, dtype, c_layout, 1)
+        few_rows_bits_check(rng, dtype)
         a, b = matmul_operands(rng, 200, 150, 260, dtype, False, False)
         outs = []
         for nt in (1, 2, 3):
