@@ -468,3 +468,31 @@ def test_per_step_cross_entropy_is_the_mean_over_every_step():
     result = model.evaluate(X, y)
     assert result["loss"] == pytest.approx(expected, rel=1e-12)
     assert result["accuracy"] == pytest.approx(np.mean(p.argmax(-1) == y))
+
+
+def test_predict_takes_one_call_and_falls_back_for_anything_else():
+    """predict's engine path (also for an uncompiled model) gives the op-by-op bits;
+    inputs it cannot take as they are go through the checked path."""
+    dims, acts, loss = NETS["ce-softmax"]
+    X, y = make_data(30, dims, loss)
+    model = fusenn.Sequential([fusenn.Dense(u, a) for u, a in zip(dims[1:], acts)],
+                              input_dim=dims[0], seed=4)
+    by_op = fusenn.Sequential([fusenn.Dense(u, a) for u, a in zip(dims[1:], acts)],
+                              input_dim=dims[0], seed=4, backend="numpy")
+    p = model.predict(X)  # uncompiled: an inference plan
+    assert model._plan is not None
+    np.testing.assert_allclose(p, by_op.predict(X), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(model.predict(X[:1]), p[:1])
+    np.testing.assert_array_equal(model.predict(X.astype(np.float64)), p)  # converted
+    np.testing.assert_array_equal(model.predict(X.tolist()), p)
+    np.testing.assert_array_equal(model.predict(np.asfortranarray(X)), p)
+    with pytest.raises(ValueError, match="X contains NaN"):
+        model.predict(np.where(X > 1, np.nan, X))
+    with pytest.raises(ValueError, match=r"shape \(n_samples, 12\)"):
+        model.predict(X[:, :5])
+    with pytest.raises(ValueError, match="empty"):
+        model.predict(X[:0])
+    model.compile(loss, optimizer("adam"))  # training replaces the inference plan
+    model.fit(X, y, epochs=2, batch_size=8, verbose=0)
+    by_op.set_weights(model.get_weights())
+    np.testing.assert_allclose(model.predict(X), by_op.predict(X), rtol=1e-5, atol=1e-6)

@@ -90,6 +90,32 @@ def _network(model):
             "grads": arena.zeros()[0], "state": model.optimizer.state_arenas()}
 
 
+def inference_plan(model):
+    """The plan predict runs on: the training plan when there is one, else (an
+    uncompiled model) one built for inference only, which training replaces.
+    None when the model runs op by op."""
+    if model._plan is not None:
+        return model._plan
+    if model.loss is not None:
+        return plan_for(model)
+    if model.backend_name != "c":
+        return None
+    specs = [layer.engine_spec() for layer in model.layers]
+    if any(spec is None for spec in specs):
+        return None
+    offsets = iter(model._arena.offsets)
+    for layer, spec in zip(model.layers, specs):
+        spec["param_offsets"] = [next(offsets) for _ in layer.param_names]
+    network = {"input_shape": model.input_shape, "layers": specs, "loss": "mse",
+               "params": model._arena_flat, "grads": model._arena.zeros()[0], "state": []}
+    model._plan = _kernels.Plan(network, model.dtype)
+    model._plan_config = INFERENCE_ONLY
+    return model._plan
+
+
+INFERENCE_ONLY = object()  # model._plan_config of a plan built by inference_plan
+
+
 def plan_for(model):
     """The C training plan for `model`, or None when it trains op by op: on the
     NumPy backend, or with an optimizer, loss or layer the engine does not know
@@ -104,7 +130,7 @@ def plan_for(model):
     config = optimizer.engine_config()
     if model.backend_name != "c" or config is None:
         return None
-    if model._plan is None:
+    if model._plan is None or model._plan_config is INFERENCE_ONLY:
         network = _network(model)
         if network is None:
             return None

@@ -388,7 +388,7 @@ cdef class Plan:
     cdef int x_typenum  # the input's: the dtype's, or NPY_INT64 for index input
     cdef Py_ssize_t d_in, out_size  # a sample's input and output sizes
     cdef Py_ssize_t out_rows        # the rows of the output's last dimension in a sample
-    cdef readonly tuple output_shape
+    cdef readonly tuple input_shape, output_shape
     cdef fusenn_optimizer opt
     cdef list arrays
 
@@ -457,6 +457,7 @@ cdef class Plan:
         self.d_in = 1
         for d in shape:
             self.d_in *= d
+        self.input_shape = shape
         self.x_typenum = (cnp.NPY_INT64 if fusenn_kind_reads_indices(descs_kind0)
                           else self.typenum)
 
@@ -571,6 +572,58 @@ cdef class Plan:
         finally:
             if interruptible:
                 fusenn_interrupt_end()
+
+    def predict_array(self, X, lock):
+        """The outputs for X in a new array, when X is the common case (an aligned,
+        C-contiguous ndarray of the plan's input dtype and sample shape, with one
+        sample or more); else None, and nothing is done. None also when the
+        engine refuses X's values or the outputs overflow: the caller then takes
+        the checked path, which names the problem. Holds `lock` (a model's) for
+        the call; RuntimeError if another thread holds it. One call from Python:
+        predict's per-call cost at batch 1."""
+        if not cnp.PyArray_Check(X):
+            return None
+        cdef cnp.ndarray x = <cnp.ndarray>X
+        cdef int ndim = cnp.PyArray_NDIM(x)
+        if (ndim != 1 + len(self.input_shape) or cnp.PyArray_TYPE(x) != self.x_typenum
+                or not cnp.PyArray_IS_C_CONTIGUOUS(x) or not cnp.PyArray_ISBEHAVED_RO(x)):
+            return None
+        cdef cnp.npy_intp *shape = cnp.PyArray_DIMS(x)
+        cdef Py_ssize_t i
+        if shape[0] < 1:
+            return None
+        for i in range(1, ndim):
+            if shape[i] != self.input_shape[i - 1]:
+                return None
+        cdef size_t n = shape[0]
+        cdef cnp.npy_intp dims[FUSENN_MAX_RANK + 1]
+        dims[0] = shape[0]
+        for i in range(len(self.output_shape)):
+            dims[i + 1] = self.output_shape[i]
+        cdef cnp.ndarray out = cnp.PyArray_EMPTY(1 + len(self.output_shape), dims, self.typenum, 0)
+        cdef const void *px = cnp.PyArray_DATA(x)
+        cdef void *po = cnp.PyArray_DATA(out)
+        cdef int nthreads = fusenn_num_threads(), rc
+        if not lock.acquire(False):
+            raise RuntimeError("this model is already in use by another thread; use one "
+                               "model per thread, or serialise the calls")
+        try:
+            if n > SHORT_CALL_SAMPLES:  # long: interruptible, through the general path
+                rc = self.predict(X.reshape(n, self.d_in), out.reshape(n, self.out_size),
+                                  nthreads)
+            else:
+                with nogil:
+                    if self.f64:
+                        rc = fusenn_plan_predict_f64(<fusenn_plan_f64 *>self.plan, n, px,
+                                                     self.d_in, <double *>po, self.out_size, 0,
+                                                     nthreads)
+                    else:
+                        rc = fusenn_plan_predict_f32(<fusenn_plan_f32 *>self.plan, n, px,
+                                                     self.d_in, <float *>po, self.out_size, 0,
+                                                     nthreads)
+        finally:
+            lock.release()
+        return out if rc == FUSENN_OK else None
 
     def predict(self, X, out, int nthreads):
         """Fill out (n x out_size, C-contiguous) with the network's outputs for X.

@@ -582,13 +582,17 @@ class Sequential:
 
         batch_size only bounds the samples per forward pass of the op-by-op path;
         results do not depend on it."""
+        if self._plan is not None and batch_size is None:  # the engine, X as it takes it:
+            out = self._plan.predict_array(X, self._lock)  # one call, checks included
+            if out is not None:
+                return out
         if self.input_shape is None:
             self._require_built()
         X = check_X(self, X, values=False)  # the engine checks the values in its own pass
         if batch_size is not None:
             positive_int(batch_size, "batch_size")
         with self._exclusive():
-            plan = self._engine() if self.loss is not None else None
+            plan = _engine.inference_plan(self)
             if plan is not None:
                 out = np.empty((X.shape[0], *self.output_shape), dtype=self.dtype)
                 code = plan.predict(_engine.samples(X), _engine.samples(out), get_num_threads())
