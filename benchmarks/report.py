@@ -26,8 +26,9 @@ import re
 import statistics
 import sys
 
-BACKEND_NAMES = ("c", "numpy", "torch", "sklearn")
-OPTIONAL_BACKENDS = {"torch": "PyTorch", "sklearn": "sklearn"}  # columns shown when present
+BACKEND_NAMES = ("c", "numpy", "torch", "sklearn", "onnxruntime")
+OPTIONAL_BACKENDS = {"torch": "PyTorch", "sklearn": "sklearn",
+                     "onnxruntime": "onnxruntime"}  # columns shown when present
 
 
 def backend_of(bench):
