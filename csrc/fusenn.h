@@ -585,15 +585,20 @@ fusenn_shape fusenn_plan_output_shape_f64(const fusenn_plan_f64 *plan);
  * opt->steps is 0. The batch is checked before anything changes:
  * FUSENN_EBADINPUT if it cannot be trained on. *loss is the batch loss;
  * *correct counts correct predictions (rows for cross-entropy, elements for
- * binary cross-entropy). */
+ * binary cross-entropy). chunks > 1: the batch's gradient is the sum over
+ * that many chunks of its rows (fusenn_chunk_start's cut), each chunk's
+ * gradient computed alone (its rows weighted by their share of the batch,
+ * Dropout's masks those of the whole batch, BatchNorm's statistics the
+ * chunk's own) and the chunks' added in order; the ranks of a distributed fit
+ * add theirs the same way. 1 (or 0): the plain step. */
 int fusenn_plan_train_batch_f32(fusenn_plan_f32 *plan, size_t n, const void *X, ptrdiff_t ldx,
                                 const int64_t *labels, const float *T, ptrdiff_t ldt,
-                                const float *sw, fusenn_optimizer *opt, double *loss,
-                                double *correct, int nthreads);
+                                const float *sw, size_t chunks, fusenn_optimizer *opt,
+                                double *loss, double *correct, int nthreads);
 int fusenn_plan_train_batch_f64(fusenn_plan_f64 *plan, size_t n, const void *X, ptrdiff_t ldx,
                                 const int64_t *labels, const double *T, ptrdiff_t ldt,
-                                const double *sw, fusenn_optimizer *opt, double *loss,
-                                double *correct, int nthreads);
+                                const double *sw, size_t chunks, fusenn_optimizer *opt,
+                                double *loss, double *correct, int nthreads);
 
 /* Batches [first_batch, first_batch + n_batches) of an epoch over n samples:
  * batch b is the samples order[b * batch_size ...] (the last one may be short),
@@ -605,15 +610,17 @@ int fusenn_plan_train_batch_f64(fusenn_plan_f64 *plan, size_t n, const void *X, 
 int fusenn_plan_train_epoch_f32(fusenn_plan_f32 *plan, size_t n, const void *X, ptrdiff_t ldx,
                                 const int64_t *labels, const float *T, ptrdiff_t ldt,
                                 const float *sw, const int64_t *order, size_t batch_size,
-                                size_t first_batch, size_t n_batches, fusenn_optimizer *opt,
-                                double *loss, double *loss_sum, double *correct_sum,
-                                size_t *done, int interruptible, int nthreads);
+                                size_t chunks, size_t first_batch, size_t n_batches,
+                                fusenn_optimizer *opt, double *loss, double *loss_sum,
+                                double *correct_sum, size_t *done, int interruptible,
+                                int nthreads);
 int fusenn_plan_train_epoch_f64(fusenn_plan_f64 *plan, size_t n, const void *X, ptrdiff_t ldx,
                                 const int64_t *labels, const double *T, ptrdiff_t ldt,
                                 const double *sw, const int64_t *order, size_t batch_size,
-                                size_t first_batch, size_t n_batches, fusenn_optimizer *opt,
-                                double *loss, double *loss_sum, double *correct_sum,
-                                size_t *done, int interruptible, int nthreads);
+                                size_t chunks, size_t first_batch, size_t n_batches,
+                                fusenn_optimizer *opt, double *loss, double *loss_sum,
+                                double *correct_sum, size_t *done, int interruptible,
+                                int nthreads);
 
 /* The network's outputs for n samples X into out (sample stride ldo), in
  * chunks of samples, in inference mode (no dropout, batchnorm's running

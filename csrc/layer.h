@@ -63,9 +63,12 @@ typedef struct {
  * mask: which time steps of a sequence are real (n x T bytes, 1 = real, T
  * the first dimension of the sequence), or NULL; a kind that makes a mask
  * (Embedding with mask_zero) points it at its own (in its saved area). The
- * engine drops the mask once a layer's output has no time axis of T steps. */
+ * engine drops the mask once a layer's output has no time axis of T steps.
+ * row0: the first sample's row in the whole batch when the engine runs a
+ * batch in chunks (0 otherwise): random masks (Dropout) depend on it, so a
+ * chunk draws the masks the whole batch would. */
 typedef struct {
-    size_t n;
+    size_t n, row0;
     const void *x;
     ptrdiff_t ldx;
     real *y;

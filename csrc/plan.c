@@ -229,6 +229,9 @@ struct FN(fusenn_plan) {
     real *z;         /* evaluate's outputs of a chunk, forwarded in parts */
     unsigned char *z_mask; /* and their time-step mask, when they have one */
     real *g2[2];     /* gradient ping-pong */
+    real *sw_chunk;  /* a chunk's sample weights, scaled to its share of the batch */
+    real *g_chunk;   /* a chunk's gradients before they are added (owned; arena_len) */
+    size_t arena_len;
 };
 
 typedef struct FN(fusenn_plan) plan_t;
@@ -268,6 +271,7 @@ static size_t FN(arena_layout)(plan_t *plan, size_t n, char *base)
     size_t z_mask = carve(&size, rows);
     size_t g0 = carve(&size, n * plan->widest * r);
     size_t g1 = carve(&size, n * plan->widest * r);
+    size_t sw_chunk = carve(&size, n * r);
     for (size_t l = 0; l < plan->n_layers; l++) {
         FN(plan_layer) *pl = &plan->layers[l];
         size_t out = carve(&size, n * pl->layer.out_size * r);
@@ -289,6 +293,7 @@ static size_t FN(arena_layout)(plan_t *plan, size_t n, char *base)
         plan->z_mask = (unsigned char *)(base + z_mask);
         plan->g2[0] = (real *)(base + g0);
         plan->g2[1] = (real *)(base + g1);
+        plan->sw_chunk = (real *)(base + sw_chunk);
     }
     return size;
 }
@@ -315,6 +320,7 @@ void FN(fusenn_plan_destroy)(plan_t *plan)
     if (plan == NULL)
         return;
     fusenn_aligned_free(plan->arena);
+    fusenn_aligned_free(plan->g_chunk);
     fusenn_aligned_free(plan->params);
     fusenn_aligned_free(plan->layers);
     fusenn_aligned_free(plan);
@@ -375,6 +381,7 @@ int FN(fusenn_plan_create)(const fusenn_network *net, plan_t **out, size_t *bad_
     plan->n_layers = L;
     plan->w = net->params;
     plan->g = net->grads;
+    plan->arena_len = net->arena_len;
     plan->state[0] = net->state[0];
     plan->state[1] = net->state[1];
     plan->loss = net->loss;
@@ -422,8 +429,8 @@ static inline const void *FN(sample)(const plan_t *plan, const void *X, ptrdiff_
  * masks) or inference mode. The last layer writes to `last` (sample stride
  * ld_last; NULL: its own buffer) and stops at the logits when `logits` is
  * set; its result is plan->layers[L-1].res. */
-static int FN(forward)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx, int training,
-                       int logits, real *last, ptrdiff_t ld_last, int nthreads)
+static int FN(forward)(plan_t *plan, size_t n, size_t row0, const void *X, ptrdiff_t ldx,
+                       int training, int logits, real *last, ptrdiff_t ld_last, int nthreads)
 {
     const void *in = X;
     ptrdiff_t ld_in = ldx;
@@ -433,7 +440,7 @@ static int FN(forward)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx, int
         FN(plan_layer) *pl = &plan->layers[l];
         const int is_last = l + 1 == plan->n_layers;
         FN(forward_args) a = {
-            .n = n, .x = in, .ldx = ld_in,
+            .n = n, .row0 = row0, .x = in, .ldx = ld_in,
             .y = is_last && last ? last : pl->out,
             .ldy = is_last && last ? ld_last : (ptrdiff_t)pl->layer.out_size,
             .saved = pl->saved, .work = pl->work, .mask = mask,
@@ -618,26 +625,62 @@ static void FN(transform_gradients)(plan_t *plan, const fusenn_optimizer *opt, i
     }
 }
 
-/* One step on a batch of n samples X (sample stride ldx). */
-static int FN(step)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx,
-                    const int64_t *labels, const real *T, ptrdiff_t ldt, const real *sw,
-                    fusenn_optimizer *opt, double *loss, double *correct, int nthreads)
+/* Advance the step counters of the layers that draw random masks (Dropout):
+ * once per training step, however many chunks its batch takes. */
+static void FN(advance_counters)(plan_t *plan)
 {
-    const size_t L = plan->n_layers;
-    int rc = FN(forward)(plan, n, X, ldx, 1, plan->fused, NULL, 0, nthreads);
+    for (size_t l = 0; l < plan->n_layers; l++)
+        if (plan->layers[l].desc.counter)
+            ++*plan->layers[l].desc.counter;
+}
+
+/* Point every layer's parameter gradients into the arena g (the caller's, or
+ * the chunk buffer). */
+static void FN(grads_into)(plan_t *plan, real *g)
+{
+    for (size_t l = 0, p = 0; l < plan->n_layers; l++) {
+        FN(layer) *layer = &plan->layers[l].layer;
+        for (size_t i = 0; i < layer->n_params; i++, p++)
+            layer->grad[i] = g + plan->params[p].offset;
+    }
+}
+
+/* Forward, loss and backward of rows [r0, r1) of a batch of n samples, the
+ * parameter gradients into the arena the layers point at. A chunk of the batch
+ * (r1 - r0 < n) weighs its rows by their share of the batch, (r1 - r0) / n, so
+ * that the chunks' losses and gradients add up to the batch's. *loss, *correct:
+ * the chunk's. FUSENN_EDIVERGED: the loss is not finite (no gradient taken). */
+static int FN(chunk_gradients)(plan_t *plan, size_t n, size_t r0, size_t r1, const void *X,
+                               ptrdiff_t ldx, const int64_t *labels, const real *T,
+                               ptrdiff_t ldt, const real *sw, double *loss, double *correct,
+                               int nthreads)
+{
+    const size_t L = plan->n_layers, rows = r1 - r0;
+    int rc = FN(forward)(plan, rows, r0, FN(sample)(plan, X, ldx, r0), ldx, 1, plan->fused,
+                         NULL, 0, nthreads);
     if (rc != FUSENN_OK)
         return rc;
+    if (rows < n) { /* the chunk's share of the batch */
+        const double share = (double)rows / (double)n;
+        for (size_t i = 0; i < rows; i++)
+            plan->sw_chunk[i] = (real)((sw ? (double)sw[r0 + i] : 1.0) * share);
+        sw = plan->sw_chunk;
+    } else if (sw) {
+        sw += r0;
+    }
+    const size_t r = plan->rows;
     int cur = 0; /* plan->g2[cur] holds dL/d(output of the layer being differentiated) */
     const FN(plan_layer) *last = &plan->layers[L - 1];
-    *loss = FN(batch_loss)(plan, n, last->res, last->ld_res, labels, T, ldt, sw, plan->out_mask,
+    *loss = FN(batch_loss)(plan, rows, last->res, last->ld_res, labels ? labels + r0 * r : NULL,
+                           T ? T + (ptrdiff_t)r0 * ldt : NULL, ldt, sw, plan->out_mask,
                            plan->g2[cur], correct, nthreads);
     if (!isfinite(*loss))
-        return FUSENN_EDIVERGED; /* nothing has changed yet */
+        return FUSENN_EDIVERGED;
 
     for (size_t l = L; l-- > plan->first_trainable;) {
         FN(plan_layer) *pl = &plan->layers[l];
         FN(backward_args) a = {
-            .n = n, .x = pl->in, .ldx = pl->ld_in, .y = pl->res, .ldy = pl->ld_res,
+            .n = rows, .x = pl->in, .ldx = pl->ld_in, .y = pl->res, .ldy = pl->ld_res,
             .dy = plan->g2[cur], .dx = l > plan->first_trainable ? plan->g2[1 - cur] : NULL,
             .saved = pl->saved, .work = pl->work, .mask = pl->mask,
             .logits = l + 1 == L && plan->fused, .nthreads = nthreads};
@@ -647,7 +690,13 @@ static int FN(step)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx,
         if (a.result == plan->g2[1 - cur])
             cur = 1 - cur;
     }
+    return FUSENN_OK;
+}
 
+/* The added-up gradients in plan->g: one optimizer step, undone exactly when
+ * an updated weight is not finite (FUSENN_EDIVERGED). */
+static int FN(apply_gradients)(plan_t *plan, fusenn_optimizer *opt, int nthreads)
+{
     opt->steps++;
     FN(transform_gradients)(plan, opt, nthreads);
     size_t bad = 0;
@@ -662,6 +711,68 @@ static int FN(step)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx,
         return FUSENN_EDIVERGED;
     }
     return FUSENN_OK;
+}
+
+/* g += h over every parameter tensor. */
+typedef struct {
+    real *g;
+    const real *h;
+} FN(add_args);
+
+static size_t FN(add_range)(const void *ctx, size_t begin, size_t end)
+{
+    const FN(add_args) *p = ctx;
+    for (size_t i = begin; i < end; i++)
+        p->g[i] += p->h[i];
+    return 0;
+}
+
+static void FN(add_gradients)(plan_t *plan, real *g, const real *h, int nthreads)
+{
+    const FN(add_args) args = {g, h};
+    for (size_t i = 0; i < plan->n_params; i++) {
+        const param_t *p = &plan->params[i];
+        fusenn_parallel_ranges(fusenn_threads_for(p->len, nthreads), p->len, FN(add_range),
+                               &(FN(add_args)){args.g + p->offset, args.h + p->offset});
+    }
+}
+
+/* One step on a batch of n samples X (sample stride ldx), its gradient the
+ * sum over `chunks` chunks of rows (fusenn_chunk_start), each chunk's added in
+ * order: (((g_0 + g_1) + g_2) + ...), the way ranks add theirs (distributed).
+ * One chunk is the plain step. Empty chunks add nothing. */
+static int FN(step)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx,
+                    const int64_t *labels, const real *T, ptrdiff_t ldt, const real *sw,
+                    size_t chunks, fusenn_optimizer *opt, double *loss, double *correct,
+                    int nthreads)
+{
+    chunks = FUSENN_MAX(chunks, (size_t)1);
+    if (chunks > 1 && plan->g_chunk == NULL) {
+        plan->g_chunk = fusenn_aligned_alloc(FUSENN_MAX(plan->arena_len, (size_t)1) * sizeof(real));
+        if (plan->g_chunk == NULL)
+            return FUSENN_ENOMEM;
+    }
+    *loss = *correct = 0;
+    int rc = FUSENN_OK, first = 1;
+    for (size_t c = 0; c < chunks && rc == FUSENN_OK; c++) {
+        const size_t r0 = fusenn_chunk_start(c, chunks, n), r1 = fusenn_chunk_start(c + 1, chunks, n);
+        if (r0 == r1)
+            continue;
+        FN(grads_into)(plan, first ? plan->g : plan->g_chunk);
+        double chunk_loss = 0, chunk_correct = 0;
+        rc = FN(chunk_gradients)(plan, n, r0, r1, X, ldx, labels, T, ldt, sw, &chunk_loss,
+                                 &chunk_correct, nthreads);
+        *loss += chunk_loss;
+        *correct += chunk_correct;
+        if (rc == FUSENN_OK && !first)
+            FN(add_gradients)(plan, plan->g, plan->g_chunk, nthreads);
+        first = 0;
+    }
+    FN(grads_into)(plan, plan->g);
+    FN(advance_counters)(plan); /* also after a failed step, as the op-by-op path */
+    if (rc == FUSENN_OK && !isfinite(*loss))
+        rc = FUSENN_EDIVERGED;
+    return rc == FUSENN_OK ? FN(apply_gradients)(plan, opt, nthreads) : rc;
 }
 
 /* ---- public entry points --------------------------------------------------------- */
@@ -702,8 +813,8 @@ static int FN(samples_fit)(const plan_t *plan, ptrdiff_t ldx)
 
 int FN(fusenn_plan_train_batch)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx,
                                 const int64_t *labels, const real *T, ptrdiff_t ldt,
-                                const real *sw, fusenn_optimizer *opt, double *loss,
-                                double *correct, int nthreads)
+                                const real *sw, size_t chunks, fusenn_optimizer *opt,
+                                double *loss, double *correct, int nthreads)
 {
     if (!FN(samples_fit)(plan, ldx))
         return FUSENN_EINVAL;
@@ -712,7 +823,7 @@ int FN(fusenn_plan_train_batch)(plan_t *plan, size_t n, const void *X, ptrdiff_t
         rc = FN(reserve)(plan, n);
     if (rc != FUSENN_OK)
         return rc;
-    rc = FN(step)(plan, n, X, ldx, labels, T, ldt, sw, opt, loss, correct, nthreads);
+    rc = FN(step)(plan, n, X, ldx, labels, T, ldt, sw, chunks, opt, loss, correct, nthreads);
     if (rc == FUSENN_EDIVERGED)
         FN(reset_optimizer)(plan, opt);
     return rc;
@@ -759,9 +870,10 @@ static void FN(gather)(plan_t *plan, size_t n, const int64_t *order, const void 
 int FN(fusenn_plan_train_epoch)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx,
                                 const int64_t *labels, const real *T, ptrdiff_t ldt,
                                 const real *sw, const int64_t *order, size_t batch_size,
-                                size_t first_batch, size_t n_batches, fusenn_optimizer *opt,
-                                double *loss, double *loss_sum, double *correct_sum,
-                                size_t *done, int interruptible, int nthreads)
+                                size_t chunks, size_t first_batch, size_t n_batches,
+                                fusenn_optimizer *opt, double *loss, double *loss_sum,
+                                double *correct_sum, size_t *done, int interruptible,
+                                int nthreads)
 {
     *done = 0;
     if (batch_size == 0)
@@ -779,7 +891,7 @@ int FN(fusenn_plan_train_epoch)(plan_t *plan, size_t n, const void *X, ptrdiff_t
         FN(gather)(plan, rows, order + start, X, ldx, labels, T, ldt, sw, nthreads);
         double correct = 0;
         rc = FN(step)(plan, rows, plan->x, (ptrdiff_t)plan->d_in, labels ? plan->labels : NULL,
-                      plan->t, (ptrdiff_t)plan->out_size, sw ? plan->sw : NULL, opt, loss,
+                      plan->t, (ptrdiff_t)plan->out_size, sw ? plan->sw : NULL, chunks, opt, loss,
                       &correct, nthreads);
         if (rc == FUSENN_OK) {
             *loss_sum += *loss * (double)rows;
@@ -818,8 +930,8 @@ static int FN(infer)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx, int l
         const size_t rows = FUSENN_MIN(part, n - start);
         real *to = out + (ptrdiff_t)start * ldo;
         const double t0 = interruptible ? now() : 0;
-        int rc = FN(forward)(plan, rows, FN(sample)(plan, X, ldx, start), ldx, 0, logits, to, ldo,
-                             nthreads);
+        int rc = FN(forward)(plan, rows, 0, FN(sample)(plan, X, ldx, start), ldx, 0, logits, to,
+                             ldo, nthreads);
         if (rc != FUSENN_OK)
             return rc;
         if (last->res != to) /* the last layer passed its input through */

@@ -496,3 +496,51 @@ def test_predict_takes_one_call_and_falls_back_for_anything_else():
     model.fit(X, y, epochs=2, batch_size=8, verbose=0)
     by_op.set_weights(model.get_weights())
     np.testing.assert_allclose(model.predict(X), by_op.predict(X), rtol=1e-5, atol=1e-6)
+
+
+# ---- batches in chunks (the single-process form of a distributed fit) -------------------------
+
+@pytest.mark.parametrize("chunks", [2, 3, 4, 7])
+@pytest.mark.parametrize("net", ["ce-softmax", "bce"])
+def test_chunked_steps_are_bitwise_the_op_by_op_ones(net, chunks):
+    """With batch_chunks, the engine and the op-by-op path take the same chunk
+    gradients and add them in the same order; Dropout and BatchNorm included."""
+    dims, acts, loss = NETS[net]
+    X, y = make_data(45, dims, loss)
+    sw = np.linspace(0.5, 1.5, len(X))
+
+    def make(op_by_op):
+        layers = [fusenn.Dense(dims[1], acts[0]), fusenn.Dropout(0.3), fusenn.BatchNorm(),
+                  *[fusenn.Dense(u, a) for u, a in zip(dims[2:], acts[1:])]]
+        model = fusenn.Sequential(layers, input_dim=dims[0], seed=2)
+        model.compile(loss, optimizer("adamw-global-clipvalue", op_by_op))
+        return model
+
+    engine, by_op = make(False), make(True)
+    for _ in range(2):
+        assert engine.train_on_batch(X, y, sample_weight=sw, batch_chunks=chunks) == \
+            by_op.train_on_batch(X, y, sample_weight=sw, batch_chunks=chunks)
+    h1 = engine.fit(X, y, epochs=2, batch_size=16, batch_chunks=chunks, verbose=0)
+    h2 = by_op.fit(X, y, epochs=2, batch_size=16, batch_chunks=chunks, verbose=0)
+    assert_same_weights(engine, by_op)
+    assert {k: v for k, v in h1.history.items() if k != "time"} == \
+        {k: v for k, v in h2.history.items() if k != "time"}
+
+
+def test_chunks_add_up_to_the_batch():
+    """Without BatchNorm a chunked step is the plain step up to rounding (the
+    gradient is a sum either way), and Dropout draws the whole batch's masks: the
+    bits differ only by the order of the additions."""
+    dims, acts, loss = (12, 30, 4), ("relu", "softmax"), "cross_entropy"
+    X, y = make_data(64, dims, loss, dtype="float64")
+    models = []
+    for chunks in (1, 4):
+        model = fusenn.Sequential([fusenn.Dense(30, "relu"), fusenn.Dropout(0.4),
+                                   fusenn.Dense(4, "softmax")], input_dim=12, dtype="float64",
+                                  seed=1)
+        model.compile(loss, fusenn.SGD(lr=0.1))
+        model.fit(X, y, epochs=2, batch_size=32, batch_chunks=chunks, verbose=0)
+        models.append(model)
+    for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+        assert not np.array_equal(a, b) or a.ndim == 1  # the rounding did move the weights

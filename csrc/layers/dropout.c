@@ -126,7 +126,11 @@ static size_t FN(dropout_saved_bytes)(const FN(layer) *layer, size_t n)
 }
 
 /* Each element as the sample's element number, so masks do not depend on the
- * sample's shape. At inference (or rate 0) the input passes through. */
+ * sample's shape. At inference (or rate 0) the input passes through. The
+ * training step's masks come from the step counter, which the engine advances
+ * once per step; a chunk of a batch starting at row row0 shifts the seed by
+ * row0 d counter increments, so its elements get the indices they have in the
+ * whole batch (fusenn_hash64(seed, index) steps the seed by GOLDEN per index). */
 static int FN(dropout_forward_kind)(const FN(layer) *layer, FN(forward_args) *a)
 {
     const fusenn_layer *desc = layer->desc;
@@ -136,7 +140,8 @@ static int FN(dropout_forward_kind)(const FN(layer) *layer, FN(forward_args) *a)
         a->ld_result = a->ldx;
         return FUSENN_OK;
     }
-    const uint64_t seed = fusenn_dropout_seed(desc->seed, (*desc->counter)++);
+    const uint64_t seed = fusenn_dropout_seed(desc->seed, *desc->counter) +
+                          (uint64_t)a->row0 * (uint64_t)layer->in_size * FUSENN_GOLDEN_GAMMA;
     memcpy(a->saved, &seed, sizeof seed);
     FN(fusenn_dropout_forward)(a->n, layer->in_size, a->x, a->ldx, rate, seed, a->y, a->ldy,
                                a->nthreads);

@@ -299,22 +299,24 @@ cdef extern from "fusenn.h" nogil:
     fusenn_shape fusenn_plan_output_shape_f64(const fusenn_plan_f64 *plan)
     int fusenn_plan_train_batch_f32(fusenn_plan_f32 *plan, size_t n, const void *X, Py_ssize_t ldx,
                                     const int64_t *labels, const float *T, Py_ssize_t ldt,
-                                    const float *sw, fusenn_optimizer *opt, double *loss,
-                                    double *correct, int nthreads)
+                                    const float *sw, size_t chunks, fusenn_optimizer *opt,
+                                    double *loss, double *correct, int nthreads)
     int fusenn_plan_train_batch_f64(fusenn_plan_f64 *plan, size_t n, const void *X, Py_ssize_t ldx,
                                     const int64_t *labels, const double *T, Py_ssize_t ldt,
-                                    const double *sw, fusenn_optimizer *opt, double *loss,
-                                    double *correct, int nthreads)
+                                    const double *sw, size_t chunks, fusenn_optimizer *opt,
+                                    double *loss, double *correct, int nthreads)
     int fusenn_plan_train_epoch_f32(fusenn_plan_f32 *plan, size_t n, const void *X, Py_ssize_t ldx,
                                     const int64_t *labels, const float *T, Py_ssize_t ldt,
                                     const float *sw, const int64_t *order, size_t batch_size,
-                                    size_t first_batch, size_t n_batches, fusenn_optimizer *opt,
+                                    size_t chunks, size_t first_batch, size_t n_batches,
+                                    fusenn_optimizer *opt,
                                     double *loss, double *loss_sum, double *correct_sum,
                                     size_t *done, int interruptible, int nthreads)
     int fusenn_plan_train_epoch_f64(fusenn_plan_f64 *plan, size_t n, const void *X, Py_ssize_t ldx,
                                     const int64_t *labels, const double *T, Py_ssize_t ldt,
                                     const double *sw, const int64_t *order, size_t batch_size,
-                                    size_t first_batch, size_t n_batches, fusenn_optimizer *opt,
+                                    size_t chunks, size_t first_batch, size_t n_batches,
+                                    fusenn_optimizer *opt,
                                     double *loss, double *loss_sum, double *correct_sum,
                                     size_t *done, int interruptible, int nthreads)
     int fusenn_plan_predict_f32(fusenn_plan_f32 *plan, size_t n, const void *X, Py_ssize_t ldx,

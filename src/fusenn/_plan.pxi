@@ -516,9 +516,10 @@ cdef class Plan:
         b.sw = vector_ptr(sw, self.typenum, b.n, "sample weights")
         return 0
 
-    def train_batch(self, X, labels, T, sw, int nthreads):
+    def train_batch(self, X, labels, T, sw, int nthreads, size_t chunks=1):
         """One step (sw: per-row weights or None): returns (code, loss, correct).
-        The batch's values are checked first (FUSENN_EBADINPUT: nothing changed)."""
+        The batch's values are checked first (FUSENN_EBADINPUT: nothing changed).
+        chunks: the gradient as the ordered sum of that many chunks' (fusenn.h)."""
         cdef batch_t b
         self.batch(X, labels, T, sw, &b)
         cdef double loss = 0, correct = 0
@@ -527,17 +528,17 @@ cdef class Plan:
             if self.f64:
                 rc = fusenn_plan_train_batch_f64(<fusenn_plan_f64 *>self.plan, b.n, b.X,
                                                  b.ldx, b.labels, <const double *>b.T, b.ldt,
-                                                 <const double *>b.sw, &self.opt, &loss, &correct,
-                                                 nthreads)
+                                                 <const double *>b.sw, chunks, &self.opt, &loss,
+                                                 &correct, nthreads)
             else:
                 rc = fusenn_plan_train_batch_f32(<fusenn_plan_f32 *>self.plan, b.n, b.X,
                                                  b.ldx, b.labels, <const float *>b.T, b.ldt,
-                                                 <const float *>b.sw, &self.opt, &loss, &correct,
-                                                 nthreads)
+                                                 <const float *>b.sw, chunks, &self.opt, &loss,
+                                                 &correct, nthreads)
         return rc, loss, correct
 
     def train_epoch(self, X, labels, T, sw, const int64_t[::1] order, size_t batch_size,
-                    size_t first_batch, size_t n_batches, int nthreads):
+                    size_t first_batch, size_t n_batches, int nthreads, size_t chunks=1):
         """Batches [first_batch, first_batch + n_batches) of an epoch in `order`:
         returns (code, last batch loss, sum of loss x rows, correct predictions).
         From the main thread, Ctrl-C stops it after a whole step: KeyboardInterrupt
@@ -556,14 +557,14 @@ cdef class Plan:
                         rc = fusenn_plan_train_epoch_f64(
                             <fusenn_plan_f64 *>self.plan, b.n, b.X, b.ldx, b.labels,
                             <const double *>b.T, b.ldt, <const double *>b.sw, o, batch_size,
-                            first_batch, n_batches, &self.opt, &loss, &loss_sum, &correct_sum,
-                            &done, interruptible, nthreads)
+                            chunks, first_batch, n_batches, &self.opt, &loss, &loss_sum,
+                            &correct_sum, &done, interruptible, nthreads)
                     else:
                         rc = fusenn_plan_train_epoch_f32(
                             <fusenn_plan_f32 *>self.plan, b.n, b.X, b.ldx, b.labels,
                             <const float *>b.T, b.ldt, <const float *>b.sw, o, batch_size,
-                            first_batch, n_batches, &self.opt, &loss, &loss_sum, &correct_sum,
-                            &done, interruptible, nthreads)
+                            chunks, first_batch, n_batches, &self.opt, &loss, &loss_sum,
+                            &correct_sum, &done, interruptible, nthreads)
                 if rc != FUSENN_EINTERRUPTED:
                     return rc, loss, loss_sum, correct_sum
                 raise_pending_signal()  # KeyboardInterrupt, unless a handler chose otherwise

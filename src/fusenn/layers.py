@@ -36,6 +36,8 @@ __all__ = ["Layer", "Dense", "Dropout", "BatchNorm", "Conv2D", "MaxPooling2D", "
            "GlobalMaxPooling1D", "Flatten", "Reshape", "Embedding", "SimpleRNN", "GRU", "LSTM",
            "canonical_activation", "layer_from_config"]
 
+_GOLDEN_GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment: a mask index's step in the seed
+
 # Keras calls identity "linear" and swish "silu"; None means no activation in
 # both Keras and PyTorch.
 _ACTIVATION_ALIASES = {None: "identity", "linear": "identity", "none": "identity",
@@ -92,6 +94,8 @@ class Layer:
     output_activation = "identity"  # what a fused loss (softmax/sigmoid) may absorb
     reads_indices = False    # its input is integer indices (Embedding)
     uses_mask = False        # forward and backward take the sequence's time-step mask
+    random = False           # draws random masks: forward takes first_row (its rows' place
+                             # in the batch), and the model calls advance() once per step
 
     def __init__(self):
         self.input_shape = None   # a sample's shape, once built
@@ -253,6 +257,7 @@ class Dropout(Layer):
     """
 
     engine_kind = "dropout"
+    random = True
 
     def __init__(self, rate, seed=None):
         super().__init__()
@@ -277,11 +282,19 @@ class Dropout(Layer):
     def engine_spec(self):
         return {**super().engine_spec(), "seed": self._base_seed, "counter": self.step_counter}
 
-    def forward(self, backend, x, training, logits=False):
+    def advance(self):
+        """One training step done: the next one draws new masks."""
+        self.step_counter[0] += 1
+
+    def forward(self, backend, x, training, logits=False, first_row=0):
+        """With first_row (a chunk of a batch starting at that row) the masks are
+        those the whole batch would draw: the seed moves by the elements before it
+        (mask bits hash (seed, element index), see csrc/layers/dropout.c)."""
         if not training or self.rate == 0:
             return x, None
-        seed = backend.dropout_seed(self._base_seed, int(self.step_counter[0]))
-        self.step_counter[0] += 1
+        d = x[0].size
+        seed = (backend.dropout_seed(self._base_seed, int(self.step_counter[0]))
+                + first_row * d * _GOLDEN_GAMMA) % 2**64
         # a sample's elements are numbered in order, whatever its shape
         y = backend.dropout_forward(x.reshape(len(x), -1), self.rate, seed)
         return y.reshape(x.shape), seed

@@ -328,7 +328,7 @@ class Sequential:
 
     # ---- the math, op by op ---------------------------------------------------------
 
-    def _forward(self, X, training, logits=False):
+    def _forward(self, X, training, logits=False, first_row=0):
         """(outputs, caches, masks): outputs[0] = X and outputs[i + 1] is layer i's
         output; masks[i] the time-step mask layer i saw (None: none) and masks[-1]
         the output's. With logits=True the last layer stops before its activation.
@@ -339,6 +339,8 @@ class Sequential:
         for i, layer in enumerate(self.layers):
             x = outputs[-1]
             kw = {"mask": mask} if layer.uses_mask else {}
+            if layer.random:
+                kw["first_row"] = first_row
             y, cache = layer.forward(self.backend, x, training, logits and i == last, **kw)
             new = layer.output_mask(x, mask)
             if new is not mask:
@@ -382,9 +384,11 @@ class Sequential:
             p, t = p[real], t[real]
         return self.loss.correct(p, t)
 
-    def _train_step(self, X, y, where, sample_weight=None):
+    def _train_step(self, X, y, where, sample_weight=None, chunks=1):
         """Forward, loss, backward and update on one batch, op by op; returns
-        (loss, correct predictions).
+        (loss, correct predictions). chunks > 1: the gradient is the ordered sum
+        of that many chunks' (rows cut as the C engine cuts them), each computed
+        alone with its rows weighted by their share of the batch.
 
         A non-finite loss raises before anything changes; an update that makes
         weights non-finite is undone exactly (the optimizer leaves the previous
@@ -392,23 +396,47 @@ class Sequential:
         as the C engine does.
         """
         fused = self.loss.fused_kernel is not None
-        outputs, caches, masks = self._forward(X, training=True, logits=fused)
-        loss, p, dy = self._loss_and_grad(outputs[-1], y, sample_weight, masks[-1])
-        if not math.isfinite(loss):
-            self.optimizer.reset()
-            raise self._divergence_error(where, loss)
-        grads = []
+        n, chunks = len(X), max(1, chunks)
+        loss, correct, grads = 0.0, 0, None
         last = len(self.layers) - 1
         # nothing before the first layer with parameters needs a gradient (as csrc/plan.c)
         first_trainable = next((i for i, layer in enumerate(self.layers) if layer.param_names),
                                len(self.layers))
-        for i in range(last, first_trainable - 1, -1):
-            layer = self.layers[i]
-            kw = {"mask": masks[i]} if layer.uses_mask else {}
-            dy, layer_grads = layer.backward(
-                self.backend, outputs[i], outputs[i + 1], caches[i], dy,
-                i > first_trainable, logits=fused and i == last, **kw)
-            grads[:0] = layer_grads
+        try:
+            for c in range(chunks):
+                r0, r1 = c * n // chunks, (c + 1) * n // chunks
+                if r0 == r1:
+                    continue
+                sw = None if sample_weight is None else sample_weight[r0:r1]
+                if r1 - r0 < n:  # the chunk's share of the batch
+                    share = (r1 - r0) / n
+                    sw = ((1.0 if sw is None else sw.astype(np.float64)) * share
+                          * np.ones(r1 - r0)).astype(self.dtype)
+                outputs, caches, masks = self._forward(X[r0:r1], training=True, logits=fused,
+                                                       first_row=r0)
+                chunk_loss, p, dy = self._loss_and_grad(outputs[-1], y[r0:r1], sw, masks[-1])
+                loss += chunk_loss
+                correct += self._correct(p, y[r0:r1], masks[-1])
+                if not math.isfinite(chunk_loss):
+                    break
+                chunk_grads = []
+                for i in range(last, first_trainable - 1, -1):
+                    layer = self.layers[i]
+                    kw = {"mask": masks[i]} if layer.uses_mask else {}
+                    dy, layer_grads = layer.backward(
+                        self.backend, outputs[i], outputs[i + 1], caches[i], dy,
+                        i > first_trainable, logits=fused and i == last, **kw)
+                    chunk_grads[:0] = layer_grads
+                grads = chunk_grads if grads is None else [g + h for g, h in
+                                                           zip(grads, chunk_grads)]
+        finally:
+            for layer in self.layers:  # once per step, as the engine
+                if layer.random:
+                    layer.advance()
+        if not math.isfinite(loss):
+            self.optimizer.reset()
+            raise self._divergence_error(where, loss)
+        grads = [np.ascontiguousarray(g) for g in grads]
         # which parameters the L2 penalty and weight decay apply to (the layers say)
         self.optimizer.__dict__["_decayed"] = [d for layer in self.layers for d in layer.decayed()]
         if self.optimizer.step(self.backend, self.params, grads):
@@ -416,7 +444,7 @@ class Sequential:
                 np.copyto(param, previous)
             self.optimizer.reset()
             raise self._divergence_error(where, loss)
-        return loss, self._correct(p, y, masks[-1])
+        return loss, correct
 
     @staticmethod
     def _divergence_error(where, loss):
@@ -445,12 +473,12 @@ class Sequential:
 
     # ---- public training API -------------------------------------------------
 
-    def train_on_batch(self, X, y, sample_weight=None, class_weight=None):
+    def train_on_batch(self, X, y, sample_weight=None, class_weight=None, batch_chunks=1):
         """One forward pass, backward pass and optimizer update; returns the batch loss.
 
         sample_weight (one per row) and class_weight ({class: weight}) scale
         each row's loss (Keras semantics: the batch loss is the mean of the
-        weighted row losses). If the loss or the updated weights are not
+        weighted row losses). batch_chunks: see fit. If the loss or the updated weights are not
         finite, ValueError is raised, the weights are left as they were before
         the call and the optimizer state is reset.
         """
@@ -460,18 +488,19 @@ class Sequential:
         X, y = check_data(self, X, y, values=class_weight is not None)
         sw = (None if sample_weight is None and class_weight is None else
               check_weights(self, y, X.shape[0], sample_weight, class_weight))
+        chunks = 1 if batch_chunks == 1 else positive_int(batch_chunks, "batch_chunks")
         self._acquire()  # as `with self._exclusive()`, minus a context manager's calls
         try:
             plan = self._engine()
             if plan is None:
                 check_data(self, X_in, y_in)
                 with _BetweenSteps():
-                    loss, _ = self._train_step(X, y, "train_on_batch", sw)
+                    loss, _ = self._train_step(X, y, "train_on_batch", sw, chunks)
             else:
                 labels, T = _engine.targets(self, y)
                 try:
                     code, loss, _ = plan.train_batch(_engine.samples(X), labels, T, sw,
-                                                     get_num_threads())
+                                                     get_num_threads(), chunks)
                 finally:  # a Ctrl-C that arrived during the step is raised here
                     self.optimizer.__dict__["iterations"] = plan.steps
                 if code == _engine.EBADINPUT:
@@ -484,7 +513,7 @@ class Sequential:
 
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose="auto",
             callbacks=None, validation_split=0.0, class_weight=None, sample_weight=None,
-            initial_epoch=0):
+            initial_epoch=0, batch_chunks=1):
         """Train for `epochs` passes over (X, y) in mini-batches; returns a History.
 
         Each epoch visits the samples in a permutation drawn from the model's
@@ -500,11 +529,19 @@ class Sequential:
         verbose: 0 silent, 1 progress bar, 2 one line per epoch, "auto" a bar
         when stdout is a terminal and silence otherwise.
 
+        batch_chunks: each batch's gradient is the sum of that many chunks' (the
+        rows cut evenly, each chunk's gradient taken alone, its rows weighted by
+        their share of the batch, added in order), as fusenn.distributed.fit
+        computes it over ranks: with the same batch_chunks, the bits are the
+        same. Dropout draws the whole batch's masks; BatchNorm normalises each
+        chunk with its own statistics. 1: the plain step.
+
         If a step's loss or updated weights are not finite, ValueError is
         raised naming the epoch; the weights are those from before that step
         and the optimizer state is reset.
         """
         X, y = check_data(self, X, y)
+        chunks = positive_int(batch_chunks, "batch_chunks")
         epochs = positive_int(epochs, "epochs", allow_zero=True)
         initial_epoch = positive_int(initial_epoch, "initial_epoch", allow_zero=True)
         sw = check_weights(self, y, X.shape[0], sample_weight, class_weight)
@@ -548,7 +585,7 @@ class Sequential:
                     try:  # Ctrl-C stops the engine after a whole step (KeyboardInterrupt)
                         code, loss, loss_sum, correct = plan.train_epoch(
                             _engine.samples(X), *_engine.targets(self, y), sw, order,
-                            batch_size, 0, n_batches, get_num_threads())
+                            batch_size, 0, n_batches, get_num_threads(), chunks)
                     finally:
                         self.optimizer.__dict__["iterations"] = plan.steps
                     _engine.raise_for(self, plan, code, where, loss)
@@ -559,7 +596,7 @@ class Sequential:
                             steps.raise_pending()
                             idx = order[first:first + batch_size]
                             loss, hits = self._train_step(X[idx], y[idx], where,
-                                                          None if sw is None else sw[idx])
+                                                          None if sw is None else sw[idx], chunks)
                             loss_sum += loss * len(idx)
                             correct += hits
                 logs = {"loss": loss_sum / n}
