@@ -385,6 +385,9 @@ def test_errors():
     for opset in (MIN_OPSET - 1, onnx.defs.onnx_opset_version() + 1, 17.0, "17"):
         with pytest.raises(ValueError, match="opset must be an int"):
             to_onnx(model, opset=opset)
+    model = fusenn.Sequential([Dropout(0.1), Embedding(5, 2)], input_shape=(4,), backend="numpy")
+    with pytest.raises(ValueError, match=r"layer 2 \(Embedding\).*only the first layer"):
+        to_onnx(model)
 
 
 def test_without_onnx(monkeypatch):

@@ -45,6 +45,7 @@ class _Graph:
         self.dtype = np.dtype(dtype)
         self.opset = opset
         self.nodes, self.initializers = [], []
+        self.small = {}  # the initializer of each small constant, made once
         self.prefix = ""
         self.count = 0
         self.channels_first = False
@@ -58,9 +59,18 @@ class _Graph:
     def const(self, value, hint, dtype=None):
         """An initializer holding `value` (in the model's dtype unless given)."""
         array = np.asarray(value, dtype=self.dtype if dtype is None else dtype)
+        key = (array.dtype.str, array.shape, array.tobytes()) if array.size <= 16 else None
+        if key in self.small:
+            return self.small[key]
         name = self.name(hint)
         self.initializers.append(self.onnx.numpy_helper.from_array(array, name))
+        if key is not None:
+            self.small[key] = name
         return name
+
+    def elem_type(self, dtype):
+        """ONNX's number for a NumPy dtype."""
+        return self.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
     def ints(self, values, hint="ints"):
         return self.const(np.asarray(values, dtype=np.int64), hint, np.int64)
@@ -208,7 +218,7 @@ def _global_pooling(g, layer, x):
 def _masked_global_pooling(g, layer, x):
     """Over each sample's real steps; a sample with none gives 0 (as fusenn)."""
     real = g.unsqueeze(g.mask, [2])                                  # (batch, steps, 1)
-    count = g.reduce("ReduceSum", g.op("Cast", real, to=_onnx_type(g, g.dtype)), [1])  # (batch, 1)
+    count = g.reduce("ReduceSum", g.op("Cast", real, to=g.elem_type(g.dtype)), [1])  # (batch, 1)
     if layer.mode == "avg":
         total = g.reduce("ReduceSum", g.op("Where", real, x, g.const(0, "zero")), [1])
         return g.op("Div", total, g.op("Max", count, g.const(1, "one")))
@@ -217,9 +227,6 @@ def _masked_global_pooling(g, layer, x):
 
 
 def _embedding(g, layer, x):
-    if x != "input":
-        raise ValueError(f"{layer!r} can only be exported as the model's first layer (it reads "
-                         f"the integer input)")
     if layer.mask_zero:
         g.mask = g.op("Not", g.op("Equal", x, g.ints(0, "zero")))
         g.steps = layer.input_shape[0]
@@ -270,20 +277,21 @@ def _recurrent(g, layer, x):
     if op_type == "GRU":
         attrs["linear_before_reset"] = int(layer.reset_after)
 
-    steps = g.op("Transpose", g.channels_last(x), perm=[1, 0, 2])   # (steps, batch, features)
-    if g.mask is None:
-        direction = "reverse" if layer.go_backwards else "forward"
-        Y, Y_h = g.op(op_type, steps, W, R, B, outputs=2, direction=direction, **attrs)
-        if not layer.return_sequences:
-            return g.squeeze(Y_h, [0])
-        Y = g.squeeze(Y, [1])
-        if layer.go_backwards:  # ONNX keeps the steps in place; Keras returns them in reading order
-            Y = g.reverse(Y, 0)
-        return g.op("Transpose", Y, perm=[1, 0, 2])
-    return _masked_recurrent(g, layer, op_type, attrs, steps, W, R, B)
+    x = g.channels_last(x)
+    if g.mask is not None:
+        return _masked_recurrent(g, layer, x, op_type, attrs, W, R, B)
+    steps = g.op("Transpose", x, perm=[1, 0, 2])                     # (steps, batch, features)
+    direction = "reverse" if layer.go_backwards else "forward"
+    Y, Y_h = g.op(op_type, steps, W, R, B, outputs=2, direction=direction, **attrs)
+    if not layer.return_sequences:
+        return g.squeeze(Y_h, [0])
+    Y = g.squeeze(Y, [1])
+    if layer.go_backwards:  # ONNX keeps the steps in place; Keras returns them in reading order
+        Y = g.reverse(Y, 0)
+    return g.op("Transpose", Y, perm=[1, 0, 2])
 
 
-def _masked_recurrent(g, layer, op_type, attrs, steps, W, R, B):
+def _masked_recurrent(g, layer, x, op_type, attrs, W, R, B):
     """The recurrence over each sample's real steps only, in reading order: they
     are moved to the front (stably) and the op reads sequence_lens of them. A
     sample with no real step gives zeros (its length is clamped to 1 for the op,
@@ -291,15 +299,15 @@ def _masked_recurrent(g, layer, op_type, attrs, steps, W, R, B):
     T = layer.input_shape[0]
     real = g.mask
     if layer.go_backwards:  # reading order: the steps (and their mask) reversed
-        steps, real = g.reverse(steps, 0), g.reverse(real, 1)
-    real = g.op("Cast", real, to=g.onnx.TensorProto.INT64)          # (batch, steps)
+        x, real = g.reverse(x, 1), g.reverse(real, 1)
+    real = g.op("Cast", real, to=g.elem_type(np.int64))              # (batch, steps)
     count = g.reduce("ReduceSum", real, [1])                         # (batch,)
     # the real steps first, each group in step order: sort the keys t + T [masked]
     keys = g.op("Add", g.op("Mul", g.op("Sub", g.ints(1, "one"), real), g.ints(T, "T")),
                 g.ints(np.arange(T), "positions"))
     _, order = g.op("TopK", keys, g.ints([T], "T"), outputs=2, axis=1, largest=0, sorted=1)
-    packed = _gather_steps(g, steps, order)
-    lengths = g.op("Cast", g.op("Max", count, g.ints(1, "one")), to=g.onnx.TensorProto.INT32)
+    packed = g.op("Transpose", _gather_steps(g, x, order), perm=[1, 0, 2])
+    lengths = g.op("Cast", g.op("Max", count, g.ints(1, "one")), to=g.elem_type(np.int32))
     Y, Y_h = g.op(op_type, packed, W, R, B, lengths, outputs=2, direction="forward", **attrs)
     zero = g.const(0, "zero")
     if not layer.return_sequences:
@@ -308,16 +316,14 @@ def _masked_recurrent(g, layer, op_type, attrs, steps, W, R, B):
     # step t's output: the state after the real steps up to t (zeros before the first)
     seen = g.op("CumSum", real, g.ints(1, "axis"))                   # (batch, steps)
     last = g.op("Max", g.op("Sub", seen, g.ints(1, "one")), g.ints(0, "zero"))
-    Y = _gather_steps(g, g.squeeze(Y, [1]), last)
-    started = g.unsqueeze(g.op("Transpose", g.op("Greater", seen, g.ints(0, "zero")),
-                               perm=[1, 0]), [2])
-    return g.op("Transpose", g.op("Where", started, Y, zero), perm=[1, 0, 2])
+    Y = _gather_steps(g, g.op("Transpose", g.squeeze(Y, [1]), perm=[1, 0, 2]), last)
+    started = g.unsqueeze(g.op("Greater", seen, g.ints(0, "zero")), [2])
+    return g.op("Where", started, Y, zero)
 
 
 def _gather_steps(g, x, index):
-    """out[t, n] = x[index[n, t], n] for x (steps, batch, features), index (batch, steps)."""
-    index = g.unsqueeze(g.op("Transpose", index, perm=[1, 0]), [2])
-    return g.op("GatherElements", x, g.op("Expand", index, g.op("Shape", x)), axis=0)
+    """out[n, t] = x[n, index[n, t]] for x (batch, steps, features), index (batch, steps)."""
+    return g.op("GatherND", x, g.unsqueeze(index, [2]), batch_dims=1)
 
 
 EXPORTERS = {
@@ -328,10 +334,6 @@ EXPORTERS = {
     L.GlobalAveragePooling1D: _global_pooling, L.GlobalMaxPooling1D: _global_pooling,
     L.Embedding: _embedding, L.SimpleRNN: _recurrent, L.GRU: _recurrent, L.LSTM: _recurrent,
 }
-
-
-def _onnx_type(g, dtype):
-    return g.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
 def to_onnx(model, path=None, opset=None):
@@ -359,6 +361,11 @@ def to_onnx(model, path=None, opset=None):
                         f"exporter for {type(layer).__module__}.{type(layer).__qualname__} "
                         f"(fusenn.onnx_export.EXPORTERS has one for "
                         f"{', '.join(cls.__name__ for cls in EXPORTERS)})")
+    later = [(i, layer) for i, layer in enumerate(model.layers) if i and layer.reads_indices]
+    if later:  # the graph's input is the only integer tensor
+        i, layer = later[0]
+        raise ValueError(f"cannot export layer {i + 1} ({layer.name}) to ONNX: it reads integer "
+                         f"indices, which only the first layer can")
 
     g = _Graph(onnx, model.dtype, int(opset))
     x = "input"
@@ -376,14 +383,13 @@ def to_onnx(model, path=None, opset=None):
         for names in (node.input, node.output):
             names[:] = ["output" if name == x else name for name in names]
 
-    reads_indices = model.layers[0].reads_indices
     helper = onnx.helper
+    input_type = np.int64 if model.layers[0].reads_indices else model.dtype
     graph = helper.make_graph(
         g.nodes, "fusenn.Sequential",
-        [helper.make_tensor_value_info("input", onnx.TensorProto.INT64 if reads_indices
-                                       else _onnx_type(g, model.dtype),
+        [helper.make_tensor_value_info("input", g.elem_type(input_type),
                                        ["batch", *model.input_shape])],
-        [helper.make_tensor_value_info("output", _onnx_type(g, model.dtype),
+        [helper.make_tensor_value_info("output", g.elem_type(model.dtype),
                                        ["batch", *model.output_shape])],
         g.initializers)
     opsets = [helper.make_opsetid("", g.opset)]
