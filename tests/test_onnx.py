@@ -101,7 +101,8 @@ def test_dropout_is_omitted():
     ([Reshape((2, -1, 3)), Flatten()], (12,)),
     ([Conv2D(3, 2), Flatten()], (4, 5, 2)),           # row-major over (height, width, channels)
     ([Conv2D(3, 2), Reshape((6, 6))], (4, 5, 2)),
-], ids=["flatten", "reshape", "reshape-flatten", "conv-flatten", "conv-reshape"])
+    ([Dense(32), Reshape((4, 8, 1)), Conv2D(2, 3), GlobalMaxPooling2D()], (5,)),
+], ids=["flatten", "reshape", "reshape-flatten", "conv-flatten", "conv-reshape", "dense-image"])
 def test_flatten_reshape(layers, input_shape):
     assert_exports(build(layers, input_shape), images(input_shape))
 
@@ -231,7 +232,7 @@ MODELS = {  # name: (layers, input shape); a function, as a layer belongs to one
     "mlp-batchnorm-sigmoid": lambda: ([Dense(16), BatchNorm(), Dense(16, activation="swish"),
                                        Dense(3, activation="sigmoid")], (8,)),
     "lenet": lambda: ([Conv2D(6, 5, padding="same", activation="relu"), MaxPooling2D(),
-                       Conv2D(16, 5, activation="relu"), MaxPooling2D(), Flatten(),
+                       Conv2D(16, 5, activation="relu"), MaxPooling2D(), Dropout(0.25), Flatten(),
                        Dense(32, activation="relu"), Dense(10, activation="softmax")],
                       (28, 28, 1)),
     "conv-batchnorm": lambda: ([Conv2D(8, 3, padding="same"), BatchNorm(),
@@ -255,8 +256,8 @@ def test_models(name):
 
 
 MASKED_MODELS = {
-    "embedding-gru": lambda: [Embedding(12, 6, mask_zero=True), GRU(8),
-                              Dense(3, activation="softmax")],
+    "embedding-gru": lambda: [Embedding(12, 6, mask_zero=True), Dense(6, activation="relu"),
+                              GRU(8), Dense(3, activation="softmax")],  # the mask passes Dense
     "embedding-lstm-per-step": lambda: [Embedding(12, 6, mask_zero=True),
                                         LSTM(8, return_sequences=True),
                                         Dense(4, activation="softmax")],
