@@ -357,6 +357,13 @@ def test_writes_file(tmp_path):
                                atol=1e-5)
 
 
+def test_model_method(tmp_path):
+    model = build(MODELS["mlp"]()[0], (20,))
+    path = tmp_path / "method.onnx"
+    assert model.to_onnx(path, opset=MIN_OPSET) == to_onnx(model, opset=MIN_OPSET)
+    assert onnx.load(str(path)).opset_import[0].version == MIN_OPSET
+
+
 class Scale(fusenn.Layer):
     """A user's layer: y = 2 x, trained op by op."""
 

@@ -745,6 +745,13 @@ class Sequential:
             "optimizer_iterations": self.optimizer.iterations if self.optimizer else 0,
         }
 
+    def to_onnx(self, path=None, opset=None):
+        """The model as an onnx.ModelProto computing predict (input "input", output
+        "output", the batch dimension dynamic); written to `path` if given. Needs
+        the `onnx` extra; see fusenn.onnx_export for what each layer becomes."""
+        from .onnx_export import to_onnx
+        return to_onnx(self, path, opset)
+
     def save(self, path):
         """Write architecture, weights and optimizer state to an .npz file (no pickle).
 
