@@ -1,4 +1,7 @@
 """Handwritten digits with a small convolutional network: 8x8 images -> conv -> pool -> dense.
+===========================================================================================
+
+From the source tree::
 
     python examples/cnn_digits.py [--epochs 40] [--out-dir .]
 
@@ -17,7 +20,7 @@ from fusenn import Conv2D, Dense, Dropout, Flatten, MaxPooling2D
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--epochs", type=int, default=int(os.environ.get("FUSENN_EPOCHS", 40)))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=".", help="where to save the PNG pictures")

@@ -1,4 +1,7 @@
 """Fashion-MNIST with a LeNet-style convolutional network.
+=======================================================
+
+From the source tree::
 
     apt-get install dataset-fashion-mnist      # the real data, 30 MB (Debian, Ubuntu)
     python examples/cnn_fashion_mnist.py [--epochs 5] [--train-samples N] [--data DIR]
@@ -26,7 +29,7 @@ class EpochTimes(callbacks.Callback):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--epochs", type=int, default=int(os.environ.get("FUSENN_EPOCHS", 5)))
     parser.add_argument("--train-samples", type=int, default=60000,
                         help="train on the first N training images (for a quick run)")

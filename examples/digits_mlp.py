@@ -1,4 +1,7 @@
 """Handwritten digits with a multilayer perceptron: 64 pixels -> 64 relu neurons -> 10 digits.
+===========================================================================================
+
+From the source tree::
 
     python examples/digits_mlp.py [--epochs 30] [--out-dir .]
 
@@ -17,7 +20,7 @@ import fusenn
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--epochs", type=int, default=int(os.environ.get("FUSENN_EPOCHS", 30)))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=".", help="where to save the PNG pictures")

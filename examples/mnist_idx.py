@@ -1,4 +1,7 @@
 """MNIST (or Fashion-MNIST, EMNIST) from IDX files you have: 784 -> 128 relu -> 10.
+================================================================================
+
+From the source tree::
 
     python examples/mnist_idx.py [DIRECTORY] [--epochs 5] [--prefix emnist-digits]
 
@@ -26,7 +29,7 @@ e.g. --prefix emnist-digits), put them in one directory and run
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("directory", nargs="?",
                         default=os.environ.get("FUSENN_MNIST_DIR", "mnist"))
     parser.add_argument("--epochs", type=int, default=int(os.environ.get("FUSENN_EPOCHS", 5)))

@@ -1,4 +1,7 @@
 """Regression: fit y = sin(x) from noisy samples with 1 -> 32 -> 32 -> 1 (tanh, linear output).
+============================================================================================
+
+From the source tree::
 
     python examples/regression.py [--epochs 150]
 
@@ -16,7 +19,7 @@ import fusenn
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--epochs", type=int, default=int(os.environ.get("FUSENN_EPOCHS", 150)))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -1,4 +1,7 @@
 """XOR, the function a single neuron cannot learn: 2 inputs -> 4 tanh neurons -> 1 sigmoid.
+========================================================================================
+
+From the source tree::
 
     python examples/xor.py [--epochs 1000]
 
@@ -15,7 +18,7 @@ import fusenn
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
     parser.add_argument("--epochs", type=int, default=int(os.environ.get("FUSENN_EPOCHS", 1000)))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -80,8 +80,16 @@ def _check_count(n):
 
 
 def set_num_threads(n):
-    """Set the number of threads fusenn's kernels use (all Python threads).
-    None returns to the default (OpenMP's count in each calling thread)."""
+    """Set the number of threads fusenn's kernels use, in every Python thread.
+
+    `threads` wins over it within its block.
+
+    Parameters
+    ----------
+    n : int or None
+        1 to 1024; None returns to the default (OpenMP's count in each calling
+        thread: ``OMP_NUM_THREADS``, else the CPUs the process may use).
+    """
     _kernels.set_global_threads(0 if n is None else _check_count(n))
 
 
@@ -92,7 +100,21 @@ get_num_threads = _kernels.num_threads
 
 @contextlib.contextmanager
 def threads(n):
-    """Run the block with `n` kernel threads in the current Python thread."""
+    """Run the block with `n` kernel threads in the current Python thread.
+
+    A context manager; it wins over `set_num_threads`, and other Python
+    threads keep their own count.
+
+    Parameters
+    ----------
+    n : int
+        1 to 1024.
+
+    Examples
+    --------
+    >>> with fusenn.threads(1):
+    ...     model.fit(X, y)
+    """
     _check_count(n)
     previous = _kernels.swap_thread_override(n)
     try:

@@ -55,25 +55,47 @@ def format_value(value):
 
 
 class Callback:
-    """Base class: every hook does nothing. Subclass and override the hooks you need."""
+    """Base class of the callbacks: every hook does nothing.
+
+    Subclass it and override the hooks you need. `~fusenn.Sequential.fit`
+    calls them with a 0-based `epoch` and a `logs` dict: at the end of an
+    epoch it holds that epoch's metrics (``"loss"``, ``"accuracy"``,
+    ``"val_loss"``, ``"val_accuracy"``, ``"time"``, ``"lr"``). Hooks may add
+    keys to `logs`, which the callbacks after them see. A fit epoch runs
+    inside the C engine, so there are no per-batch hooks.
+
+    Attributes
+    ----------
+    model : Sequential or None
+        The model being trained; set ``model.stop_training = True`` to end
+        training after the current epoch.
+
+    Examples
+    --------
+    >>> class PrintLoss(fusenn.callbacks.Callback):
+    ...     def on_epoch_end(self, epoch, logs=None):
+    ...         print(epoch, logs["loss"])
+    >>> model.fit(X, y, epochs=3, callbacks=[PrintLoss()])
+    """
 
     def __init__(self):
         self.model = None
 
     def set_model(self, model):
+        """Attach the model being trained (fit calls it)."""
         self.model = model
 
     def on_train_begin(self, logs=None):
-        pass
+        """Called once when fit starts."""
 
     def on_train_end(self, logs=None):
-        pass
+        """Called once when fit ends (also after an early stop)."""
 
     def on_epoch_begin(self, epoch, logs=None):
-        pass
+        """Called at the start of each epoch."""
 
     def on_epoch_end(self, epoch, logs=None):
-        pass
+        """Called at the end of each epoch, with its metrics in `logs`."""
 
 
 class CallbackList:
@@ -181,17 +203,41 @@ class EarlyStopping(_Monitor):
     """Stop training when the monitored metric has stopped improving.
 
     An epoch improves when the metric beats the best so far by more than
-    min_delta. Training stops once `patience` epochs in a row have not improved
-    (patience=0: at the first epoch that does not improve). With a `baseline`,
-    an epoch only resets the count if it also beats the baseline, so training
-    stops after `patience` epochs if none beats it (as Keras documents it).
-    Epochs before `start_from_epoch` are not watched; a NaN never improves.
+    `min_delta`. Training stops once `patience` epochs in a row have not
+    improved. A NaN never improves.
 
-    restore_best_weights: at the end of training (stopped early or not) the
-    model gets back the weights of the best epoch, as in Keras 3.
+    Parameters
+    ----------
+    monitor : str, default "val_loss"
+        The metric to watch, a key of the epoch's logs.
+    min_delta : float, default 0.0
+        The smallest change that counts as an improvement.
+    patience : int, default 0
+        Epochs without improvement before stopping (0: at the first epoch
+        that does not improve).
+    mode : {"auto", "min", "max"}, default "auto"
+        Whether the metric should fall or rise; ``"auto"`` maximises
+        accuracies and minimises everything else (as Keras).
+    restore_best_weights : bool, default False
+        At the end of training (stopped early or not) the model gets back the
+        weights of the best epoch, as in Keras 3.
+    baseline : float, optional
+        An epoch only resets the count if it also beats the baseline, so
+        training stops after `patience` epochs if none beats it (as Keras
+        documents it).
+    start_from_epoch : int, default 0
+        Epochs before this one are not watched.
+    verbose : int, default 0
+        1 prints when training stops and when weights are restored.
 
-    After training, `stopped_epoch` is the 0-based epoch at which training was
-    stopped (0 if it was not), `best` the best value and `best_epoch` its epoch.
+    Attributes
+    ----------
+    stopped_epoch : int
+        The 0-based epoch at which training was stopped (0 if it was not).
+    best : float
+        The best value of the metric.
+    best_epoch : int or None
+        Its epoch.
     """
 
     def __init__(self, monitor="val_loss", min_delta=0.0, patience=0, mode="auto",
@@ -243,13 +289,30 @@ class EarlyStopping(_Monitor):
 
 
 class ModelCheckpoint(_Monitor):
-    """Save the model (model.save(path)) at the end of every epoch, or only when
-    the monitored metric improved on its best (save_best_only=True).
+    """Save the model at the end of every epoch, or when it improved.
 
-    filepath may hold format fields filled from the epoch's logs, and {epoch}
-    (1-based, as Keras): "ckpt-{epoch:02d}-{val_loss:.3f}.npz". Missing parent
-    directories are created. `best` is the best monitored value so far and
-    `last_saved` the path of the last file written.
+    Parameters
+    ----------
+    filepath : str or os.PathLike
+        Where `~fusenn.Sequential.save` writes; may hold format fields filled
+        from the epoch's logs, and ``{epoch}`` (1-based, as Keras):
+        ``"ckpt-{epoch:02d}-{val_loss:.3f}.npz"``. Missing parent directories
+        are created.
+    monitor : str, default "val_loss"
+        The metric `save_best_only` watches.
+    save_best_only : bool, default False
+        Save only when the monitored metric improved on its best.
+    mode : {"auto", "min", "max"}, default "auto"
+        As `EarlyStopping`'s.
+    verbose : int, default 0
+        1 prints each save.
+
+    Attributes
+    ----------
+    best : float
+        The best monitored value so far (carried over between fit calls).
+    last_saved : str or None
+        The path of the last file written.
     """
 
     def __init__(self, filepath, monitor="val_loss", save_best_only=False, mode="auto", verbose=0):
@@ -335,13 +398,24 @@ def _optimizer_of(model, who):
 
 
 class LearningRateScheduler(Callback):
-    """Set the optimizer's learning rate at the start of each epoch from
-    `schedule(epoch)` or `schedule(epoch, lr)` (lr: the current rate), with a
-    0-based epoch; see fusenn.schedules for ready-made schedules. The rate
-    (model.optimizer.lr) is put in the epoch's logs as "lr".
+    """Set the optimizer's learning rate at the start of each epoch.
 
-    The schedule must return a finite number > 0: anything else raises
-    ValueError naming the epoch.
+    The rate (``model.optimizer.lr``) is put in the epoch's logs as ``"lr"``.
+
+    Parameters
+    ----------
+    schedule : callable
+        ``schedule(epoch)`` or ``schedule(epoch, lr)`` (``lr``: the current
+        rate) with a 0-based epoch, returning a finite number > 0 (anything
+        else raises ValueError naming the epoch); `fusenn.schedules` has
+        ready-made ones.
+    verbose : int, default 0
+        1 prints each new rate.
+
+    Examples
+    --------
+    >>> schedule = fusenn.schedules.CosineDecay(0.1, epochs=45, warmup_epochs=5)
+    >>> model.fit(X, y, epochs=50, callbacks=[LearningRateScheduler(schedule)])
     """
 
     def __init__(self, schedule, verbose=0):
@@ -374,12 +448,33 @@ class LearningRateScheduler(Callback):
 
 
 class ReduceLROnPlateau(_Monitor):
-    """Multiply the learning rate by `factor` when the monitored metric has not
-    improved (by more than min_delta) for `patience` epochs; the `cooldown`
-    epochs after a reduction do not count as bad epochs (as PyTorch; Keras
-    already counts the last of them). Never goes below min_lr. The rate is
-    put in the epoch's logs as "lr" (the rate the epoch ran with); a
-    reduction takes effect from the next epoch.
+    """Lower the learning rate when the monitored metric stops improving.
+
+    The rate is multiplied by `factor` when the metric has not improved (by
+    more than `min_delta`) for `patience` epochs; the `cooldown` epochs after
+    a reduction do not count as bad epochs (as PyTorch; Keras already counts
+    the last of them). It never goes below `min_lr`. The rate is put in the
+    epoch's logs as ``"lr"`` (the rate the epoch ran with); a reduction takes
+    effect from the next epoch.
+
+    Parameters
+    ----------
+    monitor : str, default "val_loss"
+        The metric to watch.
+    factor : float, default 0.1
+        In (0, 1).
+    patience : int, default 10
+        Epochs without improvement before a reduction.
+    min_delta : float, default 1e-4
+        The smallest change that counts as an improvement.
+    cooldown : int, default 0
+        Epochs after a reduction that are not watched.
+    min_lr : float, default 0.0
+        The lowest rate.
+    mode : {"auto", "min", "max"}, default "auto"
+        As `EarlyStopping`'s.
+    verbose : int, default 0
+        1 prints each reduction.
     """
 
     def __init__(self, monitor="val_loss", factor=0.1, patience=10, min_delta=1e-4, cooldown=0,
@@ -407,6 +502,7 @@ class ReduceLROnPlateau(_Monitor):
 
     @property
     def in_cooldown(self):
+        """Whether the epochs after a reduction are still being skipped."""
         return self.cooldown_counter > 0
 
     def on_epoch_end(self, epoch, logs=None):
@@ -441,8 +537,20 @@ class ReduceLROnPlateau(_Monitor):
 
 
 class LambdaCallback(Callback):
-    """A callback from plain functions: on_epoch_begin(epoch, logs),
-    on_epoch_end(epoch, logs), on_train_begin(logs), on_train_end(logs)."""
+    """A callback from plain functions.
+
+    Parameters
+    ----------
+    on_epoch_begin, on_epoch_end : callable, optional
+        Called as ``f(epoch, logs)``.
+    on_train_begin, on_train_end : callable, optional
+        Called as ``f(logs)``.
+
+    Examples
+    --------
+    >>> losses = []
+    >>> record = LambdaCallback(on_epoch_end=lambda epoch, logs: losses.append(logs["loss"]))
+    """
 
     def __init__(self, on_epoch_begin=None, on_epoch_end=None, on_train_begin=None,
                  on_train_end=None):
@@ -479,18 +587,23 @@ def _tqdm():
 class ProgressBar(Callback):
     """fit's progress display, one update per epoch.
 
-    verbose:
-      0       nothing;
-      "auto"  (fit's default) as 1 when the output is a terminal (or a Jupyter
-              notebook), else nothing: logs and CI stay clean;
-      1       one bar over the epochs, updated at the end of each, with the
-              epoch's loss, accuracy, validation metrics and time (tqdm when it
-              is installed, else a plain line rewritten with '\\r');
-      2       one plain line per epoch, for logs and CI:
-              "Epoch 3/10 - 0.012s - loss: 0.1234 - accuracy: 0.9700 - val_loss: ..."
-    file: the output stream (default: sys.stdout at the start of training).
-    `epochs` is fit's epochs (the last epoch, 1-based); a run resumed with
-    initial_epoch starts the count there.
+    `~fusenn.Sequential.fit` adds one itself from its `verbose` argument.
+
+    Parameters
+    ----------
+    epochs : int
+        fit's `epochs` (the last epoch, 1-based); a run resumed with
+        `initial_epoch` starts the count there.
+    verbose : {0, 1, 2, "auto"}, default "auto"
+        0: nothing. ``"auto"`` (fit's default): as 1 when the output is a
+        terminal (or a Jupyter notebook), else nothing, so logs and CI stay
+        clean. 1: one bar over the epochs, updated at the end of each, with
+        the epoch's loss, accuracy, validation metrics and time (tqdm when it
+        is installed, else a plain line rewritten with a carriage return).
+        2: one plain line per epoch, for logs and CI: ``Epoch 3/10 - 0.012s -
+        loss: 0.1234 - accuracy: 0.9700 - val_loss: ...``.
+    file : file object, optional
+        The output stream (default: ``sys.stdout`` at the start of training).
     """
 
     BAR_WIDTH = 20  # characters of the plain bar

@@ -79,7 +79,12 @@ def _check_rng(rng):
 
 
 def fans(shape):
-    """(fan_in, fan_out) of a weight array of this shape, as Keras computes them."""
+    """``(fan_in, fan_out)`` of a weight array of this shape, as Keras computes them.
+
+    For a 2-D shape ``(fan_in, fan_out) = shape``; for a 1-D shape both are
+    ``shape[0]``; with more dimensions the leading ones are a receptive field
+    that multiplies both.
+    """
     shape = _check_shape(shape)
     if len(shape) == 0:
         return 1, 1
@@ -90,7 +95,15 @@ def fans(shape):
 
 
 class Initializer:
-    """Base class: subclasses define `_draw(shape, rng)` (float64 values) and `name`."""
+    """Base class of the initializers: a callable ``init(shape, rng, dtype)``.
+
+    Calling an initializer returns a new array of `shape` and `dtype`; `rng`
+    is a `numpy.random.Generator` (or an int seed). Values are drawn in
+    float64 and then cast, so float32 and float64 models built from one seed
+    agree. Subclasses define ``_draw(shape, rng)`` (float64 values) and
+    ``name``; ``config()`` gives a JSON-serialisable description that `get`
+    reads back.
+    """
 
     name = None
 
@@ -146,40 +159,59 @@ def _truncated_standard_normal(shape, rng):
 
 
 class GlorotUniform(_VarianceScaling):
-    """U(-limit, limit) with limit = sqrt(6 / (fan_in + fan_out)); PyTorch's xavier_uniform_."""
+    """U(-limit, limit) with ``limit = sqrt(6 / (fan_in + fan_out))``.
+
+    ``"glorot_uniform"``, also ``"xavier_uniform"`` (PyTorch's
+    ``xavier_uniform_``); the default of layers without a ReLU.
+    """
     name, fan_mode, distribution = "glorot_uniform", "fan_avg", "uniform"
 
 
 class GlorotNormal(_VarianceScaling):
-    """Truncated normal with variance 2 / (fan_in + fan_out)."""
+    """A normal truncated at 2 standard deviations, variance ``2 / (fan_in + fan_out)``.
+
+    ``"glorot_normal"``, also ``"xavier_normal"``. Values beyond 2 standard
+    deviations are redrawn, and the standard deviation is scaled so that the
+    truncated values have that variance (Keras's formula).
+    """
     name, fan_mode, distribution = "glorot_normal", "fan_avg", "truncated_normal"
 
 
 class HeUniform(_VarianceScaling):
-    """U(-limit, limit) with limit = sqrt(6 / fan_in); for relu layers."""
+    """U(-limit, limit) with ``limit = sqrt(6 / fan_in)``, for ReLU layers.
+
+    ``"he_uniform"``, also ``"kaiming_uniform"``; the default of relu and
+    leaky_relu layers.
+    """
     name, scale, distribution = "he_uniform", 2.0, "uniform"
 
 
 class HeNormal(_VarianceScaling):
-    """Truncated normal with variance 2 / fan_in; for relu layers."""
+    """A normal truncated at 2 standard deviations, variance ``2 / fan_in``.
+
+    ``"he_normal"``, also ``"kaiming_normal"``; for ReLU layers.
+    """
     name, scale, distribution = "he_normal", 2.0, "truncated_normal"
 
 
 class LecunUniform(_VarianceScaling):
-    """U(-limit, limit) with limit = sqrt(3 / fan_in)."""
+    """U(-limit, limit) with ``limit = sqrt(3 / fan_in)``: ``"lecun_uniform"``."""
     name, distribution = "lecun_uniform", "uniform"
 
 
 class LecunNormal(_VarianceScaling):
-    """Truncated normal with variance 1 / fan_in."""
+    """A normal truncated at 2 standard deviations, variance ``1 / fan_in``: ``"lecun_normal"``."""
     name, distribution = "lecun_normal", "truncated_normal"
 
 
 class Orthogonal(Initializer):
-    """A matrix with orthonormal columns (or rows, when wider than tall) over the
-    shape (prod(shape[:-1]), shape[-1]): Q of the QR decomposition of a standard
-    normal matrix, its columns' signs those of R's diagonal (Keras's, gain 1).
-    The default recurrent kernel of SimpleRNN, GRU and LSTM."""
+    """A matrix with orthonormal columns (or rows, when wider than tall): ``"orthogonal"``.
+
+    Over the shape ``(prod(shape[:-1]), shape[-1])``: Q of the QR
+    decomposition of a standard normal matrix, its columns' signs those of R's
+    diagonal (Keras's, gain 1). The default recurrent kernel of SimpleRNN, GRU
+    and LSTM.
+    """
 
     name = "orthogonal"
 
@@ -196,7 +228,7 @@ class Orthogonal(Initializer):
 
 
 class RandomUniform(Initializer):
-    """U(-0.05, 0.05): Keras's "uniform", the default of Embedding."""
+    """U(-0.05, 0.05): ``"uniform"``, Keras's RandomUniform, the default of Embedding."""
 
     name = "uniform"
 
@@ -205,7 +237,13 @@ class RandomUniform(Initializer):
 
 
 class Constant(Initializer):
-    """Every value equal to `value` (a finite number)."""
+    """Every value equal to `value`.
+
+    Parameters
+    ----------
+    value : float, default 0.0
+        A finite number.
+    """
 
     name = "constant"
 
@@ -238,10 +276,12 @@ class _NamedConstant(Constant):
 
 
 class Zeros(_NamedConstant):
+    """Every value 0: ``"zeros"``, the default of biases."""
     name, fill = "zeros", 0.0
 
 
 class Ones(_NamedConstant):
+    """Every value 1: ``"ones"``."""
     name, fill = "ones", 1.0
 
 
@@ -260,9 +300,24 @@ def _unknown(spec):
 
 
 def get(spec):
-    """An initializer from a name, a config (as `config()` returns), an
-    Initializer instance or class, or a user callable init(shape, rng, dtype)
-    (returned as it is)."""
+    """An initializer from a name, a config, an instance or a callable.
+
+    Parameters
+    ----------
+    spec : str, dict, Initializer, type or callable
+        A name (case-insensitive; `NAMES` lists them), a config as
+        ``config()`` returns it, an Initializer instance or class, or a user
+        callable ``init(shape, rng, dtype)`` (returned as it is).
+
+    Returns
+    -------
+    Initializer or callable
+
+    Examples
+    --------
+    >>> init = fusenn.initializers.get("he_normal")
+    >>> W = init((64, 32), np.random.default_rng(0), np.float32)
+    """
     if isinstance(spec, Initializer):
         return spec
     if isinstance(spec, type) and issubclass(spec, Initializer):
@@ -292,8 +347,10 @@ def get(spec):
 
 
 def serialize(initializer):
-    """The initializer's config() (JSON-serialisable), or None for a user
-    callable, which cannot be saved by name."""
+    """The initializer's ``config()`` (JSON-serialisable).
+
+    None for a user callable, which cannot be saved by name.
+    """
     if isinstance(initializer, Initializer):
         return initializer.config()
     if callable(initializer):

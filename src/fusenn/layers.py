@@ -82,9 +82,27 @@ def _rows(x):
 
 
 class Layer:
-    """Base class. Subclasses set `param_names` (and `buffer_names`), compute
-    their output shape, create their arrays in `_build`, and compute in
-    `forward` / `backward`; see the module docstring."""
+    """Base class of the layers; subclass it for a layer of your own.
+
+    A subclass sets `param_names` (the attributes holding its trainable arrays)
+    and `buffer_names` (non-trainable arrays saved with the model), computes a
+    sample's output shape in `compute_output_shape`, creates its arrays in
+    ``_build(input_shape, dtype, rng)``, and computes through the model's
+    backend (`fusenn.ops` or `fusenn.reference`) in::
+
+        forward(backend, x, training, logits)        -> (y, cache)
+        backward(backend, x, y, cache, dy, need_dx)  -> (dx or None, [grad per param])
+
+    Shapes are those of one sample, without the batch dimension:
+    ``(features,)``, ``(height, width, channels)`` or ``(steps, features)``.
+    A layer without an `engine_kind` (the C engine's name for it) trains op by
+    op, with the same results.
+
+    Attributes
+    ----------
+    input_shape, output_shape : tuple of int or None
+        A sample's shapes, once built.
+    """
 
     engine_kind = None       # the C engine's kind; None: trained op by op
     param_names = ()
@@ -103,21 +121,26 @@ class Layer:
 
     @property
     def name(self):
+        """The layer's class name."""
         return type(self).__name__
 
     @property
     def built(self):
+        """Whether the layer has its arrays."""
         return self.input_shape is not None
 
     @property
     def params(self):
+        """The trainable arrays, in `param_names` order (live, not copies)."""
         return [getattr(self, name) for name in self.param_names]
 
     @property
     def buffers(self):
+        """The non-trainable arrays saved with the model, in `buffer_names` order."""
         return [getattr(self, name) for name in self.buffer_names]
 
     def count_params(self):
+        """The number of trainable values (0 before the layer is built)."""
         return sum(p.size for p in self.params) if self.built else 0
 
     def decayed(self):
@@ -132,12 +155,25 @@ class Layer:
         return mask
 
     def compute_output_shape(self, input_shape):
-        """A sample's output shape for samples of `input_shape` (ValueError, naming
-        the layer and the shapes, if it cannot take them). Default: unchanged."""
+        """A sample's output shape for samples of `input_shape`.
+
+        Raises ValueError, naming the layer and the shapes, if it cannot take
+        them. By default the shape is unchanged.
+        """
         return tuple(input_shape)
 
     def build(self, input_shape, dtype, rng):
-        """Create the layer's arrays for samples of `input_shape` (an int: flat)."""
+        """Create the layer's arrays for samples of `input_shape`.
+
+        Parameters
+        ----------
+        input_shape : int or tuple of int
+            One sample's shape (an int: flat features).
+        dtype : numpy.dtype
+            The model's dtype.
+        rng : numpy.random.Generator
+            The model's generator, for the initializers.
+        """
         input_shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else \
             tuple(int(d) for d in input_shape)
         output_shape = self.compute_output_shape(input_shape)
@@ -153,13 +189,17 @@ class Layer:
             setattr(self, name, None)
 
     def engine_spec(self):
-        """The layer as the C engine takes it ({"kind", "attrs", "buffers", ...}),
-        or None when it trains op by op."""
+        """The layer as the C engine takes it, or None when it trains op by op.
+
+        A dict ``{"kind": engine_kind, "attrs": engine_attrs(), "buffers":
+        buffers, ...}``.
+        """
         if self.engine_kind is None:
             return None
         return {"kind": self.engine_kind, "attrs": self.engine_attrs(), "buffers": self.buffers}
 
     def engine_attrs(self):
+        """The kind's attributes by the names its C record gives them."""
         return {}
 
     def _refuse(self, input_shape, why):
@@ -171,14 +211,39 @@ class Layer:
 
 
 class Dense(Layer):
-    """A fully connected layer: y = activation(x @ W + b).
+    """A fully connected layer: ``y = activation(x @ W + b)``.
 
-    W has shape (fan_in, units) and b shape (units,), as in Keras. On a sequence
-    (steps, features) it acts on every step (Keras's Dense on the last axis).
-    kernel_initializer: a name from fusenn.initializers ("glorot_uniform",
-    "he_normal", ...) or an initializer; by default He-uniform for relu and
-    leaky_relu (keeps the activations' variance through rectifiers) and
-    Glorot-uniform otherwise. bias_initializer: "zeros" by default.
+    On a sequence ``(steps, features)`` it acts on every step (Keras's Dense on
+    the last axis).
+
+    Parameters
+    ----------
+    units : int
+        The number of neurons (outputs).
+    activation : str or None, optional
+        ``"relu"``, ``"sigmoid"``, ``"softmax"``, ... (see the user guide);
+        None, ``"linear"`` or ``"identity"`` for none.
+    kernel_initializer : str, Initializer or callable, optional
+        A name from `fusenn.initializers` (``"glorot_uniform"``,
+        ``"he_normal"``, ...), an initializer, or ``f(shape, rng, dtype)``. By
+        default He-uniform for relu and leaky_relu (it keeps the activations'
+        variance through rectifiers) and Glorot-uniform otherwise.
+    bias_initializer : str, Initializer or callable, default "zeros"
+        As `kernel_initializer`, for the bias.
+
+    Attributes
+    ----------
+    W : numpy.ndarray
+        The weights, shape ``(fan_in, units)`` as in Keras.
+    b : numpy.ndarray
+        The bias, shape ``(units,)``.
+
+    Examples
+    --------
+    >>> model = fusenn.Sequential([fusenn.Dense(64, activation="relu"),
+    ...                            fusenn.Dense(10, activation="softmax")], input_dim=784)
+    >>> model.layers[0].W.shape
+    (784, 64)
     """
 
     engine_kind = "dense"
@@ -246,14 +311,24 @@ class Dense(Layer):
 
 
 class Dropout(Layer):
-    """Inverted dropout: while training, each input is zeroed with probability
-    `rate` and the others are scaled by 1 / (1 - rate); at inference it passes
-    its input through unchanged (Keras and PyTorch semantics).
+    """Inverted dropout.
+
+    While training, each input is zeroed with probability `rate` and the others
+    are scaled by ``1 / (1 - rate)``; at inference it passes its input through
+    unchanged (Keras's and PyTorch's semantics).
 
     Masks are a hash of (seed, training step, element), so training is
-    reproducible with the model's seed and identical on any thread count. The
-    seed is drawn from the model's generator when the model is built, unless
-    given here.
+    reproducible with the model's seed and identical on any thread count, and
+    the NumPy reference drops exactly the same elements.
+
+    Parameters
+    ----------
+    rate : float
+        The probability of zeroing an input, in [0, 1).
+    seed : int, optional
+        The masks' seed; by default drawn from the model's seed when the model
+        is built (from a stream of its own, so adding a Dropout changes neither
+        the initial weights nor the shuffles).
     """
 
     engine_kind = "dropout"
@@ -309,15 +384,29 @@ class Dropout(Layer):
 
 
 class BatchNorm(Layer):
-    """Batch normalisation (Ioffe and Szegedy) per feature, the last axis of a
-    sample (the channels of an image, Keras's axis=-1):
-    y = gamma (x - mean) / sqrt(var + eps) + beta.
+    """Batch normalisation (Ioffe and Szegedy) per feature.
+
+    Normalises the last axis of a sample (the channels of an image, Keras's
+    ``axis=-1``): ``y = gamma (x - mean) / sqrt(var + eps) + beta``.
 
     Training normalises with the batch's mean and (biased) variance over every
-    row of the batch and updates the running statistics: running = momentum *
-    running + (1 - momentum) * batch. Inference (predict, evaluate) uses the
-    running statistics. Defaults are Keras's (momentum 0.99, eps 1e-3);
-    PyTorch's momentum=0.1 is this momentum=0.9.
+    row of the batch and updates the running statistics: ``running = momentum
+    * running + (1 - momentum) * batch``. Inference (`~fusenn.Sequential.predict`,
+    `~fusenn.Sequential.evaluate`) uses the running statistics.
+
+    Parameters
+    ----------
+    momentum : float, default 0.99
+        Keras's default; PyTorch's ``momentum=0.1`` is this ``momentum=0.9``.
+    eps : float, default 1e-3
+        Added to the variance (Keras's default).
+
+    Attributes
+    ----------
+    gamma, beta : numpy.ndarray
+        The scale and offset, shape ``(features,)``, trained.
+    running_mean, running_var : numpy.ndarray
+        The running statistics, saved with the model (not trained).
     """
 
     engine_kind = "batchnorm"
@@ -423,15 +512,41 @@ def _flat_pads(padding):
 
 
 class Conv2D(Layer):
-    """A 2-D convolution over images (channels last, as Keras):
-    y[oh, ow, :] = activation(sum over the window of x * kernel + bias).
+    """A 2-D convolution over images, channels last as in Keras.
 
-    kernel has shape (kernel_h, kernel_w, channels_in, filters) and bias
-    (filters,), as Keras's. strides, dilation_rate: an int or a pair;
-    padding "valid" (no padding) or "same" (outputs ceil(size / stride), the odd
-    padding cell at the bottom / right, as Keras). kernel_initializer: by
-    default He-uniform for relu and leaky_relu and Glorot-uniform otherwise
-    (fan in = kernel_h kernel_w channels_in, as Keras).
+    ``y[oh, ow, :] = activation(sum over the window of x * kernel + bias)``,
+    for images ``(height, width, channels)``.
+
+    Parameters
+    ----------
+    filters : int
+        The number of output channels (feature maps).
+    kernel_size : int or tuple of 2 int
+        The window's height and width.
+    strides : int or tuple of 2 int, default 1
+        The window's step.
+    padding : {"valid", "same"}, default "valid"
+        ``"valid"``: no padding; ``"same"``: outputs ``ceil(size / stride)``,
+        the odd padding cell at the bottom / right, as Keras and TensorFlow.
+    dilation_rate : int or tuple of 2 int, default 1
+        The spacing of the window's taps.
+    activation : str or None, optional
+        As `Dense`'s.
+    use_bias : bool, default True
+        Whether to add a bias per filter.
+    kernel_initializer : str, Initializer or callable, optional
+        By default He-uniform for relu and leaky_relu and Glorot-uniform
+        otherwise (fan in ``kernel_h * kernel_w * channels_in``, as Keras).
+    bias_initializer : str, Initializer or callable, default "zeros"
+
+    Attributes
+    ----------
+    kernel : numpy.ndarray
+        Shape ``(kernel_h, kernel_w, channels_in, filters)``, as Keras's.
+    bias : numpy.ndarray or None
+        Shape ``(filters,)``.
+    pads : tuple
+        ``((top, bottom), (left, right))``, once built.
     """
 
     engine_kind = "conv2d"
@@ -523,9 +638,7 @@ class Conv2D(Layer):
 
 
 class _Pooling2D(Layer):
-    """Max or average pooling over windows of pool_size, strides apart (default:
-    pool_size, as Keras), each channel on its own. padding "same" pads as Conv2D;
-    padded cells are never a maximum and are left out of averages (Keras)."""
+    """Max or average pooling over windows of pool_size, strides apart."""
 
     engine_kind = "pool2d"
     mode = None
@@ -575,12 +688,33 @@ class _Pooling2D(Layer):
 
 
 class MaxPooling2D(_Pooling2D):
-    __doc__ = "Max pooling of images. " + _Pooling2D.__doc__
+    """Max pooling of images: the largest value of each window, per channel.
+
+    Parameters
+    ----------
+    pool_size : int or tuple of 2 int, default 2
+        The window's height and width.
+    strides : int or tuple of 2 int, optional
+        The window's step; by default `pool_size` (as Keras).
+    padding : {"valid", "same"}, default "valid"
+        ``"same"`` pads as `Conv2D`; padded cells are never a maximum.
+    """
     mode = "max"
 
 
 class AveragePooling2D(_Pooling2D):
-    __doc__ = "Average pooling of images. " + _Pooling2D.__doc__
+    """Average pooling of images: the mean of each window, per channel.
+
+    Parameters
+    ----------
+    pool_size : int or tuple of 2 int, default 2
+        The window's height and width.
+    strides : int or tuple of 2 int, optional
+        The window's step; by default `pool_size` (as Keras).
+    padding : {"valid", "same"}, default "valid"
+        ``"same"`` pads as `Conv2D`; padded cells are left out of the averages
+        (as Keras).
+    """
     mode = "avg"
 
 
@@ -614,12 +748,20 @@ class _GlobalPooling(Layer):
 
 
 class GlobalAveragePooling2D(_GlobalPooling):
-    __doc__ = _GlobalPooling.__doc__
+    """The mean of each channel over all positions of a sample.
+
+    Images ``(height, width, channels)`` (or sequences ``(steps, features)``)
+    become ``(channels,)``.
+    """
     mode = "avg"
 
 
 class GlobalMaxPooling2D(_GlobalPooling):
-    __doc__ = _GlobalPooling.__doc__ + " The gradient goes to each channel's first maximum."
+    """The maximum of each channel over all positions of a sample.
+
+    Images ``(height, width, channels)`` (or sequences ``(steps, features)``)
+    become ``(channels,)``. The gradient goes to each channel's first maximum.
+    """
     mode = "max"
 
 
@@ -642,18 +784,34 @@ class _GlobalPooling1D(_GlobalPooling):
 
 
 class GlobalAveragePooling1D(_GlobalPooling1D):
-    __doc__ = _GlobalPooling1D.__doc__
+    """The mean of each feature over the steps of a sequence.
+
+    ``(steps, features)`` becomes ``(features,)``; with a time-step mask
+    (``Embedding(mask_zero=True)``) over the real steps only, as Keras.
+    """
     mode = "avg"
 
 
 class GlobalMaxPooling1D(_GlobalPooling1D):
-    __doc__ = _GlobalPooling1D.__doc__ + " The gradient goes to each feature's first maximum."
+    """The maximum of each feature over the steps of a sequence.
+
+    ``(steps, features)`` becomes ``(features,)``; with a time-step mask
+    (``Embedding(mask_zero=True)``) over the real steps only, as Keras. The
+    gradient goes to each feature's first maximum.
+    """
     mode = "max"
 
 
 class Reshape(Layer):
-    """Gives each sample a new shape of the same size (row-major order, as NumPy's
-    reshape); one dimension may be -1 (inferred). No copy is made."""
+    """Gives each sample a new shape of the same size.
+
+    Row-major order, as NumPy's reshape; no copy is made.
+
+    Parameters
+    ----------
+    target_shape : tuple of int
+        One sample's new shape, 1 to 4 dimensions; one may be -1 (inferred).
+    """
 
     engine_kind = "reshape"
 
@@ -698,8 +856,10 @@ class Reshape(Layer):
 
 
 class Flatten(Reshape):
-    """Each sample as one row of features, row-major over (height, width,
-    channels), as Keras's Flatten."""
+    """Each sample as one row of features.
+
+    Row-major over ``(height, width, channels)``, as Keras's Flatten.
+    """
 
     def __init__(self):
         super().__init__((-1,))
@@ -714,13 +874,31 @@ class Flatten(Reshape):
 # ---- sequences ------------------------------------------------------------------------
 
 class Embedding(Layer):
-    """A learned vector for each of input_dim indices: integer sequences (steps,)
-    become (steps, output_dim), y[t] = embeddings[x[t]] (Keras's Embedding).
+    """A learned vector for each of `input_dim` integer indices (Keras's Embedding).
 
-    mask_zero: index 0 is padding: the recurrent layers after it skip those steps
-    (the state carries over them) and the loss leaves them out, so one batch can
-    hold sequences of different lengths. The gradient adds up repeated indices in
-    a fixed order. An index outside [0, input_dim) is refused, naming the largest."""
+    Integer sequences ``(steps,)`` become ``(steps, output_dim)``:
+    ``y[t] = embeddings[x[t]]``. The gradient adds up repeated indices in a
+    fixed order. An index outside ``[0, input_dim)`` is refused, naming the
+    largest. An Embedding must be the model's first layer.
+
+    Parameters
+    ----------
+    input_dim : int
+        The number of indices (the vocabulary's size).
+    output_dim : int
+        The length of each vector.
+    embeddings_initializer : str, Initializer or callable, default "uniform"
+        U(-0.05, 0.05), as Keras.
+    mask_zero : bool, default False
+        Index 0 is padding: the recurrent layers after it skip those steps (the
+        state carries over them) and the loss leaves them out, so one batch can
+        hold sequences of different lengths.
+
+    Attributes
+    ----------
+    embeddings : numpy.ndarray
+        Shape ``(input_dim, output_dim)``.
+    """
 
     engine_kind = "embedding"
     param_names = ("embeddings",)
@@ -838,10 +1016,35 @@ class _Recurrent(Layer):
 
 
 class SimpleRNN(_Recurrent):
-    """h_t = activation(x_t W + h_{t-1} U + b): the plain recurrent layer (Keras's SimpleRNN)."""
+    """The plain recurrent layer (Keras's SimpleRNN).
+
+    ``h_t = activation(x_t W + h_{t-1} U + b)``, ``h_0 = 0``, over sequences
+    ``(steps, features)``. With a time-step mask the state carries over
+    masked steps.
+
+    Parameters
+    ----------
+    units : int
+        The state's size.
+    activation : str, default "tanh"
+        Any elementwise activation.
+    return_sequences : bool, default False
+        Output every step's state ``(steps, units)`` instead of the last one
+        ``(units,)``.
+    go_backwards : bool, default False
+        Read the steps in reverse (and return them so).
+
+    Attributes
+    ----------
+    kernel : numpy.ndarray
+        ``W``, shape ``(features, units)``; Glorot-uniform.
+    recurrent_kernel : numpy.ndarray
+        ``U``, shape ``(units, units)``; orthogonal.
+    bias : numpy.ndarray
+        Shape ``(units,)``; zeros.
+    """
 
     engine_kind = "simple_rnn"
-    __doc__ += _Recurrent.__doc__
 
 
 class _Gated(_Recurrent):
@@ -863,12 +1066,35 @@ class _Gated(_Recurrent):
 
 
 class GRU(_Gated):
-    """The gated recurrent unit, Keras's GRU: gates z (update), r (reset), h in that
-    order in the kernels. reset_after=True (Keras's and PyTorch's form) applies the
-    reset gate after the recurrent product, with a bias (2, 3 units): [input bias,
-    recurrent bias]; reset_after=False before it, with a bias (3 units,).
+    """The gated recurrent unit, Keras's GRU.
+
+    Gates z (update), r (reset) and h, in that order in the kernels; with
+    ``act`` the activation and ``rec`` the recurrent activation::
+
         z = rec(x W_z + h U_z + b_z);  r = rec(x W_r + h U_r + b_r)
-        c = act(x W_h + b_h + r (h U_h + b'_h));  h = z h_prev + (1 - z) c"""
+        c = act(x W_h + b_h + r (h U_h + b'_h));  h = z h_prev + (1 - z) c
+
+    Parameters
+    ----------
+    units : int
+        The state's size.
+    activation : str, default "tanh"
+    recurrent_activation : str, default "sigmoid"
+        The gates' activation.
+    return_sequences : bool, default False
+        Output every step's state ``(steps, units)`` instead of the last one.
+    go_backwards : bool, default False
+        Read the steps in reverse (and return them so).
+    reset_after : bool, default True
+        Apply the reset gate after the recurrent product (Keras's and
+        PyTorch's form), with a bias of shape ``(2, 3 units)``: [input bias,
+        recurrent bias]; False: before it, with a bias ``(3 units,)``.
+
+    Attributes
+    ----------
+    kernel, recurrent_kernel, bias : numpy.ndarray
+        Shapes ``(features, 3 units)``, ``(units, 3 units)`` and the bias's.
+    """
 
     engine_kind = "gru"
     gates = 3
@@ -893,11 +1119,35 @@ class GRU(_Gated):
 
 
 class LSTM(_Gated):
-    """Long short-term memory, Keras's LSTM: gates i, f, c, o in that order,
+    """Long short-term memory, Keras's LSTM.
+
+    Gates i, f, c, o, in that order in the kernels; with ``act`` the activation
+    and ``rec`` the recurrent activation::
+
         i = rec(x W_i + h U_i + b_i);  f = rec(x W_f + h U_f + b_f)
         g = act(x W_c + h U_c + b_c);  o = rec(x W_o + h U_o + b_o)
         c = f c_prev + i g;  h = o act(c)
-    unit_forget_bias: the forget gate's bias starts at 1 (Keras's default)."""
+
+    Parameters
+    ----------
+    units : int
+        The state's size.
+    activation : str, default "tanh"
+    recurrent_activation : str, default "sigmoid"
+        The gates' activation.
+    return_sequences : bool, default False
+        Output every step's state ``(steps, units)`` instead of the last one.
+    go_backwards : bool, default False
+        Read the steps in reverse (and return them so).
+    unit_forget_bias : bool, default True
+        The forget gate's bias starts at 1 (Keras's default).
+
+    Attributes
+    ----------
+    kernel, recurrent_kernel, bias : numpy.ndarray
+        Shapes ``(features, 4 units)``, ``(units, 4 units)`` and
+        ``(4 units,)``.
+    """
 
     engine_kind = "lstm"
     gates = 4

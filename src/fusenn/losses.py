@@ -18,6 +18,32 @@ __all__ = ["LOSSES", "Loss", "Huber", "get_loss"]
 
 
 class Loss:
+    """A loss, and how it pairs with the model's output activation.
+
+    The instances in `fusenn.LOSSES` are what `~fusenn.Sequential.compile`
+    takes by name: ``"cross_entropy"`` (integer labels; softmax fused with the
+    loss), ``"binary_cross_entropy"`` (targets in [0, 1]; sigmoid fused),
+    ``"mse"``, ``"mae"`` and ``"huber"``. The fused ones read the last layer's
+    logits and need its activation to be softmax / sigmoid or identity; the
+    others work with any output activation.
+
+    Parameters
+    ----------
+    name : str
+        The loss's name.
+    engine : str or None
+        The C engine's loss of that name.
+    fused_kernel : str or None
+        The backend function computing the loss from logits, fused with the
+        output activation.
+    output_activations : tuple of str or None
+        The output activations it allows (None: any).
+    targets : {"labels", "values"}
+        Integer labels or target values.
+    kernel : str, optional
+        The backend function of a non-fused loss.
+    """
+
     def __init__(self, name, engine, fused_kernel, output_activations, targets, kernel=None):
         self.name = name
         self.engine = engine                      # the C engine's loss of that name, or None
@@ -47,6 +73,7 @@ class Loss:
                                              sample_weight=sample_weight)
 
     def check_output_activation(self, activation):
+        """Raise ValueError unless the loss allows this output activation."""
         if self.output_activations is not None and activation not in self.output_activations:
             allowed = " or ".join(repr(a) for a in self.output_activations)
             raise ValueError(
@@ -56,6 +83,7 @@ class Loss:
 
     @property
     def has_accuracy(self):
+        """Whether the loss is a classification loss (fit reports accuracy)."""
         return self.fused_kernel is not None
 
     def correct(self, p, y):
@@ -98,9 +126,21 @@ _ALIASES = {
 
 
 class Huber(Loss):
-    """The Huber loss (Keras's Huber, PyTorch's HuberLoss): per output, with
-    d = prediction - target, d^2 / 2 where |d| <= delta and delta (|d| - delta / 2)
-    beyond; the mean over all outputs. delta must be a finite number > 0."""
+    """The Huber loss (Keras's Huber, PyTorch's HuberLoss).
+
+    Per output, with ``d = prediction - target``: ``d**2 / 2`` where ``|d| <=
+    delta`` and ``delta * (|d| - delta / 2)`` beyond; the mean over all
+    outputs.
+
+    Parameters
+    ----------
+    delta : float, default 1.0
+        Where the loss turns from quadratic to linear; finite and > 0.
+
+    Examples
+    --------
+    >>> model.compile(loss=fusenn.losses.Huber(delta=2.0), optimizer="adam")
+    """
 
     def __init__(self, delta=1.0):
         super().__init__("huber", "huber", None, None, "values", "huber")
@@ -120,8 +160,25 @@ LOSSES["huber"] = Huber()
 
 
 def get_loss(loss):
-    """A Loss from an instance, a name (or alias) or a saved config: a name or a
-    dict {"name": ..., plus parameters such as "delta" for huber}."""
+    """A loss from an instance, a name (or alias) or a saved config.
+
+    Parameters
+    ----------
+    loss : Loss, str or dict
+        An instance (returned as it is), a name from `fusenn.LOSSES` or one of
+        Keras's and PyTorch's names for them (``"sparse_categorical_crossentropy"``,
+        ``"mean_squared_error"``, ``"l1"``, ...), or a config
+        ``{"name": ..., plus parameters such as "delta" for huber}``.
+
+    Returns
+    -------
+    Loss
+
+    Raises
+    ------
+    ValueError
+        For an unknown name or parameter.
+    """
     if isinstance(loss, Loss):
         return loss
     if isinstance(loss, dict):

@@ -44,13 +44,25 @@ def _dtype_name(dtype):
 
 
 class History:
-    """What fit() returns: `history` maps each metric to its per-epoch values."""
+    """What `Sequential.fit` returns: the metrics of each epoch.
+
+    Attributes
+    ----------
+    epoch : list of int
+        The 0-based epochs that ran.
+    history : dict of str to list
+        Each metric's per-epoch values: ``"loss"``, ``"accuracy"``
+        (classification), ``"val_loss"`` and ``"val_accuracy"`` (with
+        validation data), ``"time"`` (the epoch's seconds) and ``"lr"`` (the
+        learning rate it ran with), plus keys callbacks add.
+    """
 
     def __init__(self):
         self.epoch = []
         self.history = {}
 
     def append(self, epoch, logs):
+        """Record one epoch's `logs` (a dict of metric values)."""
         self.epoch.append(epoch)
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
@@ -62,14 +74,57 @@ class History:
 class Sequential:
     """A feed-forward network: each layer's output is the next one's input.
 
-    >>> model = Sequential([Dense(64, activation="relu"), Dense(10, activation="softmax")],
-    ...                    input_dim=64, seed=0)
-    >>> model.compile(loss="cross_entropy", optimizer=SGD(lr=0.1, momentum=0.9))
+    Parameters
+    ----------
+    layers : list of Layer, optional
+        The layers, first to last; more can be appended with `add` until the
+        model is built.
+    input_dim : int, optional
+        The number of features of a flat sample: ``input_dim=d`` is
+        ``input_shape=(d,)``.
+    dtype : {"float32", "float64"}, default "float32"
+        The dtype of every weight and of the computation.
+    seed : int, optional
+        Makes the initial weights, `fit`'s shuffles and Dropout's masks
+        reproducible; None draws them from fresh entropy.
+    backend : {"c", "numpy"}, default "c"
+        ``"c"`` runs fusenn's C kernels and its training engine; ``"numpy"``
+        runs `fusenn.reference`, the same math in plain NumPy, one call per
+        operation.
+    input_shape : tuple of int, optional
+        One sample's shape without the batch dimension: ``(features,)``,
+        images ``(height, width, channels)`` or sequences ``(steps,
+        features)``. Give it or `input_dim`, not both; without either the
+        first `fit` (or `build`) fixes it.
 
-    input_shape: a sample's shape, e.g. (28, 28, 1) for images; input_dim=d is
-    input_shape=(d,). Without either, the first fit (or build) fixes it.
-    backend: "c" (fusenn's kernels) or "numpy" (the pure-NumPy reference).
-    seed: makes weight initialisation and fit()'s shuffling reproducible.
+    Attributes
+    ----------
+    layers : list of Layer
+        The layers.
+    input_shape : tuple of int or None
+        A sample's shape, once built.
+    loss, optimizer
+        What `compile` chose (None before).
+    history : History or None
+        The History of the last `fit`, also when Ctrl-C stopped it.
+    stop_training : bool
+        Set to True (by a callback) to end `fit` after the current epoch.
+
+    See Also
+    --------
+    fusenn.load : read a model written by `save`.
+
+    Examples
+    --------
+    >>> import fusenn
+    >>> X, y = fusenn.datasets.load_digits()
+    >>> model = fusenn.Sequential([fusenn.Dense(64, activation="relu"),
+    ...                            fusenn.Dense(10, activation="softmax")],
+    ...                           input_dim=64, seed=0)
+    >>> model.compile(loss="cross_entropy", optimizer=fusenn.SGD(lr=0.1, momentum=0.9))
+    >>> history = model.fit(X, y, epochs=5, batch_size=32, verbose=0)
+    >>> model.predict(X[:2]).shape
+    (2, 10)
     """
 
     def __init__(self, layers=(), input_dim=None, dtype="float32", seed=None, backend="c",
@@ -144,6 +199,15 @@ class Sequential:
     # ---- structure --------------------------------------------------------
 
     def add(self, layer):
+        """Append `layer` to the model (before it is built).
+
+        Raises
+        ------
+        TypeError
+            If `layer` is not a fusenn `Layer`.
+        ValueError
+            If the model is already built, or the layer is already in it.
+        """
         if not isinstance(layer, Layer):
             raise TypeError(f"layers must be fusenn layers (Dense, Dropout, BatchNorm, ...), "
                             f"got {layer!r}")
@@ -155,6 +219,7 @@ class Sequential:
 
     @property
     def built(self):
+        """Whether every layer has its weights (the input shape is known)."""
         return self.input_shape is not None  # set once every layer is built
 
     @property
@@ -185,7 +250,20 @@ class Sequential:
         return shapes
 
     def build(self, input_shape):
-        """Draw every layer's weights for samples of `input_shape` (an int: features)."""
+        """Draw every layer's weights for samples of `input_shape`.
+
+        Parameters
+        ----------
+        input_shape : int or tuple of int
+            One sample's shape (an int: the number of features). Building an
+            already built model checks that the shape is the same.
+
+        Raises
+        ------
+        ValueError
+            If a layer cannot take its input's shape (naming the layer), or the
+            model is built for another shape.
+        """
         shape = check_input_shape(input_shape)
         if not self.layers:
             raise ValueError("the model has no layers; pass layers to Sequential([...])")
@@ -218,7 +296,7 @@ class Sequential:
 
     @property
     def params(self):
-        """The trainable arrays [W1, b1, W2, b2, ...], live (not copies)."""
+        """The trainable arrays ``[W1, b1, W2, b2, ...]``, live (not copies)."""
         return [p for layer in self.layers for p in layer.params]
 
     @property
@@ -235,13 +313,33 @@ class Sequential:
                 for name in (*layer.param_names, *layer.buffer_names)]
 
     def get_weights(self):
-        """Copies of every layer's weights, in layer order (Keras's order: Dense
-        W, b; BatchNorm gamma, beta, running mean, running variance)."""
+        """Copies of every layer's weights, in layer order.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            Keras's order: Dense ``W``, ``b``; BatchNorm ``gamma``, ``beta``,
+            running mean, running variance; and so on for each layer.
+        """
         self._require_built()
         return [a.copy() for _, a in self._weight_arrays()]
 
     def set_weights(self, weights):
-        """Copy `weights` ([W1, b1, ...], as get_weights returns) into the model."""
+        """Copy `weights` into the model.
+
+        Parameters
+        ----------
+        weights : list of array_like
+            One array per parameter and buffer, as `get_weights` returns them,
+            each of the shape of the array it replaces; values are cast to the
+            model's dtype.
+
+        Raises
+        ------
+        ValueError
+            If the count or a shape is wrong, a value is not finite, or a
+            running variance is negative; the model is then left unchanged.
+        """
         self._require_built()
         arrays = self._weight_arrays()
         labels = ", ".join(label for label, _ in arrays[:2]) + ", ..."
@@ -273,10 +371,29 @@ class Sequential:
     # ---- compile ------------------------------------------------------------
 
     def compile(self, loss="cross_entropy", optimizer="sgd"):
-        """Choose the loss and the optimizer (an instance, or 'sgd', 'adam', 'adamw',
-        'rmsprop', 'adagrad' with default settings). The loss works on the last
-        layer's output, whatever its kind; cross-entropy and binary
-        cross-entropy take over its softmax or sigmoid (or read logits)."""
+        """Choose the loss and the optimizer.
+
+        Parameters
+        ----------
+        loss : str or fusenn.losses.Loss, default "cross_entropy"
+            ``"cross_entropy"``, ``"binary_cross_entropy"``, ``"mse"``,
+            ``"mae"``, ``"huber"`` (or Keras's names for them), or an instance
+            such as ``fusenn.losses.Huber(delta=2.0)``. The loss works on the
+            last layer's output, whatever its kind; cross-entropy and binary
+            cross-entropy take over its softmax or sigmoid (or read logits).
+        optimizer : str or fusenn.optimizers.Optimizer, default "sgd"
+            An instance, or ``"sgd"``, ``"adam"``, ``"adamw"``, ``"rmsprop"``,
+            ``"adagrad"`` with default settings. An optimizer belongs to one
+            model; its state starts afresh.
+
+        Raises
+        ------
+        ValueError
+            If the loss does not fit the last layer's activation (cross-entropy
+            needs softmax or identity, binary cross-entropy sigmoid or
+            identity), a name is unknown, or the optimizer is compiled into
+            another model.
+        """
         if not self.layers:
             raise ValueError("the model has no layers; pass layers to Sequential([...])")
         loss = get_loss(loss)
@@ -474,13 +591,34 @@ class Sequential:
     # ---- public training API -------------------------------------------------
 
     def train_on_batch(self, X, y, sample_weight=None, class_weight=None, batch_chunks=1):
-        """One forward pass, backward pass and optimizer update; returns the batch loss.
+        """One forward pass, backward pass and optimizer update on one batch.
 
-        sample_weight (one per row) and class_weight ({class: weight}) scale
-        each row's loss (Keras semantics: the batch loss is the mean of the
-        weighted row losses). batch_chunks: see fit. If the loss or the updated weights are not
-        finite, ValueError is raised, the weights are left as they were before
-        the call and the optimizer state is reset.
+        Parameters
+        ----------
+        X : array_like
+            The batch, shape ``(n, *input_shape)``.
+        y : array_like
+            Integer labels ``(n,)`` for cross-entropy (one per step on
+            sequence outputs), targets of the output's shape otherwise.
+        sample_weight : array_like, optional
+            One weight per row: the batch loss is the mean of the weighted row
+            losses (Keras's semantics).
+        class_weight : dict, optional
+            ``{class: weight}``, multiplied into each row's weight by its label.
+        batch_chunks : int, default 1
+            See `fit`.
+
+        Returns
+        -------
+        float
+            The batch loss, computed before the update.
+
+        Raises
+        ------
+        ValueError
+            If the batch is invalid (naming what is wrong), or the loss or the
+            updated weights are not finite: the weights are then as they were
+            before the call and the optimizer state is reset.
         """
         # Shapes and dtypes here; the engine checks the values (NaN, label range) in its
         # own pass. class_weight looks labels up in a table, so they are checked first.
@@ -514,31 +652,71 @@ class Sequential:
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose="auto",
             callbacks=None, validation_split=0.0, class_weight=None, sample_weight=None,
             initial_epoch=0, batch_chunks=1):
-        """Train for `epochs` passes over (X, y) in mini-batches; returns a History.
+        """Train for `epochs` passes over ``(X, y)`` in mini-batches.
 
         Each epoch visits the samples in a permutation drawn from the model's
         seed (the same on both backends). Per-epoch loss and accuracy are
         averages over the epoch's batches (measured before each batch's update,
-        as Keras reports them).
+        as Keras reports them). On the C backend each epoch is one call into
+        the training engine.
 
-        validation_data=(Xv, yv) or validation_split (the last fraction of the
-        samples, taken before shuffling, as Keras) add val_ metrics computed
-        after each epoch. callbacks: fusenn.callbacks objects (EarlyStopping,
-        ModelCheckpoint, LearningRateScheduler, ...). initial_epoch: resume
-        counting epochs from there (runs epochs - initial_epoch epochs).
-        verbose: 0 silent, 1 progress bar, 2 one line per epoch, "auto" a bar
-        when stdout is a terminal and silence otherwise.
+        Parameters
+        ----------
+        X : array_like
+            Samples, shape ``(n, *input_shape)`` (integer indices for an
+            Embedding first layer).
+        y : array_like
+            Integer labels ``(n,)`` for cross-entropy (one per step on
+            sequence outputs), targets of the output's shape otherwise.
+        epochs : int, default 1
+            The epoch to stop after (counting from 0, or from `initial_epoch`).
+        batch_size : int, default 32
+            Samples per update; the last batch of an epoch may be smaller.
+        shuffle : bool, default True
+            Visit the samples in a new seeded permutation each epoch.
+        validation_data : tuple (X_val, y_val), optional
+            Evaluated after each epoch: adds ``val_loss`` (and
+            ``val_accuracy``) to the logs.
+        verbose : {0, 1, 2, "auto"}, default "auto"
+            0 silent, 1 a progress bar (tqdm when installed), 2 one line per
+            epoch, ``"auto"`` a bar when stdout is a terminal and silence
+            otherwise.
+        callbacks : list of fusenn.callbacks.Callback, optional
+            EarlyStopping, ModelCheckpoint, LearningRateScheduler, ...
+        validation_split : float, default 0.0
+            The last fraction of the samples, taken before shuffling (as
+            Keras), used as validation data instead of `validation_data`.
+        class_weight : dict, optional
+            ``{class: weight}`` scaling each row's loss by its label.
+        sample_weight : array_like, optional
+            One weight per sample scaling its loss (Keras's semantics).
+        initial_epoch : int, default 0
+            Resume counting epochs from there (runs ``epochs -
+            initial_epoch`` epochs).
+        batch_chunks : int, default 1
+            Each batch's gradient is the sum of that many chunks' (the rows
+            cut evenly, each chunk's gradient taken alone, its rows weighted by
+            their share of the batch, added in order), as
+            ``fusenn.distributed.fit`` computes it over ranks: with the same
+            `batch_chunks`, the bits are the same. Dropout draws the whole
+            batch's masks; BatchNorm normalises each chunk with its own
+            statistics. 1: the plain step.
 
-        batch_chunks: each batch's gradient is the sum of that many chunks' (the
-        rows cut evenly, each chunk's gradient taken alone, its rows weighted by
-        their share of the batch, added in order), as fusenn.distributed.fit
-        computes it over ranks: with the same batch_chunks, the bits are the
-        same. Dropout draws the whole batch's masks; BatchNorm normalises each
-        chunk with its own statistics. 1: the plain step.
+        Returns
+        -------
+        History
+            The per-epoch metrics, also kept as ``model.history``.
 
-        If a step's loss or updated weights are not finite, ValueError is
-        raised naming the epoch; the weights are those from before that step
-        and the optimizer state is reset.
+        Raises
+        ------
+        ValueError
+            If the data are invalid (naming what is wrong), or a step's loss or
+            updated weights are not finite: the error names the epoch, the
+            weights are those from before that step and the optimizer state is
+            reset.
+        KeyboardInterrupt
+            On Ctrl-C, within a batch; the model is as after its last whole
+            step and ``model.history`` holds the epochs that finished.
         """
         X, y = check_data(self, X, y)
         chunks = positive_int(batch_chunks, "batch_chunks")
@@ -614,11 +792,24 @@ class Sequential:
         return history
 
     def predict(self, X, batch_size=None):
-        """The network's outputs for X: probabilities for softmax/sigmoid outputs.
+        """The network's outputs for `X`.
+
         Dropout is inactive and BatchNorm uses its running statistics.
 
-        batch_size only bounds the samples per forward pass of the op-by-op path;
-        results do not depend on it."""
+        Parameters
+        ----------
+        X : array_like
+            Samples, shape ``(n, *input_shape)``.
+        batch_size : int, optional
+            Bounds the samples per forward pass of the op-by-op path; the
+            results do not depend on it.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(n, *output_shape)`` in the model's dtype: probabilities
+            for softmax and sigmoid outputs.
+        """
         if self._plan is not None and batch_size is None:  # the engine, X as it takes it:
             out = self._plan.predict_array(X, self._lock)  # one call, checks included
             if out is not None:
@@ -653,8 +844,23 @@ class Sequential:
                          f"overflowed (or the weights are too large)")
 
     def evaluate(self, X, y, batch_size=None, sample_weight=None):
-        """{'loss': ..., 'accuracy': ...} over (X, y) (accuracy only for classification;
-        the loss weighted by sample_weight if given)."""
+        """The loss (and accuracy) over ``(X, y)``, in inference mode.
+
+        Parameters
+        ----------
+        X, y : array_like
+            As in `fit`.
+        batch_size : int, optional
+            Accepted for Keras compatibility; the result does not depend on it.
+        sample_weight : array_like, optional
+            One weight per sample for the loss.
+
+        Returns
+        -------
+        dict
+            ``{"loss": ..., "accuracy": ...}``; accuracy only for the
+            classification losses.
+        """
         self._require_built()
         X, y = check_data(self, X, y)
         sw = check_weights(self, y, X.shape[0], sample_weight, None)
@@ -693,8 +899,21 @@ class Sequential:
     # ---- summary -----------------------------------------------------------------------
 
     def summary(self, print_fn=print):
-        """Print a table of the layers, their output shapes and parameter counts
-        (as Keras's model.summary()); returns the text. print_fn=None only returns it."""
+        """A table of the layers, their output shapes and parameter counts.
+
+        As Keras's ``model.summary()``: output shapes as ``(None, 28, 28, 6)``,
+        then the parameter totals, the loss and the optimizer.
+
+        Parameters
+        ----------
+        print_fn : callable or None, default print
+            Called with the text; None only returns it.
+
+        Returns
+        -------
+        str
+            The table.
+        """
         if print_fn is not None and not callable(print_fn):
             raise TypeError(f"print_fn must be a function taking a string, or None, got {print_fn!r}")
         rows = [("Layer (type)", "Output shape", "Params")]
@@ -746,18 +965,39 @@ class Sequential:
         }
 
     def to_onnx(self, path=None, opset=None):
-        """The model as an onnx.ModelProto computing predict (input "input", output
-        "output", the batch dimension dynamic); written to `path` if given. Needs
-        the `onnx` extra; see fusenn.onnx_export for what each layer becomes."""
+        """The model as an ONNX graph that computes `predict`.
+
+        Needs the ``onnx`` extra; see `fusenn.onnx_export.to_onnx` for what
+        each layer becomes.
+
+        Parameters
+        ----------
+        path : str or os.PathLike, optional
+            Where to write the graph (also returned).
+        opset : int, optional
+            The ONNX opset, 17 by default; any from 13 to the newest the
+            installed onnx knows.
+
+        Returns
+        -------
+        onnx.ModelProto
+            Input ``"input"``, output ``"output"``, the batch dimension
+            dynamic; also written to `path` if given.
+        """
         from .onnx_export import to_onnx
         return to_onnx(self, path, opset)
 
     def save(self, path):
-        """Write architecture, weights and optimizer state to an .npz file (no pickle).
+        """Write the architecture, weights and optimizer state to an ``.npz`` file.
 
         The file is written to a temporary file in the same directory, synced,
         and renamed over `path`, so an interrupted save never destroys an
-        existing file.
+        existing file. Nothing is pickled; `fusenn.load` reads it back.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write.
         """
         saving.save(self, path)
 

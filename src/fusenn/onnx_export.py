@@ -337,10 +337,39 @@ EXPORTERS = {
 
 
 def to_onnx(model, path=None, opset=None):
-    """The model as an onnx.ModelProto computing predict's outputs; written to
-    `path` too when given. opset: the ONNX operator set (default DEFAULT_OPSET,
-    at least MIN_OPSET). The input "input" and the output "output" have a dynamic
-    batch dimension. Needs the `onnx` package (pip install fusenn[onnx])."""
+    """The model as an ONNX graph that computes `~fusenn.Sequential.predict`.
+
+    Needs the ``onnx`` package (``pip install fusenn[onnx]``).
+    ``model.to_onnx(path, opset)`` calls this function.
+
+    Parameters
+    ----------
+    model : Sequential
+        A built model.
+    path : str or os.PathLike, optional
+        Where to write the graph too.
+    opset : int, optional
+        The ONNX operator set: `DEFAULT_OPSET` (17) by default, at least
+        `MIN_OPSET` (13), at most the newest the installed onnx knows.
+
+    Returns
+    -------
+    onnx.ModelProto
+        One input ``"input"``, ``(batch, *model.input_shape)`` in the model's
+        dtype (int64 indices when the first layer is an Embedding), and one
+        output ``"output"``, ``(batch, *model.output_shape)``; the batch
+        dimension is dynamic. Dropout is omitted, BatchNorm folded with its
+        running statistics, and the last layer's softmax or sigmoid applied.
+
+    Raises
+    ------
+    TypeError
+        For a layer without an exporter in `EXPORTERS` (users' `Layer`
+        subclasses and subclasses of fusenn's layers), naming it.
+    ValueError
+        For an invalid `opset`, an Embedding that is not the first layer, or
+        a recurrent activation ONNX's recurrent ops do not have.
+    """
     try:
         import onnx
     except ImportError:

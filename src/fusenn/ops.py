@@ -277,9 +277,9 @@ def mae(a, t, sample_weight=None):
 
 
 def huber(a, t, delta=1.0, sample_weight=None):
-    """(loss, da): mean Huber loss (quadratic for |a - t| <= delta, linear beyond)
-    and its gradient clip(a - t, -delta, delta) / (n k), row i weighted by
-    sample_weight[i]."""
+    """(loss, da): mean Huber loss (quadratic for ``|a - t| <= delta``, linear beyond)
+    and its gradient ``clip(a - t, -delta, delta) / (n k)``, row i weighted by
+    ``sample_weight[i]``."""
     delta = huber_delta(delta)
     a, t, sw, da = _regression_operands(a, t, sample_weight)
     loss = _kernels.huber(a, t, delta, sw, da, get_num_threads())

@@ -40,26 +40,44 @@ def _clip_scale(sum_squares, c):
 
 
 class Optimizer:
-    """Base class: subclasses define `_state_names`, `_hyperparameters` and
-    `_update`, which updates one parameter through the backend and returns its
-    count of non-finite weights; those the C engine runs also set
-    `_engine_kind` (the engine's name for the update rule) and `_engine_settings`.
+    """Base class of the optimizers: the gradient preprocessing they share.
 
-    Every optimizer takes the gradient preprocessing options below, applied in
-    this order before the update rule on every step:
+    Subclasses define ``_state_names``, ``_hyperparameters`` and ``_update``,
+    which updates one parameter through the backend and returns its count of
+    non-finite weights; those the C engine runs also set ``_engine_kind`` (the
+    engine's name for the update rule) and ``_engine_settings``. A subclass the
+    engine does not know trains op by op.
 
-    l2: coupled L2 penalty, g += l2 * w, on kernels only (the parameters a
-        layer lists in decayed_params; by default those with ndim >= 2), never on biases (as Keras' kernel_regularizer, or
-        scikit-learn's alpha; PyTorch's SGD weight_decay also decays biases).
-        The loss that fit / train_on_batch report does not include the
+    Every optimizer takes the options below, applied in this order before the
+    update rule on every step; None (and ``l2=0``) means off.
+
+    Parameters
+    ----------
+    l2 : float, default 0.0
+        Coupled L2 penalty, ``g += l2 * w``, on kernels only (the parameters a
+        layer lists in ``decayed_params``; by default those with ``ndim >=
+        2``), never on biases (as Keras's ``kernel_regularizer``, or
+        scikit-learn's ``alpha``; PyTorch's SGD ``weight_decay`` also decays
+        biases). The loss that `~fusenn.Sequential.fit` and
+        `~fusenn.Sequential.train_on_batch` report does not include the
         penalty term, as in PyTorch.
-    clipnorm: each parameter's gradient is rescaled so its L2 norm is at most
-        clipnorm (Keras' clipnorm): g *= clipnorm / max(norm, clipnorm).
-    global_clipnorm: all gradients are rescaled together so that their joint
-        norm is at most global_clipnorm (Keras' global_clipnorm, PyTorch's
-        clip_grad_norm_). Mutually exclusive with clipnorm.
-    clipvalue: every gradient element is clipped to [-clipvalue, clipvalue].
-    None (and l2=0) means off.
+    clipnorm : float, optional
+        Each parameter's gradient is rescaled so that its L2 norm is at most
+        `clipnorm` (Keras's ``clipnorm``): ``g *= clipnorm / max(norm,
+        clipnorm)``.
+    global_clipnorm : float, optional
+        All gradients are rescaled together so that their joint norm is at
+        most `global_clipnorm` (Keras's ``global_clipnorm``, PyTorch's
+        ``clip_grad_norm_``). Mutually exclusive with `clipnorm`.
+    clipvalue : float, optional
+        Every gradient element is clipped to ``[-clipvalue, clipvalue]``.
+
+    Attributes
+    ----------
+    iterations : int
+        The number of steps taken.
+    state : dict or None
+        ``{name: [array per parameter]}`` once stepping started.
     """
 
     _state_names = ()
@@ -216,11 +234,34 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent, as PyTorch defines momentum:
-    v = momentum * v + grad;  w -= lr * v  (Nesterov: w -= lr * (grad + momentum * v)).
+    """Stochastic gradient descent, with momentum as PyTorch defines it.
 
-    l2, clipnorm, global_clipnorm, clipvalue: see Optimizer (the reported loss
-    does not include the L2 term)."""
+    ``v = momentum * v + grad; w -= lr * v`` (Nesterov: ``w -= lr * (grad +
+    momentum * v)``); without momentum ``w -= lr * grad``.
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+        The learning rate, > 0.
+    momentum : float, default 0.0
+        In [0, 1).
+    nesterov : bool, default False
+        Nesterov's momentum (needs ``momentum > 0``).
+    l2 : float, default 0.0
+        Coupled L2 penalty on the weight matrices (``g += l2 * w``), never on
+        biases; the reported loss does not include it.
+    clipnorm : float, optional
+        Rescale each parameter's gradient to an L2 norm of at most this.
+    global_clipnorm : float, optional
+        Rescale all gradients together to a joint norm of at most this
+        (exclusive with `clipnorm`).
+    clipvalue : float, optional
+        Clip every gradient element to ``[-clipvalue, clipvalue]``.
+
+    See Also
+    --------
+    Optimizer : the gradient preprocessing options.
+    """
 
     _engine_kind = "sgd"
 
@@ -247,11 +288,31 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma and Ba) with bias correction; eps is added after the square root.
+    """Adam (Kingma and Ba) with bias correction.
 
-    l2, clipnorm, global_clipnorm, clipvalue: see Optimizer. l2 is the coupled
-    penalty (added to the gradient, so Adam rescales it); for decoupled weight
-    decay use AdamW. The reported loss does not include the L2 term."""
+    ``eps`` is added after the square root. `l2` is the coupled penalty (added
+    to the gradient, so Adam rescales it); for decoupled weight decay use
+    `AdamW`.
+
+    Parameters
+    ----------
+    lr : float, default 1e-3
+        The learning rate, > 0.
+    beta1, beta2 : float, default 0.9, 0.999
+        The decay rates of the first and second moment estimates, in [0, 1).
+    eps : float, default 1e-8
+        Added to ``sqrt(v_hat)``, > 0.
+    l2 : float, default 0.0
+        Coupled L2 penalty on the weight matrices (``g += l2 * w``), never on
+        biases; the reported loss does not include it.
+    clipnorm : float, optional
+        Rescale each parameter's gradient to an L2 norm of at most this.
+    global_clipnorm : float, optional
+        Rescale all gradients together to a joint norm of at most this
+        (exclusive with `clipnorm`).
+    clipvalue : float, optional
+        Clip every gradient element to ``[-clipvalue, clipvalue]``.
+    """
 
     _state_names = ("m", "v")
     _engine_kind = "adam"
@@ -283,14 +344,31 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (Loshchilov and Hutter), as PyTorch's
-    AdamW: each step first decays the weight matrices, w *= 1 - lr * weight_decay,
-    then takes the Adam step. Biases and other 1-D parameters are not decayed
-    (PyTorch decays every parameter unless told otherwise; Keras users exclude
-    biases with exclude_from_weight_decay).
+    """Adam with decoupled weight decay (Loshchilov and Hutter), as PyTorch's AdamW.
 
-    l2, clipnorm, global_clipnorm, clipvalue: see Optimizer. The reported loss
-    includes no decay or penalty term."""
+    Each step first decays the weight matrices, ``w *= 1 - lr *
+    weight_decay``, then takes the Adam step. Biases and other 1-D parameters
+    are not decayed (PyTorch decays every parameter unless told otherwise;
+    Keras users exclude biases with ``exclude_from_weight_decay``). The
+    reported loss includes no decay or penalty term.
+
+    Parameters
+    ----------
+    lr, beta1, beta2, eps : float
+        As `Adam`'s.
+    weight_decay : float, default 0.01
+        The decoupled decay, >= 0.
+    l2 : float, default 0.0
+        Coupled L2 penalty on the weight matrices (``g += l2 * w``), never on
+        biases; the reported loss does not include it.
+    clipnorm : float, optional
+        Rescale each parameter's gradient to an L2 norm of at most this.
+    global_clipnorm : float, optional
+        Rescale all gradients together to a joint norm of at most this
+        (exclusive with `clipnorm`).
+    clipvalue : float, optional
+        Clip every gradient element to ``[-clipvalue, clipvalue]``.
+    """
 
     _engine_kind = "adam"
 
@@ -308,12 +386,30 @@ class AdamW(Adam):
 
 
 class RMSprop(Optimizer):
-    """RMSprop: v = rho * v + (1 - rho) * grad**2;  w -= lr * grad / (sqrt(v) + eps).
+    """RMSprop: ``v = rho * v + (1 - rho) * grad**2; w -= lr * grad / (sqrt(v) + eps)``.
 
-    Defaults are Keras' (lr=0.001, rho=0.9, eps=1e-7); eps is added after the
-    square root, as PyTorch does (Keras adds it inside). No momentum, not
-    centered. l2, clipnorm, global_clipnorm, clipvalue: see Optimizer (the
-    reported loss does not include the L2 term)."""
+    Defaults are Keras's; eps is added after the square root, as PyTorch does
+    (Keras adds it inside). No momentum, not centered.
+
+    Parameters
+    ----------
+    lr : float, default 1e-3
+        The learning rate, > 0.
+    rho : float, default 0.9
+        The decay of the squared-gradient average, in [0, 1).
+    eps : float, default 1e-7
+        > 0.
+    l2 : float, default 0.0
+        Coupled L2 penalty on the weight matrices (``g += l2 * w``), never on
+        biases; the reported loss does not include it.
+    clipnorm : float, optional
+        Rescale each parameter's gradient to an L2 norm of at most this.
+    global_clipnorm : float, optional
+        Rescale all gradients together to a joint norm of at most this
+        (exclusive with `clipnorm`).
+    clipvalue : float, optional
+        Clip every gradient element to ``[-clipvalue, clipvalue]``.
+    """
 
     _state_names = ("v",)
     _engine_kind = "rmsprop"
@@ -337,10 +433,28 @@ class RMSprop(Optimizer):
 
 
 class Adagrad(Optimizer):
-    """Adagrad: v += grad**2;  w -= lr * grad / (sqrt(v) + eps), with the
-    accumulator v starting at 0 (PyTorch's defaults lr=0.01, eps=1e-10; no lr
-    decay). l2, clipnorm, global_clipnorm, clipvalue: see Optimizer (the
-    reported loss does not include the L2 term)."""
+    """Adagrad: ``v += grad**2; w -= lr * grad / (sqrt(v) + eps)``.
+
+    The accumulator ``v`` starts at 0; PyTorch's defaults, no learning-rate
+    decay.
+
+    Parameters
+    ----------
+    lr : float, default 0.01
+        The learning rate, > 0.
+    eps : float, default 1e-10
+        > 0.
+    l2 : float, default 0.0
+        Coupled L2 penalty on the weight matrices (``g += l2 * w``), never on
+        biases; the reported loss does not include it.
+    clipnorm : float, optional
+        Rescale each parameter's gradient to an L2 norm of at most this.
+    global_clipnorm : float, optional
+        Rescale all gradients together to a joint norm of at most this
+        (exclusive with `clipnorm`).
+    clipvalue : float, optional
+        Clip every gradient element to ``[-clipvalue, clipvalue]``.
+    """
 
     _state_names = ("v",)
     _engine_kind = "adagrad"
@@ -366,8 +480,19 @@ _OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "rmsprop": RMSprop, "ad
 
 
 def get_optimizer(optimizer):
-    """An Optimizer from an instance, a name ('sgd', 'adam', 'adamw', 'rmsprop',
-    'adagrad') or a saved config dict."""
+    """An optimizer from an instance, a name or a saved config.
+
+    Parameters
+    ----------
+    optimizer : Optimizer, str or dict
+        An instance (returned as it is), ``"sgd"``, ``"adam"``, ``"adamw"``,
+        ``"rmsprop"`` or ``"adagrad"`` (default settings), or a config dict
+        ``{"name": "SGD", "lr": ..., ...}``.
+
+    Returns
+    -------
+    Optimizer
+    """
     if isinstance(optimizer, Optimizer):
         return optimizer
     if isinstance(optimizer, str) and optimizer.lower() in _OPTIMIZERS:

@@ -49,14 +49,28 @@ def _finish(fig, save):
 # ---- training history ------------------------------------------------------------------------------
 
 def history(hist, metrics=None, save=None):
-    """Loss and metric curves per epoch. hist: the History that Sequential.fit returns,
-    or its .history dict (e.g. {"loss": [...], "val_loss": [...], "accuracy": [...]}).
+    """Loss and metric curves per epoch.
 
-    One axes per metric, each showing the training values and, when present, the
-    "val_" values: loss and val_loss together, accuracy and val_accuracy together.
-    metrics: which metrics to show (a name or a list of names, without "val_");
-    default: all but "time" and "lr" (fit's seconds per epoch and learning rate;
-    metrics=["loss", "lr"] shows the rate), loss first. Returns the Figure; save: a path to write a PNG."""
+    One axes per metric, each showing the training values and, when present,
+    the ``val_`` values: loss and val_loss together, accuracy and
+    val_accuracy together.
+
+    Parameters
+    ----------
+    hist : History or dict
+        What `~fusenn.Sequential.fit` returns, or its ``.history`` dict
+        (``{"loss": [...], "val_loss": [...], "accuracy": [...]}``).
+    metrics : str or list of str, optional
+        Which metrics to show, without ``val_``; by default all but
+        ``"time"`` and ``"lr"`` (fit's seconds per epoch and learning rate;
+        ``metrics=["loss", "lr"]`` shows the rate), loss first.
+    save : str or os.PathLike, optional
+        Also write the figure there as a PNG.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     logs = getattr(hist, "history", hist)
     if not isinstance(logs, dict):
         raise TypeError(f"hist must be a fusenn History or its .history dict, got {hist!r}")
@@ -122,15 +136,36 @@ def _shape2(shape):
 def weights(layer_or_array, shape=(8, 8), max_neurons=64, cmap="RdBu_r", save=None):
     """Each neuron's incoming weights drawn as an image: what the first layer looks for.
 
-    layer_or_array: a fusenn Dense layer (its W, shape (inputs, units)), a Conv2D
-    layer (each filter's kernel_h x kernel_w weights, averaged over its input
-    channels when it has several), a Sequential (its first layer with weights),
-    or an array of shape (inputs, units) (a 1-D array is one neuron).
-    shape: the image shape of a Dense neuron, with inputs == shape[0] * shape[1]
-    (8x8 digits, 28x28 MNIST); a Conv2D filter has its own. Shows the first
-    max_neurons neurons in a grid, red positive and blue negative on one colour
-    scale centred at zero (cmap: any matplotlib colormap). Returns the Figure;
-    save: a path to write a PNG."""
+    Shows the first `max_neurons` neurons in a grid, red positive and blue
+    negative on one colour scale centred at zero.
+
+    Parameters
+    ----------
+    layer_or_array : Dense, Conv2D, Sequential or array_like
+        A Dense layer (its W, shape ``(inputs, units)``), a Conv2D layer (each
+        filter's ``kernel_h x kernel_w`` weights, averaged over its input
+        channels when it has several), a model (its first layer with weights),
+        or an array of shape ``(inputs, units)`` (a 1-D array is one neuron).
+    shape : tuple of 2 int, default (8, 8)
+        The image shape of a Dense neuron, with ``inputs == shape[0] *
+        shape[1]`` (8x8 digits, 28x28 MNIST); a Conv2D filter has its own.
+    max_neurons : int, default 64
+        How many neurons to show.
+    cmap : str, default "RdBu_r"
+        Any matplotlib colormap.
+    save : str or os.PathLike, optional
+        Also write the figure there as a PNG.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        If ``inputs`` is not ``shape[0] * shape[1]``, or the layer is not
+        built.
+    """
     obj = layer_or_array
     if hasattr(obj, "layers"):  # a model: its first layer with weights (skips e.g. Dropout)
         with_weights = [layer for layer in obj.layers if hasattr(layer, "W") or
@@ -193,10 +228,28 @@ def weights(layer_or_array, shape=(8, 8), max_neurons=64, cmap="RdBu_r", save=No
 # ---- feature maps ------------------------------------------------------------------------------------
 
 def feature_maps(model, x, max_maps=16, cmap="viridis", save=None):
-    """What each convolutional layer of `model` responds to in one image x
-    ((height, width, channels), or a batch of one): one row per Conv2D layer,
-    its first max_maps output channels (feature maps) as images, next to the
-    input. Runs the model in inference mode. Returns the Figure; save: a PNG path."""
+    """What each convolutional layer of `model` responds to in one image.
+
+    One row per Conv2D layer: its first `max_maps` output channels (feature
+    maps) as images, next to the input. Runs the model in inference mode.
+
+    Parameters
+    ----------
+    model : Sequential
+        A built model with Conv2D layers.
+    x : array_like
+        One image ``(height, width, channels)``, or a batch of one.
+    max_maps : int, default 16
+        Feature maps per layer.
+    cmap : str, default "viridis"
+        Any matplotlib colormap.
+    save : str or os.PathLike, optional
+        Also write the figure there as a PNG.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     from .layers import Conv2D
     convs = [i for i, layer in enumerate(getattr(model, "layers", ())) if isinstance(layer, Conv2D)]
     if not convs:
@@ -246,12 +299,28 @@ def _labels_1d(y, name):
 
 
 def confusion_counts(y_true, y_pred, labels=None):
-    """The confusion matrix as counts (NumPy only): C[i, j] is the number of samples
-    of class labels[i] predicted as labels[j] (rows true, columns predicted, as in
-    scikit-learn). y_true, y_pred: labels of shape (n,), or 2-D scores such as
-    model.predict's probabilities or one-hot rows, reduced by argmax (one column:
-    threshold 0.5). labels: the classes in order; default the sorted union of both;
-    samples whose labels are not in it are not counted. Returns (C int64, labels)."""
+    """The confusion matrix as counts (NumPy only).
+
+    Rows are true classes and columns predictions, as in scikit-learn.
+
+    Parameters
+    ----------
+    y_true, y_pred : array_like
+        Labels of shape ``(n,)``, or 2-D scores such as
+        `~fusenn.Sequential.predict`'s probabilities or one-hot rows, reduced
+        by argmax (one column: threshold 0.5).
+    labels : array_like, optional
+        The classes in order; by default the sorted union of both. Samples
+        whose labels are not in it are not counted.
+
+    Returns
+    -------
+    C : numpy.ndarray
+        int64 counts: ``C[i, j]`` samples of class ``labels[i]`` were predicted
+        as ``labels[j]``.
+    labels : numpy.ndarray
+        The classes of the rows and columns.
+    """
     y_true = _labels_1d(y_true, "y_true")
     y_pred = _labels_1d(y_pred, "y_pred")
     if len(y_true) != len(y_pred):
@@ -288,11 +357,23 @@ def confusion_counts(y_true, y_pred, labels=None):
 def confusion_matrix(y_true, y_pred, labels=None, normalize=False, cmap="Blues", save=None):
     """The confusion matrix as a heat map with each cell's value written in it.
 
-    y_true, y_pred, labels: as in confusion_counts (rows true, columns predicted).
-    normalize: False (counts), True or "true" (each row divided by its total: the
-    fraction of each true class predicted as each class; the diagonal is the
-    per-class recall), "pred" (columns) or "all". Returns the Figure; save: a
-    path to write a PNG."""
+    Parameters
+    ----------
+    y_true, y_pred, labels : array_like
+        As in `confusion_counts` (rows true, columns predicted).
+    normalize : {False, True, "true", "pred", "all"}, default False
+        False: counts. True or ``"true"``: each row divided by its total (the
+        fraction of each true class predicted as each class; the diagonal is
+        the per-class recall). ``"pred"``: columns. ``"all"``: the total.
+    cmap : str, default "Blues"
+        Any matplotlib colormap.
+    save : str or os.PathLike, optional
+        Also write the figure there as a PNG.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
     if normalize not in (False, True, "true", "pred", "all"):
         raise ValueError(f"normalize must be False, True, 'true', 'pred' or 'all', "
                          f"got {normalize!r}")

@@ -222,8 +222,9 @@ def softmax_cross_entropy(z, labels, sample_weight=None):
 def sigmoid_binary_cross_entropy(z, t, sample_weight=None):
     """Sigmoid + binary cross-entropy from logits z (n, k) and targets t (n, k).
 
-    Returns (loss, p, dz): l = max(z, 0) - z t + log1p(exp(-|z|)),
-    loss = (1/(n k)) sum_ij sw_i l_ij, p = sigmoid(z), dz = sw (p - t) / (n k).
+    Returns (loss, p, dz): ``l = max(z, 0) - z t + log1p(exp(-|z|))``,
+    ``loss = (1/(n k)) sum_ij sw_i l_ij``, ``p = sigmoid(z)``,
+    ``dz = sw (p - t) / (n k)``.
     """
     p, e = _sigmoid(z)
     loss = _weighted_mean(np.maximum(z, 0) - z * t + np.log1p(e), sample_weight)
@@ -244,8 +245,8 @@ def mse(a, t, sample_weight=None):
 
 
 def mae(a, t, sample_weight=None):
-    """Mean absolute error: returns (loss, da), loss = (1/(n k)) sum_ij sw_i |a - t|,
-    da = sw sign(a - t) / (n k) (0 where a == t)."""
+    """Mean absolute error: returns (loss, da), ``loss = (1/(n k)) sum_ij sw_i |a - t|``,
+    ``da = sw sign(a - t) / (n k)`` (0 where a == t)."""
     d = a - t
     loss = _weighted_mean(np.abs(d), sample_weight)
     return loss, _scale_rows(np.sign(d), 1 / a.size, sample_weight)
@@ -254,8 +255,9 @@ def mae(a, t, sample_weight=None):
 def huber(a, t, delta=1.0, sample_weight=None):
     """Huber loss (Keras's Huber, PyTorch's HuberLoss), delta > 0: returns (loss, da).
 
-    With d = a - t: l = d^2 / 2 where |d| <= delta, else delta (|d| - delta / 2);
-    loss = (1/(n k)) sum_ij sw_i l_ij, da = sw clip(d, -delta, delta) / (n k).
+    With ``d = a - t``: ``l = d^2 / 2`` where ``|d| <= delta``, else
+    ``delta (|d| - delta / 2)``; ``loss = (1/(n k)) sum_ij sw_i l_ij``,
+    ``da = sw clip(d, -delta, delta) / (n k)``.
     The loss is computed in float64 from d.
     """
     d = a - t
@@ -304,11 +306,12 @@ def sgd_update(w, g, v, lr, momentum=0.0, nesterov=False, prev=None):
 
 def adam_update(w, g, m, v, t, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                 prev=None):
-    """Adam step t >= 1, in place on w, m and v, with AdamW's decoupled decay:
+    """Adam step t >= 1, in place on w, m and v, with AdamW's decoupled decay::
 
-    w *= 1 - lr weight_decay   (only when weight_decay != 0)
-    m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
-    w -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+        w *= 1 - lr weight_decay   (only when weight_decay != 0)
+        m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+        w -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
     Returns and keeps prev as sgd_update does.
     """
     m *= beta1
@@ -742,10 +745,12 @@ def gru_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
                 recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
                 reset_after=True, mask=None):
     """Keras's GRU, gates in the order z, r, h. reset_after (bias (2, 3 units): input
-    and recurrent biases):
+    and recurrent biases)::
+
         z = rec(x W_z + b_z + h U_z + b'_z);  r = rec(x W_r + b_r + h U_r + b'_r)
         c = act(x W_h + b_h + r (h U_h + b'_h));  h = z h_prev + (1 - z) c
-    without reset_after (bias (3 units,)): c = act(x W_h + b_h + (r h) U_h)."""
+
+    without reset_after (bias (3 units,)): ``c = act(x W_h + b_h + (r h) U_h)``."""
     u = recurrent_kernel.shape[0]
     h = np.zeros((x.shape[0], u), dtype=x.dtype)
     hs = []

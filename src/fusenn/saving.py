@@ -65,7 +65,25 @@ def _atomic_write(path, write):
 
 
 def load(path):
-    """Read a model written by Sequential.save. Never unpickles anything."""
+    """Read a model written by `Sequential.save`.
+
+    Never unpickles anything.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.npz`` file.
+
+    Returns
+    -------
+    Sequential
+        The model, with its weights, loss, optimizer and optimizer state.
+
+    Raises
+    ------
+    ValueError
+        If the file is truncated, corrupted or not a fusenn model.
+    """
     from .layers import layer_from_config
     from .model import Sequential
 

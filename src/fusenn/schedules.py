@@ -42,8 +42,24 @@ def positive_number(value, name):
 
 
 class Schedule:
-    """Base class: the warm-up and the epoch check. Subclasses define
-    `_decay(t)`, the rate t epochs after the warm-up, and `_params()`."""
+    """Base class of the schedules: the warm-up and the epoch check.
+
+    A schedule is a callable ``schedule(epoch) -> lr`` with a 0-based epoch,
+    for `fusenn.callbacks.LearningRateScheduler`. During the first
+    `warmup_epochs` epochs ``lr = initial_lr * (epoch + 1) / (warmup_epochs +
+    1)``, so the rate climbs towards `initial_lr` without reaching it; the
+    decay then starts at `initial_lr` and counts its epochs ``t`` from the end
+    of the warm-up. Subclasses define ``_decay(t)``, the rate ``t`` epochs
+    after the warm-up, and ``_params()``.
+
+    Parameters
+    ----------
+    initial_lr : float
+        The rate the decay starts from, > 0.
+    warmup_epochs : int, default 0
+        Epochs of linear warm-up before the decay: ``lr = initial_lr * (epoch
+        + 1) / (warmup_epochs + 1)``.
+    """
 
     def __init__(self, initial_lr, warmup_epochs):
         self.initial_lr = positive_number(initial_lr, "initial_lr")
@@ -70,8 +86,22 @@ class Schedule:
 
 
 class StepDecay(Schedule):
-    """lr = initial_lr * gamma ** (t // step_size), t the epochs since the warm-up
-    (PyTorch's StepLR)."""
+    """``lr = initial_lr * gamma ** (t // step_size)`` (PyTorch's StepLR).
+
+    ``t`` is the number of epochs since the warm-up.
+
+    Parameters
+    ----------
+    initial_lr : float
+        The starting rate, > 0.
+    step_size : int
+        Epochs between drops, >= 1.
+    gamma : float, default 0.1
+        The factor of each drop, in (0, 1].
+    warmup_epochs : int, default 0
+        Epochs of linear warm-up before the decay: ``lr = initial_lr * (epoch
+        + 1) / (warmup_epochs + 1)``.
+    """
 
     def __init__(self, initial_lr, step_size, gamma=0.1, warmup_epochs=0):
         super().__init__(initial_lr, warmup_epochs)
@@ -86,8 +116,20 @@ class StepDecay(Schedule):
 
 
 class ExponentialDecay(Schedule):
-    """lr = initial_lr * gamma ** t, t the epochs since the warm-up
-    (PyTorch's ExponentialLR)."""
+    """``lr = initial_lr * gamma ** t`` (PyTorch's ExponentialLR).
+
+    ``t`` is the number of epochs since the warm-up.
+
+    Parameters
+    ----------
+    initial_lr : float
+        The starting rate, > 0.
+    gamma : float
+        The factor per epoch, in (0, 1].
+    warmup_epochs : int, default 0
+        Epochs of linear warm-up before the decay: ``lr = initial_lr * (epoch
+        + 1) / (warmup_epochs + 1)``.
+    """
 
     def __init__(self, initial_lr, gamma, warmup_epochs=0):
         super().__init__(initial_lr, warmup_epochs)
@@ -101,16 +143,30 @@ class ExponentialDecay(Schedule):
 
 
 class CosineDecay(Schedule):
-    """Half a cosine from initial_lr down to min_lr over `epochs` epochs after the
-    warm-up, then min_lr (PyTorch's CosineAnnealingLR with T_max=epochs, without
-    restarts):
+    """Half a cosine from `initial_lr` down to `min_lr`, then `min_lr`.
+
+    PyTorch's CosineAnnealingLR with ``T_max=epochs``, without restarts; ``t``
+    is the number of epochs since the warm-up::
 
         lr = min_lr + (initial_lr - min_lr) * (1 + cos(pi * t / epochs)) / 2,  t <= epochs
 
-    With fit(epochs=warmup_epochs + epochs) the last epoch has t = epochs - 1, so
-    the rate stays above min_lr; it is min_lr from t = epochs on. A min_lr of 0
-    (the default) is only reached past that point, where the optimizer cannot
-    take it (its learning rate must be > 0): give min_lr > 0 to train longer.
+    With ``fit(epochs=warmup_epochs + epochs)`` the last epoch has ``t =
+    epochs - 1``, so the rate stays above `min_lr`; it is `min_lr` from ``t =
+    epochs`` on. A `min_lr` of 0 (the default) is only reached past that
+    point, where the optimizer cannot take it (its learning rate must be > 0):
+    give ``min_lr > 0`` to train longer.
+
+    Parameters
+    ----------
+    initial_lr : float
+        The starting rate, > 0.
+    epochs : int
+        The length of the decay, >= 1.
+    min_lr : float, default 0.0
+        The final rate, in ``[0, initial_lr]``.
+    warmup_epochs : int, default 0
+        Epochs of linear warm-up before the decay: ``lr = initial_lr * (epoch
+        + 1) / (warmup_epochs + 1)``.
     """
 
     def __init__(self, initial_lr, epochs, min_lr=0.0, warmup_epochs=0):

@@ -49,10 +49,28 @@ def _float_dtype(dtype):
 
 
 def load_digits(dtype="float32", return_images=False, images=False):
-    """1,797 8x8 handwritten digits. Returns (X, y): X (1797, 64) of dtype `dtype`
-    scaled to [0, 1] (pixel/16), y (1797,) int64 in 0..9. images=True gives X as
-    images for Conv2D, (1797, 8, 8, 1) (channels last); return_images=True as
-    (1797, 8, 8) pictures."""
+    """The 1,797 bundled 8x8 handwritten digits.
+
+    The UCI "Optical Recognition of Handwritten Digits" data set (E. Alpaydin
+    and C. Kaynak, 1998, DOI 10.24432/C50P49, CC BY 4.0), in the copy
+    scikit-learn distributes.
+
+    Parameters
+    ----------
+    dtype : {"float32", "float64"}, default "float32"
+        The dtype of X.
+    return_images : bool, default False
+        X as ``(1797, 8, 8)`` pictures.
+    images : bool, default False
+        X as images for Conv2D, ``(1797, 8, 8, 1)`` (channels last).
+
+    Returns
+    -------
+    X : numpy.ndarray
+        ``(1797, 64)``, pixels scaled to [0, 1] (pixel / 16).
+    y : numpy.ndarray
+        ``(1797,)`` int64 labels in 0..9.
+    """
     dt = _float_dtype(dtype)
     data = _digits_array()
     X = data[:, :64].astype(dt)
@@ -66,14 +84,35 @@ def load_digits(dtype="float32", return_images=False, images=False):
 
 
 def load_fashion_mnist(kind="train", path=None, flatten=False, dtype="float32"):
-    """The real Fashion-MNIST (Xiao, Rasul and Vollgraf 2017; MIT licence): 60,000
-    training or 10,000 test ("test") 28x28 grey images of clothes in 10 classes
-    (FASHION_MNIST_CLASSES), read from the IDX files in `path`, by default where
-    Debian's package puts them (`apt-get install dataset-fashion-mnist`:
-    /usr/share/datasets/fashion-mnist). Nothing is downloaded.
+    """The real Fashion-MNIST (Xiao, Rasul and Vollgraf 2017; MIT licence).
 
-    Returns (X, y): X (n, 28, 28, 1) images for Conv2D (flatten=True: (n, 784)),
-    pixels / 255 in [0, 1] of dtype `dtype`; y (n,) int64 labels 0..9."""
+    60,000 training or 10,000 test 28x28 grey images of clothes in 10 classes
+    (`FASHION_MNIST_CLASSES`). Nothing is downloaded.
+
+    Parameters
+    ----------
+    kind : {"train", "test"}, default "train"
+        Which set (``"t10k"`` is ``"test"``).
+    path : str, optional
+        The directory of the IDX files; by default where Debian's package
+        puts them (``apt-get install dataset-fashion-mnist``:
+        ``/usr/share/datasets/fashion-mnist``).
+    flatten : bool, default False
+        X as rows ``(n, 784)`` instead of images.
+    dtype : {"float32", "float64"}, default "float32"
+
+    Returns
+    -------
+    X : numpy.ndarray
+        ``(n, 28, 28, 1)`` images for Conv2D, pixels / 255 in [0, 1].
+    y : numpy.ndarray
+        ``(n,)`` int64 labels 0..9.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the files are missing, saying how to get them.
+    """
     directory = FASHION_MNIST_DIR if path is None else path
     try:
         X, y = load_mnist(directory, "test" if kind == "t10k" else kind, flatten=flatten,
@@ -122,10 +161,32 @@ def _stratified_test_indices(labels, n_test, rng):
 
 
 def train_test_split(*arrays, test_size=0.25, seed=0, shuffle=True, stratify=None):
-    """Like scikit-learn's: returns [a_train, a_test, b_train, b_test, ...]; test_size
-    a fraction in (0, 1) or an int count; stratify: labels array for a class-balanced
-    split. Seeded with numpy.random.default_rng(seed). Validates: all arrays same
-    length (ValueError naming the lengths), test_size range."""
+    """Split arrays into random train and test parts, as scikit-learn's.
+
+    Parameters
+    ----------
+    *arrays : array_like
+        Arrays of the same length, split along their first axis.
+    test_size : float or int, default 0.25
+        A fraction in (0, 1) (rounded up) or a count of test samples.
+    seed : int or None, default 0
+        Seeds ``numpy.random.default_rng``.
+    shuffle : bool, default True
+        False takes the last samples as the test part.
+    stratify : array_like, optional
+        Labels: each class gets its share of the test part.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        ``[a_train, a_test, b_train, b_test, ...]``.
+
+    Raises
+    ------
+    ValueError
+        If the arrays' lengths differ (naming them) or `test_size` is out of
+        range.
+    """
     if not arrays:
         raise ValueError("train_test_split needs at least one array")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
@@ -167,11 +228,25 @@ def train_test_split(*arrays, test_size=0.25, seed=0, shuffle=True, stratify=Non
 
 
 def one_hot(y, num_classes=None, dtype="float32"):
-    """One-hot encode integer labels: returns an array of shape y.shape + (num_classes,)
-    with 1 at [..., y] and 0 elsewhere, of dtype `dtype` (like Keras' to_categorical
-    and torch.nn.functional.one_hot). num_classes defaults to max(y) + 1. Labels
-    must be integers (floats with integral values are accepted) in [0, num_classes).
-    The inverse is argmax: ``np.argmax(Y, axis=-1)``."""
+    """One-hot encode integer labels.
+
+    Like Keras's ``to_categorical`` and ``torch.nn.functional.one_hot``; the
+    inverse is ``np.argmax(Y, axis=-1)``.
+
+    Parameters
+    ----------
+    y : array_like
+        Integer labels in ``[0, num_classes)`` (floats with integral values
+        are accepted).
+    num_classes : int, optional
+        By default ``max(y) + 1``.
+    dtype : dtype, default "float32"
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``y.shape + (num_classes,)``, 1 at ``[..., y]`` and 0 elsewhere.
+    """
     y = np.asarray(y)
     if y.dtype.kind not in "iuf" or y.dtype.kind == "f" and not (
             np.all(np.isfinite(y)) and np.all(y == np.round(y))):

@@ -118,16 +118,27 @@ def _parse(stream, name, compressed, remaining):
 def load_idx(file):
     """Read one IDX array (the format of MNIST, Fashion-MNIST and EMNIST).
 
-    file: a path or a binary file object (read from its current position). The
-    data may be raw or gzip-compressed; gzip is recognised by its magic bytes,
-    not by the file name. Returns a NumPy array of the stored shape, in native
-    byte order, of dtype uint8, int8, int16, int32, float32 or float64 (type
-    codes 0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E).
+    Parameters
+    ----------
+    file : str, os.PathLike or binary file object
+        A path, or a file object read from its current position. The data may
+        be raw or gzip-compressed; gzip is recognised by its magic bytes, not
+        by the file name.
 
-    Raises ValueError naming the file for a wrong magic number, an unknown type
-    code, a truncated file, data after the array, or a header whose sizes the
-    file does not hold (checked before allocating, so a corrupt header cannot
-    make it allocate gigabytes); gzip errors are reported as ValueError too.
+    Returns
+    -------
+    numpy.ndarray
+        The stored shape, in native byte order, of dtype uint8, int8, int16,
+        int32, float32 or float64 (type codes 0x08, 0x09, 0x0B, 0x0C, 0x0D,
+        0x0E).
+
+    Raises
+    ------
+    ValueError
+        Naming the file, for a wrong magic number, an unknown type code, a
+        truncated file, data after the array, or a header whose sizes the file
+        does not hold (checked before allocating, so a corrupt header cannot
+        make it allocate gigabytes); gzip errors are reported as ValueError too.
     """
     if hasattr(file, "read"):
         name = getattr(file, "name", None)
@@ -178,22 +189,43 @@ def _candidates(prefix, stem, what):
 def load_mnist(path, kind="train", prefix="", normalize=True, flatten=True, dtype="float32"):
     """Load MNIST-style IDX files from the directory `path` (nothing is downloaded).
 
-    kind: "train" reads train-images-idx3-ubyte and train-labels-idx1-ubyte;
-    "test" (or "t10k") reads t10k-images-idx3-ubyte / t10k-labels-idx1-ubyte,
-    or test-images... as EMNIST names them. Each file may be raw or gzipped
-    (a ".gz" name); ".idx3-ubyte" instead of "-idx3-ubyte" is accepted too.
-    Fashion-MNIST uses MNIST's names. prefix: put before the names, for
-    EMNIST's files: prefix="emnist-digits" reads
-    emnist-digits-train-images-idx3-ubyte.gz (the "-" is added if missing).
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The directory holding the files. Each file may be raw or gzipped (a
+        ``.gz`` name); ``.idx3-ubyte`` instead of ``-idx3-ubyte`` is accepted
+        too. Fashion-MNIST uses MNIST's names.
+    kind : {"train", "test"}, default "train"
+        ``"train"`` reads ``train-images-idx3-ubyte`` and
+        ``train-labels-idx1-ubyte``; ``"test"`` (or ``"t10k"``) reads
+        ``t10k-images-idx3-ubyte`` / ``t10k-labels-idx1-ubyte``, or
+        ``test-images...`` as EMNIST names them.
+    prefix : str, default ""
+        Put before the names, for EMNIST's files: ``prefix="emnist-digits"``
+        reads ``emnist-digits-train-images-idx3-ubyte.gz`` (the ``-`` is
+        added if missing).
+    normalize : bool, default True
+        Pixels / 255 in [0, 1] of dtype `dtype`; False keeps the stored uint8
+        pixels.
+    flatten : bool, default True
+        X as rows ``(n, rows * cols)``; False: ``(n, rows, cols)``.
+    dtype : {"float32", "float64"}, default "float32"
 
-    Returns (X, y): X of shape (n, rows * cols) (flatten=False: (n, rows, cols));
-    with normalize=True it has dtype `dtype` and pixels / 255 in [0, 1], with
-    normalize=False the stored uint8 pixels. y: int64 labels of shape (n,).
-    (EMNIST's images are stored transposed: X.reshape(-1, 28, 28).transpose(0, 2, 1)
-    shows them upright.)
+    Returns
+    -------
+    X : numpy.ndarray
+        The images. EMNIST's are stored transposed:
+        ``X.reshape(-1, 28, 28).transpose(0, 2, 1)`` shows them upright.
+    y : numpy.ndarray
+        ``(n,)`` int64 labels.
 
-    Raises FileNotFoundError listing the names looked for, ValueError if the
-    image and label counts differ or a file is not the expected IDX array.
+    Raises
+    ------
+    FileNotFoundError
+        Listing the names looked for.
+    ValueError
+        If the image and label counts differ or a file is not the expected
+        IDX array.
     """
     if not isinstance(kind, str) or kind not in ("train", "test", "t10k"):
         raise ValueError(f"kind must be 'train' or 'test' (or 't10k'), got {kind!r}")

@@ -1,0 +1,44 @@
+"""Which gallery scripts the docs build runs, and with which arguments.
+
+sphinx-gallery runs the scripts whose path matches `executed_pattern()` and
+only shows the code of the others. Left out: examples/cnn_fashion_mnist.py
+(LeNet-5 on 60,000 images takes minutes, and needs Debian's
+dataset-fashion-mnist) and examples/mnist_idx.py (needs MNIST files; it ends in
+sys.exit). The convolutional and recurrent scripts run only when the extension
+has the C layer kinds they train with (csrc/layers/conv2d.c, pool2d.c and the
+recurrent kinds); without them the engine refuses those layers.
+"""
+
+import os
+
+import fusenn
+
+_KINDS = set(fusenn._kernels.kinds())
+HAS_C_CONV = {"conv2d", "pool2d"} <= _KINDS
+HAS_C_RNN = {"embedding", "simple_rnn", "gru", "lstm"} <= _KINDS
+
+
+def executed_pattern():
+    """A regular expression matching the paths of the scripts to run."""
+    names = [r"tutorial/0[1-8]_\w+\.py", r"examples/(xor|regression|digits_mlp)\.py"]
+    if HAS_C_CONV and HAS_C_RNN:
+        names.append(r"tutorial/09_\w+\.py")
+    if HAS_C_CONV:
+        names.append(r"examples/cnn_digits\.py")
+    return "/(" + "|".join(names) + ")$"
+
+
+# Command-line arguments per example: PNGs go to the build directory, not
+# examples/ (sphinx-gallery runs each script in its own directory), and the
+# CNN trains for fewer epochs than its default.
+_ARGS = {
+    "digits_mlp.py": ["--out-dir", "{out}"],
+    "cnn_digits.py": ["--epochs", "15", "--out-dir", "{out}"],
+}
+
+
+def reset_argv(gallery_conf, script_vars):
+    """sys.argv[1:] for one gallery script (sphinx-gallery's reset_argv)."""
+    out = os.path.join(gallery_conf["src_dir"], "_build", "example_output")
+    name = os.path.basename(script_vars["src_file"])
+    return [arg.format(out=out) for arg in _ARGS.get(name, [])]
