@@ -44,7 +44,6 @@ default_role = "py:obj"  # `name` in docstrings links to the object when it exis
 # ---- API reference ------------------------------------------------------------
 autosummary_generate = True
 autosummary_imported_members = False
-autodoc_default_options = {"members": False}
 autodoc_typehints = "none"  # the signatures carry no annotations; numpydoc types are text
 numpydoc_show_class_members = False  # the class template lists members itself
 numpydoc_class_members_toctree = False
@@ -60,7 +59,7 @@ sphinx_gallery_conf = {
     "gallery_dirs": ["auto_tutorial", "auto_examples"],
     "filename_pattern": gallery_config.executed_pattern(),
     "ignore_pattern": r"__init__\.py",
-    "within_subsection_order": "FileNameSortKey",
+    "within_subsection_order": "gallery_config.ExampleOrder",
     "reset_argv": "gallery_config.reset_argv",
     "download_all_examples": False,
     "remove_config_comments": True,
@@ -81,11 +80,20 @@ html_css_files = ["fusenn.css"]
 html_theme_options = {
     "navbar_align": "left",
     "show_toc_level": 2,
-    "secondary_sidebar_items": ["page-toc", "sourcelink"],
+    "secondary_sidebar_items": {"**": ["page-toc", "sourcelink"], "index": []},
     "navigation_with_keys": False,
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
-html_sidebars = {"index": []}
+html_sidebars = {"index": [], "api/index": []}
 html_show_sourcelink = True
 html_last_updated_fmt = None
+
+
+def _skip_metadata_requests(app, what, name, obj, skip, options):
+    # scikit-learn gives estimators set_<method>_request methods, documented there
+    return True if name.startswith("set_") and name.endswith("_request") else None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_metadata_requests)

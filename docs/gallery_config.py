@@ -32,9 +32,30 @@ def executed_pattern():
 # examples/ (sphinx-gallery runs each script in its own directory), and the
 # CNN trains for fewer epochs than its default.
 _ARGS = {
+    "xor.py": ["--out-dir", "{out}"],
+    "regression.py": ["--out-dir", "{out}"],
     "digits_mlp.py": ["--out-dir", "{out}"],
     "cnn_digits.py": ["--epochs", "15", "--out-dir", "{out}"],
 }
+
+
+# examples/ from the simplest network to LeNet-5
+_ORDER = ["xor.py", "regression.py", "digits_mlp.py", "mnist_idx.py", "cnn_digits.py",
+          "cnn_fashion_mnist.py"]
+
+
+class ExampleOrder:
+    """sphinx-gallery's within_subsection_order: examples/ in _ORDER, anything
+    else (the tutorial's numbered scripts) by file name."""
+
+    def __init__(self, src_dir):
+        self.src_dir = src_dir
+
+    def __call__(self, filename):
+        return (_ORDER.index(filename) if filename in _ORDER else len(_ORDER), filename)
+
+    def __repr__(self):
+        return "ExampleOrder"
 
 
 def reset_argv(gallery_conf, script_vars):

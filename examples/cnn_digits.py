@@ -1,5 +1,7 @@
-"""Handwritten digits with a small convolutional network: 8x8 images -> conv -> pool -> dense.
-===========================================================================================
+"""Handwritten digits with a small convolutional network
+=====================================================
+
+8x8 images -> conv -> pool -> dense.
 
 From the source tree::
 

@@ -1,5 +1,5 @@
-"""Fashion-MNIST with a LeNet-style convolutional network.
-=======================================================
+"""Fashion-MNIST with a LeNet-style convolutional network
+======================================================
 
 From the source tree::
 

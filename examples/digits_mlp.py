@@ -1,5 +1,7 @@
-"""Handwritten digits with a multilayer perceptron: 64 pixels -> 64 relu neurons -> 10 digits.
-===========================================================================================
+"""Handwritten digits with a multilayer perceptron
+===============================================
+
+64 pixels -> 64 relu neurons -> 10 digits.
 
 From the source tree::
 

@@ -1,5 +1,7 @@
-"""MNIST (or Fashion-MNIST, EMNIST) from IDX files you have: 784 -> 128 relu -> 10.
-================================================================================
+"""MNIST (or Fashion-MNIST, EMNIST) from IDX files you have
+========================================================
+
+784 -> 128 relu -> 10.
 
 From the source tree::
 

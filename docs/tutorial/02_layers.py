@@ -33,6 +33,8 @@ import numpy as np
 
 import fusenn
 
+# sphinx_gallery_thumbnail_number = 2
+
 X, y = fusenn.datasets.load_digits()
 print(X.shape, y.shape)          # 1797 samples of 64 pixels, one label each
 

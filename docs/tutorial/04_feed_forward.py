@@ -98,21 +98,21 @@ print(f"active neurons: {np.count_nonzero(h1)} of 32 in hidden 1, "
       f"{np.count_nonzero(h2)} of 16 in hidden 2")
 
 # %%
-# Different digits light up different neurons. The same hidden layers for the
-# first test example of each digit, one row per digit:
+# Different digits light up different neurons. The same layers for the first
+# test example of each digit, one column per digit:
 
-rows = [X_test[y_test == digit][:1] for digit in range(10)]
-fig, axes = plt.subplots(10, 3, figsize=(6, 12),
-                         gridspec_kw={"width_ratios": [1, 2, 1]})
-for digit, sample in enumerate(rows):
+fig, axes = plt.subplots(3, 10, figsize=(12, 4.2))
+for digit in range(10):
+    sample = X_test[y_test == digit][:1]
     a1 = ops.dense_forward(sample, model.layers[0].W, model.layers[0].b, "relu")
     a2 = ops.dense_forward(a1, model.layers[1].W, model.layers[1].b, "relu")
-    for ax, (values, shape) in zip(axes[digit], [(sample, (8, 8)), (a1, (2, 16)),
-                                                 (a2, (2, 8))]):
-        ax.imshow(values.reshape(shape), cmap="gray_r" if ax is axes[digit, 0] else "magma")
+    panels = [(sample, (8, 8), "gray_r"), (a1, (4, 8), "magma"), (a2, (4, 4), "magma")]
+    for ax, (values, shape, cmap) in zip(axes[:, digit], panels):
+        ax.imshow(values.reshape(shape), cmap=cmap)
         ax.set_xticks([])
         ax.set_yticks([])
-for ax, title in zip(axes[0], ["input", "hidden 1", "hidden 2"]):
-    ax.set_title(title)
+    axes[0, digit].set_title(str(digit))
+for ax, name in zip(axes[:, 0], ["input", "hidden 1", "hidden 2"]):
+    ax.set_ylabel(name)
 fig.tight_layout()
 plt.show()

@@ -54,7 +54,8 @@ X, y = fusenn.datasets.load_digits()
 X_train, X_test, y_train, y_test = fusenn.datasets.train_test_split(
     X, y, test_size=0.25, seed=0, stratify=y)
 model = fusenn.Sequential([fusenn.Dense(32, activation="relu"),
-                           fusenn.Dense(10, activation="softmax")], input_dim=64, seed=0)
+                           fusenn.Dense(10, activation="softmax")],
+                          input_dim=64, seed=0)
 model.compile(loss="cross_entropy", optimizer=fusenn.SGD(lr=0.05, momentum=0.9))
 print("untrained:", model.evaluate(X_test, y_test), " log(10) =", np.log(10))
 model.fit(X_train, y_train, epochs=20, batch_size=32, verbose=0)

@@ -78,7 +78,7 @@ def reference_path(lr, steps=40):
     path = [W.ravel().copy()]
     for _ in range(steps):
         a = reference.dense_forward(X, W, b, "identity")          # a = X W + b
-        loss, da = reference.mse(a, t)                            # dL/da = 2 (a - t) / n
+        loss, da = reference.mse(a, t)                            # dL/da = 2 (a-t)/n
         dW, db, _ = reference.dense_backward(X, W, a, da, "identity", need_dx=False)
         reference.sgd_update(W, dW, None, lr)                     # W -= lr * dW
         reference.sgd_update(b, db, None, lr)
@@ -114,7 +114,8 @@ contours = ax.contour(w1, w2, surface, levels=np.geomspace(surface.min() + 0.01,
                       cmap="viridis", linewidths=0.8)
 ax.clabel(contours, fmt="%.2g", fontsize=7)
 for label, path in paths.items():
-    ax.plot(path[:, 0], path[:, 1], ".-", color=colors[label], label=label, markersize=4)
+    ax.plot(path[:, 0], path[:, 1], ".-", color=colors[label], label=label,
+            markersize=4)
 ax.plot(*start.ravel(), "ko")
 ax.annotate("start", start.ravel(), textcoords="offset points", xytext=(6, 6))
 ax.plot(*best, "k*", markersize=12, label="least-squares minimum")

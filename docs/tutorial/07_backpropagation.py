@@ -12,7 +12,9 @@ batch :math:`X` of :math:`n` samples with labels :math:`y`:
 .. math::
 
     Z_1 = X W_1 + \mathbf{b}_1, \quad H = \sigma(Z_1), \quad
-    Z_2 = H W_2 + \mathbf{b}_2, \quad P = \operatorname{softmax}(Z_2), \quad
+    Z_2 = H W_2 + \mathbf{b}_2,
+
+    P = \operatorname{softmax}(Z_2), \quad
     L = \frac{1}{n} \sum_i -\log P_{i, y_i}.
 
 The chain rule, one layer at a time from the output back (:math:`Y` is the
@@ -98,7 +100,8 @@ def gradients(backend):
 
 
 names = ["W1", "b1", "W2", "b2"]
-for label, grads in [("C kernels", gradients(ops)), ("NumPy reference", gradients(reference))]:
+for label, backend in [("C kernels", ops), ("NumPy reference", reference)]:
+    grads = gradients(backend)
     print(f"{label:16s} vs by hand:",
           ", ".join(f"{name} {np.abs(g - h).max():.1e}"
                     for name, g, h in zip(names, grads, by_hand)))

@@ -25,6 +25,8 @@ import numpy as np
 import fusenn
 from fusenn import reference
 
+# sphinx_gallery_thumbnail_number = 2
+
 X, y = fusenn.datasets.load_digits()
 X_train, X_test, y_train, y_test = fusenn.datasets.train_test_split(
     X, y, test_size=0.25, seed=0, stratify=y)
@@ -57,11 +59,11 @@ start = time.perf_counter()
 history_np = model_np.fit(X_train, y_train, epochs=40, batch_size=32,
                           validation_data=(X_test, y_test), verbose=0)
 seconds_np = time.perf_counter() - start
-print(f"NumPy backend: {seconds_np:.3f} s ({seconds_np / seconds_c:.1f}x fusenn's time)")
+print(f"NumPy backend: {seconds_np:.3f} s, {seconds_np / seconds_c:.1f}x fusenn's time")
 print("largest difference of the epoch losses:",
       np.abs(np.subtract(history.history["loss"], history_np.history["loss"])).max())
-print("largest difference of the weights:",
-      max(np.abs(a - b).max() for a, b in zip(model.get_weights(), model_np.get_weights())))
+pairs = zip(model.get_weights(), model_np.get_weights())
+print("largest difference of the weights:", max(np.abs(a - b).max() for a, b in pairs))
 
 # %%
 # What ``fit`` does, written out

@@ -44,16 +44,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import fusenn
-from fusenn import (GRU, LSTM, Conv2D, Dense, Embedding, Flatten, MaxPooling2D, SimpleRNN,
-                    ops, reference)
+from fusenn import (GRU, LSTM, Conv2D, Dense, Embedding, Flatten, MaxPooling2D,
+                    SimpleRNN, ops, reference)
 
 X, y = fusenn.datasets.load_digits(images=True)
 X_train, X_test, y_train, y_test = fusenn.datasets.train_test_split(
     X, y, test_size=0.25, seed=0, stratify=y)
 
-cnn = fusenn.Sequential([Conv2D(8, 3, padding="same", activation="relu"),   # 8 filters
-                         MaxPooling2D(2),                                    # 8x8 -> 4x4
-                         Flatten(),                                          # 4 * 4 * 8
+cnn = fusenn.Sequential([Conv2D(8, 3, padding="same", activation="relu"),  # 8 filters
+                         MaxPooling2D(2),                                   # 8x8 -> 4x4
+                         Flatten(),                                         # 4 * 4 * 8
                          Dense(10, activation="softmax")],
                         input_shape=(8, 8, 1), seed=0)
 cnn.compile(loss="cross_entropy", optimizer=fusenn.Adam(lr=3e-3))
@@ -70,14 +70,17 @@ print(cnn.evaluate(X_test, y_test))
 
 conv = cnn.layers[0]
 x = X_test[:1]
-maps = ops.conv2d_forward(x, conv.kernel, conv.bias, padding=conv.pads, activation="relu")
+maps = ops.conv2d_forward(x, conv.kernel, conv.bias, padding=conv.pads,
+                          activation="relu")
 maps_np = reference.conv2d_forward(x, conv.kernel, conv.bias, padding=conv.pads,
                                    activation="relu")
-print("feature maps:", maps.shape, " C vs NumPy reference:", np.abs(maps - maps_np).max())
+print("feature maps:", maps.shape, " C vs NumPy reference:",
+      np.abs(maps - maps_np).max())
 
 padded = np.pad(x[0, :, :, 0], 1)
 i, j, f = 3, 4, 0
-value = max(0.0, np.sum(padded[i:i + 3, j:j + 3] * conv.kernel[:, :, 0, f]) + conv.bias[f])
+window = padded[i:i + 3, j:j + 3]         # the 3x3 pixels under the filter
+value = max(0.0, np.sum(window * conv.kernel[:, :, 0, f]) + conv.bias[f])
 print(f"y[{i}, {j}, {f}]: kernel {maps[0, i, j, f]:.6f}, formula {value:.6f}")
 
 # %%
@@ -95,7 +98,8 @@ plt.show()
 # Read each digit as a sequence: 8 steps, one row of 8 pixels per step. The
 # network sees the rows one after the other and must remember what it saw.
 
-S_train, S_test = X_train.reshape(-1, 8, 8), X_test.reshape(-1, 8, 8)   # (n, steps, features)
+S_train = X_train.reshape(-1, 8, 8)          # (n, steps, features)
+S_test = X_test.reshape(-1, 8, 8)
 
 rnn = fusenn.Sequential([SimpleRNN(32), Dense(10, activation="softmax")],
                         input_shape=(8, 8), seed=0)
@@ -142,7 +146,8 @@ rng = np.random.default_rng(0)
 tokens = np.zeros((3000, 12), dtype=np.int64)
 for row, length in zip(tokens, rng.integers(3, 13, size=len(tokens))):
     row[:length] = rng.integers(1, 10, size=length)
-labels = ((tokens == 1).sum(axis=1) > (tokens == 2).sum(axis=1)).astype(np.float32)[:, None]
+more_ones = (tokens == 1).sum(axis=1) > (tokens == 2).sum(axis=1)
+labels = more_ones.astype(np.float32)[:, None]
 print(tokens[:3])
 
 counter = fusenn.Sequential([Embedding(10, 8, mask_zero=True), GRU(16),
