@@ -436,8 +436,11 @@ class _BaseMLP(BaseEstimator):
             start += p.size
 
     def _penalty(self, weight_sum):
-        """scikit-learn's L2 term, 0.5 * alpha * ||W||^2 / (samples or weight sum)."""
-        sq = sum(float(np.dot(layer.W.ravel(), layer.W.ravel())) for layer in self.model_.layers)
+        """scikit-learn's L2 term, 0.5 * alpha * ||W||^2 / (samples or weight sum);
+        inf for weights on their way to diverging."""
+        with np.errstate(over="ignore"):
+            sq = sum(float(np.dot(layer.W.ravel(), layer.W.ravel()))
+                     for layer in self.model_.layers)
         return 0.5 * self.alpha * sq / weight_sum
 
     def _loss_grad_lbfgs(self, packed, X, y, sample_weight=None, *_buffers):
@@ -906,7 +909,10 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def _val_score(self, X_val, y_val, w_val):
         out = self._val_outputs(X_val)
-        return float("nan") if out is None else float(r2_score(y_val, out, sample_weight=w_val))
+        if out is None:
+            return float("nan")
+        with np.errstate(over="ignore", invalid="ignore"):  # huge outputs score -inf or NaN
+            return float(r2_score(y_val, out, sample_weight=w_val))
 
     def predict(self, X):
         """The predicted values in the network's dtype: shape (n_samples,) for one
