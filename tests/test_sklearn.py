@@ -507,7 +507,8 @@ def test_coefs_are_the_networks_weights(iris):
 def _problem(kind, n=200, seed=0):
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, 5))
-    y = {"multiclass": lambda: np.array(["a", "b", "c"])[(X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5)],
+    labels = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5)
+    y = {"multiclass": lambda: np.array(["a", "b", "c"])[labels],
          "binary": lambda: (X[:, 2] > 0).astype(int),
          "multilabel": lambda: (X[:, :3] > 0.2).astype(int),
          "squared_error": lambda: X @ rng.normal(size=5) + 0.1 * rng.normal(size=n),

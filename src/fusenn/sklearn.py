@@ -335,17 +335,16 @@ class _BaseMLP(BaseEstimator):
         self._build(units, dtype)
         self._pull_coefs()
 
-    def _check_continuation(self, sizes, dtype):
+    def _check_continuation(self, sizes):
         """warm_start and partial_fit continue the fitted network: refuse changes
-        of its shape, activation, loss or dtype."""
+        of its shape, activation or loss (_fit_dtype refuses a new dtype)."""
         hidden = self.model_.layers[:-1]
         old = [layer.units for layer in hidden]
-        if (old != sizes or self.model_.dtype != dtype
-                or self.model_.loss.name != self._output()[2]
+        if (old != sizes or self.model_.loss.name != self._output()[2]
                 or any(layer.activation != _ACTIVATIONS[self.activation] for layer in hidden)):
             raise ValueError(f"warm_start and partial_fit continue the fitted network: "
-                             f"keep hidden_layer_sizes, activation, loss and dtype as they were "
-                             f"(hidden_layer_sizes={old}, dtype={self.model_.dtype.name!r})")
+                             f"keep hidden_layer_sizes, activation and loss as they were "
+                             f"(hidden_layer_sizes={old})")
 
     # ---- fit ----------------------------------------------------------------------------
 
@@ -381,7 +380,7 @@ class _BaseMLP(BaseEstimator):
         elif fresh:
             self._adopt_coefs(X.shape[1], sizes, dtype)
         else:
-            self._check_continuation(sizes, dtype)
+            self._check_continuation(sizes)
             self._pull_coefs()
         try:
             with self._threads():
