@@ -501,6 +501,9 @@ static double FN(loss)(plan_t *plan, size_t rows, const real *z, ptrdiff_t ldz,
     case FUSENN_LOSS_HUBER:
         loss = FN(fusenn_huber)(rows, k, z, ldz, T, ldt, plan->loss_param, sw, dz, ldk, nthreads);
         break;
+    case FUSENN_LOSS_POISSON:
+        loss = FN(fusenn_poisson)(rows, k, z, ldz, T, ldt, sw, dz, ldk, nthreads);
+        break;
     case FUSENN_LOSS_MSE:
     default:
         loss = FN(fusenn_mse)(rows, k, z, ldz, T, ldt, sw, dz, ldk, nthreads);

@@ -466,7 +466,7 @@ SPECS = [
                                        t=lambda: arr(N, K, dtype=np.float32),
                                        delta=lambda: 1e300), [])]
               if name == "huber" else []))
-      for name in ("mse", "mae", "huber")],
+      for name in ("mse", "mae", "huber", "poisson")],
     Spec("losses.Huber", _attr("losses", "Huber"), dict(delta=("scalar", lambda: 0.5)),
          check=lambda result, args, obj: None),
     Spec("ops.sgd_update", _ops("sgd_update"),

@@ -35,7 +35,8 @@ TRANSPOSES = [
 ]
 LAYOUTS = ("contiguous", "rows", "cols", "reversed", "transposed", "strided_T", "fortran",
            "readonly", "unaligned")
-LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse", "mae", "huber")
+LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse", "mae", "huber",
+          "poisson")
 THREAD_COUNTS = (1, 2, 3)
 
 
@@ -208,7 +209,7 @@ def loss_k(name, shape):
 
 TESTED_OPS = {"matmul", "activation_forward", "activation_backward", "dense_forward",
               "dense_backward", "softmax_cross_entropy", "sigmoid_binary_cross_entropy",
-              "mse", "mae", "huber", "sgd_update", "adam_update", "rmsprop_update",
+              "mse", "mae", "huber", "poisson", "sgd_update", "adam_update", "rmsprop_update",
               "adagrad_update", "sum_squares", "grad_transform", "dropout_forward",
               "dropout_backward", "dropout_seed", "batchnorm_forward_train",
               "batchnorm_forward_infer", "batchnorm_backward",  # dropout, batchnorm: their own files
@@ -918,6 +919,7 @@ def _valid_args(name, dtype=np.float64):
         "mse": lambda: dict(a=m(3, 4), t=m(3, 4)),
         "mae": lambda: dict(a=m(3, 4), t=m(3, 4)),
         "huber": lambda: dict(a=m(3, 4), t=m(3, 4), delta=0.5),
+        "poisson": lambda: dict(a=m(3, 4), t=np.abs(m(3, 4))),
         "sgd_update": lambda: dict(w=m(3, 4), g=m(3, 4), v=m(3, 4), lr=0.1, momentum=0.9),
         "adam_update": lambda: dict(w=m(3, 4), g=m(3, 4), m=m(3, 4), v=m(3, 4), t=1),
         "dropout_forward": lambda: dict(x=m(3, 4), rate=0.5, seed=7),
@@ -942,6 +944,7 @@ ARRAY_ARGS = [pytest.param(op, arg, id=f"{op}-{arg}") for op, args in [
     ("matmul", "a b"), ("activation_forward", "z"), ("activation_backward", "a da z"),
     ("dense_forward", "x w b"), ("dense_backward", "x w y dy z"), ("softmax_cross_entropy", "z"),
     ("sigmoid_binary_cross_entropy", "z t"), ("mse", "a t"), ("mae", "a t"), ("huber", "a t"),
+    ("poisson", "a t"),
     ("sgd_update", "w g v"),
     ("adam_update", "w g m v"), ("rmsprop_update", "w g v"), ("adagrad_update", "w g v"),
     ("sum_squares", "x"), ("grad_transform", "g w"), ("dropout_forward", "x"),

@@ -17,8 +17,8 @@ from ._threads import get_num_threads
 __all__ = [
     "ACTIVATIONS", "NEEDS_Z", "LEAKY_RELU_SLOPE", "ELU_ALPHA", "matmul", "activation_forward",
     "activation_backward", "dense_forward", "dense_backward", "softmax_cross_entropy",
-    "sigmoid_binary_cross_entropy", "mse", "mae", "huber", "sgd_update", "adam_update",
-    "rmsprop_update", "adagrad_update", "sum_squares", "grad_transform",
+    "sigmoid_binary_cross_entropy", "mse", "mae", "huber", "poisson", "sgd_update",
+    "adam_update", "rmsprop_update", "adagrad_update", "sum_squares", "grad_transform",
     "dropout_forward", "dropout_backward", "dropout_seed", "batchnorm_forward_train",
     "batchnorm_forward_infer", "batchnorm_backward", "global_pool_forward",
     "global_pool_backward",
@@ -283,6 +283,15 @@ def huber(a, t, delta=1.0, sample_weight=None):
     delta = huber_delta(delta)
     a, t, sw, da = _regression_operands(a, t, sample_weight)
     loss = _kernels.huber(a, t, delta, sw, da, get_num_threads())
+    return loss, da
+
+
+def poisson(a, t, sample_weight=None):
+    """(loss, da): mean Poisson negative log-likelihood of log-rates a for counts
+    t >= 0, exp(a) - t a over all elements, and its gradient (exp(a) - t) / (n k),
+    row i weighted by sample_weight[i]."""
+    a, t, sw, da = _regression_operands(a, t, sample_weight)
+    loss = _kernels.poisson(a, t, sw, da, get_num_threads())
     return loss, da
 
 
