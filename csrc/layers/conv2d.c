@@ -1,0 +1,559 @@
+/*
+ * conv2d.c - Conv2D over images (H, W, Cin), channels last as Keras:
+ *   y[oh, ow, :] = act(sum_{i, j, c} x[oh sh + i dh - pad_top, ow sw + j dw - pad_left, c]
+ *                                   w[i, j, c, :] + b)
+ * with the kernel w (kh, kw, Cin, F) and the bias b (F); taps that fall in
+ * the padding read zeros. The output is (OH, OW, F).
+ *
+ * Method: im2col + GEMM, in chunks of rows. A row is one output position of
+ * one sample; its patch (kh kw Cin values, in the kernel's order) is copied
+ * into a slot of the workspace, and the chunk's patches times w (as a
+ * kh kw Cin x F matrix) is one GEMM, with the bias and the activation fused
+ * into its store. Each thread owns a slot and takes whole chunks, so the
+ * GEMMs run on one thread each, with no barrier between them.
+ *   forward  Y = patches(x) W (+ b, act)
+ *   dW       sum over rows of patches(x)^T dZ: chunks are summed into a
+ *            fixed number of groups (each group's chunks in order), the
+ *            groups are added in order: the same bits on any thread count
+ *   dX       stride 1: a convolution of dZ with the kernel flipped and its
+ *            channels swapped (patches of dZ times W'), no scatter; other
+ *            strides: dZ W^T per chunk, scattered back over the windows
+ *            (col2im), one sample per thread in a fixed order
+ * A 1x1 kernel with stride 1 and no padding reads its patches in place.
+ */
+#include "../layer.h"
+
+enum { CONV_FILTERS, CONV_KERNEL_H, CONV_KERNEL_W, CONV_STRIDE_H, CONV_STRIDE_W,
+       CONV_DILATION_H, CONV_DILATION_W, CONV_PAD_TOP, CONV_PAD_BOTTOM, CONV_PAD_LEFT,
+       CONV_PAD_RIGHT, CONV_USE_BIAS, CONV_ACTIVATION };
+static const char *const conv2d_attrs[] = {
+    "filters", "kernel_h", "kernel_w", "stride_h", "stride_w", "dilation_h", "dilation_w",
+    "pad_top", "pad_bottom", "pad_left", "pad_right", "use_bias", "activation", NULL};
+
+/* Chunks are about this many bytes of patches (a multiple of both GEMM tile
+ * heights in rows, within [CONV_MIN_ROWS, CONV_MAX_ROWS]); threads own at most
+ * CONV_SLOTS chunk buffers, and dW sums its chunks in at most CONV_SLOTS groups. */
+#define CONV_CHUNK_BYTES (128 * 1024)
+#define CONV_ROW_STEP 24
+#define CONV_MIN_ROWS 24
+#define CONV_MAX_ROWS 1032
+#define CONV_SLOTS 8
+
+/* Where the patches of a convolution come from: an image (h, w, c) read by a
+ * kh x kw window with strides and dilations at oh x ow positions, position
+ * (0, 0)'s first tap at (-top, -left). */
+typedef struct {
+    size_t h, w, c, oh, ow;
+    size_t kh, kw, sh, sw, dh, dw;
+    ptrdiff_t top, left;
+} patch_geom;
+
+/* A layer's geometry: its forward patches of x, the patches of dZ for the
+ * stride-1 input gradient, and the sizes. */
+typedef struct {
+    patch_geom fwd, bwd;
+    size_t cin, f, k, k_bwd; /* k = kh kw Cin; k_bwd = kh kw F */
+    int bias;
+    fusenn_activation act;
+} conv_geom;
+
+static int whole(double v, double min) { return v >= min && v <= 1e9 && v == (double)(size_t)v; }
+
+static int conv_geometry(const fusenn_layer *desc, const fusenn_shape *in, conv_geom *g)
+{
+    const double *a = desc->attr;
+    if (in->rank != 3)
+        return FUSENN_EINVAL;
+    for (int i = CONV_FILTERS; i < CONV_PAD_TOP; i++)
+        if (!whole(a[i], 1))
+            return FUSENN_EINVAL;
+    for (int i = CONV_PAD_TOP; i <= CONV_PAD_RIGHT; i++)
+        if (!whole(a[i], 0))
+            return FUSENN_EINVAL;
+    if ((a[CONV_USE_BIAS] != 0 && a[CONV_USE_BIAS] != 1) ||
+        !whole(a[CONV_ACTIVATION], 0) || a[CONV_ACTIVATION] > FUSENN_ACT_SWISH)
+        return FUSENN_EINVAL;
+    patch_geom *p = &g->fwd;
+    p->h = in->dim[0];
+    p->w = in->dim[1];
+    p->c = g->cin = in->dim[2];
+    p->kh = (size_t)a[CONV_KERNEL_H];
+    p->kw = (size_t)a[CONV_KERNEL_W];
+    p->sh = (size_t)a[CONV_STRIDE_H];
+    p->sw = (size_t)a[CONV_STRIDE_W];
+    p->dh = (size_t)a[CONV_DILATION_H];
+    p->dw = (size_t)a[CONV_DILATION_W];
+    p->top = (ptrdiff_t)a[CONV_PAD_TOP];
+    p->left = (ptrdiff_t)a[CONV_PAD_LEFT];
+    const size_t span_h = p->dh * (p->kh - 1) + 1, span_w = p->dw * (p->kw - 1) + 1;
+    const size_t padded_h = p->h + (size_t)a[CONV_PAD_TOP] + (size_t)a[CONV_PAD_BOTTOM];
+    const size_t padded_w = p->w + (size_t)a[CONV_PAD_LEFT] + (size_t)a[CONV_PAD_RIGHT];
+    if (padded_h < span_h || padded_w < span_w)
+        return FUSENN_EINVAL;
+    p->oh = (padded_h - span_h) / p->sh + 1;
+    p->ow = (padded_w - span_w) / p->sw + 1;
+    g->f = (size_t)a[CONV_FILTERS];
+    g->k = p->kh * p->kw * p->c;
+    g->bias = a[CONV_USE_BIAS] != 0;
+    g->act = (fusenn_activation)(int)a[CONV_ACTIVATION];
+    /* dx[h, w] = sum_{i, j} dz[h + pad_top - i dh, w + pad_left - j dw] w[i, j]^T:
+     * with i' = kh - 1 - i, a stride-1 window over dz whose first tap is at
+     * h - (span_h - 1 - pad_top) */
+    g->bwd = (patch_geom){.h = p->oh, .w = p->ow, .c = g->f, .oh = p->h, .ow = p->w,
+                          .kh = p->kh, .kw = p->kw, .sh = 1, .sw = 1, .dh = p->dh, .dw = p->dw,
+                          .top = (ptrdiff_t)span_h - 1 - p->top,
+                          .left = (ptrdiff_t)span_w - 1 - p->left};
+    g->k_bwd = p->kh * p->kw * g->f;
+    return FUSENN_OK;
+}
+
+/* The input gradient is a stride-1 convolution of dZ (else col2im). */
+static inline int bwd_is_conv(const conv_geom *g) { return g->fwd.sh == 1 && g->fwd.sw == 1; }
+
+/* Whether the patches are the image itself: row r is the image's row r. */
+static inline int patches_in_place(const patch_geom *p)
+{
+    return p->kh == 1 && p->kw == 1 && p->sh == 1 && p->sw == 1 && p->top == 0 && p->left == 0;
+}
+
+/* Rows per chunk for patches of k values (the same for any thread count: dW's
+ * sums depend on it). */
+static size_t FN(chunk_rows)(size_t k)
+{
+    size_t rows = CONV_CHUNK_BYTES / (k * sizeof(real)) / CONV_ROW_STEP * CONV_ROW_STEP;
+    return FUSENN_MIN(FUSENN_MAX(rows, (size_t)CONV_MIN_ROWS), (size_t)CONV_MAX_ROWS);
+}
+
+static inline size_t div_up(size_t a, size_t b) { return (a + b - 1) / b; }
+
+/* The workspace: slots of chunk patches, the flipped kernel W', and dW's
+ * group partials (kernel, then bias in double). Offsets in bytes. */
+typedef struct {
+    size_t rows, rows_bwd;   /* chunk rows of the forward / dW, and of dX */
+    size_t slots, slot_len;  /* slot_len in reals */
+    size_t groups;           /* dW's */
+    size_t slot_at, wt_at, part_at, bpart_at, total;
+} FN(conv_work);
+
+static size_t carve(size_t *offset, size_t bytes)
+{
+    size_t at = *offset;
+    *offset += (bytes + 63) / 64 * 64;
+    return at;
+}
+
+static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
+{
+    FN(conv_work) w;
+    const size_t m = n * g->fwd.oh * g->fwd.ow;
+    w.rows = FN(chunk_rows)(g->k);
+    w.rows_bwd = FN(chunk_rows)(bwd_is_conv(g) ? g->k_bwd : g->k);
+    const size_t chunks = div_up(m, w.rows);
+    w.groups = FUSENN_MIN(chunks, (size_t)CONV_SLOTS);
+    const size_t chunks_bwd = bwd_is_conv(g) ? div_up(n * g->fwd.h * g->fwd.w, w.rows_bwd) : n;
+    w.slots = FUSENN_MIN(FUSENN_MAX(chunks, chunks_bwd), (size_t)CONV_SLOTS);
+    w.slot_len = FUSENN_MAX(w.rows * g->k, w.rows_bwd * (bwd_is_conv(g) ? g->k_bwd : g->k));
+    size_t size = 0;
+    w.slot_at = carve(&size, w.slots * ((w.slot_len * sizeof(real) + 63) / 64 * 64));
+    w.wt_at = carve(&size, bwd_is_conv(g) ? g->k_bwd * g->cin * sizeof(real) : 0);
+    w.part_at = carve(&size, w.groups * g->k * g->f * sizeof(real));
+    w.bpart_at = carve(&size, g->bias ? w.groups * g->f * sizeof(double) : 0);
+    w.total = size;
+    return w;
+}
+
+static inline real *FN(slot)(const FN(conv_work) *w, void *work, size_t s)
+{
+    return (real *)((char *)work + w->slot_at + s * ((w->slot_len * sizeof(real) + 63) / 64 * 64));
+}
+
+/* Copy or zero `len` values (loops, not memcpy calls: the runs are short). */
+static inline void FN(copy)(real *restrict d, const real *restrict s, size_t len)
+{
+    for (size_t j = 0; j < len; j++)
+        d[j] = s[j];
+}
+
+static inline void FN(zero)(real *d, size_t len)
+{
+    for (size_t j = 0; j < len; j++)
+        d[j] = 0;
+}
+
+/* The patches of rows [r0, r1) (row r: sample r / (oh ow), position r % (oh ow))
+ * of images at src (sample stride ld) into dst, kh kw c values per row. */
+static void FN(im2col)(const patch_geom *g, const real *src, ptrdiff_t ld, size_t r0, size_t r1,
+                       real *dst)
+{
+    const size_t P = g->oh * g->ow, C = g->c, run = g->kw * C, K = g->kh * run;
+    const ptrdiff_t H = (ptrdiff_t)g->h, W = (ptrdiff_t)g->w;
+    const ptrdiff_t reach_w = (ptrdiff_t)((g->kw - 1) * g->dw);
+    size_t i = r0 / P, oh = r0 % P / g->ow, ow = r0 % g->ow;
+    for (size_t r = r0; r < r1; r++, dst += K) {
+        const real *x = src + (ptrdiff_t)i * ld;
+        const ptrdiff_t h0 = (ptrdiff_t)(oh * g->sh) - g->top;
+        const ptrdiff_t w0 = (ptrdiff_t)(ow * g->sw) - g->left;
+        const int whole_run = g->dw == 1 && w0 >= 0 && w0 + reach_w < W;
+        for (size_t a = 0; a < g->kh; a++) {
+            real *d = dst + a * run;
+            const ptrdiff_t h = h0 + (ptrdiff_t)(a * g->dh);
+            if (h < 0 || h >= H) {
+                FN(zero)(d, run);
+                continue;
+            }
+            const real *xr = x + h * W * (ptrdiff_t)C;
+            if (whole_run) { /* the window's row lies inside: one contiguous run */
+                FN(copy)(d, xr + w0 * (ptrdiff_t)C, run);
+                continue;
+            }
+            for (size_t b = 0; b < g->kw; b++) {
+                const ptrdiff_t w = w0 + (ptrdiff_t)(b * g->dw);
+                if (w >= 0 && w < W)
+                    FN(copy)(d + b * C, xr + w * (ptrdiff_t)C, C);
+                else
+                    FN(zero)(d + b * C, C);
+            }
+        }
+        if (++ow == g->ow) {
+            ow = 0;
+            if (++oh == g->oh) {
+                oh = 0;
+                i++;
+            }
+        }
+    }
+}
+
+/* The patches of rows [r0, r1): in place, or copied into slot. *ld: their row stride. */
+static const real *FN(patches)(const patch_geom *g, const real *src, ptrdiff_t ld, size_t r0,
+                               size_t r1, real *slot, ptrdiff_t *row_stride)
+{
+    const size_t k = g->kh * g->kw * g->c;
+    *row_stride = (ptrdiff_t)k;
+    if (patches_in_place(g) && ld == (ptrdiff_t)(g->h * g->w * g->c))
+        return src + r0 * g->c;
+    FN(im2col)(g, src, ld, r0, r1, slot);
+    return slot;
+}
+
+/* ---- forward ---------------------------------------------------------------- */
+
+typedef struct {
+    conv_geom g;
+    FN(conv_work) w;
+    size_t n, threads;
+    const real *x, *kernel, *bias;
+    ptrdiff_t ldx, ldy;
+    real *y, *z; /* z: where the pre-activation is kept, or NULL */
+    fusenn_activation act;
+    void *work;
+} FN(conv_fwd);
+
+/* Worker t of the forward: its share of the chunks, in slot t. */
+static size_t FN(forward_worker)(const void *ctx, size_t t, size_t t_end)
+{
+    (void)t_end;
+    const FN(conv_fwd) *p = ctx;
+    const conv_geom *g = &p->g;
+    const size_t P = g->fwd.oh * g->fwd.ow, F = g->f, R = p->w.rows, m = p->n * P;
+    const size_t chunks = div_up(m, R);
+    const fusenn_activation act = p->act;
+    /* the GEMM's store applies the bias and an elementwise activation; softmax
+     * (whole rows) and an activation whose z is kept run over the chunk's rows after it */
+    const int after = p->z != NULL || act == FUSENN_ACT_SOFTMAX;
+    real *out = p->z ? p->z : p->y;
+    const ptrdiff_t ld_out = p->z ? (ptrdiff_t)(P * F) : p->ldy;
+    const int contiguous = ld_out == (ptrdiff_t)(P * F);
+    real *slot = FN(slot)(&p->w, p->work, t);
+    size_t failed = 0;
+    const size_t c1 = fusenn_chunk_start(t + 1, p->threads, chunks);
+    for (size_t c = fusenn_chunk_start(t, p->threads, chunks); c < c1; c++) {
+        const size_t r0 = c * R, r1 = FUSENN_MIN(m, r0 + R);
+        ptrdiff_t rs;
+        const real *A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot, &rs);
+        for (size_t r = r0, e; r < r1; r = e) { /* one GEMM per sample unless Y is contiguous */
+            e = contiguous ? r1 : FUSENN_MIN(r1, (r / P + 1) * P);
+            failed += FN(fusenn_gemm_fused)(e - r, F, g->k, 1, A + (ptrdiff_t)(r - r0) * rs, rs, 1,
+                                  p->kernel, (ptrdiff_t)F, 1, 0,
+                                  out + (ptrdiff_t)(r / P) * ld_out + (ptrdiff_t)(r % P * F),
+                                  (ptrdiff_t)F, 1, p->bias,
+                                  after ? FUSENN_ACT_IDENTITY : act, 1) != FUSENN_OK;
+        }
+        if (after)
+            for (size_t r = r0; r < r1; r++) {
+                const real *zr = out + (ptrdiff_t)(r / P) * ld_out + (ptrdiff_t)(r % P * F);
+                real *yr = p->y + (ptrdiff_t)(r / P) * p->ldy + (ptrdiff_t)(r % P * F);
+                if (act == FUSENN_ACT_SOFTMAX)
+                    FN(softmax_row)(F, zr, yr);
+                else /* the standalone activation kernel's code, so the same bits */
+                    FN(activate_row_baseline)(act, F, zr, yr);
+            }
+    }
+    return failed;
+}
+
+/* Threads for a pass of `units` parts of work over m rows of GEMMs m x n x k. */
+static size_t conv_threads(int nthreads, size_t units, size_t m, size_t n, size_t k)
+{
+    if (nthreads <= 1 || fusenn_gemm_is_serial(m, n, k))
+        return 1;
+    return FUSENN_MIN((size_t)nthreads, FUSENN_MIN(units, (size_t)CONV_SLOTS));
+}
+
+/* ---- backward ---------------------------------------------------------------- */
+
+typedef struct {
+    conv_geom g;
+    FN(conv_work) w;
+    size_t n, threads;
+    const real *x, *y, *z, *kernel;
+    ptrdiff_t ldx, ldy;
+    real *dz, *dx, *wt;
+    fusenn_activation act;
+    void *work;
+} FN(conv_bwd);
+
+/* dW's groups [g0, g1), in slot g0: dZ = dY act'(.) of their rows, in place,
+ * each group's partial sums of dZ (for db, in double) and of patches^T dZ. */
+static size_t FN(weight_grad_groups)(const void *ctx, size_t g0, size_t g1)
+{
+    const FN(conv_bwd) *p = ctx;
+    const conv_geom *g = &p->g;
+    const size_t P = g->fwd.oh * g->fwd.ow, F = g->f, K = g->k, R = p->w.rows, m = p->n * P;
+    const size_t chunks = div_up(m, R);
+    real *slot = FN(slot)(&p->w, p->work, g0);
+    size_t failed = 0;
+    for (size_t gi = g0; gi < g1; gi++) {
+        real *part = (real *)((char *)p->work + p->w.part_at) + gi * K * F;
+        double *bsum = g->bias ? (double *)((char *)p->work + p->w.bpart_at) + gi * F : NULL;
+        if (bsum)
+            for (size_t j = 0; j < F; j++)
+                bsum[j] = 0;
+        const size_t c0 = fusenn_chunk_start(gi, p->w.groups, chunks);
+        const size_t c1 = fusenn_chunk_start(gi + 1, p->w.groups, chunks);
+        for (size_t c = c0; c < c1; c++) {
+            const size_t r0 = c * R, r1 = FUSENN_MIN(m, r0 + R);
+            for (size_t r = r0; r < r1; r++) {
+                real *d = p->dz + r * F;
+                if (p->act != FUSENN_ACT_IDENTITY)
+                    FN(activate_backward_row)(p->act, F, p->z ? p->z + r * F : NULL,
+                                              p->y + (ptrdiff_t)(r / P) * p->ldy +
+                                                  (ptrdiff_t)(r % P * F),
+                                              d, d);
+                if (bsum)
+                    for (size_t j = 0; j < F; j++)
+                        bsum[j] += d[j];
+            }
+            ptrdiff_t rs;
+            const real *A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot, &rs);
+            /* part (+)= patches^T dZ: the patches read transposed */
+            failed += FN(fusenn_gemm)(K, F, r1 - r0, 1, A, 1, rs, p->dz + r0 * F,
+                                      (ptrdiff_t)F, 1, c == c0 ? 0 : 1, part, (ptrdiff_t)F, 1,
+                                      1) != FUSENN_OK;
+        }
+    }
+    return failed;
+}
+
+/* Worker t of the stride-1 input gradient: its chunks of dX rows, each the
+ * patches of dZ (slot t) times W'. */
+static size_t FN(input_grad_worker)(const void *ctx, size_t t, size_t t_end)
+{
+    (void)t_end;
+    const FN(conv_bwd) *p = ctx;
+    const conv_geom *g = &p->g;
+    const size_t Cin = g->cin, R = p->w.rows_bwd, m = p->n * g->fwd.h * g->fwd.w;
+    const size_t chunks = div_up(m, R);
+    const ptrdiff_t ld_dz = (ptrdiff_t)(g->fwd.oh * g->fwd.ow * g->f);
+    real *slot = FN(slot)(&p->w, p->work, t);
+    size_t failed = 0;
+    const size_t c1 = fusenn_chunk_start(t + 1, p->threads, chunks);
+    for (size_t c = fusenn_chunk_start(t, p->threads, chunks); c < c1; c++) {
+        const size_t r0 = c * R, r1 = FUSENN_MIN(m, r0 + R);
+        ptrdiff_t rs;
+        const real *A = FN(patches)(&g->bwd, p->dz, ld_dz, r0, r1, slot, &rs);
+        failed += FN(fusenn_gemm)(r1 - r0, Cin, g->k_bwd, 1, A, rs, 1, p->wt, (ptrdiff_t)Cin, 1,
+                                  0, p->dx + r0 * Cin, (ptrdiff_t)Cin, 1, 1) != FUSENN_OK;
+    }
+    return failed;
+}
+
+/* Worker t of the strided input gradient: its samples, each zeroed, then
+ * per chunk of positions dZ W^T (into slot t) added over the windows in order. */
+static size_t FN(col2im_worker)(const void *ctx, size_t t, size_t t_end)
+{
+    (void)t_end;
+    const FN(conv_bwd) *p = ctx;
+    const conv_geom *g = &p->g;
+    const patch_geom *q = &g->fwd;
+    const size_t P = q->oh * q->ow, F = g->f, K = g->k, C = q->c, R = p->w.rows_bwd;
+    const size_t in_size = q->h * q->w * C;
+    const ptrdiff_t H = (ptrdiff_t)q->h, W = (ptrdiff_t)q->w;
+    real *slot = FN(slot)(&p->w, p->work, t);
+    size_t failed = 0;
+    const size_t i1 = fusenn_chunk_start(t + 1, p->threads, p->n);
+    for (size_t i = fusenn_chunk_start(t, p->threads, p->n); i < i1; i++) {
+        real *dx = p->dx + i * in_size;
+        FN(zero)(dx, in_size);
+        for (size_t p0 = 0; p0 < P; p0 += R) {
+            const size_t p1 = FUSENN_MIN(P, p0 + R);
+            /* the kernel read transposed: W^T's rows are w's columns */
+            failed += FN(fusenn_gemm)(p1 - p0, K, F, 1, p->dz + (i * P + p0) * F, (ptrdiff_t)F,
+                                      1, p->kernel, 1, (ptrdiff_t)F, 0, slot, (ptrdiff_t)K, 1,
+                                      1) != FUSENN_OK;
+            for (size_t pos = p0; pos < p1; pos++) {
+                const real *s = slot + (pos - p0) * K;
+                const ptrdiff_t h0 = (ptrdiff_t)(pos / q->ow * q->sh) - q->top;
+                const ptrdiff_t w0 = (ptrdiff_t)(pos % q->ow * q->sw) - q->left;
+                for (size_t a = 0; a < q->kh; a++) {
+                    const ptrdiff_t h = h0 + (ptrdiff_t)(a * q->dh);
+                    if (h < 0 || h >= H)
+                        continue;
+                    for (size_t b = 0; b < q->kw; b++) {
+                        const ptrdiff_t w = w0 + (ptrdiff_t)(b * q->dw);
+                        if (w < 0 || w >= W)
+                            continue;
+                        real *d = dx + (h * W + w) * (ptrdiff_t)C;
+                        const real *v = s + (a * q->kw + b) * C;
+                        for (size_t c = 0; c < C; c++)
+                            d[c] += v[c];
+                    }
+                }
+            }
+        }
+    }
+    return failed;
+}
+
+/* W' for the stride-1 input gradient, (kh kw F) x Cin: the kernel flipped in
+ * both directions with its channels swapped, W'[i', j', f, c] = w[kh-1-i', kw-1-j', c, f]. */
+static void FN(flip_kernel)(const conv_geom *g, const real *w, real *wt)
+{
+    const size_t KH = g->fwd.kh, KW = g->fwd.kw, Cin = g->cin, F = g->f;
+    for (size_t a = 0; a < KH; a++)
+        for (size_t b = 0; b < KW; b++) {
+            const real *src = w + ((KH - 1 - a) * KW + (KW - 1 - b)) * Cin * F;
+            real *dst = wt + (a * KW + b) * F * Cin;
+            for (size_t f = 0; f < F; f++)
+                for (size_t c = 0; c < Cin; c++)
+                    dst[f * Cin + c] = src[c * F + f];
+        }
+}
+
+/* ---- the layer kind ------------------------------------------------------------ */
+
+static int FN(conv2d_output_shape)(const fusenn_layer *desc, const fusenn_shape *in,
+                                   fusenn_shape *out)
+{
+    conv_geom g;
+    if (conv_geometry(desc, in, &g) != FUSENN_OK)
+        return FUSENN_EINVAL;
+    *out = (fusenn_shape){3, {g.fwd.oh, g.fwd.ow, g.f, 0}};
+    return FUSENN_OK;
+}
+
+static size_t FN(conv2d_params)(const fusenn_layer *desc, const fusenn_shape *in,
+                                fusenn_shape *shapes, int *decayed)
+{
+    conv_geom g;
+    conv_geometry(desc, in, &g);
+    shapes[0] = (fusenn_shape){4, {g.fwd.kh, g.fwd.kw, g.cin, g.f}}; /* the kernel */
+    decayed[0] = 1;
+    if (!g.bias)
+        return 1;
+    shapes[1] = fusenn_shape1(g.f);
+    decayed[1] = 0;
+    return 2;
+}
+
+/* The pre-activation z, kept when the activation's derivative needs it. */
+static size_t FN(conv2d_saved_bytes)(const FN(layer) *layer, size_t n)
+{
+    const fusenn_activation act = (fusenn_activation)(int)layer->desc->attr[CONV_ACTIVATION];
+    return fusenn_act_needs_z(act) ? n * layer->out_size * sizeof(real) : 0;
+}
+
+static size_t FN(conv2d_work_bytes)(const FN(layer) *layer, size_t n)
+{
+    conv_geom g;
+    if (conv_geometry(layer->desc, &layer->in, &g) != FUSENN_OK)
+        return 0;
+    return FN(work_layout)(&g, n).total;
+}
+
+static int FN(conv2d_forward)(const FN(layer) *layer, FN(forward_args) *a)
+{
+    FN(conv_fwd) p = {.n = a->n, .x = a->x, .ldx = a->ldx, .y = a->y, .ldy = a->ldy,
+                      .kernel = layer->param[0], .work = a->work};
+    if (conv_geometry(layer->desc, &layer->in, &p.g) != FUSENN_OK)
+        return FUSENN_EINVAL;
+    p.w = FN(work_layout)(&p.g, a->n);
+    p.bias = p.g.bias ? layer->param[1] : NULL;
+    p.act = a->logits ? FUSENN_ACT_IDENTITY : p.g.act;
+    p.z = fusenn_act_needs_z(p.act) ? a->saved : NULL;
+    const size_t m = a->n * p.g.fwd.oh * p.g.fwd.ow;
+    p.threads = conv_threads(a->nthreads, div_up(m, p.w.rows), m, p.g.f, p.g.k);
+    const size_t failed = fusenn_parallel_ranges((int)p.threads, p.threads, FN(forward_worker), &p);
+    a->result = a->y;
+    a->ld_result = a->ldy;
+    return failed ? FUSENN_ENOMEM : FUSENN_OK;
+}
+
+static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
+{
+    FN(conv_bwd) p = {.n = a->n, .x = a->x, .ldx = a->ldx, .y = a->y, .ldy = a->ldy,
+                      .kernel = layer->param[0], .dz = a->dy, .dx = a->dx, .work = a->work};
+    if (conv_geometry(layer->desc, &layer->in, &p.g) != FUSENN_OK)
+        return FUSENN_EINVAL;
+    const conv_geom *g = &p.g;
+    p.w = FN(work_layout)(g, a->n);
+    p.act = a->logits ? FUSENN_ACT_IDENTITY : g->act;
+    p.z = fusenn_act_needs_z(p.act) ? a->saved : NULL;
+    const size_t m = a->n * g->fwd.oh * g->fwd.ow, K = g->k, F = g->f;
+
+    p.threads = conv_threads(a->nthreads, p.w.groups, m, F, K);
+    if (fusenn_parallel_ranges((int)p.threads, p.w.groups, FN(weight_grad_groups), &p))
+        return FUSENN_ENOMEM;
+    const real *part = (const real *)((const char *)a->work + p.w.part_at);
+    for (size_t j = 0; j < K * F; j++) { /* the groups' sums, added in order */
+        real s = part[j];
+        for (size_t gi = 1; gi < p.w.groups; gi++)
+            s += part[gi * K * F + j];
+        layer->grad[0][j] = s;
+    }
+    if (g->bias) {
+        const double *bpart = (const double *)((const char *)a->work + p.w.bpart_at);
+        for (size_t j = 0; j < F; j++) {
+            double s = bpart[j];
+            for (size_t gi = 1; gi < p.w.groups; gi++)
+                s += bpart[gi * F + j];
+            layer->grad[1][j] = (real)s;
+        }
+    }
+
+    a->result = a->dx;
+    if (a->dx == NULL) /* the first layer needs no input gradient */
+        return FUSENN_OK;
+    if (bwd_is_conv(g)) {
+        p.wt = (real *)((char *)a->work + p.w.wt_at);
+        FN(flip_kernel)(g, layer->param[0], p.wt);
+        const size_t m_in = a->n * g->fwd.h * g->fwd.w;
+        p.threads = conv_threads(a->nthreads, div_up(m_in, p.w.rows_bwd), m_in, g->cin, g->k_bwd);
+        return fusenn_parallel_ranges((int)p.threads, p.threads, FN(input_grad_worker), &p)
+                   ? FUSENN_ENOMEM : FUSENN_OK;
+    }
+    p.threads = conv_threads(a->nthreads, a->n, m, K, F);
+    return fusenn_parallel_ranges((int)p.threads, p.threads, FN(col2im_worker), &p)
+               ? FUSENN_ENOMEM : FUSENN_OK;
+}
+
+const FN(layer_kind) FN(conv2d_kind) = {
+    .name = "conv2d",
+    .attrs = conv2d_attrs,
+    .output_shape = FN(conv2d_output_shape),
+    .params = FN(conv2d_params),
+    .saved_bytes = FN(conv2d_saved_bytes),
+    .work_bytes = FN(conv2d_work_bytes),
+    .forward = FN(conv2d_forward),
+    .backward = FN(conv2d_backward),
+};

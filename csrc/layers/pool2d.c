@@ -1,0 +1,217 @@
+/*
+ * pool2d.c - MaxPooling2D / AveragePooling2D over images (H, W, C), channels
+ * last: output (oh, ow) pools the window of pool_h x pool_w input cells
+ * starting at (oh sh - pad_top, ow sw - pad_left), each channel on its own.
+ * Padded cells take no part:
+ *   max: y = the window's first maximum (row-major order); its index h W + w
+ *        within the sample is kept (int32, per output) for the backward pass,
+ *        which sends dy there
+ *   avg: y = the sum over the cells inside the image / their number (Keras's
+ *        "same"); the backward spreads dy / number over those cells
+ * Pads are smaller than the pool, so every window holds a cell of the image.
+ * Each sample is one thread's, and its gradient is scattered in output order,
+ * so the bits do not depend on the thread count.
+ */
+#include "../layer.h"
+
+enum { POOL_MODE, POOL_H, POOL_W, STRIDE_H, STRIDE_W, PAD_TOP, PAD_BOTTOM, PAD_LEFT, PAD_RIGHT,
+       POOL_N_ATTRS };
+static const char *const pool2d_attrs[] = {"mode", "pool_h", "pool_w", "stride_h", "stride_w",
+                                           "pad_top", "pad_bottom", "pad_left", "pad_right",
+                                           NULL};
+
+/* A pooling layer's geometry along both axes. */
+typedef struct {
+    size_t h, w, c, oh, ow;
+    size_t ph, pw, sh, sw, pt, pl;
+    int max;
+} pool_geom;
+
+static int whole(double v, double min) { return v >= min && v <= 1e9 && v == (double)(size_t)v; }
+
+/* The geometry of desc on samples of shape in, or FUSENN_EINVAL. */
+static int pool_geometry(const fusenn_layer *desc, const fusenn_shape *in, pool_geom *g)
+{
+    const double *a = desc->attr;
+    if (in->rank != 3 || (a[POOL_MODE] != FUSENN_POOL_MAX && a[POOL_MODE] != FUSENN_POOL_AVG))
+        return FUSENN_EINVAL;
+    for (int i = POOL_H; i < PAD_TOP; i++)
+        if (!whole(a[i], 1))
+            return FUSENN_EINVAL;
+    for (int i = PAD_TOP; i < POOL_N_ATTRS; i++)
+        if (!whole(a[i], 0))
+            return FUSENN_EINVAL;
+    g->h = in->dim[0];
+    g->w = in->dim[1];
+    g->c = in->dim[2];
+    g->ph = (size_t)a[POOL_H];
+    g->pw = (size_t)a[POOL_W];
+    g->sh = (size_t)a[STRIDE_H];
+    g->sw = (size_t)a[STRIDE_W];
+    g->pt = (size_t)a[PAD_TOP];
+    g->pl = (size_t)a[PAD_LEFT];
+    const size_t pb = (size_t)a[PAD_BOTTOM], pr = (size_t)a[PAD_RIGHT];
+    /* pads below the pool size: no window lies wholly in the padding */
+    if (g->pt >= g->ph || pb >= g->ph || g->pl >= g->pw || pr >= g->pw ||
+        g->h + g->pt + pb < g->ph || g->w + g->pl + pr < g->pw || g->h * g->w > INT32_MAX)
+        return FUSENN_EINVAL;
+    g->oh = (g->h + g->pt + pb - g->ph) / g->sh + 1;
+    g->ow = (g->w + g->pl + pr - g->pw) / g->sw + 1;
+    g->max = a[POOL_MODE] == FUSENN_POOL_MAX;
+    return FUSENN_OK;
+}
+
+static int FN(pool2d_output_shape)(const fusenn_layer *desc, const fusenn_shape *in,
+                                   fusenn_shape *out)
+{
+    pool_geom g;
+    if (pool_geometry(desc, in, &g) != FUSENN_OK)
+        return FUSENN_EINVAL;
+    *out = (fusenn_shape){3, {g.oh, g.ow, g.c, 0}};
+    return FUSENN_OK;
+}
+
+/* The input rows [*h0, *h1) and columns [*w0, *w1) of output (oh, ow)'s window. */
+static inline void window(const pool_geom *g, size_t oh, size_t ow, size_t *h0, size_t *h1,
+                          size_t *w0, size_t *w1)
+{
+    const size_t top = oh * g->sh, left = ow * g->sw; /* in padded coordinates */
+    *h0 = top > g->pt ? top - g->pt : 0;
+    *h1 = FUSENN_MIN(top + g->ph - g->pt, g->h);
+    *w0 = left > g->pl ? left - g->pl : 0;
+    *w1 = FUSENN_MIN(left + g->pw - g->pl, g->w);
+}
+
+/* Argmax indices, per output (max pooling only). */
+static size_t FN(pool2d_saved_bytes)(const FN(layer) *layer, size_t n)
+{
+    return layer->desc->attr[POOL_MODE] == FUSENN_POOL_MAX ? n * layer->out_size * sizeof(int32_t)
+                                                           : 0;
+}
+
+typedef struct {
+    pool_geom g;
+    const real *x, *dy;
+    ptrdiff_t ldx;
+    real *y, *dx;
+    ptrdiff_t ldy;
+    int32_t *arg_out;   /* the forward's argmax indices (max pooling) */
+    const int32_t *arg; /* the backward's */
+} FN(pool2d_args);
+
+static size_t FN(pool2d_samples)(const void *ctx, size_t begin, size_t end)
+{
+    const FN(pool2d_args) *p = ctx;
+    const pool_geom *g = &p->g;
+    const size_t C = g->c, out_size = g->oh * g->ow * C;
+    for (size_t i = begin; i < end; i++) {
+        const real *x = p->x + (ptrdiff_t)i * p->ldx;
+        real *y = p->y + (ptrdiff_t)i * p->ldy;
+        int32_t *arg = p->arg_out ? p->arg_out + i * out_size : NULL;
+        for (size_t oh = 0; oh < g->oh; oh++)
+            for (size_t ow = 0; ow < g->ow; ow++) {
+                size_t h0, h1, w0, w1;
+                window(g, oh, ow, &h0, &h1, &w0, &w1);
+                real *yo = y + (oh * g->ow + ow) * C;
+                const real *first = x + (h0 * g->w + w0) * C;
+                if (g->max) {
+                    int32_t *a = arg + (oh * g->ow + ow) * C;
+                    for (size_t c = 0; c < C; c++) {
+                        yo[c] = first[c];
+                        a[c] = (int32_t)(h0 * g->w + w0);
+                    }
+                    for (size_t h = h0; h < h1; h++)
+                        for (size_t w = h == h0 ? w0 + 1 : w0; w < w1; w++) {
+                            const real *v = x + (h * g->w + w) * C;
+                            const int32_t at = (int32_t)(h * g->w + w);
+                            for (size_t c = 0; c < C; c++) { /* first maximum: strictly > */
+                                const int better = v[c] > yo[c];
+                                yo[c] = better ? v[c] : yo[c];
+                                a[c] = better ? at : a[c];
+                            }
+                        }
+                    continue;
+                }
+                for (size_t c = 0; c < C; c++)
+                    yo[c] = 0;
+                for (size_t h = h0; h < h1; h++)
+                    for (size_t w = w0; w < w1; w++) {
+                        const real *v = x + (h * g->w + w) * C;
+                        for (size_t c = 0; c < C; c++)
+                            yo[c] += v[c];
+                    }
+                const real count = (real)((h1 - h0) * (w1 - w0));
+                for (size_t c = 0; c < C; c++)
+                    yo[c] /= count;
+            }
+    }
+    return 0;
+}
+
+static size_t FN(pool2d_grad_samples)(const void *ctx, size_t begin, size_t end)
+{
+    const FN(pool2d_args) *p = ctx;
+    const pool_geom *g = &p->g;
+    const size_t C = g->c, in_size = g->h * g->w * C, out_size = g->oh * g->ow * C;
+    for (size_t i = begin; i < end; i++) {
+        const real *dy = p->dy + i * out_size;
+        real *dx = p->dx + i * in_size;
+        memset(dx, 0, in_size * sizeof(real));
+        if (g->max) {
+            const int32_t *arg = p->arg + i * out_size;
+            for (size_t o = 0; o < out_size; o++)
+                dx[(size_t)arg[o] * C + o % C] += dy[o];
+            continue;
+        }
+        for (size_t oh = 0; oh < g->oh; oh++)
+            for (size_t ow = 0; ow < g->ow; ow++) {
+                size_t h0, h1, w0, w1;
+                window(g, oh, ow, &h0, &h1, &w0, &w1);
+                const real count = (real)((h1 - h0) * (w1 - w0));
+                const real *d = dy + (oh * g->ow + ow) * C;
+                for (size_t h = h0; h < h1; h++)
+                    for (size_t w = w0; w < w1; w++) {
+                        real *t = dx + (h * g->w + w) * C;
+                        for (size_t c = 0; c < C; c++)
+                            t[c] += d[c] / count;
+                    }
+            }
+    }
+    return 0;
+}
+
+static int FN(pool2d_forward)(const FN(layer) *layer, FN(forward_args) *a)
+{
+    FN(pool2d_args) args = {.x = a->x, .ldx = a->ldx, .y = a->y, .ldy = a->ldy};
+    if (pool_geometry(layer->desc, &layer->in, &args.g) != FUSENN_OK)
+        return FUSENN_EINVAL;
+    args.arg_out = args.g.max ? a->saved : NULL;
+    fusenn_parallel_ranges(fusenn_threads_for(a->n * layer->in_size, a->nthreads), a->n,
+                           FN(pool2d_samples), &args);
+    a->result = a->y;
+    a->ld_result = a->ldy;
+    return FUSENN_OK;
+}
+
+static int FN(pool2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
+{
+    a->result = a->dx;
+    if (a->dx == NULL)
+        return FUSENN_OK;
+    FN(pool2d_args) args = {.dy = a->dy, .dx = a->dx};
+    if (pool_geometry(layer->desc, &layer->in, &args.g) != FUSENN_OK)
+        return FUSENN_EINVAL;
+    args.arg = args.g.max ? a->saved : NULL;
+    fusenn_parallel_ranges(fusenn_threads_for(a->n * layer->in_size, a->nthreads), a->n,
+                           FN(pool2d_grad_samples), &args);
+    return FUSENN_OK;
+}
+
+const FN(layer_kind) FN(pool2d_kind) = {
+    .name = "pool2d",
+    .attrs = pool2d_attrs,
+    .output_shape = FN(pool2d_output_shape),
+    .saved_bytes = FN(pool2d_saved_bytes),
+    .forward = FN(pool2d_forward),
+    .backward = FN(pool2d_backward),
+};
