@@ -173,40 +173,49 @@ static inline real *FN(slot)(const FN(conv_work) *w, void *work, size_t s)
     return (real *)((char *)work + w->slot_at + s * ((w->slot_len * sizeof(real) + 63) / 64 * 64));
 }
 
-/* Copy or zero `len` values in 16-byte vectors. Not memcpy / memset: most
- * runs are a few values (one channel, one kernel row), and calls took 15% of
- * a LeNet step; GCC turns even these loops into calls unless told not to
- * (NO_LIBC_CALLS on the functions they are inlined into). */
+/* Copy or zero `len` values in vectors of 64 bytes, then 16, then one by one;
+ * inlined into the patch builders, which are compiled for each ISA (a 64-byte
+ * vector is one AVX-512 move, two AVX2 or four SSE2 ones). Not memcpy /
+ * memset: most runs are a few values (one channel, one kernel row), and calls
+ * took 15% of a LeNet step; GCC turns even these loops into calls unless told
+ * not to (NO_LIBC_CALLS on the functions they are inlined into). */
 #if defined(__GNUC__) && !defined(__clang__)
 #define NO_LIBC_CALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
 #else
 #define NO_LIBC_CALLS
 #endif
-typedef real FN(uvec) __attribute__((vector_size(16), aligned(sizeof(real)), may_alias));
-#define UVEC_LANES (16 / sizeof(real))
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+typedef real FN(v64) __attribute__((vector_size(64), aligned(sizeof(real)), may_alias));
+typedef real FN(v16) __attribute__((vector_size(16), aligned(sizeof(real)), may_alias));
+#define V64_LANES (64 / sizeof(real))
+#define V16_LANES (16 / sizeof(real))
 
-static inline void FN(copy)(real *restrict d, const real *restrict s, size_t len)
+static ALWAYS_INLINE void FN(copy)(real *restrict d, const real *restrict s, size_t len)
 {
     size_t j = 0;
-    for (; j + UVEC_LANES <= len; j += UVEC_LANES)
-        *(FN(uvec) *)(d + j) = *(const FN(uvec) *)(s + j);
+    for (; j + V64_LANES <= len; j += V64_LANES)
+        *(FN(v64) *)(d + j) = *(const FN(v64) *)(s + j);
+    for (; j + V16_LANES <= len; j += V16_LANES)
+        *(FN(v16) *)(d + j) = *(const FN(v16) *)(s + j);
     for (; j < len; j++)
         d[j] = s[j];
 }
 
-static inline void FN(zero)(real *d, size_t len)
+static ALWAYS_INLINE void FN(zero)(real *d, size_t len)
 {
     size_t j = 0;
-    for (; j + UVEC_LANES <= len; j += UVEC_LANES)
-        *(FN(uvec) *)(d + j) = (FN(uvec)){0};
+    for (; j + V64_LANES <= len; j += V64_LANES)
+        *(FN(v64) *)(d + j) = (FN(v64)){0};
+    for (; j + V16_LANES <= len; j += V16_LANES)
+        *(FN(v16) *)(d + j) = (FN(v16)){0};
     for (; j < len; j++)
         d[j] = 0;
 }
 
 /* The patches of rows [r0, r1) (row r: sample r / (oh ow), position r % (oh ow))
  * of images at src (sample stride ld) into dst, kh kw c values per row. */
-static NO_LIBC_CALLS void FN(im2col)(const patch_geom *g, const real *src, ptrdiff_t ld, size_t r0, size_t r1,
-                       real *dst)
+static ALWAYS_INLINE void FN(im2col)(const patch_geom *g, const real *src, ptrdiff_t ld,
+                                     size_t r0, size_t r1, real *dst)
 {
     const size_t P = g->oh * g->ow, C = g->c, run = g->kw * C, K = g->kh * run;
     const ptrdiff_t H = (ptrdiff_t)g->h, W = (ptrdiff_t)g->w;
@@ -250,7 +259,7 @@ static NO_LIBC_CALLS void FN(im2col)(const patch_geom *g, const real *src, ptrdi
 /* The same patches transposed (one channel only): row t = (i, j) of dst holds
  * tap t of rows r0 .. r1 - 1, so a run of one output row is a run of an image
  * row (long copies, where im2col copies kw single values per row). */
-static NO_LIBC_CALLS void FN(im2row)(const patch_geom *g, const real *src, ptrdiff_t ld,
+static ALWAYS_INLINE void FN(im2row)(const patch_geom *g, const real *src, ptrdiff_t ld,
                                      size_t r0, size_t r1, real *dst)
 {
     const size_t P = g->oh * g->ow, n = r1 - r0;
@@ -291,6 +300,39 @@ static NO_LIBC_CALLS void FN(im2row)(const patch_geom *g, const real *src, ptrdi
         }
 }
 
+/* The patch builders for each ISA: im2row (one channel) or im2col. */
+static NO_LIBC_CALLS void FN(build_patches)(const patch_geom *g, const real *src, ptrdiff_t ld,
+                                            size_t r0, size_t r1, real *dst)
+{
+    if (g->c == 1)
+        FN(im2row)(g, src, ld, r0, r1, dst);
+    else
+        FN(im2col)(g, src, ld, r0, r1, dst);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_X86_PATCHES 1
+static NO_LIBC_CALLS __attribute__((target("avx2"))) void
+FN(build_patches_avx2)(const patch_geom *g, const real *src, ptrdiff_t ld, size_t r0, size_t r1,
+                       real *dst)
+{
+    if (g->c == 1)
+        FN(im2row)(g, src, ld, r0, r1, dst);
+    else
+        FN(im2col)(g, src, ld, r0, r1, dst);
+}
+
+static NO_LIBC_CALLS __attribute__((target("avx512f,avx2"))) void
+FN(build_patches_avx512)(const patch_geom *g, const real *src, ptrdiff_t ld, size_t r0,
+                         size_t r1, real *dst)
+{
+    if (g->c == 1)
+        FN(im2row)(g, src, ld, r0, r1, dst);
+    else
+        FN(im2col)(g, src, ld, r0, r1, dst);
+}
+#endif
+
 /* The patch matrix of rows [r0, r1), element (row r, tap t) at
  * A[(r - r0) rs + t cs]: the image itself (1x1), transposed patches (one
  * channel), or patches (im2col); copied into slot. */
@@ -304,11 +346,17 @@ static FN(patch_matrix) FN(patches)(const patch_geom *g, const real *src, ptrdif
 {
     if (patches_in_place(g) && ld == (ptrdiff_t)(g->h * g->w * g->c))
         return (FN(patch_matrix)){src + r0 * g->c, (ptrdiff_t)g->c, 1};
-    if (g->c == 1) {
-        FN(im2row)(g, src, ld, r0, r1, slot);
+#ifdef HAVE_X86_PATCHES
+    const int isa = fusenn_isa_level();
+    if (isa == FUSENN_ISA_AVX512)
+        FN(build_patches_avx512)(g, src, ld, r0, r1, slot);
+    else if (isa == FUSENN_ISA_AVX2)
+        FN(build_patches_avx2)(g, src, ld, r0, r1, slot);
+    else
+#endif
+        FN(build_patches)(g, src, ld, r0, r1, slot);
+    if (g->c == 1)
         return (FN(patch_matrix)){slot, 1, (ptrdiff_t)(r1 - r0)};
-    }
-    FN(im2col)(g, src, ld, r0, r1, slot);
     return (FN(patch_matrix)){slot, (ptrdiff_t)(g->kh * g->kw * g->c), 1};
 }
 
