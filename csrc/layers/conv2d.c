@@ -132,6 +132,16 @@ static size_t FN(chunk_rows)(size_t k)
 
 static inline size_t div_up(size_t a, size_t b) { return (a + b - 1) / b; }
 
+/* The columns a window row reaches, [row_lo, row_lo + row_len): the image's
+ * [0, w) and the padding on either side. */
+static inline ptrdiff_t row_lo(const patch_geom *g) { return FUSENN_MIN(-g->left, 0); }
+
+static inline size_t row_len(const patch_geom *g)
+{
+    const ptrdiff_t reach = (ptrdiff_t)((g->ow - 1) * g->sw + (g->kw - 1) * g->dw) - g->left + 1;
+    return (size_t)(FUSENN_MAX(reach, (ptrdiff_t)g->w) - row_lo(g));
+}
+
 /* The workspace: slots of chunk patches, the flipped kernel W', and dW's
  * group partials (kernel, then bias in double). Offsets in bytes. */
 typedef struct {
@@ -158,7 +168,11 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
     w.groups = FUSENN_MIN(chunks, (size_t)CONV_SLOTS);
     const size_t chunks_bwd = bwd_is_conv(g) ? div_up(n * g->fwd.h * g->fwd.w, w.rows_bwd) : n;
     w.slots = FUSENN_MIN(FUSENN_MAX(chunks, chunks_bwd), (size_t)CONV_SLOTS);
-    w.slot_len = FUSENN_MAX(w.rows * g->k, w.rows_bwd * (bwd_is_conv(g) ? g->k_bwd : g->k));
+    /* one-channel patches (im2row) keep a padded image row after them */
+    w.slot_len = FUSENN_MAX(w.rows * g->k + (g->cin == 1 ? row_len(&g->fwd) : 0),
+                            bwd_is_conv(g) ? w.rows_bwd * g->k_bwd +
+                                                 (g->f == 1 ? row_len(&g->bwd) : 0)
+                                           : w.rows_bwd * g->k);
     size_t size = 0;
     w.slot_at = carve(&size, w.slots * ((w.slot_len * sizeof(real) + 63) / 64 * 64));
     w.wt_at = carve(&size, bwd_is_conv(g) ? g->k_bwd * g->cin * sizeof(real) : 0);
@@ -257,47 +271,45 @@ static ALWAYS_INLINE void FN(im2col)(const patch_geom *g, const real *src, ptrdi
 }
 
 /* The same patches transposed (one channel only): row t = (i, j) of dst holds
- * tap t of rows r0 .. r1 - 1, so a run of one output row is a run of an image
- * row (long copies, where im2col copies kw single values per row). */
+ * tap t of rows r0 .. r1 - 1. Per output row and kernel row, the image row is
+ * copied once into rowbuf with its padding, and each tap's run is a plain copy
+ * from it (where im2col copies kw single values per output). */
 static ALWAYS_INLINE void FN(im2row)(const patch_geom *g, const real *src, ptrdiff_t ld,
-                                     size_t r0, size_t r1, real *dst)
+                                     size_t r0, size_t r1, real *dst, real *rowbuf)
 {
-    const size_t P = g->oh * g->ow, n = r1 - r0;
-    const ptrdiff_t W = (ptrdiff_t)g->w, sw = (ptrdiff_t)g->sw;
-    for (size_t a = 0; a < g->kh; a++)
-        for (size_t b = 0; b < g->kw; b++) {
-            real *d = dst + (a * g->kw + b) * n;
-            const ptrdiff_t off = (ptrdiff_t)(b * g->dw) - g->left; /* w = ow sw + off */
-            /* the output columns whose tap lies inside: [lo, hi) */
-            const size_t lo = off >= 0 ? 0 : (size_t)div_up((size_t)-off, (size_t)sw);
-            const size_t hi = off >= W ? 0 : (size_t)((W - 1 - off) / sw + 1);
-            size_t i = r0 / P, oh = r0 % P / g->ow, ow0 = r0 % g->ow;
-            for (size_t r = r0; r < r1;) { /* one output row at a time */
-                const size_t len = FUSENN_MIN(r1 - r, g->ow - ow0), ow1 = ow0 + len;
-                const ptrdiff_t h = (ptrdiff_t)(oh * g->sh + a * g->dh) - g->top;
-                if (h < 0 || h >= (ptrdiff_t)g->h || lo >= hi) {
-                    FN(zero)(d, len);
-                } else {
-                    const real *row = src + (ptrdiff_t)i * ld + h * W;
-                    const size_t c0 = FUSENN_MIN(FUSENN_MAX(lo, ow0), ow1);
-                    const size_t c1 = FUSENN_MAX(FUSENN_MIN(hi, ow1), c0);
-                    FN(zero)(d, c0 - ow0);
-                    if (sw == 1)
-                        FN(copy)(d + (c0 - ow0), row + (ptrdiff_t)c0 + off, c1 - c0);
-                    else
-                        for (size_t ow = c0; ow < c1; ow++)
-                            d[ow - ow0] = row[(ptrdiff_t)ow * sw + off];
-                    FN(zero)(d + (c1 - ow0), ow1 - c1);
-                }
-                d += len;
-                r += len;
-                ow0 = 0;
-                if (++oh == g->oh) {
-                    oh = 0;
-                    i++;
-                }
+    const size_t P = g->oh * g->ow, n = r1 - r0, W = g->w, L = row_len(g);
+    const ptrdiff_t lo = row_lo(g), sw = (ptrdiff_t)g->sw;
+    size_t i = r0 / P, oh = r0 % P / g->ow, ow0 = r0 % g->ow;
+    for (size_t r = r0; r < r1;) { /* one output row at a time */
+        const size_t len = FUSENN_MIN(r1 - r, g->ow - ow0);
+        real *d = dst + (r - r0);
+        for (size_t a = 0; a < g->kh; a++, d += g->kw * n) {
+            const ptrdiff_t h = (ptrdiff_t)(oh * g->sh + a * g->dh) - g->top;
+            if (h < 0 || h >= (ptrdiff_t)g->h) {
+                for (size_t b = 0; b < g->kw; b++)
+                    FN(zero)(d + b * n, len);
+                continue;
+            }
+            FN(zero)(rowbuf, (size_t)-lo);
+            FN(copy)(rowbuf - lo, src + (ptrdiff_t)i * ld + h * (ptrdiff_t)W, W);
+            FN(zero)(rowbuf - lo + W, L - W + (size_t)lo);
+            for (size_t b = 0; b < g->kw; b++) {
+                /* output column ow reads column ow sw + b dw - left */
+                const real *from = rowbuf + (ptrdiff_t)(ow0 * g->sw + b * g->dw) - g->left - lo;
+                if (sw == 1)
+                    FN(copy)(d + b * n, from, len);
+                else
+                    for (size_t j = 0; j < len; j++)
+                        d[b * n + j] = from[(ptrdiff_t)j * sw];
             }
         }
+        r += len;
+        ow0 = 0;
+        if (++oh == g->oh) {
+            oh = 0;
+            i++;
+        }
+    }
 }
 
 /* The patch builders for each ISA: im2row (one channel) or im2col. */
@@ -305,7 +317,7 @@ static NO_LIBC_CALLS void FN(build_patches)(const patch_geom *g, const real *src
                                             size_t r0, size_t r1, real *dst)
 {
     if (g->c == 1)
-        FN(im2row)(g, src, ld, r0, r1, dst);
+        FN(im2row)(g, src, ld, r0, r1, dst, dst + g->kh * g->kw * (r1 - r0));
     else
         FN(im2col)(g, src, ld, r0, r1, dst);
 }
@@ -317,7 +329,7 @@ FN(build_patches_avx2)(const patch_geom *g, const real *src, ptrdiff_t ld, size_
                        real *dst)
 {
     if (g->c == 1)
-        FN(im2row)(g, src, ld, r0, r1, dst);
+        FN(im2row)(g, src, ld, r0, r1, dst, dst + g->kh * g->kw * (r1 - r0));
     else
         FN(im2col)(g, src, ld, r0, r1, dst);
 }
@@ -327,7 +339,7 @@ FN(build_patches_avx512)(const patch_geom *g, const real *src, ptrdiff_t ld, siz
                          size_t r1, real *dst)
 {
     if (g->c == 1)
-        FN(im2row)(g, src, ld, r0, r1, dst);
+        FN(im2row)(g, src, ld, r0, r1, dst, dst + g->kh * g->kw * (r1 - r0));
     else
         FN(im2col)(g, src, ld, r0, r1, dst);
 }
