@@ -39,6 +39,13 @@ static const char *const conv2d_attrs[] = {
 #define CONV_MAX_ROWS 1032
 #define CONV_SLOTS 8
 
+/* Values in a 64-byte vector. */
+#define V64_LANES (64 / sizeof(real))
+
+/* The register tile of the dW dot products (dot_products): taps x filters. */
+#define DOT_T 2
+#define DOT_F 8
+
 /* Where the patches of a convolution come from: an image (h, w, c) read by a
  * kh x kw window with strides and dilations at oh x ow positions, position
  * (0, 0)'s first tap at (-top, -left). */
@@ -132,6 +139,12 @@ static size_t FN(chunk_rows)(size_t k)
 
 static inline size_t div_up(size_t a, size_t b) { return (a + b - 1) / b; }
 
+/* dW by dot_products (below): one channel, fewer filters than a 64-byte vector holds. */
+static inline int dot_weight_grad(const conv_geom *g)
+{
+    return g->cin == 1 && g->f * sizeof(real) < 64 && fusenn_isa_level() == FUSENN_ISA_AVX512;
+}
+
 /* The columns a window row reaches, [row_lo, row_lo + row_len): the image's
  * [0, w) and the padding on either side. */
 static inline ptrdiff_t row_lo(const patch_geom *g) { return FUSENN_MIN(-g->left, 0); }
@@ -147,7 +160,9 @@ static inline size_t row_len(const patch_geom *g)
 typedef struct {
     size_t rows, rows_bwd;   /* chunk rows of the forward / dW, and of dX */
     size_t slots, slot_len;  /* slot_len in reals */
+    size_t dzt_at;           /* where a slot's dZ^T starts (dot_weight_grad) */
     size_t groups;           /* dW's */
+    size_t part_len;         /* a group's partial dW: K F, or the dot products' vectors */
     size_t slot_at, wt_at, part_at, bpart_at, total;
 } FN(conv_work);
 
@@ -169,14 +184,19 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
     const size_t chunks_bwd = bwd_is_conv(g) ? div_up(n * g->fwd.h * g->fwd.w, w.rows_bwd) : n;
     w.slots = FUSENN_MIN(FUSENN_MAX(chunks, chunks_bwd), (size_t)CONV_SLOTS);
     /* one-channel patches (im2row) keep a padded image row after them */
-    w.slot_len = FUSENN_MAX(w.rows * g->k + (g->cin == 1 ? row_len(&g->fwd) : 0),
+    /* the dot products' dZ^T, DOT_F rows per block of filters, after those */
+    w.dzt_at = w.rows * g->k + (g->cin == 1 ? row_len(&g->fwd) : 0);
+    w.slot_len = FUSENN_MAX(w.dzt_at + (g->cin == 1 && g->f * sizeof(real) < 64
+                                            ? div_up(g->f, DOT_F) * DOT_F * w.rows : 0),
                             bwd_is_conv(g) ? w.rows_bwd * g->k_bwd +
                                                  (g->f == 1 ? row_len(&g->bwd) : 0)
                                            : w.rows_bwd * g->k);
     size_t size = 0;
     w.slot_at = carve(&size, w.slots * ((w.slot_len * sizeof(real) + 63) / 64 * 64));
     w.wt_at = carve(&size, bwd_is_conv(g) ? g->k_bwd * g->cin * sizeof(real) : 0);
-    w.part_at = carve(&size, w.groups * g->k * g->f * sizeof(real));
+    w.part_len = dot_weight_grad(g) ? div_up(g->f, DOT_F) * g->k * DOT_F * V64_LANES
+                                    : g->k * g->f;
+    w.part_at = carve(&size, w.groups * w.part_len * sizeof(real));
     w.bpart_at = carve(&size, g->bias ? w.groups * g->f * sizeof(double) : 0);
     w.total = size;
     return w;
@@ -201,7 +221,6 @@ static inline real *FN(slot)(const FN(conv_work) *w, void *work, size_t s)
 #define ALWAYS_INLINE inline __attribute__((always_inline))
 typedef real FN(v64) __attribute__((vector_size(64), aligned(sizeof(real)), may_alias));
 typedef real FN(v16) __attribute__((vector_size(16), aligned(sizeof(real)), may_alias));
-#define V64_LANES (64 / sizeof(real))
 #define V16_LANES (16 / sizeof(real))
 
 static ALWAYS_INLINE void FN(copy)(real *restrict d, const real *restrict s, size_t len)
@@ -324,6 +343,7 @@ static NO_LIBC_CALLS void FN(build_patches)(const patch_geom *g, const real *src
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define HAVE_X86_PATCHES 1
+#include <immintrin.h>
 static NO_LIBC_CALLS __attribute__((target("avx2"))) void
 FN(build_patches_avx2)(const patch_geom *g, const real *src, ptrdiff_t ld, size_t r0, size_t r1,
                        real *dst)
@@ -371,6 +391,61 @@ static FN(patch_matrix) FN(patches)(const patch_geom *g, const real *src, ptrdif
         return (FN(patch_matrix)){slot, 1, (ptrdiff_t)(r1 - r0)};
     return (FN(patch_matrix)){slot, (ptrdiff_t)(g->kh * g->kw * g->c), 1};
 }
+
+/* ---- dW of one-channel layers with few filters: dot products ------------------
+ * dW[t, f] = sum over positions of P^T[t, j] dZ^T[f, j]: a product whose output
+ * (kh kw x F, LeNet's first conv 25 x 6) is tiny and whose sum is long. The
+ * GEMM's tiles are 16 filters wide and sum along positions one at a time (it
+ * took 0.6 of LeNet's 1.2 ms conv1 backward); here the positions are the
+ * vector lanes, DOT_T x DOT_F accumulators stay in registers over a chunk,
+ * and each is summed across its lanes in order at the end. AVX-512 only (the
+ * tile needs its 32 registers); elsewhere the GEMM computes it. */
+
+#ifdef HAVE_X86_PATCHES
+#if defined(FUSENN_DTYPE_F32)
+#define DOT_MASK_LOAD(m, p) ((FN(v64))_mm512_maskz_loadu_ps((__mmask16)(m), (p)))
+#else
+#define DOT_MASK_LOAD(m, p) ((FN(v64))_mm512_maskz_loadu_pd((__mmask8)(m), (p)))
+#endif
+
+/* acc[t][f] (+)= A[t lda + j] B[f n + j] lane by lane over j < n (a partial
+ * last vector masked), t < T, f < DOT_F; acc holds T x DOT_F vectors (their
+ * lanes are summed, in order, once all chunks are in); B has DOT_F rows,
+ * those past the filters zero. */
+static __attribute__((target("avx512f,avx2,fma"))) void
+FN(dot_products)(size_t T, size_t n, const real *A, size_t lda, const real *B, int first,
+                 real *acc_out)
+{
+    typedef FN(v64) vec;
+    const size_t nv = n / V64_LANES * V64_LANES;
+    const unsigned tail = (1u << (n - nv)) - 1;
+    for (size_t t0 = 0; t0 < T; t0 += DOT_T) {
+        const real *a[DOT_T];
+        vec *out[DOT_T];
+        vec acc[DOT_T][DOT_F];
+        for (size_t u = 0; u < DOT_T; u++) { /* an odd last row computes its row twice */
+            const size_t t = FUSENN_MIN(t0 + u, T - 1);
+            a[u] = A + t * lda;
+            out[u] = (vec *)acc_out + t * DOT_F;
+            for (size_t f = 0; f < DOT_F; f++)
+                acc[u][f] = first ? (vec){0} : out[u][f];
+        }
+        for (size_t j = 0; j < n; j += V64_LANES) {
+            vec av[DOT_T], bv[DOT_F];
+            for (size_t u = 0; u < DOT_T; u++)
+                av[u] = j < nv ? *(const vec *)(a[u] + j) : DOT_MASK_LOAD(tail, a[u] + j);
+            for (size_t f = 0; f < DOT_F; f++)
+                bv[f] = j < nv ? *(const vec *)(B + f * n + j) : DOT_MASK_LOAD(tail, B + f * n + j);
+            for (size_t u = 0; u < DOT_T; u++)
+                for (size_t f = 0; f < DOT_F; f++)
+                    acc[u][f] += av[u] * bv[f];
+        }
+        for (size_t u = DOT_T; u-- > 0;) /* the duplicate row first: the real one wins */
+            for (size_t f = 0; f < DOT_F; f++)
+                out[u][f] = acc[u][f];
+    }
+}
+#endif
 
 /* ---- forward ---------------------------------------------------------------- */
 
@@ -458,10 +533,11 @@ static size_t FN(weight_grad_groups)(const void *ctx, size_t g0, size_t g1)
     const size_t P = g->fwd.oh * g->fwd.ow, F = g->f, K = g->k, R = p->w.rows, m = p->n * P;
     const size_t chunks = div_up(m, R);
     const int flat = p->act != FUSENN_ACT_SOFTMAX && p->ldy == (ptrdiff_t)(P * F);
+    const int dot = dot_weight_grad(g);
     real *slot = FN(slot)(&p->w, p->work, g0);
     size_t failed = 0;
     for (size_t gi = g0; gi < g1; gi++) {
-        real *part = (real *)((char *)p->work + p->w.part_at) + gi * K * F;
+        real *part = (real *)((char *)p->work + p->w.part_at) + gi * p->w.part_len;
         double *bsum = g->bias ? (double *)((char *)p->work + p->w.bpart_at) + gi * F : NULL;
         if (bsum)
             for (size_t j = 0; j < F; j++)
@@ -480,13 +556,29 @@ static size_t FN(weight_grad_groups)(const void *ctx, size_t g0, size_t g1)
                                                   (ptrdiff_t)(r % P * F),
                                               p->dz + r * F, p->dz + r * F);
             }
-            if (bsum)
-                for (size_t r = r0; r < r1; r++)
-                    for (size_t j = 0; j < F; j++)
-                        bsum[j] += p->dz[r * F + j];
+            const size_t n = r1 - r0;
+            real *dzt = slot + p->w.dzt_at;
+            for (size_t j = 0; j < n && (bsum || dot); j++) /* db, and dZ^T for the dots */
+                for (size_t f = 0; f < F; f++) {
+                    const real v = p->dz[(r0 + j) * F + f];
+                    if (bsum)
+                        bsum[f] += v;
+                    if (dot)
+                        dzt[f * n + j] = v;
+                }
             const FN(patch_matrix) A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot);
+#ifdef HAVE_X86_PATCHES
+            if (dot) { /* one channel: A is P^T, its rows contiguous */
+                for (size_t f = F; f < div_up(F, DOT_F) * DOT_F; f++) /* the rows past F */
+                    FN(zero)(dzt + f * n, n);
+                for (size_t fb = 0; fb < F; fb += DOT_F)
+                    FN(dot_products)(K, n, A.A, (size_t)A.cs, dzt + fb * n, c == c0,
+                                     part + fb / DOT_F * K * DOT_F * V64_LANES);
+                continue;
+            }
+#endif
             /* part (+)= patches^T dZ: the patches read transposed */
-            failed += FN(fusenn_gemm)(K, F, r1 - r0, 1, A.A, A.cs, A.rs, p->dz + r0 * F,
+            failed += FN(fusenn_gemm)(K, F, n, 1, A.A, A.cs, A.rs, p->dz + r0 * F,
                                       (ptrdiff_t)F, 1, c == c0 ? 0 : 1, part, (ptrdiff_t)F, 1,
                                       1) != FUSENN_OK;
         }
@@ -662,10 +754,21 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
     if (fusenn_parallel_ranges((int)p.threads, p.w.groups, FN(weight_grad_groups), &p))
         return FUSENN_ENOMEM;
     const real *part = (const real *)((const char *)a->work + p.w.part_at);
+    const size_t len = p.w.part_len;
     for (size_t j = 0; j < K * F; j++) { /* the groups' sums, added in order */
+        if (dot_weight_grad(g)) { /* and each one's lanes */
+            const size_t t = j / F, f = j % F;
+            const real *v = part + ((f / DOT_F * K + t) * DOT_F + f % DOT_F) * V64_LANES;
+            real s = 0;
+            for (size_t gi = 0; gi < p.w.groups; gi++)
+                for (size_t l = 0; l < V64_LANES; l++)
+                    s += v[gi * len + l];
+            layer->grad[0][j] = s;
+            continue;
+        }
         real s = part[j];
         for (size_t gi = 1; gi < p.w.groups; gi++)
-            s += part[gi * K * F + j];
+            s += part[gi * len + j];
         layer->grad[0][j] = s;
     }
     if (g->bias) {
