@@ -445,6 +445,42 @@ FN(dot_products)(size_t T, size_t n, const real *A, size_t lda, const real *B, i
                 out[u][f] = acc[u][f];
     }
 }
+
+/* The forward of the same layers: rows j < n of out (F values each, contiguous)
+ * = sum_t A[t lda + j] w[t F + f] + bias[f], positions in the lanes and
+ * DOT_F filters at a time (where the GEMM's tiles fill F of their 16 lanes).
+ * Each sum runs over t in order, as the GEMM's does, then adds the bias. */
+static __attribute__((target("avx512f,avx2,fma"))) void
+FN(few_filters_forward)(size_t K, size_t F, size_t n, const real *A, size_t lda, const real *w,
+                        const real *bias, real *out)
+{
+    typedef FN(v64) vec;
+    real tile[DOT_F][V64_LANES] __attribute__((aligned(64)));
+    for (size_t j = 0; j < n; j += V64_LANES) {
+        const size_t len = FUSENN_MIN(V64_LANES, n - j);
+        const unsigned lanes = (1u << len) - 1;
+        for (size_t fb = 0; fb < F; fb += DOT_F) {
+            const size_t fn = FUSENN_MIN((size_t)DOT_F, F - fb);
+            vec acc[DOT_F];
+            for (size_t f = 0; f < DOT_F; f++)
+                acc[f] = (vec){0};
+            for (size_t t = 0; t < K; t++) {
+                const vec av = len == V64_LANES ? *(const vec *)(A + t * lda + j)
+                                                : DOT_MASK_LOAD(lanes, A + t * lda + j);
+                for (size_t f = 0; f < DOT_F; f++) /* filters past F repeat the last one */
+                    acc[f] += av * w[t * F + FUSENN_MIN(fb + f, F - 1)];
+            }
+            for (size_t f = 0; f < DOT_F; f++) {
+                if (bias)
+                    acc[f] += bias[FUSENN_MIN(fb + f, F - 1)];
+                *(vec *)tile[f] = acc[f];
+            }
+            for (size_t l = 0; l < len; l++)
+                for (size_t f = 0; f < fn; f++)
+                    out[(j + l) * F + fb + f] = tile[f][l];
+        }
+    }
+}
 #endif
 
 /* ---- forward ---------------------------------------------------------------- */
@@ -459,6 +495,32 @@ typedef struct {
     fusenn_activation act;
     void *work;
 } FN(conv_fwd);
+
+/* The activation of rows [r0, r1), from out (z, or y itself; sample stride
+ * ld_out) into y: the chunk at once where its rows are contiguous and the
+ * activation elementwise, else row by row. The standalone activation
+ * kernel's code, so the same bits. */
+static void FN(activate_rows)(const FN(conv_fwd) *p, size_t r0, size_t r1, const real *out,
+                              ptrdiff_t ld_out)
+{
+    const size_t P = p->g.fwd.oh * p->g.fwd.ow, F = p->g.f;
+    const fusenn_activation act = p->act;
+    if (act == FUSENN_ACT_IDENTITY && out == p->y)
+        return;
+    if (act != FUSENN_ACT_SOFTMAX && ld_out == (ptrdiff_t)(P * F) &&
+        p->ldy == (ptrdiff_t)(P * F)) {
+        FN(activate_row_baseline)(act, (r1 - r0) * F, out + r0 * F, p->y + r0 * F);
+        return;
+    }
+    for (size_t r = r0; r < r1; r++) {
+        const real *zr = out + (ptrdiff_t)(r / P) * ld_out + (ptrdiff_t)(r % P * F);
+        real *yr = p->y + (ptrdiff_t)(r / P) * p->ldy + (ptrdiff_t)(r % P * F);
+        if (act == FUSENN_ACT_SOFTMAX)
+            FN(softmax_row)(F, zr, yr);
+        else
+            FN(activate_row_baseline)(act, F, zr, yr);
+    }
+}
 
 /* Worker t of the forward: its share of the chunks, in slot t. */
 static size_t FN(forward_worker)(const void *ctx, size_t t, size_t t_end)
@@ -475,12 +537,22 @@ static size_t FN(forward_worker)(const void *ctx, size_t t, size_t t_end)
     real *out = p->z ? p->z : p->y;
     const ptrdiff_t ld_out = p->z ? (ptrdiff_t)(P * F) : p->ldy;
     const int contiguous = ld_out == (ptrdiff_t)(P * F);
+    /* the dot products' layers, with contiguous output rows */
+    const int few = dot_weight_grad(g) && contiguous;
     real *slot = FN(slot)(&p->w, p->work, t);
     size_t failed = 0;
     const size_t c1 = fusenn_chunk_start(t + 1, p->threads, chunks);
     for (size_t c = fusenn_chunk_start(t, p->threads, chunks); c < c1; c++) {
         const size_t r0 = c * R, r1 = FUSENN_MIN(m, r0 + R);
         const FN(patch_matrix) A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot);
+#ifdef HAVE_X86_PATCHES
+        if (few) { /* one channel: A is P^T, its rows contiguous */
+            FN(few_filters_forward)(g->k, F, r1 - r0, A.A, (size_t)A.cs, p->kernel, p->bias,
+                                    out + r0 * F);
+            FN(activate_rows)(p, r0, r1, out, ld_out);
+            continue;
+        }
+#endif
         for (size_t r = r0, e; r < r1; r = e) { /* one GEMM per sample unless Y is contiguous */
             e = contiguous ? r1 : FUSENN_MIN(r1, (r / P + 1) * P);
             failed += FN(fusenn_gemm_fused)(
@@ -491,14 +563,7 @@ static size_t FN(forward_worker)(const void *ctx, size_t t, size_t t_end)
                           1) != FUSENN_OK;
         }
         if (after)
-            for (size_t r = r0; r < r1; r++) {
-                const real *zr = out + (ptrdiff_t)(r / P) * ld_out + (ptrdiff_t)(r % P * F);
-                real *yr = p->y + (ptrdiff_t)(r / P) * p->ldy + (ptrdiff_t)(r % P * F);
-                if (act == FUSENN_ACT_SOFTMAX)
-                    FN(softmax_row)(F, zr, yr);
-                else /* the standalone activation kernel's code, so the same bits */
-                    FN(activate_row_baseline)(act, F, zr, yr);
-            }
+            FN(activate_rows)(p, r0, r1, out, ld_out);
     }
     return failed;
 }
