@@ -193,7 +193,7 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
                                            : w.rows_bwd * g->k);
     size_t size = 0;
     w.slot_at = carve(&size, w.slots * ((w.slot_len * sizeof(real) + 63) / 64 * 64));
-    w.wt_at = carve(&size, bwd_is_conv(g) ? g->k_bwd * g->cin * sizeof(real) : 0);
+    w.wt_at = carve(&size, g->k * g->f * sizeof(real)); /* W' or W^T */
     w.part_len = dot_weight_grad(g) ? div_up(g->f, DOT_F) * g->k * DOT_F * V64_LANES
                                     : g->k * g->f;
     w.part_at = carve(&size, w.groups * w.part_len * sizeof(real));
@@ -623,14 +623,15 @@ static size_t FN(weight_grad_groups)(const void *ctx, size_t g0, size_t g1)
             }
             const size_t n = r1 - r0;
             real *dzt = slot + p->w.dzt_at;
-            for (size_t j = 0; j < n && (bsum || dot); j++) /* db, and dZ^T for the dots */
-                for (size_t f = 0; f < F; f++) {
-                    const real v = p->dz[(r0 + j) * F + f];
-                    if (bsum)
-                        bsum[f] += v;
-                    if (dot)
-                        dzt[f * n + j] = v;
-                }
+            const real *dz = p->dz + r0 * F;
+            if (bsum)
+                for (size_t j = 0; j < n; j++)
+                    for (size_t f = 0; f < F; f++)
+                        bsum[f] += dz[j * F + f];
+            if (dot) /* dZ^T for the dot products */
+                for (size_t f = 0; f < F; f++)
+                    for (size_t j = 0; j < n; j++)
+                        dzt[f * n + j] = dz[j * F + f];
             const FN(patch_matrix) A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot);
 #ifdef HAVE_X86_PATCHES
             if (dot) { /* one channel: A is P^T, its rows contiguous */
@@ -674,57 +675,93 @@ static size_t FN(input_grad_worker)(const void *ctx, size_t t, size_t t_end)
     return failed;
 }
 
-/* Worker t of the strided input gradient: its samples, each zeroed, then
- * per chunk of positions dZ W^T (into slot t) added over the windows in order. */
+/* Add the rows [r0, r1) of dcols (K values each: the input gradient of one
+ * output's window) over their windows into dx (the images of samples
+ * r / (oh ow), in_size apart), in row order. */
+static ALWAYS_INLINE void FN(col2im)(const patch_geom *q, const real *dcols, size_t r0,
+                                     size_t r1, real *dx)
+{
+    const size_t P = q->oh * q->ow, C = q->c, K = q->kh * q->kw * C;
+    const size_t in_size = q->h * q->w * C;
+    const ptrdiff_t H = (ptrdiff_t)q->h, W = (ptrdiff_t)q->w;
+    size_t i = r0 / P, oh = r0 % P / q->ow, ow = r0 % q->ow;
+    for (size_t r = r0; r < r1; r++) {
+        const real *s = dcols + (r - r0) * K;
+        real *image = dx + i * in_size;
+        const ptrdiff_t h0 = (ptrdiff_t)(oh * q->sh) - q->top;
+        const ptrdiff_t w0 = (ptrdiff_t)(ow * q->sw) - q->left;
+        if (++ow == q->ow) { /* the next row's position */
+            ow = 0;
+            if (++oh == q->oh) {
+                oh = 0;
+                i++;
+            }
+        }
+        const int whole_run = q->dw == 1 && w0 >= 0 && w0 + (ptrdiff_t)q->kw <= W;
+        for (size_t a = 0; a < q->kh; a++) {
+            const ptrdiff_t h = h0 + (ptrdiff_t)(a * q->dh);
+            if (h < 0 || h >= H)
+                continue;
+            if (whole_run) { /* the window's row lies inside: one run */
+                real *d = image + (h * W + w0) * (ptrdiff_t)C;
+                const real *v = s + a * q->kw * C;
+                for (size_t c = 0; c < q->kw * C; c++)
+                    d[c] += v[c];
+                continue;
+            }
+            for (size_t b = 0; b < q->kw; b++) {
+                const ptrdiff_t w = w0 + (ptrdiff_t)(b * q->dw);
+                if (w < 0 || w >= W)
+                    continue;
+                real *d = image + (h * W + w) * (ptrdiff_t)C;
+                const real *v = s + (a * q->kw + b) * C;
+                for (size_t c = 0; c < C; c++)
+                    d[c] += v[c];
+            }
+        }
+    }
+}
+
+static void FN(col2im_generic)(const patch_geom *q, const real *dcols, size_t r0, size_t r1,
+                               real *dx)
+{
+    FN(col2im)(q, dcols, r0, r1, dx);
+}
+
+#ifdef HAVE_X86_PATCHES
+static __attribute__((target("avx512f,avx2"))) void
+FN(col2im_avx512)(const patch_geom *q, const real *dcols, size_t r0, size_t r1, real *dx)
+{
+    FN(col2im)(q, dcols, r0, r1, dx);
+}
+#endif
+
+/* Worker t of the strided input gradient: its samples, zeroed, then per chunk
+ * of their rows dZ W^T (into slot t) added over the windows in row order. */
 static size_t FN(col2im_worker)(const void *ctx, size_t t, size_t t_end)
 {
     (void)t_end;
     const FN(conv_bwd) *p = ctx;
     const conv_geom *g = &p->g;
     const patch_geom *q = &g->fwd;
-    const size_t P = q->oh * q->ow, F = g->f, K = g->k, C = q->c, R = p->w.rows_bwd;
-    const size_t in_size = q->h * q->w * C;
-    const ptrdiff_t H = (ptrdiff_t)q->h, W = (ptrdiff_t)q->w;
+    const size_t P = q->oh * q->ow, F = g->f, K = g->k, R = p->w.rows_bwd;
+    const size_t in_size = q->h * q->w * q->c;
     real *slot = FN(slot)(&p->w, p->work, t);
     size_t failed = 0;
+    const size_t i0 = fusenn_chunk_start(t, p->threads, p->n);
     const size_t i1 = fusenn_chunk_start(t + 1, p->threads, p->n);
-    for (size_t i = fusenn_chunk_start(t, p->threads, p->n); i < i1; i++) {
-        real *dx = p->dx + i * in_size;
-        FN(zero)(dx, in_size);
-        for (size_t p0 = 0; p0 < P; p0 += R) {
-            const size_t p1 = FUSENN_MIN(P, p0 + R);
-            /* the kernel read transposed: W^T's rows are w's columns */
-            failed += FN(fusenn_gemm)(p1 - p0, K, F, 1, p->dz + (i * P + p0) * F, (ptrdiff_t)F,
-                                      1, p->kernel, 1, (ptrdiff_t)F, 0, slot, (ptrdiff_t)K, 1,
-                                      1) != FUSENN_OK;
-            for (size_t pos = p0; pos < p1; pos++) {
-                const real *s = slot + (pos - p0) * K;
-                const ptrdiff_t h0 = (ptrdiff_t)(pos / q->ow * q->sh) - q->top;
-                const ptrdiff_t w0 = (ptrdiff_t)(pos % q->ow * q->sw) - q->left;
-                const int whole_run = q->dw == 1 && w0 >= 0 && w0 + (ptrdiff_t)q->kw <= W;
-                for (size_t a = 0; a < q->kh; a++) {
-                    const ptrdiff_t h = h0 + (ptrdiff_t)(a * q->dh);
-                    if (h < 0 || h >= H)
-                        continue;
-                    if (whole_run) { /* the window's row lies inside: one run */
-                        real *d = dx + (h * W + w0) * (ptrdiff_t)C;
-                        const real *v = s + a * q->kw * C;
-                        for (size_t c = 0; c < q->kw * C; c++)
-                            d[c] += v[c];
-                        continue;
-                    }
-                    for (size_t b = 0; b < q->kw; b++) {
-                        const ptrdiff_t w = w0 + (ptrdiff_t)(b * q->dw);
-                        if (w < 0 || w >= W)
-                            continue;
-                        real *d = dx + (h * W + w) * (ptrdiff_t)C;
-                        const real *v = s + (a * q->kw + b) * C;
-                        for (size_t c = 0; c < C; c++)
-                            d[c] += v[c];
-                    }
-                }
-            }
+    FN(zero)(p->dx + i0 * in_size, (i1 - i0) * in_size);
+    for (size_t r0 = i0 * P; r0 < i1 * P; r0 += R) {
+        const size_t r1 = FUSENN_MIN(i1 * P, r0 + R);
+        failed += FN(fusenn_gemm)(r1 - r0, K, F, 1, p->dz + r0 * F, (ptrdiff_t)F, 1, p->wt,
+                                  (ptrdiff_t)K, 1, 0, slot, (ptrdiff_t)K, 1, 1) != FUSENN_OK;
+#ifdef HAVE_X86_PATCHES
+        if (fusenn_isa_level() == FUSENN_ISA_AVX512) {
+            FN(col2im_avx512)(q, slot, r0, r1, p->dx);
+            continue;
         }
+#endif
+        FN(col2im_generic)(q, slot, r0, r1, p->dx);
     }
     return failed;
 }
@@ -857,6 +894,10 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
         return fusenn_parallel_ranges((int)p.threads, p.threads, FN(input_grad_worker), &p)
                    ? FUSENN_ENOMEM : FUSENN_OK;
     }
+    p.wt = (real *)((char *)a->work + p.w.wt_at); /* W^T, rows contiguous for the GEMM */
+    for (size_t k = 0; k < K; k++)
+        for (size_t f = 0; f < F; f++)
+            p.wt[f * K + k] = layer->param[0][k * F + f];
     p.threads = conv_threads(a->nthreads, a->n, m, K, F);
     return fusenn_parallel_ranges((int)p.threads, p.threads, FN(col2im_worker), &p)
                ? FUSENN_ENOMEM : FUSENN_OK;
