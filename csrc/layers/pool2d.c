@@ -99,56 +99,79 @@ typedef struct {
     const int32_t *arg; /* the backward's */
 } FN(pool2d_args);
 
-/* Channels in 16-byte vectors of LANES; a last partial block overlaps the one
- * before it (recomputing some channels, with the same result). */
-#define LANES (16 / sizeof(real))
-typedef real FN(pvec) __attribute__((vector_size(16)));
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+/* Channels go in vectors of VBYTES (64, else 16), in blocks from cb; a last
+ * partial block overlaps the one before it (recomputing some channels, with
+ * the same result), and fewer channels than a 16-byte vector one by one. The
+ * functions that use them are compiled for AVX-512 as well (pool_samples). */
 #if defined(FUSENN_DTYPE_F32)
-typedef int32_t FN(pmask) __attribute__((vector_size(16)));
+typedef int32_t FN(lane_int);
 #else
-typedef int64_t FN(pmask) __attribute__((vector_size(16)));
+typedef int64_t FN(lane_int);
 #endif
 
-static inline FN(pvec) FN(load)(const real *p)
-{
-    FN(pvec) v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
+/* Output o's channels [cb, cb + VBYTES) from the window [h0, h1) x [w0, w1) of
+ * x: the first maximum, branch-free (a branch on random data mispredicts half
+ * the time: it made max pooling 10% of a LeNet step), and its index; or the
+ * mean. */
+#define POOL_BLOCK(NAME, VBYTES)                                                             \
+    static ALWAYS_INLINE void FN(NAME)(const pool_geom *g, const real *x, size_t h0,           \
+                                       size_t h1, size_t w0, size_t w1, size_t cb, real *y,    \
+                                       int32_t *arg)                                           \
+    {                                                                                          \
+        typedef real vec __attribute__((vector_size(VBYTES), aligned(sizeof(real)), may_alias)); \
+        typedef FN(lane_int) ivec __attribute__((vector_size(VBYTES)));                        \
+        const size_t C = g->c, W = g->w, L = VBYTES / sizeof(real);                            \
+        if (g->max) {                                                                          \
+            vec best = *(const vec *)(x + (h0 * W + w0) * C + cb);                             \
+            ivec at = (ivec){0} + (FN(lane_int))(h0 * W + w0);                                 \
+            for (size_t h = h0; h < h1; h++)                                                   \
+                for (size_t w = w0; w < w1; w++) {                                             \
+                    const vec v = *(const vec *)(x + (h * W + w) * C + cb);                    \
+                    const ivec better = v > best;                                              \
+                    best = (vec)(((ivec)v & better) | ((ivec)best & ~better));                 \
+                    at = (((ivec){0} + (FN(lane_int))(h * W + w)) & better) | (at & ~better);  \
+                }                                                                              \
+            *(vec *)(y + cb) = best;                                                           \
+            for (size_t l = 0; l < L; l++)                                                     \
+                arg[cb + l] = (int32_t)at[l];                                                  \
+            return;                                                                            \
+        }                                                                                      \
+        vec sum = {0};                                                                         \
+        for (size_t h = h0; h < h1; h++)                                                       \
+            for (size_t w = w0; w < w1; w++)                                                   \
+                sum += *(const vec *)(x + (h * W + w) * C + cb);                               \
+        *(vec *)(y + cb) = sum / (real)((h1 - h0) * (w1 - w0));                                \
+    }
 
-/* Output o's LANES channels from cb of the window [h0, h1) x [w0, w1) of x: the
- * first maximum, branch-free (a branch on random data mispredicts half the
- * time: it made max pooling 10% of a LeNet step), or the mean. */
-static inline void FN(pool_block)(const pool_geom *g, const real *x, size_t h0, size_t h1,
-                                  size_t w0, size_t w1, size_t cb, real *y, int32_t *arg)
+POOL_BLOCK(block64, 64)
+POOL_BLOCK(block16, 16)
+
+/* The gradient of a window that is the only one to hold its cells, channels
+ * [cb, cb + 64 bytes): dx of cell `at` = dy where it was the maximum, else 0;
+ * or dy / count. */
+static ALWAYS_INLINE void FN(block64_grad)(const pool_geom *g, const real *dy,
+                                           const int32_t *arg, int32_t at, real count, size_t cb,
+                                           real *dx)
 {
-    const size_t C = g->c, W = g->w;
-    if (g->max) {
-        FN(pvec) best = FN(load)(x + (h0 * W + w0) * C + cb);
-        FN(pmask) at = (FN(pmask)){0} + (int32_t)(h0 * W + w0);
-        for (size_t h = h0; h < h1; h++)
-            for (size_t w = w0; w < w1; w++) {
-                const FN(pvec) v = FN(load)(x + (h * W + w) * C + cb);
-                const FN(pmask) better = v > best;
-                best = (FN(pvec))(((FN(pmask))v & better) | ((FN(pmask))best & ~better));
-                at = (((FN(pmask)){0} + (int32_t)(h * W + w)) & better) | (at & ~better);
-            }
-        memcpy(y + cb, &best, sizeof best);
-        for (size_t l = 0; l < LANES; l++)
-            arg[cb + l] = (int32_t)at[l];
+    typedef real vec __attribute__((vector_size(64), aligned(sizeof(real)), may_alias));
+    typedef FN(lane_int) ivec __attribute__((vector_size(64)));
+    const vec d = *(const vec *)(dy + cb);
+    if (!g->max) {
+        *(vec *)(dx + cb) = d / count;
         return;
     }
-    FN(pvec) sum = {0};
-    for (size_t h = h0; h < h1; h++)
-        for (size_t w = w0; w < w1; w++)
-            sum += FN(load)(x + (h * W + w) * C + cb);
-    sum /= (real)((h1 - h0) * (w1 - w0));
-    memcpy(y + cb, &sum, sizeof sum);
+    ivec taken;
+    for (size_t l = 0; l < 64 / sizeof(real); l++)
+        taken[l] = arg[cb + l];
+    *(vec *)(dx + cb) = (vec)((ivec)d & (taken == (FN(lane_int))at));
 }
 
-/* The same for one channel c, with fewer channels than LANES. */
-static inline void FN(pool_channel)(const pool_geom *g, const real *x, size_t h0, size_t h1,
-                                    size_t w0, size_t w1, size_t c, real *y, int32_t *arg)
+/* Output o's channel c alone, where fewer channels than a 16-byte vector holds. */
+static ALWAYS_INLINE void FN(pool_channel)(const pool_geom *g, const real *x, size_t h0,
+                                           size_t h1, size_t w0, size_t w1, size_t c, real *y,
+                                           int32_t *arg)
 {
     const size_t C = g->c, W = g->w;
     if (g->max) {
@@ -171,9 +194,17 @@ static inline void FN(pool_channel)(const pool_geom *g, const real *x, size_t h0
     y[c] = sum / (real)((h1 - h0) * (w1 - w0));
 }
 
-static size_t FN(pool2d_samples)(const void *ctx, size_t begin, size_t end)
+#define L64 (64 / sizeof(real))
+#define L16 (16 / sizeof(real))
+
+/* Channel block c of C in vectors of `lanes`, the last one overlapping. */
+static inline size_t block_start(size_t c, size_t lanes, size_t C)
 {
-    const FN(pool2d_args) *p = ctx;
+    return c + lanes <= C ? c : C - lanes;
+}
+
+static ALWAYS_INLINE void FN(pool_samples)(const FN(pool2d_args) *p, size_t begin, size_t end)
+{
     const pool_geom *g = &p->g;
     const size_t C = g->c, out_size = g->oh * g->ow * C;
     for (size_t i = begin; i < end; i++) {
@@ -186,30 +217,55 @@ static size_t FN(pool2d_samples)(const void *ctx, size_t begin, size_t end)
                 window(g, oh, ow, &h0, &h1, &w0, &w1);
                 const size_t o = (oh * g->ow + ow) * C;
                 int32_t *a = arg ? arg + o : NULL;
-                if (C < LANES) {
+                if (C >= L64)
+                    for (size_t c = 0; c < C; c += L64)
+                        FN(block64)(g, x, h0, h1, w0, w1, block_start(c, L64, C), y + o, a);
+                else if (C >= L16)
+                    for (size_t c = 0; c < C; c += L16)
+                        FN(block16)(g, x, h0, h1, w0, w1, block_start(c, L16, C), y + o, a);
+                else
                     for (size_t c = 0; c < C; c++)
                         FN(pool_channel)(g, x, h0, h1, w0, w1, c, y + o, a);
-                    continue;
-                }
-                for (size_t c = 0; c < C; c += LANES)
-                    FN(pool_block)(g, x, h0, h1, w0, w1, c + LANES <= C ? c : C - LANES, y + o,
-                                   a);
             }
     }
-    return 0;
 }
 
-static size_t FN(pool2d_grad_samples)(const void *ctx, size_t begin, size_t end)
+/* The windows tile the image: every cell is in exactly one window. */
+static inline int tiles(const pool_geom *g)
 {
-    const FN(pool2d_args) *p = ctx;
+    return g->sh == g->ph && g->sw == g->pw && g->pt == 0 && g->pl == 0 &&
+           g->oh * g->ph == g->h && g->ow * g->pw == g->w;
+}
+
+/* dx of samples [begin, end): where the windows tile the image, each cell
+ * written once from its window; else zeroed, then every output's gradient
+ * added over its window in output order. */
+static ALWAYS_INLINE void FN(pool_grad_samples)(const FN(pool2d_args) *p, size_t begin,
+                                                size_t end)
+{
     const pool_geom *g = &p->g;
     const size_t C = g->c, P = g->oh * g->ow, in_size = g->h * g->w * C;
     for (size_t i = begin; i < end; i++) {
         const real *dy = p->dy + i * P * C;
+        const int32_t *arg = g->max ? p->arg + i * P * C : NULL;
         real *dx = p->dx + i * in_size;
+        if (tiles(g) && C >= L64) { /* (fewer channels: the scatter below was faster) */
+            const real count = (real)(g->ph * g->pw);
+            for (size_t oh = 0, o = 0; oh < g->oh; oh++)
+                for (size_t ow = 0; ow < g->ow; ow++, o++) {
+                    const int32_t *a = arg ? arg + o * C : NULL;
+                    for (size_t h = oh * g->ph; h < (oh + 1) * g->ph; h++)
+                        for (size_t w = ow * g->pw; w < (ow + 1) * g->pw; w++) {
+                            const int32_t at = (int32_t)(h * g->w + w);
+                            for (size_t c = 0; c < C; c += L64)
+                                FN(block64_grad)(g, dy + o * C, a, at, count,
+                                                 block_start(c, L64, C), dx + (size_t)at * C);
+                        }
+                }
+            continue;
+        }
         memset(dx, 0, in_size * sizeof(real));
         if (g->max) {
-            const int32_t *arg = p->arg + i * P * C;
             for (size_t o = 0; o < P; o++)
                 for (size_t c = 0; c < C; c++)
                     dx[(size_t)arg[o * C + c] * C + c] += dy[o * C + c];
@@ -229,8 +285,36 @@ static size_t FN(pool2d_grad_samples)(const void *ctx, size_t begin, size_t end)
                     }
             }
     }
+}
+
+static size_t FN(pool2d_samples)(const void *ctx, size_t begin, size_t end)
+{
+    FN(pool_samples)(ctx, begin, end);
     return 0;
 }
+
+static size_t FN(pool2d_grad_samples)(const void *ctx, size_t begin, size_t end)
+{
+    FN(pool_grad_samples)(ctx, begin, end);
+    return 0;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_AVX512_POOL 1
+static __attribute__((target("avx512f,avx2"))) size_t
+FN(pool2d_samples_avx512)(const void *ctx, size_t begin, size_t end)
+{
+    FN(pool_samples)(ctx, begin, end);
+    return 0;
+}
+
+static __attribute__((target("avx512f,avx2"))) size_t
+FN(pool2d_grad_samples_avx512)(const void *ctx, size_t begin, size_t end)
+{
+    FN(pool_grad_samples)(ctx, begin, end);
+    return 0;
+}
+#endif
 
 static int FN(pool2d_forward)(const FN(layer) *layer, FN(forward_args) *a)
 {
@@ -238,8 +322,13 @@ static int FN(pool2d_forward)(const FN(layer) *layer, FN(forward_args) *a)
     if (pool_geometry(layer->desc, &layer->in, &args.g) != FUSENN_OK)
         return FUSENN_EINVAL;
     args.arg_out = args.g.max ? a->saved : NULL;
-    fusenn_parallel_ranges(fusenn_threads_for(a->n * layer->in_size, a->nthreads), a->n,
-                           FN(pool2d_samples), &args);
+    fusenn_range_fn fn = FN(pool2d_samples);
+#ifdef HAVE_AVX512_POOL
+    if (fusenn_isa_level() == FUSENN_ISA_AVX512)
+        fn = FN(pool2d_samples_avx512);
+#endif
+    fusenn_parallel_ranges(fusenn_threads_for(a->n * layer->in_size, a->nthreads), a->n, fn,
+                           &args);
     a->result = a->y;
     a->ld_result = a->ldy;
     return FUSENN_OK;
@@ -254,8 +343,13 @@ static int FN(pool2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
     if (pool_geometry(layer->desc, &layer->in, &args.g) != FUSENN_OK)
         return FUSENN_EINVAL;
     args.arg = args.g.max ? a->saved : NULL;
-    fusenn_parallel_ranges(fusenn_threads_for(a->n * layer->in_size, a->nthreads), a->n,
-                           FN(pool2d_grad_samples), &args);
+    fusenn_range_fn fn = FN(pool2d_grad_samples);
+#ifdef HAVE_AVX512_POOL
+    if (fusenn_isa_level() == FUSENN_ISA_AVX512)
+        fn = FN(pool2d_grad_samples_avx512);
+#endif
+    fusenn_parallel_ranges(fusenn_threads_for(a->n * layer->in_size, a->nthreads), a->n, fn,
+                           &args);
     return FUSENN_OK;
 }
 
