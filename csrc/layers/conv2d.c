@@ -9,8 +9,9 @@
  * one sample; its patch (kh kw Cin values, in the kernel's order) is copied
  * into a slot of the workspace, and the chunk's patches times w (as a
  * kh kw Cin x F matrix) is one GEMM, with the bias and the activation fused
- * into its store. Each thread owns a slot and takes whole chunks, so the
- * GEMMs run on one thread each, with no barrier between them.
+ * into its store. Each thread owns a slot and takes whole units of work (a
+ * chunk, a group, a sample) as they come, so the GEMMs run on one thread
+ * each, with no barrier between them.
  *   forward  Y = patches(x) W (+ b, act)
  *   dW       sum over rows of patches(x)^T dZ: chunks are summed into a
  *            fixed number of groups (each group's chunks in order), the
@@ -19,7 +20,9 @@
  *            channels swapped (patches of dZ times W'), no scatter; other
  *            strides: dZ W^T per chunk, scattered back over the windows
  *            (col2im), one sample per thread in a fixed order
- * A 1x1 kernel with stride 1 and no padding reads its patches in place.
+ * A 1x1 kernel with stride 1 and no padding reads its patches in place; the
+ * first layer of one-channel images with few filters has kernels of its own
+ * (dot_products, few_filters_forward).
  */
 #include "../layer.h"
 
@@ -31,13 +34,15 @@ static const char *const conv2d_attrs[] = {
     "pad_top", "pad_bottom", "pad_left", "pad_right", "use_bias", "activation", NULL};
 
 /* Chunks are about this many bytes of patches (a multiple of both GEMM tile
- * heights in rows, within [CONV_MIN_ROWS, CONV_MAX_ROWS]); threads own at most
- * CONV_SLOTS chunk buffers, and dW sums its chunks in at most CONV_SLOTS groups. */
+ * heights in rows, within [CONV_MIN_ROWS, CONV_MAX_ROWS]); at most CONV_SLOTS
+ * threads, one chunk buffer each; dW sums its chunks in at most CONV_GROUPS
+ * groups, handed out to the threads one at a time. */
 #define CONV_CHUNK_BYTES (128 * 1024)
 #define CONV_ROW_STEP 24
 #define CONV_MIN_ROWS 24
 #define CONV_MAX_ROWS 1032
 #define CONV_SLOTS 8
+#define CONV_GROUPS 16
 
 /* Values in a 64-byte vector. */
 #define V64_LANES (64 / sizeof(real))
@@ -180,7 +185,7 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
     w.rows = FN(chunk_rows)(g->k);
     w.rows_bwd = FN(chunk_rows)(bwd_is_conv(g) ? g->k_bwd : g->k);
     const size_t chunks = div_up(m, w.rows);
-    w.groups = FUSENN_MIN(chunks, (size_t)CONV_SLOTS);
+    w.groups = FUSENN_MIN(chunks, (size_t)CONV_GROUPS);
     const size_t chunks_bwd = bwd_is_conv(g) ? div_up(n * g->fwd.h * g->fwd.w, w.rows_bwd) : n;
     w.slots = FUSENN_MIN(FUSENN_MAX(chunks, chunks_bwd), (size_t)CONV_SLOTS);
     /* one-channel patches (im2row) keep a padded image row after them */
@@ -488,7 +493,7 @@ FN(few_filters_forward)(size_t K, size_t F, size_t n, const real *A, size_t lda,
 typedef struct {
     conv_geom g;
     FN(conv_work) w;
-    size_t n, threads;
+    size_t n;
     const real *x, *kernel, *bias;
     ptrdiff_t ldx, ldy;
     real *y, *z; /* z: where the pre-activation is kept, or NULL */
@@ -522,14 +527,12 @@ static void FN(activate_rows)(const FN(conv_fwd) *p, size_t r0, size_t r1, const
     }
 }
 
-/* Worker t of the forward: its share of the chunks, in slot t. */
-static size_t FN(forward_worker)(const void *ctx, size_t t, size_t t_end)
+/* Chunk c of the forward, in slot. */
+static size_t FN(forward_chunk)(const void *ctx, size_t c, real *slot)
 {
-    (void)t_end;
     const FN(conv_fwd) *p = ctx;
     const conv_geom *g = &p->g;
     const size_t P = g->fwd.oh * g->fwd.ow, F = g->f, R = p->w.rows, m = p->n * P;
-    const size_t chunks = div_up(m, R);
     const fusenn_activation act = p->act;
     /* the GEMM's store applies the bias and an elementwise activation; softmax
      * (whole rows) and an activation whose z is kept run over the chunk's rows after it */
@@ -537,34 +540,48 @@ static size_t FN(forward_worker)(const void *ctx, size_t t, size_t t_end)
     real *out = p->z ? p->z : p->y;
     const ptrdiff_t ld_out = p->z ? (ptrdiff_t)(P * F) : p->ldy;
     const int contiguous = ld_out == (ptrdiff_t)(P * F);
-    /* the dot products' layers, with contiguous output rows */
-    const int few = dot_weight_grad(g) && contiguous;
-    real *slot = FN(slot)(&p->w, p->work, t);
-    size_t failed = 0;
-    const size_t c1 = fusenn_chunk_start(t + 1, p->threads, chunks);
-    for (size_t c = fusenn_chunk_start(t, p->threads, chunks); c < c1; c++) {
-        const size_t r0 = c * R, r1 = FUSENN_MIN(m, r0 + R);
-        const FN(patch_matrix) A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot);
+    const size_t r0 = c * R, r1 = FUSENN_MIN(m, r0 + R);
+    const FN(patch_matrix) A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot);
 #ifdef HAVE_X86_PATCHES
-        if (few) { /* one channel: A is P^T, its rows contiguous */
-            FN(few_filters_forward)(g->k, F, r1 - r0, A.A, (size_t)A.cs, p->kernel, p->bias,
-                                    out + r0 * F);
-            FN(activate_rows)(p, r0, r1, out, ld_out);
-            continue;
-        }
-#endif
-        for (size_t r = r0, e; r < r1; r = e) { /* one GEMM per sample unless Y is contiguous */
-            e = contiguous ? r1 : FUSENN_MIN(r1, (r / P + 1) * P);
-            failed += FN(fusenn_gemm_fused)(
-                          e - r, F, g->k, 1, A.A + (ptrdiff_t)(r - r0) * A.rs, A.rs, A.cs,
-                          p->kernel, (ptrdiff_t)F, 1, 0,
-                          out + (ptrdiff_t)(r / P) * ld_out + (ptrdiff_t)(r % P * F),
-                          (ptrdiff_t)F, 1, p->bias, after ? FUSENN_ACT_IDENTITY : act,
-                          1) != FUSENN_OK;
-        }
-        if (after)
-            FN(activate_rows)(p, r0, r1, out, ld_out);
+    if (dot_weight_grad(g) && contiguous) { /* one channel: A is P^T, its rows contiguous */
+        FN(few_filters_forward)(g->k, F, r1 - r0, A.A, (size_t)A.cs, p->kernel, p->bias,
+                                out + r0 * F);
+        FN(activate_rows)(p, r0, r1, out, ld_out);
+        return 0;
     }
+#endif
+    size_t failed = 0;
+    for (size_t r = r0, e; r < r1; r = e) { /* one GEMM per sample unless the output is contiguous */
+        e = contiguous ? r1 : FUSENN_MIN(r1, (r / P + 1) * P);
+        failed += FN(fusenn_gemm_fused)(
+                      e - r, F, g->k, 1, A.A + (ptrdiff_t)(r - r0) * A.rs, A.rs, A.cs,
+                      p->kernel, (ptrdiff_t)F, 1, 0,
+                      out + (ptrdiff_t)(r / P) * ld_out + (ptrdiff_t)(r % P * F),
+                      (ptrdiff_t)F, 1, p->bias, after ? FUSENN_ACT_IDENTITY : act,
+                      1) != FUSENN_OK;
+    }
+    if (after)
+        FN(activate_rows)(p, r0, r1, out, ld_out);
+    return failed;
+}
+
+/* Work given to the threads one unit at a time, fn(ctx, unit, the running
+ * thread's slot), as GEMM's slabs are: a vCPU slowed by other machines then
+ * holds the others back less. A unit's result does not depend on who runs it. */
+typedef size_t (*FN(unit_fn))(const void *ctx, size_t unit, real *slot);
+
+static size_t FN(run_units)(size_t threads, size_t units, FN(unit_fn) fn, const void *ctx,
+                            const FN(conv_work) *w, void *work)
+{
+    size_t failed = 0;
+    if (threads <= 1) { /* no OpenMP call at all */
+        for (size_t u = 0; u < units; u++)
+            failed += fn(ctx, u, FN(slot)(w, work, 0));
+        return failed;
+    }
+#pragma omp parallel for num_threads((int)threads) schedule(dynamic, 1) reduction(+ : failed)
+    for (size_t u = 0; u < units; u++)
+        failed += fn(ctx, u, FN(slot)(w, work, (size_t)fusenn_thread_num()));
     return failed;
 }
 
@@ -581,7 +598,7 @@ static size_t conv_threads(int nthreads, size_t units, size_t m, size_t n, size_
 typedef struct {
     conv_geom g;
     FN(conv_work) w;
-    size_t n, threads;
+    size_t n;
     const real *x, *y, *z, *kernel;
     ptrdiff_t ldx, ldy;
     real *dz, *dx, *wt;
@@ -589,9 +606,9 @@ typedef struct {
     void *work;
 } FN(conv_bwd);
 
-/* dW's groups [g0, g1), in slot g0: dZ = dY act'(.) of their rows, in place,
- * each group's partial sums of dZ (for db, in double) and of patches^T dZ. */
-static size_t FN(weight_grad_groups)(const void *ctx, size_t g0, size_t g1)
+/* dW's group gi: dZ = dY act'(.) of its rows, in place, and its partial sums
+ * of dZ (for db, in double) and of patches^T dZ, its chunks in order. */
+static size_t FN(weight_grad_group)(const void *ctx, size_t gi, real *slot)
 {
     const FN(conv_bwd) *p = ctx;
     const conv_geom *g = &p->g;
@@ -599,80 +616,67 @@ static size_t FN(weight_grad_groups)(const void *ctx, size_t g0, size_t g1)
     const size_t chunks = div_up(m, R);
     const int flat = p->act != FUSENN_ACT_SOFTMAX && p->ldy == (ptrdiff_t)(P * F);
     const int dot = dot_weight_grad(g);
-    real *slot = FN(slot)(&p->w, p->work, g0);
     size_t failed = 0;
-    for (size_t gi = g0; gi < g1; gi++) {
-        real *part = (real *)((char *)p->work + p->w.part_at) + gi * p->w.part_len;
-        double *bsum = g->bias ? (double *)((char *)p->work + p->w.bpart_at) + gi * F : NULL;
-        if (bsum)
-            for (size_t j = 0; j < F; j++)
-                bsum[j] = 0;
-        const size_t c0 = fusenn_chunk_start(gi, p->w.groups, chunks);
-        const size_t c1 = fusenn_chunk_start(gi + 1, p->w.groups, chunks);
-        for (size_t c = c0; c < c1; c++) {
-            const size_t r0 = c * R, r1 = FUSENN_MIN(m, r0 + R);
-            if (p->act != FUSENN_ACT_IDENTITY && flat) { /* elementwise: the rows as one */
-                FN(activate_backward_row)(p->act, (r1 - r0) * F, p->z ? p->z + r0 * F : NULL,
-                                          p->y + r0 * F, p->dz + r0 * F, p->dz + r0 * F);
-            } else if (p->act != FUSENN_ACT_IDENTITY) {
-                for (size_t r = r0; r < r1; r++)
-                    FN(activate_backward_row)(p->act, F, p->z ? p->z + r * F : NULL,
-                                              p->y + (ptrdiff_t)(r / P) * p->ldy +
-                                                  (ptrdiff_t)(r % P * F),
-                                              p->dz + r * F, p->dz + r * F);
-            }
-            const size_t n = r1 - r0;
-            real *dzt = slot + p->w.dzt_at;
-            const real *dz = p->dz + r0 * F;
-            if (bsum)
-                for (size_t j = 0; j < n; j++)
-                    for (size_t f = 0; f < F; f++)
-                        bsum[f] += dz[j * F + f];
-            if (dot) /* dZ^T for the dot products */
-                for (size_t f = 0; f < F; f++)
-                    for (size_t j = 0; j < n; j++)
-                        dzt[f * n + j] = dz[j * F + f];
-            const FN(patch_matrix) A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot);
-#ifdef HAVE_X86_PATCHES
-            if (dot) { /* one channel: A is P^T, its rows contiguous */
-                for (size_t f = F; f < div_up(F, DOT_F) * DOT_F; f++) /* the rows past F */
-                    FN(zero)(dzt + f * n, n);
-                for (size_t fb = 0; fb < F; fb += DOT_F)
-                    FN(dot_products)(K, n, A.A, (size_t)A.cs, dzt + fb * n, c == c0,
-                                     part + fb / DOT_F * K * DOT_F * V64_LANES);
-                continue;
-            }
-#endif
-            /* part (+)= patches^T dZ: the patches read transposed */
-            failed += FN(fusenn_gemm)(K, F, n, 1, A.A, A.cs, A.rs, p->dz + r0 * F,
-                                      (ptrdiff_t)F, 1, c == c0 ? 0 : 1, part, (ptrdiff_t)F, 1,
-                                      1) != FUSENN_OK;
+    real *part = (real *)((char *)p->work + p->w.part_at) + gi * p->w.part_len;
+    double *bsum = g->bias ? (double *)((char *)p->work + p->w.bpart_at) + gi * F : NULL;
+    if (bsum)
+        for (size_t j = 0; j < F; j++)
+            bsum[j] = 0;
+    const size_t c0 = fusenn_chunk_start(gi, p->w.groups, chunks);
+    const size_t c1 = fusenn_chunk_start(gi + 1, p->w.groups, chunks);
+    for (size_t c = c0; c < c1; c++) {
+        const size_t r0 = c * R, r1 = FUSENN_MIN(m, r0 + R);
+        if (p->act != FUSENN_ACT_IDENTITY && flat) { /* elementwise: the rows as one */
+            FN(activate_backward_row)(p->act, (r1 - r0) * F, p->z ? p->z + r0 * F : NULL,
+                                      p->y + r0 * F, p->dz + r0 * F, p->dz + r0 * F);
+        } else if (p->act != FUSENN_ACT_IDENTITY) {
+            for (size_t r = r0; r < r1; r++)
+                FN(activate_backward_row)(p->act, F, p->z ? p->z + r * F : NULL,
+                                          p->y + (ptrdiff_t)(r / P) * p->ldy +
+                                              (ptrdiff_t)(r % P * F),
+                                          p->dz + r * F, p->dz + r * F);
         }
+        const size_t n = r1 - r0;
+        real *dzt = slot + p->w.dzt_at;
+        const real *dz = p->dz + r0 * F;
+        if (bsum)
+            for (size_t j = 0; j < n; j++)
+                for (size_t f = 0; f < F; f++)
+                    bsum[f] += dz[j * F + f];
+        if (dot) /* dZ^T for the dot products */
+            for (size_t f = 0; f < F; f++)
+                for (size_t j = 0; j < n; j++)
+                    dzt[f * n + j] = dz[j * F + f];
+        const FN(patch_matrix) A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot);
+#ifdef HAVE_X86_PATCHES
+        if (dot) { /* one channel: A is P^T, its rows contiguous */
+            for (size_t f = F; f < div_up(F, DOT_F) * DOT_F; f++) /* the rows past F */
+                FN(zero)(dzt + f * n, n);
+            for (size_t fb = 0; fb < F; fb += DOT_F)
+                FN(dot_products)(K, n, A.A, (size_t)A.cs, dzt + fb * n, c == c0,
+                                 part + fb / DOT_F * K * DOT_F * V64_LANES);
+            continue;
+        }
+#endif
+        /* part (+)= patches^T dZ: the patches read transposed */
+        failed += FN(fusenn_gemm)(K, F, n, 1, A.A, A.cs, A.rs, p->dz + r0 * F,
+                                  (ptrdiff_t)F, 1, c == c0 ? 0 : 1, part, (ptrdiff_t)F, 1,
+                                  1) != FUSENN_OK;
     }
     return failed;
 }
 
-/* Worker t of the stride-1 input gradient: its chunks of dX rows, each the
- * patches of dZ (slot t) times W'. */
-static size_t FN(input_grad_worker)(const void *ctx, size_t t, size_t t_end)
+/* Chunk c of the stride-1 input gradient: the patches of dZ (in slot) times W'. */
+static size_t FN(input_grad_chunk)(const void *ctx, size_t c, real *slot)
 {
-    (void)t_end;
     const FN(conv_bwd) *p = ctx;
     const conv_geom *g = &p->g;
     const size_t Cin = g->cin, R = p->w.rows_bwd, m = p->n * g->fwd.h * g->fwd.w;
-    const size_t chunks = div_up(m, R);
     const ptrdiff_t ld_dz = (ptrdiff_t)(g->fwd.oh * g->fwd.ow * g->f);
-    real *slot = FN(slot)(&p->w, p->work, t);
-    size_t failed = 0;
-    const size_t c1 = fusenn_chunk_start(t + 1, p->threads, chunks);
-    for (size_t c = fusenn_chunk_start(t, p->threads, chunks); c < c1; c++) {
-        const size_t r0 = c * R, r1 = FUSENN_MIN(m, r0 + R);
-        const FN(patch_matrix) A = FN(patches)(&g->bwd, p->dz, ld_dz, r0, r1, slot);
-        failed += FN(fusenn_gemm)(r1 - r0, Cin, g->k_bwd, 1, A.A, A.rs, A.cs, p->wt,
-                                  (ptrdiff_t)Cin, 1, 0, p->dx + r0 * Cin, (ptrdiff_t)Cin, 1,
-                                  1) != FUSENN_OK;
-    }
-    return failed;
+    const size_t r0 = c * R, r1 = FUSENN_MIN(m, r0 + R);
+    const FN(patch_matrix) A = FN(patches)(&g->bwd, p->dz, ld_dz, r0, r1, slot);
+    return FN(fusenn_gemm)(r1 - r0, Cin, g->k_bwd, 1, A.A, A.rs, A.cs, p->wt, (ptrdiff_t)Cin,
+                           1, 0, p->dx + r0 * Cin, (ptrdiff_t)Cin, 1, 1) != FUSENN_OK;
 }
 
 /* Add the rows [r0, r1) of dcols (K values each: the input gradient of one
@@ -736,23 +740,19 @@ FN(col2im_avx512)(const patch_geom *q, const real *dcols, size_t r0, size_t r1, 
 }
 #endif
 
-/* Worker t of the strided input gradient: its samples, zeroed, then per chunk
- * of their rows dZ W^T (into slot t) added over the windows in row order. */
-static size_t FN(col2im_worker)(const void *ctx, size_t t, size_t t_end)
+/* Sample i of the strided input gradient: zeroed, then per chunk of its rows
+ * dZ W^T (into slot) added over the windows in row order. */
+static size_t FN(col2im_sample)(const void *ctx, size_t i, real *slot)
 {
-    (void)t_end;
     const FN(conv_bwd) *p = ctx;
     const conv_geom *g = &p->g;
     const patch_geom *q = &g->fwd;
     const size_t P = q->oh * q->ow, F = g->f, K = g->k, R = p->w.rows_bwd;
     const size_t in_size = q->h * q->w * q->c;
-    real *slot = FN(slot)(&p->w, p->work, t);
     size_t failed = 0;
-    const size_t i0 = fusenn_chunk_start(t, p->threads, p->n);
-    const size_t i1 = fusenn_chunk_start(t + 1, p->threads, p->n);
-    FN(zero)(p->dx + i0 * in_size, (i1 - i0) * in_size);
-    for (size_t r0 = i0 * P; r0 < i1 * P; r0 += R) {
-        const size_t r1 = FUSENN_MIN(i1 * P, r0 + R);
+    FN(zero)(p->dx + i * in_size, in_size);
+    for (size_t r0 = i * P; r0 < (i + 1) * P; r0 += R) {
+        const size_t r1 = FUSENN_MIN((i + 1) * P, r0 + R);
         failed += FN(fusenn_gemm)(r1 - r0, K, F, 1, p->dz + r0 * F, (ptrdiff_t)F, 1, p->wt,
                                   (ptrdiff_t)K, 1, 0, slot, (ptrdiff_t)K, 1, 1) != FUSENN_OK;
 #ifdef HAVE_X86_PATCHES
@@ -833,8 +833,10 @@ static int FN(conv2d_forward)(const FN(layer) *layer, FN(forward_args) *a)
     p.act = a->logits ? FUSENN_ACT_IDENTITY : p.g.act;
     p.z = fusenn_act_needs_z(p.act) ? a->saved : NULL;
     const size_t m = a->n * p.g.fwd.oh * p.g.fwd.ow;
-    p.threads = conv_threads(a->nthreads, div_up(m, p.w.rows), m, p.g.f, p.g.k);
-    const size_t failed = fusenn_parallel_ranges((int)p.threads, p.threads, FN(forward_worker), &p);
+    const size_t chunks = div_up(m, p.w.rows);
+    const size_t failed =
+        FN(run_units)(conv_threads(a->nthreads, chunks, m, p.g.f, p.g.k), chunks,
+                      FN(forward_chunk), &p, &p.w, a->work);
     a->result = a->y;
     a->ld_result = a->ldy;
     return failed ? FUSENN_ENOMEM : FUSENN_OK;
@@ -852,8 +854,8 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
     p.z = fusenn_act_needs_z(p.act) ? a->saved : NULL;
     const size_t m = a->n * g->fwd.oh * g->fwd.ow, K = g->k, F = g->f;
 
-    p.threads = conv_threads(a->nthreads, p.w.groups, m, F, K);
-    if (fusenn_parallel_ranges((int)p.threads, p.w.groups, FN(weight_grad_groups), &p))
+    if (FN(run_units)(conv_threads(a->nthreads, p.w.groups, m, F, K), p.w.groups,
+                      FN(weight_grad_group), &p, &p.w, a->work))
         return FUSENN_ENOMEM;
     const real *part = (const real *)((const char *)a->work + p.w.part_at);
     const size_t len = p.w.part_len;
@@ -890,16 +892,17 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
         p.wt = (real *)((char *)a->work + p.w.wt_at);
         FN(flip_kernel)(g, layer->param[0], p.wt);
         const size_t m_in = a->n * g->fwd.h * g->fwd.w;
-        p.threads = conv_threads(a->nthreads, div_up(m_in, p.w.rows_bwd), m_in, g->cin, g->k_bwd);
-        return fusenn_parallel_ranges((int)p.threads, p.threads, FN(input_grad_worker), &p)
+        const size_t chunks = div_up(m_in, p.w.rows_bwd);
+        return FN(run_units)(conv_threads(a->nthreads, chunks, m_in, g->cin, g->k_bwd), chunks,
+                             FN(input_grad_chunk), &p, &p.w, a->work)
                    ? FUSENN_ENOMEM : FUSENN_OK;
     }
     p.wt = (real *)((char *)a->work + p.w.wt_at); /* W^T, rows contiguous for the GEMM */
     for (size_t k = 0; k < K; k++)
         for (size_t f = 0; f < F; f++)
             p.wt[f * K + k] = layer->param[0][k * F + f];
-    p.threads = conv_threads(a->nthreads, a->n, m, K, F);
-    return fusenn_parallel_ranges((int)p.threads, p.threads, FN(col2im_worker), &p)
+    return FN(run_units)(conv_threads(a->nthreads, a->n, m, K, F), a->n, FN(col2im_sample), &p,
+                         &p.w, a->work)
                ? FUSENN_ENOMEM : FUSENN_OK;
 }
 
