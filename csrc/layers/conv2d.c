@@ -22,7 +22,7 @@
  *            (col2im), one sample per thread in a fixed order
  * A 1x1 kernel with stride 1 and no padding reads its patches in place; the
  * first layer of one-channel images with few filters has kernels of its own
- * (dot_products, few_filters_forward).
+ * (direct_forward, direct_weight_grad).
  */
 #include "../layer.h"
 
@@ -47,7 +47,7 @@ static const char *const conv2d_attrs[] = {
 /* Values in a 64-byte vector. */
 #define V64_LANES (64 / sizeof(real))
 
-/* The register tile of the dW dot products (dot_products): taps x filters. */
+/* The register tile of direct_weight_grad: taps x filters. */
 #define DOT_T 2
 #define DOT_F 8
 
@@ -144,10 +144,23 @@ static size_t FN(chunk_rows)(size_t k)
 
 static inline size_t div_up(size_t a, size_t b) { return (a + b - 1) / b; }
 
-/* dW by dot_products (below): one channel, fewer filters than a 64-byte vector holds. */
-static inline int dot_weight_grad(const conv_geom *g)
+/* One input channel, fewer filters than a 64-byte vector holds, stride 1
+ * along the width, on AVX-512: the direct kernels below (LeNet's first conv). */
+static inline int one_channel_direct(const conv_geom *g)
 {
-    return g->cin == 1 && g->f * sizeof(real) < 64 && fusenn_isa_level() == FUSENN_ISA_AVX512;
+    return g->cin == 1 && g->f * sizeof(real) < 64 && g->fwd.sw == 1 &&
+           fusenn_isa_level() == FUSENN_ISA_AVX512;
+}
+
+/* The zero-padded copy of a one-channel image those kernels read: the rows and
+ * columns every tap reaches, from (-top, -left); and how many of them a chunk
+ * of `rows` outputs can need. */
+static inline size_t pad_h(const patch_geom *q) { return (q->oh - 1) * q->sh + (q->kh - 1) * q->dh + 1; }
+static inline size_t pad_w(const patch_geom *q) { return q->ow + (q->kw - 1) * q->dw; }
+
+static inline size_t chunk_images(const patch_geom *q, size_t rows, size_t n)
+{
+    return FUSENN_MIN(n, rows / (q->oh * q->ow) + 2);
 }
 
 /* The columns a window row reaches, [row_lo, row_lo + row_len): the image's
@@ -165,7 +178,7 @@ static inline size_t row_len(const patch_geom *g)
 typedef struct {
     size_t rows, rows_bwd;   /* chunk rows of the forward / dW, and of dX */
     size_t slots, slot_len;  /* slot_len in reals */
-    size_t dzt_at;           /* where a slot's dZ^T starts (dot_weight_grad) */
+    size_t dzt_at;           /* where a slot's dZ^T starts (one_channel_direct) */
     size_t groups;           /* dW's */
     size_t part_len;         /* a group's partial dW: K F, or the dot products' vectors */
     size_t slot_at, wt_at, part_at, bpart_at, total;
@@ -188,18 +201,19 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
     w.groups = FUSENN_MIN(chunks, (size_t)CONV_GROUPS);
     const size_t chunks_bwd = bwd_is_conv(g) ? div_up(n * g->fwd.h * g->fwd.w, w.rows_bwd) : n;
     w.slots = FUSENN_MIN(FUSENN_MAX(chunks, chunks_bwd), (size_t)CONV_SLOTS);
-    /* one-channel patches (im2row) keep a padded image row after them */
-    /* the dot products' dZ^T, DOT_F rows per block of filters, after those */
-    w.dzt_at = w.rows * g->k + (g->cin == 1 ? row_len(&g->fwd) : 0);
-    w.slot_len = FUSENN_MAX(w.dzt_at + (g->cin == 1 && g->f * sizeof(real) < 64
-                                            ? div_up(g->f, DOT_F) * DOT_F * w.rows : 0),
+    /* the direct kernels' padded images, then dZ^T (DOT_F rows per block of
+     * filters); one-channel patches (im2row) keep a padded image row after them */
+    const int direct = one_channel_direct(g);
+    w.dzt_at = direct ? chunk_images(&g->fwd, w.rows, n) * pad_h(&g->fwd) * pad_w(&g->fwd)
+                      : w.rows * g->k + (g->cin == 1 ? row_len(&g->fwd) : 0);
+    w.slot_len = FUSENN_MAX(w.dzt_at + (direct ? div_up(g->f, DOT_F) * DOT_F * w.rows : 0),
                             bwd_is_conv(g) ? w.rows_bwd * g->k_bwd +
                                                  (g->f == 1 ? row_len(&g->bwd) : 0)
                                            : w.rows_bwd * g->k);
     size_t size = 0;
     w.slot_at = carve(&size, w.slots * ((w.slot_len * sizeof(real) + 63) / 64 * 64));
     w.wt_at = carve(&size, g->k * g->f * sizeof(real)); /* W' or W^T */
-    w.part_len = dot_weight_grad(g) ? div_up(g->f, DOT_F) * g->k * DOT_F * V64_LANES
+    w.part_len = direct ? div_up(g->f, DOT_F) * g->k * DOT_F * V64_LANES
                                     : g->k * g->f;
     w.part_at = carve(&size, w.groups * w.part_len * sizeof(real));
     w.bpart_at = carve(&size, g->bias ? w.groups * g->f * sizeof(double) : 0);
@@ -397,93 +411,151 @@ static FN(patch_matrix) FN(patches)(const patch_geom *g, const real *src, ptrdif
     return (FN(patch_matrix)){slot, (ptrdiff_t)(g->kh * g->kw * g->c), 1};
 }
 
-/* ---- dW of one-channel layers with few filters: dot products ------------------
- * dW[t, f] = sum over positions of P^T[t, j] dZ^T[f, j]: a product whose output
- * (kh kw x F, LeNet's first conv 25 x 6) is tiny and whose sum is long. The
- * GEMM's tiles are 16 filters wide and sum along positions one at a time (it
- * took 0.6 of LeNet's 1.2 ms conv1 backward); here the positions are the
- * vector lanes, DOT_T x DOT_F accumulators stay in registers over a chunk,
- * and each is summed across its lanes in order at the end. AVX-512 only (the
- * tile needs its 32 registers); elsewhere the GEMM computes it. */
+/* ---- one-channel layers with few filters: direct kernels --------------------
+ * The first conv of one-channel images with few filters (LeNet's: 5x5, 6
+ * filters over 28x28) is a tiny product (kh kw x F) over many positions. The
+ * GEMM's tiles are 16 filters wide, of which F work, and its patches copied
+ * every tap of every position (im2row: 0.3 of the layer's 0.6 ms forward).
+ * Here the positions are the vector lanes: each sample is copied once,
+ * zero-padded, and every tap is a shifted read of it.
+ *   forward  y[j, f] = sum_t xp[j + off(t)] w[t, f] + b[f]: the taps in order,
+ *            then the bias, as the GEMM's store (the same bits)
+ *   dW       acc[t][f] += xp[j + off(t)] dZ^T[f, j] lane by lane over a
+ *            group's positions (DOT_T x DOT_F accumulators in registers over
+ *            a chunk); the lanes are summed in order at the end
+ * Partial vectors (an output row's tail) are masked loads. */
 
 #ifdef HAVE_X86_PATCHES
 #if defined(FUSENN_DTYPE_F32)
-#define DOT_MASK_LOAD(m, p) ((FN(v64))_mm512_maskz_loadu_ps((__mmask16)(m), (p)))
+#define MASK_LOAD(m, p) ((FN(v64))_mm512_maskz_loadu_ps((__mmask16)(m), (p)))
 #else
-#define DOT_MASK_LOAD(m, p) ((FN(v64))_mm512_maskz_loadu_pd((__mmask8)(m), (p)))
+#define MASK_LOAD(m, p) ((FN(v64))_mm512_maskz_loadu_pd((__mmask8)(m), (p)))
 #endif
 
-/* acc[t][f] (+)= A[t lda + j] B[f n + j] lane by lane over j < n (a partial
- * last vector masked), t < T, f < DOT_F; acc holds T x DOT_F vectors (their
- * lanes are summed, in order, once all chunks are in); B has DOT_F rows,
- * those past the filters zero. */
-static __attribute__((target("avx512f,avx2,fma"))) void
-FN(dot_products)(size_t T, size_t n, const real *A, size_t lda, const real *B, int first,
-                 real *acc_out)
+/* The first `len` values at p, the rest 0. */
+static ALWAYS_INLINE __attribute__((target("avx512f,avx2,fma"))) FN(v64)
+FN(load_part)(const real *p, size_t len)
+{
+    return len == V64_LANES ? *(const FN(v64) *)p : MASK_LOAD((1u << len) - 1, p);
+}
+
+/* Sample x into xp (pad_h x pad_w), zeros outside the image. */
+static ALWAYS_INLINE void FN(pad_image)(const patch_geom *q, const real *x, real *xp)
+{
+    const size_t PW = pad_w(q);
+    const size_t c0 = FUSENN_MIN((size_t)q->left, PW), c1 = FUSENN_MIN(q->left + q->w, PW);
+    for (size_t r = 0; r < pad_h(q); r++) {
+        const ptrdiff_t h = (ptrdiff_t)r - q->top;
+        real *d = xp + r * PW;
+        if (h < 0 || h >= (ptrdiff_t)q->h) {
+            FN(zero)(d, PW);
+            continue;
+        }
+        FN(zero)(d, c0);
+        FN(copy)(d + c0, x + h * (ptrdiff_t)q->w + (ptrdiff_t)(c0 - (size_t)q->left), c1 - c0);
+        FN(zero)(d + c1, PW - c1);
+    }
+}
+
+/* Rows [r0, r1) of out (F values each, row r at out + r F) from the images at
+ * x (sample stride ldx), xp holding one padded image. */
+static NO_LIBC_CALLS __attribute__((target("avx512f,avx2,fma"))) void
+FN(direct_forward)(const patch_geom *q, size_t F, const real *x, ptrdiff_t ldx, size_t r0,
+                   size_t r1, const real *w, const real *bias, real *out, real *xp)
 {
     typedef FN(v64) vec;
-    const size_t nv = n / V64_LANES * V64_LANES;
-    const unsigned tail = (1u << (n - nv)) - 1;
+    const size_t P = q->oh * q->ow, PW = pad_w(q), KW = q->kw;
+    real tile[DOT_F][V64_LANES] __attribute__((aligned(64)));
+    size_t i = r0 / P, oh = r0 % P / q->ow, ow0 = r0 % q->ow, padded = (size_t)-1;
+    for (size_t r = r0; r < r1;) { /* one output row at a time */
+        const size_t ow1 = ow0 + FUSENN_MIN(r1 - r, q->ow - ow0);
+        if (padded != i)
+            FN(pad_image)(q, x + (ptrdiff_t)i * ldx, xp);
+        padded = i;
+        for (size_t ow = ow0; ow < ow1; ow += V64_LANES) {
+            const size_t len = FUSENN_MIN(V64_LANES, ow1 - ow);
+            real *o = out + (r + ow - ow0) * F;
+            for (size_t fb = 0; fb < F; fb += DOT_F) {
+                vec acc[DOT_F];
+                for (size_t f = 0; f < DOT_F; f++)
+                    acc[f] = (vec){0};
+                for (size_t a = 0; a < q->kh; a++) {
+                    const real *row = xp + (oh * q->sh + a * q->dh) * PW + ow;
+                    for (size_t b = 0; b < KW; b++) {
+                        const vec av = FN(load_part)(row + b * q->dw, len);
+                        const real *wt = w + (a * KW + b) * F;
+                        for (size_t f = 0; f < DOT_F; f++) /* past F: repeats the last filter */
+                            acc[f] += av * wt[FUSENN_MIN(fb + f, F - 1)];
+                    }
+                }
+                for (size_t f = 0; f < DOT_F; f++) {
+                    if (bias)
+                        acc[f] += bias[FUSENN_MIN(fb + f, F - 1)];
+                    *(vec *)tile[f] = acc[f];
+                }
+                for (size_t l = 0; l < len; l++)
+                    for (size_t f = fb; f < FUSENN_MIN(F, fb + DOT_F); f++)
+                        o[l * F + f] = tile[f - fb][l];
+            }
+        }
+        r += ow1 - ow0;
+        ow0 = 0;
+        if (++oh == q->oh) {
+            oh = 0;
+            i++;
+        }
+    }
+}
+
+/* acc[t][f] (+)= xp[j + off(t)] dzt[f n + j] lane by lane over the rows [r0, r1)
+ * (n of them, j = r - r0), t < kh kw, f < DOT_F (dzt's rows past the filters
+ * zero); acc_out holds kh kw x DOT_F vectors; imgs room for the padded images
+ * of the chunk's samples. */
+static NO_LIBC_CALLS __attribute__((target("avx512f,avx2,fma"))) void
+FN(direct_weight_grad)(const patch_geom *q, const real *x, ptrdiff_t ldx, size_t r0, size_t r1,
+                       const real *dzt, int first, real *acc_out, real *imgs)
+{
+    typedef FN(v64) vec;
+    const size_t P = q->oh * q->ow, PW = pad_w(q), image = pad_h(q) * PW, n = r1 - r0;
+    const size_t T = q->kh * q->kw, i0 = r0 / P;
+    for (size_t i = i0; i <= (r1 - 1) / P; i++)
+        FN(pad_image)(q, x + (ptrdiff_t)i * ldx, imgs + (i - i0) * image);
     for (size_t t0 = 0; t0 < T; t0 += DOT_T) {
-        const real *a[DOT_T];
+        size_t off[DOT_T];
         vec *out[DOT_T];
         vec acc[DOT_T][DOT_F];
-        for (size_t u = 0; u < DOT_T; u++) { /* an odd last row computes its row twice */
+        for (size_t u = 0; u < DOT_T; u++) { /* an odd last tap is computed twice */
             const size_t t = FUSENN_MIN(t0 + u, T - 1);
-            a[u] = A + t * lda;
+            off[u] = t / q->kw * q->dh * PW + t % q->kw * q->dw;
             out[u] = (vec *)acc_out + t * DOT_F;
             for (size_t f = 0; f < DOT_F; f++)
                 acc[u][f] = first ? (vec){0} : out[u][f];
         }
-        for (size_t j = 0; j < n; j += V64_LANES) {
-            vec av[DOT_T], bv[DOT_F];
-            for (size_t u = 0; u < DOT_T; u++)
-                av[u] = j < nv ? *(const vec *)(a[u] + j) : DOT_MASK_LOAD(tail, a[u] + j);
-            for (size_t f = 0; f < DOT_F; f++)
-                bv[f] = j < nv ? *(const vec *)(B + f * n + j) : DOT_MASK_LOAD(tail, B + f * n + j);
-            for (size_t u = 0; u < DOT_T; u++)
+        size_t i = i0, oh = r0 % P / q->ow, ow0 = r0 % q->ow;
+        for (size_t r = r0; r < r1;) { /* one output row at a time */
+            const size_t ow1 = ow0 + FUSENN_MIN(r1 - r, q->ow - ow0);
+            const real *row = imgs + (i - i0) * image + oh * q->sh * PW;
+            for (size_t ow = ow0; ow < ow1; ow += V64_LANES) {
+                const size_t len = FUSENN_MIN(V64_LANES, ow1 - ow), j = r - r0 + ow - ow0;
+                vec av[DOT_T], bv[DOT_F];
+                for (size_t u = 0; u < DOT_T; u++)
+                    av[u] = FN(load_part)(row + off[u] + ow, len);
                 for (size_t f = 0; f < DOT_F; f++)
-                    acc[u][f] += av[u] * bv[f];
+                    bv[f] = FN(load_part)(dzt + f * n + j, len);
+                for (size_t u = 0; u < DOT_T; u++)
+                    for (size_t f = 0; f < DOT_F; f++)
+                        acc[u][f] += av[u] * bv[f];
+            }
+            r += ow1 - ow0;
+            ow0 = 0;
+            if (++oh == q->oh) {
+                oh = 0;
+                i++;
+            }
         }
-        for (size_t u = DOT_T; u-- > 0;) /* the duplicate row first: the real one wins */
+        for (size_t u = DOT_T; u-- > 0;) /* the duplicate tap first: the real one wins */
             for (size_t f = 0; f < DOT_F; f++)
                 out[u][f] = acc[u][f];
-    }
-}
-
-/* The forward of the same layers: rows j < n of out (F values each, contiguous)
- * = sum_t A[t lda + j] w[t F + f] + bias[f], positions in the lanes and
- * DOT_F filters at a time (where the GEMM's tiles fill F of their 16 lanes).
- * Each sum runs over t in order, as the GEMM's does, then adds the bias. */
-static __attribute__((target("avx512f,avx2,fma"))) void
-FN(few_filters_forward)(size_t K, size_t F, size_t n, const real *A, size_t lda, const real *w,
-                        const real *bias, real *out)
-{
-    typedef FN(v64) vec;
-    real tile[DOT_F][V64_LANES] __attribute__((aligned(64)));
-    for (size_t j = 0; j < n; j += V64_LANES) {
-        const size_t len = FUSENN_MIN(V64_LANES, n - j);
-        const unsigned lanes = (1u << len) - 1;
-        for (size_t fb = 0; fb < F; fb += DOT_F) {
-            const size_t fn = FUSENN_MIN((size_t)DOT_F, F - fb);
-            vec acc[DOT_F];
-            for (size_t f = 0; f < DOT_F; f++)
-                acc[f] = (vec){0};
-            for (size_t t = 0; t < K; t++) {
-                const vec av = len == V64_LANES ? *(const vec *)(A + t * lda + j)
-                                                : DOT_MASK_LOAD(lanes, A + t * lda + j);
-                for (size_t f = 0; f < DOT_F; f++) /* filters past F repeat the last one */
-                    acc[f] += av * w[t * F + FUSENN_MIN(fb + f, F - 1)];
-            }
-            for (size_t f = 0; f < DOT_F; f++) {
-                if (bias)
-                    acc[f] += bias[FUSENN_MIN(fb + f, F - 1)];
-                *(vec *)tile[f] = acc[f];
-            }
-            for (size_t l = 0; l < len; l++)
-                for (size_t f = 0; f < fn; f++)
-                    out[(j + l) * F + fb + f] = tile[f][l];
-        }
     }
 }
 #endif
@@ -541,15 +613,14 @@ static size_t FN(forward_chunk)(const void *ctx, size_t c, real *slot)
     const ptrdiff_t ld_out = p->z ? (ptrdiff_t)(P * F) : p->ldy;
     const int contiguous = ld_out == (ptrdiff_t)(P * F);
     const size_t r0 = c * R, r1 = FUSENN_MIN(m, r0 + R);
-    const FN(patch_matrix) A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot);
 #ifdef HAVE_X86_PATCHES
-    if (dot_weight_grad(g) && contiguous) { /* one channel: A is P^T, its rows contiguous */
-        FN(few_filters_forward)(g->k, F, r1 - r0, A.A, (size_t)A.cs, p->kernel, p->bias,
-                                out + r0 * F);
+    if (one_channel_direct(g) && contiguous) {
+        FN(direct_forward)(&g->fwd, F, p->x, p->ldx, r0, r1, p->kernel, p->bias, out, slot);
         FN(activate_rows)(p, r0, r1, out, ld_out);
         return 0;
     }
 #endif
+    const FN(patch_matrix) A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot);
     size_t failed = 0;
     for (size_t r = r0, e; r < r1; r = e) { /* one GEMM per sample unless the output is contiguous */
         e = contiguous ? r1 : FUSENN_MIN(r1, (r / P + 1) * P);
@@ -615,7 +686,7 @@ static size_t FN(weight_grad_group)(const void *ctx, size_t gi, real *slot)
     const size_t P = g->fwd.oh * g->fwd.ow, F = g->f, K = g->k, R = p->w.rows, m = p->n * P;
     const size_t chunks = div_up(m, R);
     const int flat = p->act != FUSENN_ACT_SOFTMAX && p->ldy == (ptrdiff_t)(P * F);
-    const int dot = dot_weight_grad(g);
+    const int dot = one_channel_direct(g);
     size_t failed = 0;
     real *part = (real *)((char *)p->work + p->w.part_at) + gi * p->w.part_len;
     double *bsum = g->bias ? (double *)((char *)p->work + p->w.bpart_at) + gi * F : NULL;
@@ -647,17 +718,17 @@ static size_t FN(weight_grad_group)(const void *ctx, size_t gi, real *slot)
             for (size_t f = 0; f < F; f++)
                 for (size_t j = 0; j < n; j++)
                     dzt[f * n + j] = dz[j * F + f];
-        const FN(patch_matrix) A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot);
 #ifdef HAVE_X86_PATCHES
-        if (dot) { /* one channel: A is P^T, its rows contiguous */
+        if (dot) {
             for (size_t f = F; f < div_up(F, DOT_F) * DOT_F; f++) /* the rows past F */
                 FN(zero)(dzt + f * n, n);
             for (size_t fb = 0; fb < F; fb += DOT_F)
-                FN(dot_products)(K, n, A.A, (size_t)A.cs, dzt + fb * n, c == c0,
-                                 part + fb / DOT_F * K * DOT_F * V64_LANES);
+                FN(direct_weight_grad)(&g->fwd, p->x, p->ldx, r0, r1, dzt + fb * n, c == c0,
+                                       part + fb / DOT_F * K * DOT_F * V64_LANES, slot);
             continue;
         }
 #endif
+        const FN(patch_matrix) A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot);
         /* part (+)= patches^T dZ: the patches read transposed */
         failed += FN(fusenn_gemm)(K, F, n, 1, A.A, A.cs, A.rs, p->dz + r0 * F,
                                   (ptrdiff_t)F, 1, c == c0 ? 0 : 1, part, (ptrdiff_t)F, 1,
@@ -860,7 +931,7 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
     const real *part = (const real *)((const char *)a->work + p.w.part_at);
     const size_t len = p.w.part_len;
     for (size_t j = 0; j < K * F; j++) { /* the groups' sums, added in order */
-        if (dot_weight_grad(g)) { /* and each one's lanes */
+        if (one_channel_direct(g)) { /* and each one's lanes */
             const size_t t = j / F, f = j % F;
             const real *v = part + ((f / DOT_F * K + t) * DOT_F + f % DOT_F) * V64_LANES;
             real s = 0;
