@@ -155,7 +155,11 @@ static inline int one_channel_direct(const conv_geom *g)
 /* The zero-padded copy of a one-channel image those kernels read: the rows and
  * columns every tap reaches, from (-top, -left); and how many of them a chunk
  * of `rows` outputs can need. */
-static inline size_t pad_h(const patch_geom *q) { return (q->oh - 1) * q->sh + (q->kh - 1) * q->dh + 1; }
+static inline size_t pad_h(const patch_geom *q)
+{
+    return (q->oh - 1) * q->sh + (q->kh - 1) * q->dh + 1;
+}
+
 static inline size_t pad_w(const patch_geom *q) { return q->ow + (q->kw - 1) * q->dw; }
 
 static inline size_t chunk_images(const patch_geom *q, size_t rows, size_t n)
@@ -213,8 +217,7 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
     size_t size = 0;
     w.slot_at = carve(&size, w.slots * ((w.slot_len * sizeof(real) + 63) / 64 * 64));
     w.wt_at = carve(&size, g->k * g->f * sizeof(real)); /* W' or W^T */
-    w.part_len = direct ? div_up(g->f, DOT_F) * g->k * DOT_F * V64_LANES
-                                    : g->k * g->f;
+    w.part_len = direct ? div_up(g->f, DOT_F) * g->k * DOT_F * V64_LANES : g->k * g->f;
     w.part_at = carve(&size, w.groups * w.part_len * sizeof(real));
     w.bpart_at = carve(&size, g->bias ? w.groups * g->f * sizeof(double) : 0);
     w.total = size;
@@ -622,7 +625,7 @@ static size_t FN(forward_chunk)(const void *ctx, size_t c, real *slot)
 #endif
     const FN(patch_matrix) A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot);
     size_t failed = 0;
-    for (size_t r = r0, e; r < r1; r = e) { /* one GEMM per sample unless the output is contiguous */
+    for (size_t r = r0, e; r < r1; r = e) { /* a GEMM per sample unless the output is contiguous */
         e = contiguous ? r1 : FUSENN_MIN(r1, (r / P + 1) * P);
         failed += FN(fusenn_gemm_fused)(
                       e - r, F, g->k, 1, A.A + (ptrdiff_t)(r - r0) * A.rs, A.rs, A.cs,
