@@ -162,7 +162,7 @@ static ALWAYS_INLINE void FN(block64_grad)(const pool_geom *g, const real *dy,
         *(vec *)(dx + cb) = d / count;
         return;
     }
-    ivec taken;
+    ivec taken = {0};
     for (size_t l = 0; l < 64 / sizeof(real); l++)
         taken[l] = arg[cb + l];
     *(vec *)(dx + cb) = (vec)((ivec)d & (taken == (FN(lane_int))at));
