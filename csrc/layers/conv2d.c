@@ -916,6 +916,38 @@ static int FN(conv2d_forward)(const FN(layer) *layer, FN(forward_args) *a)
     return failed ? FUSENN_ENOMEM : FUSENN_OK;
 }
 
+/* dW from the groups' partial sums, elements [j0, j1): each the groups' sums
+ * added in order (and, for the direct kernels' lane vectors, their lanes). */
+typedef struct {
+    const conv_geom *g;
+    const FN(conv_work) *w;
+    const real *part;
+    real *dw;
+} FN(group_sums);
+
+static size_t FN(add_groups)(const void *ctx, size_t j0, size_t j1)
+{
+    const FN(group_sums) *p = ctx;
+    const size_t K = p->g->k, F = p->g->f, len = p->w->part_len, groups = p->w->groups;
+    for (size_t j = j0; j < j1; j++) {
+        if (one_channel_direct(p->g)) {
+            const size_t t = j / F, f = j % F;
+            const real *v = p->part + ((f / DOT_F * K + t) * DOT_F + f % DOT_F) * V64_LANES;
+            real s = 0;
+            for (size_t gi = 0; gi < groups; gi++)
+                for (size_t l = 0; l < V64_LANES; l++)
+                    s += v[gi * len + l];
+            p->dw[j] = s;
+            continue;
+        }
+        real s = p->part[j];
+        for (size_t gi = 1; gi < groups; gi++)
+            s += p->part[gi * len + j];
+        p->dw[j] = s;
+    }
+    return 0;
+}
+
 static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
 {
     FN(conv_bwd) p = {.n = a->n, .x = a->x, .ldx = a->ldx, .y = a->y, .ldy = a->ldy,
@@ -931,24 +963,10 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
     if (FN(run_units)(conv_threads(a->nthreads, p.w.groups, m, F, K), p.w.groups,
                       FN(weight_grad_group), &p, &p.w, a->work))
         return FUSENN_ENOMEM;
-    const real *part = (const real *)((const char *)a->work + p.w.part_at);
-    const size_t len = p.w.part_len;
-    for (size_t j = 0; j < K * F; j++) { /* the groups' sums, added in order */
-        if (one_channel_direct(g)) { /* and each one's lanes */
-            const size_t t = j / F, f = j % F;
-            const real *v = part + ((f / DOT_F * K + t) * DOT_F + f % DOT_F) * V64_LANES;
-            real s = 0;
-            for (size_t gi = 0; gi < p.w.groups; gi++)
-                for (size_t l = 0; l < V64_LANES; l++)
-                    s += v[gi * len + l];
-            layer->grad[0][j] = s;
-            continue;
-        }
-        real s = part[j];
-        for (size_t gi = 1; gi < p.w.groups; gi++)
-            s += part[gi * len + j];
-        layer->grad[0][j] = s;
-    }
+    const FN(group_sums) sums = {g, &p.w, (const real *)((const char *)a->work + p.w.part_at),
+                                 layer->grad[0]};
+    fusenn_parallel_ranges(fusenn_threads_for(p.w.groups * K * F, a->nthreads), K * F,
+                           FN(add_groups), &sums);
     if (g->bias) {
         const double *bpart = (const double *)((const char *)a->work + p.w.bpart_at);
         for (size_t j = 0; j < F; j++) {
