@@ -48,8 +48,8 @@ static const char *const conv2d_attrs[] = {
 #define V64_LANES (64 / sizeof(real))
 
 /* The register tile of direct_weight_grad: taps x filters. */
-#define DOT_T 2
-#define DOT_F 8
+#define DIRECT_T 2
+#define DIRECT_F 8
 
 /* Where the patches of a convolution come from: an image (h, w, c) read by a
  * kh x kw window with strides and dilations at oh x ow positions, position
@@ -184,7 +184,7 @@ typedef struct {
     size_t slots, slot_len;  /* slot_len in reals */
     size_t dzt_at;           /* where a slot's dZ^T starts (one_channel_direct) */
     size_t groups;           /* dW's */
-    size_t part_len;         /* a group's partial dW: K F, or the dot products' vectors */
+    size_t part_len;         /* a group's partial dW: K F, or direct_weight_grad's vectors */
     size_t slot_at, wt_at, part_at, bpart_at, total;
 } FN(conv_work);
 
@@ -205,19 +205,19 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
     w.groups = FUSENN_MIN(chunks, (size_t)CONV_GROUPS);
     const size_t chunks_bwd = bwd_is_conv(g) ? div_up(n * g->fwd.h * g->fwd.w, w.rows_bwd) : n;
     w.slots = FUSENN_MIN(FUSENN_MAX(chunks, chunks_bwd), (size_t)CONV_SLOTS);
-    /* the direct kernels' padded images, then dZ^T (DOT_F rows per block of
+    /* the direct kernels' padded images, then dZ^T (DIRECT_F rows per block of
      * filters); one-channel patches (im2row) keep a padded image row after them */
     const int direct = one_channel_direct(g);
     w.dzt_at = direct ? chunk_images(&g->fwd, w.rows, n) * pad_h(&g->fwd) * pad_w(&g->fwd)
                       : w.rows * g->k + (g->cin == 1 ? row_len(&g->fwd) : 0);
-    w.slot_len = FUSENN_MAX(w.dzt_at + (direct ? div_up(g->f, DOT_F) * DOT_F * w.rows : 0),
+    w.slot_len = FUSENN_MAX(w.dzt_at + (direct ? div_up(g->f, DIRECT_F) * DIRECT_F * w.rows : 0),
                             bwd_is_conv(g) ? w.rows_bwd * g->k_bwd +
                                                  (g->f == 1 ? row_len(&g->bwd) : 0)
                                            : w.rows_bwd * g->k);
     size_t size = 0;
     w.slot_at = carve(&size, w.slots * ((w.slot_len * sizeof(real) + 63) / 64 * 64));
     w.wt_at = carve(&size, g->k * g->f * sizeof(real)); /* W' or W^T */
-    w.part_len = direct ? div_up(g->f, DOT_F) * g->k * DOT_F * V64_LANES : g->k * g->f;
+    w.part_len = direct ? div_up(g->f, DIRECT_F) * g->k * DIRECT_F * V64_LANES : g->k * g->f;
     w.part_at = carve(&size, w.groups * w.part_len * sizeof(real));
     w.bpart_at = carve(&size, g->bias ? w.groups * g->f * sizeof(double) : 0);
     w.total = size;
@@ -424,7 +424,7 @@ static FN(patch_matrix) FN(patches)(const patch_geom *g, const real *src, ptrdif
  *   forward  y[j, f] = sum_t xp[j + off(t)] w[t, f] + b[f]: the taps in order,
  *            then the bias, as the GEMM's store (the same bits)
  *   dW       acc[t][f] += xp[j + off(t)] dZ^T[f, j] lane by lane over a
- *            group's positions (DOT_T x DOT_F accumulators in registers over
+ *            group's positions (DIRECT_T x DIRECT_F accumulators in registers over
  *            a chunk); the lanes are summed in order at the end
  * Partial vectors (an output row's tail) are masked loads. */
 
@@ -468,7 +468,7 @@ FN(direct_forward)(const patch_geom *q, size_t F, const real *x, ptrdiff_t ldx, 
 {
     typedef FN(v64) vec;
     const size_t P = q->oh * q->ow, PW = pad_w(q), KW = q->kw;
-    real tile[DOT_F][V64_LANES] __attribute__((aligned(64)));
+    real tile[DIRECT_F][V64_LANES] __attribute__((aligned(64)));
     size_t i = r0 / P, oh = r0 % P / q->ow, ow0 = r0 % q->ow, padded = (size_t)-1;
     for (size_t r = r0; r < r1;) { /* one output row at a time */
         const size_t ow1 = ow0 + FUSENN_MIN(r1 - r, q->ow - ow0);
@@ -478,26 +478,26 @@ FN(direct_forward)(const patch_geom *q, size_t F, const real *x, ptrdiff_t ldx, 
         for (size_t ow = ow0; ow < ow1; ow += V64_LANES) {
             const size_t len = FUSENN_MIN(V64_LANES, ow1 - ow);
             real *o = out + (r + ow - ow0) * F;
-            for (size_t fb = 0; fb < F; fb += DOT_F) {
-                vec acc[DOT_F];
-                for (size_t f = 0; f < DOT_F; f++)
+            for (size_t fb = 0; fb < F; fb += DIRECT_F) {
+                vec acc[DIRECT_F];
+                for (size_t f = 0; f < DIRECT_F; f++)
                     acc[f] = (vec){0};
                 for (size_t a = 0; a < q->kh; a++) {
                     const real *row = xp + (oh * q->sh + a * q->dh) * PW + ow;
                     for (size_t b = 0; b < KW; b++) {
                         const vec av = FN(load_part)(row + b * q->dw, len);
                         const real *wt = w + (a * KW + b) * F;
-                        for (size_t f = 0; f < DOT_F; f++) /* past F: repeats the last filter */
+                        for (size_t f = 0; f < DIRECT_F; f++) /* past F: repeats the last filter */
                             acc[f] += av * wt[FUSENN_MIN(fb + f, F - 1)];
                     }
                 }
-                for (size_t f = 0; f < DOT_F; f++) {
+                for (size_t f = 0; f < DIRECT_F; f++) {
                     if (bias)
                         acc[f] += bias[FUSENN_MIN(fb + f, F - 1)];
                     *(vec *)tile[f] = acc[f];
                 }
                 for (size_t l = 0; l < len; l++)
-                    for (size_t f = fb; f < FUSENN_MIN(F, fb + DOT_F); f++)
+                    for (size_t f = fb; f < FUSENN_MIN(F, fb + DIRECT_F); f++)
                         o[l * F + f] = tile[f - fb][l];
             }
         }
@@ -511,8 +511,8 @@ FN(direct_forward)(const patch_geom *q, size_t F, const real *x, ptrdiff_t ldx, 
 }
 
 /* acc[t][f] (+)= xp[j + off(t)] dzt[f n + j] lane by lane over the rows [r0, r1)
- * (n of them, j = r - r0), t < kh kw, f < DOT_F (dzt's rows past the filters
- * zero); acc_out holds kh kw x DOT_F vectors; imgs room for the padded images
+ * (n of them, j = r - r0), t < kh kw, f < DIRECT_F (dzt's rows past the filters
+ * zero); acc_out holds kh kw x DIRECT_F vectors; imgs room for the padded images
  * of the chunk's samples. */
 static NO_LIBC_CALLS __attribute__((target("avx512f,avx2,fma"))) void
 FN(direct_weight_grad)(const patch_geom *q, const real *x, ptrdiff_t ldx, size_t r0, size_t r1,
@@ -523,15 +523,15 @@ FN(direct_weight_grad)(const patch_geom *q, const real *x, ptrdiff_t ldx, size_t
     const size_t T = q->kh * q->kw, i0 = r0 / P;
     for (size_t i = i0; i <= (r1 - 1) / P; i++)
         FN(pad_image)(q, x + (ptrdiff_t)i * ldx, imgs + (i - i0) * image);
-    for (size_t t0 = 0; t0 < T; t0 += DOT_T) {
-        size_t off[DOT_T];
-        vec *out[DOT_T];
-        vec acc[DOT_T][DOT_F];
-        for (size_t u = 0; u < DOT_T; u++) { /* an odd last tap is computed twice */
+    for (size_t t0 = 0; t0 < T; t0 += DIRECT_T) {
+        size_t off[DIRECT_T];
+        vec *out[DIRECT_T];
+        vec acc[DIRECT_T][DIRECT_F];
+        for (size_t u = 0; u < DIRECT_T; u++) { /* an odd last tap is computed twice */
             const size_t t = FUSENN_MIN(t0 + u, T - 1);
             off[u] = t / q->kw * q->dh * PW + t % q->kw * q->dw;
-            out[u] = (vec *)acc_out + t * DOT_F;
-            for (size_t f = 0; f < DOT_F; f++)
+            out[u] = (vec *)acc_out + t * DIRECT_F;
+            for (size_t f = 0; f < DIRECT_F; f++)
                 acc[u][f] = first ? (vec){0} : out[u][f];
         }
         size_t i = i0, oh = r0 % P / q->ow, ow0 = r0 % q->ow;
@@ -540,13 +540,13 @@ FN(direct_weight_grad)(const patch_geom *q, const real *x, ptrdiff_t ldx, size_t
             const real *row = imgs + (i - i0) * image + oh * q->sh * PW;
             for (size_t ow = ow0; ow < ow1; ow += V64_LANES) {
                 const size_t len = FUSENN_MIN(V64_LANES, ow1 - ow), j = r - r0 + ow - ow0;
-                vec av[DOT_T], bv[DOT_F];
-                for (size_t u = 0; u < DOT_T; u++)
+                vec av[DIRECT_T], bv[DIRECT_F];
+                for (size_t u = 0; u < DIRECT_T; u++)
                     av[u] = FN(load_part)(row + off[u] + ow, len);
-                for (size_t f = 0; f < DOT_F; f++)
+                for (size_t f = 0; f < DIRECT_F; f++)
                     bv[f] = FN(load_part)(dzt + f * n + j, len);
-                for (size_t u = 0; u < DOT_T; u++)
-                    for (size_t f = 0; f < DOT_F; f++)
+                for (size_t u = 0; u < DIRECT_T; u++)
+                    for (size_t f = 0; f < DIRECT_F; f++)
                         acc[u][f] += av[u] * bv[f];
             }
             r += ow1 - ow0;
@@ -556,8 +556,8 @@ FN(direct_weight_grad)(const patch_geom *q, const real *x, ptrdiff_t ldx, size_t
                 i++;
             }
         }
-        for (size_t u = DOT_T; u-- > 0;) /* the duplicate tap first: the real one wins */
-            for (size_t f = 0; f < DOT_F; f++)
+        for (size_t u = DIRECT_T; u-- > 0;) /* the duplicate tap first: the real one wins */
+            for (size_t f = 0; f < DIRECT_F; f++)
                 out[u][f] = acc[u][f];
     }
 }
@@ -689,7 +689,7 @@ static size_t FN(weight_grad_group)(const void *ctx, size_t gi, real *slot)
     const size_t P = g->fwd.oh * g->fwd.ow, F = g->f, K = g->k, R = p->w.rows, m = p->n * P;
     const size_t chunks = div_up(m, R);
     const int flat = p->act != FUSENN_ACT_SOFTMAX && p->ldy == (ptrdiff_t)(P * F);
-    const int dot = one_channel_direct(g);
+    const int direct = one_channel_direct(g);
     size_t failed = 0;
     real *part = (real *)((char *)p->work + p->w.part_at) + gi * p->w.part_len;
     double *bsum = g->bias ? (double *)((char *)p->work + p->w.bpart_at) + gi * F : NULL;
@@ -717,17 +717,17 @@ static size_t FN(weight_grad_group)(const void *ctx, size_t gi, real *slot)
             for (size_t j = 0; j < n; j++)
                 for (size_t f = 0; f < F; f++)
                     bsum[f] += dz[j * F + f];
-        if (dot) /* dZ^T for the dot products */
+        if (direct) /* dZ^T for direct_weight_grad */
             for (size_t f = 0; f < F; f++)
                 for (size_t j = 0; j < n; j++)
                     dzt[f * n + j] = dz[j * F + f];
 #ifdef HAVE_X86_PATCHES
-        if (dot) {
-            for (size_t f = F; f < div_up(F, DOT_F) * DOT_F; f++) /* the rows past F */
+        if (direct) {
+            for (size_t f = F; f < div_up(F, DIRECT_F) * DIRECT_F; f++) /* the rows past F */
                 FN(zero)(dzt + f * n, n);
-            for (size_t fb = 0; fb < F; fb += DOT_F)
+            for (size_t fb = 0; fb < F; fb += DIRECT_F)
                 FN(direct_weight_grad)(&g->fwd, p->x, p->ldx, r0, r1, dzt + fb * n, c == c0,
-                                       part + fb / DOT_F * K * DOT_F * V64_LANES, slot);
+                                       part + fb / DIRECT_F * K * DIRECT_F * V64_LANES, slot);
             continue;
         }
 #endif
@@ -931,8 +931,8 @@ static size_t FN(add_groups)(const void *ctx, size_t j0, size_t j1)
     const size_t K = p->g->k, F = p->g->f, len = p->w->part_len, groups = p->w->groups;
     for (size_t j = j0; j < j1; j++) {
         if (one_channel_direct(p->g)) {
-            const size_t t = j / F, f = j % F;
-            const real *v = p->part + ((f / DOT_F * K + t) * DOT_F + f % DOT_F) * V64_LANES;
+            const size_t t = j / F, f = j % F, block = f / DIRECT_F;
+            const real *v = p->part + ((block * K + t) * DIRECT_F + f % DIRECT_F) * V64_LANES;
             real s = 0;
             for (size_t gi = 0; gi < groups; gi++)
                 for (size_t l = 0; l < V64_LANES; l++)
