@@ -229,7 +229,7 @@ static inline real *FN(slot)(const FN(conv_work) *w, void *work, size_t s)
     return (real *)((char *)work + w->slot_at + s * ((w->slot_len * sizeof(real) + 63) / 64 * 64));
 }
 
-/* Copy or zero `len` values in vectors of 64 bytes, then 16, then one by one;
+/* Copy, add or zero `len` values in vectors of 64 bytes, then 16, then one by one;
  * inlined into the patch builders, which are compiled for each ISA (a 64-byte
  * vector is one AVX-512 move, two AVX2 or four SSE2 ones). Not memcpy /
  * memset: most runs are a few values (one channel, one kernel row), and calls
@@ -254,6 +254,17 @@ static ALWAYS_INLINE void FN(copy)(real *restrict d, const real *restrict s, siz
         *(FN(v16) *)(d + j) = *(const FN(v16) *)(s + j);
     for (; j < len; j++)
         d[j] = s[j];
+}
+
+static ALWAYS_INLINE void FN(add_to)(real *restrict d, const real *restrict s, size_t len)
+{
+    size_t j = 0;
+    for (; j + V64_LANES <= len; j += V64_LANES)
+        *(FN(v64) *)(d + j) += *(const FN(v64) *)(s + j);
+    for (; j + V16_LANES <= len; j += V16_LANES)
+        *(FN(v16) *)(d + j) += *(const FN(v16) *)(s + j);
+    for (; j < len; j++)
+        d[j] += s[j];
 }
 
 static ALWAYS_INLINE void FN(zero)(real *d, size_t len)
@@ -816,20 +827,13 @@ static ALWAYS_INLINE void FN(col2im)(const patch_geom *q, const real *dcols, siz
             if (h < 0 || h >= H)
                 continue;
             if (whole_run) { /* the window's row lies inside: one run */
-                real *d = image + (h * W + w0) * (ptrdiff_t)C;
-                const real *v = s + a * q->kw * C;
-                for (size_t c = 0; c < q->kw * C; c++)
-                    d[c] += v[c];
+                FN(add_to)(image + (h * W + w0) * (ptrdiff_t)C, s + a * q->kw * C, q->kw * C);
                 continue;
             }
             for (size_t b = 0; b < q->kw; b++) {
                 const ptrdiff_t w = w0 + (ptrdiff_t)(b * q->dw);
-                if (w < 0 || w >= W)
-                    continue;
-                real *d = image + (h * W + w) * (ptrdiff_t)C;
-                const real *v = s + (a * q->kw + b) * C;
-                for (size_t c = 0; c < C; c++)
-                    d[c] += v[c];
+                if (w >= 0 && w < W)
+                    FN(add_to)(image + (h * W + w) * (ptrdiff_t)C, s + (a * q->kw + b) * C, C);
             }
         }
     }
