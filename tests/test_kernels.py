@@ -213,7 +213,8 @@ TESTED_OPS = {"matmul", "activation_forward", "activation_backward", "dense_forw
               "adagrad_update", "sum_squares", "grad_transform", "dropout_forward",
               "dropout_backward", "dropout_seed", "batchnorm_forward_train",
               "batchnorm_forward_infer", "batchnorm_backward",  # dropout, batchnorm: their own files
-              "global_pool_forward", "global_pool_backward"}  # layer kinds: test_conv.py
+              "global_pool_forward", "global_pool_backward", "conv2d_forward",
+              "conv2d_backward", "pool2d_forward", "pool2d_backward"}  # layer kinds: test_conv.py
 
 
 def test_every_op_has_a_reference_twin_and_a_test():
@@ -937,6 +938,13 @@ def _valid_args(name, dtype=np.float64):
         "grad_transform": lambda: dict(g=m(3, 4), w=m(3, 4), l2=0.1, scale=0.5, clipvalue=1.0),
         "global_pool_forward": lambda: dict(x=m(3, 5, 4), mode="avg"),
         "global_pool_backward": lambda: dict(x=m(3, 5, 4), dy=m(3, 4), mode="max"),
+        "conv2d_forward": lambda: dict(x=m(2, 5, 4, 3), w=m(3, 2, 3, 4), b=m(4),
+                                       padding=((1, 1), (0, 1)), activation="gelu"),
+        "conv2d_backward": lambda: dict(x=m(2, 5, 4, 3), w=m(3, 2, 3, 4), y=m(2, 3, 3, 4),
+                                        dy=m(2, 3, 3, 4), z=m(2, 3, 3, 4), activation="gelu"),
+        "pool2d_forward": lambda: dict(x=m(2, 5, 4, 3), mode="avg"),
+        "pool2d_backward": lambda: dict(dy=m(2, 2, 2, 3), x_shape=(2, 5, 4, 3),
+                                        argmax=np.zeros((2, 2, 2, 3), np.int64)),
     }[name]()
 
 
@@ -953,6 +961,8 @@ ARRAY_ARGS = [pytest.param(op, arg, id=f"{op}-{arg}") for op, args in [
     ("batchnorm_forward_infer", "x gamma beta running_mean running_var"),
     ("batchnorm_backward", "x dy gamma mean invstd"),
     ("global_pool_forward", "x"), ("global_pool_backward", "x dy"),
+    ("conv2d_forward", "x w b"), ("conv2d_backward", "x w y dy z"), ("pool2d_forward", "x"),
+    ("pool2d_backward", "dy"),
 ] for arg in args.split()]
 
 
@@ -975,7 +985,8 @@ def test_wrong_dtype_is_type_error_naming_the_argument(op, arg, bad_dtype):
 @pytest.mark.parametrize("op, arg", [p for p in ARRAY_ARGS if p.values[0] not in
                                      ("activation_forward", "softmax_cross_entropy",
                                       "dropout_forward", "dropout_backward", "sum_squares",
-                                      "global_pool_forward")])
+                                      "global_pool_forward", "pool2d_forward",
+                                      "pool2d_backward")])
 def test_mixed_float_dtypes_is_type_error(op, arg):
     kwargs = _valid_args(op, np.float64)
     kwargs[arg] = kwargs[arg].astype(np.float32)
