@@ -3,7 +3,8 @@
 sphinx-gallery runs the scripts whose path matches `executed_pattern()` and
 only shows the code of the others. Left out: examples/cnn_fashion_mnist.py
 (LeNet-5 on 60,000 images takes minutes, and needs Debian's
-dataset-fashion-mnist) and examples/mnist_idx.py (needs MNIST files; it ends in
+dataset-fashion-mnist), examples/char_rnn.py (a GRU of 256 units over 35 kB of
+text, minutes) and examples/mnist_idx.py (needs MNIST files; it ends in
 sys.exit). The convolutional and recurrent scripts run only when the extension
 has the C layer kinds they train with (csrc/layers/conv2d.c, pool2d.c and the
 recurrent kinds); without them the engine refuses those layers.
@@ -25,23 +26,26 @@ def executed_pattern():
         names.append(r"tutorial/09_\w+\.py")
     if HAS_C_CONV:
         names.append(r"examples/cnn_digits\.py")
+    if HAS_C_RNN:
+        names.append(r"examples/rnn_digits_rows\.py")
     return "/(" + "|".join(names) + ")$"
 
 
 # Command-line arguments per example: PNGs go to the build directory, not
 # examples/ (sphinx-gallery runs each script in its own directory), and the
-# CNN trains for fewer epochs than its default.
+# CNN and the LSTM train for fewer epochs than their defaults.
 _ARGS = {
     "xor.py": ["--out-dir", "{out}"],
     "regression.py": ["--out-dir", "{out}"],
     "digits_mlp.py": ["--out-dir", "{out}"],
     "cnn_digits.py": ["--epochs", "15", "--out-dir", "{out}"],
+    "rnn_digits_rows.py": ["--epochs", "15"],
 }
 
 
-# examples/ from the simplest network to LeNet-5
+# examples/ from the simplest network to the recurrent ones
 _ORDER = ["xor.py", "regression.py", "digits_mlp.py", "mnist_idx.py", "cnn_digits.py",
-          "cnn_fashion_mnist.py"]
+          "cnn_fashion_mnist.py", "rnn_digits_rows.py", "char_rnn.py"]
 
 
 class ExampleOrder:
