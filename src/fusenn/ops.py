@@ -734,7 +734,7 @@ def pool2d_forward(x, pool_size=(2, 2), strides=(2, 2), padding=((0, 0), (0, 0))
     (csrc/layers/pool2d.c)."""
     x = _images(x, "x")
     spec, _ = _pool_spec(x.shape, pool_size, strides, padding, mode)
-    y, saved = _kernels.layer_forward(spec, x, [], nthreads=get_num_threads())
+    y, saved, _ = _kernels.layer_forward(spec, x, [], nthreads=get_num_threads())
     if mode != "max":
         return y, None
     return y, saved.view(np.int32).reshape(y.shape).astype(np.int64)
