@@ -212,7 +212,10 @@ TESTED_OPS = {"matmul", "activation_forward", "activation_backward", "dense_forw
               "adagrad_update", "sum_squares", "grad_transform", "dropout_forward",
               "dropout_backward", "dropout_seed", "batchnorm_forward_train",
               "batchnorm_forward_infer", "batchnorm_backward",  # dropout, batchnorm: their own files
-              "global_pool_forward", "global_pool_backward"}  # layer kinds: test_conv.py
+              "global_pool_forward", "global_pool_backward",  # layer kinds: test_conv.py
+              "embedding_forward", "embedding_backward", "simple_rnn_forward",
+              "simple_rnn_backward", "gru_forward", "gru_backward", "lstm_forward",
+              "lstm_backward"}  # sequences: test_rnn.py
 
 
 def test_every_op_has_a_reference_twin_and_a_test():
@@ -935,6 +938,21 @@ def _valid_args(name, dtype=np.float64):
         "grad_transform": lambda: dict(g=m(3, 4), w=m(3, 4), l2=0.1, scale=0.5, clipvalue=1.0),
         "global_pool_forward": lambda: dict(x=m(3, 5, 4), mode="avg"),
         "global_pool_backward": lambda: dict(x=m(3, 5, 4), dy=m(3, 4), mode="max"),
+        "embedding_forward": lambda: dict(x=np.array([[1, 0, 3], [2, 2, 1]]), table=m(4, 3)),
+        "embedding_backward": lambda: dict(x=np.array([[1, 0, 3], [2, 2, 1]]), dy=m(2, 3, 3),
+                                           table_shape=(4, 3)),
+        "simple_rnn_forward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 5),
+                                           recurrent_kernel=m(5, 5), bias=m(5)),
+        "simple_rnn_backward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 5),
+                                            recurrent_kernel=m(5, 5), bias=m(5), dy=m(2, 5)),
+        "gru_forward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 15), recurrent_kernel=m(5, 15),
+                                    bias=m(2, 15)),
+        "gru_backward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 15), recurrent_kernel=m(5, 15),
+                                     bias=m(2, 15), dy=m(2, 5)),
+        "lstm_forward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 20), recurrent_kernel=m(5, 20),
+                                     bias=m(20)),
+        "lstm_backward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 20), recurrent_kernel=m(5, 20),
+                                      bias=m(20), dy=m(2, 5)),
     }[name]()
 
 
@@ -950,6 +968,9 @@ ARRAY_ARGS = [pytest.param(op, arg, id=f"{op}-{arg}") for op, args in [
     ("batchnorm_forward_infer", "x gamma beta running_mean running_var"),
     ("batchnorm_backward", "x dy gamma mean invstd"),
     ("global_pool_forward", "x"), ("global_pool_backward", "x dy"),
+    ("embedding_forward", "table"), ("embedding_backward", "dy"),
+    *[(f"{kind}_{way}", "x kernel recurrent_kernel bias" + (" dy" if way == "backward" else ""))
+      for kind in ("simple_rnn", "gru", "lstm") for way in ("forward", "backward")],
 ] for arg in args.split()]
 
 
@@ -972,7 +993,8 @@ def test_wrong_dtype_is_type_error_naming_the_argument(op, arg, bad_dtype):
 @pytest.mark.parametrize("op, arg", [p for p in ARRAY_ARGS if p.values[0] not in
                                      ("activation_forward", "softmax_cross_entropy",
                                       "dropout_forward", "dropout_backward", "sum_squares",
-                                      "global_pool_forward")])
+                                      "global_pool_forward", "embedding_forward",
+                                      "embedding_backward")])
 def test_mixed_float_dtypes_is_type_error(op, arg):
     kwargs = _valid_args(op, np.float64)
     kwargs[arg] = kwargs[arg].astype(np.float32)

@@ -1,0 +1,297 @@
+/*
+ * recurrent.c - the recurrent kinds' shared parts (recurrent.h): attributes,
+ * parameters, the layout of their saved and scratch bytes, the forward and
+ * backward drivers around a kind's cell, and vectorised float32 gates.
+ */
+#include "recurrent.h"
+
+/* ---- the gates' activations ------------------------------------------------- */
+
+#if defined(FUSENN_DTYPE_F32)
+#define VM_NAME(x) rnn_generic_##x
+#define VM_VBYTES 16
+#define VM_ATTR
+#include "rnn_vmath.h"
+#if defined(__x86_64__) && defined(__GNUC__)
+#define RNN_HAVE_X86 1
+#define VM_NAME(x) rnn_avx2_##x
+#define VM_VBYTES 32
+#define VM_ATTR __attribute__((target("avx2,fma")))
+#include "rnn_vmath.h"
+#define VM_NAME(x) rnn_avx512_##x
+#define VM_VBYTES 64
+#define VM_ATTR __attribute__((target("avx512f,avx2,fma")))
+#include "rnn_vmath.h"
+#endif
+#endif
+
+void FN(rnn_activate)(fusenn_activation act, size_t d, const real *z, real *a)
+{
+#if defined(FUSENN_DTYPE_F32)
+    if (act == FUSENN_ACT_SIGMOID || act == FUSENN_ACT_TANH) {
+        const int sig = act == FUSENN_ACT_SIGMOID;
+        switch (fusenn_isa_level()) {
+#ifdef RNN_HAVE_X86
+        case FUSENN_ISA_AVX512:
+            (sig ? rnn_avx512_sigmoid_row : rnn_avx512_tanh_row)(d, z, a);
+            return;
+        case FUSENN_ISA_AVX2:
+            (sig ? rnn_avx2_sigmoid_row : rnn_avx2_tanh_row)(d, z, a);
+            return;
+#endif
+        default:
+            (sig ? rnn_generic_sigmoid_row : rnn_generic_tanh_row)(d, z, a);
+            return;
+        }
+    }
+#endif
+    FN(activate_row)(act, d, z, a);
+}
+
+/* ---- sums over rows ------------------------------------------------------------ */
+
+/* Columns per block: a fixed partition, each block summed by one thread. */
+#define SUM_BLOCK 64
+
+typedef struct {
+    size_t rows, cols;
+    const real *A;
+    ptrdiff_t lda;
+    real *out;
+} FN(column_sum_args);
+
+static size_t FN(column_sum_blocks)(const void *ctx, size_t begin, size_t end)
+{
+    const FN(column_sum_args) *p = ctx;
+    for (size_t blk = begin; blk < end; blk++) {
+        const size_t j0 = blk * SUM_BLOCK, w = FUSENN_MIN((size_t)SUM_BLOCK, p->cols - j0);
+        double sum[SUM_BLOCK] = {0}; /* double: sums of many small terms */
+        for (size_t i = 0; i < p->rows; i++) {
+            const real *a = p->A + (ptrdiff_t)i * p->lda + j0;
+            for (size_t j = 0; j < w; j++)
+                sum[j] += a[j];
+        }
+        for (size_t j = 0; j < w; j++)
+            p->out[j0 + j] = (real)sum[j];
+    }
+    return 0;
+}
+
+void FN(rnn_column_sums)(size_t rows, size_t cols, const real *A, ptrdiff_t lda, real *out,
+                         int nthreads)
+{
+    const size_t blocks = (cols + SUM_BLOCK - 1) / SUM_BLOCK;
+    const FN(column_sum_args) args = {rows, cols, A, lda, out};
+    fusenn_parallel_ranges(blocks > 1 ? fusenn_threads_for(rows * cols, nthreads) : 1, blocks,
+                           FN(column_sum_blocks), &args);
+}
+
+/* ---- attributes and parameters ------------------------------------------------- */
+
+static int valid_count(double v) { return v >= 1 && v <= 2147483647.0 && v == (double)(size_t)v; }
+
+static int valid_flag(double v) { return v == 0 || v == 1; }
+
+/* An elementwise activation (softmax needs whole rows). */
+static int valid_gate_activation(double v)
+{
+    return v >= FUSENN_ACT_IDENTITY && v <= FUSENN_ACT_SWISH && v == (double)(int)v &&
+           v != FUSENN_ACT_SOFTMAX;
+}
+
+int FN(rnn_output_shape)(const fusenn_layer *desc, const fusenn_shape *in, fusenn_shape *out,
+                         int gated)
+{
+    const double *attr = desc->attr;
+    if (in->rank != 2 || !valid_count(attr[RNN_UNITS]) ||
+        !valid_gate_activation(attr[RNN_ACTIVATION]) ||
+        !valid_flag(attr[RNN_RETURN_SEQUENCES]) || !valid_flag(attr[RNN_GO_BACKWARDS]) ||
+        (gated && !valid_gate_activation(attr[RNN_RECURRENT_ACTIVATION])))
+        return FUSENN_EINVAL;
+    const size_t units = (size_t)attr[RNN_UNITS];
+    *out = attr[RNN_RETURN_SEQUENCES] ? (fusenn_shape){2, {in->dim[0], units, 0, 0}}
+                                      : fusenn_shape1(units);
+    return FUSENN_OK;
+}
+
+/* kernel (F, G u) and recurrent_kernel (u, G u), both decayed; bias (G u). */
+size_t FN(rnn_params)(const fusenn_layer *desc, const fusenn_shape *in, fusenn_shape *shapes,
+                      int *decayed, size_t gates)
+{
+    const size_t u = (size_t)desc->attr[RNN_UNITS];
+    shapes[0] = (fusenn_shape){2, {in->dim[1], gates * u, 0, 0}};
+    shapes[1] = (fusenn_shape){2, {u, gates * u, 0, 0}};
+    shapes[2] = fusenn_shape1(gates * u);
+    decayed[0] = decayed[1] = 1;
+    decayed[2] = 0;
+    return 3;
+}
+
+rnn_dims FN(rnn_dims_of)(const FN(layer) *layer, size_t gates)
+{
+    const double *attr = layer->desc->attr;
+    rnn_dims d = {
+        .T = layer->in.dim[0], .F = layer->in.dim[1], .u = (size_t)attr[RNN_UNITS], .G = gates,
+        .act = (fusenn_activation)(int)attr[RNN_ACTIVATION],
+        .rec = (fusenn_activation)(int)attr[RNN_RECURRENT_ACTIVATION],
+        .return_sequences = attr[RNN_RETURN_SEQUENCES] != 0,
+        .go_backwards = attr[RNN_GO_BACKWARDS] != 0,
+        .reset_after = attr[RNN_RESET_AFTER] != 0};
+    return d;
+}
+
+/* ---- layout ---------------------------------------------------------------------- */
+
+static size_t carve(size_t *offset, size_t bytes)
+{
+    const size_t at = *offset;
+    *offset += (bytes + 63) / 64 * 64;
+    return at;
+}
+
+/* Lay out a pass over n samples in saved and work (NULL: only measure), its
+ * recurrent kernels packed for about n rows; returns the work bytes and sets
+ * *saved_bytes. */
+static size_t FN(rnn_layout)(const rnn_dims *d, size_t n, const FN(rnn_cell) *cell,
+                             int backward, FN(rnn_pass) *p, char *saved, char *work,
+                             size_t *saved_bytes)
+{
+    const size_t r = sizeof(real), steps = n * d->T, Gu = d->G * d->u;
+    size_t s = 0, w = 0;
+    const size_t gates = carve(&s, steps * Gu * r), h = carve(&s, steps * d->u * r);
+    size_t extra[2] = {0, 0}, packed[RNN_MAX_PACKED] = {0, 0};
+    for (size_t e = 0; e < cell->extras; e++)
+        extra[e] = carve(&s, steps * d->u * r);
+    *saved_bytes = s;
+    const size_t n_packed = cell->packings(d, n, backward, p->packed);
+    for (size_t i = 0; i < n_packed; i++)
+        packed[i] = carve(&w, p->packed[i].len * r);
+    const size_t row_width = cell->row_width(d, backward);
+    const size_t rows = carve(&w, n * row_width * r);
+    const size_t dP = backward ? carve(&w, steps * Gu * r) : 0;
+    const size_t dP2 = backward && cell->second_dP ? carve(&w, steps * Gu * r) : 0;
+    if (saved) {
+        p->d = *d;
+        p->n = n;
+        p->gates = (real *)(saved + gates);
+        p->h = (real *)(saved + h);
+        for (size_t e = 0; e < cell->extras; e++)
+            p->extra[e] = (real *)(saved + extra[e]);
+        for (size_t i = 0; i < n_packed; i++)
+            p->Up[i] = (real *)(work + packed[i]);
+        p->rows = (real *)(work + rows);
+        p->row_width = row_width;
+        p->dP = backward ? (real *)(work + dP) : NULL;
+        p->dP2 = backward && cell->second_dP ? (real *)(work + dP2) : NULL;
+    }
+    return w;
+}
+
+/* Samples per forward pass at inference: the saved states of every step are
+ * not needed then, and a pass over a large batch would touch (and so page in)
+ * the whole saved area of a training batch that size. About this many bytes
+ * of per-step arrays per pass; the bits do not depend on the split. */
+#define RNN_INFER_BYTES ((size_t)8 << 20)
+
+static size_t FN(rnn_infer_chunk)(const rnn_dims *d, size_t n, const FN(rnn_cell) *cell)
+{
+    const size_t per_sample = d->T * d->u * (d->G + 1 + cell->extras) * sizeof(real);
+    return FUSENN_MAX((size_t)1, FUSENN_MIN(n, RNN_INFER_BYTES / per_sample));
+}
+
+size_t FN(rnn_saved_bytes)(const FN(layer) *layer, size_t n, const FN(rnn_cell) *cell)
+{
+    const rnn_dims d = FN(rnn_dims_of)(layer, cell->gates);
+    FN(rnn_pass) p;
+    size_t saved;
+    FN(rnn_layout)(&d, n, cell, 0, &p, NULL, NULL, &saved);
+    return saved;
+}
+
+size_t FN(rnn_work_bytes)(const FN(layer) *layer, size_t n, const FN(rnn_cell) *cell)
+{
+    const rnn_dims d = FN(rnn_dims_of)(layer, cell->gates);
+    FN(rnn_pass) p;
+    size_t saved;
+    const size_t forward = FN(rnn_layout)(&d, n, cell, 0, &p, NULL, NULL, &saved);
+    const size_t backward = FN(rnn_layout)(&d, n, cell, 1, &p, NULL, NULL, &saved);
+    const size_t infer = FN(rnn_layout)(&d, FN(rnn_infer_chunk)(&d, n, cell), cell, 0, &p,
+                                        NULL, NULL, &saved);
+    return FUSENN_MAX(FUSENN_MAX(forward, backward), infer);
+}
+
+/* ---- the passes ---------------------------------------------------------------------- */
+
+/* Threads for the time loop over m samples: the per-step products' size
+ * decides, as for one GEMM. */
+static int rnn_threads(const rnn_dims *d, size_t m, int nthreads)
+{
+    if (nthreads <= 1 || fusenn_gemm_is_serial(m * d->T, d->G * d->u, d->u))
+        return 1;
+    return (int)FUSENN_MIN((size_t)nthreads, m);
+}
+
+int FN(rnn_forward)(const FN(layer) *layer, FN(forward_args) *a, const FN(rnn_cell) *cell)
+{
+    const rnn_dims d = FN(rnn_dims_of)(layer, cell->gates);
+    const size_t n = a->n, Gu = d.G * d.u;
+    if (a->ldx != (ptrdiff_t)layer->in_size) /* the steps of all samples are read as rows */
+        return FUSENN_EINVAL;
+    a->result = a->y;
+    a->ld_result = a->ldy;
+    const size_t chunk = a->training ? n : FN(rnn_infer_chunk)(&d, n, cell);
+    FN(rnn_pass) p;
+    size_t saved;
+    FN(rnn_layout)(&d, chunk, cell, 0, &p, a->saved, a->work, &saved);
+    p.W = layer->param[0];
+    p.U = layer->param[1];
+    p.b = layer->param[2];
+    p.ldy = a->ldy;
+    cell->pack(&p, 0);
+    for (size_t n0 = 0; n0 < n; n0 += chunk) {
+        const size_t m = FUSENN_MIN(chunk, n - n0);
+        p.n = m;
+        p.x = (const real *)a->x + n0 * layer->in_size;
+        p.y = a->y + (ptrdiff_t)n0 * a->ldy;
+        p.mask = a->mask ? a->mask + n0 * d.T : NULL;
+        /* P = X W + b over every step (GRU's input bias is the first row of its bias) */
+        int rc = FN(fusenn_gemm_fused)(m * d.T, Gu, d.F, 1, p.x, (ptrdiff_t)d.F, 1, p.W,
+                                       (ptrdiff_t)Gu, 1, 0, p.gates, (ptrdiff_t)Gu, 1, p.b,
+                                       FUSENN_ACT_IDENTITY, a->nthreads);
+        if (rc != FUSENN_OK)
+            return rc;
+        if (fusenn_parallel_ranges(rnn_threads(&d, m, a->nthreads), m, cell->forward_rows, &p))
+            return FUSENN_ENOMEM;
+    }
+    return FUSENN_OK;
+}
+
+int FN(rnn_backward)(const FN(layer) *layer, FN(backward_args) *a, const FN(rnn_cell) *cell)
+{
+    const rnn_dims d = FN(rnn_dims_of)(layer, cell->gates);
+    const size_t n = a->n, Gu = d.G * d.u, steps = n * d.T;
+    if (a->ldx != (ptrdiff_t)layer->in_size)
+        return FUSENN_EINVAL;
+    a->result = a->dx;
+    FN(rnn_pass) p;
+    size_t saved;
+    FN(rnn_layout)(&d, n, cell, 1, &p, (char *)a->saved, a->work, &saved);
+    p.x = a->x;
+    p.W = layer->param[0];
+    p.U = layer->param[1];
+    p.b = layer->param[2];
+    p.dy = a->dy;
+    p.mask = a->mask;
+    cell->pack(&p, 1);
+    if (fusenn_parallel_ranges(rnn_threads(&d, n, a->nthreads), n, cell->backward_rows, &p))
+        return FUSENN_ENOMEM;
+    /* dW = X^T dP over every step */
+    int rc = FN(fusenn_gemm)(d.F, Gu, steps, 1, p.x, 1, (ptrdiff_t)d.F, p.dP, (ptrdiff_t)Gu, 1,
+                             0, layer->grad[0], (ptrdiff_t)Gu, 1, a->nthreads);
+    if (rc == FUSENN_OK)
+        rc = cell->param_grads(&p, layer->grad[1], layer->grad[2], a->nthreads);
+    if (rc == FUSENN_OK && a->dx) /* dX = dP W^T */
+        rc = FN(fusenn_gemm)(steps, d.F, Gu, 1, p.dP, (ptrdiff_t)Gu, 1, p.W, 1, (ptrdiff_t)Gu, 0,
+                             a->dx, (ptrdiff_t)d.F, 1, a->nthreads);
+    return rc;
+}

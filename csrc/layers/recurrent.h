@@ -1,0 +1,150 @@
+/*
+ * recurrent.h - what the recurrent kinds (simple_rnn.c, gru.c, lstm.c) share:
+ * Keras's attributes and weights, the time loop's data layout and its
+ * drivers (recurrent.c). A kind supplies its cell: how it packs its recurrent
+ * kernel, and its forward and backward time loops over a range of samples.
+ *
+ * A layer reads sequences x (T x F per sample) and keeps a state h of u units
+ * (LSTM also a cell state c); its G gates have weights kernel W (F x G u),
+ * recurrent_kernel U (u x G u) and a bias. It returns the last state (u) or,
+ * with return_sequences, every step's (T x u, in the order the steps are read:
+ * reversed with go_backwards). A step whose mask byte is 0 carries the state
+ * over unchanged (its output repeats it).
+ *
+ * Forward:  P = X W + b over all T n steps (one GEMM, in the saved gates);
+ *           per step, P_t += h U (U packed once per call), then the cell
+ *           turns P_t into its gates and the new state in one pass per row.
+ * Backward: per step in reverse, the cell turns dh into dP_t (the
+ *           pre-activations' gradient), then dh = dP_t U^T (U^T packed once);
+ *           after the loop dW = X^T dP, dU = H^T dP and dX = dP W^T are one
+ *           GEMM each over all steps, db a column sum of dP.
+ * Samples are independent through the recurrence, so the time loop splits
+ * them between threads (no barrier per step); every row's sums are the same
+ * whatever the split, so the bits do not depend on the thread count.
+ *
+ * Per-step arrays are sample-major, (n, T, width), indexed by the time step
+ * t a step reads (not by the order of reading): X and dP are then rows of
+ * the same (n T) x width matrices, and H (the state each step starts from)
+ * too, so the products over all steps take them as they are.
+ */
+#ifndef FUSENN_RECURRENT_H
+#define FUSENN_RECURRENT_H
+
+#include "../layer.h"
+
+/* Attributes, in this order for every recurrent kind (SimpleRNN has the first
+ * four, LSTM five). */
+enum {
+    RNN_UNITS,
+    RNN_ACTIVATION,
+    RNN_RETURN_SEQUENCES,
+    RNN_GO_BACKWARDS,
+    RNN_RECURRENT_ACTIVATION,
+    RNN_RESET_AFTER
+};
+
+/* A layer's dimensions and options. */
+typedef struct {
+    size_t T, F, u, G;         /* steps, features, units, gates */
+    fusenn_activation act, rec; /* activation, recurrent_activation */
+    int return_sequences, go_backwards, reset_after;
+} rnn_dims;
+
+/* The time step read at step s. */
+static inline size_t rnn_time(const rnn_dims *d, size_t s)
+{
+    return d->go_backwards ? d->T - 1 - s : s;
+}
+
+#ifndef FUSENN_NO_DTYPE
+
+#define RNN_MAX_PACKED 2
+
+/* One pass (forward or backward) over n samples: the layer's arrays as the
+ * cells see them. Row r of a per-step array X at step t: X + r ld + t width. */
+typedef struct FN(rnn_pass) {
+    rnn_dims d;
+    size_t n;
+    const real *x;               /* n x T x F, contiguous */
+    const real *W, *U, *b;
+    real *y;                     /* forward output, sample stride ldy */
+    ptrdiff_t ldy;
+    const real *dy;              /* backward: dL/dy, contiguous */
+    const unsigned char *mask;   /* n x T, or NULL */
+    /* saved: */
+    real *gates;                 /* n T G u: P, then the gates (pre-activations where the
+                                    activation's derivative needs them) */
+    real *h;                     /* n T u: the state each step starts from */
+    real *extra[2];              /* n T u each: the kind's (see its file) */
+    /* work: */
+    FN(gemm_packed) packed[RNN_MAX_PACKED];
+    real *Up[RNN_MAX_PACKED];    /* the packed recurrent kernels of this pass */
+    real *rows;                  /* n x row_width: per-sample scratch */
+    size_t row_width;
+    real *dP, *dP2;              /* backward: n T G u each (dP2: GRU's second) */
+} FN(rnn_pass);
+
+/* A recurrent kind's cell. */
+typedef struct {
+    size_t gates, extras;    /* G, and the kind's per-step arrays of u (extra) */
+    int second_dP;           /* the backward keeps a second n T G u array (dP2) */
+    /* per-sample scratch of the forward and backward passes, in elements */
+    size_t (*row_width)(const rnn_dims *d, int backward);
+    /* the recurrent kernel's packings of a pass over about m rows, and the
+     * elements of each; pack(p, backward) fills p->Up */
+    size_t (*packings)(const rnn_dims *d, size_t m, int backward, FN(gemm_packed) *packed);
+    void (*pack)(FN(rnn_pass) *p, int backward);
+    /* the time loop over samples [begin, end): forward from the gates'
+     * input projection; backward into dP (both return failures) */
+    fusenn_range_fn forward_rows, backward_rows;
+    /* dU and db from dP (and dP2), after the backward time loop */
+    int (*param_grads)(const FN(rnn_pass) *p, real *dU, real *db, int nthreads);
+} FN(rnn_cell);
+
+int FN(rnn_output_shape)(const fusenn_layer *desc, const fusenn_shape *in, fusenn_shape *out,
+                         int gated);
+size_t FN(rnn_params)(const fusenn_layer *desc, const fusenn_shape *in, fusenn_shape *shapes,
+                      int *decayed, size_t gates);
+rnn_dims FN(rnn_dims_of)(const FN(layer) *layer, size_t gates);
+size_t FN(rnn_saved_bytes)(const FN(layer) *layer, size_t n, const FN(rnn_cell) *cell);
+size_t FN(rnn_work_bytes)(const FN(layer) *layer, size_t n, const FN(rnn_cell) *cell);
+int FN(rnn_forward)(const FN(layer) *layer, FN(forward_args) *a, const FN(rnn_cell) *cell);
+int FN(rnn_backward)(const FN(layer) *layer, FN(backward_args) *a, const FN(rnn_cell) *cell);
+
+/* a[j] = act(z[j]) for j < d (a may be z): float32 sigmoid and tanh in vectors
+ * (rnn_vmath.h), everything else as the other layers compute it. */
+void FN(rnn_activate)(fusenn_activation act, size_t d, const real *z, real *a);
+
+/* out[j] = sum over rows of A[i, j] (rows lda apart), in row order, for any
+ * thread count the same bits. */
+void FN(rnn_column_sums)(size_t rows, size_t cols, const real *A, ptrdiff_t lda, real *out,
+                         int nthreads);
+
+/* Whether a gate's stored value is its pre-activation (the activation's
+ * derivative needs it) rather than its value. */
+static inline int rnn_keeps_z(fusenn_activation act) { return fusenn_act_needs_z(act); }
+
+/* Row r of per-step array X (width per step) at time t. */
+static inline real *FN(rnn_at)(const FN(rnn_pass) *p, real *X, size_t width, size_t r, size_t t)
+{
+    return X + (r * p->d.T + t) * width;
+}
+
+/* The mask byte of sample r at time t (1 without a mask). */
+static inline int FN(rnn_real)(const FN(rnn_pass) *p, size_t r, size_t t)
+{
+    return p->mask == NULL || p->mask[r * p->d.T + t] != 0;
+}
+
+/* Where the forward pass writes sample r's state after step s, or NULL (an
+ * output of the last state only, before the last step). */
+static inline real *FN(rnn_output)(const FN(rnn_pass) *p, size_t r, size_t s)
+{
+    real *y = p->y + (ptrdiff_t)r * p->ldy;
+    if (p->d.return_sequences)
+        return y + s * p->d.u;
+    return s + 1 == p->d.T ? y : NULL;
+}
+
+#endif /* FUSENN_NO_DTYPE */
+#endif /* FUSENN_RECURRENT_H */
