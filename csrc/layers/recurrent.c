@@ -1,90 +1,9 @@
 /*
  * recurrent.c - the recurrent kinds' shared parts (recurrent.h): attributes,
- * parameters, the layout of their saved and scratch bytes, the forward and
- * backward drivers around a kind's cell, and vectorised float32 gates.
+ * parameters, the layout of their saved and scratch bytes, and the forward
+ * and backward drivers around a kind's cell.
  */
 #include "recurrent.h"
-
-/* ---- the gates' activations ------------------------------------------------- */
-
-#if defined(FUSENN_DTYPE_F32)
-#define VM_NAME(x) rnn_generic_##x
-#define VM_VBYTES 16
-#define VM_ATTR
-#include "rnn_vmath.h"
-#if defined(__x86_64__) && defined(__GNUC__)
-#define RNN_HAVE_X86 1
-#define VM_NAME(x) rnn_avx2_##x
-#define VM_VBYTES 32
-#define VM_ATTR __attribute__((target("avx2,fma")))
-#include "rnn_vmath.h"
-#define VM_NAME(x) rnn_avx512_##x
-#define VM_VBYTES 64
-#define VM_ATTR __attribute__((target("avx512f,avx2,fma")))
-#include "rnn_vmath.h"
-#endif
-#endif
-
-void FN(rnn_activate)(fusenn_activation act, size_t d, const real *z, real *a)
-{
-#if defined(FUSENN_DTYPE_F32)
-    if (act == FUSENN_ACT_SIGMOID || act == FUSENN_ACT_TANH) {
-        const int sig = act == FUSENN_ACT_SIGMOID;
-        switch (fusenn_isa_level()) {
-#ifdef RNN_HAVE_X86
-        case FUSENN_ISA_AVX512:
-            (sig ? rnn_avx512_sigmoid_row : rnn_avx512_tanh_row)(d, z, a);
-            return;
-        case FUSENN_ISA_AVX2:
-            (sig ? rnn_avx2_sigmoid_row : rnn_avx2_tanh_row)(d, z, a);
-            return;
-#endif
-        default:
-            (sig ? rnn_generic_sigmoid_row : rnn_generic_tanh_row)(d, z, a);
-            return;
-        }
-    }
-#endif
-    FN(activate_row)(act, d, z, a);
-}
-
-/* ---- sums over rows ------------------------------------------------------------ */
-
-/* Columns per block: a fixed partition, each block summed by one thread. */
-#define SUM_BLOCK 64
-
-typedef struct {
-    size_t rows, cols;
-    const real *A;
-    ptrdiff_t lda;
-    real *out;
-} FN(column_sum_args);
-
-static size_t FN(column_sum_blocks)(const void *ctx, size_t begin, size_t end)
-{
-    const FN(column_sum_args) *p = ctx;
-    for (size_t blk = begin; blk < end; blk++) {
-        const size_t j0 = blk * SUM_BLOCK, w = FUSENN_MIN((size_t)SUM_BLOCK, p->cols - j0);
-        double sum[SUM_BLOCK] = {0}; /* double: sums of many small terms */
-        for (size_t i = 0; i < p->rows; i++) {
-            const real *a = p->A + (ptrdiff_t)i * p->lda + j0;
-            for (size_t j = 0; j < w; j++)
-                sum[j] += a[j];
-        }
-        for (size_t j = 0; j < w; j++)
-            p->out[j0 + j] = (real)sum[j];
-    }
-    return 0;
-}
-
-void FN(rnn_column_sums)(size_t rows, size_t cols, const real *A, ptrdiff_t lda, real *out,
-                         int nthreads)
-{
-    const size_t blocks = (cols + SUM_BLOCK - 1) / SUM_BLOCK;
-    const FN(column_sum_args) args = {rows, cols, A, lda, out};
-    fusenn_parallel_ranges(blocks > 1 ? fusenn_threads_for(rows * cols, nthreads) : 1, blocks,
-                           FN(column_sum_blocks), &args);
-}
 
 /* ---- attributes and parameters ------------------------------------------------- */
 
@@ -166,10 +85,10 @@ static size_t FN(rnn_layout)(const rnn_dims *d, size_t n, const FN(rnn_cell) *ce
     const size_t n_packed = cell->packings(d, n, backward, p->packed);
     for (size_t i = 0; i < n_packed; i++)
         packed[i] = carve(&w, p->packed[i].len * r);
-    const size_t row_width = cell->row_width(d, backward);
+    const size_t row_width = cell->row_width(d, backward), dP_width = cell->dP_width(d);
     const size_t rows = carve(&w, n * row_width * r);
-    const size_t dP = backward ? carve(&w, steps * Gu * r) : 0;
-    const size_t dP2 = backward && cell->second_dP ? carve(&w, steps * Gu * r) : 0;
+    const size_t dP = backward ? carve(&w, steps * dP_width * r) : 0;
+    const size_t sums = backward ? carve(&w, n * dP_width * sizeof(double)) : 0;
     if (saved) {
         p->d = *d;
         p->n = n;
@@ -182,7 +101,8 @@ static size_t FN(rnn_layout)(const rnn_dims *d, size_t n, const FN(rnn_cell) *ce
         p->rows = (real *)(work + rows);
         p->row_width = row_width;
         p->dP = backward ? (real *)(work + dP) : NULL;
-        p->dP2 = backward && cell->second_dP ? (real *)(work + dP2) : NULL;
+        p->dP_width = dP_width;
+        p->sums = backward ? (double *)(work + sums) : NULL;
     }
     return w;
 }
@@ -266,6 +186,16 @@ int FN(rnn_forward)(const FN(layer) *layer, FN(forward_args) *a, const FN(rnn_ce
     return FUSENN_OK;
 }
 
+/* Each sample's sums of its dP rows (rows [begin, end) of p->sums), added up
+ * in sample order into the first: the same bits for any thread count. */
+static void FN(rnn_sum_samples)(const FN(rnn_pass) *p)
+{
+    const size_t w = p->dP_width;
+    for (size_t r = 1; r < p->n; r++)
+        for (size_t j = 0; j < w; j++)
+            p->sums[j] += p->sums[r * w + j];
+}
+
 int FN(rnn_backward)(const FN(layer) *layer, FN(backward_args) *a, const FN(rnn_cell) *cell)
 {
     const rnn_dims d = FN(rnn_dims_of)(layer, cell->gates);
@@ -285,13 +215,21 @@ int FN(rnn_backward)(const FN(layer) *layer, FN(backward_args) *a, const FN(rnn_
     cell->pack(&p, 1);
     if (fusenn_parallel_ranges(rnn_threads(&d, n, a->nthreads), n, cell->backward_rows, &p))
         return FUSENN_ENOMEM;
-    /* dW = X^T dP over every step */
-    int rc = FN(fusenn_gemm)(d.F, Gu, steps, 1, p.x, 1, (ptrdiff_t)d.F, p.dP, (ptrdiff_t)Gu, 1,
-                             0, layer->grad[0], (ptrdiff_t)Gu, 1, a->nthreads);
+    FN(rnn_sum_samples)(&p);
+    /* dW = X^T dP and dX = dP W^T over every step, a product per input-side block */
+    rnn_block blocks[2];
+    const size_t n_blocks = cell->input_blocks(&d, blocks);
+    const ptrdiff_t ld = (ptrdiff_t)p.dP_width;
+    int rc = FUSENN_OK;
+    for (size_t i = 0; i < n_blocks && rc == FUSENN_OK; i++)
+        rc = FN(fusenn_gemm)(d.F, blocks[i].width, steps, 1, p.x, 1, (ptrdiff_t)d.F,
+                             p.dP + blocks[i].from, ld, 1, 0, layer->grad[0] + blocks[i].to,
+                             (ptrdiff_t)Gu, 1, a->nthreads);
     if (rc == FUSENN_OK)
-        rc = cell->param_grads(&p, layer->grad[1], layer->grad[2], a->nthreads);
-    if (rc == FUSENN_OK && a->dx) /* dX = dP W^T */
-        rc = FN(fusenn_gemm)(steps, d.F, Gu, 1, p.dP, (ptrdiff_t)Gu, 1, p.W, 1, (ptrdiff_t)Gu, 0,
-                             a->dx, (ptrdiff_t)d.F, 1, a->nthreads);
+        rc = cell->param_grads(&p, p.sums, layer->grad[1], layer->grad[2], a->nthreads);
+    for (size_t i = 0; a->dx && i < n_blocks && rc == FUSENN_OK; i++)
+        rc = FN(fusenn_gemm)(steps, d.F, blocks[i].width, 1, p.dP + blocks[i].from, ld, 1,
+                             p.W + blocks[i].to, 1, (ptrdiff_t)Gu, i > 0, a->dx, (ptrdiff_t)d.F,
+                             1, a->nthreads);
     return rc;
 }

@@ -61,7 +61,7 @@ static inline size_t rnn_time(const rnn_dims *d, size_t s)
 #define RNN_MAX_PACKED 2
 
 /* One pass (forward or backward) over n samples: the layer's arrays as the
- * cells see them. Row r of a per-step array X at step t: X + r ld + t width. */
+ * time loops see them. Row r of a per-step array X at time t: rnn_at. */
 typedef struct FN(rnn_pass) {
     rnn_dims d;
     size_t n;
@@ -81,13 +81,23 @@ typedef struct FN(rnn_pass) {
     real *Up[RNN_MAX_PACKED];    /* the packed recurrent kernels of this pass */
     real *rows;                  /* n x row_width: per-sample scratch */
     size_t row_width;
-    real *dP, *dP2;              /* backward: n T G u each (dP2: GRU's second) */
+    real *dP;                    /* backward: n T dP_width, the pre-activations' gradient */
+    size_t dP_width;
+    double *sums;                /* backward: n x dP_width, each sample's sum of its dP rows */
 } FN(rnn_pass);
+
+/* Columns [from, from + width) of dP rows that are the gradient of the input
+ * projection's columns [to, to + width) (of X W + b). */
+typedef struct {
+    size_t from, to, width;
+} rnn_block;
 
 /* A recurrent kind's cell. */
 typedef struct {
     size_t gates, extras;    /* G, and the kind's per-step arrays of u (extra) */
-    int second_dP;           /* the backward keeps a second n T G u array (dP2) */
+    /* the width of a dP row, and its input-side blocks (at most 2) */
+    size_t (*dP_width)(const rnn_dims *d);
+    size_t (*input_blocks)(const rnn_dims *d, rnn_block *blocks);
     /* per-sample scratch of the forward and backward passes, in elements */
     size_t (*row_width)(const rnn_dims *d, int backward);
     /* the recurrent kernel's packings of a pass over about m rows, and the
@@ -95,10 +105,13 @@ typedef struct {
     size_t (*packings)(const rnn_dims *d, size_t m, int backward, FN(gemm_packed) *packed);
     void (*pack)(FN(rnn_pass) *p, int backward);
     /* the time loop over samples [begin, end): forward from the gates'
-     * input projection; backward into dP (both return failures) */
+     * input projection; backward into dP and each sample's sums of it (both
+     * return failures) */
     fusenn_range_fn forward_rows, backward_rows;
-    /* dU and db from dP (and dP2), after the backward time loop */
-    int (*param_grads)(const FN(rnn_pass) *p, real *dU, real *db, int nthreads);
+    /* dU, and db from the sums of every dP row (sums), after the backward
+     * time loop */
+    int (*param_grads)(const FN(rnn_pass) *p, const double *sums, real *dU, real *db,
+                       int nthreads);
 } FN(rnn_cell);
 
 int FN(rnn_output_shape)(const fusenn_layer *desc, const fusenn_shape *in, fusenn_shape *out,
@@ -110,15 +123,6 @@ size_t FN(rnn_saved_bytes)(const FN(layer) *layer, size_t n, const FN(rnn_cell) 
 size_t FN(rnn_work_bytes)(const FN(layer) *layer, size_t n, const FN(rnn_cell) *cell);
 int FN(rnn_forward)(const FN(layer) *layer, FN(forward_args) *a, const FN(rnn_cell) *cell);
 int FN(rnn_backward)(const FN(layer) *layer, FN(backward_args) *a, const FN(rnn_cell) *cell);
-
-/* a[j] = act(z[j]) for j < d (a may be z): float32 sigmoid and tanh in vectors
- * (rnn_vmath.h), everything else as the other layers compute it. */
-void FN(rnn_activate)(fusenn_activation act, size_t d, const real *z, real *a);
-
-/* out[j] = sum over rows of A[i, j] (rows lda apart), in row order, for any
- * thread count the same bits. */
-void FN(rnn_column_sums)(size_t rows, size_t cols, const real *A, ptrdiff_t lda, real *out,
-                         int nthreads);
 
 /* Whether a gate's stored value is its pre-activation (the activation's
  * derivative needs it) rather than its value. */
@@ -145,6 +149,44 @@ static inline real *FN(rnn_output)(const FN(rnn_pass) *p, size_t r, size_t s)
         return y + s * p->d.u;
     return s + 1 == p->d.T ? y : NULL;
 }
+
+/* dh (and dc) of the last state, before the backward time loop: dy, or 0
+ * with return_sequences (each step adds its own). */
+static inline void FN(rnn_last_dh)(const FN(rnn_pass) *p, size_t r, real *dh)
+{
+    const size_t u = p->d.u;
+    if (p->d.return_sequences)
+        memset(dh, 0, u * sizeof(real));
+    else
+        memcpy(dh, p->dy + r * u, u * sizeof(real));
+}
+
+/* ---- the time loops, compiled once per ISA ------------------------------------
+ * Each kind's time loops are a template (<kind>_steps.h) that its file
+ * includes once per ISA with RNN_ISA (generic, avx2, avx512), RNN_ATTR (the
+ * functions' target) and RNN_VBYTES (vector bytes) defined: the gates' loops
+ * then vectorise to the ISA's width. RNN_ISA_FN(name) names an instance's
+ * function (name_avx512_f32), RNN_DISPATCH calls the one for this CPU (or
+ * FUSENN_ISA). */
+#define RNN_PASTE_(a, b, c) a##_##b##_##c
+#define RNN_PASTE(a, b, c) RNN_PASTE_(a, b, c)
+#if defined(FUSENN_DTYPE_F32)
+#define RNN_DTYPE f32
+#else
+#define RNN_DTYPE f64
+#endif
+#define RNN_ISA_FN(name) RNN_PASTE(name, RNN_ISA, RNN_DTYPE)
+#if defined(__x86_64__) && defined(__GNUC__)
+#define RNN_HAVE_X86 1
+#define RNN_DISPATCH(name, ...)                                                          \
+    (fusenn_isa_level() == FUSENN_ISA_AVX512 ? RNN_PASTE(name, avx512, RNN_DTYPE)(__VA_ARGS__) \
+     : fusenn_isa_level() == FUSENN_ISA_AVX2 ? RNN_PASTE(name, avx2, RNN_DTYPE)(__VA_ARGS__)   \
+                                             : RNN_PASTE(name, generic, RNN_DTYPE)(__VA_ARGS__))
+#define RNN_AVX2_ATTR __attribute__((target("avx2,fma")))
+#define RNN_AVX512_ATTR __attribute__((target("avx512f,avx2,fma")))
+#else
+#define RNN_DISPATCH(name, ...) RNN_PASTE(name, generic, RNN_DTYPE)(__VA_ARGS__)
+#endif
 
 #endif /* FUSENN_NO_DTYPE */
 #endif /* FUSENN_RECURRENT_H */

@@ -1,11 +1,9 @@
 /*
- * rnn_vmath.h - float32 sigmoid and tanh over rows, in vectors: the gates of
- * the recurrent layers take most of their elementwise time (libm's scalar
- * expf and tanhf were a third of an LSTM step). A template included by
- * recurrent.c once per ISA with these macros set:
- *   VM_NAME(name)  the function names of this instance
- *   VM_VBYTES      vector width in bytes
- *   VM_ATTR        attributes (a target(...) or empty)
+ * rnn_vmath.h - the gates' activations over rows, for the time loops of one
+ * ISA (included by each <kind>_steps.h, with RNN_ISA, RNN_ATTR and
+ * RNN_VBYTES set; see recurrent.h): float32 sigmoid and tanh in vectors, as
+ * libm's scalar expf and tanhf were a third of an LSTM step; every other
+ * activation, and float64, as the other layers compute them.
  * Every element, the row's tail too (through a padded vector), goes through
  * the same operations, so a value's bits depend only on the ISA, never on
  * where it sits in a row or on the thread count.
@@ -22,6 +20,11 @@
  * clamps keep what they do not compare below).
  */
 
+#define VM_NAME(x) RNN_ISA_FN(x)
+#define VM_VBYTES RNN_VBYTES
+#define VM_ATTR RNN_ATTR
+
+#if defined(FUSENN_DTYPE_F32)
 typedef float VM_NAME(vec) __attribute__((vector_size(VM_VBYTES)));
 typedef int32_t VM_NAME(ivec) __attribute__((vector_size(VM_VBYTES)));
 
@@ -104,6 +107,24 @@ static inline VM_ATTR VM_NAME(vec) VM_NAME(tanh_vec)(VM_NAME(vec) z)
 VM_ROW(sigmoid)
 VM_ROW(tanh)
 #undef VM_ROW
+#endif
+
+/* a[j] = act(z[j]) for j < d (a may be z) */
+static inline VM_ATTR void VM_NAME(rnn_activate)(fusenn_activation act, size_t d, const real *z,
+                                                 real *a)
+{
+#if defined(FUSENN_DTYPE_F32)
+    if (act == FUSENN_ACT_SIGMOID) {
+        VM_NAME(sigmoid_row)(d, z, a);
+        return;
+    }
+    if (act == FUSENN_ACT_TANH) {
+        VM_NAME(tanh_row)(d, z, a);
+        return;
+    }
+#endif
+    FN(activate_row)(act, d, z, a);
+}
 
 #undef VM_NAME
 #undef VM_VBYTES
