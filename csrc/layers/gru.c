@@ -115,11 +115,11 @@ static int FN(gru_param_grads)(const FN(rnn_pass) *p, const double *sums, real *
     if (p->d.reset_after) { /* the recurrent side: dU = H^T dP_rec, its bias the second row */
         for (size_t j = 0; j < Gu; j++)
             db[Gu + j] = (real)sums[j];
-        return FN(fusenn_gemm)(u, Gu, steps, 1, p->h, 1, (ptrdiff_t)u, p->dP, ld_dP, 1, 0, dU,
+        return FN(fusenn_gemm)(u, Gu, steps, 1, p->h, 1, (ptrdiff_t)p->h_width, p->dP, ld_dP, 1, 0, dU,
                                ld, 1, nthreads);
     }
     /* dU_zr = H^T dP_zr, dU_h = (r H)^T dP_c */
-    int rc = FN(fusenn_gemm)(u, 2 * u, steps, 1, p->h, 1, (ptrdiff_t)u, p->dP, ld, 1, 0, dU,
+    int rc = FN(fusenn_gemm)(u, 2 * u, steps, 1, p->h, 1, (ptrdiff_t)p->h_width, p->dP, ld, 1, 0, dU,
                              ld, 1, nthreads);
     if (rc != FUSENN_OK)
         return rc;

@@ -25,14 +25,16 @@ static inline RNN_ATTR void RNN_ISA_FN(gru_step_out)(const FN(rnn_pass) *p, size
                                                      real *restrict h)
 {
     const size_t u = p->d.u;
-    const real *restrict h_prev = FN(rnn_at)(p, p->h, u, r, t);
-    if (FN(rnn_real)(p, r, t))
+    const real *restrict h_prev = FN(rnn_h)(p, r, t);
+    if (FN(rnn_real)(p, r, t)) {
+#pragma GCC ivdep
         for (size_t j = 0; j < u; j++)
             h[j] = z[j] * h_prev[j] + (1 - z[j]) * c[j];
-    else
+    } else {
         h = (real *)h_prev;
+    }
     if (s + 1 < p->d.T)
-        memcpy(FN(rnn_at)(p, p->h, u, r, rnn_time(&p->d, s + 1)), h, u * sizeof(real));
+        memcpy(FN(rnn_h)(p, r, rnn_time(&p->d, s + 1)), h, u * sizeof(real));
     real *out = FN(rnn_output)(p, r, s);
     if (out)
         memcpy(out, h, u * sizeof(real));
@@ -43,21 +45,22 @@ static RNN_ATTR size_t RNN_ISA_FN(gru_forward_rows)(const void *ctx, size_t r0, 
     const FN(rnn_pass) *p = ctx;
     const rnn_dims *d = &p->d;
     const size_t T = d->T, u = d->u, Gu = 3 * u, m = r1 - r0, w = p->row_width;
-    const ptrdiff_t ldh = (ptrdiff_t)(T * u), ldg = (ptrdiff_t)(T * Gu);
+    const ptrdiff_t ldh = (ptrdiff_t)p->h_width, ldr = (ptrdiff_t)u, ldg = (ptrdiff_t)Gu;
     const size_t hp_width = d->reset_after ? Gu : 2 * u; /* the products' row in scratch */
     for (size_t s = 0; s < T; s++) {
         const size_t t = rnn_time(d, s);
         if (s == 0)
             for (size_t r = r0; r < r1; r++)
-                memset(FN(rnn_at)(p, p->h, u, r, t), 0, u * sizeof(real));
+                memset(FN(rnn_h)(p, r, t), 0, u * sizeof(real));
         /* h U (+ b'), or h U_zr */
-        if (FN(fusenn_gemm_with_packed_b)(&p->packed[0], m, 1, FN(rnn_at)(p, p->h, u, r0, t),
+        if (FN(fusenn_gemm_with_packed_b)(&p->packed[0], m, 1, FN(rnn_h)(p, r0, t),
                                           ldh, 1, p->Up[0], 0, p->rows + r0 * w, (ptrdiff_t)w,
                                           d->reset_after ? p->b + Gu : NULL))
             return m;
         for (size_t r = r0; r < r1; r++) {
             real *restrict P = FN(rnn_at)(p, p->gates, Gu, r, t);
             real *restrict hp = p->rows + r * w, *tmp = hp + hp_width;
+#pragma GCC ivdep
             for (size_t j = 0; j < 2 * u; j++)
                 P[j] += hp[j];
             const real *z = RNN_ISA_FN(gru_gate)(d, GRU_Z, P, tmp, 1);
@@ -66,6 +69,7 @@ static RNN_ATTR size_t RNN_ISA_FN(gru_forward_rows)(const void *ctx, size_t r0, 
                 real *restrict Ph = P + 2 * u;
                 const real *restrict hph = hp + 2 * u;
                 real *restrict keep = FN(rnn_at)(p, p->extra[0], u, r, t);
+#pragma GCC ivdep
                 for (size_t j = 0; j < u; j++) {
                     Ph[j] += rg[j] * hph[j];
                     keep[j] = hph[j];
@@ -73,8 +77,9 @@ static RNN_ATTR size_t RNN_ISA_FN(gru_forward_rows)(const void *ctx, size_t r0, 
                 const real *c = RNN_ISA_FN(gru_gate)(d, GRU_H, P, tmp, 1);
                 RNN_ISA_FN(gru_step_out)(p, r, s, t, z, c, hp);
             } else { /* r h, for the second product */
-                const real *restrict h_prev = FN(rnn_at)(p, p->h, u, r, t);
+                const real *restrict h_prev = FN(rnn_h)(p, r, t);
                 real *restrict rh = FN(rnn_at)(p, p->extra[0], u, r, t);
+#pragma GCC ivdep
                 for (size_t j = 0; j < u; j++)
                     rh[j] = rg[j] * h_prev[j];
             }
@@ -83,7 +88,7 @@ static RNN_ATTR size_t RNN_ISA_FN(gru_forward_rows)(const void *ctx, size_t r0, 
             continue;
         /* P_h += (r h) U_h, then c and the new state */
         if (FN(fusenn_gemm_with_packed_b)(&p->packed[1], m, 1,
-                                          FN(rnn_at)(p, p->extra[0], u, r0, t), ldh, 1,
+                                          FN(rnn_at)(p, p->extra[0], u, r0, t), ldr, 1,
                                           p->Up[1], 1, FN(rnn_at)(p, p->gates, Gu, r0, t) + 2 * u,
                                           ldg, NULL))
             return m;
@@ -108,30 +113,33 @@ static inline RNN_ATTR void RNN_ISA_FN(gru_cell_backward)(const FN(rnn_pass) *p,
     const rnn_dims *d = &p->d;
     const size_t u = d->u, Gu = 3 * u;
     real *P = FN(rnn_at)(p, p->gates, Gu, r, t), *restrict dh = tmp, *A = tmp + u;
-    const real *restrict h_prev = FN(rnn_at)(p, p->h, u, r, t);
+    const real *restrict h_prev = FN(rnn_h)(p, r, t);
     const real *restrict z = RNN_ISA_FN(gru_gate)(d, GRU_Z, P, A, 0);
     const real *restrict c = RNN_ISA_FN(gru_gate)(d, GRU_H, P, A, 0);
     real *dP = FN(rnn_at)(p, p->dP, p->dP_width, r, t);
     real *restrict dPz = dP, *restrict dPr = dP + u;
     real *restrict dPc = dP + (d->reset_after ? 3 : 2) * u;
+#pragma GCC ivdep
     for (size_t j = 0; j < u; j++) {
         dPc[j] = dh[j] * (1 - z[j]);
         dPz[j] = dh[j] * (h_prev[j] - c[j]);
         dh[j] *= z[j];
     }
-    FN(activate_backward_row)(d->act, u, rnn_keeps_z(d->act) ? P + 2 * u : NULL, c, dPc, dPc);
-    FN(activate_backward_row)(d->rec, u, rnn_keeps_z(d->rec) ? P : NULL, z, dPz, dPz);
+    RNN_ISA_FN(rnn_activate_backward)(d->act, u, rnn_keeps_z(d->act) ? P + 2 * u : NULL, c, dPc, dPc);
+    RNN_ISA_FN(rnn_activate_backward)(d->rec, u, rnn_keeps_z(d->rec) ? P : NULL, z, dPz, dPz);
     if (!d->reset_after)
         return;
     const real *restrict rg = RNN_ISA_FN(gru_gate)(d, GRU_R, P, A, 0);
     const real *restrict hph = FN(rnn_at)(p, p->extra[0], u, r, t);
     real *restrict dPcr = dP + 2 * u;
+#pragma GCC ivdep
     for (size_t j = 0; j < u; j++) {
         dPr[j] = dPc[j] * hph[j];
         dPcr[j] = dPc[j] * rg[j];
     }
-    FN(activate_backward_row)(d->rec, u, rnn_keeps_z(d->rec) ? P + u : NULL, rg, dPr, dPr);
+    RNN_ISA_FN(rnn_activate_backward)(d->rec, u, rnn_keeps_z(d->rec) ? P + u : NULL, rg, dPr, dPr);
     double *restrict sums = p->sums + r * p->dP_width;
+#pragma GCC ivdep
     for (size_t j = 0; j < 4 * u; j++)
         sums[j] += dP[j];
 }
@@ -145,15 +153,17 @@ static inline RNN_ATTR void RNN_ISA_FN(gru_cell_backward_reset)(const FN(rnn_pas
     const size_t u = d->u, Gu = 3 * u;
     real *P = FN(rnn_at)(p, p->gates, Gu, r, t), *restrict dh = tmp, *A = tmp + u;
     const real *restrict drh = tmp + 4 * u;
-    const real *restrict h_prev = FN(rnn_at)(p, p->h, u, r, t);
+    const real *restrict h_prev = FN(rnn_h)(p, r, t);
     const real *restrict rg = RNN_ISA_FN(gru_gate)(d, GRU_R, P, A, 0);
     real *dP = FN(rnn_at)(p, p->dP, Gu, r, t), *restrict dPr = dP + u;
+#pragma GCC ivdep
     for (size_t j = 0; j < u; j++) {
         dPr[j] = drh[j] * h_prev[j];
         dh[j] += drh[j] * rg[j];
     }
-    FN(activate_backward_row)(d->rec, u, rnn_keeps_z(d->rec) ? P + u : NULL, rg, dPr, dPr);
+    RNN_ISA_FN(rnn_activate_backward)(d->rec, u, rnn_keeps_z(d->rec) ? P + u : NULL, rg, dPr, dPr);
     double *restrict sums = p->sums + r * Gu;
+#pragma GCC ivdep
     for (size_t j = 0; j < Gu; j++)
         sums[j] += dP[j];
 }
@@ -163,7 +173,7 @@ static RNN_ATTR size_t RNN_ISA_FN(gru_backward_rows)(const void *ctx, size_t r0,
     const FN(rnn_pass) *p = ctx;
     const rnn_dims *d = &p->d;
     const size_t T = d->T, u = d->u, m = r1 - r0, w = p->row_width, wd = p->dP_width;
-    const ptrdiff_t ld = (ptrdiff_t)(T * wd);
+    const ptrdiff_t ld = (ptrdiff_t)wd;
     for (size_t r = r0; r < r1; r++) { /* dh of the last state */
         FN(rnn_last_dh)(p, r, p->rows + r * w);
         memset(p->sums + r * wd, 0, wd * sizeof(double));
@@ -174,6 +184,7 @@ static RNN_ATTR size_t RNN_ISA_FN(gru_backward_rows)(const void *ctx, size_t r0,
             real *tmp = p->rows + r * w;
             if (d->return_sequences) {
                 const real *dy = p->dy + (r * T + s) * u;
+#pragma GCC ivdep
                 for (size_t j = 0; j < u; j++)
                     tmp[j] += dy[j];
             }

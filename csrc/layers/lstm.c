@@ -80,7 +80,7 @@ static int FN(lstm_param_grads)(const FN(rnn_pass) *p, const double *sums, real 
     const size_t steps = p->n * p->d.T, u = p->d.u, Gu = 4 * u;
     for (size_t j = 0; j < Gu; j++)
         db[j] = (real)sums[j];
-    return FN(fusenn_gemm)(u, Gu, steps, 1, p->h, 1, (ptrdiff_t)u, p->dP, (ptrdiff_t)Gu, 1, 0,
+    return FN(fusenn_gemm)(u, Gu, steps, 1, p->h, 1, (ptrdiff_t)p->h_width, p->dP, (ptrdiff_t)Gu, 1, 0,
                            dU, (ptrdiff_t)Gu, 1, nthreads);
 }
 

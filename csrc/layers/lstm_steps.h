@@ -31,11 +31,13 @@ static inline RNN_ATTR void RNN_ISA_FN(lstm_cell_forward)(const rnn_dims *d, rea
     real *restrict cn = tmp + 4 * u, *restrict h = tmp + 5 * u;
     const real *restrict i = a[LSTM_I], *restrict f = a[LSTM_F], *restrict g = a[LSTM_G];
     const real *restrict o = a[LSTM_O];
+#pragma GCC ivdep
     for (size_t j = 0; j < u; j++)
         cn[j] = f[j] * c_prev[j] + i[j] * g[j];
     RNN_ISA_FN(rnn_activate)(d->act, u, cn, h);
     if (rnn_keeps_z(d->act))
         memcpy(c_after, cn, u * sizeof(real));
+#pragma GCC ivdep
     for (size_t j = 0; j < u; j++) {
         if (!rnn_keeps_z(d->act))
             c_after[j] = h[j];
@@ -53,26 +55,26 @@ static RNN_ATTR size_t RNN_ISA_FN(lstm_forward_rows)(const void *ctx, size_t r0,
         const size_t t = rnn_time(d, s);
         if (s == 0) { /* h_0 = c_0 = 0, and P + 0 U is P */
             for (size_t r = r0; r < r1; r++) {
-                memset(FN(rnn_at)(p, p->h, u, r, t), 0, u * sizeof(real));
+                memset(FN(rnn_h)(p, r, t), 0, u * sizeof(real));
                 memset(FN(rnn_at)(p, c_before, u, r, t), 0, u * sizeof(real));
             }
         } else if (FN(fusenn_gemm_with_packed_b)(&p->packed[0], m, 1,
-                                                 FN(rnn_at)(p, p->h, u, r0, t),
-                                                 (ptrdiff_t)(T * u), 1, p->Up[0], 1,
+                                                 FN(rnn_h)(p, r0, t),
+                                                 (ptrdiff_t)p->h_width, 1, p->Up[0], 1,
                                                  FN(rnn_at)(p, p->gates, Gu, r0, t),
-                                                 (ptrdiff_t)(T * Gu), NULL)) {
+                                                 (ptrdiff_t)Gu, NULL)) {
             return m;
         }
         for (size_t r = r0; r < r1; r++) {
             real *tmp = p->rows + r * p->row_width, *cn = tmp + Gu, *h = tmp + 5 * u;
             const real *c_prev = FN(rnn_at)(p, c_before, u, r, t);
-            const real *h_prev = FN(rnn_at)(p, p->h, u, r, t);
+            const real *h_prev = FN(rnn_h)(p, r, t);
             RNN_ISA_FN(lstm_cell_forward)(d, FN(rnn_at)(p, p->gates, Gu, r, t), c_prev,
                                           FN(rnn_at)(p, c_after, u, r, t), tmp);
             const int real_step = FN(rnn_real)(p, r, t);
             if (s + 1 < T) {
                 const size_t next = rnn_time(d, s + 1);
-                memcpy(FN(rnn_at)(p, p->h, u, r, next), real_step ? h : h_prev,
+                memcpy(FN(rnn_h)(p, r, next), real_step ? h : h_prev,
                        u * sizeof(real));
                 memcpy(FN(rnn_at)(p, c_before, u, r, next), real_step ? cn : c_prev,
                        u * sizeof(real));
@@ -105,11 +107,13 @@ static inline RNN_ATTR void RNN_ISA_FN(lstm_cell_backward)(const rnn_dims *d, re
     }
     const real *restrict i = a[LSTM_I], *restrict f = a[LSTM_F], *restrict g = a[LSTM_G];
     const real *restrict o = a[LSTM_O];
+#pragma GCC ivdep
     for (size_t j = 0; j < u; j++)
         dcn[j] = dh[j] * o[j];
-    FN(activate_backward_row)(d->act, u, keep_c ? c_after : NULL, tc, dcn, dcn);
+    RNN_ISA_FN(rnn_activate_backward)(d->act, u, keep_c ? c_after : NULL, tc, dcn, dcn);
     real *restrict dPi = dP, *restrict dPf = dP + u, *restrict dPg = dP + 2 * u;
     real *restrict dPo = dP + 3 * u;
+#pragma GCC ivdep
     for (size_t j = 0; j < u; j++) {
         const real dc_new = dcn[j] + dc[j];
         dPi[j] = dc_new * g[j];
@@ -121,9 +125,10 @@ static inline RNN_ATTR void RNN_ISA_FN(lstm_cell_backward)(const rnn_dims *d, re
     }
     for (int k = 0; k < 4; k++) {
         const fusenn_activation act = lstm_gate_act(d, k);
-        FN(activate_backward_row)(act, u, rnn_keeps_z(act) ? P + k * u : NULL, a[k],
+        RNN_ISA_FN(rnn_activate_backward)(act, u, rnn_keeps_z(act) ? P + k * u : NULL, a[k],
                                   dP + k * u, dP + k * u);
     }
+#pragma GCC ivdep
     for (size_t j = 0; j < 4 * u; j++)
         sums[j] += dP[j];
 }
@@ -145,6 +150,7 @@ static RNN_ATTR size_t RNN_ISA_FN(lstm_backward_rows)(const void *ctx, size_t r0
             real *tmp = p->rows + r * w, *dP = FN(rnn_at)(p, p->dP, Gu, r, t);
             if (d->return_sequences) {
                 const real *dy = p->dy + (r * T + s) * u;
+#pragma GCC ivdep
                 for (size_t j = 0; j < u; j++)
                     tmp[j] += dy[j];
             }
@@ -158,7 +164,7 @@ static RNN_ATTR size_t RNN_ISA_FN(lstm_backward_rows)(const void *ctx, size_t r0
         }
         if (s > 0 && FN(fusenn_gemm_with_packed_b)(&p->packed[0], m, 1,
                                                    FN(rnn_at)(p, p->dP, Gu, r0, t),
-                                                   (ptrdiff_t)(T * Gu), 1, p->Up[0], 1,
+                                                   (ptrdiff_t)Gu, 1, p->Up[0], 1,
                                                    p->rows + r0 * w, (ptrdiff_t)w, NULL))
             return m;
     }

@@ -77,7 +77,7 @@ static size_t FN(rnn_layout)(const rnn_dims *d, size_t n, const FN(rnn_cell) *ce
 {
     const size_t r = sizeof(real), steps = n * d->T, Gu = d->G * d->u;
     size_t s = 0, w = 0;
-    const size_t gates = carve(&s, steps * Gu * r), h = carve(&s, steps * d->u * r);
+    const size_t xh = carve(&s, steps * (d->F + d->u) * r), gates = carve(&s, steps * Gu * r);
     size_t extra[2] = {0, 0}, packed[RNN_MAX_PACKED] = {0, 0};
     for (size_t e = 0; e < cell->extras; e++)
         extra[e] = carve(&s, steps * d->u * r);
@@ -89,11 +89,14 @@ static size_t FN(rnn_layout)(const rnn_dims *d, size_t n, const FN(rnn_cell) *ce
     const size_t rows = carve(&w, n * row_width * r);
     const size_t dP = backward ? carve(&w, steps * dP_width * r) : 0;
     const size_t sums = backward ? carve(&w, n * dP_width * sizeof(double)) : 0;
+    const size_t dx = backward ? carve(&w, steps * d->F * r) : 0;
     if (saved) {
         p->d = *d;
         p->n = n;
+        p->xh = (real *)(saved + xh);
+        p->h_width = d->F + d->u;
+        p->h = p->xh + d->F;
         p->gates = (real *)(saved + gates);
-        p->h = (real *)(saved + h);
         for (size_t e = 0; e < cell->extras; e++)
             p->extra[e] = (real *)(saved + extra[e]);
         for (size_t i = 0; i < n_packed; i++)
@@ -103,6 +106,7 @@ static size_t FN(rnn_layout)(const rnn_dims *d, size_t n, const FN(rnn_cell) *ce
         p->dP = backward ? (real *)(work + dP) : NULL;
         p->dP_width = dP_width;
         p->sums = backward ? (double *)(work + sums) : NULL;
+        p->dx = backward ? (real *)(work + dx) : NULL;
     }
     return w;
 }
@@ -115,7 +119,7 @@ static size_t FN(rnn_layout)(const rnn_dims *d, size_t n, const FN(rnn_cell) *ce
 
 static size_t FN(rnn_infer_chunk)(const rnn_dims *d, size_t n, const FN(rnn_cell) *cell)
 {
-    const size_t per_sample = d->T * d->u * (d->G + 1 + cell->extras) * sizeof(real);
+    const size_t per_sample = d->T * (d->F + d->u * (d->G + 1 + cell->extras)) * sizeof(real);
     return FUSENN_MAX((size_t)1, FUSENN_MIN(n, RNN_INFER_BYTES / per_sample));
 }
 
@@ -151,6 +155,38 @@ static int rnn_threads(const rnn_dims *d, size_t m, int nthreads)
     return (int)FUSENN_MIN((size_t)nthreads, m);
 }
 
+/* A sample-major array (n, T, F) and a step-major one (T, n; rows ld apart). */
+typedef struct {
+    size_t n, T, F;
+    real *samples, *steps;
+    ptrdiff_t ld;
+    int to_steps; /* copy samples into steps, else back */
+} FN(rnn_reorder_args);
+
+static size_t FN(rnn_reorder_samples)(const void *ctx, size_t begin, size_t end)
+{
+    const FN(rnn_reorder_args) *p = ctx;
+    const size_t bytes = p->F * sizeof(real);
+    for (size_t r = begin; r < end; r++)
+        for (size_t t = 0; t < p->T; t++) {
+            real *sample = p->samples + (r * p->T + t) * p->F;
+            real *step = p->steps + (ptrdiff_t)(t * p->n + r) * p->ld;
+            if (p->to_steps)
+                memcpy(step, sample, bytes);
+            else
+                memcpy(sample, step, bytes);
+        }
+    return 0;
+}
+
+static void FN(rnn_reorder)(size_t n, size_t T, size_t F, real *samples, real *steps,
+                            ptrdiff_t ld, int to_steps, int nthreads)
+{
+    const FN(rnn_reorder_args) args = {n, T, F, samples, steps, ld, to_steps};
+    fusenn_parallel_ranges(fusenn_threads_for(n * T * F, nthreads), n, FN(rnn_reorder_samples),
+                           &args);
+}
+
 int FN(rnn_forward)(const FN(layer) *layer, FN(forward_args) *a, const FN(rnn_cell) *cell)
 {
     const rnn_dims d = FN(rnn_dims_of)(layer, cell->gates);
@@ -174,8 +210,9 @@ int FN(rnn_forward)(const FN(layer) *layer, FN(forward_args) *a, const FN(rnn_ce
         p.x = (const real *)a->x + n0 * layer->in_size;
         p.y = a->y + (ptrdiff_t)n0 * a->ldy;
         p.mask = a->mask ? a->mask + n0 * d.T : NULL;
+        FN(rnn_reorder)(m, d.T, d.F, (real *)p.x, p.xh, (ptrdiff_t)p.h_width, 1, a->nthreads);
         /* P = X W + b over every step (GRU's input bias is the first row of its bias) */
-        int rc = FN(fusenn_gemm_fused)(m * d.T, Gu, d.F, 1, p.x, (ptrdiff_t)d.F, 1, p.W,
+        int rc = FN(fusenn_gemm_fused)(m * d.T, Gu, d.F, 1, p.xh, (ptrdiff_t)p.h_width, 1, p.W,
                                        (ptrdiff_t)Gu, 1, 0, p.gates, (ptrdiff_t)Gu, 1, p.b,
                                        FUSENN_ACT_IDENTITY, a->nthreads);
         if (rc != FUSENN_OK)
@@ -206,7 +243,6 @@ int FN(rnn_backward)(const FN(layer) *layer, FN(backward_args) *a, const FN(rnn_
     FN(rnn_pass) p;
     size_t saved;
     FN(rnn_layout)(&d, n, cell, 1, &p, (char *)a->saved, a->work, &saved);
-    p.x = a->x;
     p.W = layer->param[0];
     p.U = layer->param[1];
     p.b = layer->param[2];
@@ -222,14 +258,16 @@ int FN(rnn_backward)(const FN(layer) *layer, FN(backward_args) *a, const FN(rnn_
     const ptrdiff_t ld = (ptrdiff_t)p.dP_width;
     int rc = FUSENN_OK;
     for (size_t i = 0; i < n_blocks && rc == FUSENN_OK; i++)
-        rc = FN(fusenn_gemm)(d.F, blocks[i].width, steps, 1, p.x, 1, (ptrdiff_t)d.F,
+        rc = FN(fusenn_gemm)(d.F, blocks[i].width, steps, 1, p.xh, 1, (ptrdiff_t)p.h_width,
                              p.dP + blocks[i].from, ld, 1, 0, layer->grad[0] + blocks[i].to,
                              (ptrdiff_t)Gu, 1, a->nthreads);
     if (rc == FUSENN_OK)
         rc = cell->param_grads(&p, p.sums, layer->grad[1], layer->grad[2], a->nthreads);
     for (size_t i = 0; a->dx && i < n_blocks && rc == FUSENN_OK; i++)
         rc = FN(fusenn_gemm)(steps, d.F, blocks[i].width, 1, p.dP + blocks[i].from, ld, 1,
-                             p.W + blocks[i].to, 1, (ptrdiff_t)Gu, i > 0, a->dx, (ptrdiff_t)d.F,
+                             p.W + blocks[i].to, 1, (ptrdiff_t)Gu, i > 0, p.dx, (ptrdiff_t)d.F,
                              1, a->nthreads);
+    if (a->dx && rc == FUSENN_OK)
+        FN(rnn_reorder)(n, d.T, d.F, a->dx, p.dx, (ptrdiff_t)d.F, 0, a->nthreads);
     return rc;
 }

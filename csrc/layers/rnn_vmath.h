@@ -126,6 +126,26 @@ static inline VM_ATTR void VM_NAME(rnn_activate)(fusenn_activation act, size_t d
     FN(activate_row)(act, d, z, a);
 }
 
+/* dz[j] = da[j] act'(z[j]) for j < d, through a = act(z) (z where
+ * rnn_keeps_z(act), else it may be NULL); dz may be da. Sigmoid and tanh in
+ * this ISA's vectors, the others as FN(activate_backward_row). */
+static inline VM_ATTR void VM_NAME(rnn_activate_backward)(fusenn_activation act, size_t d,
+                                                          const real *z, const real *a,
+                                                          const real *da, real *dz)
+{
+    if (act == FUSENN_ACT_SIGMOID) {
+#pragma GCC ivdep
+        for (size_t j = 0; j < d; j++)
+            dz[j] = da[j] * a[j] * (1 - a[j]);
+    } else if (act == FUSENN_ACT_TANH) {
+#pragma GCC ivdep
+        for (size_t j = 0; j < d; j++)
+            dz[j] = da[j] * (1 - a[j] * a[j]);
+    } else {
+        FN(activate_backward_row)(act, d, z, a, da, dz);
+    }
+}
+
 #undef VM_NAME
 #undef VM_VBYTES
 #undef VM_ATTR

@@ -67,7 +67,7 @@ static int FN(simple_rnn_param_grads)(const FN(rnn_pass) *p, const double *sums,
     const size_t steps = p->n * p->d.T, u = p->d.u;
     for (size_t j = 0; j < u; j++)
         db[j] = (real)sums[j];
-    return FN(fusenn_gemm)(u, u, steps, 1, p->h, 1, (ptrdiff_t)u, p->dP, (ptrdiff_t)u, 1, 0, dU,
+    return FN(fusenn_gemm)(u, u, steps, 1, p->h, 1, (ptrdiff_t)p->h_width, p->dP, (ptrdiff_t)u, 1, 0, dU,
                            (ptrdiff_t)u, 1, nthreads);
 }
 
