@@ -105,26 +105,25 @@ static size_t gru_input_blocks(const rnn_dims *d, rnn_block *blocks)
     return 2;
 }
 
-static int FN(gru_param_grads)(const FN(rnn_pass) *p, const double *sums, real *dU,
-                               real *db, int nthreads)
+static int FN(gru_param_grads)(const FN(rnn_pass) *p, const double *sums, real *dW,
+                               real *dU, real *db, int nthreads)
 {
-    const size_t steps = p->n * p->d.T, u = p->d.u, Gu = 3 * u;
-    const ptrdiff_t ld = (ptrdiff_t)Gu, ld_dP = (ptrdiff_t)p->dP_width;
+    const size_t u = p->d.u, Gu = 3 * u, c = p->d.reset_after ? 3 * u : 2 * u; /* dc's column */
     for (size_t j = 0; j < Gu; j++) /* the input side: dz, dr, dc */
-        db[j] = (real)sums[p->d.reset_after && j >= 2 * u ? j + u : j];
-    if (p->d.reset_after) { /* the recurrent side: dU = H^T dP_rec, its bias the second row */
+        db[j] = (real)sums[j < 2 * u ? j : c + j - 2 * u];
+    if (p->d.reset_after) /* the recurrent side's bias: dz, dr, dc r */
         for (size_t j = 0; j < Gu; j++)
             db[Gu + j] = (real)sums[j];
-        return FN(fusenn_gemm)(u, Gu, steps, 1, p->h, 1, (ptrdiff_t)p->h_width, p->dP, ld_dP, 1, 0, dU,
-                               ld, 1, nthreads);
-    }
-    /* dU_zr = H^T dP_zr, dU_h = (r H)^T dP_c */
-    int rc = FN(fusenn_gemm)(u, 2 * u, steps, 1, p->h, 1, (ptrdiff_t)p->h_width, p->dP, ld, 1, 0, dU,
-                             ld, 1, nthreads);
-    if (rc != FUSENN_OK)
-        return rc;
-    return FN(fusenn_gemm)(u, u, steps, 1, p->extra[0], 1, (ptrdiff_t)u, p->dP + 2 * u, ld, 1, 0,
-                           dU + 2 * u, ld, 1, nthreads);
+    /* z and r: [dW; dU] = [X H]^T [dz, dr]; h: dW = X^T dc, and dU = H^T (dc r)
+     * with reset_after, else (r H)^T dc */
+    int rc = FN(rnn_grad_xh)(p, 0, 2 * u, 0, dW, dU, nthreads);
+    if (rc == FUSENN_OK)
+        rc = FN(rnn_grad_x)(p, c, u, 2 * u, dW, nthreads);
+    if (rc == FUSENN_OK)
+        rc = p->d.reset_after
+                 ? FN(rnn_grad_s)(p, p->h, (ptrdiff_t)p->h_width, 2 * u, u, 2 * u, dU, nthreads)
+                 : FN(rnn_grad_s)(p, p->extra[0], (ptrdiff_t)u, 2 * u, u, 2 * u, dU, nthreads);
+    return rc;
 }
 
 static const FN(rnn_cell) FN(gru_cell) = {

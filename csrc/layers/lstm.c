@@ -74,14 +74,12 @@ static size_t lstm_input_blocks(const rnn_dims *d, rnn_block *blocks)
     return 1;
 }
 
-static int FN(lstm_param_grads)(const FN(rnn_pass) *p, const double *sums, real *dU,
-                                real *db, int nthreads)
+static int FN(lstm_param_grads)(const FN(rnn_pass) *p, const double *sums, real *dW,
+                                real *dU, real *db, int nthreads)
 {
-    const size_t steps = p->n * p->d.T, u = p->d.u, Gu = 4 * u;
-    for (size_t j = 0; j < Gu; j++)
+    for (size_t j = 0; j < 4 * p->d.u; j++)
         db[j] = (real)sums[j];
-    return FN(fusenn_gemm)(u, Gu, steps, 1, p->h, 1, (ptrdiff_t)p->h_width, p->dP, (ptrdiff_t)Gu, 1, 0,
-                           dU, (ptrdiff_t)Gu, 1, nthreads);
+    return FN(rnn_grad_xh)(p, 0, 4 * p->d.u, 0, dW, dU, nthreads);
 }
 
 static const FN(rnn_cell) FN(lstm_cell) = {

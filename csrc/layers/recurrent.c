@@ -90,6 +90,7 @@ static size_t FN(rnn_layout)(const rnn_dims *d, size_t n, const FN(rnn_cell) *ce
     const size_t dP = backward ? carve(&w, steps * dP_width * r) : 0;
     const size_t sums = backward ? carve(&w, n * dP_width * sizeof(double)) : 0;
     const size_t dx = backward ? carve(&w, steps * d->F * r) : 0;
+    const size_t dWU = backward ? carve(&w, (d->F + d->u) * Gu * r) : 0;
     if (saved) {
         p->d = *d;
         p->n = n;
@@ -107,6 +108,7 @@ static size_t FN(rnn_layout)(const rnn_dims *d, size_t n, const FN(rnn_cell) *ce
         p->dP_width = dP_width;
         p->sums = backward ? (double *)(work + sums) : NULL;
         p->dx = backward ? (real *)(work + dx) : NULL;
+        p->dWU = backward ? (real *)(work + dWU) : NULL;
     }
     return w;
 }
@@ -223,6 +225,35 @@ int FN(rnn_forward)(const FN(layer) *layer, FN(forward_args) *a, const FN(rnn_ce
     return FUSENN_OK;
 }
 
+int FN(rnn_grad_xh)(const FN(rnn_pass) *p, size_t from, size_t width, size_t to, real *dW,
+                    real *dU, int nthreads)
+{
+    const size_t F = p->d.F, u = p->d.u, Gu = p->d.G * u;
+    int rc = FN(fusenn_gemm)(F + u, width, p->n * p->d.T, 1, p->xh, 1, (ptrdiff_t)p->h_width,
+                             p->dP + from, (ptrdiff_t)p->dP_width, 1, 0, p->dWU,
+                             (ptrdiff_t)width, 1, nthreads);
+    for (size_t i = 0; rc == FUSENN_OK && i < F + u; i++)
+        memcpy((i < F ? dW + i * Gu : dU + (i - F) * Gu) + to, p->dWU + i * width,
+               width * sizeof(real));
+    return rc;
+}
+
+int FN(rnn_grad_x)(const FN(rnn_pass) *p, size_t from, size_t width, size_t to, real *dW,
+                   int nthreads)
+{
+    return FN(fusenn_gemm)(p->d.F, width, p->n * p->d.T, 1, p->xh, 1, (ptrdiff_t)p->h_width,
+                           p->dP + from, (ptrdiff_t)p->dP_width, 1, 0, dW + to,
+                           (ptrdiff_t)(p->d.G * p->d.u), 1, nthreads);
+}
+
+int FN(rnn_grad_s)(const FN(rnn_pass) *p, const real *S, ptrdiff_t ld_s, size_t from,
+                   size_t width, size_t to, real *dU, int nthreads)
+{
+    return FN(fusenn_gemm)(p->d.u, width, p->n * p->d.T, 1, S, 1, ld_s, p->dP + from,
+                           (ptrdiff_t)p->dP_width, 1, 0, dU + to,
+                           (ptrdiff_t)(p->d.G * p->d.u), 1, nthreads);
+}
+
 /* Each sample's sums of its dP rows (rows [begin, end) of p->sums), added up
  * in sample order into the first: the same bits for any thread count. */
 static void FN(rnn_sum_samples)(const FN(rnn_pass) *p)
@@ -252,17 +283,12 @@ int FN(rnn_backward)(const FN(layer) *layer, FN(backward_args) *a, const FN(rnn_
     if (fusenn_parallel_ranges(rnn_threads(&d, n, a->nthreads), n, cell->backward_rows, &p))
         return FUSENN_ENOMEM;
     FN(rnn_sum_samples)(&p);
-    /* dW = X^T dP and dX = dP W^T over every step, a product per input-side block */
+    int rc = cell->param_grads(&p, p.sums, layer->grad[0], layer->grad[1], layer->grad[2],
+                               a->nthreads);
+    /* dX = dP W^T over every step, a product per input-side block */
     rnn_block blocks[2];
     const size_t n_blocks = cell->input_blocks(&d, blocks);
     const ptrdiff_t ld = (ptrdiff_t)p.dP_width;
-    int rc = FUSENN_OK;
-    for (size_t i = 0; i < n_blocks && rc == FUSENN_OK; i++)
-        rc = FN(fusenn_gemm)(d.F, blocks[i].width, steps, 1, p.xh, 1, (ptrdiff_t)p.h_width,
-                             p.dP + blocks[i].from, ld, 1, 0, layer->grad[0] + blocks[i].to,
-                             (ptrdiff_t)Gu, 1, a->nthreads);
-    if (rc == FUSENN_OK)
-        rc = cell->param_grads(&p, p.sums, layer->grad[1], layer->grad[2], a->nthreads);
     for (size_t i = 0; a->dx && i < n_blocks && rc == FUSENN_OK; i++)
         rc = FN(fusenn_gemm)(steps, d.F, blocks[i].width, 1, p.dP + blocks[i].from, ld, 1,
                              p.W + blocks[i].to, 1, (ptrdiff_t)Gu, i > 0, p.dx, (ptrdiff_t)d.F,

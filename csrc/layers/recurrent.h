@@ -89,12 +89,13 @@ typedef struct FN(rnn_pass) {
     size_t row_width;
     real *dP;                    /* backward: T n dP_width, the pre-activations' gradient */
     real *dx;                    /* backward: T n F, dX before it is put in sample order */
+    real *dWU;                   /* backward: (F + u) x G u, [dW; dU] before they are put apart */
     size_t dP_width;
     double *sums;                /* backward: n x dP_width, each sample's sum of its dP rows */
 } FN(rnn_pass);
 
 /* Columns [from, from + width) of dP rows that are the gradient of the input
- * projection's columns [to, to + width) (of X W + b). */
+ * projection's columns [to, to + width) (of X W + b), for dX. */
 typedef struct {
     size_t from, to, width;
 } rnn_block;
@@ -115,9 +116,9 @@ typedef struct {
      * input projection; backward into dP and each sample's sums of it (both
      * return failures) */
     fusenn_range_fn forward_rows, backward_rows;
-    /* dU, and db from the sums of every dP row (sums), after the backward
-     * time loop */
-    int (*param_grads)(const FN(rnn_pass) *p, const double *sums, real *dU, real *db,
+    /* dW, dU, and db from the sums of every dP row (sums), after the
+     * backward time loop */
+    int (*param_grads)(const FN(rnn_pass) *p, const double *sums, real *dW, real *dU, real *db,
                        int nthreads);
 } FN(rnn_cell);
 
@@ -129,6 +130,16 @@ rnn_dims FN(rnn_dims_of)(const FN(layer) *layer, size_t gates);
 size_t FN(rnn_saved_bytes)(const FN(layer) *layer, size_t n, const FN(rnn_cell) *cell);
 size_t FN(rnn_work_bytes)(const FN(layer) *layer, size_t n, const FN(rnn_cell) *cell);
 int FN(rnn_forward)(const FN(layer) *layer, FN(forward_args) *a, const FN(rnn_cell) *cell);
+/* The weights' gradients of dP columns [from, from + width) over every step,
+ * as columns [to, to + width) of dW and dU: both in one product [X H]^T dP
+ * (dP read once), or dW alone (X^T dP), or dU alone from the states S (rows
+ * ld_s apart; S^T dP). */
+int FN(rnn_grad_xh)(const FN(rnn_pass) *p, size_t from, size_t width, size_t to, real *dW,
+                    real *dU, int nthreads);
+int FN(rnn_grad_x)(const FN(rnn_pass) *p, size_t from, size_t width, size_t to, real *dW,
+                   int nthreads);
+int FN(rnn_grad_s)(const FN(rnn_pass) *p, const real *S, ptrdiff_t ld_s, size_t from,
+                   size_t width, size_t to, real *dU, int nthreads);
 int FN(rnn_backward)(const FN(layer) *layer, FN(backward_args) *a, const FN(rnn_cell) *cell);
 
 /* Whether a gate's stored value is its pre-activation (the activation's

@@ -61,14 +61,12 @@ static size_t simple_rnn_input_blocks(const rnn_dims *d, rnn_block *blocks)
     return 1;
 }
 
-static int FN(simple_rnn_param_grads)(const FN(rnn_pass) *p, const double *sums, real *dU,
-                                      real *db, int nthreads)
+static int FN(simple_rnn_param_grads)(const FN(rnn_pass) *p, const double *sums, real *dW,
+                                      real *dU, real *db, int nthreads)
 {
-    const size_t steps = p->n * p->d.T, u = p->d.u;
-    for (size_t j = 0; j < u; j++)
+    for (size_t j = 0; j < p->d.u; j++)
         db[j] = (real)sums[j];
-    return FN(fusenn_gemm)(u, u, steps, 1, p->h, 1, (ptrdiff_t)p->h_width, p->dP, (ptrdiff_t)u, 1, 0, dU,
-                           (ptrdiff_t)u, 1, nthreads);
+    return FN(rnn_grad_xh)(p, 0, p->d.u, 0, dW, dU, nthreads);
 }
 
 static const FN(rnn_cell) FN(simple_rnn_cell) = {
