@@ -89,7 +89,7 @@ static size_t FN(rnn_layout)(const rnn_dims *d, size_t n, const FN(rnn_cell) *ce
     const size_t rows = carve(&w, n * row_width * r);
     const size_t dP = backward ? carve(&w, steps * dP_width * r) : 0;
     const size_t sums = backward ? carve(&w, n * dP_width * sizeof(double)) : 0;
-    const size_t dx = backward ? carve(&w, steps * d->F * r) : 0;
+    const size_t xs = carve(&w, steps * d->F * r);
     const size_t dWU = backward ? carve(&w, (d->F + d->u) * Gu * r) : 0;
     if (saved) {
         p->d = *d;
@@ -107,7 +107,7 @@ static size_t FN(rnn_layout)(const rnn_dims *d, size_t n, const FN(rnn_cell) *ce
         p->dP = backward ? (real *)(work + dP) : NULL;
         p->dP_width = dP_width;
         p->sums = backward ? (double *)(work + sums) : NULL;
-        p->dx = backward ? (real *)(work + dx) : NULL;
+        p->xs = (real *)(work + xs);
         p->dWU = backward ? (real *)(work + dWU) : NULL;
     }
     return w;
@@ -157,12 +157,14 @@ static int rnn_threads(const rnn_dims *d, size_t m, int nthreads)
     return (int)FUSENN_MIN((size_t)nthreads, m);
 }
 
-/* A sample-major array (n, T, F) and a step-major one (T, n; rows ld apart). */
+/* A sample-major array (n, T, F) and a step-major one (T, n; rows ld apart),
+ * and a contiguous step-major copy (or NULL). */
 typedef struct {
     size_t n, T, F;
     real *samples, *steps;
     ptrdiff_t ld;
-    int to_steps; /* copy samples into steps, else back */
+    int to_steps; /* copy samples into steps (and copy), else back */
+    real *copy;
 } FN(rnn_reorder_args);
 
 static size_t FN(rnn_reorder_samples)(const void *ctx, size_t begin, size_t end)
@@ -173,18 +175,21 @@ static size_t FN(rnn_reorder_samples)(const void *ctx, size_t begin, size_t end)
         for (size_t t = 0; t < p->T; t++) {
             real *sample = p->samples + (r * p->T + t) * p->F;
             real *step = p->steps + (ptrdiff_t)(t * p->n + r) * p->ld;
-            if (p->to_steps)
-                memcpy(step, sample, bytes);
-            else
+            if (!p->to_steps) {
                 memcpy(sample, step, bytes);
+                continue;
+            }
+            memcpy(step, sample, bytes);
+            if (p->copy)
+                memcpy(p->copy + (t * p->n + r) * p->F, sample, bytes);
         }
     return 0;
 }
 
 static void FN(rnn_reorder)(size_t n, size_t T, size_t F, real *samples, real *steps,
-                            ptrdiff_t ld, int to_steps, int nthreads)
+                            ptrdiff_t ld, int to_steps, real *copy, int nthreads)
 {
-    const FN(rnn_reorder_args) args = {n, T, F, samples, steps, ld, to_steps};
+    const FN(rnn_reorder_args) args = {n, T, F, samples, steps, ld, to_steps, copy};
     fusenn_parallel_ranges(fusenn_threads_for(n * T * F, nthreads), n, FN(rnn_reorder_samples),
                            &args);
 }
@@ -212,9 +217,10 @@ int FN(rnn_forward)(const FN(layer) *layer, FN(forward_args) *a, const FN(rnn_ce
         p.x = (const real *)a->x + n0 * layer->in_size;
         p.y = a->y + (ptrdiff_t)n0 * a->ldy;
         p.mask = a->mask ? a->mask + n0 * d.T : NULL;
-        FN(rnn_reorder)(m, d.T, d.F, (real *)p.x, p.xh, (ptrdiff_t)p.h_width, 1, a->nthreads);
+        FN(rnn_reorder)(m, d.T, d.F, (real *)p.x, p.xh, (ptrdiff_t)p.h_width, 1, p.xs,
+                        a->nthreads);
         /* P = X W + b over every step (GRU's input bias is the first row of its bias) */
-        int rc = FN(fusenn_gemm_fused)(m * d.T, Gu, d.F, 1, p.xh, (ptrdiff_t)p.h_width, 1, p.W,
+        int rc = FN(fusenn_gemm_fused)(m * d.T, Gu, d.F, 1, p.xs, (ptrdiff_t)d.F, 1, p.W,
                                        (ptrdiff_t)Gu, 1, 0, p.gates, (ptrdiff_t)Gu, 1, p.b,
                                        FUSENN_ACT_IDENTITY, a->nthreads);
         if (rc != FUSENN_OK)
@@ -291,9 +297,9 @@ int FN(rnn_backward)(const FN(layer) *layer, FN(backward_args) *a, const FN(rnn_
     const ptrdiff_t ld = (ptrdiff_t)p.dP_width;
     for (size_t i = 0; a->dx && i < n_blocks && rc == FUSENN_OK; i++)
         rc = FN(fusenn_gemm)(steps, d.F, blocks[i].width, 1, p.dP + blocks[i].from, ld, 1,
-                             p.W + blocks[i].to, 1, (ptrdiff_t)Gu, i > 0, p.dx, (ptrdiff_t)d.F,
+                             p.W + blocks[i].to, 1, (ptrdiff_t)Gu, i > 0, p.xs, (ptrdiff_t)d.F,
                              1, a->nthreads);
     if (a->dx && rc == FUSENN_OK)
-        FN(rnn_reorder)(n, d.T, d.F, a->dx, p.dx, (ptrdiff_t)d.F, 0, a->nthreads);
+        FN(rnn_reorder)(n, d.T, d.F, a->dx, p.xs, (ptrdiff_t)d.F, 0, NULL, a->nthreads);
     return rc;
 }
