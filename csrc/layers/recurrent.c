@@ -148,13 +148,31 @@ size_t FN(rnn_work_bytes)(const FN(layer) *layer, size_t n, const FN(rnn_cell) *
 
 /* ---- the passes ---------------------------------------------------------------------- */
 
-/* Threads for the time loop over m samples: the per-step products' size
- * decides, as for one GEMM. */
-static int rnn_threads(const rnn_dims *d, size_t m, int nthreads)
+/* Samples per unit of the time loop's work on several threads: a few units
+ * per thread, handed out as threads come free, so that a thread slowed by
+ * another machine on its vCPU holds the others back less; at least the
+ * per-step products' tallest tile. */
+#define RNN_UNITS_PER_THREAD 4
+#define RNN_MIN_UNIT 8
+
+/* The time loop fn over samples [0, m): on one thread, or on several taking
+ * units of samples (the bits do not depend on how the samples are cut, each
+ * one's arithmetic is the same); returns fn's failures. The per-step
+ * products' size decides whether several threads pay, as for one GEMM. */
+static size_t FN(rnn_time_loop)(const rnn_dims *d, size_t m, fusenn_range_fn fn,
+                                const void *ctx, int nthreads)
 {
-    if (nthreads <= 1 || fusenn_gemm_is_serial(m * d->T, d->G * d->u, d->u))
-        return 1;
-    return (int)FUSENN_MIN((size_t)nthreads, m);
+    if (nthreads <= 1 || m < 2 || fusenn_gemm_is_serial(m * d->T, d->G * d->u, d->u))
+        return fn(ctx, 0, m);
+    const size_t nt = FUSENN_MIN((size_t)nthreads, m);
+    const size_t unit = FUSENN_MAX((m + RNN_UNITS_PER_THREAD * nt - 1) / (RNN_UNITS_PER_THREAD * nt),
+                                   FUSENN_MIN((size_t)RNN_MIN_UNIT, (m + nt - 1) / nt));
+    const size_t units = (m + unit - 1) / unit;
+    size_t failed = 0;
+#pragma omp parallel for num_threads((int)nt) schedule(dynamic, 1) reduction(+ : failed)
+    for (size_t i = 0; i < units; i++)
+        failed += fn(ctx, i * unit, FUSENN_MIN((i + 1) * unit, m));
+    return failed;
 }
 
 /* A sample-major array (n, T, F) and a step-major one (T, n; rows ld apart),
@@ -225,7 +243,7 @@ int FN(rnn_forward)(const FN(layer) *layer, FN(forward_args) *a, const FN(rnn_ce
                                        FUSENN_ACT_IDENTITY, a->nthreads);
         if (rc != FUSENN_OK)
             return rc;
-        if (fusenn_parallel_ranges(rnn_threads(&d, m, a->nthreads), m, cell->forward_rows, &p))
+        if (FN(rnn_time_loop)(&d, m, cell->forward_rows, &p, a->nthreads))
             return FUSENN_ENOMEM;
     }
     return FUSENN_OK;
@@ -286,7 +304,7 @@ int FN(rnn_backward)(const FN(layer) *layer, FN(backward_args) *a, const FN(rnn_
     p.dy = a->dy;
     p.mask = a->mask;
     cell->pack(&p, 1);
-    if (fusenn_parallel_ranges(rnn_threads(&d, n, a->nthreads), n, cell->backward_rows, &p))
+    if (FN(rnn_time_loop)(&d, n, cell->backward_rows, &p, a->nthreads))
         return FUSENN_ENOMEM;
     FN(rnn_sum_samples)(&p);
     int rc = cell->param_grads(&p, p.sums, layer->grad[0], layer->grad[1], layer->grad[2],
