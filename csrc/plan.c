@@ -28,7 +28,8 @@
 /* ---- the table of layer kinds ----------------------------------------------- */
 
 extern const FN(layer_kind) FN(dense_kind), FN(dropout_kind), FN(batchnorm_kind),
-    FN(reshape_kind), FN(global_pool_kind), FN(conv2d_kind), FN(pool2d_kind);
+    FN(reshape_kind), FN(global_pool_kind), FN(conv2d_kind), FN(pool2d_kind),
+    FN(embedding_kind), FN(simple_rnn_kind), FN(gru_kind), FN(lstm_kind);
 
 static const FN(layer_kind) *const FN(kinds)[] = {
     &FN(dense_kind),
@@ -38,6 +39,10 @@ static const FN(layer_kind) *const FN(kinds)[] = {
     &FN(global_pool_kind),
     &FN(conv2d_kind),
     &FN(pool2d_kind),
+    &FN(embedding_kind),
+    &FN(simple_rnn_kind),
+    &FN(gru_kind),
+    &FN(lstm_kind),
 };
 
 #define N_KINDS (sizeof FN(kinds) / sizeof FN(kinds)[0])

@@ -214,7 +214,10 @@ TESTED_OPS = {"matmul", "activation_forward", "activation_backward", "dense_forw
               "dropout_backward", "dropout_seed", "batchnorm_forward_train",
               "batchnorm_forward_infer", "batchnorm_backward",  # dropout, batchnorm: their own files
               "global_pool_forward", "global_pool_backward", "conv2d_forward",
-              "conv2d_backward", "pool2d_forward", "pool2d_backward"}  # layer kinds: test_conv.py
+              "conv2d_backward", "pool2d_forward", "pool2d_backward",  # layer kinds: test_conv.py
+              "embedding_forward", "embedding_backward", "simple_rnn_forward",
+              "simple_rnn_backward", "gru_forward", "gru_backward", "lstm_forward",
+              "lstm_backward"}  # sequences: test_rnn.py
 
 
 def test_every_op_has_a_reference_twin_and_a_test():
@@ -945,6 +948,21 @@ def _valid_args(name, dtype=np.float64):
         "pool2d_forward": lambda: dict(x=m(2, 5, 4, 3), mode="avg"),
         "pool2d_backward": lambda: dict(dy=m(2, 2, 2, 3), x_shape=(2, 5, 4, 3),
                                         argmax=np.zeros((2, 2, 2, 3), np.int64)),
+        "embedding_forward": lambda: dict(x=np.array([[1, 0, 3], [2, 2, 1]]), table=m(4, 3)),
+        "embedding_backward": lambda: dict(x=np.array([[1, 0, 3], [2, 2, 1]]), dy=m(2, 3, 3),
+                                           table_shape=(4, 3)),
+        "simple_rnn_forward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 5),
+                                           recurrent_kernel=m(5, 5), bias=m(5)),
+        "simple_rnn_backward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 5),
+                                            recurrent_kernel=m(5, 5), bias=m(5), dy=m(2, 5)),
+        "gru_forward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 15), recurrent_kernel=m(5, 15),
+                                    bias=m(2, 15)),
+        "gru_backward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 15), recurrent_kernel=m(5, 15),
+                                     bias=m(2, 15), dy=m(2, 5)),
+        "lstm_forward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 20), recurrent_kernel=m(5, 20),
+                                     bias=m(20)),
+        "lstm_backward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 20), recurrent_kernel=m(5, 20),
+                                      bias=m(20), dy=m(2, 5)),
     }[name]()
 
 
@@ -963,6 +981,9 @@ ARRAY_ARGS = [pytest.param(op, arg, id=f"{op}-{arg}") for op, args in [
     ("global_pool_forward", "x"), ("global_pool_backward", "x dy"),
     ("conv2d_forward", "x w b"), ("conv2d_backward", "x w y dy z"), ("pool2d_forward", "x"),
     ("pool2d_backward", "dy"),
+    ("embedding_forward", "table"), ("embedding_backward", "dy"),
+    *[(f"{kind}_{way}", "x kernel recurrent_kernel bias" + (" dy" if way == "backward" else ""))
+      for kind in ("simple_rnn", "gru", "lstm") for way in ("forward", "backward")],
 ] for arg in args.split()]
 
 
@@ -986,7 +1007,8 @@ def test_wrong_dtype_is_type_error_naming_the_argument(op, arg, bad_dtype):
                                      ("activation_forward", "softmax_cross_entropy",
                                       "dropout_forward", "dropout_backward", "sum_squares",
                                       "global_pool_forward", "pool2d_forward",
-                                      "pool2d_backward")])
+                                      "pool2d_backward", "embedding_forward",
+                                      "embedding_backward")])
 def test_mixed_float_dtypes_is_type_error(op, arg):
     kwargs = _valid_args(op, np.float64)
     kwargs[arg] = kwargs[arg].astype(np.float32)

@@ -22,7 +22,8 @@ __all__ = [
     "dropout_forward", "dropout_backward", "dropout_seed", "batchnorm_forward_train",
     "batchnorm_forward_infer", "batchnorm_backward", "global_pool_forward",
     "global_pool_backward", "conv2d_forward", "conv2d_backward", "pool2d_forward",
-    "pool2d_backward",
+    "pool2d_backward", "embedding_forward", "embedding_backward", "simple_rnn_forward",
+    "simple_rnn_backward", "gru_forward", "gru_backward", "lstm_forward", "lstm_backward",
 ]
 
 _ACTIVATION_IDS = _kernels.ACTIVATION_IDS  # name -> fusenn_activation (the binding's table)
@@ -734,7 +735,7 @@ def pool2d_forward(x, pool_size=(2, 2), strides=(2, 2), padding=((0, 0), (0, 0))
     (csrc/layers/pool2d.c)."""
     x = _images(x, "x")
     spec, _ = _pool_spec(x.shape, pool_size, strides, padding, mode)
-    y, saved = _kernels.layer_forward(spec, x, [], nthreads=get_num_threads())
+    y, saved, _ = _kernels.layer_forward(spec, x, [], nthreads=get_num_threads())
     if mode != "max":
         return y, None
     return y, saved.view(np.int32).reshape(y.shape).astype(np.int64)
@@ -774,3 +775,178 @@ def pool2d_backward(dy, x_shape, argmax=None, pool_size=(2, 2), strides=(2, 2),
     y = np.empty(out_shape, dtype=dy.dtype)  # not read
     return _kernels.layer_backward(spec, x, y, dy, [], saved, True,
                                    nthreads=get_num_threads())[0]
+# ---- sequences: embeddings and recurrent layers (csrc/layers/embedding.c, simple_rnn.c,
+# gru.c, lstm.c). The backward passes run the forward again for the states they keep.
+
+def _indices(x, input_dim):
+    """x as C-contiguous int64 indices (n, steps), every one in [0, input_dim)."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"x must hold integer indices, got dtype {x.dtype}")
+    if x.ndim != 2 or 0 in x.shape:
+        raise ValueError(f"x must be a non-empty 2-D array of indices (samples, steps), got "
+                         f"shape {x.shape}")
+    low, high = x.min(), x.max()
+    if low < 0 or high >= input_dim:
+        raise ValueError(f"x holds indices outside [0, {input_dim}): the largest is {high}, "
+                         f"the smallest {low}")
+    return np.ascontiguousarray(x, dtype=np.int64)
+
+
+def _param(a):
+    """A parameter as the layer binding takes it: C-contiguous and writeable."""
+    return a if a.flags.c_contiguous and a.flags.writeable else np.array(a, order="C")
+
+
+def _embedding_spec(table_shape):
+    return {"kind": "embedding", "attrs": {"input_dim": table_shape[0],
+                                           "output_dim": table_shape[1], "mask_zero": 0}}
+
+
+def embedding_forward(x, table):
+    """y[n, t] = table[x[n, t]]: int indices x (n, T), table (input_dim, output_dim)."""
+    table = _float_array(table, "table", 2)
+    if 0 in table.shape:
+        raise ValueError(f"table must not be empty, got shape {table.shape}")
+    x = _indices(x, table.shape[0])
+    return _kernels.layer_forward(_embedding_spec(table.shape), x, [_param(table)],
+                                  nthreads=get_num_threads())[0]
+
+
+def embedding_backward(x, dy, table_shape):
+    """dtable: every step's dy row added to its index's row, in (n, t) order."""
+    if (not isinstance(table_shape, (tuple, list)) or len(table_shape) != 2
+            or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1
+                       for d in table_shape)):
+        raise ValueError(f"table_shape must be (input_dim, output_dim) of positive ints, got "
+                         f"{table_shape!r}")
+    table_shape = tuple(int(d) for d in table_shape)
+    x = _indices(x, table_shape[0])
+    dy = _float_array(dy, "dy", 3)
+    _expect_shape(dy, "dy", (*x.shape, table_shape[1]))
+    dy = np.ascontiguousarray(dy)
+    table = np.empty(table_shape, dtype=dy.dtype)  # not read by the gradient pass
+    return _kernels.layer_backward(_embedding_spec(table_shape), x, dy, dy, [table],
+                                   np.empty(0, np.uint8), False,
+                                   nthreads=get_num_threads())[1][0]
+
+
+def _gate_activation(activation, name):
+    """An elementwise activation's name (a gate's), naming the argument if not."""
+    try:
+        _activation_id(activation)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    if activation == "softmax":
+        raise ValueError(f"{name} must be elementwise, not softmax")
+    return activation
+
+
+def _recurrent(kind, gates, x, kernel, recurrent_kernel, bias, mask, activation,
+               return_sequences, go_backwards, bias_rows=None, **attrs):
+    """(spec, x, params, mask, units) of a recurrent op, checked: x (n, T, F),
+    kernel (F, G u), recurrent_kernel (u, G u), bias (G u,) or (bias_rows, G u)."""
+    x = _float_array(x, "x", 3)
+    if 0 in x.shape:
+        raise ValueError(f"x must be a non-empty batch of sequences (samples, steps, features), "
+                         f"got shape {x.shape}")
+    kernel = _float_array(kernel, "kernel", 2, x.dtype)
+    recurrent_kernel = _float_array(recurrent_kernel, "recurrent_kernel", 2, x.dtype)
+    units = recurrent_kernel.shape[0]
+    if units == 0 or recurrent_kernel.shape != (units, gates * units):
+        raise ValueError(f"recurrent_kernel must have shape (units, {gates} * units) with units "
+                         f">= 1, got {recurrent_kernel.shape}")
+    _expect_shape(kernel, "kernel", (x.shape[2], gates * units))
+    bias = _float_array(bias, "bias", 1 if bias_rows is None else 2, x.dtype)
+    _expect_shape(bias, "bias", (gates * units,) if bias_rows is None
+                  else (bias_rows, gates * units))
+    x = np.ascontiguousarray(x)
+    spec = {"kind": kind, "attrs": {
+        "units": units, "activation": _gate_activation(activation, "activation"),
+        "return_sequences": int(bool(return_sequences)),
+        "go_backwards": int(bool(go_backwards)), **attrs}}
+    return spec, x, [_param(kernel), _param(recurrent_kernel), _param(bias)], _mask(mask, x), units
+
+
+def _recurrent_backward(spec, x, params, mask, units, dy, need_dx):
+    """(dx or None, dkernel, drecurrent_kernel, dbias), after the forward pass that
+    fills the states the backward pass reads."""
+    steps = spec["attrs"]["return_sequences"]
+    dy = _float_array(dy, "dy", 3 if steps else 2, x.dtype)
+    _expect_shape(dy, "dy", (x.shape[0], x.shape[1], units) if steps else (x.shape[0], units))
+    nthreads = get_num_threads()
+    y, saved, _ = _kernels.layer_forward(spec, x, params, training=True, mask=mask,
+                                         nthreads=nthreads)
+    dx, grads = _kernels.layer_backward(spec, x, y, dy, params, saved, bool(need_dx), mask=mask,
+                                        nthreads=nthreads)
+    return (dx, *grads)
+
+
+def _forward(spec, x, params, mask, _units):
+    return _kernels.layer_forward(spec, x, params, mask=mask, nthreads=get_num_threads())[0]
+
+
+def _gru_attrs(recurrent_activation, reset_after):
+    return dict(bias_rows=2 if reset_after else None, reset_after=int(bool(reset_after)),
+                recurrent_activation=_gate_activation(recurrent_activation,
+                                                      "recurrent_activation"))
+
+
+def simple_rnn_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
+                       return_sequences=False, go_backwards=False, mask=None):
+    """h_t = act(x_t W + h_{t-1} U + b), h_0 = 0, over x (n, T, F): the last state
+    (n, units), or every step's (n, T, units) with return_sequences; go_backwards
+    reads the steps in reverse (and returns them so); where mask (n, T) is False
+    the state carries over."""
+    return _forward(*_recurrent("simple_rnn", 1, x, kernel, recurrent_kernel, bias, mask,
+                                activation, return_sequences, go_backwards))
+
+
+def simple_rnn_backward(x, kernel, recurrent_kernel, bias, dy, activation="tanh",
+                        return_sequences=False, go_backwards=False, mask=None, need_dx=True):
+    """(dx or None, dkernel, drecurrent_kernel, dbias) of simple_rnn_forward."""
+    return _recurrent_backward(*_recurrent("simple_rnn", 1, x, kernel, recurrent_kernel, bias,
+                                           mask, activation, return_sequences, go_backwards),
+                               dy, need_dx)
+
+
+def gru_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
+                recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
+                reset_after=True, mask=None):
+    """Keras's GRU, gates in the order z, r, h (fusenn.reference.gru_forward gives the
+    equations); bias (2, 3 units) with reset_after, else (3 units,)."""
+    return _forward(*_recurrent("gru", 3, x, kernel, recurrent_kernel, bias, mask, activation,
+                                return_sequences, go_backwards,
+                                **_gru_attrs(recurrent_activation, reset_after)))
+
+
+def gru_backward(x, kernel, recurrent_kernel, bias, dy, activation="tanh",
+                 recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
+                 reset_after=True, mask=None, need_dx=True):
+    """(dx or None, dkernel, drecurrent_kernel, dbias) of gru_forward."""
+    return _recurrent_backward(*_recurrent("gru", 3, x, kernel, recurrent_kernel, bias, mask,
+                                           activation, return_sequences, go_backwards,
+                                           **_gru_attrs(recurrent_activation, reset_after)),
+                               dy, need_dx)
+
+
+def lstm_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
+                 recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
+                 mask=None):
+    """Keras's LSTM, gates in the order i, f, c, o (fusenn.reference.lstm_forward gives
+    the equations)."""
+    return _forward(*_recurrent("lstm", 4, x, kernel, recurrent_kernel, bias, mask, activation,
+                                return_sequences, go_backwards,
+                                recurrent_activation=_gate_activation(recurrent_activation,
+                                                                      "recurrent_activation")))
+
+
+def lstm_backward(x, kernel, recurrent_kernel, bias, dy, activation="tanh",
+                  recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
+                  mask=None, need_dx=True):
+    """(dx or None, dkernel, drecurrent_kernel, dbias) of lstm_forward."""
+    return _recurrent_backward(*_recurrent("lstm", 4, x, kernel, recurrent_kernel, bias, mask,
+                                           activation, return_sequences, go_backwards,
+                                           recurrent_activation=_gate_activation(
+                                               recurrent_activation, "recurrent_activation")),
+                               dy, need_dx)
