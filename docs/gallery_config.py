@@ -3,11 +3,12 @@
 sphinx-gallery runs the scripts whose path matches `executed_pattern()` and
 only shows the code of the others. Left out: examples/cnn_fashion_mnist.py
 (LeNet-5 on 60,000 images takes minutes, and needs Debian's
-dataset-fashion-mnist), examples/char_rnn.py (a GRU of 256 units over 35 kB of
-text, minutes) and examples/mnist_idx.py (needs MNIST files; it ends in
-sys.exit). The convolutional and recurrent scripts run only when the extension
-has the C layer kinds they train with (csrc/layers/conv2d.c, pool2d.c and the
-recurrent kinds); without them the engine refuses those layers.
+dataset-fashion-mnist) and examples/mnist_idx.py (needs MNIST files; it ends in
+sys.exit). The CNN, the LSTM and the character model train for fewer epochs
+(the character model also with fewer units) than their defaults, seconds each.
+The convolutional and recurrent scripts run only when the extension has the C
+layer kinds they train with (csrc/layers/conv2d.c, pool2d.c and the recurrent
+kinds); without them the engine refuses those layers.
 """
 
 import os
@@ -27,19 +28,20 @@ def executed_pattern():
     if HAS_C_CONV:
         names.append(r"examples/cnn_digits\.py")
     if HAS_C_RNN:
-        names.append(r"examples/rnn_digits_rows\.py")
+        names.append(r"examples/(rnn_digits_rows|char_rnn)\.py")
     return "/(" + "|".join(names) + ")$"
 
 
 # Command-line arguments per example: PNGs go to the build directory, not
 # examples/ (sphinx-gallery runs each script in its own directory), and the
-# CNN and the LSTM train for fewer epochs than their defaults.
+# CNN, the LSTM and the GRU train for fewer epochs than their defaults.
 _ARGS = {
     "xor.py": ["--out-dir", "{out}"],
     "regression.py": ["--out-dir", "{out}"],
     "digits_mlp.py": ["--out-dir", "{out}"],
     "cnn_digits.py": ["--epochs", "15", "--out-dir", "{out}"],
     "rnn_digits_rows.py": ["--epochs", "15"],
+    "char_rnn.py": ["--epochs", "3", "--units", "128"],
 }
 
 
