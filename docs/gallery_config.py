@@ -66,6 +66,9 @@ class ExampleOrder:
 
 def reset_argv(gallery_conf, script_vars):
     """sys.argv[1:] for one gallery script (sphinx-gallery's reset_argv)."""
-    out = os.path.join(gallery_conf["src_dir"], "_build", "example_output")
+    # relative to examples/, the directory the script runs in: the pages then
+    # show "saved ../docs/_build/...", not the build machine's paths
+    out = os.path.relpath(os.path.join(gallery_conf["src_dir"], "_build", "example_output"),
+                          os.path.dirname(script_vars["src_file"]))
     name = os.path.basename(script_vars["src_file"])
     return [arg.format(out=out) for arg in _ARGS.get(name, [])]

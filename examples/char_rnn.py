@@ -5,7 +5,7 @@ A GRU learns to write like the King James Genesis.
 
 From the source tree::
 
-    python examples/char_rnn.py [--epochs 20] [--steps 100] [--length 300]
+    python examples/char_rnn.py [--epochs 20] [--units 256] [--length 300]
 
 The bundled text (Genesis 1-11, King James Version, public domain; 35 kB) is cut into
 windows of 64 characters. At each position of a window the network reads one

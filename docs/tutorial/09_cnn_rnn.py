@@ -84,10 +84,13 @@ value = max(0.0, np.sum(window * conv.kernel[:, :, 0, f]) + conv.bias[f])
 print(f"y[{i}, {j}, {f}]: kernel {maps[0, i, j, f]:.6f}, formula {value:.6f}")
 
 # %%
-# The eight learned 3x3 filters, and their feature maps for that digit:
+# The eight learned 3x3 filters:
 
 fusenn.plot.weights(cnn)
 plt.show()
+
+# %%
+# and their feature maps for that digit:
 
 fusenn.plot.feature_maps(cnn, X_test[0])
 plt.show()
