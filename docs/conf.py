@@ -80,7 +80,9 @@ html_css_files = ["fusenn.css"]
 html_theme_options = {
     "navbar_align": "left",
     "show_toc_level": 2,
-    "secondary_sidebar_items": {"**": ["page-toc", "sourcelink"], "index": []},
+    # the performance page's nine-column tables take the right sidebar's width
+    "secondary_sidebar_items": {"**": ["page-toc", "sourcelink"], "index": [],
+                                "guide/performance": []},
     "navigation_with_keys": False,
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
