@@ -165,6 +165,8 @@ plt.show()
 # %%
 # Where to go from here
 # ---------------------
-# The examples gallery trains LeNet-5 on the 60,000 Fashion-MNIST images; the
-# user guide covers the layers' options, training with callbacks and
-# learning-rate schedules, performance, and export to ONNX.
+# The :doc:`examples gallery <../auto_examples/index>` trains LeNet-5 on the
+# 60,000 Fashion-MNIST images and a character-level GRU that learns to write
+# like Genesis; the :doc:`user guide <../guide/index>` covers the layers'
+# options, training with callbacks and learning-rate schedules, performance,
+# and export to ONNX.
