@@ -1072,6 +1072,17 @@ FN(gemm_packed) FN(fusenn_gemm_packed_for)(size_t m, size_t n, size_t k)
     return p;
 }
 
+/* The most elements the packed form takes for any m' <= m rows: the tile, so
+ * its NR padding, changes only up to GEMM_FEW_ROWS rows. A workspace sized
+ * for a batch must hold the packing of any smaller one. */
+size_t FN(fusenn_gemm_packed_len_upto)(size_t m, size_t n, size_t k)
+{
+    size_t len = FN(fusenn_gemm_packed_for)(m, n, k).len;
+    for (size_t rows = 1; rows <= FUSENN_MIN(m, (size_t)GEMM_FEW_ROWS); rows++)
+        len = FUSENN_MAX(len, FN(fusenn_gemm_packed_for)(rows, n, k).len);
+    return len;
+}
+
 void FN(fusenn_gemm_pack_b)(const FN(gemm_packed) *p, const real *B, ptrdiff_t rs_b,
                             ptrdiff_t cs_b, real *Bp)
 {

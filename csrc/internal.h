@@ -337,6 +337,7 @@ typedef struct {
 } FN(gemm_packed);
 
 FN(gemm_packed) FN(fusenn_gemm_packed_for)(size_t m, size_t n, size_t k);
+size_t FN(fusenn_gemm_packed_len_upto)(size_t m, size_t n, size_t k);
 void FN(fusenn_gemm_pack_b)(const FN(gemm_packed) *p, const real *B, ptrdiff_t rs_b,
                             ptrdiff_t cs_b, real *Bp);
 int FN(fusenn_gemm_with_packed_b)(const FN(gemm_packed) *p, size_t m, real alpha,

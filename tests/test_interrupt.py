@@ -12,6 +12,8 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     import fusenn
     backend, what = sys.argv[1], sys.argv[2]
+    # Python ignores SIGINT when started with it ignored (a background job of a script)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rng = np.random.default_rng(0)
     n = 200_000 if backend == "c" else 20_000
     X = rng.random((n, 32), dtype=np.float32)

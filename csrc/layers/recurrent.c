@@ -83,8 +83,10 @@ static size_t FN(rnn_layout)(const rnn_dims *d, size_t n, const FN(rnn_cell) *ce
         extra[e] = carve(&s, steps * d->u * r);
     *saved_bytes = s;
     const size_t n_packed = cell->packings(d, n, backward, p->packed);
+    /* room for the tile of any fewer rows: the plan runs smaller batches in this work */
     for (size_t i = 0; i < n_packed; i++)
-        packed[i] = carve(&w, p->packed[i].len * r);
+        packed[i] = carve(&w, FN(fusenn_gemm_packed_len_upto)(n, p->packed[i].n,
+                                                              p->packed[i].k) * r);
     const size_t row_width = cell->row_width(d, backward), dP_width = cell->dP_width(d);
     const size_t rows = carve(&w, n * row_width * r);
     const size_t dP = backward ? carve(&w, steps * dP_width * r) : 0;
