@@ -134,3 +134,17 @@ def test_char_rnn(tmp_path):
     assert number(out, "held-out perplexity per character") < 30
     sample = out.split("sample:\n", 1)[1].rstrip("\n")
     assert sample.startswith("In the beginning") and len(sample) >= len("In the beginning") + 100
+
+
+def test_fashion_mnist_gru_without_the_data(tmp_path):
+    out = run("fashion_mnist_gru.py", "--data", tmp_path / "missing", cwd=tmp_path)
+    assert "apt-get install dataset-fashion-mnist" in out and "test accuracy" not in out
+
+
+@needs_c_rnn
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_gru(tmp_path):
+    out = run("fashion_mnist_gru.py", "--epochs", 2, "--train-samples", 6000, cwd=tmp_path)
+    assert "6000 training and 10000 test images read as 28 rows of 28 pixels" in out
+    assert number(out, "test accuracy") > 0.7
