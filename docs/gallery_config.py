@@ -2,33 +2,19 @@
 
 sphinx-gallery runs the scripts whose path matches `executed_pattern()` and
 only shows the code of the others. Left out: examples/cnn_fashion_mnist.py
-(LeNet-5 on 60,000 images takes minutes, and needs Debian's
+and fashion_mnist_gru.py (60,000 images take minutes, and need Debian's
 dataset-fashion-mnist) and examples/mnist_idx.py (needs MNIST files; it ends in
 sys.exit). The CNN, the LSTM and the character model train for fewer epochs
 (the character model also with fewer units) than their defaults, seconds each.
-The convolutional and recurrent scripts run only when the extension has the C
-layer kinds they train with (csrc/layers/conv2d.c, pool2d.c and the recurrent
-kinds); without them the engine refuses those layers.
 """
 
 import os
 
-import fusenn
-
-_KINDS = set(fusenn._kernels.kinds())
-HAS_C_CONV = {"conv2d", "pool2d"} <= _KINDS
-HAS_C_RNN = {"embedding", "simple_rnn", "gru", "lstm"} <= _KINDS
-
 
 def executed_pattern():
     """A regular expression matching the paths of the scripts to run."""
-    names = [r"tutorial/0[1-8]_\w+\.py", r"examples/(xor|regression|digits_mlp)\.py"]
-    if HAS_C_CONV and HAS_C_RNN:
-        names.append(r"tutorial/09_\w+\.py")
-    if HAS_C_CONV:
-        names.append(r"examples/cnn_digits\.py")
-    if HAS_C_RNN:
-        names.append(r"examples/(rnn_digits_rows|char_rnn)\.py")
+    names = [r"tutorial/0\d_\w+\.py",
+             r"examples/(xor|regression|digits_mlp|cnn_digits|rnn_digits_rows|char_rnn)\.py"]
     return "/(" + "|".join(names) + ")$"
 
 
@@ -47,7 +33,7 @@ _ARGS = {
 
 # examples/ from the simplest network to the recurrent ones
 _ORDER = ["xor.py", "regression.py", "digits_mlp.py", "mnist_idx.py", "cnn_digits.py",
-          "cnn_fashion_mnist.py", "rnn_digits_rows.py", "char_rnn.py"]
+          "cnn_fashion_mnist.py", "rnn_digits_rows.py", "fashion_mnist_gru.py", "char_rnn.py"]
 
 
 class ExampleOrder:

@@ -111,3 +111,40 @@ def test_cnn_fashion_mnist(tmp_path):
     out = run("cnn_fashion_mnist.py", "--epochs", 1, "--train-samples", 6000, cwd=tmp_path)
     assert "6000 training and 10000 test images of 28x28x1" in out
     assert number(out, "test accuracy") > 0.7
+
+
+_HAS_C_RNN = {"embedding", "gru", "lstm"} <= set(__import__("fusenn")._kernels.kinds())
+needs_c_rnn = pytest.mark.skipif(not _HAS_C_RNN, reason="the C recurrent kinds")
+
+
+@needs_c_rnn
+def test_rnn_digits_rows(tmp_path):
+    out = run("rnn_digits_rows.py", cwd=tmp_path)
+    assert "trained for 30 epochs on 1347 digits" in out
+    assert number(out, "test accuracy") >= 0.95
+
+
+@needs_c_rnn
+def test_char_rnn(tmp_path):
+    # a small GRU for two epochs: it prints a sample after each epoch and at the end
+    out = run("char_rnn.py", "--epochs", 2, "--units", 64, "--length", 100, cwd=tmp_path)
+    losses = [float(x) for x in re.findall(r"^epoch +\d+  loss ([0-9.]+)  'And God said",
+                                           out, re.MULTILINE)]
+    assert len(losses) == 2 and losses[1] < losses[0] < 4.3, out  # ln(69 classes) = 4.23
+    assert number(out, "held-out perplexity per character") < 30
+    sample = out.split("sample:\n", 1)[1].rstrip("\n")
+    assert sample.startswith("In the beginning") and len(sample) >= len("In the beginning") + 100
+
+
+def test_fashion_mnist_gru_without_the_data(tmp_path):
+    out = run("fashion_mnist_gru.py", "--data", tmp_path / "missing", cwd=tmp_path)
+    assert "apt-get install dataset-fashion-mnist" in out and "test accuracy" not in out
+
+
+@needs_c_rnn
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_gru(tmp_path):
+    out = run("fashion_mnist_gru.py", "--epochs", 2, "--train-samples", 6000, cwd=tmp_path)
+    assert "6000 training and 10000 test images read as 28 rows of 28 pixels" in out
+    assert number(out, "test accuracy") > 0.7
