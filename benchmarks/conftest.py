@@ -116,7 +116,13 @@ def fusenn_info():
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
+    """The run's JSON records fusenn's settings, the CPU model and this core's
+    float32 FMA peak, measured at the start of the run (report.py reads it)."""
     machine_info["fusenn"] = fusenn_info()
+    import fma_peak  # benchmarks/ is on sys.path: pytest inserts a conftest's directory
+    machine_info["fusenn"]["cpu_model"] = fma_peak.cpu_model()
+    isa, gflops = fma_peak.measure()
+    machine_info["fusenn"]["fma_peak"] = {"isa": isa, "gflops_per_core_f32": gflops}
 
 
 def pytest_report_header(config):
@@ -348,12 +354,19 @@ class MLPCase:
     """
 
     LR, MOMENTUM = 0.01, 0.9
+    ADAM_LR = 1e-3  # Adam's default in Keras and PyTorch (beta1 0.9, beta2 0.999, eps 1e-8)
     w0 = None
+    optimizer = "sgd"  # or "adam"
+
+    def make_optimizer(self):
+        if self.optimizer == "adam":
+            return fusenn.Adam(lr=self.ADAM_LR)
+        return fusenn.SGD(lr=self.LR, momentum=self.MOMENTUM)
 
     def make_model(self, backend, dtype="float32"):
         layers = [fusenn.Dense(u, activation=a) for u, a in zip(self.sizes[1:], self.activations)]
         model = fusenn.Sequential(layers, input_dim=self.sizes[0], dtype=dtype, seed=0, backend=backend)
-        model.compile(loss="cross_entropy", optimizer=fusenn.SGD(lr=self.LR, momentum=self.MOMENTUM))
+        model.compile(loss="cross_entropy", optimizer=self.make_optimizer())
         if self.w0 is not None:
             model.set_weights(self.w0)
         return model
@@ -379,7 +392,9 @@ class MLPCase:
             linears.append(lin)
             layers += [lin, torch.nn.ReLU()] if i < len(self.sizes) - 2 else [lin]
         net = torch.nn.Sequential(*layers)
-        opt = torch.optim.SGD(net.parameters(), lr=self.LR, momentum=self.MOMENTUM)
+        opt = (torch.optim.Adam(net.parameters(), lr=self.ADAM_LR, eps=1e-8)
+               if self.optimizer == "adam" else
+               torch.optim.SGD(net.parameters(), lr=self.LR, momentum=self.MOMENTUM))
         return net, linears, opt, torch.nn.CrossEntropyLoss()
 
     @staticmethod
@@ -389,6 +404,8 @@ class MLPCase:
 
     def sklearn_model(self, batch, shuffle):
         """An MLPClassifier at w0 with zero momentum, so its next partial_fit is a first step."""
+        if self.optimizer != "sgd":  # sklearn's Adam adds eps to sqrt(v), not sqrt(v_hat)
+            pytest.skip("scikit-learn is compared with SGD only")
         nn = pytest.importorskip("sklearn.neural_network")
         clf = nn.MLPClassifier(hidden_layer_sizes=tuple(self.sizes[1:-1]), activation="relu",
                                solver="sgd", learning_rate_init=self.LR, momentum=self.MOMENTUM,
@@ -425,9 +442,10 @@ class TrainCase(MLPCase):
 
     W_GRID = 2.0 ** -8
 
-    def __init__(self, sizes, activations, batch, seed=26):
+    def __init__(self, sizes, activations, batch, optimizer="sgd", seed=26):
         rng = np.random.default_rng(seed)
         self.sizes, self.activations, self.batch = sizes, activations, batch
+        self.optimizer = optimizer
         self.X = rng.integers(0, 2, size=(batch, sizes[0])).astype(DTYPE)  # binary "pixels"
         self.y = rng.integers(0, sizes[-1], size=batch)
         w0 = self.make_model("numpy", dtype="float64").get_weights()  # fusenn's seed-0 draw
@@ -573,12 +591,19 @@ GEMM_SHAPES = {  # id -> (M, K, N, trans_a, trans_b[, dtype]): C (M, N) = op(A) 
     "128x256x128": (128, 256, 128, False, False),  # MLP layer 2 forward: H1 @ W2
     "784x128x256": (784, 128, 256, True, False),   # MLP layer 1 dW = X^T @ dZ, X (128, 784)
     "128x128x256": (128, 128, 256, False, True),   # MLP layer 2 dX = dZ @ W2^T, W2 (256, 128)
+    "1x784x256": (1, 784, 256, False, False),      # the MLP's layers at batch 1 (predict) ...
+    "1x256x128": (1, 256, 128, False, False),
+    "1x128x10": (1, 128, 10, False, False),
+    "8x784x256": (8, 784, 256, False, False),      # ... and at batches 8 and 16
+    "16x784x256": (16, 784, 256, False, False),
 }
-DENSE_SHAPES = {"128x784x256": (128, 784, 256)}  # batch x d_in x d_out, relu
+DENSE_SHAPES = {"128x784x256": (128, 784, 256),  # batch x d_in x d_out, relu
+                "1x784x256": (1, 784, 256), "8x784x256": (8, 784, 256)}
 SOFTMAX_SHAPES = {"128x10": (128, 10), "1024x10": (1024, 10)}
 TRAIN_NETS = {  # id -> (layer sizes, activations, batch)
     "64-32-10-b32": ((64, 32, 10), ("relu", "softmax"), 32),
     "784-256-128-10-b128": ((784, 256, 128, 10), ("relu", "relu", "softmax"), 128),
+    "784-256-128-10-b128-adam": ((784, 256, 128, 10), ("relu", "relu", "softmax"), 128, "adam"),
     "784-256-128-10-b512": ((784, 256, 128, 10), ("relu", "relu", "softmax"), 512),
     "1024-1024-1024-10-b256": ((1024, 1024, 1024, 10), ("relu", "relu", "softmax"), 256),
 }

@@ -60,7 +60,9 @@ def cpu_flags():
     return set()
 
 
-def main():
+def measure():
+    """(isa, float32 GFLOP/s of one core) of the widest probe this CPU runs, or
+    (None, None) without AVX2/AVX-512 or a C compiler."""
     flags = cpu_flags()
     cc = os.environ.get("CC", "cc")
     for name, cflags, vbytes in ISAS:
@@ -70,14 +72,35 @@ def main():
             src, exe = os.path.join(tmp, "probe.c"), os.path.join(tmp, "probe")
             with open(src, "w") as f:
                 f.write(PROBE)
-            subprocess.run([cc, "-O3", *cflags.split(), f"-DVBYTES={vbytes}", src, "-o", exe],
-                           check=True)
-            gflops = float(subprocess.run([exe], check=True, capture_output=True,
-                                          text=True).stdout.split()[0])
-        print(f"{name}: {gflops:.1f} GFLOP/s per core (float32)")
-        return 0
-    print("no AVX2/AVX-512 on this CPU: no probe for it", file=sys.stderr)
-    return 1
+            try:
+                subprocess.run([cc, "-O3", *cflags.split(), f"-DVBYTES={vbytes}", src, "-o", exe],
+                               check=True, capture_output=True)
+            except (OSError, subprocess.CalledProcessError):
+                return None, None
+            return name, float(subprocess.run([exe], check=True, capture_output=True,
+                                              text=True).stdout.split()[0])
+    return None, None
+
+
+def cpu_model():
+    """The CPU's model name, as /proc/cpuinfo gives it (None elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+def main():
+    name, gflops = measure()
+    if name is None:
+        print("no AVX2/AVX-512 on this CPU (or no C compiler): no probe for it", file=sys.stderr)
+        return 1
+    print(f"{name}: {gflops:.1f} GFLOP/s per core (float32)")
+    return 0
 
 
 if __name__ == "__main__":

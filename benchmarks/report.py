@@ -26,8 +26,9 @@ import re
 import statistics
 import sys
 
-BACKEND_NAMES = ("c", "numpy", "torch", "sklearn")
-OPTIONAL_BACKENDS = {"torch": "PyTorch", "sklearn": "sklearn"}  # columns shown when present
+BACKEND_NAMES = ("c", "numpy", "torch", "sklearn", "onnxruntime")
+OPTIONAL_BACKENDS = {"torch": "PyTorch", "sklearn": "sklearn",
+                     "onnxruntime": "onnxruntime"}  # columns shown when present
 
 
 def backend_of(bench):
@@ -134,7 +135,7 @@ def header(data):
         parts.append(f"NumPy {info['numpy_version']}{blas}")
     if parts:
         lines.append("fusenn — " + ", ".join(parts))
-    cpu = (machine.get("cpu") or {}).get("brand_raw")
+    cpu = info.get("cpu_model") or (machine.get("cpu") or {}).get("brand_raw")
     where = ", ".join(x for x in (cpu, machine.get("python_implementation", "") + " "
                                   + machine.get("python_version", ""), data.get("datetime")) if x and x.strip())
     if where:
@@ -179,13 +180,17 @@ def main(argv=None):
     parser.add_argument("json_files", nargs="+", metavar="json_file",
                         help="file written by pytest --benchmark-json=FILE (several: one per run)")
     parser.add_argument("--peak", type=float, default=None, metavar="GFLOPS",
-                        help="float32 FMA peak of one core in GFLOP/s (benchmarks/fma_peak.py "
-                             "measures it); adds a GFLOP/s table with the percent of peak")
+                        help="float32 FMA peak of one core in GFLOP/s (default: the median of "
+                             "the runs' own probes, which conftest.py records); adds a GFLOP/s "
+                             "table with the percent of peak")
     args = parser.parse_args(argv)
-    runs, threads, flops = [], {}, {}
+    runs, threads, flops, peaks = [], {}, {}, []
     for path in args.json_files:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
+        probe = (data.get("machine_info", {}).get("fusenn", {}).get("fma_peak") or {})
+        if probe.get("gflops_per_core_f32"):
+            peaks.append(probe["gflops_per_core_f32"])
         rows, run_threads, run_flops = collect(data.get("benchmarks", []))
         if not rows:
             print(f"{path}: no benchmarks with a known backend ({', '.join(BACKEND_NAMES)}) "
@@ -197,6 +202,7 @@ def main(argv=None):
         if len(runs) == 1:
             lines = header(data)
     rows, ratios = combine(runs)
+    peak = args.peak or (statistics.median(peaks) if peaks else None)
     print("\n".join(lines + ([""] if lines else []) + table(rows, threads, ratios)))
     if len(runs) > 1:
         print(f"\nMedians of {len(runs)} runs. Ratios are <other> median / C median within each "
@@ -205,10 +211,11 @@ def main(argv=None):
     else:
         print("\nRatios are <other> median / C median: > 1 means fusenn's C backend is faster. "
               "Medians; each group's variants ran back to back.")
-    if args.peak and flops:
-        print(f"\nGFLOP/s from the medians; peak = {args.peak:g} GFLOP/s per core in float32 "
-              f"(half in float64) x threads.\n")
-        print("\n".join(gflops_table(rows, threads, flops, args.peak)))
+    if peak and flops:
+        source = "given" if args.peak else f"the median of {len(peaks)} runs' probes"
+        print(f"\nGFLOP/s from the medians; peak = {peak:.1f} GFLOP/s per core in float32 "
+              f"({source}; half in float64) x threads.\n")
+        print("\n".join(gflops_table(rows, threads, flops, peak)))
     return 0
 
 

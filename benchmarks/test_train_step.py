@@ -2,8 +2,10 @@
 backend ("numpy"), and, when importable, PyTorch ("torch") and scikit-learn ("sklearn").
 
 Nets (TRAIN_NETS in conftest.py): relu hidden layers, softmax output, cross-entropy,
-SGD(lr=0.01, momentum=0.9), float32, all frameworks from the same initial weights; each
-at 1 and 2 threads, one group per net and thread count ("train_step-64-32-10-b32-1t").
+SGD(lr=0.01, momentum=0.9) (or Adam(lr=1e-3), the default of Keras and scikit-learn, for
+the "-adam" net; scikit-learn then sits out: its Adam adds eps to sqrt(v)), float32, all
+frameworks from the same initial weights; each at 1 and 2 threads, one group per net and
+thread count ("train_step-64-32-10-b32-1t").
 "n threads" limits every pool the backend computes with: fusenn's kernels
 (fusenn.threads), NumPy's BLAS (threadpoolctl) and torch's (torch.set_num_threads).
 

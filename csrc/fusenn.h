@@ -75,6 +75,18 @@ int fusenn_swap_thread_override(int n); /* returns the previous override (0: non
 void fusenn_mark_forked_child(void);
 void fusenn_configure_default_threads(int cap, int without_openmp);
 
+/* ---- Ctrl-C during long calls (interrupt.c) -------------------------------
+ * fusenn_interrupt_begin installs a SIGINT handler that records the signal in
+ * a flag and passes it on to the handler it replaces (Python's); the engine's
+ * long loops (an epoch, predict, evaluate) poll the flag between batches when
+ * asked to and stop with FUSENN_EINTERRUPTED after a whole step. Returns 1 if
+ * installed (SIGINT had a handler function; nested calls share it), else 0.
+ * Call from one thread (Python's main thread, with the GIL held). */
+int fusenn_interrupt_begin(void);
+void fusenn_interrupt_end(void);
+int fusenn_interrupt_pending(void);
+void fusenn_interrupt_clear(void);
+
 /* Name of the GEMM micro-kernel ISA in use: "avx512", "avx2" or "generic".
  * Chosen once from the CPU's features; FUSENN_ISA=generic|avx2|avx512 in the
  * environment forces a lower path (a higher one than the CPU has is ignored). */
@@ -242,6 +254,17 @@ double fusenn_huber_f64(size_t n, size_t k, const double *A, ptrdiff_t lda,
                         const double *T, ptrdiff_t ldt, double delta, const double *sw,
                         double *dA, ptrdiff_t ldda, int nthreads);
 
+/* Poisson negative log-likelihood from log-rates (PyTorch's PoissonNLLLoss with
+ * log_input=True, full=False) over all n x k elements, targets T >= 0:
+ *   loss = (1/(n k)) sum_ij sw_i (exp(A_ij) - T_ij A_ij)
+ *   dA_i = sw_i (exp(A_i) - T_i) / (n k) (if dA != NULL) */
+double fusenn_poisson_f32(size_t n, size_t k, const float *A, ptrdiff_t lda,
+                          const float *T, ptrdiff_t ldt, const float *sw,
+                          float *dA, ptrdiff_t ldda, int nthreads);
+double fusenn_poisson_f64(size_t n, size_t k, const double *A, ptrdiff_t lda,
+                          const double *T, ptrdiff_t ldt, const double *sw,
+                          double *dA, ptrdiff_t ldda, int nthreads);
+
 /* ---- Dropout (dropout.c) -------------------------------------------------
  * Inverted dropout, as Keras and PyTorch: each element is dropped (set to 0)
  * with probability rate and kept elements are scaled by 1 / (1 - rate), so the
@@ -396,25 +419,36 @@ size_t fusenn_first_label_out_of_range(size_t n, const int64_t *labels, int64_t 
 size_t fusenn_count_nonfinite_f32(size_t n, size_t d, const float *X, ptrdiff_t ldx, int nthreads);
 size_t fusenn_count_nonfinite_f64(size_t n, size_t d, const double *X, ptrdiff_t ldx, int nthreads);
 
-/* ---- Training engine (plan.c) ---------------------------------------------
- * A network lowered into a plan: per-layer descriptors pointing at the
- * caller's weights, gradients and optimizer state, plus one arena (owned by
- * the plan) for the batch, every layer's output and the gradients flowing
- * back. A training step is one call: forward, loss, backward, update. The
- * arena grows only when a batch larger than any before arrives, so steady
- * state allocates nothing. All matrices are row-major and contiguous. */
+/* ---- Training engine (plan.c; layer kinds in csrc/layers/) ------------------
+ * A network lowered into a plan: a chain of layers, each of a kind from the
+ * engine's table (dense, dropout, batchnorm, ...), whose parameters live in one
+ * contiguous arena and their gradients in another (both the caller's), plus an
+ * arena owned by the plan for the batch, every layer's output, what each layer
+ * keeps for its backward pass, and the gradients flowing back. A training step
+ * is one call: forward, loss, backward, update. The plan's arena grows only
+ * when a batch larger than any before arrives, so steady state allocates
+ * nothing.
+ *
+ * Tensors are batches of samples; a sample is a C-contiguous block of a
+ * per-sample shape (F for rows of features, H x W x C for images, T x F for
+ * sequences). The loss reads the last layer's output as rows of its last
+ * dimension (k outputs per row). */
 
 #define FUSENN_EDIVERGED (-2) /* a loss or updated weight was not finite */
 /* fusenn_plan_train_batch's batch holds a NaN or infinity, a label outside
  * [0, k), or a binary cross-entropy target outside [0, 1]; nothing changed */
 #define FUSENN_EBADINPUT (-4)
+/* an interruptible call saw Ctrl-C (fusenn_interrupt_begin) and stopped after a
+ * whole step */
+#define FUSENN_EINTERRUPTED (-5)
 
 typedef enum {
     FUSENN_LOSS_CROSS_ENTROPY = 0,        /* softmax + cross-entropy, integer labels */
     FUSENN_LOSS_BINARY_CROSS_ENTROPY = 1, /* sigmoid + binary cross-entropy, targets */
     FUSENN_LOSS_MSE = 2,                  /* mean squared error on the outputs */
     FUSENN_LOSS_MAE = 3,                  /* mean absolute error on the outputs */
-    FUSENN_LOSS_HUBER = 4                 /* Huber loss on the outputs (needs a delta) */
+    FUSENN_LOSS_HUBER = 4,                /* Huber loss on the outputs (needs a delta) */
+    FUSENN_LOSS_POISSON = 5               /* Poisson NLL, the outputs are log-rates */
 } fusenn_loss;
 
 typedef enum {
@@ -425,12 +459,12 @@ typedef enum {
 } fusenn_optimizer_kind;
 
 /* An optimizer's settings. Each step, before the updates:
- *   1. l2 > 0: g += l2 w for every weight matrix W (never the biases)
+ *   1. l2 > 0: g += l2 w for every decayed parameter (kernels, never biases)
  *   2. clipnorm > 0: each parameter's g *= c / ||g|| when ||g|| > c;
  *      global_clipnorm > 0: every g *= c / ||all g|| when that norm is > c
  *      (||.|| from fusenn_sum_squares; at most one of the two is set)
  *   3. clipvalue > 0: g = clip(g, -clipvalue, clipvalue)
- * weight_decay (Adam only) decays the weight matrices, never the biases. */
+ * weight_decay (Adam only) decays the decayed parameters too, never the others. */
 typedef struct {
     fusenn_optimizer_kind kind;
     double lr;
@@ -444,93 +478,184 @@ typedef struct {
     int64_t steps;   /* updates applied so far; each step adds one (Adam's t) */
 } fusenn_optimizer;
 
-typedef enum {
-    FUSENN_LAYER_DENSE = 0,     /* act(x W + b) */
-    FUSENN_LAYER_DROPOUT = 1,   /* inverted dropout while training, identity otherwise */
-    FUSENN_LAYER_BATCHNORM = 2  /* batch normalisation per feature */
-} fusenn_layer_kind;
+#define FUSENN_MAX_RANK 4    /* dimensions of a sample */
+#define FUSENN_MAX_ATTRS 16  /* attributes of a layer */
+#define FUSENN_MAX_PARAMS 4  /* parameter tensors of a layer */
 
-/* One layer of a plan. Pointers to arrays are to `real` (the plan's dtype);
- * fields a kind does not use are ignored. */
+/* A per-sample shape: dim[0 .. rank). */
 typedef struct {
-    fusenn_layer_kind kind;
-    size_t d_in, d_out;   /* d_out == d_in for dropout and batchnorm */
-    fusenn_activation act; /* dense */
-    void *W, *b;          /* dense: d_in x d_out and d_out; batchnorm: gamma and beta (d) */
-    void *dW, *db;        /* their gradients, same shapes */
-    void *W_state[2];     /* optimizer state shaped like W: SGD {velocity or NULL,
-                             NULL}, Adam {m, v}, RMSprop and Adagrad {v, NULL} */
-    void *b_state[2];     /* the same for b */
-    double rate;          /* dropout: probability of zeroing an input */
-    uint64_t seed;        /* dropout: base seed of the masks */
-    uint64_t *step;       /* dropout: training passes so far, advanced in place */
-    double momentum, eps; /* batchnorm */
-    void *running_mean, *running_var; /* batchnorm: d each, updated while training */
+    size_t rank;
+    size_t dim[FUSENN_MAX_RANK];
+} fusenn_shape;
+
+/* The engine's layer kinds, found by name ("dense", "dropout", "batchnorm",
+ * ...): the kind's index, or -1. fusenn_kind_attr names attribute i of a kind
+ * (the order of fusenn_layer.attr), NULL past the last;
+ * fusenn_kind_reads_indices is 1 for a kind whose input is int64 indices. */
+int fusenn_kind_find(const char *name);
+int fusenn_kind_count(void);
+const char *fusenn_kind_name(int kind);
+const char *fusenn_kind_attr(int kind, size_t i);
+int fusenn_kind_reads_indices(int kind);
+
+/* One layer of a network. Arrays are of the plan's dtype and must outlive it. */
+typedef struct {
+    int kind;                        /* fusenn_kind_find */
+    double attr[FUSENN_MAX_ATTRS];   /* as fusenn_kind_attr names them (integers are exact) */
+    size_t param_offset[FUSENN_MAX_PARAMS]; /* each parameter tensor's first element in
+                                               the arenas */
+    uint64_t seed;                   /* dropout: the masks' base seed */
+    uint64_t *counter;               /* dropout: training passes so far, advanced in place */
+    void *buffer[2];                 /* persistent non-trainable tensors (batchnorm: the
+                                        running mean and variance, updated while training) */
 } fusenn_layer;
+
+/* Pooling modes (the "mode" attribute of the pooling kinds). */
+typedef enum {
+    FUSENN_POOL_MAX = 0,
+    FUSENN_POOL_AVG = 1
+} fusenn_pool_mode;
+
+/* ---- One layer of a kind, called directly --------------------------------
+ * The per-op API of every layer kind: the same forward and backward the
+ * engine runs, on n samples of shape `in` (sample stride ldx). params and
+ * grads list the layer's parameter tensors (fusenn_layer_describe gives their
+ * number and shapes; param_offset is not used). saved (saved_bytes) carries
+ * what the forward keeps for the backward; work (work_bytes) is scratch. y
+ * and dy are contiguous (out_size per sample), dx too (in_size per sample, or
+ * NULL: not needed). *result is where the output (or dL/dx) ended up: y or x
+ * for a forward that passes its input through, dx or dy for a backward that
+ * worked in place. Returns FUSENN_OK, FUSENN_EINVAL (the layer cannot take
+ * the input) or FUSENN_ENOMEM. mask: the time steps of a sequence that are
+ * real (n x T bytes) or NULL; a forward that makes a mask (Embedding with
+ * mask_zero) sets *mask_out to it (else to mask). */
+int fusenn_layer_describe(const fusenn_layer *desc, const fusenn_shape *in, fusenn_shape *out,
+                          size_t *n_params, fusenn_shape *param_shapes);
+size_t fusenn_layer_saved_bytes_f32(const fusenn_layer *desc, const fusenn_shape *in, size_t n);
+size_t fusenn_layer_saved_bytes_f64(const fusenn_layer *desc, const fusenn_shape *in, size_t n);
+size_t fusenn_layer_work_bytes_f32(const fusenn_layer *desc, const fusenn_shape *in, size_t n);
+size_t fusenn_layer_work_bytes_f64(const fusenn_layer *desc, const fusenn_shape *in, size_t n);
+int fusenn_layer_forward_f32(const fusenn_layer *desc, const fusenn_shape *in, size_t n,
+                             const void *x, ptrdiff_t ldx, float *const *params, float *y,
+                             void *saved, void *work, const unsigned char *mask, int training,
+                             int logits, int nthreads, const void **result,
+                             const unsigned char **mask_out);
+int fusenn_layer_forward_f64(const fusenn_layer *desc, const fusenn_shape *in, size_t n,
+                             const void *x, ptrdiff_t ldx, double *const *params, double *y,
+                             void *saved, void *work, const unsigned char *mask, int training,
+                             int logits, int nthreads, const void **result,
+                             const unsigned char **mask_out);
+int fusenn_layer_backward_f32(const fusenn_layer *desc, const fusenn_shape *in, size_t n,
+                              const void *x, ptrdiff_t ldx, const float *y,
+                              float *const *params, float *const *grads, const void *saved,
+                              void *work, const unsigned char *mask, float *dy, float *dx,
+                              int logits, int nthreads, void **result);
+int fusenn_layer_backward_f64(const fusenn_layer *desc, const fusenn_shape *in, size_t n,
+                              const void *x, ptrdiff_t ldx, const double *y,
+                              double *const *params, double *const *grads, const void *saved,
+                              void *work, const unsigned char *mask, double *dy, double *dx,
+                              int logits, int nthreads, void **result);
+
+/* A network to plan. The optimizer state arenas are shaped like the parameter
+ * arena: SGD {velocity or NULL, NULL}, Adam {m, v}, RMSprop and Adagrad {v, NULL}.
+ * With a cross-entropy loss the last layer's output activation must be softmax
+ * or identity, with binary cross-entropy sigmoid or identity (the losses work
+ * from logits: the last layer stops before its activation when training).
+ * loss_param is Huber's delta (ignored by the other losses). */
+typedef struct {
+    size_t n_layers;
+    const fusenn_layer *layers;
+    fusenn_shape input;   /* a sample of X (int64 indices if the first kind reads indices) */
+    fusenn_loss loss;
+    double loss_param;
+    void *params, *grads; /* the arenas, arena_len elements each */
+    void *state[2];
+    size_t arena_len;
+} fusenn_network;
 
 typedef struct fusenn_plan_f32 fusenn_plan_f32;
 typedef struct fusenn_plan_f64 fusenn_plan_f64;
 
-/* A plan for n_layers chained layers (layer l's d_out is layer l+1's d_in; the
- * last layer is dense). The descriptors are copied; the arrays they point to
- * must outlive the plan. With a cross-entropy loss the last layer's activation
- * must be softmax or identity, with binary cross-entropy sigmoid or identity
- * (the losses work from logits). loss_param is Huber's delta (ignored by the
- * other losses). Returns NULL when out of memory or the layers are invalid. */
-fusenn_plan_f32 *fusenn_plan_create_f32(size_t n_layers, const fusenn_layer *layers,
-                                        fusenn_loss loss, double loss_param);
-fusenn_plan_f64 *fusenn_plan_create_f64(size_t n_layers, const fusenn_layer *layers,
-                                        fusenn_loss loss, double loss_param);
+/* A plan for the network; the descriptors are copied. Returns FUSENN_OK,
+ * FUSENN_ENOMEM, or FUSENN_EINVAL with *bad_layer the index of a layer whose
+ * kind, attributes, input shape or parameters do not fit (n_layers: the
+ * network as a whole, e.g. no layers or parameters outside the arenas). */
+int fusenn_plan_create_f32(const fusenn_network *net, fusenn_plan_f32 **plan, size_t *bad_layer);
+int fusenn_plan_create_f64(const fusenn_network *net, fusenn_plan_f64 **plan, size_t *bad_layer);
 void fusenn_plan_destroy_f32(fusenn_plan_f32 *plan);
 void fusenn_plan_destroy_f64(fusenn_plan_f64 *plan);
 
-/* One training step on X (n x d_in, row stride ldx) with labels (cross-entropy)
- * or targets T (n x k, row stride ldt; otherwise), rows weighted by sw (length
- * n; NULL: unweighted). On FUSENN_EDIVERGED the weights are those from before
- * the step, the optimizer state is zeroed and opt->steps is 0. The batch is
- * checked before anything changes: FUSENN_EBADINPUT if it cannot be trained on.
- * *loss is the batch loss; *correct counts correct predictions (rows for
- * cross-entropy, elements for binary cross-entropy). */
-int fusenn_plan_train_batch_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
+/* The plan's per-sample output shape. */
+fusenn_shape fusenn_plan_output_shape_f32(const fusenn_plan_f32 *plan);
+fusenn_shape fusenn_plan_output_shape_f64(const fusenn_plan_f64 *plan);
+
+/* One training step on n samples X (sample stride ldx; samples of several
+ * rows must be contiguous: ldx equal to their size) with labels (cross-entropy:
+ * one per output row) or targets T (the output's shape, sample stride ldt),
+ * samples weighted by sw (n; NULL: unweighted). On FUSENN_EDIVERGED the
+ * weights are those from before the step, the optimizer state is zeroed and
+ * opt->steps is 0. The batch is checked before anything changes:
+ * FUSENN_EBADINPUT if it cannot be trained on. *loss is the batch loss;
+ * *correct counts correct predictions (rows for cross-entropy, elements for
+ * binary cross-entropy). chunks > 1: the batch's gradient is the sum over
+ * that many chunks of its rows (fusenn_chunk_start's cut), each chunk's
+ * gradient computed alone (its rows weighted by their share of the batch,
+ * Dropout's masks those of the whole batch, BatchNorm's statistics the
+ * chunk's own) and the chunks' added in order; the ranks of a distributed fit
+ * add theirs the same way. 1 (or 0): the plain step. */
+int fusenn_plan_train_batch_f32(fusenn_plan_f32 *plan, size_t n, const void *X, ptrdiff_t ldx,
                                 const int64_t *labels, const float *T, ptrdiff_t ldt,
-                                const float *sw, fusenn_optimizer *opt, double *loss,
-                                double *correct, int nthreads);
-int fusenn_plan_train_batch_f64(fusenn_plan_f64 *plan, size_t n, const double *X, ptrdiff_t ldx,
+                                const float *sw, size_t chunks, fusenn_optimizer *opt,
+                                double *loss, double *correct, int nthreads);
+int fusenn_plan_train_batch_f64(fusenn_plan_f64 *plan, size_t n, const void *X, ptrdiff_t ldx,
                                 const int64_t *labels, const double *T, ptrdiff_t ldt,
-                                const double *sw, fusenn_optimizer *opt, double *loss,
-                                double *correct, int nthreads);
+                                const double *sw, size_t chunks, fusenn_optimizer *opt,
+                                double *loss, double *correct, int nthreads);
 
 /* Batches [first_batch, first_batch + n_batches) of an epoch over n samples:
- * batch b is the rows order[b * batch_size ...] (the last one may be short),
- * gathered into the arena with their targets and weights. Adds loss x rows and
- * correct predictions of every batch to *loss_sum and *correct_sum; *loss is
- * the last batch's loss (the diverging one on FUSENN_EDIVERGED). */
-int fusenn_plan_train_epoch_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
+ * batch b is the samples order[b * batch_size ...] (the last one may be short),
+ * gathered into the arena with their targets and weights. Adds loss x samples
+ * and correct predictions of every batch to *loss_sum and *correct_sum; *loss
+ * is the last batch's loss (the diverging one on FUSENN_EDIVERGED); *done
+ * counts the batches trained. interruptible: poll for Ctrl-C
+ * (fusenn_interrupt_begin) before each batch and return FUSENN_EINTERRUPTED. */
+int fusenn_plan_train_epoch_f32(fusenn_plan_f32 *plan, size_t n, const void *X, ptrdiff_t ldx,
                                 const int64_t *labels, const float *T, ptrdiff_t ldt,
                                 const float *sw, const int64_t *order, size_t batch_size,
-                                size_t first_batch, size_t n_batches, fusenn_optimizer *opt,
-                                double *loss, double *loss_sum, double *correct_sum, int nthreads);
-int fusenn_plan_train_epoch_f64(fusenn_plan_f64 *plan, size_t n, const double *X, ptrdiff_t ldx,
+                                size_t chunks, size_t first_batch, size_t n_batches,
+                                fusenn_optimizer *opt, double *loss, double *loss_sum,
+                                double *correct_sum, size_t *done, int interruptible,
+                                int nthreads);
+int fusenn_plan_train_epoch_f64(fusenn_plan_f64 *plan, size_t n, const void *X, ptrdiff_t ldx,
                                 const int64_t *labels, const double *T, ptrdiff_t ldt,
                                 const double *sw, const int64_t *order, size_t batch_size,
-                                size_t first_batch, size_t n_batches, fusenn_optimizer *opt,
-                                double *loss, double *loss_sum, double *correct_sum, int nthreads);
+                                size_t chunks, size_t first_batch, size_t n_batches,
+                                fusenn_optimizer *opt, double *loss, double *loss_sum,
+                                double *correct_sum, size_t *done, int interruptible,
+                                int nthreads);
 
-/* The network's outputs for X (n x d_in) into out (n x k, row stride ldo), in
- * chunks of rows, in inference mode (no dropout, batchnorm's running stats). */
-int fusenn_plan_predict_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
-                            float *out, ptrdiff_t ldo, int nthreads);
-int fusenn_plan_predict_f64(fusenn_plan_f64 *plan, size_t n, const double *X, ptrdiff_t ldx,
-                            double *out, ptrdiff_t ldo, int nthreads);
+/* The network's outputs for n samples X into out (sample stride ldo), in
+ * chunks of samples, in inference mode (no dropout, batchnorm's running
+ * statistics). interruptible: poll for Ctrl-C about every 10 ms of work.
+ * FUSENN_EBADINPUT: X holds a NaN or infinity, or an index the first layer
+ * cannot take (nothing computed);
+ * FUSENN_EDIVERGED: an output is not finite (X too large for the weights). */
+int fusenn_plan_predict_f32(fusenn_plan_f32 *plan, size_t n, const void *X, ptrdiff_t ldx,
+                            float *out, ptrdiff_t ldo, int interruptible, int nthreads);
+int fusenn_plan_predict_f64(fusenn_plan_f64 *plan, size_t n, const void *X, ptrdiff_t ldx,
+                            double *out, ptrdiff_t ldo, int interruptible, int nthreads);
 
-/* Loss x rows summed over chunks into *loss_sum (rows weighted by sw, may be
- * NULL), correct predictions into *correct_sum (as train_batch counts them). */
-int fusenn_plan_evaluate_f32(fusenn_plan_f32 *plan, size_t n, const float *X, ptrdiff_t ldx,
+/* Loss x samples summed over chunks into *loss_sum (samples weighted by sw,
+ * may be NULL), correct predictions into *correct_sum (as train_batch counts
+ * them). */
+int fusenn_plan_evaluate_f32(fusenn_plan_f32 *plan, size_t n, const void *X, ptrdiff_t ldx,
                              const int64_t *labels, const float *T, ptrdiff_t ldt,
-                             const float *sw, double *loss_sum, double *correct_sum, int nthreads);
-int fusenn_plan_evaluate_f64(fusenn_plan_f64 *plan, size_t n, const double *X, ptrdiff_t ldx,
+                             const float *sw, double *loss_sum, double *correct_sum,
+                             int interruptible, int nthreads);
+int fusenn_plan_evaluate_f64(fusenn_plan_f64 *plan, size_t n, const void *X, ptrdiff_t ldx,
                              const int64_t *labels, const double *T, ptrdiff_t ldt,
-                             const double *sw, double *loss_sum, double *correct_sum, int nthreads);
+                             const double *sw, double *loss_sum, double *correct_sum,
+                             int interruptible, int nthreads);
 
 #ifdef __cplusplus
 }

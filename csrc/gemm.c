@@ -51,8 +51,8 @@ typedef struct {
 } FN(gemm_config);
 
 /* Largest register tile of any kernel (sizes the on-stack tile buffers). */
-#define GEMM_MAX_NR 64
-#define GEMM_MAX_TILE (32 * GEMM_MAX_NR)
+#define GEMM_MAX_NR 128
+#define GEMM_MAX_TILE (16 * GEMM_MAX_NR)
 
 /* Register tiles and cache blocks per ISA (elements). MR x NR accumulators
  * must fit the vector registers with room for B and a broadcast; KC x NR of
@@ -168,6 +168,14 @@ typedef __mmask8 uk_mask;
 #define UK_MASK_LOAD(m, p) _mm512_maskz_loadu_pd((m), (p))
 #define UK_MASK_STORE(p, m, v) _mm512_mask_storeu_pd((p), (m), (__m512d)(v))
 #endif
+/* Lanes idx of the two vectors lo, hi (UK_REALIGN_B). */
+#if defined(FUSENN_DTYPE_F32)
+#define UK_PERMUTE2(lo, idx, hi) \
+    _mm512_permutex2var_ps((__m512)(lo), (__m512i)(idx), (__m512)(hi))
+#else
+#define UK_PERMUTE2(lo, idx, hi) \
+    _mm512_permutex2var_pd((__m512d)(lo), (__m512i)(idx), (__m512d)(hi))
+#endif
 #define UK_NAME FN(ukernel_avx2)
 #define UK_NAME_DIRECT FN(ukernel_avx2_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_avx2_direct_ab)
@@ -231,6 +239,114 @@ typedef __mmask8 uk_mask;
 #include "gemm_ukernel.h"
 #endif
 
+/* Row tiles for calls with few rows (m <= GEMM_FEW_ROWS: batch-1 to batch-16
+ * inference): 1, 2 or 4 rows by enough column vectors that the independent
+ * sums hide the FMA latency, reading A and B in place. With one row each
+ * value of B is used once, so the call streams B and no packing can pay.
+ * AVX-512, one row: 8 vectors; at 1x784x256 4 vectors took 5-20% longer, 6
+ * took 30% longer, 16 were no faster. The AVX-512 ones shift rows of B that
+ * start off a vector boundary into place (UK_REALIGN_B, gemm_ukernel.h). */
+#ifdef FUSENN_HAVE_X86_KERNELS
+#ifndef AVX512_ROW1_NV
+#define AVX512_ROW1_NV 8
+#endif
+#ifndef AVX512_ROW2_NV
+#define AVX512_ROW2_NV 8
+#endif
+#ifndef AVX512_ROW4_NV
+#define AVX512_ROW4_NV 4
+#endif
+#define UK_NAME FN(ukernel_avx512_row1)
+#define UK_NAME_DIRECT FN(ukernel_avx512_row1_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx512_row1_direct_ab)
+#define UK_NAME_PACK_B FN(ukernel_avx512_row1_pack_b)
+#define UK_NAME_EDGE FN(ukernel_avx512_row1_edge)
+#define UK_REALIGN_B
+#define UK_ATTR_EDGE AVX512_EDGE_TARGET
+#define UK_MR 1
+#define UK_NR (AVX512_ROW1_NV * 4 * LANES_PER_16B)
+#define UK_VBYTES 64
+#define UK_ATTR AVX512_TARGET
+#include "gemm_ukernel.h"
+
+#define UK_NAME FN(ukernel_avx512_row2)
+#define UK_NAME_DIRECT FN(ukernel_avx512_row2_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx512_row2_direct_ab)
+#define UK_NAME_PACK_B FN(ukernel_avx512_row2_pack_b)
+#define UK_NAME_EDGE FN(ukernel_avx512_row2_edge)
+#define UK_REALIGN_B
+#define UK_ATTR_EDGE AVX512_EDGE_TARGET
+#define UK_MR 2
+#define UK_NR (AVX512_ROW2_NV * 4 * LANES_PER_16B)
+#define UK_VBYTES 64
+#define UK_ATTR AVX512_TARGET
+#include "gemm_ukernel.h"
+
+#define UK_NAME FN(ukernel_avx512_row4)
+#define UK_NAME_DIRECT FN(ukernel_avx512_row4_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx512_row4_direct_ab)
+#define UK_NAME_PACK_B FN(ukernel_avx512_row4_pack_b)
+#define UK_NAME_EDGE FN(ukernel_avx512_row4_edge)
+#define UK_REALIGN_B
+#define UK_ATTR_EDGE AVX512_EDGE_TARGET
+#define UK_MR 4
+#define UK_NR (AVX512_ROW4_NV * 4 * LANES_PER_16B)
+#define UK_VBYTES 64
+#define UK_ATTR AVX512_TARGET
+#include "gemm_ukernel.h"
+
+#define UK_NAME FN(ukernel_avx2_row1)
+#define UK_NAME_DIRECT FN(ukernel_avx2_row1_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx2_row1_direct_ab)
+#define UK_NAME_PACK_B FN(ukernel_avx2_row1_pack_b)
+#define UK_MR 1
+#define UK_NR (8 * 2 * LANES_PER_16B)
+#define UK_VBYTES 32
+#define UK_ATTR __attribute__((target("avx2,fma")))
+#include "gemm_ukernel.h"
+
+#define UK_NAME FN(ukernel_avx2_row2)
+#define UK_NAME_DIRECT FN(ukernel_avx2_row2_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx2_row2_direct_ab)
+#define UK_NAME_PACK_B FN(ukernel_avx2_row2_pack_b)
+#define UK_MR 2
+#define UK_NR (4 * 2 * LANES_PER_16B)
+#define UK_VBYTES 32
+#define UK_ATTR __attribute__((target("avx2,fma")))
+#include "gemm_ukernel.h"
+
+#define UK_NAME FN(ukernel_avx2_row4)
+#define UK_NAME_DIRECT FN(ukernel_avx2_row4_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_avx2_row4_direct_ab)
+#define UK_NAME_PACK_B FN(ukernel_avx2_row4_pack_b)
+#define UK_MR 4
+#define UK_NR (2 * 2 * LANES_PER_16B)
+#define UK_VBYTES 32
+#define UK_ATTR __attribute__((target("avx2,fma")))
+#include "gemm_ukernel.h"
+
+#endif
+
+#define UK_NAME FN(ukernel_generic_row1)
+#define UK_NAME_DIRECT FN(ukernel_generic_row1_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_generic_row1_direct_ab)
+#define UK_NAME_PACK_B FN(ukernel_generic_row1_pack_b)
+#define UK_MR 1
+#define UK_NR (8 * LANES_PER_16B)
+#define UK_VBYTES 16
+#define UK_ATTR
+#include "gemm_ukernel.h"
+
+#define UK_NAME FN(ukernel_generic_row2)
+#define UK_NAME_DIRECT FN(ukernel_generic_row2_direct)
+#define UK_NAME_DIRECT_AB FN(ukernel_generic_row2_direct_ab)
+#define UK_NAME_PACK_B FN(ukernel_generic_row2_pack_b)
+#define UK_MR 2
+#define UK_NR (4 * LANES_PER_16B)
+#define UK_VBYTES 16
+#define UK_ATTR
+#include "gemm_ukernel.h"
+
 #define UK_NAME FN(ukernel_generic_narrow)
 #define UK_NAME_DIRECT FN(ukernel_generic_narrow_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_generic_narrow_direct_ab)
@@ -263,25 +379,97 @@ static const FN(gemm_config) FN(gemm_configs)[][3] = {
       AVX512_NARROW_MR * 24, 4 * LANES_PER_16B * 256}},
 #endif
 };
+
+/* Tiles for calls with few rows, per ISA level, from the lowest: 1, 2, 4 and
+ * then the level's tile for more rows (AVX-512: the 8-row mid tile; AVX2: its
+ * 6-row tile, which beat 8 x 1 and 4 x 3 vectors from 8 to 16 rows; the
+ * portable level: its only tile, 4 rows). The same KC as the level's other
+ * tiles, so the same bits. Calls with at most GEMM_FEW_ROWS rows take them,
+ * in one MC block; a packed (transposed) B block is ROW_NC columns wide. */
+#define GEMM_FEW_ROWS 16
+#define ROW_NC (256 * LANES_PER_16B)
+static const FN(gemm_config) FN(gemm_row_configs)[][4] = {
+    {{K(ukernel_generic_row1), 1, 8 * LANES_PER_16B, GENERIC_KC, GEMM_FEW_ROWS, ROW_NC},
+     {K(ukernel_generic_row2), 2, 4 * LANES_PER_16B, GENERIC_KC, GEMM_FEW_ROWS, ROW_NC},
+     {K(ukernel_generic), GENERIC_MR, GENERIC_NR, GENERIC_KC, GENERIC_MC, GENERIC_NC},
+     {K(ukernel_generic), GENERIC_MR, GENERIC_NR, GENERIC_KC, GENERIC_MC, GENERIC_NC}},
+#ifdef FUSENN_HAVE_X86_KERNELS
+    {{K(ukernel_avx2_row1), 1, 16 * LANES_PER_16B, AVX2_KC, GEMM_FEW_ROWS, ROW_NC},
+     {K(ukernel_avx2_row2), 2, 8 * LANES_PER_16B, AVX2_KC, GEMM_FEW_ROWS, ROW_NC},
+     {K(ukernel_avx2_row4), 4, 4 * LANES_PER_16B, AVX2_KC, GEMM_FEW_ROWS, ROW_NC},
+     {K(ukernel_avx2), AVX2_MR, AVX2_NR, AVX2_KC, AVX2_MC, AVX2_NC}},
+    {{KE(ukernel_avx512_row1), 1, AVX512_ROW1_NV * 4 * LANES_PER_16B, AVX512_KC, GEMM_FEW_ROWS,
+      ROW_NC},
+     {KE(ukernel_avx512_row2), 2, AVX512_ROW2_NV * 4 * LANES_PER_16B, AVX512_KC, GEMM_FEW_ROWS,
+      ROW_NC},
+     {KE(ukernel_avx512_row4), 4, AVX512_ROW4_NV * 4 * LANES_PER_16B, AVX512_KC, GEMM_FEW_ROWS,
+      ROW_NC},
+     {KE(ukernel_avx512_mid), 8, 8 * LANES_PER_16B, AVX512_KC, 8 * 48, 8 * LANES_PER_16B * 128}},
+#endif
+};
 #undef K
 #undef KE
 
+/* Few-row calls split off rows past their tile's last whole one (below) only
+ * from this many values of B, read in place: with a smaller B the second call
+ * costs more than it saves (6x32x32 0.37 -> 0.47 us), and a B that is packed
+ * (transposed) would be packed twice (float64 5x784x256 144 -> 202 us). */
+#define GEMM_SPLIT_MIN_B (64 * 64)
 
 /* The kernel for this CPU (or FUSENN_ISA) and the shape: narrow when C has few
  * columns, the mid tile for calls that run on one thread anyway, else the wide
  * one. Measured (AVX-512, float32, ratio to NumPy): the mid tile takes 32^3
  * from 1.05x to 1.25x and 64^3 from 0.97x to 1.02x, and wins 5% on one thread
  * at the MLP shapes, but loses 10-25% there on two threads and 14% at 1024^3.
- * The choice never depends on the thread count, and every tile sums each
- * element in the same order, so it does not change the bits. */
-static const FN(gemm_config) *FN(gemm_select)(int serial, size_t n)
+ * With at most GEMM_FEW_ROWS rows a row tile instead, unless C has few columns
+ * and at least the narrow tile's rows, or C is under half the row tile's width
+ * and its partial panel would be packed (no edge kernel, or a transposed B:
+ * float64 1x128x10 with B^T 1.6 -> 2.7 us on the 1-row tile). One thread,
+ * AVX-512, float32, B 16 bytes off a cache line, the tiles before -> the row
+ * tiles: 1x784x256 28 -> 7.1 us, 4x784x256 29 -> 13, 8x784x256 50 -> 22,
+ * 1x256x128 4.0 -> 1.2, 4x128x10 0.72 -> 0.60; 16x16x16 stays narrow (0.17
+ * us, 0.23 on the mid tile's edge kernel). The choice never depends on the
+ * thread count, and every tile sums each element in the same order, so it
+ * does not change the bits. */
+static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n, size_t k,
+                                              int b_rows_contiguous)
 {
     int level = fusenn_isa_level();
     int available = (int)(sizeof(FN(gemm_configs)) / sizeof(FN(gemm_configs)[0])) - 1;
-    const FN(gemm_config) *trio = FN(gemm_configs)[level < available ? level : available];
-    const FN(gemm_config) *full = serial ? &trio[1] : &trio[0];
-    return n <= (size_t)full->nr / 2 ? &trio[2] : full;
+    if (level > available)
+        level = available;
+    const FN(gemm_config) *trio = FN(gemm_configs)[level];
+    const FN(gemm_config) *full = serial || m <= GEMM_FEW_ROWS ? &trio[1] : &trio[0];
+    const int few_columns = n <= (size_t)full->nr / 2;
+    if (m <= GEMM_FEW_ROWS && (m < (size_t)trio[2].mr || !few_columns)) {
+        /* With a large enough B, the tallest tile no taller than m rows, or
+         * than m + 1 from 3 rows (3 rows on the 4-row tile: a pass over B for
+         * one row costs about what a 4-row tile's does, 1x100x300 1.8 us,
+         * 4x100x300 2.2), the caller splitting off the rows that would pad
+         * it with more zero rows; else the lowest tile that takes all rows. */
+        const FN(gemm_config) *rows = FN(gemm_row_configs)[level];
+        const int split = b_rows_contiguous && n * k >= GEMM_SPLIT_MIN_B;
+        const size_t most = split ? m + (m >= 3) : (size_t)-1;
+        int tile = 0;
+        while (tile < 3 && (size_t)rows[tile].mr < m && (size_t)rows[tile + 1].mr <= most)
+            tile++;
+        if ((rows[tile].kernel_edge != NULL && b_rows_contiguous) || n > (size_t)rows[tile].nr / 2)
+            return &rows[tile];
+    }
+    return few_columns ? &trio[2] : full;
 }
+
+/* A call with few rows streams B, and threads that take column slabs of B
+ * each finish it sooner from this many multiply-adds (and two panels), well
+ * below the line of fusenn_gemm_is_serial; a one-row call counts as two rows,
+ * as loading B costs it more than its multiply-adds. Two threads against
+ * one, AVX-512, float32 (B 16 bytes off a cache line, as NumPy's arrays):
+ * 1x784x256 7.1 -> 5.2 us, 1x512x256 4.7 -> 3.8, 4x256x256 4.3 -> 3.4,
+ * 8x256x128 3.5 -> 3.1, 16x128x128 3.6 -> 3.3; below the line 8x128x128 1.9
+ * -> 2.3, 1x256x256 equal. */
+#ifndef GEMM_FEW_ROWS_PARALLEL
+#define GEMM_FEW_ROWS_PARALLEL (256.0 * 1024)
+#endif
 
 /* When the micro-kernel reads A in place instead of from packed panels (the
  * bits are the same either way). Measured on AVX-512, float32:
@@ -350,11 +538,13 @@ static void FN(pack_a_panel)(size_t mr_eff, int mr, size_t kc, const real *A,
                 dst[p * (size_t)mr + i] = A[(ptrdiff_t)i * rs + (ptrdiff_t)p];
         return;
     }
-    for (size_t p = 0; p < kc; p++) {
-        for (size_t i = 0; i < mr_eff; i++)
-            dst[p * (size_t)mr + i] = A[(ptrdiff_t)i * rs + (ptrdiff_t)p * cs];
-        for (size_t i = mr_eff; i < (size_t)mr; i++)
-            dst[p * (size_t)mr + i] = 0;
+    /* zeros first, in one memset, then a row at a time (zero padding per
+     * step was a memset call per step) */
+    memset(dst, 0, kc * (size_t)mr * sizeof(real));
+    for (size_t i = 0; i < mr_eff; i++) {
+        const real *a = A + (ptrdiff_t)i * rs;
+        for (size_t p = 0; p < kc; p++)
+            dst[p * (size_t)mr + i] = a[(ptrdiff_t)p * cs];
     }
 }
 
@@ -783,9 +973,28 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         FN(gemm_scale_only)(m, n, beta, C, rs_c, cs_c, bias, act);
         return FUSENN_OK;
     }
-    const int serial = fusenn_gemm_is_serial(m, n, k);
-    const FN(gemm_config) *cfg = FN(gemm_select)(serial, n);
+    const int small = fusenn_gemm_is_serial(m, n, k);
+    const FN(gemm_config) *cfg = FN(gemm_select)(small, m, n, k, cs_b == 1);
     const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
+    /* Few rows that would leave a tile padded with two or more zero rows:
+     * the rows past the last whole tile go to a call of their own, with a
+     * tile of their height (one more pass over B, but neither packing nor
+     * wasted multiply-adds). One thread, AVX-512, B 784x256: 5 rows (4 + 1)
+     * 29 -> 20 us, 9 rows (8 + 1) 44 -> 34; B 64x64: 5 rows 0.80 -> 0.69 us. */
+    if (m <= GEMM_FEW_ROWS && m > mr && m % mr != 0 && m % mr < mr - 1
+        && n * k >= GEMM_SPLIT_MIN_B && cs_b == 1) {
+        const size_t head = m - m % mr;
+        int rc = FN(fusenn_gemm_fused)(head, n, k, alpha, A, rs_a, cs_a, B, rs_b, cs_b, beta,
+                                       C, rs_c, cs_c, bias, act, nthreads);
+        if (rc != FUSENN_OK)
+            return rc;
+        return FN(fusenn_gemm_fused)(m - head, n, k, alpha, A + (ptrdiff_t)head * rs_a, rs_a,
+                                     cs_a, B, rs_b, cs_b, beta, C + (ptrdiff_t)head * rs_c,
+                                     rs_c, cs_c, bias, act, nthreads);
+    }
+    const int serial = small && !(m <= GEMM_FEW_ROWS && n >= 2 * nr
+                                  && (double)FUSENN_MAX(m, 2) * (double)n * (double)k
+                                         >= GEMM_FEW_ROWS_PARALLEL);
 
     const int nt = serial || nthreads < 1 ? 1 : nthreads;
     const size_t m_blocks = (m + cfg->mc - 1) / cfg->mc;
@@ -800,7 +1009,7 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
          * thread takes whole row blocks with its own A. */
         .split_columns = m_blocks % (size_t)nt != 0,
         .direct_a = n <= GEMM_DIRECT_A_MAX_PANELS * nr || cs_a == 1,
-        .direct_b = GEMM_DIRECT_B && serial && cs_b == 1,
+        .direct_b = GEMM_DIRECT_B && (serial || m <= GEMM_FEW_ROWS) && cs_b == 1,
     };
     const size_t b_len = kc_max * ((FUSENN_MIN(cfg->nc, n) + nr - 1) / nr * nr);
     /* Threads that read A in place need not share anything: each takes
@@ -869,4 +1078,74 @@ int FN(fusenn_gemm)(size_t m, size_t n, size_t k, real alpha,
 {
     return FN(fusenn_gemm_fused)(m, n, k, alpha, A, rs_a, cs_a, B, rs_b, cs_b, beta,
                                  C, rs_c, cs_c, NULL, FUSENN_ACT_IDENTITY, nthreads);
+}
+
+/* ---- B packed once, for many products ------------------------------------ */
+
+/* The recurrent layers multiply by the same recurrent kernel at every time
+ * step: packing it once per pass, not once per step, saves T - 1 packings.
+ * The packed form is each kc block's NR-wide panels (zero-padded), one block
+ * after the other, for the tile gemm_select picks for one thread and about m
+ * rows; a product may then take any rows. Every tile of a level sums each
+ * element over the same kc blocks in the same order, so the product has the
+ * bits of fusenn_gemm on the same operands. */
+FN(gemm_packed) FN(fusenn_gemm_packed_for)(size_t m, size_t n, size_t k)
+{
+    const FN(gemm_config) *cfg = FN(gemm_select)(1, FUSENN_MAX(m, (size_t)1), n, k, 1);
+    const size_t nr = (size_t)cfg->nr;
+    FN(gemm_packed) p = {cfg, n, k, k * ((n + nr - 1) / nr * nr)};
+    return p;
+}
+
+void FN(fusenn_gemm_pack_b)(const FN(gemm_packed) *p, const real *B, ptrdiff_t rs_b,
+                            ptrdiff_t cs_b, real *Bp)
+{
+    const FN(gemm_config) *cfg = p->cfg;
+    const size_t nr = (size_t)cfg->nr, n_panels = (p->n + nr - 1) / nr;
+    for (size_t pc = 0; pc < p->k; pc += cfg->kc) {
+        const size_t kc = FUSENN_MIN(cfg->kc, p->k - pc);
+        real *block = Bp + pc * n_panels * nr;
+        for (size_t jp = 0; jp < n_panels; jp++)
+            FN(pack_b_panel)(FUSENN_MIN(nr, p->n - jp * nr), cfg->nr, kc,
+                             B + (ptrdiff_t)pc * rs_b + (ptrdiff_t)(jp * nr) * cs_b, rs_b, cs_b,
+                             block + jp * nr * kc);
+    }
+}
+
+int FN(fusenn_gemm_with_packed_b)(const FN(gemm_packed) *p, size_t m, real alpha,
+                                  const real *A, ptrdiff_t rs_a, ptrdiff_t cs_a,
+                                  const real *Bp, real beta, real *C, ptrdiff_t rs_c,
+                                  const real *bias)
+{
+    const FN(gemm_config) *cfg = p->cfg;
+    const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr, n = p->n, k = p->k;
+    const size_t n_panels = (n + nr - 1) / nr, full = m / mr * mr;
+    if (m == 0 || n == 0)
+        return FUSENN_OK;
+    if (k == 0) {
+        FN(gemm_scale_only)(m, n, beta, C, rs_c, 1, bias, FUSENN_ACT_IDENTITY);
+        return FUSENN_OK;
+    }
+    /* A is read in place but for a partial last panel, packed here */
+    real *Ap = full < m ? FN(pack_buffer)(mr * FUSENN_MIN(cfg->kc, k)) : NULL;
+    if (full < m && Ap == NULL)
+        return FUSENN_ENOMEM;
+    for (size_t pc = 0; pc < k; pc += cfg->kc) {
+        const size_t kc = FUSENN_MIN(cfg->kc, k - pc);
+        const FN(store_params) sp = {alpha, pc == 0 ? beta : (real)1, FUSENN_ACT_IDENTITY,
+                                     pc + kc == k};
+        real *block = (real *)Bp + pc * n_panels * nr;
+        const real *A_pc = A + (ptrdiff_t)pc * cs_a;
+        for (size_t ic = 0; ic < full; ic += cfg->mc) /* MC rows of A stay in L2 */
+            FN(macro_kernel)(cfg, FUSENN_MIN(cfg->mc, full - ic), n, kc, NULL,
+                             A_pc + (ptrdiff_t)ic * rs_a, rs_a, cs_a, block, NULL, NULL, 0, 0,
+                             n_panels, C + (ptrdiff_t)ic * rs_c, rs_c, 1, bias, &sp);
+        if (full < m) {
+            FN(pack_a_panel)(m - full, cfg->mr, kc, A_pc + (ptrdiff_t)full * rs_a, rs_a, cs_a,
+                             Ap);
+            FN(macro_kernel)(cfg, m - full, n, kc, Ap, NULL, rs_a, cs_a, block, NULL, NULL, 0,
+                             0, n_panels, C + (ptrdiff_t)full * rs_c, rs_c, 1, bias, &sp);
+        }
+    }
+    return FUSENN_OK;
 }

@@ -10,6 +10,9 @@
  *                      read in place (UK_EDGE), given its attributes UK_ATTR_EDGE,
  *                      UK_MASK_LOAD(mask, p), UK_MASK_STORE(p, mask, v) and
  *                      the mask type uk_mask
+ *   UK_REALIGN_B       optional, with UK_NAME_EDGE: the A-and-B-in-place variant
+ *                      shifts misaligned rows of B into place (UK_ALIGN_B),
+ *                      given UK_PERMUTE2(lo, idx, hi)
  * The file includes itself again to define those variants.
  *
  * It accumulates one UK_MR x UK_NR tile AB = sum_p a_p b_p^T from packed
@@ -32,6 +35,14 @@
  * in the first tile that reads them, instead of in a separate pass before
  * it. That pass was 12% of a one-thread 128x784x256 in perf; packing in the
  * kernel made the call 5% faster.
+ *
+ * With UK_ALIGN_B defined too (the direct-B variant of the kernels whose
+ * instantiation sets UK_REALIGN_B; UK_PERMUTE2 is AVX-512's two-vector
+ * permute), rows of B that all start at the same offset into a vector are
+ * read as aligned vectors and shifted into place: the few-row tiles stream B
+ * from L2, and loads straddling two cache lines made a one-row 1x784x256 1.9x
+ * slower than an aligned B (1.35x with the permutes). The mid tile, FMA-bound,
+ * lost 10% with them.
  *
  * With UK_EDGE defined too (AVX-512 only: it needs masked loads and stores),
  * the kernel touches only the first nr_eff < UK_NR columns of B, bias and C;
@@ -80,8 +91,12 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
     typedef int_same_size_real ivec __attribute__((vector_size(UK_VBYTES)));
     enum { LANES = UK_VBYTES / sizeof(real), NV = UK_NR / LANES };
 #ifdef UK_EDGE
-    /* UK_LANE_MASK(v): the lanes of vector v below nr_eff (< UK_NR <= 64) */
+    /* UK_LANE_MASK(v): the lanes of vector v below nr_eff (< UK_NR <= 128) */
+#if UK_NR > 64
+    const unsigned __int128 lanes = ((unsigned __int128)1 << nr_eff) - 1;
+#else
     const unsigned long long lanes = (1ull << nr_eff) - 1;
+#endif
 #define UK_LANE_MASK(v) ((uk_mask)(lanes >> ((v) * LANES)))
 #endif
     vec acc[UK_MR][NV];
@@ -92,24 +107,60 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
 #pragma GCC unroll 16
         for (int v = 0; v < NV; v++)
             acc[i][v] = (vec){0};
+    /* One step: every row's value of A times the NV vectors of B in bv. */
+#define UK_FMAS(bv)                                                                       \
+    _Pragma("GCC unroll 16") for (int i = 0; i < UK_MR; i++) {                           \
+        const real ai = UK_A(i);                                                          \
+        _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++)                             \
+            acc[i][v] += ai * (bv)[v]; /* contracted to FMA where available */           \
+    }
+#ifdef UK_ALIGN_B
+    /* B's rows all start `shift` lanes past a vector boundary (NumPy's large
+     * arrays start 16 bytes past one): read whole aligned vectors, the end
+     * ones masked to the row, and permute each adjacent pair into place.
+     * Loads that straddle two cache lines cost more than the permutes. */
+    const size_t shift = (uintptr_t)b / sizeof(real) % LANES;
+    if (shift != 0 && rs_b % LANES == 0) {
+        ivec idx;
+        for (int l = 0; l < LANES; l++)
+            idx[l] = (int_same_size_real)(shift + (size_t)l);
+        const uk_mask head = (uk_mask)(~0ull << shift), tail = (uk_mask)((1ull << shift) - 1);
+        const real *ba = b - shift;
+#pragma GCC unroll 4
+        for (size_t p = 0; p < kc; p++) {
+            vec w[NV + 1], bv[NV];
+            w[0] = (vec)UK_MASK_LOAD(head, ba);
+#pragma GCC unroll 16
+            for (int v = 1; v < NV; v++)
+                memcpy(&w[v], ba + v * LANES, sizeof(vec));
+            w[NV] = (vec)UK_MASK_LOAD(tail, ba + NV * LANES);
+#pragma GCC unroll 16
+            for (int v = 0; v < NV; v++)
+                bv[v] = (vec)UK_PERMUTE2(w[v], idx, w[v + 1]);
+            UK_FMAS(bv)
+            a += UK_A_STEP;
+            ba += rs_b;
+        }
+    } else
+#endif
     /* Four steps per iteration: the loop's counter and pointer updates no
      * longer take FMA ports' issue slots every step. +5-11% from 128x256x128
      * to 2048^3 on AVX-512 (1 and 2 threads); 8 steps was slower again. */
 #pragma GCC unroll 4
     for (size_t p = 0; p < kc; p++) {
         vec bv[NV];
+        /* unrolled: left to GCC, eight 32-byte vectors of B became a copy
+         * loop through the stack (the AVX2 one-row tile ran 6x slower) */
+#pragma GCC unroll 16
         for (int v = 0; v < NV; v++)
             UK_LOAD(bv[v], b + v * LANES, v);
 #ifdef UK_PACK_B
+#pragma GCC unroll 16
         for (int v = 0; v < NV; v++)
             memcpy(b_pack + v * LANES, &bv[v], sizeof(vec));
         b_pack += UK_NR;
 #endif
-        for (int i = 0; i < UK_MR; i++) {
-            const real ai = UK_A(i);
-            for (int v = 0; v < NV; v++)
-                acc[i][v] += ai * bv[v]; /* contracted to FMA where available */
-        }
+        UK_FMAS(bv)
         a += UK_A_STEP;
         b += UK_B_STEP;
     }
@@ -178,6 +229,7 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
 #undef UK_LOAD
 #undef UK_STORE
 #undef UK_LANE_MASK
+#undef UK_FMAS
 #undef UK_COLS
 #undef UK_NAME
 #ifndef UK_DIRECT_A
@@ -186,7 +238,12 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
 #include "gemm_ukernel.h"
 #define UK_DIRECT_B /* third pass: reading A and B in place */
 #define UK_NAME UK_NAME_DIRECT_AB
+#ifdef UK_REALIGN_B
+#define UK_ALIGN_B
+#endif
 #include "gemm_ukernel.h"
+#undef UK_ALIGN_B
+#undef UK_REALIGN_B
 #define UK_PACK_B /* fourth pass: reading A and B in place, packing B */
 #define UK_NAME UK_NAME_PACK_B
 #include "gemm_ukernel.h"

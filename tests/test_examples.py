@@ -81,3 +81,33 @@ def test_mnist_idx_on_fake_files(tmp_path, gz):
     out = run("mnist_idx.py", "--epochs", 5, cwd=tmp_path, env={"FUSENN_MNIST_DIR": str(data)})
     assert "200 training and 50 test images of 784 pixels, 10 classes" in out
     assert number(out, "test accuracy") > 0.9
+
+
+_HAS_C_CONV = {"conv2d", "pool2d"} <= set(__import__("fusenn")._kernels.kinds())
+needs_c_conv = pytest.mark.skipif(not _HAS_C_CONV, reason="the C conv2d/pool2d kinds")
+
+
+@needs_c_conv
+def test_cnn_digits(tmp_path):
+    out = run("cnn_digits.py", cwd=tmp_path)
+    assert number(out, "test accuracy") >= 0.98
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return
+    for name in ("cnn_digits_filters.png", "cnn_digits_maps.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cnn_fashion_mnist_without_the_data(tmp_path):
+    out = run("cnn_fashion_mnist.py", "--data", tmp_path / "missing", cwd=tmp_path)
+    assert "apt-get install dataset-fashion-mnist" in out and "test accuracy" not in out
+
+
+@needs_c_conv
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_cnn_fashion_mnist(tmp_path):
+    out = run("cnn_fashion_mnist.py", "--epochs", 1, "--train-samples", 6000, cwd=tmp_path)
+    assert "6000 training and 10000 test images of 28x28x1" in out
+    assert number(out, "test accuracy") > 0.7

@@ -316,11 +316,13 @@ def test_unpickled_read_only_arrays_become_writeable_and_training_continues(opti
     np.testing.assert_array_equal(copy.predict(data[1][0]), model.predict(data[1][0]))
 
 
-def test_unpickling_copies_only_arrays_that_need_it():
+def test_unpickling_packs_the_parameters_into_one_writeable_arena():
+    """After unpickling (whatever arrays came back: read-only, Fortran-ordered),
+    every parameter is a view of the model's one arena and the optimizer's
+    state of its state arenas, with the values it had."""
     model = make_model(dtype="float32", optimizer="adam")
     train(model, batches(1))
     state = model.__getstate__()
-    W_ok = model.layers[0].W
     W_ro = model.layers[1].W.copy()
     W_ro.flags.writeable = False
     W_strided = np.asfortranarray(model.layers[2].W)
@@ -330,9 +332,10 @@ def test_unpickling_copies_only_arrays_that_need_it():
     model.optimizer.state["m"][0] = m_ro
     copy = fusenn.Sequential.__new__(fusenn.Sequential)
     copy.__setstate__(state)
-    assert copy.layers[0].W is W_ok  # writeable and contiguous: kept as is
+    assert copy._arena.holds(copy._arena_flat, copy.params)
+    for name, flat in zip(copy.optimizer._state_names, copy.optimizer.state_arenas()):
+        assert copy._arena.holds(flat, copy.optimizer.state[name])
     for got, was in [(copy.layers[1].W, W_ro), (copy.layers[2].W, W_strided),
                      (copy.optimizer.state["m"][0], m_ro)]:
-        assert got is not was and got.flags.writeable and got.flags.c_contiguous
+        assert got.flags.writeable and got.flags.c_contiguous
         np.testing.assert_array_equal(got, was)
-    assert copy.optimizer.state["v"][0] is model.optimizer.state["v"][0]

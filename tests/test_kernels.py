@@ -35,7 +35,8 @@ TRANSPOSES = [
 ]
 LAYOUTS = ("contiguous", "rows", "cols", "reversed", "transposed", "strided_T", "fortran",
            "readonly", "unaligned")
-LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse", "mae", "huber")
+LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse", "mae", "huber",
+          "poisson")
 THREAD_COUNTS = (1, 2, 3)
 
 
@@ -208,10 +209,15 @@ def loss_k(name, shape):
 
 TESTED_OPS = {"matmul", "activation_forward", "activation_backward", "dense_forward",
               "dense_backward", "softmax_cross_entropy", "sigmoid_binary_cross_entropy",
-              "mse", "mae", "huber", "sgd_update", "adam_update", "rmsprop_update",
+              "mse", "mae", "huber", "poisson", "sgd_update", "adam_update", "rmsprop_update",
               "adagrad_update", "sum_squares", "grad_transform", "dropout_forward",
               "dropout_backward", "dropout_seed", "batchnorm_forward_train",
-              "batchnorm_forward_infer", "batchnorm_backward"}  # dropout, batchnorm: their own files
+              "batchnorm_forward_infer", "batchnorm_backward",  # dropout, batchnorm: their own files
+              "global_pool_forward", "global_pool_backward", "conv2d_forward",
+              "conv2d_backward", "pool2d_forward", "pool2d_backward",  # layer kinds: test_conv.py
+              "embedding_forward", "embedding_backward", "simple_rnn_forward",
+              "simple_rnn_backward", "gru_forward", "gru_backward", "lstm_forward",
+              "lstm_backward"}  # sequences: test_rnn.py
 
 
 def test_every_op_has_a_reference_twin_and_a_test():
@@ -286,8 +292,10 @@ def gemm_alpha_beta_case(rng, shape, alpha, beta, dtype, c_layout, nthreads):
 
 # m, n, k: small calls (one thread, B read in place) whose last column panel is
 # partial (the masked edge kernel), with and without partial row tiles; a large
-# call with edges on every side.
-GEMM_ALPHA_BETA_SHAPES = [(13, 10, 33), (16, 40, 20), (37, 17, 65), (1, 1, 1), (130, 129, 90)]
+# call with edges on every side; few-row calls that take two threads (one row;
+# five rows, split 4 + 1).
+GEMM_ALPHA_BETA_SHAPES = [(13, 10, 33), (16, 40, 20), (37, 17, 65), (1, 1, 1), (130, 129, 90),
+                          (1, 300, 1000), (5, 300, 300)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -347,6 +355,54 @@ def test_matmul_bits_do_not_depend_on_the_register_tile(dtype, trans_a):
     assert np.array_equal(narrow, full[:, :10])
 
 
+def _offset_copy(values, offset):
+    """`values` copied into a flat buffer `offset` elements past its start: with
+    offsets 0 .. 15 a few-row kernel meets rows of B at every position in a
+    vector, aligned and not."""
+    buf = np.empty(values.size + offset, values.dtype)
+    view = buf[offset:].reshape(values.shape)
+    view[...] = values
+    return view
+
+
+def few_rows_bits_check(rng, dtype):
+    """Calls with 1 to 17 rows (the row tiles, rows split past the last whole
+    tile, two threads from 256K multiply-adds) give, bit for bit, the rows of a
+    140-row product (the large-call tile): row-major and transposed A and B,
+    rows of B at every offset into a vector, and the fused bias + activation of
+    dense_forward. k crosses a KC boundary (1024 for float32 on AVX2 and
+    AVX-512, else 256)."""
+    k = 1100 if dtype == np.float32 else 300
+    for n in (256, 129):
+        a, b = matmul_operands(rng, 140, n, k, dtype, False, False)
+        full = ops.matmul(a, b)
+        bias = rng.standard_normal(n).astype(dtype)
+        dense = {act: ops.dense_forward(a, b, bias, act) for act in ("relu", "sigmoid")}
+        bt = np.ascontiguousarray(b.T)
+        for m in range(1, 18):
+            rows = slice(7 * m, 8 * m)
+            want = full[rows]
+            for nt in (1, 2):
+                with fusenn.threads(nt):
+                    assert np.array_equal(ops.matmul(a[rows], b), want), (m, n, nt)
+            at = np.ascontiguousarray(a[rows].T)
+            assert np.array_equal(ops.matmul(at, b, trans_a=True), want), (m, n, "A^T")
+            assert np.array_equal(ops.matmul(a[rows], bt, trans_b=True), want), (m, n, "B^T")
+            for act, y in dense.items():
+                assert np.array_equal(ops.dense_forward(a[rows], b, bias, act), y[rows]), \
+                    (m, n, act)
+        for m in (1, 2, 4, 8):
+            rows = slice(3, 3 + m)
+            for offset in range(16):
+                got = ops.matmul(a[rows], _offset_copy(b, offset))
+                assert np.array_equal(got, full[rows]), (m, n, "offset", offset)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_few_rows_bits_match_the_large_call_tile(dtype):
+    few_rows_bits_check(np.random.default_rng(6), dtype)
+
+
 def _cpu_isas():
     """GEMM ISA levels this CPU supports, as fusenn names them."""
     isas = ["generic"]
@@ -378,7 +434,7 @@ _ISA_CHILD = textwrap.dedent("""
     from fusenn import ops, reference as ref
     sys.path.insert(0, sys.argv[2])
     from test_kernels import (GEMM_ALPHA_BETA_SHAPES, assert_close, dense_operands,
-                              gemm_alpha_beta_case, matmul_operands)
+                              few_rows_bits_check, gemm_alpha_beta_case, matmul_operands)
 
     assert fusenn.gemm_isa() == sys.argv[1], (fusenn.gemm_isa(), sys.argv[1])
     rng = np.random.default_rng(4)
@@ -389,13 +445,15 @@ _ISA_CHILD = textwrap.dedent("""
     shapes += [(m, n, k) for m in (3, 9) for n in (10, 65) for k in (1023, 1024, 1025)]
     shapes += [(300, 40, 20), (9, 2100, 20)]  # several MC / NC blocks
     shapes += [(m, n, 300) for m in (61, 66, 67) for n in (63, 129, 191)]  # large-call tiles
+    # the few-row tiles (up to 128 columns wide), their edges and row splits
+    shapes += [(m, n, 1 + 37 * m % 60) for m in range(1, 18) for n in (31, 127, 128, 129, 257)]
     for dtype in (np.float32, np.float64):
         for idx, (m, n, k) in enumerate(shapes):
             ta, tb = idx % 2 == 1, idx % 4 >= 2
             a, b = matmul_operands(rng, m, n, k, dtype, ta, tb)
             assert_close(ops.matmul(a, b, ta, tb), ref.matmul(a, b, ta, tb), dtype, k)
         for act in ref.ACTIVATIONS:
-            for shape in [(13, 257, 33), (6, 5, 31)]:
+            for shape in [(13, 257, 33), (6, 5, 31), (1, 40, 200), (7, 60, 129)]:
                 x, w, b, _, _ = dense_operands(rng, shape, dtype, act)
                 assert_close(ops.dense_forward(x, w, b, act),
                              ref.dense_forward(x, w, b, act), dtype, shape[1])
@@ -403,6 +461,7 @@ _ISA_CHILD = textwrap.dedent("""
             for alpha, beta in [(0.5, 0.0), (-2.0, 1.0)]:
                 for c_layout in ("contiguous", "cols"):
                     gemm_alpha_beta_case(rng, shape, alpha, beta, dtype, c_layout, 1)
+        few_rows_bits_check(rng, dtype)
         a, b = matmul_operands(rng, 200, 150, 260, dtype, False, False)
         outs = []
         for nt in (1, 2, 3):
@@ -864,6 +923,7 @@ def _valid_args(name, dtype=np.float64):
         "mse": lambda: dict(a=m(3, 4), t=m(3, 4)),
         "mae": lambda: dict(a=m(3, 4), t=m(3, 4)),
         "huber": lambda: dict(a=m(3, 4), t=m(3, 4), delta=0.5),
+        "poisson": lambda: dict(a=m(3, 4), t=np.abs(m(3, 4))),
         "sgd_update": lambda: dict(w=m(3, 4), g=m(3, 4), v=m(3, 4), lr=0.1, momentum=0.9),
         "adam_update": lambda: dict(w=m(3, 4), g=m(3, 4), m=m(3, 4), v=m(3, 4), t=1),
         "dropout_forward": lambda: dict(x=m(3, 4), rate=0.5, seed=7),
@@ -879,6 +939,30 @@ def _valid_args(name, dtype=np.float64):
         "adagrad_update": lambda: dict(w=m(3, 4), g=m(3, 4), v=np.abs(m(3, 4)), lr=0.01),
         "sum_squares": lambda: dict(x=m(3, 4)),
         "grad_transform": lambda: dict(g=m(3, 4), w=m(3, 4), l2=0.1, scale=0.5, clipvalue=1.0),
+        "global_pool_forward": lambda: dict(x=m(3, 5, 4), mode="avg"),
+        "global_pool_backward": lambda: dict(x=m(3, 5, 4), dy=m(3, 4), mode="max"),
+        "conv2d_forward": lambda: dict(x=m(2, 5, 4, 3), w=m(3, 2, 3, 4), b=m(4),
+                                       padding=((1, 1), (0, 1)), activation="gelu"),
+        "conv2d_backward": lambda: dict(x=m(2, 5, 4, 3), w=m(3, 2, 3, 4), y=m(2, 3, 3, 4),
+                                        dy=m(2, 3, 3, 4), z=m(2, 3, 3, 4), activation="gelu"),
+        "pool2d_forward": lambda: dict(x=m(2, 5, 4, 3), mode="avg"),
+        "pool2d_backward": lambda: dict(dy=m(2, 2, 2, 3), x_shape=(2, 5, 4, 3),
+                                        argmax=np.zeros((2, 2, 2, 3), np.int64)),
+        "embedding_forward": lambda: dict(x=np.array([[1, 0, 3], [2, 2, 1]]), table=m(4, 3)),
+        "embedding_backward": lambda: dict(x=np.array([[1, 0, 3], [2, 2, 1]]), dy=m(2, 3, 3),
+                                           table_shape=(4, 3)),
+        "simple_rnn_forward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 5),
+                                           recurrent_kernel=m(5, 5), bias=m(5)),
+        "simple_rnn_backward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 5),
+                                            recurrent_kernel=m(5, 5), bias=m(5), dy=m(2, 5)),
+        "gru_forward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 15), recurrent_kernel=m(5, 15),
+                                    bias=m(2, 15)),
+        "gru_backward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 15), recurrent_kernel=m(5, 15),
+                                     bias=m(2, 15), dy=m(2, 5)),
+        "lstm_forward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 20), recurrent_kernel=m(5, 20),
+                                     bias=m(20)),
+        "lstm_backward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 20), recurrent_kernel=m(5, 20),
+                                      bias=m(20), dy=m(2, 5)),
     }[name]()
 
 
@@ -886,6 +970,7 @@ ARRAY_ARGS = [pytest.param(op, arg, id=f"{op}-{arg}") for op, args in [
     ("matmul", "a b"), ("activation_forward", "z"), ("activation_backward", "a da z"),
     ("dense_forward", "x w b"), ("dense_backward", "x w y dy z"), ("softmax_cross_entropy", "z"),
     ("sigmoid_binary_cross_entropy", "z t"), ("mse", "a t"), ("mae", "a t"), ("huber", "a t"),
+    ("poisson", "a t"),
     ("sgd_update", "w g v"),
     ("adam_update", "w g m v"), ("rmsprop_update", "w g v"), ("adagrad_update", "w g v"),
     ("sum_squares", "x"), ("grad_transform", "g w"), ("dropout_forward", "x"),
@@ -893,6 +978,12 @@ ARRAY_ARGS = [pytest.param(op, arg, id=f"{op}-{arg}") for op, args in [
     ("batchnorm_forward_train", "x gamma beta running_mean running_var"),
     ("batchnorm_forward_infer", "x gamma beta running_mean running_var"),
     ("batchnorm_backward", "x dy gamma mean invstd"),
+    ("global_pool_forward", "x"), ("global_pool_backward", "x dy"),
+    ("conv2d_forward", "x w b"), ("conv2d_backward", "x w y dy z"), ("pool2d_forward", "x"),
+    ("pool2d_backward", "dy"),
+    ("embedding_forward", "table"), ("embedding_backward", "dy"),
+    *[(f"{kind}_{way}", "x kernel recurrent_kernel bias" + (" dy" if way == "backward" else ""))
+      for kind in ("simple_rnn", "gru", "lstm") for way in ("forward", "backward")],
 ] for arg in args.split()]
 
 
@@ -914,7 +1005,10 @@ def test_wrong_dtype_is_type_error_naming_the_argument(op, arg, bad_dtype):
 
 @pytest.mark.parametrize("op, arg", [p for p in ARRAY_ARGS if p.values[0] not in
                                      ("activation_forward", "softmax_cross_entropy",
-                                      "dropout_forward", "dropout_backward", "sum_squares")])
+                                      "dropout_forward", "dropout_backward", "sum_squares",
+                                      "global_pool_forward", "pool2d_forward",
+                                      "pool2d_backward", "embedding_forward",
+                                      "embedding_backward")])
 def test_mixed_float_dtypes_is_type_error(op, arg):
     kwargs = _valid_args(op, np.float64)
     kwargs[arg] = kwargs[arg].astype(np.float32)

@@ -203,8 +203,9 @@ def test_subclasses_train_op_by_op():
     class MyRMSprop(fusenn.RMSprop):
         pass
 
-    assert fusenn.RMSprop().engine_config()["kind"] == 2
-    assert fusenn.Adagrad().engine_config()["kind"] == 3
+    assert fusenn.RMSprop().engine_config()["kind"] == "rmsprop"
+    assert fusenn.Adagrad().engine_config()["kind"] == "adagrad"
+    assert fusenn.AdamW().engine_config()["kind"] == "adam"
     assert fusenn.AdamW().engine_config()["weight_decay"] == 0.01
     assert fusenn.Adam(l2=0.1).engine_config()["weight_decay"] == 0.0
     assert MyRMSprop().engine_config() is None

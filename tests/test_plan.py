@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import fusenn
-from fusenn import _kernels
+from fusenn import _engine, _kernels
+from fusenn._validation import check_X, check_y
 from fusenn.optimizers import SGD
 
 
@@ -372,8 +373,8 @@ def test_the_engine_refuses_a_bad_batch_before_changing_anything(case):
     assert model.optimizer.iterations == steps
     # the C check itself, not only the model's re-check, refuses the batch
     plan = model._engine()
-    labels, T = model._targets(model._check_y(bad_y, len(X), values=False))
-    code, _, _ = plan.train_batch(model._check_X(bad_X, values=False), labels, T, None, 1)
+    labels, T = _engine.targets(model, check_y(model, bad_y, len(X), values=False))
+    code, _, _ = plan.train_batch(check_X(model, bad_X, values=False), labels, T, None, 1)
     assert code == _kernels.FUSENN_EBADINPUT_CODE
     assert model.optimizer.iterations == steps and plan.steps == steps
 
@@ -398,3 +399,148 @@ def test_the_plan_takes_only_arrays_it_can_read_in_place():
     # while the model converts the same inputs and trains
     for name in ("float64", "big-endian", "columns-strided", "list"):
         model.train_on_batch(bad[name], y)
+
+
+# ---- layer kinds as plug-ins: any last layer, samples of several rows -------------------
+
+ANY_LAST = {
+    "batchnorm-last-mse": ((12,), lambda: [fusenn.Dense(8, "relu"), fusenn.Dense(3),
+                                           fusenn.BatchNorm()], "mse", (3,)),
+    "dropout-last-ce": ((12,), lambda: [fusenn.Dense(8, "tanh"), fusenn.Dense(4),
+                                        fusenn.Dropout(0.3)], "cross_entropy", (4,)),
+    "sequence-ce-per-step": ((5, 6), lambda: [fusenn.Dense(7, "gelu"), fusenn.BatchNorm(),
+                                              fusenn.Dropout(0.2), fusenn.Dense(4, "softmax")],
+                             "cross_entropy", (5, 4)),
+    "sequence-bce": ((3, 6), lambda: [fusenn.Dense(5, "relu"), fusenn.Dense(2, "sigmoid")],
+                     "binary_cross_entropy", (3, 2)),
+}
+
+
+def sequence_data(n, in_shape, out_shape, loss, dtype, seed=1):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, *in_shape)).astype(dtype)
+    if loss == "cross_entropy":
+        y = rng.integers(0, out_shape[-1], (n, *out_shape[:-1])).reshape(n, *out_shape[:-1])
+        return X, (y[:, 0] if y.shape[1:] == (1,) else y) if len(out_shape) > 1 else \
+            rng.integers(0, out_shape[-1], n)
+    if loss == "binary_cross_entropy":
+        return X, (rng.random((n, *out_shape)) > 0.5).astype(dtype)
+    return X, rng.standard_normal((n, *out_shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("net", ANY_LAST)
+def test_any_layer_kind_last_and_samples_of_several_rows(net, dtype):
+    """The loss fuses with whatever layer comes last, and a Dense, BatchNorm or
+    Dropout on sequences acts per step; the engine gives the op-by-op bits."""
+    in_shape, layers, loss, out_shape = ANY_LAST[net]
+    X, y = sequence_data(40, in_shape, out_shape, loss, dtype)
+    sw = np.linspace(0.5, 2.0, len(X))
+    models = []
+    for op_by_op in (False, True):
+        model = fusenn.Sequential(layers(), input_shape=in_shape, dtype=dtype, seed=5)
+        model.compile(loss=loss, optimizer=optimizer("adam", op_by_op))
+        models.append(model)
+    engine, by_op = models
+    assert engine._engine() is not None and by_op._engine() is None
+    assert engine.output_shape == out_shape
+    for _ in range(3):
+        assert engine.train_on_batch(X, y, sample_weight=sw) == \
+            by_op.train_on_batch(X, y, sample_weight=sw)
+    h1 = engine.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    h2 = by_op.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    assert_same_weights(engine, by_op)
+    assert {k: v for k, v in h1.history.items() if k != "time"} == \
+        {k: v for k, v in h2.history.items() if k != "time"}
+    np.testing.assert_array_equal(engine.predict(X), by_op.predict(X))
+    assert engine.predict(X).shape == (40, *out_shape)
+    assert engine.evaluate(X, y) == by_op.evaluate(X, y)
+
+
+def test_per_step_cross_entropy_is_the_mean_over_every_step():
+    """Labels (n, T): the loss and accuracy average over all n T steps (Keras)."""
+    X, y = sequence_data(30, (5, 6), (5, 4), "cross_entropy", "float64")
+    model = fusenn.Sequential([fusenn.Dense(4, "softmax")], input_shape=(5, 6),
+                              dtype="float64", seed=0)
+    model.compile("cross_entropy", "sgd")
+    p = model.predict(X)
+    expected = -np.mean(np.log(np.take_along_axis(p, y[..., None], axis=-1)))
+    result = model.evaluate(X, y)
+    assert result["loss"] == pytest.approx(expected, rel=1e-12)
+    assert result["accuracy"] == pytest.approx(np.mean(p.argmax(-1) == y))
+
+
+def test_predict_takes_one_call_and_falls_back_for_anything_else():
+    """predict's engine path (also for an uncompiled model) gives the op-by-op bits;
+    inputs it cannot take as they are go through the checked path."""
+    dims, acts, loss = NETS["ce-softmax"]
+    X, y = make_data(30, dims, loss)
+    model = fusenn.Sequential([fusenn.Dense(u, a) for u, a in zip(dims[1:], acts)],
+                              input_dim=dims[0], seed=4)
+    by_op = fusenn.Sequential([fusenn.Dense(u, a) for u, a in zip(dims[1:], acts)],
+                              input_dim=dims[0], seed=4, backend="numpy")
+    p = model.predict(X)  # uncompiled: an inference plan
+    assert model._plan is not None
+    np.testing.assert_allclose(p, by_op.predict(X), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(model.predict(X[:1]), p[:1])
+    np.testing.assert_array_equal(model.predict(X.astype(np.float64)), p)  # converted
+    np.testing.assert_array_equal(model.predict(X.tolist()), p)
+    np.testing.assert_array_equal(model.predict(np.asfortranarray(X)), p)
+    with pytest.raises(ValueError, match="X contains NaN"):
+        model.predict(np.where(X > 1, np.nan, X))
+    with pytest.raises(ValueError, match=r"shape \(n_samples, 12\)"):
+        model.predict(X[:, :5])
+    with pytest.raises(ValueError, match="empty"):
+        model.predict(X[:0])
+    model.compile(loss, optimizer("adam"))  # training replaces the inference plan
+    model.fit(X, y, epochs=2, batch_size=8, verbose=0)
+    by_op.set_weights(model.get_weights())
+    np.testing.assert_allclose(model.predict(X), by_op.predict(X), rtol=1e-5, atol=1e-6)
+
+
+# ---- batches in chunks (the single-process form of a distributed fit) -------------------------
+
+@pytest.mark.parametrize("chunks", [2, 3, 4, 7])
+@pytest.mark.parametrize("net", ["ce-softmax", "bce"])
+def test_chunked_steps_are_bitwise_the_op_by_op_ones(net, chunks):
+    """With batch_chunks, the engine and the op-by-op path take the same chunk
+    gradients and add them in the same order; Dropout and BatchNorm included."""
+    dims, acts, loss = NETS[net]
+    X, y = make_data(45, dims, loss)
+    sw = np.linspace(0.5, 1.5, len(X))
+
+    def make(op_by_op):
+        layers = [fusenn.Dense(dims[1], acts[0]), fusenn.Dropout(0.3), fusenn.BatchNorm(),
+                  *[fusenn.Dense(u, a) for u, a in zip(dims[2:], acts[1:])]]
+        model = fusenn.Sequential(layers, input_dim=dims[0], seed=2)
+        model.compile(loss, optimizer("adamw-global-clipvalue", op_by_op))
+        return model
+
+    engine, by_op = make(False), make(True)
+    for _ in range(2):
+        assert engine.train_on_batch(X, y, sample_weight=sw, batch_chunks=chunks) == \
+            by_op.train_on_batch(X, y, sample_weight=sw, batch_chunks=chunks)
+    h1 = engine.fit(X, y, epochs=2, batch_size=16, batch_chunks=chunks, verbose=0)
+    h2 = by_op.fit(X, y, epochs=2, batch_size=16, batch_chunks=chunks, verbose=0)
+    assert_same_weights(engine, by_op)
+    assert {k: v for k, v in h1.history.items() if k != "time"} == \
+        {k: v for k, v in h2.history.items() if k != "time"}
+
+
+def test_chunks_add_up_to_the_batch():
+    """Without BatchNorm a chunked step is the plain step up to rounding (the
+    gradient is a sum either way), and Dropout draws the whole batch's masks: the
+    bits differ only by the order of the additions."""
+    dims, acts, loss = (12, 30, 4), ("relu", "softmax"), "cross_entropy"
+    X, y = make_data(64, dims, loss, dtype="float64")
+    models = []
+    for chunks in (1, 4):
+        model = fusenn.Sequential([fusenn.Dense(30, "relu"), fusenn.Dropout(0.4),
+                                   fusenn.Dense(4, "softmax")], input_dim=12, dtype="float64",
+                                  seed=1)
+        model.compile(loss, fusenn.SGD(lr=0.1))
+        model.fit(X, y, epochs=2, batch_size=32, batch_chunks=chunks, verbose=0)
+        models.append(model)
+    for a, b in zip(models[0].get_weights(), models[1].get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+        assert not np.array_equal(a, b) or a.ndim == 1  # the rounding did move the weights

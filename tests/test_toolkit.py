@@ -170,7 +170,7 @@ def training_loss(model, X, y, counters, stats):
         if isinstance(layer, Dropout):
             layer.step_counter[0] = c
     fused = model.loss.fused_kernel is not None
-    outputs, _ = model._forward(X, training=True, logits=fused)
+    outputs = model._forward(X, training=True, logits=fused)[0]
     loss = model._loss_and_grad(outputs[-1], y)[0]
     for layer, (m, v) in zip([l for l in model.layers if isinstance(l, BatchNorm)], stats):
         layer.running_mean[...] = m  # the forward pass updated them
@@ -300,8 +300,8 @@ def test_set_weights_refuses_negative_running_variance():
     (lambda: Dropout(0.5, seed=-1), ValueError, "seed"),
     (lambda: BatchNorm(momentum=1.5), ValueError, "momentum"),
     (lambda: BatchNorm(eps=0), ValueError, "eps"),
-    (lambda: fusenn.Sequential([Dense(3), Dropout(0.5)]).compile("mse"), ValueError,
-     "last layer must be a Dense"),
+    (lambda: fusenn.Sequential([Dense(3), Dense(3, "relu")]).compile("cross_entropy"),
+     ValueError, "activation to be 'softmax' or 'identity'"),
     (lambda: fusenn.Sequential([Dense(3), "relu"]), TypeError, "fusenn layers"),
 ])
 def test_bad_layer_arguments(bad, error, match):

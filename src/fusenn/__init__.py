@@ -23,16 +23,21 @@ with bounded_spin():  # libgomp reads its spin count when the extension loads it
 from . import callbacks, datasets, initializers, losses, ops, plot, reference, schedules
 from ._kernels import gemm_isa, has_openmp
 from ._threads import get_num_threads, set_num_threads, threads
-from .layers import BatchNorm, Dense, Dropout, Layer
+from .layers import (GRU, LSTM, AveragePooling2D, BatchNorm, Conv2D, Dense, Dropout, Embedding,
+                     Flatten, GlobalAveragePooling1D, GlobalAveragePooling2D, GlobalMaxPooling1D,
+                     GlobalMaxPooling2D, Layer, MaxPooling2D, Reshape, SimpleRNN)
 from .losses import LOSSES
-from .model import History, Sequential, load
+from .model import History, Sequential
+from .saving import load
 from .ops import matmul
 from .optimizers import SGD, Adagrad, Adam, AdamW, RMSprop
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Sequential", "Dense", "Dropout", "BatchNorm", "Layer", "SGD", "Adam", "AdamW", "RMSprop",
+    "Sequential", "Dense", "Dropout", "BatchNorm", "Conv2D", "MaxPooling2D", "AveragePooling2D",
+    "GlobalAveragePooling2D", "GlobalMaxPooling2D", "Flatten", "Reshape", "Embedding",
+    "SimpleRNN", "GRU", "LSTM", "GlobalAveragePooling1D", "GlobalMaxPooling1D", "Layer", "SGD", "Adam", "AdamW", "RMSprop",
     "Adagrad", "History", "load", "matmul", "LOSSES", "set_num_threads", "get_num_threads",
     "threads", "has_openmp", "gemm_isa", "datasets", "ops", "reference", "callbacks",
     "schedules", "initializers", "losses", "plot", "__version__",

@@ -12,188 +12,34 @@ Two calls are too short for a memoryview's ~0.3 us per argument, and read
 ndarrays through NumPy's C API instead: matmul (a 32^3 product takes about a
 microsecond) and the training engine's Plan (_plan.pxi; a small net's step
 takes ~8 us).
+
+The C declarations live in _cfusenn.pxd. Python names activations, losses and
+optimizers by name; the tables below are the one place that maps a name to
+its C enum value.
 """
 from libc.stdint cimport int64_t, uint64_t
 cimport numpy as cnp
 
+from fusenn._cfusenn cimport *
+
 cnp.import_array()
 
-cdef extern from "fusenn.h" nogil:
-    ctypedef enum fusenn_activation:
-        pass
-    int FUSENN_OK
-    int FUSENN_EINVAL
-    int fusenn_activation_needs_z(fusenn_activation act)
-    int fusenn_has_openmp()
-    int fusenn_num_procs()
-    int fusenn_omp_max_threads()
-    int fusenn_num_threads()
-    void fusenn_set_global_threads(int n)
-    int fusenn_swap_thread_override(int n)
-    void fusenn_mark_forked_child()
-    void fusenn_configure_default_threads(int cap, int without_openmp)
-    const char *fusenn_gemm_isa()
-    int fusenn_gemm_is_serial(size_t m, size_t n, size_t k)
-
-    int fusenn_gemm_f32(size_t m, size_t n, size_t k, float alpha,
-                        const float *A, Py_ssize_t rs_a, Py_ssize_t cs_a,
-                        const float *B, Py_ssize_t rs_b, Py_ssize_t cs_b, float beta,
-                        float *C, Py_ssize_t rs_c, Py_ssize_t cs_c, int nthreads)
-    int fusenn_gemm_f64(size_t m, size_t n, size_t k, double alpha,
-                        const double *A, Py_ssize_t rs_a, Py_ssize_t cs_a,
-                        const double *B, Py_ssize_t rs_b, Py_ssize_t cs_b, double beta,
-                        double *C, Py_ssize_t rs_c, Py_ssize_t cs_c, int nthreads)
-
-    int fusenn_dense_forward_f32(size_t n, size_t d_in, size_t d_out,
-                                 const float *X, Py_ssize_t rs_x, Py_ssize_t cs_x,
-                                 const float *W, Py_ssize_t rs_w, Py_ssize_t cs_w,
-                                 const float *b, fusenn_activation act,
-                                 float *Y, Py_ssize_t ldy, int nthreads)
-    int fusenn_dense_forward_f64(size_t n, size_t d_in, size_t d_out,
-                                 const double *X, Py_ssize_t rs_x, Py_ssize_t cs_x,
-                                 const double *W, Py_ssize_t rs_w, Py_ssize_t cs_w,
-                                 const double *b, fusenn_activation act,
-                                 double *Y, Py_ssize_t ldy, int nthreads)
-    int fusenn_dense_backward_f32(size_t n, size_t d_in, size_t d_out,
-                                  const float *X, Py_ssize_t rs_x, Py_ssize_t cs_x,
-                                  const float *W, Py_ssize_t rs_w, Py_ssize_t cs_w,
-                                  const float *Y, Py_ssize_t ldy,
-                                  const float *dY, Py_ssize_t lddy, fusenn_activation act,
-                                  float *dZ, float *dW, float *db, float *dX, int nthreads)
-    int fusenn_dense_backward_f64(size_t n, size_t d_in, size_t d_out,
-                                  const double *X, Py_ssize_t rs_x, Py_ssize_t cs_x,
-                                  const double *W, Py_ssize_t rs_w, Py_ssize_t cs_w,
-                                  const double *Y, Py_ssize_t ldy,
-                                  const double *dY, Py_ssize_t lddy, fusenn_activation act,
-                                  double *dZ, double *dW, double *db, double *dX, int nthreads)
-
-    void fusenn_activation_forward_f32(fusenn_activation act, size_t n, size_t d,
-                                       const float *Z, Py_ssize_t ldz,
-                                       float *A, Py_ssize_t lda, int nthreads)
-    void fusenn_activation_forward_f64(fusenn_activation act, size_t n, size_t d,
-                                       const double *Z, Py_ssize_t ldz,
-                                       double *A, Py_ssize_t lda, int nthreads)
-    void fusenn_activation_backward_f32(fusenn_activation act, size_t n, size_t d,
-                                        const float *Z, Py_ssize_t ldz,
-                                        const float *A, Py_ssize_t lda,
-                                        const float *dA, Py_ssize_t ldda,
-                                        float *dZ, Py_ssize_t lddz, int nthreads)
-    void fusenn_activation_backward_f64(fusenn_activation act, size_t n, size_t d,
-                                        const double *Z, Py_ssize_t ldz,
-                                        const double *A, Py_ssize_t lda,
-                                        const double *dA, Py_ssize_t ldda,
-                                        double *dZ, Py_ssize_t lddz, int nthreads)
-
-    double fusenn_softmax_cross_entropy_f32(size_t n, size_t k, const float *Z, Py_ssize_t ldz,
-                                            const int64_t *labels, const float *sw,
-                                            float *P, Py_ssize_t ldp,
-                                            float *dZ, Py_ssize_t lddz, int nthreads)
-    double fusenn_softmax_cross_entropy_f64(size_t n, size_t k, const double *Z, Py_ssize_t ldz,
-                                            const int64_t *labels, const double *sw,
-                                            double *P, Py_ssize_t ldp,
-                                            double *dZ, Py_ssize_t lddz, int nthreads)
-    double fusenn_sigmoid_binary_cross_entropy_f32(size_t n, size_t k, const float *Z, Py_ssize_t ldz,
-                                                   const float *T, Py_ssize_t ldt, const float *sw,
-                                                   float *P, Py_ssize_t ldp,
-                                                   float *dZ, Py_ssize_t lddz, int nthreads)
-    double fusenn_sigmoid_binary_cross_entropy_f64(size_t n, size_t k, const double *Z, Py_ssize_t ldz,
-                                                   const double *T, Py_ssize_t ldt, const double *sw,
-                                                   double *P, Py_ssize_t ldp,
-                                                   double *dZ, Py_ssize_t lddz, int nthreads)
-    double fusenn_mse_f32(size_t n, size_t k, const float *A, Py_ssize_t lda,
-                          const float *T, Py_ssize_t ldt, const float *sw,
-                          float *dA, Py_ssize_t ldda, int nthreads)
-    double fusenn_mse_f64(size_t n, size_t k, const double *A, Py_ssize_t lda,
-                          const double *T, Py_ssize_t ldt, const double *sw,
-                          double *dA, Py_ssize_t ldda, int nthreads)
-    double fusenn_mae_f32(size_t n, size_t k, const float *A, Py_ssize_t lda,
-                          const float *T, Py_ssize_t ldt, const float *sw,
-                          float *dA, Py_ssize_t ldda, int nthreads)
-    double fusenn_mae_f64(size_t n, size_t k, const double *A, Py_ssize_t lda,
-                          const double *T, Py_ssize_t ldt, const double *sw,
-                          double *dA, Py_ssize_t ldda, int nthreads)
-    double fusenn_huber_f32(size_t n, size_t k, const float *A, Py_ssize_t lda,
-                            const float *T, Py_ssize_t ldt, double delta, const float *sw,
-                            float *dA, Py_ssize_t ldda, int nthreads)
-    double fusenn_huber_f64(size_t n, size_t k, const double *A, Py_ssize_t lda,
-                            const double *T, Py_ssize_t ldt, double delta, const double *sw,
-                            double *dA, Py_ssize_t ldda, int nthreads)
-
-    size_t fusenn_sgd_update_f32(size_t len, float *w, const float *g, float *v,
-                                 double lr, double momentum, int nesterov, float *prev,
-                                 int nthreads)
-    size_t fusenn_sgd_update_f64(size_t len, double *w, const double *g, double *v,
-                                 double lr, double momentum, int nesterov, double *prev,
-                                 int nthreads)
-    size_t fusenn_adam_update_f32(size_t len, float *w, const float *g, float *m, float *v,
-                                  double lr, double beta1, double beta2, double eps,
-                                  double weight_decay, int64_t t, float *prev, int nthreads)
-    size_t fusenn_adam_update_f64(size_t len, double *w, const double *g, double *m, double *v,
-                                  double lr, double beta1, double beta2, double eps,
-                                  double weight_decay, int64_t t, double *prev, int nthreads)
-    size_t fusenn_rmsprop_update_f32(size_t len, float *w, const float *g, float *v, double lr,
-                                     double rho, double eps, float *prev, int nthreads)
-    size_t fusenn_rmsprop_update_f64(size_t len, double *w, const double *g, double *v,
-                                     double lr, double rho, double eps, double *prev,
-                                     int nthreads)
-    size_t fusenn_adagrad_update_f32(size_t len, float *w, const float *g, float *v, double lr,
-                                     double eps, float *prev, int nthreads)
-    size_t fusenn_adagrad_update_f64(size_t len, double *w, const double *g, double *v,
-                                     double lr, double eps, double *prev, int nthreads)
-    double fusenn_sum_squares_f32(size_t len, const float *x, int nthreads)
-    double fusenn_sum_squares_f64(size_t len, const double *x, int nthreads)
-    void fusenn_grad_transform_f32(size_t len, float *g, const float *w, double l2,
-                                   double scale, double clipvalue, int nthreads)
-    void fusenn_grad_transform_f64(size_t len, double *g, const double *w, double l2,
-                                   double scale, double clipvalue, int nthreads)
-
-cdef extern from "fusenn.h" nogil:
-    void fusenn_dropout_forward_f32(size_t n, size_t d, const float *X, Py_ssize_t ldx,
-                                    double rate, uint64_t seed, float *Y, Py_ssize_t ldy,
-                                    int nthreads)
-    void fusenn_dropout_forward_f64(size_t n, size_t d, const double *X, Py_ssize_t ldx,
-                                    double rate, uint64_t seed, double *Y, Py_ssize_t ldy,
-                                    int nthreads)
-    void fusenn_dropout_backward_f32(size_t n, size_t d, const float *dY, Py_ssize_t lddy,
-                                     double rate, uint64_t seed, float *dX, Py_ssize_t lddx,
-                                     int nthreads)
-    void fusenn_dropout_backward_f64(size_t n, size_t d, const double *dY, Py_ssize_t lddy,
-                                     double rate, uint64_t seed, double *dX, Py_ssize_t lddx,
-                                     int nthreads)
-    uint64_t fusenn_dropout_seed(uint64_t base, uint64_t step)
-
-    void fusenn_batchnorm_forward_train_f32(size_t n, size_t d, const float *X, Py_ssize_t ldx,
-                                            const float *gamma, const float *beta,
-                                            double eps, double momentum,
-                                            float *running_mean, float *running_var,
-                                            float *mean, float *invstd,
-                                            float *Y, Py_ssize_t ldy, int nthreads)
-    void fusenn_batchnorm_forward_train_f64(size_t n, size_t d, const double *X, Py_ssize_t ldx,
-                                            const double *gamma, const double *beta,
-                                            double eps, double momentum,
-                                            double *running_mean, double *running_var,
-                                            double *mean, double *invstd,
-                                            double *Y, Py_ssize_t ldy, int nthreads)
-    void fusenn_batchnorm_forward_infer_f32(size_t n, size_t d, const float *X, Py_ssize_t ldx,
-                                            const float *gamma, const float *beta, double eps,
-                                            const float *running_mean,
-                                            const float *running_var,
-                                            float *Y, Py_ssize_t ldy, int nthreads)
-    void fusenn_batchnorm_forward_infer_f64(size_t n, size_t d, const double *X, Py_ssize_t ldx,
-                                            const double *gamma, const double *beta, double eps,
-                                            const double *running_mean,
-                                            const double *running_var,
-                                            double *Y, Py_ssize_t ldy, int nthreads)
-    void fusenn_batchnorm_backward_f32(size_t n, size_t d, const float *X, Py_ssize_t ldx,
-                                       const float *dY, Py_ssize_t lddy, const float *gamma,
-                                       const float *mean, const float *invstd,
-                                       float *dX, Py_ssize_t lddx, float *dgamma,
-                                       float *dbeta, int nthreads)
-    void fusenn_batchnorm_backward_f64(size_t n, size_t d, const double *X, Py_ssize_t ldx,
-                                       const double *dY, Py_ssize_t lddy, const double *gamma,
-                                       const double *mean, const double *invstd,
-                                       double *dX, Py_ssize_t lddx, double *dgamma,
-                                       double *dbeta, int nthreads)
+ACTIVATION_IDS = {
+    "identity": FUSENN_ACT_IDENTITY, "sigmoid": FUSENN_ACT_SIGMOID, "tanh": FUSENN_ACT_TANH,
+    "relu": FUSENN_ACT_RELU, "leaky_relu": FUSENN_ACT_LEAKY_RELU, "softmax": FUSENN_ACT_SOFTMAX,
+    "gelu": FUSENN_ACT_GELU, "gelu_tanh": FUSENN_ACT_GELU_TANH, "elu": FUSENN_ACT_ELU,
+    "softplus": FUSENN_ACT_SOFTPLUS, "swish": FUSENN_ACT_SWISH,
+}
+LOSS_IDS = {
+    "cross_entropy": FUSENN_LOSS_CROSS_ENTROPY,
+    "binary_cross_entropy": FUSENN_LOSS_BINARY_CROSS_ENTROPY,
+    "mse": FUSENN_LOSS_MSE, "mae": FUSENN_LOSS_MAE, "huber": FUSENN_LOSS_HUBER,
+    "poisson": FUSENN_LOSS_POISSON,
+}
+OPTIMIZER_IDS = {"sgd": FUSENN_OPT_SGD, "adam": FUSENN_OPT_ADAM, "rmsprop": FUSENN_OPT_RMSPROP,
+                 "adagrad": FUSENN_OPT_ADAGRAD}
+# Layer attributes given by name: activations and pooling modes.
+ATTRIBUTE_VALUES = {**ACTIVATION_IDS, "max": FUSENN_POOL_MAX, "avg": FUSENN_POOL_AVG}
 
 ctypedef fused real:
     float
@@ -535,6 +381,22 @@ def huber(const real[:, :] a, const real[:, :] t, double delta, const real[::1] 
         else:
             loss = fusenn_huber_f64(n, k, cptr2(a), rs(a), cptr2(t), rs(t), delta, w,
                                     ptr2(da), rs(da), nthreads)
+    return loss
+
+
+def poisson(const real[:, :] a, const real[:, :] t, const real[::1] sw, real[:, :] da,
+            int nthreads):
+    """Returns the mean Poisson NLL of log-rates a; fills da = sw (exp(a) - t) / (n k)."""
+    cdef size_t n = a.shape[0], k = a.shape[1]
+    cdef const real *w = weights_ptr(sw)
+    cdef double loss
+    with nogil:
+        if real is float:
+            loss = fusenn_poisson_f32(n, k, cptr2(a), rs(a), cptr2(t), rs(t), w, ptr2(da),
+                                      rs(da), nthreads)
+        else:
+            loss = fusenn_poisson_f64(n, k, cptr2(a), rs(a), cptr2(t), rs(t), w, ptr2(da),
+                                      rs(da), nthreads)
     return loss
 
 

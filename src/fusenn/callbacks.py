@@ -24,7 +24,7 @@ import warnings
 
 import numpy as np
 
-from .ops import finite_number
+from ._common import finite_number
 from .schedules import int_arg, positive_number
 
 __all__ = ["Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint",

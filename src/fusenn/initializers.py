@@ -20,6 +20,11 @@ and He "kaiming"), with `fan` and `scale` per family:
                redrawn), stddev = sqrt(scale / fan) / 0.87962566103423978, so the
                truncated values have variance scale / fan.
 
+Two more, for recurrent layers and embeddings (Keras's): `orthogonal`, a
+(semi-)orthogonal matrix over (prod(shape[:-1]), shape[-1]) from the QR
+decomposition of a standard normal matrix (signs fixed by R's diagonal), and
+`uniform`, U(-0.05, 0.05) (Keras's RandomUniform, the Embedding default).
+
 Names are case-insensitive. `config()` gives a JSON-serialisable description
 (a name, or {"name": "constant", "value": v}) and `get(config)` rebuilds the
 initializer.
@@ -29,11 +34,11 @@ import math
 
 import numpy as np
 
-from .ops import finite_number
+from ._common import finite_number
 
 __all__ = ["Initializer", "GlorotUniform", "GlorotNormal", "HeUniform", "HeNormal",
-           "LecunUniform", "LecunNormal", "Zeros", "Ones", "Constant", "get", "serialize",
-           "NAMES"]
+           "LecunUniform", "LecunNormal", "Orthogonal", "RandomUniform", "Zeros", "Ones",
+           "Constant", "get", "serialize", "NAMES"]
 
 # the standard deviation of a standard normal truncated to [-2, 2]
 TRUNCATED_NORMAL_STDDEV = 0.87962566103423978
@@ -170,6 +175,35 @@ class LecunNormal(_VarianceScaling):
     name, distribution = "lecun_normal", "truncated_normal"
 
 
+class Orthogonal(Initializer):
+    """A matrix with orthonormal columns (or rows, when wider than tall) over the
+    shape (prod(shape[:-1]), shape[-1]): Q of the QR decomposition of a standard
+    normal matrix, its columns' signs those of R's diagonal (Keras's, gain 1).
+    The default recurrent kernel of SimpleRNN, GRU and LSTM."""
+
+    name = "orthogonal"
+
+    def _draw(self, shape, rng):
+        if len(shape) < 2:
+            raise ValueError(f"an orthogonal initializer needs at least 2 dimensions, got {shape}")
+        rows, cols = math.prod(shape[:-1]), shape[-1]
+        a = rng.standard_normal(size=(max(rows, cols), min(rows, cols)))
+        q, r = np.linalg.qr(a)
+        q *= np.sign(np.diag(r))
+        if rows < cols:
+            q = q.T
+        return q[:rows, :cols].reshape(shape)
+
+
+class RandomUniform(Initializer):
+    """U(-0.05, 0.05): Keras's "uniform", the default of Embedding."""
+
+    name = "uniform"
+
+    def _draw(self, shape, rng):
+        return rng.uniform(-0.05, 0.05, size=shape)
+
+
 class Constant(Initializer):
     """Every value equal to `value` (a finite number)."""
 
@@ -212,7 +246,8 @@ class Ones(_NamedConstant):
 
 
 _BY_NAME = {cls.name: cls for cls in (GlorotUniform, GlorotNormal, HeUniform, HeNormal,
-                                      LecunUniform, LecunNormal, Zeros, Ones)}
+                                      LecunUniform, LecunNormal, Orthogonal, RandomUniform,
+                                      Zeros, Ones)}
 _ALIASES = {"xavier_uniform": "glorot_uniform", "xavier_normal": "glorot_normal",
             "kaiming_uniform": "he_uniform", "kaiming_normal": "he_normal"}
 NAMES = tuple(_BY_NAME) + tuple(_ALIASES)  # every name get() accepts

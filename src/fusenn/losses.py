@@ -8,19 +8,22 @@ to be the matching softmax / sigmoid (predict returns probabilities) or
 identity (the outputs are logits, as with PyTorch's CrossEntropyLoss and
 BCEWithLogitsLoss). The regression losses mse, mae and huber work with any
 output activation; Huber's delta is set with fusenn.losses.Huber(delta=...).
+poisson (PyTorch's PoissonNLLLoss with log_input=True) reads an identity
+output as the log of the rate, exp(a) - t a per element for counts t >= 0:
+predict returns log-rates, whose exp is the predicted mean.
 """
 
 import numpy as np
 
-from .ops import huber_delta
+from ._common import huber_delta
 
 __all__ = ["LOSSES", "Loss", "Huber", "get_loss"]
 
 
 class Loss:
-    def __init__(self, name, engine_id, fused_kernel, output_activations, targets, kernel=None):
+    def __init__(self, name, engine, fused_kernel, output_activations, targets, kernel=None):
         self.name = name
-        self.engine_id = engine_id                # fusenn_loss in csrc/fusenn.h
+        self.engine = engine                      # the C engine's loss of that name, or None
         self.fused_kernel = fused_kernel          # backend function name, or None
         self.output_activations = output_activations  # allowed, or None for any
         self.targets = targets                    # "labels" or "values"
@@ -68,17 +71,21 @@ class Loss:
         return 0
 
     def accuracy(self, correct, n, k):
-        """Accuracy from a count of correct predictions over n samples of k outputs."""
-        return correct / (n if self.targets == "labels" else n * k)
+        """Accuracy from a count of correct predictions over n samples (or rows) of k
+        outputs (0 when there are none: every step masked)."""
+        total = n if self.targets == "labels" else n * k
+        return correct / total if total else 0.0
 
 
 LOSSES = {
-    "cross_entropy": Loss("cross_entropy", 0, "softmax_cross_entropy", ("softmax", "identity"),
-                          "labels"),
-    "binary_cross_entropy": Loss("binary_cross_entropy", 1, "sigmoid_binary_cross_entropy",
-                                 ("sigmoid", "identity"), "values"),
-    "mse": Loss("mse", 2, None, None, "values", "mse"),
-    "mae": Loss("mae", 3, None, None, "values", "mae"),
+    "cross_entropy": Loss("cross_entropy", "cross_entropy", "softmax_cross_entropy",
+                          ("softmax", "identity"), "labels"),
+    "binary_cross_entropy": Loss("binary_cross_entropy", "binary_cross_entropy",
+                                 "sigmoid_binary_cross_entropy", ("sigmoid", "identity"),
+                                 "values"),
+    "mse": Loss("mse", "mse", None, None, "values", "mse"),
+    "mae": Loss("mae", "mae", None, None, "values", "mae"),
+    "poisson": Loss("poisson", "poisson", None, ("identity",), "values", "poisson"),
 }
 # Keras' and PyTorch's names for the same losses.
 _ALIASES = {
@@ -100,7 +107,7 @@ class Huber(Loss):
     beyond; the mean over all outputs. delta must be a finite number > 0."""
 
     def __init__(self, delta=1.0):
-        super().__init__("huber", 4, None, None, "values", "huber")
+        super().__init__("huber", "huber", None, None, "values", "huber")
         self.delta = huber_delta(delta)
 
     def __repr__(self):

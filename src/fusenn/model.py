@@ -1,26 +1,26 @@
-"""Sequential: a stack of Dense layers with compile / fit / predict / evaluate.
+"""Sequential: a stack of layers with compile / fit / predict / evaluate.
 
 The model is backend-agnostic: every numeric operation goes through
 `self.backend`, either fusenn.ops (the C kernels) or fusenn.reference (the
-NumPy oracle), which share names and signatures. Everything else here is
-bookkeeping, validation and I/O.
+NumPy oracle), which share names and signatures; on the C backend, training
+and inference run in the C engine through fusenn._engine. The checks of
+users' arrays live in _validation.py, saving and loading in saving.py.
 """
 
-import json
 import math
-import os
-import tempfile
+import signal
 import threading
 import time
 import weakref
 
 import numpy as np
 
-from . import _kernels, ops, reference
+from . import _engine, ops, reference, saving
 from . import callbacks as callbacks_module
-from .ops import contiguous_rows, finite_number
+from ._common import finite_number, positive_int
 from ._threads import get_num_threads
-from .layers import BatchNorm, Dense, Dropout, Layer, layer_from_config
+from ._validation import check_data, check_input_shape, check_weights, check_X, writeable
+from .layers import Dropout, Layer, shape_text
 from .losses import get_loss
 from .optimizers import get_optimizer
 
@@ -28,9 +28,9 @@ __all__ = ["Sequential", "History", "load", "FORMAT_VERSION"]
 
 BACKENDS = {"c": ops, "numpy": reference}
 DTYPES = {"float32": np.float32, "float64": np.float64}
-FORMAT_VERSION = 1  # of the .npz files written by save()
-PREDICT_CHUNK = 1024  # rows per forward pass in predict/evaluate (as csrc/plan.c)
-_ACTIVATION_IDS = {name: i for i, name in enumerate(reference.ACTIVATIONS)}  # C enum values
+FORMAT_VERSION = saving.FORMAT_VERSION  # of the .npz files written by save()
+PREDICT_CHUNK = 1024  # samples per forward pass in predict/evaluate (as csrc/plan.c)
+load = saving.load
 
 
 def _dtype_name(dtype):
@@ -41,26 +41,6 @@ def _dtype_name(dtype):
     if dtype is None or name not in DTYPES:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     return name
-
-
-MAX_SIZE = 2**31 - 1  # largest layer width, input_dim, batch_size or epochs accepted
-
-
-def _positive_int(value, name, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < (0 if allow_zero else 1):
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '>= 1'}, got {value}")
-    if value > MAX_SIZE:
-        raise ValueError(f"{name} must be at most {MAX_SIZE}, got {value}")
-    return int(value)
-
-
-def _writeable(a):
-    """`a` if it is a writeable C-contiguous array (or None), else such a copy."""
-    if a is None or (a.flags.writeable and a.flags.c_contiguous):
-        return a
-    return np.array(a, order="C")
 
 
 class History:
@@ -86,41 +66,53 @@ class Sequential:
     ...                    input_dim=64, seed=0)
     >>> model.compile(loss="cross_entropy", optimizer=SGD(lr=0.1, momentum=0.9))
 
+    input_shape: a sample's shape, e.g. (28, 28, 1) for images; input_dim=d is
+    input_shape=(d,). Without either, the first fit (or build) fixes it.
     backend: "c" (fusenn's kernels) or "numpy" (the pure-NumPy reference).
     seed: makes weight initialisation and fit()'s shuffling reproducible.
     """
 
-    def __init__(self, layers=(), input_dim=None, dtype="float32", seed=None, backend="c"):
+    def __init__(self, layers=(), input_dim=None, dtype="float32", seed=None, backend="c",
+                 input_shape=None):
         if not isinstance(backend, str) or backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
         try:
             layers = [] if layers is None else list(layers)
         except TypeError:
-            raise TypeError(f"layers must be a list of fusenn.Dense layers, got {layers!r}") from None
+            raise TypeError(f"layers must be a list of fusenn layers, got {layers!r}") from None
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
             raise ValueError(f"seed must be a non-negative int or None, got {seed!r}")
+        if input_dim is not None and input_shape is not None:
+            raise ValueError("give input_shape or input_dim, not both (input_dim=d is "
+                             "input_shape=(d,))")
         self.backend_name = backend
         self.backend = BACKENDS[backend]
         self.dtype = np.dtype(DTYPES[_dtype_name(dtype)])
         self.seed = None if seed is None else int(seed)
         self._rng = np.random.default_rng(self.seed)
         self.layers = []
-        self.input_dim = None
+        self.input_shape = None  # a sample's shape, once built
         self.loss = None
         self.optimizer = None
+        self._arena = self._arena_flat = None  # every parameter, in one array (_engine)
         self._plan = None  # the C training engine, built on first use (see _engine)
         self._plan_config = None  # the optimizer settings last handed to it
         self._lock = threading.Lock()
         self.stop_training = False  # set by callbacks (EarlyStopping) to end fit()
+        self.history = None  # the History of the last fit, also when Ctrl-C stopped it
         for layer in layers:
             self.add(layer)
         if input_dim is not None:
-            self.build(input_dim)
+            self.build(check_input_shape(input_dim, "input_dim"))
+        elif input_shape is not None:
+            self.build(input_shape)
 
     def __getstate__(self):
-        # the C plan, the lock and the backend module are rebuilt on unpickling
+        # the C plan, the lock, the backend module and the arenas (the layers and
+        # the optimizer state carry the values) are rebuilt on unpickling
         state = dict(self.__dict__)
         state["_plan"] = state["_plan_config"] = None
+        state["_arena"] = state["_arena_flat"] = None
         del state["_lock"], state["backend"]
         return state
 
@@ -134,22 +126,27 @@ class Sequential:
         for layer in self.layers:
             for name, value in vars(layer).items():
                 if isinstance(value, np.ndarray):
-                    setattr(layer, name, _writeable(value))
+                    setattr(layer, name, writeable(value))
+        if self.built:
+            _engine.pack_params(self)
         if self.optimizer is not None:
             self.optimizer._model = weakref.ref(self)
-            if self.optimizer.state is not None:
-                self.optimizer.state = {name: [_writeable(a) for a in arrays]
-                                        for name, arrays in self.optimizer.state.items()}
+            if self.optimizer.state is not None and self.built:
+                self.optimizer.ensure_state(self.params, self._arena)
 
     def __repr__(self):
-        return (f"Sequential({self.layers}, input_dim={self.input_dim}, dtype={self.dtype.name!r}, "
+        shape = self.input_shape
+        where = (f"input_dim={shape[0]}" if shape is not None and len(shape) == 1
+                 else f"input_shape={shape}")
+        return (f"Sequential({self.layers}, {where}, dtype={self.dtype.name!r}, "
                 f"backend={self.backend_name!r})")
 
     # ---- structure --------------------------------------------------------
 
     def add(self, layer):
         if not isinstance(layer, Layer):
-            raise TypeError(f"layers must be fusenn layers (Dense, Dropout, BatchNorm), got {layer!r}")
+            raise TypeError(f"layers must be fusenn layers (Dense, Dropout, BatchNorm, ...), "
+                            f"got {layer!r}")
         if self.built:
             raise ValueError("cannot add layers to a model that is already built")
         if any(layer is other for other in self.layers):
@@ -158,36 +155,66 @@ class Sequential:
 
     @property
     def built(self):
-        return bool(self.layers) and all(layer.built for layer in self.layers)
+        return self.input_shape is not None  # set once every layer is built
 
-    def build(self, input_dim):
-        """Draw every layer's weights for inputs of `input_dim` features."""
-        input_dim = _positive_int(input_dim, "input_dim")
-        if not self.layers:
-            raise ValueError("the model has no layers; pass Dense layers to Sequential([...])")
+    @property
+    def input_dim(self):
+        """The number of features of a flat sample (None for images and sequences)."""
+        shape = self.input_shape
+        return shape[0] if shape is not None and len(shape) == 1 else None
+
+    @property
+    def output_shape(self):
+        """A sample's output shape (None until built)."""
+        return self.layers[-1].output_shape if self.built else None
+
+    @property
+    def output_dim(self):
+        """The number of outputs per row (the last dimension of the output)."""
         if self.built:
-            if input_dim != self.input_dim:
-                raise ValueError(f"the model is built for input_dim={self.input_dim}, got {input_dim}")
+            return self.output_shape[-1]
+        return getattr(self.layers[-1], "units", None) if self.layers else None
+
+    def _output_shapes(self, input_shape):
+        """Every layer's output shape for samples of `input_shape`, without building
+        (ValueError naming the layer that cannot take its input)."""
+        shapes = []
+        for layer in self.layers:
+            input_shape = tuple(layer.compute_output_shape(input_shape))
+            shapes.append(input_shape)
+        return shapes
+
+    def build(self, input_shape):
+        """Draw every layer's weights for samples of `input_shape` (an int: features)."""
+        shape = check_input_shape(input_shape)
+        if not self.layers:
+            raise ValueError("the model has no layers; pass layers to Sequential([...])")
+        if self.built:
+            if shape != self.input_shape:
+                raise ValueError(f"the model is built for {self._shape_name(self.input_shape)}, "
+                                 f"got {self._shape_name(shape)}")
             return
-        fan_in = input_dim
+        self._output_shapes(shape)  # a layer that cannot take its input fails before any draw
         # dropout masks come from their own stream of the model's seed, so adding
         # or removing a Dropout changes neither the weights drawn nor fit's shuffles
         mask_seeds = np.random.default_rng(None if self.seed is None else [self.seed, 1])
         try:
             for layer in self.layers:
-                layer.build(fan_in, self.dtype, self._rng)
+                layer.build(shape, self.dtype, self._rng)
                 if isinstance(layer, Dropout) and layer.seed is None:
                     layer._base_seed = int(mask_seeds.integers(0, 2**63))
-                fan_in = layer.units
+                shape = layer.output_shape
+            self.input_shape = check_input_shape(input_shape)
+            _engine.pack_params(self)
         except BaseException:  # e.g. MemoryError: leave the model unbuilt
             for layer in self.layers:
                 layer.unbuild()
+            self.input_shape = None
             raise
-        self.input_dim = input_dim
 
-    @property
-    def output_dim(self):
-        return self.layers[-1].units if self.layers else None
+    @staticmethod
+    def _shape_name(shape):
+        return f"input_dim={shape[0]}" if len(shape) == 1 else f"input_shape={shape}"
 
     @property
     def params(self):
@@ -247,14 +274,13 @@ class Sequential:
 
     def compile(self, loss="cross_entropy", optimizer="sgd"):
         """Choose the loss and the optimizer (an instance, or 'sgd', 'adam', 'adamw',
-        'rmsprop', 'adagrad' with default settings)."""
+        'rmsprop', 'adagrad' with default settings). The loss works on the last
+        layer's output, whatever its kind; cross-entropy and binary
+        cross-entropy take over its softmax or sigmoid (or read logits)."""
         if not self.layers:
-            raise ValueError("the model has no layers; pass Dense layers to Sequential([...])")
-        if not isinstance(self.layers[-1], Dense):
-            raise ValueError(f"the last layer must be a Dense layer (the output), got "
-                             f"{self.layers[-1]!r}")
+            raise ValueError("the model has no layers; pass layers to Sequential([...])")
         loss = get_loss(loss)
-        loss.check_output_activation(self.layers[-1].activation)
+        loss.check_output_activation(self.layers[-1].output_activation)
         optimizer = get_optimizer(optimizer)
         owner = optimizer._model() if optimizer._model else None
         if owner is not None and owner is not self:
@@ -272,106 +298,97 @@ class Sequential:
 
     def _require_built(self):
         if not self.built:
-            raise ValueError("the model is not built: pass input_dim=... to Sequential, call "
-                             "model.build(input_dim), or fit it first")
+            raise ValueError("the model is not built: pass input_shape=... (or input_dim=...) "
+                             "to Sequential, call model.build(input_shape), or fit it first")
 
     def _require_compiled(self):
         if self.loss is None:
             raise ValueError("the model is not compiled: call model.compile(loss=..., optimizer=...) first")
 
-    def _check_X(self, X, name="X", values=True):
-        """X as a 2-D array of the model's dtype with contiguous rows; values=False
-        leaves the NaN/infinity check to the caller (the engine's train_batch)."""
-        X = np.asarray(X)
-        if X.dtype.kind not in "fiub":
-            raise TypeError(f"{name} must hold numbers, got dtype {X.dtype}")
-        if X.ndim != 2:
-            want = f"(n_samples, {self.input_dim})" if self.input_dim else "(n_samples, n_features)"
-            raise ValueError(f"{name} must be 2-D with shape {want}, got shape {X.shape}")
-        n, d = X.shape
-        if n == 0:
-            raise ValueError(f"{name} is empty: expected at least one sample, got shape {X.shape}")
-        if d == 0:
-            raise ValueError(f"{name} has no features: expected at least one column, got shape {X.shape}")
-        if self.input_dim is not None and d != self.input_dim:
-            raise ValueError(f"{name} must have shape (n_samples, {self.input_dim}), got {X.shape}")
-        if X.dtype is not self.dtype and X.dtype != self.dtype:
-            X = X.astype(self.dtype)
-        X = contiguous_rows(X)
-        if values and _kernels.count_nonfinite(X, get_num_threads()):  # no mask as big as X
-            raise ValueError(f"{name} contains NaN or infinity")
-        return X
+    def _rows_per_sample(self):
+        """Output rows (of output_dim values) per sample: one, or the steps of a sequence."""
+        return math.prod(self.output_shape[:-1])
 
-    def _check_y(self, y, n, name="y", values=True):
-        """y as the loss takes it (int64 labels, or an (n, k) array of the model's
-        dtype); values=False leaves the range and NaN checks to the caller."""
-        y = np.asarray(y)
-        k = self.output_dim
-        if self.loss.targets == "labels":
-            if y.ndim != 1 or y.shape[0] != n:
-                hint = "; for one-hot targets pass y.argmax(axis=1)" if y.ndim == 2 else ""
-                raise ValueError(f"{name} must be integer class labels of shape ({n},), "
-                                 f"got shape {y.shape}{hint}")
-            if y.dtype.kind == "f" and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-                y = y.astype(np.int64)
-            if y.dtype.kind not in "iu":
-                raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-            if not values:  # a uint64 label too large for int64 wraps to a negative one: caught too
-                return np.ascontiguousarray(y, dtype=np.int64)
-            y, bad = ops.labels_in_range(y, k)
-            if bad is not None:
-                raise ValueError(f"{name} holds class labels outside [0, {k}) (the last layer has "
-                                 f"{k} units): found {bad}")
-            return y
-        if y.ndim == 1 and k == 1:
-            y = y.reshape(-1, 1)
-        if y.shape != (n, k):
-            raise ValueError(f"{name} must have shape ({n}, {k}), got {y.shape}")
-        if y.dtype.kind not in "fiub":
-            raise TypeError(f"{name} must hold numbers, got dtype {y.dtype}")
-        y = contiguous_rows(np.asarray(y, dtype=self.dtype))
-        if not values:
-            return y
-        if _kernels.count_nonfinite(y, get_num_threads()):
-            raise ValueError(f"{name} contains NaN or infinity")
-        if self.loss.name == "binary_cross_entropy" and (y.min() < 0 or y.max() > 1):
-            raise ValueError(f"{name} must hold targets in [0, 1] for binary_cross_entropy")
-        return y
+    def _masked_output(self):
+        """Whether the output carries a time-step mask: an Embedding(mask_zero) first
+        and every layer after it keeping the steps (the rule of _forward)."""
+        first = self.layers[0]
+        if not getattr(first, "mask_zero", False):
+            return False
+        steps = first.input_shape[0]
+        return all(len(layer.output_shape) >= 2 and layer.output_shape[0] == steps
+                   for layer in self.layers)
 
-    def _check_data(self, X, y, name_x="X", name_y="y", values=True):
-        self._require_compiled()
-        X = self._check_X(X, name_x, values)
-        y = self._check_y(y, X.shape[0], name_y, values)
-        if self.input_dim is None:  # not built (build sets input_dim last)
-            self.build(X.shape[1])  # like Keras: the first valid data fixes input_dim
-        return X, y
+    def _scored_rows(self, X):
+        """The output rows accuracy is over: every step of every sample, or the real
+        steps when the output is masked (index 0 is padding)."""
+        if self._masked_output():
+            return int(np.count_nonzero(X))
+        return len(X) * self._rows_per_sample()
 
-    # ---- the math ---------------------------------------------------------------
+    # ---- the math, op by op ---------------------------------------------------------
 
-    def _forward(self, X, training, logits=False):
-        """(outputs, caches): outputs[0] = X and outputs[i + 1] is layer i's output;
-        with logits=True the last (Dense) layer stops before its activation."""
-        outputs, caches = [X], []
-        last = len(self.layers) - 1
+    def _forward(self, X, training, logits=False, first_row=0):
+        """(outputs, caches, masks): outputs[0] = X and outputs[i + 1] is layer i's
+        output; masks[i] the time-step mask layer i saw (None: none) and masks[-1]
+        the output's. With logits=True the last layer stops before its activation.
+        A mask (made by Embedding(mask_zero)) lasts while outputs keep its steps,
+        as in the C engine."""
+        outputs, caches, masks = [X], [], [None]
+        mask, steps, last = None, None, len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            y, cache = layer.forward(self.backend, outputs[-1], training, logits and i == last)
+            x = outputs[-1]
+            kw = {"mask": mask} if layer.uses_mask else {}
+            if layer.random:
+                kw["first_row"] = first_row
+            y, cache = layer.forward(self.backend, x, training, logits and i == last, **kw)
+            new = layer.output_mask(x, mask)
+            if new is not mask:
+                steps = layer.input_shape[0]
+            out = layer.output_shape
+            mask = new if new is not None and len(out) >= 2 and out[0] == steps else None
             outputs.append(y)
             caches.append(cache)
-        return outputs, caches
+            masks.append(mask)
+        return outputs, caches, masks
 
-    def _loss_and_grad(self, z, y, sample_weight=None):
+    def _loss_and_grad(self, z, y, sample_weight=None, mask=None):
         """(loss, probabilities for metrics, dL/dz) of the last layer's output z:
-        logits for the fused losses, the activated output otherwise."""
+        logits for the fused losses, the activated output otherwise. The loss
+        reads z as rows of its last dimension; masked steps weigh 0 and the loss
+        is the mean over the real ones (Keras)."""
+        k = z.shape[-1]
+        rows = z.reshape(-1, k)
+        per_sample = len(rows) // len(z)
+        if mask is not None:
+            real = mask.reshape(-1)
+            scale = len(real) / real.sum() if real.any() else 0.0
+            weights = 1.0 if sample_weight is None else np.repeat(sample_weight, per_sample)
+            sample_weight = (np.where(real, weights * scale, 0.0)).astype(z.dtype)
+        elif sample_weight is not None and per_sample > 1:
+            sample_weight = np.repeat(sample_weight, per_sample)
         kw = {} if sample_weight is None else {"sample_weight": sample_weight}
+        labels = self.loss.targets == "labels"
+        t = y.reshape(-1) if labels else y.reshape(-1, k)
         if self.loss.fused_kernel:
             # the fused kernel applies softmax / sigmoid to the logits itself
-            return getattr(self.backend, self.loss.fused_kernel)(z, y, **kw)
-        loss, da = self.loss.compute(self.backend, z, y, **kw)
-        return loss, z, da
+            loss, p, dz = getattr(self.backend, self.loss.fused_kernel)(rows, t, **kw)
+        else:
+            (loss, dz), p = self.loss.compute(self.backend, rows, t, **kw), rows
+        return loss, p, dz.reshape(z.shape)
 
-    def _train_step(self, X, y, where, sample_weight=None):
+    def _correct(self, p, y, mask=None):
+        t = y.reshape(-1) if self.loss.targets == "labels" else y.reshape(-1, p.shape[-1])
+        if mask is not None:
+            real = mask.reshape(-1)
+            p, t = p[real], t[real]
+        return self.loss.correct(p, t)
+
+    def _train_step(self, X, y, where, sample_weight=None, chunks=1):
         """Forward, loss, backward and update on one batch, op by op; returns
-        (loss, correct predictions).
+        (loss, correct predictions). chunks > 1: the gradient is the ordered sum
+        of that many chunks' (rows cut as the C engine cuts them), each computed
+        alone with its rows weighted by their share of the batch.
 
         A non-finite loss raises before anything changes; an update that makes
         weights non-finite is undone exactly (the optimizer leaves the previous
@@ -379,26 +396,55 @@ class Sequential:
         as the C engine does.
         """
         fused = self.loss.fused_kernel is not None
-        outputs, caches = self._forward(X, training=True, logits=fused)
-        loss, p, dy = self._loss_and_grad(outputs[-1], y, sample_weight)
+        n, chunks = len(X), max(1, chunks)
+        loss, correct, grads = 0.0, 0, None
+        last = len(self.layers) - 1
+        # nothing before the first layer with parameters needs a gradient (as csrc/plan.c)
+        first_trainable = next((i for i, layer in enumerate(self.layers) if layer.param_names),
+                               len(self.layers))
+        try:
+            for c in range(chunks):
+                r0, r1 = c * n // chunks, (c + 1) * n // chunks
+                if r0 == r1:
+                    continue
+                sw = None if sample_weight is None else sample_weight[r0:r1]
+                if r1 - r0 < n:  # the chunk's share of the batch
+                    share = (r1 - r0) / n
+                    sw = ((1.0 if sw is None else sw.astype(np.float64)) * share
+                          * np.ones(r1 - r0)).astype(self.dtype)
+                outputs, caches, masks = self._forward(X[r0:r1], training=True, logits=fused,
+                                                       first_row=r0)
+                chunk_loss, p, dy = self._loss_and_grad(outputs[-1], y[r0:r1], sw, masks[-1])
+                loss += chunk_loss
+                correct += self._correct(p, y[r0:r1], masks[-1])
+                if not math.isfinite(chunk_loss):
+                    break
+                chunk_grads = []
+                for i in range(last, first_trainable - 1, -1):
+                    layer = self.layers[i]
+                    kw = {"mask": masks[i]} if layer.uses_mask else {}
+                    dy, layer_grads = layer.backward(
+                        self.backend, outputs[i], outputs[i + 1], caches[i], dy,
+                        i > first_trainable, logits=fused and i == last, **kw)
+                    chunk_grads[:0] = layer_grads
+                grads = chunk_grads if grads is None else [g + h for g, h in
+                                                           zip(grads, chunk_grads)]
+        finally:
+            for layer in self.layers:  # once per step, as the engine
+                if layer.random:
+                    layer.advance()
         if not math.isfinite(loss):
             self.optimizer.reset()
             raise self._divergence_error(where, loss)
-        grads = []
-        last = len(self.layers) - 1
-        # nothing before the first layer with parameters needs a gradient (as csrc/plan.c)
-        first_trainable = next(i for i, layer in enumerate(self.layers) if layer.param_names)
-        for i in range(last, first_trainable - 1, -1):
-            dy, layer_grads = self.layers[i].backward(
-                self.backend, outputs[i], outputs[i + 1], caches[i], dy,
-                i > first_trainable, logits=fused and i == last)
-            grads[:0] = layer_grads
+        grads = [np.ascontiguousarray(g) for g in grads]
+        # which parameters the L2 penalty and weight decay apply to (the layers say)
+        self.optimizer.__dict__["_decayed"] = [d for layer in self.layers for d in layer.decayed()]
         if self.optimizer.step(self.backend, self.params, grads):
             for param, previous in zip(self.params, grads):
                 np.copyto(param, previous)
             self.optimizer.reset()
             raise self._divergence_error(where, loss)
-        return loss, self.loss.correct(p, y)
+        return loss, correct
 
     @staticmethod
     def _divergence_error(where, loss):
@@ -409,66 +455,9 @@ class Sequential:
     # ---- the C engine ---------------------------------------------------------------
 
     def _engine(self):
-        """The C training plan (csrc/plan.c) for this model, or None when it trains
-        op by op: on the NumPy backend, or with an optimizer or loss the engine
-        does not know (a subclass). The plan points at the model's weights,
-        gradient buffers, optimizer state and running statistics; the
-        optimizer's hyperparameters and step count are handed over on every
-        call, so changing them between calls works."""
-        plan, optimizer = self._plan, self.optimizer
-        cached = optimizer.__dict__.get("_engine_config_cache")
-        if (plan is not None and cached is not None and cached is self._plan_config
-                and plan.steps == optimizer.iterations):
-            return plan  # nothing changed since the last call (the common case, kept cheap)
-        config = optimizer.engine_config()
-        if self.backend is not ops or config is None:
-            return None
-        if self._plan is None:
-            if self.loss.engine_id is None or any(
-                    type(layer) not in (Dense, Dropout, BatchNorm) for layer in self.layers):
-                return None  # a custom layer or loss: op by op
-            state = self.optimizer.ensure_state(self.params)
-            names = self.optimizer._state_names
-            specs, j = [], 0  # j: index of the layer's first parameter in self.params
-            for layer in self.layers:
-                if isinstance(layer, Dropout):
-                    specs.append({"kind": "dropout", "d": layer.units, "rate": layer.rate,
-                                  "seed": layer._base_seed, "step": layer.step_counter})
-                    continue
-                W, b = layer.params
-                spec = {"kind": "dense" if isinstance(layer, Dense) else "batchnorm",
-                        "W": W, "b": b, "dW": np.empty_like(W), "db": np.empty_like(b),
-                        "W_state": [state[name][j] for name in names],
-                        "b_state": [state[name][j + 1] for name in names]}
-                if isinstance(layer, Dense):
-                    spec["act"] = _ACTIVATION_IDS[layer.activation]
-                else:
-                    spec.update(momentum=layer.momentum, eps=layer.eps,
-                                running_mean=layer.running_mean, running_var=layer.running_var)
-                specs.append(spec)
-                j += 2
-            self._plan = _kernels.Plan(specs, self.loss.engine_id, self.dtype,
-                                       getattr(self.loss, "delta", 0.0))
-            self._plan_config = None
-        if config is not self._plan_config:  # new settings (engine_config caches them)
-            self._plan.set_optimizer(config, self.optimizer.iterations)
-            self._plan_config = config
-        elif self._plan.steps != self.optimizer.iterations:  # e.g. after optimizer.reset()
-            self._plan.set_steps(self.optimizer.iterations)
-        return self._plan
-
-    def _targets(self, y):
-        """(labels, targets) as the engine takes them: one of the two is None."""
-        return (y, None) if self.loss.targets == "labels" else (None, y)
-
-    def _engine_result(self, plan, code, where, loss):
-        """Sync the optimizer's step count and turn an engine code into an exception."""
-        # not a hyperparameter: set directly, past Optimizer.__setattr__'s cache check
-        self.optimizer.__dict__["iterations"] = plan.steps
-        if code == _kernels.FUSENN_EDIVERGED_CODE:
-            raise self._divergence_error(where, loss)
-        if code != 0:
-            raise MemoryError("fusenn: out of memory in the training engine")
+        """The C training plan for this model, or None when it trains op by op
+        (see fusenn._engine.plan_for)."""
+        return _engine.plan_for(self)
 
     def _exclusive(self):
         """One call at a time per model (training and inference share its buffers):
@@ -482,79 +471,49 @@ class Sequential:
             raise RuntimeError("this model is already in use by another thread; use one "
                                "model per thread, or serialise the calls")
 
-    # ---- sample weights ----------------------------------------------------------------
-
-    def _check_weights(self, y, n, sample_weight, class_weight):
-        """Per-sample weights (or None) from sample_weight and class_weight, as
-        Keras combines them: their product."""
-        sw = None
-        if sample_weight is not None:
-            sw = np.asarray(sample_weight)
-            if sw.dtype.kind not in "fiub" or sw.ndim != 1 or sw.shape[0] != n:
-                raise ValueError(f"sample_weight must be a 1-D array of {n} numbers (one per "
-                                 f"sample), got {'shape ' + str(sw.shape) if sw.dtype.kind in 'fiub' else 'dtype ' + str(sw.dtype)}")
-            sw = sw.astype(np.float64)
-            if not np.all(np.isfinite(sw)) or np.any(sw < 0):
-                raise ValueError("sample_weight must hold finite, non-negative numbers")
-        if class_weight is not None:
-            if not isinstance(class_weight, dict):
-                raise TypeError(f"class_weight must be a dict {{class: weight}}, got {class_weight!r}")
-            if self.loss.targets == "labels":
-                classes, k = y, self.output_dim
-            elif self.loss.name == "binary_cross_entropy" and self.output_dim == 1:
-                classes, k = (y[:, 0] > 0.5).astype(np.int64), 2
-            else:
-                raise ValueError("class_weight needs class labels: loss 'cross_entropy', or "
-                                 "'binary_cross_entropy' with one output")
-            table = np.ones(k)
-            for c, w in class_weight.items():
-                if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or not 0 <= c < k:
-                    raise ValueError(f"class_weight has class {c!r}; classes are 0 .. {k - 1}")
-                w = float(w) if isinstance(w, (int, float, np.integer, np.floating)) else math.nan
-                if not math.isfinite(w) or w < 0:
-                    raise ValueError(f"class_weight[{c}] must be a finite, non-negative number")
-                table[c] = w
-            cw = table[classes]
-            sw = cw if sw is None else sw * cw
-        return None if sw is None else sw.astype(self.dtype)
-
     # ---- public training API -------------------------------------------------
 
-    def train_on_batch(self, X, y, sample_weight=None, class_weight=None):
+    def train_on_batch(self, X, y, sample_weight=None, class_weight=None, batch_chunks=1):
         """One forward pass, backward pass and optimizer update; returns the batch loss.
 
         sample_weight (one per row) and class_weight ({class: weight}) scale
         each row's loss (Keras semantics: the batch loss is the mean of the
-        weighted row losses). If the loss or the updated weights are not
+        weighted row losses). batch_chunks: see fit. If the loss or the updated weights are not
         finite, ValueError is raised, the weights are left as they were before
         the call and the optimizer state is reset.
         """
         # Shapes and dtypes here; the engine checks the values (NaN, label range) in its
         # own pass. class_weight looks labels up in a table, so they are checked first.
         X_in, y_in = X, y
-        X, y = self._check_data(X, y, values=class_weight is not None)
+        X, y = check_data(self, X, y, values=class_weight is not None)
         sw = (None if sample_weight is None and class_weight is None else
-              self._check_weights(y, X.shape[0], sample_weight, class_weight))
+              check_weights(self, y, X.shape[0], sample_weight, class_weight))
+        chunks = 1 if batch_chunks == 1 else positive_int(batch_chunks, "batch_chunks")
         self._acquire()  # as `with self._exclusive()`, minus a context manager's calls
         try:
             plan = self._engine()
             if plan is None:
-                self._check_data(X_in, y_in)
-                loss, _ = self._train_step(X, y, "train_on_batch", sw)
+                check_data(self, X_in, y_in)
+                with _BetweenSteps():
+                    loss, _ = self._train_step(X, y, "train_on_batch", sw, chunks)
             else:
-                labels, T = self._targets(y)
-                code, loss, _ = plan.train_batch(X, labels, T, sw, get_num_threads())
-                if code == _kernels.FUSENN_EBADINPUT_CODE:
-                    self._check_data(X_in, y_in)  # raises, naming what is wrong
+                labels, T = _engine.targets(self, y)
+                try:
+                    code, loss, _ = plan.train_batch(_engine.samples(X), labels, T, sw,
+                                                     get_num_threads(), chunks)
+                finally:  # a Ctrl-C that arrived during the step is raised here
+                    self.optimizer.__dict__["iterations"] = plan.steps
+                if code == _engine.EBADINPUT:
+                    check_data(self, X_in, y_in)  # raises, naming what is wrong
                     raise ValueError("the batch holds values the training engine refuses")
-                self._engine_result(plan, code, "train_on_batch", loss)
+                _engine.raise_for(self, plan, code, "train_on_batch", loss)
         finally:
             self._lock.release()
         return loss
 
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose="auto",
             callbacks=None, validation_split=0.0, class_weight=None, sample_weight=None,
-            initial_epoch=0):
+            initial_epoch=0, batch_chunks=1):
         """Train for `epochs` passes over (X, y) in mini-batches; returns a History.
 
         Each epoch visits the samples in a permutation drawn from the model's
@@ -570,14 +529,22 @@ class Sequential:
         verbose: 0 silent, 1 progress bar, 2 one line per epoch, "auto" a bar
         when stdout is a terminal and silence otherwise.
 
+        batch_chunks: each batch's gradient is the sum of that many chunks' (the
+        rows cut evenly, each chunk's gradient taken alone, its rows weighted by
+        their share of the batch, added in order), as fusenn.distributed.fit
+        computes it over ranks: with the same batch_chunks, the bits are the
+        same. Dropout draws the whole batch's masks; BatchNorm normalises each
+        chunk with its own statistics. 1: the plain step.
+
         If a step's loss or updated weights are not finite, ValueError is
         raised naming the epoch; the weights are those from before that step
         and the optimizer state is reset.
         """
-        X, y = self._check_data(X, y)
-        epochs = _positive_int(epochs, "epochs", allow_zero=True)
-        initial_epoch = _positive_int(initial_epoch, "initial_epoch", allow_zero=True)
-        sw = self._check_weights(y, X.shape[0], sample_weight, class_weight)
+        X, y = check_data(self, X, y)
+        chunks = positive_int(batch_chunks, "batch_chunks")
+        epochs = positive_int(epochs, "epochs", allow_zero=True)
+        initial_epoch = positive_int(initial_epoch, "initial_epoch", allow_zero=True)
+        sw = check_weights(self, y, X.shape[0], sample_weight, class_weight)
         if validation_data is None and validation_split:
             split = finite_number(validation_split, "validation_split")
             if not 0 <= split < 1:
@@ -593,16 +560,17 @@ class Sequential:
         elif validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
-            validation_data = self._check_data(*validation_data, name_x="validation X",
-                                               name_y="validation y")
-        batch_size = min(_positive_int(batch_size, "batch_size"), X.shape[0])
+            validation_data = check_data(self, *validation_data, name_x="validation X",
+                                         name_y="validation y")
+        batch_size = min(positive_int(batch_size, "batch_size"), X.shape[0])
         callback_list = callbacks_module.CallbackList(
             [*([] if callbacks is None else _as_list(callbacks, "callbacks")),
              callbacks_module.ProgressBar(epochs, verbose)], self)
         n = X.shape[0]
         n_batches = -(-n // batch_size)
+        rows = self._scored_rows(X)
         order = np.arange(n, dtype=np.int64)  # the one array proportional to the data
-        history = History()
+        history = self.history = History()  # Keras keeps it on the model (also after Ctrl-C)
         self.stop_training = False
         with self._exclusive():
             callback_list.on_train_begin()
@@ -610,25 +578,30 @@ class Sequential:
                 callback_list.on_epoch_begin(epoch)
                 start = time.perf_counter()
                 if shuffle:
-                    _kernels.shuffle(order, int(self._rng.integers(0, 2**63)))
+                    ops.shuffle(order, int(self._rng.integers(0, 2**63)))
                 where = f"epoch {epoch + 1}"
                 plan = self._engine()  # hands over the current learning rate
                 if plan is not None:
-                    code, loss, loss_sum, correct = plan.train_epoch(
-                        X, *self._targets(y), sw, order, batch_size, 0, n_batches,
-                        get_num_threads())
-                    self._engine_result(plan, code, where, loss)
+                    try:  # Ctrl-C stops the engine after a whole step (KeyboardInterrupt)
+                        code, loss, loss_sum, correct = plan.train_epoch(
+                            _engine.samples(X), *_engine.targets(self, y), sw, order,
+                            batch_size, 0, n_batches, get_num_threads(), chunks)
+                    finally:
+                        self.optimizer.__dict__["iterations"] = plan.steps
+                    _engine.raise_for(self, plan, code, where, loss)
                 else:
                     loss_sum, correct = 0.0, 0
-                    for first in range(0, n, batch_size):
-                        idx = order[first:first + batch_size]
-                        loss, hits = self._train_step(X[idx], y[idx], where,
-                                                      None if sw is None else sw[idx])
-                        loss_sum += loss * len(idx)
-                        correct += hits
+                    with _BetweenSteps() as steps:
+                        for first in range(0, n, batch_size):
+                            steps.raise_pending()
+                            idx = order[first:first + batch_size]
+                            loss, hits = self._train_step(X[idx], y[idx], where,
+                                                          None if sw is None else sw[idx], chunks)
+                            loss_sum += loss * len(idx)
+                            correct += hits
                 logs = {"loss": loss_sum / n}
                 if self.loss.has_accuracy:
-                    logs["accuracy"] = self.loss.accuracy(correct, n, self.output_dim)
+                    logs["accuracy"] = self.loss.accuracy(correct, rows, self.output_dim)
                 if validation_data is not None:
                     logs.update({f"val_{k}": v for k, v in self._evaluate(*validation_data).items()})
                 logs["time"] = time.perf_counter() - start
@@ -644,36 +617,49 @@ class Sequential:
         """The network's outputs for X: probabilities for softmax/sigmoid outputs.
         Dropout is inactive and BatchNorm uses its running statistics.
 
-        batch_size only bounds the rows per forward pass of the op-by-op path;
+        batch_size only bounds the samples per forward pass of the op-by-op path;
         results do not depend on it."""
-        self._require_built()
-        X = self._check_X(X)
-        chunk = PREDICT_CHUNK if batch_size is None else _positive_int(batch_size, "batch_size")
+        if self._plan is not None and batch_size is None:  # the engine, X as it takes it:
+            out = self._plan.predict_array(X, self._lock)  # one call, checks included
+            if out is not None:
+                return out
+        if self.input_shape is None:
+            self._require_built()
+        X = check_X(self, X, values=False)  # the engine checks the values in its own pass
+        if batch_size is not None:
+            positive_int(batch_size, "batch_size")
         with self._exclusive():
-            plan = self._engine() if self.loss is not None else None
+            plan = _engine.inference_plan(self)
             if plan is not None:
-                out = np.empty((X.shape[0], self.output_dim), dtype=self.dtype)
-                if plan.predict(X, out, get_num_threads()) != 0:
+                out = np.empty((X.shape[0], *self.output_shape), dtype=self.dtype)
+                code = plan.predict(_engine.samples(X), _engine.samples(out), get_num_threads())
+                if code == 0:
+                    return out
+                if code == _engine.EBADINPUT:
+                    check_X(self, X)  # raises, naming the problem
+                if code != _engine.EDIVERGED:
                     raise MemoryError("fusenn: out of memory in the training engine")
             else:
+                check_X(self, X)
+                chunk = PREDICT_CHUNK if batch_size is None else batch_size
                 parts = [self._forward(X[i:i + chunk], training=False)[0][-1]
                          for i in range(0, X.shape[0], chunk)]
                 out = parts[0] if len(parts) == 1 else np.concatenate(parts)
                 if out is X:  # a network of dropouts only
                     out = X.copy()
-        if _kernels.count_nonfinite(out, get_num_threads()):
-            raise ValueError(f"X is too large for this network in {self.dtype}: its outputs "
-                             f"overflowed (or the weights are too large)")
-        return out
+                if not ops.count_nonfinite(out):
+                    return out
+        raise ValueError(f"X is too large for this network in {self.dtype}: its outputs "
+                         f"overflowed (or the weights are too large)")
 
     def evaluate(self, X, y, batch_size=None, sample_weight=None):
         """{'loss': ..., 'accuracy': ...} over (X, y) (accuracy only for classification;
         the loss weighted by sample_weight if given)."""
         self._require_built()
-        X, y = self._check_data(X, y)
-        sw = self._check_weights(y, X.shape[0], sample_weight, None)
+        X, y = check_data(self, X, y)
+        sw = check_weights(self, y, X.shape[0], sample_weight, None)
         if batch_size is not None:
-            _positive_int(batch_size, "batch_size")  # accepted for Keras compatibility
+            positive_int(batch_size, "batch_size")  # accepted for Keras compatibility
         with self._exclusive():
             return self._evaluate(X, y, sw)
 
@@ -681,7 +667,8 @@ class Sequential:
         n = X.shape[0]
         plan = self._engine()
         if plan is not None:
-            code, loss_sum, correct = plan.evaluate(X, *self._targets(y), sw, get_num_threads())
+            code, loss_sum, correct = plan.evaluate(_engine.samples(X), *_engine.targets(self, y),
+                                                    sw, get_num_threads())
             if code != 0:
                 raise MemoryError("fusenn: out of memory in the training engine")
         else:
@@ -690,16 +677,17 @@ class Sequential:
             for i in range(0, n, PREDICT_CHUNK):
                 Xc, yc = X[i:i + PREDICT_CHUNK], y[i:i + PREDICT_CHUNK]
                 swc = None if sw is None else sw[i:i + PREDICT_CHUNK]
-                z = self._forward(Xc, training=False, logits=fused)[0][-1]
-                loss, p, _ = self._loss_and_grad(z, yc, swc)
+                outputs, _, masks = self._forward(Xc, training=False, logits=fused)
+                loss, p, _ = self._loss_and_grad(outputs[-1], yc, swc, masks[-1])
                 loss_sum += loss * len(Xc)
-                correct += self.loss.correct(p, yc)
+                correct += self._correct(p, yc, masks[-1])
         if not math.isfinite(loss_sum):
             raise ValueError(f"X is too large for this network in {self.dtype}: the loss "
                              f"overflowed (or the weights are too large)")
         result = {"loss": loss_sum / n}
         if self.loss.has_accuracy:
-            result["accuracy"] = self.loss.accuracy(correct, n, self.output_dim)
+            result["accuracy"] = self.loss.accuracy(correct, self._scored_rows(X),
+                                                    self.output_dim)
         return result
 
     # ---- summary -----------------------------------------------------------------------
@@ -712,9 +700,15 @@ class Sequential:
         rows = [("Layer (type)", "Output shape", "Params")]
         for i, layer in enumerate(self.layers):
             name = type(layer).__name__
-            if isinstance(layer, Dense):
-                name += f" ({layer.activation})"
-            shape = f"(None, {layer.units})" if layer.units is not None else "(None, ?)"
+            activation = getattr(layer, "activation", None)
+            if isinstance(activation, str):
+                name += f" ({activation})"
+            if layer.built:
+                shape = shape_text(layer.output_shape)
+            elif getattr(layer, "units", None) is not None:
+                shape = f"(None, {layer.units})"
+            else:
+                shape = "(None, ?)"
             rows.append((f"{i + 1}. {name}", shape,
                          f"{layer.count_params():,}" if layer.built else "?"))
         widths = [max(len(r[c]) for r in rows) for c in range(3)]
@@ -722,7 +716,9 @@ class Sequential:
         fmt = lambda r: f"{r[0]:<{widths[0]}}   {r[1]:<{widths[1]}}   {r[2]:>{widths[2]}}"
         total = sum(layer.count_params() for layer in self.layers)
         buffers = sum(a.size for a in self.buffers) if self.built else 0
-        text = [f"Sequential (input_dim={self.input_dim}, dtype={self.dtype.name}, "
+        where = (self._shape_name(self.input_shape) if self.input_shape is not None
+                 else "input_dim=None")
+        text = [f"Sequential ({where}, dtype={self.dtype.name}, "
                 f"backend={self.backend_name!r})", line, fmt(rows[0]), line,
                 *map(fmt, rows[1:]), line,
                 f"Trainable params: {total:,}" + ("" if self.built else " (not built yet)")]
@@ -739,7 +735,7 @@ class Sequential:
 
     def config(self):
         return {
-            "input_dim": self.input_dim,
+            "input_shape": None if self.input_shape is None else list(self.input_shape),
             "dtype": self.dtype.name,
             "seed": self.seed,
             "backend": self.backend_name,
@@ -749,6 +745,13 @@ class Sequential:
             "optimizer_iterations": self.optimizer.iterations if self.optimizer else 0,
         }
 
+    def to_onnx(self, path=None, opset=None):
+        """The model as an onnx.ModelProto computing predict (input "input", output
+        "output", the batch dimension dynamic); written to `path` if given. Needs
+        the `onnx` extra; see fusenn.onnx_export for what each layer becomes."""
+        from .onnx_export import to_onnx
+        return to_onnx(self, path, opset)
+
     def save(self, path):
         """Write architecture, weights and optimizer state to an .npz file (no pickle).
 
@@ -756,18 +759,38 @@ class Sequential:
         and renamed over `path`, so an interrupted save never destroys an
         existing file.
         """
-        self._require_built()
-        arrays = {"fusenn_format": np.array(FORMAT_VERSION),
-                  "config": np.array(json.dumps(self.config()))}
-        for i, p in enumerate(self.params):
-            arrays[f"param_{i}"] = p
-        for i, a in enumerate(self.buffers):
-            arrays[f"buffer_{i}"] = a
-        if self.optimizer is not None and self.optimizer.state is not None:
-            for name, states in self.optimizer.state.items():
-                for i, s in enumerate(states):
-                    arrays[f"opt_{name}_{i}"] = s
-        _atomic_write(path, lambda f: np.savez(f, **arrays))
+        saving.save(self, path)
+
+
+class _BetweenSteps:
+    """Ctrl-C during op-by-op training takes effect between steps, never inside
+    one: while the block runs (in the main thread, with Python's default SIGINT
+    handler), the signal is recorded and raised as KeyboardInterrupt by
+    raise_pending() or at the end of the block. The C engine needs none of this:
+    it polls for the signal between its own steps."""
+    __slots__ = ("pending", "previous")
+
+    def __enter__(self):
+        self.pending = False
+        self.previous = None
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self.previous = signal.signal(signal.SIGINT, self._record)
+        return self
+
+    def _record(self, signum, frame):
+        self.pending = True
+
+    def raise_pending(self):
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt
+
+    def __exit__(self, kind, exc, tb):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        if kind is None:
+            self.raise_pending()
 
 
 class _Release:
@@ -789,85 +812,3 @@ def _as_list(value, name):
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise TypeError(f"{name} must be a list, got {value!r}")
     return list(value)
-
-
-def _atomic_write(path, write):
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def load(path):
-    """Read a model written by Sequential.save. Never unpickles anything."""
-    def bad(why):
-        return ValueError(f"{os.fspath(path)!s} is not a valid fusenn model file: {why}")
-
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {key: f[key] for key in f.files}
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
-        raise
-    except Exception as exc:  # truncated zip, wrong format, pickled content...
-        raise bad(f"{type(exc).__name__}: {exc}") from None
-    if "fusenn_format" not in arrays or "config" not in arrays:
-        raise bad("missing 'fusenn_format' or 'config'")
-    version = arrays["fusenn_format"]
-    if version.shape != () or version.dtype.kind not in "iu":
-        raise bad("corrupt format version")
-    if int(version) != FORMAT_VERSION:
-        raise bad(f"format version {int(version)}, this fusenn reads version {FORMAT_VERSION}")
-    try:
-        config = json.loads(str(arrays["config"]))
-        layers = [layer_from_config(spec) for spec in config["layers"]]
-        model = Sequential(layers, input_dim=config["input_dim"], dtype=config["dtype"],
-                           seed=config["seed"], backend=config["backend"])
-        if config["loss"] is not None:
-            model.compile(config["loss"], config["optimizer"])
-    except (ValueError, TypeError, KeyError) as exc:
-        raise bad(f"bad config ({type(exc).__name__}: {exc})") from None
-    params = model.params
-    for kind, targets in (("param", params), ("buffer", model.buffers)):
-        for i, a in enumerate(targets):
-            key = f"{kind}_{i}"
-            saved = arrays.get(key)
-            if saved is None or saved.shape != a.shape or saved.dtype != a.dtype:
-                raise bad(f"{key} is missing or does not match the config "
-                          f"(expected {a.dtype} {a.shape})")
-            if not np.all(np.isfinite(saved)):
-                raise bad(f"{key} contains NaN or infinity")
-            a[...] = saved
-    if any(label.startswith("running_var") and np.any(a < 0) for label, a in model._weight_arrays()):
-        raise bad("a BatchNorm running variance is negative")
-    opt = model.optimizer
-    if opt is not None:
-        opt.iterations = int(config.get("optimizer_iterations", 0))
-        if any(key.startswith("opt_") for key in arrays):
-            opt.state = {}
-            for name in opt._state_names:
-                states = [arrays.get(f"opt_{name}_{i}") for i in range(len(params))]
-                if any(s is None or s.shape != p.shape or s.dtype != p.dtype
-                       for s, p in zip(states, params)):
-                    raise bad(f"optimizer state {name!r} is missing or mismatched")
-                opt.state[name] = [s.copy() for s in states]
-    return model

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .ops import finite_number
+from ._common import finite_number
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "get_optimizer"]
 
@@ -43,13 +43,13 @@ class Optimizer:
     """Base class: subclasses define `_state_names`, `_hyperparameters` and
     `_update`, which updates one parameter through the backend and returns its
     count of non-finite weights; those the C engine runs also set
-    `_engine_kind` (fusenn_optimizer_kind) and `_engine_settings`.
+    `_engine_kind` (the engine's name for the update rule) and `_engine_settings`.
 
     Every optimizer takes the gradient preprocessing options below, applied in
     this order before the update rule on every step:
 
-    l2: coupled L2 penalty, g += l2 * w, on weight matrices only (parameters
-        with ndim >= 2), never on biases (as Keras' kernel_regularizer, or
+    l2: coupled L2 penalty, g += l2 * w, on kernels only (the parameters a
+        layer lists in decayed_params; by default those with ndim >= 2), never on biases (as Keras' kernel_regularizer, or
         scikit-learn's alpha; PyTorch's SGD weight_decay also decays biases).
         The loss that fit / train_on_batch report does not include the
         penalty term, as in PyTorch.
@@ -81,6 +81,7 @@ class Optimizer:
         state = dict(self.__dict__)
         state["_model"] = None  # a weak reference does not pickle; the model sets it again
         state["_engine_config_cache"] = None
+        state["_state_arenas"] = None  # the state lists carry the values; the model re-packs
         return state
 
     def reset(self):
@@ -96,7 +97,8 @@ class Optimizer:
                 "global_clipnorm": self.global_clipnorm, "clipvalue": self.clipvalue}
 
     # attributes that are not hyperparameters: setting them keeps the engine settings
-    _NOT_SETTINGS = frozenset({"state", "iterations", "_model", "_engine_config_cache"})
+    _NOT_SETTINGS = frozenset({"state", "iterations", "_model", "_engine_config_cache",
+                               "_state_arenas", "_decaying", "_decayed"})
 
     def __setattr__(self, name, value):
         if name not in self._NOT_SETTINGS:  # a hyperparameter (lr...): recompute the settings
@@ -124,15 +126,35 @@ class Optimizer:
     def _engine_settings(self):
         return {}
 
-    def ensure_state(self, params):
-        """Allocate the per-parameter state arrays (zeros) if not done yet."""
+    def ensure_state(self, params, arena=None):
+        """The per-parameter state arrays (zeros until stepping starts). Given the
+        model's ParamArena they are views of one flat array per state, laid out
+        like the parameters, so the C engine updates them in one pass over the
+        arena; existing state is moved there (values kept)."""
         shapes = [p.shape for p in params]
         if self.state is not None and any(
                 [a.shape for a in arrays] != shapes for arrays in self.state.values()):
             raise ValueError("the optimizer's state does not match the model's parameters")
-        if self.state is None:
-            self.state = {name: [np.zeros_like(p) for p in params] for name in self._state_names}
+        if arena is None:
+            if self.state is None:
+                self.state = {name: [np.zeros_like(p) for p in params]
+                              for name in self._state_names}
+            return self.state
+        flats = self.__dict__.get("_state_arenas") or {}
+        if (self.state is None or set(flats) != set(self._state_names)
+                or not all(arena.holds(flats[name], self.state[name]) for name in flats)):
+            old, self.state, flats = self.state, {}, {}
+            for name in self._state_names:
+                flats[name], self.state[name] = arena.zeros()
+                for view, previous in zip(self.state[name], (old or {}).get(name, ())):
+                    view[...] = previous
+            self.__dict__["_state_arenas"] = flats
         return self.state
+
+    def state_arenas(self):
+        """The flat state arrays behind the state (after ensure_state with an arena)."""
+        flats = self.__dict__.get("_state_arenas") or {}
+        return [flats[name] for name in self._state_names]
 
     def step(self, backend, params, grads):
         """Update each parameter in place from its gradient.
@@ -140,22 +162,28 @@ class Optimizer:
         Returns the number of non-finite updated weights. The gradient arrays
         (C-contiguous, writeable) are consumed: first preprocessed in place (L2,
         clipping), then, after the update, they hold the weights from before
-        the step, so the caller can undo a diverging step exactly.
+        the step, so the caller can undo a diverging step exactly. The L2
+        penalty and weight decay apply to the kernels the model's layers name
+        (its model sets them), else to the parameters of two or more dimensions.
         """
         self.ensure_state(params)
         self.iterations += 1
-        self._transform_gradients(backend, params, grads)
+        decayed = self.__dict__.get("_decayed")
+        if decayed is None or len(decayed) != len(params):
+            decayed = [p.ndim >= 2 for p in params]
+        self._transform_gradients(backend, params, grads, decayed)
         bad = 0
         for i, (p, g) in enumerate(zip(params, grads)):
+            self.__dict__["_decaying"] = decayed[i]  # read by _update (AdamW's decay)
             bad += self._update(backend, p, g, [self.state[name][i] for name in self._state_names])
         return bad
 
-    def _transform_gradients(self, backend, params, grads):
+    def _transform_gradients(self, backend, params, grads, decayed):
         """L2, then norm clipping, then value clipping, in place on grads. The C
         engine (transform_gradients in csrc/plan.c) makes the same kernel calls
         in the same order, so both give the same bits."""
         clipvalue = self.clipvalue or 0.0
-        l2s = [self.l2 if p.ndim >= 2 else 0.0 for p in params]
+        l2s = [self.l2 if d else 0.0 for d in decayed]
         per_param = self.clipnorm is not None
         global_norm = not per_param and self.global_clipnorm is not None
         if not per_param and not global_norm:  # one pass: l2 and value clipping together
@@ -194,7 +222,7 @@ class SGD(Optimizer):
     l2, clipnorm, global_clipnorm, clipvalue: see Optimizer (the reported loss
     does not include the L2 term)."""
 
-    _engine_kind = 0
+    _engine_kind = "sgd"
 
     def __init__(self, lr=0.01, momentum=0.0, nesterov=False,
                  *, l2=0.0, clipnorm=None, global_clipnorm=None, clipvalue=None):
@@ -226,7 +254,7 @@ class Adam(Optimizer):
     decay use AdamW. The reported loss does not include the L2 term."""
 
     _state_names = ("m", "v")
-    _engine_kind = 1
+    _engine_kind = "adam"
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8,
                  *, l2=0.0, clipnorm=None, global_clipnorm=None, clipvalue=None):
@@ -249,7 +277,7 @@ class Adam(Optimizer):
 
     def _update(self, backend, p, g, state):
         m, v = state
-        decay = self._weight_decay() if p.ndim >= 2 else 0.0  # never the biases
+        decay = self._weight_decay() if self.__dict__.get("_decaying", p.ndim >= 2) else 0.0
         return backend.adam_update(p, g, m, v, self.iterations, self.lr, self.beta1, self.beta2,
                                    self.eps, weight_decay=decay, prev=g)
 
@@ -264,7 +292,7 @@ class AdamW(Adam):
     l2, clipnorm, global_clipnorm, clipvalue: see Optimizer. The reported loss
     includes no decay or penalty term."""
 
-    _engine_kind = 1
+    _engine_kind = "adam"
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01,
                  *, l2=0.0, clipnorm=None, global_clipnorm=None, clipvalue=None):
@@ -288,7 +316,7 @@ class RMSprop(Optimizer):
     reported loss does not include the L2 term)."""
 
     _state_names = ("v",)
-    _engine_kind = 2
+    _engine_kind = "rmsprop"
 
     def __init__(self, lr=1e-3, rho=0.9, eps=1e-7,
                  *, l2=0.0, clipnorm=None, global_clipnorm=None, clipvalue=None):
@@ -315,7 +343,7 @@ class Adagrad(Optimizer):
     reported loss does not include the L2 term)."""
 
     _state_names = ("v",)
-    _engine_kind = 3
+    _engine_kind = "adagrad"
 
     def __init__(self, lr=0.01, eps=1e-10,
                  *, l2=0.0, clipnorm=None, global_clipnorm=None, clipvalue=None):

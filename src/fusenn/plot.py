@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-__all__ = ["history", "weights", "confusion_matrix", "confusion_counts"]
+__all__ = ["history", "weights", "feature_maps", "confusion_matrix", "confusion_counts"]
 
 
 def _pyplot():
@@ -122,36 +122,47 @@ def _shape2(shape):
 def weights(layer_or_array, shape=(8, 8), max_neurons=64, cmap="RdBu_r", save=None):
     """Each neuron's incoming weights drawn as an image: what the first layer looks for.
 
-    layer_or_array: a fusenn Dense layer (its W, shape (inputs, units)), a Sequential
-    (its first Dense layer), or an array of that shape (a 1-D array is one neuron).
-    shape: the image shape, with inputs == shape[0] * shape[1] (8x8 digits, 28x28
-    MNIST). Shows the first max_neurons neurons in a grid, red positive and blue
-    negative on one colour scale centred at zero (cmap: any matplotlib colormap).
-    Returns the Figure; save: a path to write a PNG."""
+    layer_or_array: a fusenn Dense layer (its W, shape (inputs, units)), a Conv2D
+    layer (each filter's kernel_h x kernel_w weights, averaged over its input
+    channels when it has several), a Sequential (its first layer with weights),
+    or an array of shape (inputs, units) (a 1-D array is one neuron).
+    shape: the image shape of a Dense neuron, with inputs == shape[0] * shape[1]
+    (8x8 digits, 28x28 MNIST); a Conv2D filter has its own. Shows the first
+    max_neurons neurons in a grid, red positive and blue negative on one colour
+    scale centred at zero (cmap: any matplotlib colormap). Returns the Figure;
+    save: a path to write a PNG."""
     obj = layer_or_array
     if hasattr(obj, "layers"):  # a model: its first layer with weights (skips e.g. Dropout)
-        with_weights = [layer for layer in obj.layers if hasattr(layer, "W")]
+        with_weights = [layer for layer in obj.layers if hasattr(layer, "W") or
+                        hasattr(layer, "kernel")]
         if not with_weights:
             raise ValueError("the model has no layers with weights")
         obj = with_weights[0]
-    if hasattr(obj, "W"):
-        if obj.W is None:
+    what, unit = "incoming weights", "neurons"
+    if hasattr(obj, "W") or hasattr(obj, "kernel"):
+        W = getattr(obj, "W", None) if hasattr(obj, "W") else obj.kernel
+        if W is None:
             raise ValueError(f"{obj!r} is not built yet: it has no weights to show "
-                             f"(give the model input_dim or train it first)")
-        W = obj.W
+                             f"(give the model input_shape or train it first)")
+        if hasattr(obj, "kernel"):  # (kh, kw, cin, filters): one kh x kw image per filter
+            shape = W.shape[:2]
+            what, unit = "kernels" if W.shape[2] == 1 else "kernels (mean over input channels)", \
+                "filters"
+            W = np.asarray(W, dtype=np.float64).mean(axis=2).reshape(-1, W.shape[3])
     else:
         W = obj
     try:
         W = np.asarray(W, dtype=np.float64)
     except (TypeError, ValueError):
-        raise TypeError(f"expected a Dense layer or an array of weights, got {layer_or_array!r}") from None
+        raise TypeError(f"expected a Dense layer, a Conv2D layer or an array of weights, got "
+                        f"{layer_or_array!r}") from None
     if W.ndim == 1:
         W = W[:, None]
     if W.ndim != 2 or W.shape[1] == 0:
         raise ValueError(f"weights must have shape (inputs, units), got {W.shape}")
     if not np.all(np.isfinite(W)):
         raise ValueError("weights contain NaN or inf")
-    h, w = _shape2(shape)
+    h, w = _shape2(tuple(shape))
     if W.shape[0] != h * w:
         raise ValueError(f"the layer has {W.shape[0]} inputs per neuron, which cannot be shown "
                          f"as shape {(h, w)} ({h * w} pixels); pass shape= with "
@@ -174,8 +185,49 @@ def weights(layer_or_array, shape=(8, 8), max_neurons=64, cmap="RdBu_r", save=No
             image = ax.imshow(W[:, j].reshape(h, w), cmap=cmap, vmin=-limit, vmax=limit,
                               interpolation="nearest")
             ax.set_title(str(j), fontsize=7, pad=2)
-    fig.suptitle(f"incoming weights of {n} of {W.shape[1]} neurons")
+    fig.suptitle(f"{what} of {n} of {W.shape[1]} {unit}")
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.8)
+    return _finish(fig, save)
+
+
+# ---- feature maps ------------------------------------------------------------------------------------
+
+def feature_maps(model, x, max_maps=16, cmap="viridis", save=None):
+    """What each convolutional layer of `model` responds to in one image x
+    ((height, width, channels), or a batch of one): one row per Conv2D layer,
+    its first max_maps output channels (feature maps) as images, next to the
+    input. Runs the model in inference mode. Returns the Figure; save: a PNG path."""
+    from .layers import Conv2D
+    convs = [i for i, layer in enumerate(getattr(model, "layers", ())) if isinstance(layer, Conv2D)]
+    if not convs:
+        raise ValueError("the model has no Conv2D layers: feature maps are their outputs")
+    model._require_built()
+    x = np.asarray(x)
+    if x.ndim == len(model.input_shape):
+        x = x[None]
+    if x.shape[1:] != model.input_shape or x.shape[0] != 1:
+        raise ValueError(f"x must be one image of shape {model.input_shape} (or a batch of "
+                         f"one), got shape {x.shape}")
+    if isinstance(max_maps, bool) or not isinstance(max_maps, numbers.Integral) or max_maps < 1:
+        raise ValueError(f"max_maps must be a positive int, got {max_maps!r}")
+    from ._validation import check_X
+    outputs = model._forward(check_X(model, x), training=False)[0]
+    maps = [np.asarray(outputs[i + 1][0], dtype=np.float64) for i in convs]
+    cols = 1 + min(int(max_maps), max(m.shape[-1] for m in maps))
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(maps), cols, figsize=(1.2 * cols + 0.4, 1.3 * len(maps) + 0.5),
+                             squeeze=False)
+    picture = np.asarray(x[0], dtype=np.float64)
+    for row, (i, m) in enumerate(zip(convs, maps)):
+        for ax in axes[row]:
+            ax.set_axis_off()
+        axes[row, 0].imshow(picture[..., 0] if picture.shape[-1] != 3 else picture,
+                            cmap="gray", interpolation="nearest")
+        axes[row, 0].set_title(f"{i + 1}. {model.layers[i].filters} maps", fontsize=7, pad=2)
+        for j in range(min(m.shape[-1], cols - 1)):
+            axes[row, j + 1].imshow(m[..., j], cmap=cmap, interpolation="nearest")
+            axes[row, j + 1].set_title(str(j), fontsize=7, pad=2)
+    fig.suptitle("feature maps of each Conv2D layer (input on the left)")
     return _finish(fig, save)
 
 

@@ -15,13 +15,8 @@ import math
 
 import numpy as np
 
-ACTIVATIONS = ("identity", "sigmoid", "tanh", "relu", "leaky_relu", "softmax",
-               "gelu", "gelu_tanh", "elu", "softplus", "swish")
-# Activations whose derivative is not a function of their output: their
-# backward pass needs the pre-activation z as well.
-NEEDS_Z = frozenset({"gelu", "gelu_tanh", "swish"})
-LEAKY_RELU_SLOPE = 0.01
-ELU_ALPHA = 1.0
+from ._common import ACTIVATIONS, ELU_ALPHA, LEAKY_RELU_SLOPE, NEEDS_Z
+
 _SQRT1_2 = math.sqrt(0.5)
 _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
@@ -272,6 +267,15 @@ def huber(a, t, delta=1.0, sample_weight=None):
     return loss, _scale_rows(g, 1 / a.size, sample_weight)
 
 
+def poisson(a, t, sample_weight=None):
+    """Poisson negative log-likelihood of log-rates a (PyTorch's PoissonNLLLoss,
+    log_input=True, full=False): returns (loss, da), e = exp(a),
+    loss = (1/(n k)) sum_ij sw_i (e - t a), da = sw (e - t) / (n k)."""
+    e = np.exp(a)
+    loss = _weighted_mean(e.astype(np.float64) - t.astype(np.float64) * a, sample_weight)
+    return loss, _scale_rows(e - t, 1 / a.size, sample_weight)
+
+
 def _commit(w, step, prev, decay=None):
     """w = w * decay - step (w -= step without decay), keeping the old w in prev;
     returns the count of non-finite new weights."""
@@ -489,3 +493,400 @@ def grad_transform(g, w, l2=0.0, scale=1.0, clipvalue=0.0):
             g *= real(scale)
         if clipvalue > 0:
             np.clip(g, -real(clipvalue), real(clipvalue), out=g)
+
+
+# ---- convolution and pooling (channels last) ------------------------------------------------
+# Images are (n, height, width, channels), as Keras's default. A window's geometry is
+# given explicitly: strides (sh, sw), padding ((top, bottom), (left, right)) and
+# dilation (dh, dw); the layers turn Keras's "valid" / "same" into pads.
+
+def conv2d_output_size(size, kernel, stride, pad, dilation):
+    """The output length along one axis: floor((size + pads - span) / stride) + 1,
+    span = dilation (kernel - 1) + 1, the window's extent."""
+    return (size + pad[0] + pad[1] - (dilation * (kernel - 1) + 1)) // stride + 1
+
+
+def _window_slices(x_padded, kernel, strides, dilation, out_hw):
+    """For each tap (i, j) of the window, the input values it multiplies at every
+    output position: x_padded[:, oh sh + i dh, ow sw + j dw, :]."""
+    (kh, kw), (sh, sw), (dh, dw), (oh, ow) = kernel, strides, dilation, out_hw
+    for i in range(kh):
+        for j in range(kw):
+            yield i, j, x_padded[:, i * dh:i * dh + sh * (oh - 1) + 1:sh,
+                                 j * dw:j * dw + sw * (ow - 1) + 1:sw, :]
+
+
+def _im2col(x, kernel, strides, padding, dilation):
+    """The patches of x: (n, OH, OW, KH, KW, C), patch (oh, ow) the window of input
+    values output (oh, ow) is computed from (zeros where it reaches the padding)."""
+    n, h, w, c = x.shape
+    out_hw = tuple(conv2d_output_size(s, k, st, p, d) for s, k, st, p, d in
+                   zip((h, w), kernel, strides, padding, dilation))
+    x_padded = np.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    cols = np.empty((n, *out_hw, *kernel, c), dtype=x.dtype)
+    for i, j, taps in _window_slices(x_padded, kernel, strides, dilation, out_hw):
+        cols[:, :, :, i, j, :] = taps
+    return cols
+
+
+def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1),
+                   activation="identity"):
+    """y = act(conv(x, w) + b): x (n, H, W, Cin), w (KH, KW, Cin, Cout) as Keras's
+    kernel, b (Cout,) or None; y[n, oh, ow, :] = act(patch(oh, ow) . w + b), the
+    patch read with the strides, padding and dilation. y: (n, OH, OW, Cout)."""
+    _check_activation(activation)
+    cols = _im2col(x, w.shape[:2], strides, padding, dilation)
+    z = cols.reshape(*cols.shape[:3], -1) @ w.reshape(-1, w.shape[3])
+    if b is not None:
+        z += b
+    if activation == "identity":
+        return z
+    return activation_forward(z.reshape(-1, z.shape[3]), activation).reshape(z.shape)
+
+
+def conv2d_backward(x, w, y, dy, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1),
+                    activation="identity", need_dx=True, z=None, bias=True):
+    """Gradients of conv2d_forward given dy = dL/dy: (dw, db, dx).
+
+    dz = dy act'(z); dw = sum over outputs of patch^T dz (the patches are x's
+    windows); db = sum of dz over every output (None when bias is False); dx
+    scatters dz w^T back over each output's window (col2im), None unless need_dx.
+    """
+    _check_activation(activation)
+    if activation in NEEDS_Z and z is None:
+        raise ValueError(f"z (the pre-activation) is required for activation {activation!r}")
+    cout = w.shape[3]
+    dz = dy if activation == "identity" else activation_backward(
+        y.reshape(-1, cout), dy.reshape(-1, cout), activation,
+        None if z is None else z.reshape(-1, cout)).reshape(dy.shape)
+    cols = _im2col(x, w.shape[:2], strides, padding, dilation)
+    dz_rows = dz.reshape(-1, cout)
+    dw = (cols.reshape(dz_rows.shape[0], -1).T @ dz_rows).reshape(w.shape)
+    db = dz_rows.sum(axis=0) if bias else None
+    dx = None
+    if need_dx:
+        dcols = (dz_rows @ w.reshape(-1, cout).T).reshape(cols.shape)
+        (pt, pb), (pl, pr) = padding
+        dx_padded = np.zeros((x.shape[0], x.shape[1] + pt + pb, x.shape[2] + pl + pr,
+                              x.shape[3]), dtype=x.dtype)
+        for i, j, taps in _window_slices(dx_padded, w.shape[:2], strides, dilation,
+                                         dz.shape[1:3]):
+            taps += dcols[:, :, :, i, j, :]  # a view of dx_padded: the scatter-add
+        dx = dx_padded[:, pt:pt + x.shape[1], pl:pl + x.shape[2], :].copy()
+    return dw, db, dx
+
+
+def pool2d_forward(x, pool_size=(2, 2), strides=(2, 2), padding=((0, 0), (0, 0)), mode="max"):
+    """Max or average pooling of x (n, H, W, C) over windows pool_size apart by
+    strides, each channel on its own: (y, argmax). argmax (max pooling only; else
+    None) holds, per output, the index h * W + w of the input it took (the first
+    maximum in the window's row-major order). Padded cells take no part: they are
+    never a maximum and an average is over the window's cells inside the image
+    (Keras's "same")."""
+    n, h, w, c = x.shape
+    out_hw = tuple(conv2d_output_size(s, k, st, p, 1) for s, k, st, p in
+                   zip((h, w), pool_size, strides, padding))
+    if mode not in ("max", "avg"):
+        raise ValueError(f"mode must be 'max' or 'avg', got {mode!r}")
+    # each output's window of input positions, and whether each lies inside
+    rows = np.arange(out_hw[0])[:, None] * strides[0] - padding[0][0] + np.arange(pool_size[0])
+    cols = np.arange(out_hw[1])[:, None] * strides[1] - padding[1][0] + np.arange(pool_size[1])
+    inside = (((rows >= 0) & (rows < h))[:, None, :, None] &
+              ((cols >= 0) & (cols < w))[None, :, None, :])     # (OH, OW, KH, KW)
+    index = np.clip(rows, 0, h - 1)[:, None, :, None] * w + np.clip(cols, 0, w - 1)[None, :, None, :]
+    windows = x.reshape(n, h * w, c)[:, index.reshape(-1), :].reshape(
+        n, *out_hw, pool_size[0] * pool_size[1], c)
+    inside = inside.reshape(*out_hw, -1)
+    if mode == "avg":
+        count = inside.sum(axis=-1)[:, :, None]
+        summed = np.where(inside[None, :, :, :, None], windows, 0).sum(axis=3)
+        return summed / count.astype(x.dtype), None
+    windows = np.where(inside[None, :, :, :, None], windows, -np.inf).astype(x.dtype)
+    best = windows.argmax(axis=3)                                # (n, OH, OW, C)
+    argmax = np.take_along_axis(index.reshape(*out_hw, -1)[None, :, :, :, None],
+                                best[:, :, :, None, :], axis=3)[:, :, :, 0, :]
+    return np.take_along_axis(windows, best[:, :, :, None, :], axis=3)[:, :, :, 0, :], \
+        argmax.astype(np.int64)
+
+
+def pool2d_backward(dy, x_shape, argmax=None, pool_size=(2, 2), strides=(2, 2),
+                    padding=((0, 0), (0, 0)), mode="max"):
+    """dx of pool2d_forward given dy = dL/dy (n, OH, OW, C): max pooling sends each
+    output's gradient to the input in argmax; average pooling spreads it evenly over
+    the window's cells inside the image. Contributions to one input add up."""
+    n, h, w, c = x_shape
+    dx = np.zeros((n, h * w, c), dtype=dy.dtype)
+    if mode == "max":
+        for i in range(n):
+            for ch in range(c):
+                np.add.at(dx[i, :, ch], argmax[i, :, :, ch].reshape(-1), dy[i, :, :, ch].reshape(-1))
+        return dx.reshape(x_shape)
+    out_hw = dy.shape[1:3]
+    for oh in range(out_hw[0]):
+        r0 = oh * strides[0] - padding[0][0]
+        rs = range(max(r0, 0), min(r0 + pool_size[0], h))
+        for ow in range(out_hw[1]):
+            c0 = ow * strides[1] - padding[1][0]
+            cs = range(max(c0, 0), min(c0 + pool_size[1], w))
+            share = dy[:, oh, ow, :] / dy.dtype.type(len(rs) * len(cs))
+            for r in rs:
+                for col in cs:
+                    dx[:, r * w + col, :] += share
+    return dx.reshape(x_shape)
+
+
+def global_pool_forward(x, mode="avg", mask=None):
+    """The mean (or max) of every channel over all positions of a sample:
+    x (n, ..., C) -> (n, C). With a time-step mask (n, steps) of a sequence, over
+    its real steps only (a sample with none gives 0)."""
+    rows = x.reshape(x.shape[0], -1, x.shape[-1])
+    real = np.ones(rows.shape[:2], bool) if mask is None else np.asarray(mask, bool)
+    if mode == "avg":
+        count = real.sum(axis=1)[:, None]
+        total = np.where(real[:, :, None], rows, 0).sum(axis=1, dtype=np.float64)
+        return np.where(count > 0, total / np.maximum(count, 1), 0).astype(x.dtype)
+    if mode == "max":
+        best = np.where(real[:, :, None], rows, -np.inf).max(axis=1)
+        return np.where(real.any(axis=1)[:, None], best, 0).astype(x.dtype)
+    raise ValueError(f"mode must be 'max' or 'avg', got {mode!r}")
+
+
+def global_pool_backward(x, dy, mode="avg", mask=None):
+    """dx of global_pool_forward: dy / (real) positions everywhere real (avg), or
+    dy at each channel's first maximum among the real positions (max)."""
+    rows = x.reshape(x.shape[0], -1, x.shape[-1])
+    real = np.ones(rows.shape[:2], bool) if mask is None else np.asarray(mask, bool)
+    if mode == "avg":
+        count = real.sum(axis=1)[:, None, None].astype(dy.dtype)
+        share = np.where(count > 0, dy[:, None, :] / np.maximum(count, 1), 0)
+        dx = np.where(real[:, :, None], share, 0).astype(dy.dtype)
+    else:
+        dx = np.zeros_like(rows)
+        first = np.where(real[:, :, None], rows, -np.inf).argmax(axis=1)
+        np.put_along_axis(dx, first[:, None, :], np.where(real.any(axis=1)[:, None], dy, 0)
+                          [:, None, :], axis=1)
+    return dx.reshape(x.shape)
+
+
+# ---- embeddings and recurrent layers (Keras's weights and gate orders) -----------------------
+# A sequence is (n, T, features). The recurrent layers read its steps in order (reversed
+# with go_backwards, outputs too) and return the last state h (n, units), or every
+# step's h (n, T, units) with return_sequences. mask (n, T) marks the real steps: at a
+# masked step a sample's state carries over unchanged (and so does its output). The
+# backward passes recompute the forward states, then run back through time.
+
+def embedding_forward(x, table):
+    """y[n, t] = table[x[n, t]]: int indices x (n, T), table (input_dim, output_dim)."""
+    return table[x]
+
+
+def embedding_backward(x, dy, table_shape):
+    """dtable: every step's dy row added to its index's row, in (n, t) order."""
+    dtable = np.zeros(table_shape, dtype=dy.dtype)
+    np.add.at(dtable, x.reshape(-1), dy.reshape(-1, table_shape[1]))
+    return dtable
+
+
+def _steps(T, go_backwards):
+    return range(T - 1, -1, -1) if go_backwards else range(T)
+
+
+def _act(z, name):
+    return activation_forward(z, name)
+
+
+def _dact(z, a, da, name):
+    """da * act'(z), through a = act(z) (or z where the derivative needs it)."""
+    return activation_backward(a, da, name, z)
+
+
+def _keep(mask, t, new, old):
+    """new where step t of a sample is real, else old (the state carries over)."""
+    return new if mask is None else np.where(mask[:, t][:, None], new, old)
+
+
+def _outputs(hs, return_sequences):
+    return np.stack(hs, axis=1) if return_sequences else hs[-1]
+
+
+def simple_rnn_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
+                       return_sequences=False, go_backwards=False, mask=None):
+    """h_t = act(x_t W + h_{t-1} U + b), h_0 = 0."""
+    h = np.zeros((x.shape[0], recurrent_kernel.shape[0]), dtype=x.dtype)
+    hs = []
+    for t in _steps(x.shape[1], go_backwards):
+        h = _keep(mask, t, _act(x[:, t] @ kernel + h @ recurrent_kernel + bias, activation), h)
+        hs.append(h)
+    return _outputs(hs, return_sequences)
+
+
+def simple_rnn_backward(x, kernel, recurrent_kernel, bias, dy, activation="tanh",
+                        return_sequences=False, go_backwards=False, mask=None, need_dx=True):
+    """(dx or None, dkernel, drecurrent_kernel, dbias) of simple_rnn_forward."""
+    steps = list(_steps(x.shape[1], go_backwards))
+    h = np.zeros((x.shape[0], recurrent_kernel.shape[0]), dtype=x.dtype)
+    trace = []  # (h_{t-1}, z_t, h_t) of each step
+    for t in steps:
+        z = x[:, t] @ kernel + h @ recurrent_kernel + bias
+        h_prev, h = h, _keep(mask, t, _act(z, activation), h)
+        trace.append((h_prev, z, h))
+    dW, dU, db = np.zeros_like(kernel), np.zeros_like(recurrent_kernel), np.zeros_like(bias)
+    dx = np.zeros_like(x) if need_dx else None
+    dh = np.zeros_like(h) if return_sequences else dy.copy()
+    for s in range(len(steps) - 1, -1, -1):
+        t, (h_prev, z, h) = steps[s], trace[s]
+        if return_sequences:
+            dh = dh + dy[:, s]
+        dz = _keep(mask, t, _dact(z, _act(z, activation), dh, activation), 0 * dh)
+        dW += x[:, t].T @ dz
+        dU += h_prev.T @ dz
+        db += dz.sum(axis=0)
+        if need_dx:
+            dx[:, t] = dz @ kernel.T
+        dh = dz @ recurrent_kernel.T + _keep(mask, t, 0 * dh, dh)
+    return dx, dW, dU, db
+
+
+def gru_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
+                recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
+                reset_after=True, mask=None):
+    """Keras's GRU, gates in the order z, r, h. reset_after (bias (2, 3 units): input
+    and recurrent biases):
+        z = rec(x W_z + b_z + h U_z + b'_z);  r = rec(x W_r + b_r + h U_r + b'_r)
+        c = act(x W_h + b_h + r (h U_h + b'_h));  h = z h_prev + (1 - z) c
+    without reset_after (bias (3 units,)): c = act(x W_h + b_h + (r h) U_h)."""
+    u = recurrent_kernel.shape[0]
+    h = np.zeros((x.shape[0], u), dtype=x.dtype)
+    hs = []
+    for t in _steps(x.shape[1], go_backwards):
+        xp = x[:, t] @ kernel + (bias[0] if reset_after else bias)
+        if reset_after:
+            hp = h @ recurrent_kernel + bias[1]
+            z = _act(xp[:, :u] + hp[:, :u], recurrent_activation)
+            r = _act(xp[:, u:2 * u] + hp[:, u:2 * u], recurrent_activation)
+            c = _act(xp[:, 2 * u:] + r * hp[:, 2 * u:], activation)
+        else:
+            hp = h @ recurrent_kernel[:, :2 * u]
+            z = _act(xp[:, :u] + hp[:, :u], recurrent_activation)
+            r = _act(xp[:, u:2 * u] + hp[:, u:], recurrent_activation)
+            c = _act(xp[:, 2 * u:] + (r * h) @ recurrent_kernel[:, 2 * u:], activation)
+        h = _keep(mask, t, z * h + (1 - z) * c, h)
+        hs.append(h)
+    return _outputs(hs, return_sequences)
+
+
+def gru_backward(x, kernel, recurrent_kernel, bias, dy, activation="tanh",
+                 recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
+                 reset_after=True, mask=None, need_dx=True):
+    """(dx or None, dkernel, drecurrent_kernel, dbias) of gru_forward."""
+    u = recurrent_kernel.shape[0]
+    U_zr, U_h = recurrent_kernel[:, :2 * u], recurrent_kernel[:, 2 * u:]
+    steps = list(_steps(x.shape[1], go_backwards))
+    h = np.zeros((x.shape[0], u), dtype=x.dtype)
+    trace = []
+    for t in steps:  # the forward, keeping each step's pre-activations
+        xp = x[:, t] @ kernel + (bias[0] if reset_after else bias)
+        hp = h @ recurrent_kernel + bias[1] if reset_after else h @ U_zr
+        pz, pr = xp[:, :u] + hp[:, :u], xp[:, u:2 * u] + hp[:, u:2 * u]
+        z, r = _act(pz, recurrent_activation), _act(pr, recurrent_activation)
+        pc = xp[:, 2 * u:] + (r * hp[:, 2 * u:] if reset_after else (r * h) @ U_h)
+        c = _act(pc, activation)
+        trace.append((h, hp, pz, z, pr, r, pc, c))
+        h = _keep(mask, t, z * h + (1 - z) * c, h)
+    dW, dU, db = np.zeros_like(kernel), np.zeros_like(recurrent_kernel), np.zeros_like(bias)
+    dx = np.zeros_like(x) if need_dx else None
+    dh = np.zeros_like(h) if return_sequences else dy.copy()
+    for s in range(len(steps) - 1, -1, -1):
+        t, (h_prev, hp, pz, z, pr, r, pc, c) = steps[s], trace[s]
+        if return_sequences:
+            dh = dh + dy[:, s]
+        real = _keep(mask, t, dh, 0 * dh)  # the gradient of this step's own update
+        dpc = _dact(pc, c, real * (1 - z), activation)
+        dpz = _dact(pz, z, real * (h_prev - c), recurrent_activation)
+        if reset_after:
+            dpr = _dact(pr, r, dpc * hp[:, 2 * u:], recurrent_activation)
+            dxp = np.concatenate([dpz, dpr, dpc], axis=1)
+            dhp = np.concatenate([dpz, dpr, dpc * r], axis=1)
+            dU += h_prev.T @ dhp
+            db[0] += dxp.sum(axis=0)
+            db[1] += dhp.sum(axis=0)
+            dh_prev = dhp @ recurrent_kernel.T
+        else:
+            drh = dpc @ U_h.T  # d(r h)
+            dpr = _dact(pr, r, drh * h_prev, recurrent_activation)
+            dxp = np.concatenate([dpz, dpr, dpc], axis=1)
+            dU[:, :2 * u] += h_prev.T @ np.concatenate([dpz, dpr], axis=1)
+            dU[:, 2 * u:] += (r * h_prev).T @ dpc
+            db += dxp.sum(axis=0)
+            dh_prev = np.concatenate([dpz, dpr], axis=1) @ U_zr.T + drh * r
+        dW += x[:, t].T @ dxp
+        if need_dx:
+            dx[:, t] = dxp @ kernel.T
+        dh = dh_prev + real * z + _keep(mask, t, 0 * dh, dh)
+    return dx, dW, dU, db
+
+
+def lstm_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
+                 recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
+                 mask=None):
+    """Keras's LSTM, gates in the order i, f, c, o:
+        i = rec(x W_i + h U_i + b_i);  f = rec(x W_f + h U_f + b_f)
+        g = act(x W_c + h U_c + b_c);  o = rec(x W_o + h U_o + b_o)
+        c = f c_prev + i g;  h = o act(c)"""
+    u = recurrent_kernel.shape[0]
+    h = np.zeros((x.shape[0], u), dtype=x.dtype)
+    c = np.zeros_like(h)
+    hs = []
+    for t in _steps(x.shape[1], go_backwards):
+        p = x[:, t] @ kernel + h @ recurrent_kernel + bias
+        i = _act(p[:, :u], recurrent_activation)
+        f = _act(p[:, u:2 * u], recurrent_activation)
+        g = _act(p[:, 2 * u:3 * u], activation)
+        o = _act(p[:, 3 * u:], recurrent_activation)
+        c_new = f * c + i * g
+        h, c = _keep(mask, t, o * _act(c_new, activation), h), _keep(mask, t, c_new, c)
+        hs.append(h)
+    return _outputs(hs, return_sequences)
+
+
+def lstm_backward(x, kernel, recurrent_kernel, bias, dy, activation="tanh",
+                  recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
+                  mask=None, need_dx=True):
+    """(dx or None, dkernel, drecurrent_kernel, dbias) of lstm_forward."""
+    u = recurrent_kernel.shape[0]
+    steps = list(_steps(x.shape[1], go_backwards))
+    h = np.zeros((x.shape[0], u), dtype=x.dtype)
+    c = np.zeros_like(h)
+    trace = []
+    for t in steps:
+        p = x[:, t] @ kernel + h @ recurrent_kernel + bias
+        gates = [_act(p[:, k * u:(k + 1) * u], a) for k, a in
+                 enumerate((recurrent_activation, recurrent_activation, activation,
+                            recurrent_activation))]
+        c_new = gates[1] * c + gates[0] * gates[2]
+        tc = _act(c_new, activation)
+        trace.append((h, c, p, gates, c_new, tc))
+        h, c = _keep(mask, t, gates[3] * tc, h), _keep(mask, t, c_new, c)
+    dW, dU, db = np.zeros_like(kernel), np.zeros_like(recurrent_kernel), np.zeros_like(bias)
+    dx = np.zeros_like(x) if need_dx else None
+    dh = np.zeros_like(h) if return_sequences else dy.copy()
+    dc = np.zeros_like(h)
+    for s in range(len(steps) - 1, -1, -1):
+        t, (h_prev, c_prev, p, (i, f, g, o), c_new, tc) = steps[s], trace[s]
+        if return_sequences:
+            dh = dh + dy[:, s]
+        real_h, real_c = _keep(mask, t, dh, 0 * dh), _keep(mask, t, dc, 0 * dc)
+        dcn = real_c + _dact(c_new, tc, real_h * o, activation)
+        dp = np.concatenate([
+            _dact(p[:, :u], i, dcn * g, recurrent_activation),
+            _dact(p[:, u:2 * u], f, dcn * c_prev, recurrent_activation),
+            _dact(p[:, 2 * u:3 * u], g, dcn * i, activation),
+            _dact(p[:, 3 * u:], o, real_h * tc, recurrent_activation)], axis=1)
+        dW += x[:, t].T @ dp
+        dU += h_prev.T @ dp
+        db += dp.sum(axis=0)
+        if need_dx:
+            dx[:, t] = dp @ kernel.T
+        dh = dp @ recurrent_kernel.T + _keep(mask, t, 0 * dh, dh)
+        dc = dcn * f + _keep(mask, t, 0 * dc, dc)
+    return dx, dW, dU, db

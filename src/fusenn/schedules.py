@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from .ops import finite_number
+from ._common import finite_number
 
 __all__ = ["Schedule", "StepDecay", "ExponentialDecay", "CosineDecay"]
 

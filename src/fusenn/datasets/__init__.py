@@ -5,18 +5,28 @@ splitter and one-hot encoding.
 8x8 digits (1,797 samples, CC BY 4.0) shipped in ``data/digits.csv.gz``; see
 ``data/README.md`` for the source and citation. ``load_idx`` and
 ``load_mnist`` read MNIST, Fashion-MNIST and EMNIST from IDX files the user
-has (nothing is downloaded).
+has, and ``load_fashion_mnist`` the real Fashion-MNIST where Debian's
+``dataset-fashion-mnist`` package installs it (nothing is downloaded).
+``load_genesis`` returns a short public-domain text (Genesis 1-11, King James
+Version) for character-level language models.
 """
 
 import gzip
 import numbers
+import os
 from importlib.resources import files
 
 import numpy as np
 
 from ._idx import load_idx, load_mnist
 
-__all__ = ["load_digits", "load_idx", "load_mnist", "train_test_split", "one_hot"]
+__all__ = ["load_digits", "load_genesis", "load_idx", "load_mnist", "load_fashion_mnist", "FASHION_MNIST_CLASSES",
+           "train_test_split", "one_hot"]
+
+# Where Debian's dataset-fashion-mnist package puts the IDX files.
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")
 
 _digits = None  # parsed (1797, 65) int64 array, loaded on first use
 
@@ -40,18 +50,51 @@ def _float_dtype(dtype):
     return dt
 
 
-def load_digits(dtype="float32", return_images=False):
+def load_digits(dtype="float32", return_images=False, images=False):
     """1,797 8x8 handwritten digits. Returns (X, y): X (1797, 64) of dtype `dtype`
-    scaled to [0, 1] (pixel/16), y (1797,) int64 in 0..9. With return_images=True
-    returns (images (1797, 8, 8), y), the same scaled pixels as 8x8 images."""
+    scaled to [0, 1] (pixel/16), y (1797,) int64 in 0..9. images=True gives X as
+    images for Conv2D, (1797, 8, 8, 1) (channels last); return_images=True as
+    (1797, 8, 8) pictures."""
     dt = _float_dtype(dtype)
     data = _digits_array()
     X = data[:, :64].astype(dt)
     X /= 16
     y = data[:, 64].copy()
+    if images:
+        return X.reshape(-1, 8, 8, 1), y
     if return_images:
         return X.reshape(-1, 8, 8), y
     return X, y
+
+
+def load_genesis():
+    """The first eleven chapters of Genesis in the King James Version (1611; public
+    domain) as one str of 34,961 characters: one verse per line, each chapter
+    after a line "CHAPTER n" and a blank line between chapters (see data/README.md)."""
+    return (files(__name__) / "data" / "genesis_kjv.txt").read_text(encoding="ascii")
+
+
+def load_fashion_mnist(kind="train", path=None, flatten=False, dtype="float32"):
+    """The real Fashion-MNIST (Xiao, Rasul and Vollgraf 2017; MIT licence): 60,000
+    training or 10,000 test ("test") 28x28 grey images of clothes in 10 classes
+    (FASHION_MNIST_CLASSES), read from the IDX files in `path`, by default where
+    Debian's package puts them (`apt-get install dataset-fashion-mnist`:
+    /usr/share/datasets/fashion-mnist). Nothing is downloaded.
+
+    Returns (X, y): X (n, 28, 28, 1) images for Conv2D (flatten=True: (n, 784)),
+    pixels / 255 in [0, 1] of dtype `dtype`; y (n,) int64 labels 0..9."""
+    directory = FASHION_MNIST_DIR if path is None else path
+    try:
+        X, y = load_mnist(directory, "test" if kind == "t10k" else kind, flatten=flatten,
+                          dtype=dtype)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found ({exc}). On Debian or Ubuntu: "
+            f"`apt-get install dataset-fashion-mnist` puts it in {FASHION_MNIST_DIR}; or "
+            f"pass path= a directory holding train-images-idx3-ubyte.gz, "
+            f"train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz "
+            f"(github.com/zalandoresearch/fashion-mnist)") from None
+    return (X, y) if flatten else (X[..., None], y)
 
 
 def _test_count(test_size, n):

@@ -1,9 +1,10 @@
 /*
  * dense.c - the fully connected layer Y = act(X W + b) and its backward pass.
  * X is n x d_in (a batch of rows), W is d_in x d_out (fan_in x units, as
- * Keras), b has d_out entries.
+ * Keras), b has d_out entries. On a sample of several rows (a sequence T x F)
+ * it acts on each row, as Keras's Dense acts on the last axis.
  */
-#include "internal.h"
+#include "../layer.h"
 
 int FN(fusenn_dense_forward)(size_t n, size_t d_in, size_t d_out,
                              const real *X, ptrdiff_t rs_x, ptrdiff_t cs_x,
@@ -135,3 +136,107 @@ int FN(fusenn_dense_backward)(size_t n, size_t d_in, size_t d_out,
     int rc = FN(weight_grad)(&p);
     return rc == FUSENN_OK ? FN(input_grad)(&p) : rc;
 }
+
+/* ---- the layer kind --------------------------------------------------------- */
+
+enum { DENSE_UNITS, DENSE_ACTIVATION };
+static const char *const dense_attrs[] = {"units", "activation", NULL};
+
+static inline fusenn_activation dense_act(const fusenn_layer *desc)
+{
+    return (fusenn_activation)(int)desc->attr[DENSE_ACTIVATION];
+}
+
+static int FN(dense_output_shape)(const fusenn_layer *desc, const fusenn_shape *in,
+                                  fusenn_shape *out)
+{
+    const double units = desc->attr[DENSE_UNITS];
+    if (in->rank < 1 || !(units >= 1) || units != (double)(size_t)units)
+        return FUSENN_EINVAL;
+    *out = *in;
+    out->dim[in->rank - 1] = (size_t)units;
+    return FUSENN_OK;
+}
+
+static size_t FN(dense_params)(const fusenn_layer *desc, const fusenn_shape *in,
+                               fusenn_shape *shapes, int *decayed)
+{
+    const size_t units = (size_t)desc->attr[DENSE_UNITS];
+    shapes[0] = (fusenn_shape){2, {fusenn_shape_last(in), units, 0, 0}}; /* W, a kernel */
+    shapes[1] = fusenn_shape1(units);                                     /* b */
+    decayed[0] = 1;
+    decayed[1] = 0;
+    return 2;
+}
+
+/* The pre-activation z, kept when the activation's derivative needs it. */
+static size_t FN(dense_saved_bytes)(const FN(layer) *layer, size_t n)
+{
+    return fusenn_act_needs_z(dense_act(layer->desc)) ? n * layer->out_size * sizeof(real) : 0;
+}
+
+/* The rows n samples of `shape` (sample stride ld) hold, and their stride:
+ * rows of the last dimension, several per sample for a sequence (the engine
+ * keeps samples of several rows contiguous, so one stride serves all). */
+static inline size_t dense_rows(const fusenn_shape *shape, size_t n, ptrdiff_t ld,
+                                ptrdiff_t *row_stride)
+{
+    const size_t per_sample = fusenn_shape_rows(shape);
+    *row_stride = per_sample == 1 ? ld : (ptrdiff_t)fusenn_shape_last(shape);
+    return n * per_sample;
+}
+
+static int FN(dense_forward_kind)(const FN(layer) *layer, FN(forward_args) *a)
+{
+    const size_t d_in = fusenn_shape_last(&layer->in), d_out = fusenn_shape_last(&layer->out);
+    ptrdiff_t rs_x, rs_y;
+    const size_t rows = dense_rows(&layer->in, a->n, a->ldx, &rs_x);
+    dense_rows(&layer->out, a->n, a->ldy, &rs_y);
+    const fusenn_activation act = a->logits ? FUSENN_ACT_IDENTITY : dense_act(layer->desc);
+    const real *x = a->x;
+    a->result = a->y;
+    a->ld_result = a->ldy;
+    if (fusenn_act_needs_z(act)) { /* keep z for the backward */
+        real *z = a->saved;
+        int rc = FN(fusenn_dense_forward)(rows, d_in, d_out, x, rs_x, 1, layer->param[0],
+                                          (ptrdiff_t)d_out, 1, layer->param[1],
+                                          FUSENN_ACT_IDENTITY, z, (ptrdiff_t)d_out, a->nthreads);
+        FN(fusenn_activation_forward)(act, rows, d_out, z, (ptrdiff_t)d_out, a->y, rs_y,
+                                      a->nthreads);
+        return rc;
+    }
+    return FN(fusenn_dense_forward)(rows, d_in, d_out, x, rs_x, 1, layer->param[0],
+                                    (ptrdiff_t)d_out, 1, layer->param[1], act, a->y, rs_y,
+                                    a->nthreads);
+}
+
+static int FN(dense_backward_kind)(const FN(layer) *layer, FN(backward_args) *a)
+{
+    const size_t d_in = fusenn_shape_last(&layer->in), d_out = fusenn_shape_last(&layer->out);
+    ptrdiff_t rs_x, rs_y;
+    const size_t rows = dense_rows(&layer->in, a->n, a->ldx, &rs_x);
+    dense_rows(&layer->out, a->n, a->ldy, &rs_y);
+    fusenn_activation act = a->logits ? FUSENN_ACT_IDENTITY : dense_act(layer->desc);
+    if (fusenn_act_needs_z(act)) { /* dZ from z, in place; then as identity */
+        FN(fusenn_activation_backward)(act, rows, d_out, a->saved, (ptrdiff_t)d_out, a->y, rs_y,
+                                       a->dy, (ptrdiff_t)d_out, a->dy, (ptrdiff_t)d_out,
+                                       a->nthreads);
+        act = FUSENN_ACT_IDENTITY;
+    }
+    /* dZ overwrites dY in place (allowed: same leading dimension) */
+    a->result = a->dx;
+    return FN(fusenn_dense_backward)(rows, d_in, d_out, a->x, rs_x, 1, layer->param[0],
+                                     (ptrdiff_t)d_out, 1, a->y, rs_y, a->dy, (ptrdiff_t)d_out,
+                                     act, a->dy, layer->grad[0], layer->grad[1], a->dx,
+                                     a->nthreads);
+}
+
+const FN(layer_kind) FN(dense_kind) = {
+    .name = "dense",
+    .attrs = dense_attrs,
+    .output_shape = FN(dense_output_shape),
+    .params = FN(dense_params),
+    .saved_bytes = FN(dense_saved_bytes),
+    .forward = FN(dense_forward_kind),
+    .backward = FN(dense_backward_kind),
+};

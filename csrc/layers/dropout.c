@@ -6,7 +6,7 @@
  * pure function of its logical position, so rows run in parallel with no
  * shared state and the backward recomputes the forward's mask.
  */
-#include "internal.h"
+#include "../layer.h"
 
 /* floor(rate * 2^64): exact, since scaling a double by 2^64 only moves its
  * exponent and every rate < 1 gives a product below 2^64. rate >= 1 drops all. */
@@ -101,3 +101,73 @@ void FN(fusenn_dropout_backward)(size_t n, size_t d, const real *dY, ptrdiff_t l
 {
     FN(dropout_apply)(n, d, dY, lddy, rate, seed, dX, lddx, nthreads);
 }
+
+/* ---- the layer kind --------------------------------------------------------- */
+
+enum { DROPOUT_RATE };
+static const char *const dropout_attrs[] = {"rate", NULL};
+
+static int FN(dropout_output_shape)(const fusenn_layer *desc, const fusenn_shape *in,
+                                    fusenn_shape *out)
+{
+    const double rate = desc->attr[DROPOUT_RATE];
+    if (!(rate >= 0 && rate < 1) || (rate > 0 && desc->counter == NULL))
+        return FUSENN_EINVAL;
+    *out = *in;
+    return FUSENN_OK;
+}
+
+/* The seed of the training pass's masks. */
+static size_t FN(dropout_saved_bytes)(const FN(layer) *layer, size_t n)
+{
+    (void)layer;
+    (void)n;
+    return sizeof(uint64_t);
+}
+
+/* Each element as the sample's element number, so masks do not depend on the
+ * sample's shape. At inference (or rate 0) the input passes through. The
+ * training step's masks come from the step counter, which the engine advances
+ * once per step; a chunk of a batch starting at row row0 shifts the seed by
+ * row0 d counter increments, so its elements get the indices they have in the
+ * whole batch (fusenn_hash64(seed, index) steps the seed by GOLDEN per index). */
+static int FN(dropout_forward_kind)(const FN(layer) *layer, FN(forward_args) *a)
+{
+    const fusenn_layer *desc = layer->desc;
+    const double rate = desc->attr[DROPOUT_RATE];
+    if (!a->training || rate == 0) { /* pass-through: the next layer reads x */
+        a->result = a->x;
+        a->ld_result = a->ldx;
+        return FUSENN_OK;
+    }
+    const uint64_t seed = fusenn_dropout_seed(desc->seed, *desc->counter) +
+                          (uint64_t)a->row0 * (uint64_t)layer->in_size * FUSENN_GOLDEN_GAMMA;
+    memcpy(a->saved, &seed, sizeof seed);
+    FN(fusenn_dropout_forward)(a->n, layer->in_size, a->x, a->ldx, rate, seed, a->y, a->ldy,
+                               a->nthreads);
+    a->result = a->y;
+    a->ld_result = a->ldy;
+    return FUSENN_OK;
+}
+
+static int FN(dropout_backward_kind)(const FN(layer) *layer, FN(backward_args) *a)
+{
+    a->result = a->dy; /* in place */
+    if (a->y == a->x) /* the forward passed its input through */
+        return FUSENN_OK;
+    uint64_t seed;
+    memcpy(&seed, a->saved, sizeof seed);
+    const ptrdiff_t d = (ptrdiff_t)layer->in_size;
+    FN(fusenn_dropout_backward)(a->n, layer->in_size, a->dy, d, layer->desc->attr[DROPOUT_RATE],
+                                seed, a->dy, d, a->nthreads);
+    return FUSENN_OK;
+}
+
+const FN(layer_kind) FN(dropout_kind) = {
+    .name = "dropout",
+    .attrs = dropout_attrs,
+    .output_shape = FN(dropout_output_shape),
+    .saved_bytes = FN(dropout_saved_bytes),
+    .forward = FN(dropout_forward_kind),
+    .backward = FN(dropout_backward_kind),
+};

@@ -11,7 +11,7 @@
  * block); each tile derives its columns' coefficients from the length-d
  * statistics into a small stack array, so nothing is allocated.
  */
-#include "internal.h"
+#include "../layer.h"
 
 #define BN_MAX_BLOCK 64
 
@@ -217,11 +217,11 @@ typedef struct {
     const real *X, *dY, *gamma, *mean, *invstd;
     ptrdiff_t ldx, lddy, lddx;
     real *dX, *dgamma, *dbeta;
-} FN(backward_args);
+} FN(bn_backward_args);
 
 static size_t FN(param_grad_blocks)(const void *ctx, size_t b0, size_t b1)
 {
-    const FN(backward_args) *p = ctx;
+    const FN(bn_backward_args) *p = ctx;
     const size_t n = p->L.n;
     const real *X = p->X, *dY = p->dY, *mean = p->mean, *invstd = p->invstd;
     const ptrdiff_t ldx = p->ldx, lddy = p->lddy;
@@ -255,7 +255,7 @@ static size_t FN(param_grad_blocks)(const void *ctx, size_t b0, size_t b1)
 
 static size_t FN(input_grad_tiles)(const void *ctx, size_t t0, size_t t1)
 {
-    const FN(backward_args) *p = ctx;
+    const FN(bn_backward_args) *p = ctx;
     const real *X = p->X, *dY = p->dY, *gamma = p->gamma, *mean = p->mean;
     const real *invstd = p->invstd, *dgamma = p->dgamma, *dbeta = p->dbeta;
     const ptrdiff_t ldx = p->ldx, lddy = p->lddy, lddx = p->lddx;
@@ -296,9 +296,97 @@ void FN(fusenn_batchnorm_backward)(size_t n, size_t d, const real *X, ptrdiff_t 
     if (d == 0)
         return;
     const layout L = layout_for(n, d, nthreads);
-    const FN(backward_args) args = {L, X, dY, gamma, mean, invstd, ldx, lddy, lddx,
+    const FN(bn_backward_args) args = {L, X, dY, gamma, mean, invstd, ldx, lddy, lddx,
                                     dX, dgamma, dbeta};
     fusenn_parallel_ranges(L.nt, L.nblocks, FN(param_grad_blocks), &args);
     if (dX && n > 0)
         fusenn_parallel_ranges(L.nt, L.nrows * L.nblocks, FN(input_grad_tiles), &args);
 }
+
+/* ---- the layer kind --------------------------------------------------------- */
+/* Per feature: the last dimension of a sample (channels of an image, features
+ * of a time step), statistics over every row of the batch (Keras's axis=-1). */
+
+enum { BN_MOMENTUM, BN_EPS };
+static const char *const batchnorm_attrs[] = {"momentum", "eps", NULL};
+
+static int FN(batchnorm_output_shape)(const fusenn_layer *desc, const fusenn_shape *in,
+                                      fusenn_shape *out)
+{
+    const double momentum = desc->attr[BN_MOMENTUM], eps = desc->attr[BN_EPS];
+    if (in->rank < 1 || !(momentum >= 0 && momentum <= 1) || !(eps > 0) ||
+        desc->buffer[0] == NULL || desc->buffer[1] == NULL)
+        return FUSENN_EINVAL;
+    *out = *in;
+    return FUSENN_OK;
+}
+
+static size_t FN(batchnorm_params)(const fusenn_layer *desc, const fusenn_shape *in,
+                                   fusenn_shape *shapes, int *decayed)
+{
+    (void)desc;
+    shapes[0] = shapes[1] = fusenn_shape1(fusenn_shape_last(in)); /* gamma, beta */
+    decayed[0] = decayed[1] = 0;
+    return 2;
+}
+
+/* The batch's mean and invstd. */
+static size_t FN(batchnorm_saved_bytes)(const FN(layer) *layer, size_t n)
+{
+    (void)n;
+    return 2 * fusenn_shape_last(&layer->in) * sizeof(real);
+}
+
+/* Rows of the batch (every sample's rows of d features; the output has the
+ * input's shape) and their stride. */
+static inline size_t bn_rows(const FN(layer) *layer, size_t n, ptrdiff_t ld, ptrdiff_t *rs)
+{
+    const size_t per_sample = fusenn_shape_rows(&layer->in);
+    *rs = per_sample == 1 ? ld : (ptrdiff_t)fusenn_shape_last(&layer->in);
+    return n * per_sample;
+}
+
+static int FN(batchnorm_forward_kind)(const FN(layer) *layer, FN(forward_args) *a)
+{
+    const fusenn_layer *desc = layer->desc;
+    const size_t d = fusenn_shape_last(&layer->in);
+    ptrdiff_t rs_x, rs_y;
+    const size_t rows = bn_rows(layer, a->n, a->ldx, &rs_x);
+    bn_rows(layer, a->n, a->ldy, &rs_y);
+    real *stats = a->saved;
+    if (a->training)
+        FN(fusenn_batchnorm_forward_train)(rows, d, a->x, rs_x, layer->param[0], layer->param[1],
+                                           desc->attr[BN_EPS], desc->attr[BN_MOMENTUM],
+                                           desc->buffer[0], desc->buffer[1], stats, stats + d,
+                                           a->y, rs_y, a->nthreads);
+    else
+        FN(fusenn_batchnorm_forward_infer)(rows, d, a->x, rs_x, layer->param[0], layer->param[1],
+                                           desc->attr[BN_EPS], desc->buffer[0], desc->buffer[1],
+                                           a->y, rs_y, a->nthreads);
+    a->result = a->y;
+    a->ld_result = a->ldy;
+    return FUSENN_OK;
+}
+
+static int FN(batchnorm_backward_kind)(const FN(layer) *layer, FN(backward_args) *a)
+{
+    const size_t d = fusenn_shape_last(&layer->in);
+    ptrdiff_t rs_x;
+    const size_t rows = bn_rows(layer, a->n, a->ldx, &rs_x);
+    const real *stats = a->saved;
+    a->result = a->dy; /* dX overwrites dY in place */
+    FN(fusenn_batchnorm_backward)(rows, d, a->x, rs_x, a->dy, (ptrdiff_t)d, layer->param[0],
+                                  stats, stats + d, a->dx ? a->dy : NULL, (ptrdiff_t)d,
+                                  layer->grad[0], layer->grad[1], a->nthreads);
+    return FUSENN_OK;
+}
+
+const FN(layer_kind) FN(batchnorm_kind) = {
+    .name = "batchnorm",
+    .attrs = batchnorm_attrs,
+    .output_shape = FN(batchnorm_output_shape),
+    .params = FN(batchnorm_params),
+    .saved_bytes = FN(batchnorm_saved_bytes),
+    .forward = FN(batchnorm_forward_kind),
+    .backward = FN(batchnorm_backward_kind),
+};
