@@ -1064,8 +1064,7 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
     const int caller_cpu = fusenn_current_cpu();
 #pragma omp parallel num_threads(nt)
     {
-        if (fusenn_thread_num() != 0)
-            fusenn_leave_cpu(caller_cpu);
+        fusenn_leave_cpu(caller_cpu);
         FN(gemm_blocked)(&g, fusenn_thread_num(), 0);
     }
     return FUSENN_OK;

@@ -72,9 +72,9 @@ static inline int fusenn_threads_for(size_t work, int nthreads)
 /* The CPU the calling thread runs on, or -1 where unknown. */
 int fusenn_current_cpu(void);
 
-/* For a helper thread as a parallel region starts: if it runs on caller_cpu,
- * the CPU of the thread that started the region (fusenn_current_cpu), it
- * moves to another CPU it may use (parallel.c). */
+/* Called by every thread as a parallel region starts: a helper thread (not
+ * thread 0) that runs on caller_cpu, the CPU of the thread that started the
+ * region (fusenn_current_cpu), moves to another CPU it may use (parallel.c). */
 void fusenn_leave_cpu(int caller_cpu);
 
 /* The body of a parallel loop: handles iterations [begin, end) with the

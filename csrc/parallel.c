@@ -36,7 +36,7 @@ int fusenn_current_cpu(void)
 void fusenn_leave_cpu(int caller_cpu)
 {
 #ifdef __linux__
-    if (caller_cpu < 0 || sched_getcpu() != caller_cpu)
+    if (caller_cpu < 0 || fusenn_thread_num() == 0 || sched_getcpu() != caller_cpu)
         return;
     cpu_set_t allowed, others;
     if (sched_getaffinity(0, sizeof allowed, &allowed) != 0)
@@ -69,9 +69,8 @@ size_t fusenn_parallel_ranges(int nt, size_t n, fusenn_range_fn fn, const void *
     size_t total = 0;
 #pragma omp parallel num_threads((int)parts) reduction(+:total)
     {
+        fusenn_leave_cpu(caller_cpu);
         const size_t me = (size_t)fusenn_thread_num();
-        if (me != 0)
-            fusenn_leave_cpu(caller_cpu);
         /* its own share first, then the others' (also those of threads the
          * runtime did not start) */
         for (size_t k = 0; k < parts; k++) {

@@ -18,15 +18,14 @@ and the count cannot apply when libgomp was already loaded by another module.
 import contextlib
 import os
 
-# Spin iterations before an idle libgomp thread sleeps: 3000 is ~40 us here
+# Spin iterations before an idle libgomp thread sleeps: 6000 is ~80 us here
 # (13 ns per `pause` and load on this Intel Xeon; Zen 4's pause is shorter, so
-# the same count spins for less time there). Chosen by measurement on 2 vCPUs,
-# per-call medians against the default 300,000: back-to-back 2-thread calls
-# within 3% (fusenn.matmul 128x784x256, train_on_batch 784-256-10 and
-# 784-256-128-10 at batch 128, a 60,000-row epoch), while alternating with
-# NumPy's `A @ W` took NumPy's call from ~15x its time alone to ~1.05x. A
-# shorter spin (1000, or OMP_WAIT_POLICY=passive) costs back-to-back calls
-# 30-60%: each region then wakes a sleeping helper.
+# the same count spins for less time there). Chosen by measurement on 2 vCPUs
+# (README, "Threads next to other runtimes"): it must outlast the serial gaps
+# between one training step's regions (~50 us), or each region wakes a
+# sleeping helper (3000 cost back-to-back steps up to 1.4x; 1000 or
+# OMP_WAIT_POLICY=passive 30-60%), and end soon after a call, as NumPy's next
+# call waits for that CPU (10,000 made it 1.2-1.4x slower alternating).
 SPIN_COUNT = 6000
 
 
