@@ -607,6 +607,7 @@ TRAIN_NETS = {  # id -> (layer sizes, activations, batch)
     "784-256-128-10-b512": ((784, 256, 128, 10), ("relu", "relu", "softmax"), 512),
     "1024-1024-1024-10-b256": ((1024, 1024, 1024, 10), ("relu", "relu", "softmax"), 256),
 }
+ALTERNATING_NETS = {"784-256-10-b128": ((784, 256, 10), ("relu", "softmax"), 128)}  # test_alternating
 EPOCH_NETS = {"784-256-128-10-b128": 60_000}  # id -> rows (EpochCase's net and batch)
 EPOCH_SMOKE_ROWS = 2_000  # rows under --benchmark-disable, so the smoke test stays fast
 
@@ -644,7 +645,7 @@ def softmax_case_for(name):
 
 @functools.lru_cache(maxsize=None)
 def train_case_for(name):
-    return TrainCase(*TRAIN_NETS[name])
+    return TrainCase(*(TRAIN_NETS.get(name) or ALTERNATING_NETS[name]))
 
 
 @functools.lru_cache(maxsize=None)

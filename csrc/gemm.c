@@ -922,6 +922,45 @@ static void FN(gemm_blocked)(const FN(gemm_call) *g, int tid, int serial)
     }
 }
 
+/* A call cut into slabs of whole rows or column panels of C, each run by the
+ * serial loops with the buffers of the thread that takes it. */
+typedef struct {
+    const FN(gemm_call) *g;
+    int by_rows;
+    size_t n_slabs, units, unit, end; /* slab s: units [chunk(s), chunk(s + 1)) */
+    real *buf;                        /* per_thread elements per thread: B, then A */
+    size_t per_thread, b_len;
+} FN(gemm_slabs);
+
+static size_t FN(gemm_slab_range)(const void *ctx, size_t first, size_t last)
+{
+    const FN(gemm_slabs) *s = ctx;
+    const FN(gemm_call) *g = s->g;
+    for (size_t t = first; t < last; t++) {
+        const size_t lo = fusenn_chunk_start(t, s->n_slabs, s->units) * s->unit;
+        const size_t hi = FUSENN_MIN(fusenn_chunk_start(t + 1, s->n_slabs, s->units) * s->unit,
+                                     s->end);
+        if (lo >= hi)
+            continue;
+        FN(gemm_call) slab = *g;
+        if (s->by_rows) {
+            slab.m = hi - lo;
+            slab.A = g->A + (ptrdiff_t)lo * g->rs_a;
+            slab.C = g->C + (ptrdiff_t)lo * g->rs_c;
+        } else {
+            slab.n = hi - lo;
+            slab.B = g->B + (ptrdiff_t)lo * g->cs_b;
+            slab.C = g->C + (ptrdiff_t)lo * g->cs_c;
+            slab.bias = g->bias ? g->bias + lo : NULL;
+        }
+        slab.Bp = s->buf + (size_t)fusenn_thread_num() * s->per_thread;
+        slab.Ap = slab.Bp + s->b_len;
+        slab.split_columns = 0;
+        FN(gemm_blocked)(&slab, 0, 1);
+    }
+    return 0;
+}
+
 int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
                           const real *A, ptrdiff_t rs_a, ptrdiff_t cs_a,
                           const real *B, ptrdiff_t rs_b, ptrdiff_t cs_b, real beta,
@@ -975,7 +1014,8 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
     const size_t b_len = kc_max * ((FUSENN_MIN(cfg->nc, n) + nr - 1) / nr * nr);
     /* Threads that read A in place need not share anything: each takes
      * slabs of whole column panels (about GEMM_SLAB_PANELS, at least one per
-     * thread, handed out dynamically) and runs the serial loops on each with
+     * thread, handed out by fusenn_parallel_ranges: a thread that starts late
+     * finds its slabs done by the others) and runs the serial loops on each with
      * its own buffers, with no barrier per k block (they cost ~10% of a
      * two-thread 128x784x256). Against splitting rows over a shared packed B,
      * two threads: 512x784x256 +47%, 1024^3 +10%, 2048^3 +6%, 512^3 +16%.
@@ -1017,32 +1057,16 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         const size_t end = by_rows ? m : n;
         const size_t n_slabs =
             by_rows ? (size_t)nt : FUSENN_MAX((size_t)nt, n_panels / GEMM_SLAB_PANELS);
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-        for (size_t t = 0; t < n_slabs; t++) {
-            const size_t lo = fusenn_chunk_start(t, n_slabs, units) * unit;
-            const size_t hi = FUSENN_MIN(fusenn_chunk_start(t + 1, n_slabs, units) * unit, end);
-            if (lo >= hi)
-                continue;
-            FN(gemm_call) slab = g;
-            if (by_rows) {
-                slab.m = hi - lo;
-                slab.A = g.A + (ptrdiff_t)lo * g.rs_a;
-                slab.C = g.C + (ptrdiff_t)lo * g.rs_c;
-            } else {
-                slab.n = hi - lo;
-                slab.B = g.B + (ptrdiff_t)lo * g.cs_b;
-                slab.C = g.C + (ptrdiff_t)lo * g.cs_c;
-                slab.bias = g.bias ? g.bias + lo : NULL;
-            }
-            slab.Bp = buf + (size_t)fusenn_thread_num() * per_thread;
-            slab.Ap = slab.Bp + b_len;
-            slab.split_columns = 0;
-            FN(gemm_blocked)(&slab, 0, 1);
-        }
+        const FN(gemm_slabs) s = {&g, by_rows, n_slabs, units, unit, end, buf, per_thread, b_len};
+        fusenn_parallel_ranges(nt, n_slabs, FN(gemm_slab_range), &s);
         return FUSENN_OK;
     }
+    const int caller_cpu = fusenn_current_cpu();
 #pragma omp parallel num_threads(nt)
-    FN(gemm_blocked)(&g, fusenn_thread_num(), 0);
+    {
+        fusenn_leave_cpu(caller_cpu);
+        FN(gemm_blocked)(&g, fusenn_thread_num(), 0);
+    }
     return FUSENN_OK;
 }
 

@@ -69,14 +69,24 @@ static inline int fusenn_threads_for(size_t work, int nthreads)
     return nthreads;
 }
 
+/* The CPU the calling thread runs on, or -1 where unknown. */
+int fusenn_current_cpu(void);
+
+/* Called by every thread as a parallel region starts: a helper thread (not
+ * thread 0) that runs on caller_cpu, the CPU of the thread that started the
+ * region (fusenn_current_cpu), moves to another CPU it may use (parallel.c). */
+void fusenn_leave_cpu(int caller_cpu);
+
 /* The body of a parallel loop: handles iterations [begin, end) with the
  * arguments in *ctx, and returns a count (e.g. of non-finite values) or 0. */
 typedef size_t (*fusenn_range_fn)(const void *ctx, size_t begin, size_t end);
 
-/* Runs fn over iterations [0, n) cut into at most nt contiguous ranges, one per
- * thread (parallel.c), and returns the sum of fn's results. With nt <= 1 it is
- * the plain call fn(ctx, 0, n): no OpenMP runtime call. Each range's results
- * must not depend on the cut (the fixed chunks below give reductions that). */
+/* Runs fn over iterations [0, n) on up to nt threads (parallel.c) and returns
+ * the sum of fn's results. The iterations are cut into contiguous pieces, a
+ * few per thread; each thread does its own share of them, then whatever is
+ * left of the others', so any thread may do any piece. With nt <= 1 it is the
+ * plain call fn(ctx, 0, n): no OpenMP runtime call. Each range's results must
+ * not depend on the cut (the fixed chunks below give reductions that). */
 size_t fusenn_parallel_ranges(int nt, size_t n, fusenn_range_fn fn, const void *ctx);
 
 /* Deterministic reductions: rows are split into at most this many chunks,

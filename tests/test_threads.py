@@ -1,6 +1,9 @@
 """Thread-count control, the OpenMP build, and fork safety."""
 
 import os
+import subprocess
+import sys
+import textwrap
 import threading
 
 import numpy as np
@@ -138,3 +141,122 @@ def test_forked_child_trains_after_parent_ran_parallel_regions():
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     pytest.fail("the forked child hung in a fusenn kernel")
+
+
+# ---- libgomp's idle spin (fusenn/_openmp_env.py) ----------------------------------------
+
+def _python(code, **env):
+    """Run `code` in a fresh interpreter whose environment has neither OMP_WAIT_POLICY nor
+    GOMP_SPINCOUNT, plus `env`; returns the last line it printed."""
+    full = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    full.update(env)
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full, check=True,
+                         capture_output=True, text=True, timeout=120).stdout
+    return out.strip().splitlines()[-1]
+
+
+def test_spin_count_is_set_only_while_the_extension_loads():
+    code = """
+        import os, subprocess, sys
+        import fusenn
+        child = subprocess.run([sys.executable, "-c",
+                                "import os; print(os.environ.get('GOMP_SPINCOUNT'))"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        print(os.environ.get("GOMP_SPINCOUNT"), child)
+    """
+    assert _python(code) == "None None"  # not left in os.environ, nor passed to a child
+
+
+@pytest.mark.parametrize("env", [{"GOMP_SPINCOUNT": "12345"}, {"OMP_WAIT_POLICY": "passive"},
+                                 {"OMP_WAIT_POLICY": "active", "GOMP_SPINCOUNT": "7"}])
+def test_the_users_wait_setting_is_left_alone(env):
+    from fusenn._openmp_env import bounded_spin
+    environ = dict(env)
+    with bounded_spin(environ):
+        assert environ == env
+    assert environ == env
+    code = "import os, fusenn; print(os.environ.get('GOMP_SPINCOUNT'))"
+    assert _python(code, **env) == str(env.get("GOMP_SPINCOUNT"))
+
+
+def test_bounded_spin_sets_and_removes_the_count():
+    from fusenn._openmp_env import SPIN_COUNT, bounded_spin
+    environ = {"PATH": "/bin"}
+    with bounded_spin(environ):
+        assert environ == {"PATH": "/bin", "GOMP_SPINCOUNT": str(SPIN_COUNT)}
+    assert environ == {"PATH": "/bin"}
+
+
+# Process CPU time while the main thread sleeps 20 ms right after a 2-thread region: the
+# helper thread's idle spin (the median of 9 such sleeps, in ms).
+_SPIN_CPU = """
+    import time
+    import numpy as np
+    import fusenn
+    X, W = np.ones((512, 784), np.float32), np.ones((784, 256), np.float32)
+    cpu = []
+    with fusenn.threads(2):
+        for _ in range(10):
+            time.sleep(0.03)
+            fusenn.matmul(X, W)
+            start = time.process_time()
+            time.sleep(0.02)
+            cpu.append(time.process_time() - start)
+    print(1e3 * float(np.median(cpu[1:])))
+"""
+
+
+@pytest.mark.skipif(not fusenn.has_openmp(), reason="built without OpenMP")
+def test_idle_helper_threads_sleep_soon_after_a_region():
+    # libgomp's default spins ~4 ms of CPU after each region here (Intel Xeon); the
+    # bounded count ~0.04 ms. OMP_WAIT_POLICY=active (spin forever) shows the check bites.
+    assert float(_python(_SPIN_CPU)) < 1.5
+    assert float(_python(_SPIN_CPU, OMP_WAIT_POLICY="active")) > 3.0
+
+
+# ---- pieces handed out dynamically: each done exactly once, whoever does it ---------------
+
+@pytest.mark.parametrize("nthreads", [2, 3, 4, 7])
+@pytest.mark.parametrize("length", [32768, 32771, 100_003])
+def test_every_piece_of_a_parallel_loop_runs_exactly_once(length, nthreads):
+    # An SGD step counts its non-finite results (a sum over the pieces) and updates w and v
+    # in place: a piece skipped or done twice changes the count, or w and v.
+    rng = np.random.default_rng(length)
+    w0 = rng.standard_normal(length).astype(np.float32)
+    g = rng.standard_normal(length).astype(np.float32)
+    v0 = rng.standard_normal(length).astype(np.float32)
+    results = {}
+    for nt in (1, nthreads):
+        w, v = w0.copy(), v0.copy()
+        with fusenn.threads(nt):
+            assert fusenn.ops.sgd_update(w, g, v, lr=0.5, momentum=0.9) == 0
+            bad = np.full(length, np.inf, np.float32)
+            assert fusenn.ops.sgd_update(np.zeros(length, np.float32), bad, None, lr=1.0) == length
+        results[nt] = w, v
+    for ref, got in zip(results[1], results[nthreads]):
+        assert np.array_equal(ref, got)
+
+
+@pytest.mark.parametrize("nthreads", [2, 3, 4])
+@pytest.mark.parametrize("m, k, n, trans_a", [
+    (128, 784, 256, False),   # column slabs, fewer panels than 2 per thread
+    (128, 300, 2000, False),  # column slabs, many panels
+    (784, 128, 256, True),    # row slabs: A transposed
+    (2050, 64, 96, False),    # row slabs: C much taller than wide
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_gemm_slab_runs_exactly_once(m, k, n, trans_a, nthreads, dtype):
+    # C += A B: a slab skipped leaves its part of C as it was, one done twice adds twice.
+    rng = np.random.default_rng(m + n)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    a = a.T if trans_a else a
+    b = rng.standard_normal((k, n)).astype(dtype)
+    c0 = rng.standard_normal((m, n)).astype(dtype)
+    results = []
+    for nt in (1, nthreads):
+        c = c0.copy()
+        fusenn._kernels.gemm(1.0, a, b, 1.0, c, nt)
+        results.append(c)
+    assert np.array_equal(results[0], results[1])
+    np.testing.assert_allclose(results[0], a.astype(np.float64) @ b + c0,
+                               rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-3)

@@ -702,9 +702,14 @@ static size_t FN(run_units)(size_t threads, size_t units, FN(unit_fn) fn, const 
             failed += fn(ctx, u, FN(slot)(w, work, 0));
         return failed;
     }
-#pragma omp parallel for num_threads((int)threads) schedule(dynamic, 1) reduction(+ : failed)
-    for (size_t u = 0; u < units; u++)
-        failed += fn(ctx, u, FN(slot)(w, work, (size_t)fusenn_thread_num()));
+    const int caller_cpu = fusenn_current_cpu();
+#pragma omp parallel num_threads((int)threads) reduction(+ : failed)
+    {
+        fusenn_leave_cpu(caller_cpu);
+#pragma omp for schedule(dynamic, 1)
+        for (size_t u = 0; u < units; u++)
+            failed += fn(ctx, u, FN(slot)(w, work, (size_t)fusenn_thread_num()));
+    }
     return failed;
 }
 

@@ -171,9 +171,14 @@ static size_t FN(rnn_time_loop)(const rnn_dims *d, size_t m, fusenn_range_fn fn,
                                    FUSENN_MIN((size_t)RNN_MIN_UNIT, (m + nt - 1) / nt));
     const size_t units = (m + unit - 1) / unit;
     size_t failed = 0;
-#pragma omp parallel for num_threads((int)nt) schedule(dynamic, 1) reduction(+ : failed)
-    for (size_t i = 0; i < units; i++)
-        failed += fn(ctx, i * unit, FUSENN_MIN((i + 1) * unit, m));
+    const int caller_cpu = fusenn_current_cpu();
+#pragma omp parallel num_threads((int)nt) reduction(+ : failed)
+    {
+        fusenn_leave_cpu(caller_cpu);
+#pragma omp for schedule(dynamic, 1)
+        for (size_t i = 0; i < units; i++)
+            failed += fn(ctx, i * unit, FUSENN_MIN((i + 1) * unit, m));
+    }
     return failed;
 }
 

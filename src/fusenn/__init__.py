@@ -15,6 +15,11 @@ checkpoints, learning-rate callbacks, the progress bar), `fusenn.schedules`
 (learning-rate schedules) and `fusenn.initializers` (weight initialisers).
 """
 
+from ._openmp_env import bounded_spin
+
+with bounded_spin():  # libgomp reads its spin count when the extension loads it
+    from . import _kernels
+
 from . import callbacks, datasets, initializers, losses, ops, plot, reference, schedules
 from ._kernels import gemm_isa, has_openmp
 from ._threads import get_num_threads, set_num_threads, threads
