@@ -138,3 +138,31 @@ def test_without_mpi4py_under_a_launcher_a_clear_error():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.returncode != 0 and "cannot import mpi4py" in out.stderr
     assert "pip install 'fusenn[mpi]'" in out.stderr
+
+
+# ---- the example ------------------------------------------------------------------------
+
+EXAMPLE = os.path.join(os.path.dirname(HERE), "examples", "distributed_mnist.py")
+
+
+@pytest.mark.skipif(not os.path.exists(EXAMPLE), reason="examples/ is not next to tests/")
+def test_example_on_two_ranks_is_one_process(tmp_path):
+    """The example's weights on 2 ranks are those of one process cutting each
+    batch into the same 2 chunks."""
+    args = [EXAMPLE, "--data", "digits", "--epochs", "2", "--batch-size", "64", "--chunks", "2",
+            "--cache", str(tmp_path)]
+    outputs = [subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                              env=_env(), timeout=600)]
+    missing = _mpi_missing()
+    if missing and not ON_CI:
+        pytest.skip(missing)
+    assert not missing, f"CI must run the MPI tests: {missing}"
+    outputs.append(subprocess.run(["mpirun", "-n", "2", sys.executable, *args],
+                                  capture_output=True, text=True, env=_env(), timeout=600))
+    digests = []
+    for out in outputs:
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "weights identical on every rank: True" in out.stdout
+        assert float(out.stdout.split("test accuracy: ")[1]) > 0.8
+        digests.append(out.stdout.split("weights digest: ")[1].split()[0])
+    assert digests[0] == digests[1]

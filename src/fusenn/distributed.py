@@ -40,6 +40,7 @@ MPI at all.
 
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -51,7 +52,8 @@ from ._threads import get_num_threads
 from ._validation import check_data, check_weights, check_X, check_y
 from .model import PREDICT_CHUNK, History, _as_list
 
-__all__ = ["init", "rank", "size", "barrier", "fit", "evaluate", "predict"]
+__all__ = ["init", "rank", "size", "barrier", "fit", "evaluate", "predict", "stats",
+           "worker_threads"]
 
 # environment variables that say the process was started by an MPI launcher
 _LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
@@ -482,3 +484,35 @@ def predict(model, X):
     send = mine if mine is not None else out[:0]
     group.comm.Allgatherv(np.ascontiguousarray(send), [out, (counts, displs)])
     return out
+
+
+# ---- hyperparameter searches: workers x threads <= cores ------------------------------
+
+def worker_threads():
+    """Kernel threads for a fit running in a joblib or dask worker, so that the
+    workers' threads together do not exceed the cores; None outside workers
+    (fusenn's own count). Worker processes need nothing: joblib's loky workers
+    and dask's nanny-started ones get OMP_NUM_THREADS (cores // workers, 1),
+    which fusenn's count follows. Threads of a dask worker in this process
+    (Client(processes=False)) share the cores: cores // threads of the workers
+    here. A joblib worker thread (backend "threading") cannot tell how many
+    others run: one thread each, since n_jobs rarely exceeds the cores.
+    fusenn.sklearn's estimators use this when n_threads is None."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        return None
+    cores = get_num_threads()
+    if "distributed" in sys.modules:  # dask only when it is in use
+        from distributed import Worker, get_worker
+        try:
+            get_worker()
+        except ValueError:  # not in a dask task
+            pass
+        else:
+            threads = sum(w.state.nthreads for w in list(Worker._instances))
+            return max(1, cores // max(threads, 1))
+    if "joblib" in sys.modules:
+        from joblib.parallel import get_active_backend
+        if getattr(get_active_backend()[0], "nesting_level", 0) >= 1:  # in a worker
+            return 1
+    return None
+

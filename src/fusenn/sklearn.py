@@ -37,6 +37,7 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
+from . import distributed
 from ._threads import threads
 from .layers import Dense
 from .model import Sequential
@@ -171,7 +172,8 @@ class _BaseMLP(BaseEstimator):
         return [int(s) for s in sizes], dtype
 
     def _threads(self):
-        return contextlib.nullcontext() if self.n_threads is None else threads(int(self.n_threads))
+        n = self.n_threads if self.n_threads is not None else distributed.worker_threads()
+        return contextlib.nullcontext() if n is None else threads(int(n))
 
     # ---- training ---------------------------------------------------------------
 
@@ -383,8 +385,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     Parameters are scikit-learn's (solver "adam" or "sgd"; "lbfgs" raises
     ValueError at fit) plus `dtype` ("float32" or "float64": the precision the
-    network computes in) and `n_threads` (None: fusenn's thread count; else the
-    number of kernel threads for fit and predict). Binary targets train one
+    network computes in) and `n_threads` (None: fusenn's thread count, or in a
+    joblib or dask worker its share of the cores, fusenn.distributed.worker_threads;
+    else the number of kernel threads for fit and predict). Binary targets train one
     sigmoid output with binary cross-entropy, more classes a softmax output
     with cross-entropy, multi-label indicator matrices one sigmoid output per
     label. `model_` is the underlying fusenn.Sequential.
