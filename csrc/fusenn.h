@@ -636,9 +636,8 @@ int fusenn_plan_train_epoch_f64(fusenn_plan_f64 *plan, size_t n, const void *X, 
  * leaves a record of fusenn_plan_record_len doubles in records[(c - c0) ...]:
  * its outcome, loss, correct predictions and the batch statistics it
  * recorded instead of updating running ones (BatchNorm's). Returns the first
- * chunk's failure (also in the records).
- * fusenn_plan_add_gradients: g += h over every parameter tensor of arenas
- * laid out like the parameters.
+ * chunk's failure (also in the records). Ranks add others' gradients to
+ * theirs elementwise (IEEE additions, as the engine adds).
  * fusenn_plan_apply_step: with the batch's summed gradient in the plan's
  * gradient arena and the records of all `chunks` chunks, in order: folds the
  * recorded statistics into the running ones, adds up the loss and correct
@@ -656,9 +655,6 @@ int fusenn_plan_chunk_gradients_f64(fusenn_plan_f64 *plan, const void *X, ptrdif
                                     const double *sw, const int64_t *batch, size_t n,
                                     size_t chunks, size_t c0, size_t c1, double *const *grads,
                                     double *records, int nthreads);
-void fusenn_plan_add_gradients_f32(fusenn_plan_f32 *plan, float *g, const float *h, int nthreads);
-void fusenn_plan_add_gradients_f64(fusenn_plan_f64 *plan, double *g, const double *h,
-                                   int nthreads);
 int fusenn_plan_apply_step_f32(fusenn_plan_f32 *plan, size_t n, size_t chunks,
                                const double *records, fusenn_optimizer *opt, double *loss,
                                double *correct, int nthreads);

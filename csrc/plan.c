@@ -1023,11 +1023,6 @@ int FN(fusenn_plan_chunk_gradients)(plan_t *plan, const void *X, ptrdiff_t ldx,
                                 nthreads);
 }
 
-void FN(fusenn_plan_add_gradients)(plan_t *plan, real *g, const real *h, int nthreads)
-{
-    FN(add_gradients)(plan, g, h, nthreads);
-}
-
 int FN(fusenn_plan_apply_step)(plan_t *plan, size_t n, size_t chunks, const double *records,
                                fusenn_optimizer *opt, double *loss, double *correct,
                                int nthreads)

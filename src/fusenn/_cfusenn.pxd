@@ -331,10 +331,6 @@ cdef extern from "fusenn.h" nogil:
                                         const double *sw, const int64_t *batch, size_t n,
                                         size_t chunks, size_t c0, size_t c1, double **grads,
                                         double *records, int nthreads)
-    void fusenn_plan_add_gradients_f32(fusenn_plan_f32 *plan, float *g, const float *h,
-                                       int nthreads)
-    void fusenn_plan_add_gradients_f64(fusenn_plan_f64 *plan, double *g, const double *h,
-                                       int nthreads)
     int fusenn_plan_apply_step_f32(fusenn_plan_f32 *plan, size_t n, size_t chunks,
                                    const double *records, fusenn_optimizer *opt, double *loss,
                                    double *correct, int nthreads)

@@ -632,18 +632,6 @@ cdef class Plan:
             PyMem_Free(to)
         return rc
 
-    def add_gradients(self, g, h, int nthreads):
-        """g += h over every parameter tensor (arrays like the gradient arena)."""
-        cdef void *pg = self.arena(g, "g")
-        cdef void *ph = self.arena(h, "h")
-        with nogil:
-            if self.f64:
-                fusenn_plan_add_gradients_f64(<fusenn_plan_f64 *>self.plan, <double *>pg,
-                                              <const double *>ph, nthreads)
-            else:
-                fusenn_plan_add_gradients_f32(<fusenn_plan_f32 *>self.plan, <float *>pg,
-                                              <const float *>ph, nthreads)
-
     def apply_step(self, size_t n, size_t chunks, const double[::1] records, int nthreads):
         """The end of a step on n samples whose summed gradient is in the gradient
         arena, from the records of its `chunks` chunks: returns (code, loss, correct)."""

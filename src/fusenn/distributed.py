@@ -60,8 +60,6 @@ _LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRA
 
 _world = None  # MPI.COMM_WORLD, or False once init() found no MPI and no launcher
 
-_TAG_GRADS, _TAG_RECORDS = 17, 18
-
 
 def init():
     """Start MPI (through mpi4py) if it is not running yet. Without mpi4py,
@@ -231,12 +229,19 @@ def stats():
     return _last_timings.as_dict()
 
 
-class _Stepper:
-    """One rank's part of every training step."""
+# The gradient travels in pieces of about this size, so that a rank adds and passes
+# on one piece while the next arrives, and the total starts back before all of it
+# is summed: the chain's hops overlap.
+SEGMENT_BYTES = 256 << 10
 
-    def __init__(self, model, plan, group, chunks):
-        self.plan, self.group, self.chunks = plan, group, chunks
+
+class _Stepper:
+    """One rank's part of every training step on a plan."""
+
+    def __init__(self, model, plan, group, chunks, timings):
+        self.plan, self.comm, self.chunks, self.timings = plan, group.comm, chunks, timings
         P, r = group.size, group.rank
+        self.rank, self.size = r, P
         self.c0, self.c1 = r * chunks // P, (r + 1) * chunks // P
         self.len = plan.record_len
         self.records = np.zeros(chunks * self.len)
@@ -245,12 +250,15 @@ class _Stepper:
         # the chunks before them arrives
         self.buffers = ([model._arena.zeros()[0] for _ in range(self.c1 - self.c0)]
                         if r > 0 else None)
-        self.timings = _Timings()
+        g = plan.grads
+        m = max(1, min(64, -(-g.nbytes // SEGMENT_BYTES)))
+        cuts = [i * g.size // m for i in range(m + 1)]
+        self.pieces = [slice(a, b) for a, b in zip(cuts, cuts[1:])]
 
     def step(self, X, labels, T, sw, batch, nthreads):
         """Train on the samples X[batch]: returns (code, loss, correct)."""
-        plan, group, C, t = self.plan, self.group, self.chunks, self.timings
-        n, comm, r, P = len(batch), group.comm, group.rank, group.size
+        plan, C, t = self.plan, self.chunks, self.timings
+        n = len(batch)
         first, last = self.c0 * n // C, self.c1 * n // C  # this rank's rows of the batch
         started = time.perf_counter()
         # the sum starts here when every chunk before this rank's is empty
@@ -258,35 +266,60 @@ class _Stepper:
                              self.buffers if first > 0 else None, self.own, nthreads)
         computed = time.perf_counter()
         t.compute += computed - started
-        if comm is not None:
-            g, done = plan.grads, self.c1 * self.len
-            if first > 0:
-                comm.Recv(g, source=r - 1, tag=_TAG_GRADS)
-                comm.Recv(self.records[:self.c0 * self.len], source=r - 1, tag=_TAG_RECORDS)
-                received = time.perf_counter()
-                for i, c in enumerate(range(self.c0, self.c1)):
-                    if c * n // C < (c + 1) * n // C:
-                        plan.add_gradients(g, self.buffers[i], nthreads)
-                added = time.perf_counter()
-                t.communicate += received - computed
-                t.add += added - received
-                computed = added
-            else:
-                self.records[:self.c0 * self.len] = 0  # the empty chunks before
-            if r + 1 < P and last > 0:
-                comm.Send(g, dest=r + 1, tag=_TAG_GRADS)
-                comm.Send(self.records[:done], dest=r + 1, tag=_TAG_RECORDS)
-                t.bytes_sent += g.nbytes + 8 * done
-            comm.Bcast(g, root=P - 1)
-            comm.Bcast(self.records, root=P - 1)
-            if r == P - 1:
-                t.bytes_sent += (g.nbytes + self.records.nbytes) * (P - 1)
-            t.communicate += time.perf_counter() - computed
+        if self.comm is not None:
+            added = self.combine(n, first, last)
+            t.add += added
+            t.communicate += time.perf_counter() - computed - added
         updating = time.perf_counter()
         result = plan.apply_step(n, C, self.records, nthreads)
         t.update += time.perf_counter() - updating
         t.steps += 1
         return result
+
+    def combine(self, n, first, last):
+        """Every chunk's record into self.records and the batch's gradient, summed in
+        chunk order, into every rank's gradient arena: the partial sum passes from
+        rank to rank, each adding its own chunks' in order, piece by piece; the last
+        rank sends the total round (to rank 0, then 1, 2, ...). Returns the seconds
+        spent adding."""
+        from mpi4py import MPI
+        comm, r, P, C, t = self.comm, self.rank, self.size, self.chunks, self.timings
+        g, m = self.plan.grads, len(self.pieces)
+        parts = [g[s] for s in self.pieces]
+        records = comm.Iallgather(self.own, self.records)
+        mine = [self.buffers[i] for i, c in enumerate(range(self.c0, self.c1))
+                if c * n // C < (c + 1) * n // C] if first > 0 else []  # own nonempty chunks
+        forward = r + 1 < P and last > 0  # rank r + 1 adds to this rank's sum
+        sends, added = [], 0.0
+        if first > 0:  # the sum of the chunks before this rank's comes from rank r - 1
+            incoming = [comm.Irecv(p, source=r - 1, tag=j) for j, p in enumerate(parts)]
+        for j, (s, p) in enumerate(zip(self.pieces, parts)):
+            if first > 0:
+                incoming[j].Wait()
+                t0 = time.perf_counter()
+                for h in mine:  # IEEE additions: the bits of the engine's g += h
+                    np.add(p, h[s], out=p)
+                added += time.perf_counter() - t0
+            if forward:
+                sends.append(comm.Isend(p, dest=r + 1, tag=j))
+            elif r == P - 1:
+                sends.append(comm.Isend(p, dest=0, tag=m + j))
+        if r != P - 1:  # the total comes round from rank P - 1
+            source, onward = (P - 1 if r == 0 else r - 1), (r + 1 if r + 1 < P - 1 else None)
+            totals = []
+            for j, p in enumerate(parts):
+                if forward:
+                    sends[j].Wait()  # the piece may be received into again
+                totals.append(comm.Irecv(p, source=source, tag=m + j))
+            for j, p in enumerate(parts):
+                totals[j].Wait()
+                if onward is not None:
+                    sends.append(comm.Isend(p, dest=onward, tag=m + j))
+        MPI.Request.Waitall(sends)
+        records.Wait()
+        t.bytes_sent += g.nbytes * ((forward or r == P - 1) + (r + 1 < P - 1)) + \
+            self.own.nbytes * (P - 1)
+        return added
 
 
 def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None,
@@ -358,9 +391,9 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None
     order = np.arange(n, dtype=np.int64)
     history = model.history = History()
     model.stop_training = False
-    stepper = _Stepper(model, plan, group, chunks)
+    stepper = None
     global _last_timings
-    _last_timings = stepper.timings
+    timings = _last_timings = _Timings()
     nthreads = get_num_threads()
     with model._exclusive():
         group.from_root(callback_list.on_train_begin if callback_list else None)
@@ -374,7 +407,9 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None
             start = time.perf_counter()
             if shuffle:
                 ops.shuffle(order, int(model._rng.integers(0, 2**63)))
-            plan = stepper.plan = model._engine()  # hands over the current learning rate
+            plan = model._engine()  # hands over the current learning rate
+            if stepper is None or stepper.plan is not plan:
+                stepper = _Stepper(model, plan, group, chunks, timings)
             loss_sum, correct = 0.0, 0.0
             for first in range(0, n, batch_size):
                 code, loss, hits = stepper.step(Xs, labels, T, sw, order[first:first + batch_size],
