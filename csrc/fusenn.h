@@ -254,6 +254,17 @@ double fusenn_huber_f64(size_t n, size_t k, const double *A, ptrdiff_t lda,
                         const double *T, ptrdiff_t ldt, double delta, const double *sw,
                         double *dA, ptrdiff_t ldda, int nthreads);
 
+/* Poisson negative log-likelihood from log-rates (PyTorch's PoissonNLLLoss with
+ * log_input=True, full=False) over all n x k elements, targets T >= 0:
+ *   loss = (1/(n k)) sum_ij sw_i (exp(A_ij) - T_ij A_ij)
+ *   dA_i = sw_i (exp(A_i) - T_i) / (n k) (if dA != NULL) */
+double fusenn_poisson_f32(size_t n, size_t k, const float *A, ptrdiff_t lda,
+                          const float *T, ptrdiff_t ldt, const float *sw,
+                          float *dA, ptrdiff_t ldda, int nthreads);
+double fusenn_poisson_f64(size_t n, size_t k, const double *A, ptrdiff_t lda,
+                          const double *T, ptrdiff_t ldt, const double *sw,
+                          double *dA, ptrdiff_t ldda, int nthreads);
+
 /* ---- Dropout (dropout.c) -------------------------------------------------
  * Inverted dropout, as Keras and PyTorch: each element is dropped (set to 0)
  * with probability rate and kept elements are scaled by 1 / (1 - rate), so the
@@ -436,7 +447,8 @@ typedef enum {
     FUSENN_LOSS_BINARY_CROSS_ENTROPY = 1, /* sigmoid + binary cross-entropy, targets */
     FUSENN_LOSS_MSE = 2,                  /* mean squared error on the outputs */
     FUSENN_LOSS_MAE = 3,                  /* mean absolute error on the outputs */
-    FUSENN_LOSS_HUBER = 4                 /* Huber loss on the outputs (needs a delta) */
+    FUSENN_LOSS_HUBER = 4,                /* Huber loss on the outputs (needs a delta) */
+    FUSENN_LOSS_POISSON = 5               /* Poisson NLL, the outputs are log-rates */
 } fusenn_loss;
 
 typedef enum {

@@ -1054,3 +1054,73 @@ int FN(fusenn_gemm)(size_t m, size_t n, size_t k, real alpha,
     return FN(fusenn_gemm_fused)(m, n, k, alpha, A, rs_a, cs_a, B, rs_b, cs_b, beta,
                                  C, rs_c, cs_c, NULL, FUSENN_ACT_IDENTITY, nthreads);
 }
+
+/* ---- B packed once, for many products ------------------------------------ */
+
+/* The recurrent layers multiply by the same recurrent kernel at every time
+ * step: packing it once per pass, not once per step, saves T - 1 packings.
+ * The packed form is each kc block's NR-wide panels (zero-padded), one block
+ * after the other, for the tile gemm_select picks for one thread and about m
+ * rows; a product may then take any rows. Every tile of a level sums each
+ * element over the same kc blocks in the same order, so the product has the
+ * bits of fusenn_gemm on the same operands. */
+FN(gemm_packed) FN(fusenn_gemm_packed_for)(size_t m, size_t n, size_t k)
+{
+    const FN(gemm_config) *cfg = FN(gemm_select)(1, FUSENN_MAX(m, (size_t)1), n, k, 1);
+    const size_t nr = (size_t)cfg->nr;
+    FN(gemm_packed) p = {cfg, n, k, k * ((n + nr - 1) / nr * nr)};
+    return p;
+}
+
+void FN(fusenn_gemm_pack_b)(const FN(gemm_packed) *p, const real *B, ptrdiff_t rs_b,
+                            ptrdiff_t cs_b, real *Bp)
+{
+    const FN(gemm_config) *cfg = p->cfg;
+    const size_t nr = (size_t)cfg->nr, n_panels = (p->n + nr - 1) / nr;
+    for (size_t pc = 0; pc < p->k; pc += cfg->kc) {
+        const size_t kc = FUSENN_MIN(cfg->kc, p->k - pc);
+        real *block = Bp + pc * n_panels * nr;
+        for (size_t jp = 0; jp < n_panels; jp++)
+            FN(pack_b_panel)(FUSENN_MIN(nr, p->n - jp * nr), cfg->nr, kc,
+                             B + (ptrdiff_t)pc * rs_b + (ptrdiff_t)(jp * nr) * cs_b, rs_b, cs_b,
+                             block + jp * nr * kc);
+    }
+}
+
+int FN(fusenn_gemm_with_packed_b)(const FN(gemm_packed) *p, size_t m, real alpha,
+                                  const real *A, ptrdiff_t rs_a, ptrdiff_t cs_a,
+                                  const real *Bp, real beta, real *C, ptrdiff_t rs_c,
+                                  const real *bias)
+{
+    const FN(gemm_config) *cfg = p->cfg;
+    const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr, n = p->n, k = p->k;
+    const size_t n_panels = (n + nr - 1) / nr, full = m / mr * mr;
+    if (m == 0 || n == 0)
+        return FUSENN_OK;
+    if (k == 0) {
+        FN(gemm_scale_only)(m, n, beta, C, rs_c, 1, bias, FUSENN_ACT_IDENTITY);
+        return FUSENN_OK;
+    }
+    /* A is read in place but for a partial last panel, packed here */
+    real *Ap = full < m ? FN(pack_buffer)(mr * FUSENN_MIN(cfg->kc, k)) : NULL;
+    if (full < m && Ap == NULL)
+        return FUSENN_ENOMEM;
+    for (size_t pc = 0; pc < k; pc += cfg->kc) {
+        const size_t kc = FUSENN_MIN(cfg->kc, k - pc);
+        const FN(store_params) sp = {alpha, pc == 0 ? beta : (real)1, FUSENN_ACT_IDENTITY,
+                                     pc + kc == k};
+        real *block = (real *)Bp + pc * n_panels * nr;
+        const real *A_pc = A + (ptrdiff_t)pc * cs_a;
+        for (size_t ic = 0; ic < full; ic += cfg->mc) /* MC rows of A stay in L2 */
+            FN(macro_kernel)(cfg, FUSENN_MIN(cfg->mc, full - ic), n, kc, NULL,
+                             A_pc + (ptrdiff_t)ic * rs_a, rs_a, cs_a, block, NULL, NULL, 0, 0,
+                             n_panels, C + (ptrdiff_t)ic * rs_c, rs_c, 1, bias, &sp);
+        if (full < m) {
+            FN(pack_a_panel)(m - full, cfg->mr, kc, A_pc + (ptrdiff_t)full * rs_a, rs_a, cs_a,
+                             Ap);
+            FN(macro_kernel)(cfg, m - full, n, kc, Ap, NULL, rs_a, cs_a, block, NULL, NULL, 0,
+                             0, n_panels, C + (ptrdiff_t)full * rs_c, rs_c, 1, bias, &sp);
+        }
+    }
+    return FUSENN_OK;
+}

@@ -323,6 +323,26 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
                           const real *B, ptrdiff_t rs_b, ptrdiff_t cs_b, real beta,
                           real *C, ptrdiff_t rs_c, ptrdiff_t cs_c,
                           const real *bias, fusenn_activation act, int nthreads);
+
+/* A k x n operand B packed once for many products A B (gemm.c): the recurrent
+ * layers' h U at every time step. fusenn_gemm_packed_for picks the tile for
+ * products of about m rows and says how many elements the packed form takes;
+ * fusenn_gemm_with_packed_b then computes C = alpha A B + beta C (+ bias) for
+ * any m rows of A on the calling thread alone, C's columns contiguous. The
+ * bits are those of fusenn_gemm on the same operands. */
+typedef struct {
+    const void *cfg; /* the tile (gemm.c's configuration) */
+    size_t n, k;
+    size_t len;      /* elements of the packed form */
+} FN(gemm_packed);
+
+FN(gemm_packed) FN(fusenn_gemm_packed_for)(size_t m, size_t n, size_t k);
+void FN(fusenn_gemm_pack_b)(const FN(gemm_packed) *p, const real *B, ptrdiff_t rs_b,
+                            ptrdiff_t cs_b, real *Bp);
+int FN(fusenn_gemm_with_packed_b)(const FN(gemm_packed) *p, size_t m, real alpha,
+                                  const real *A, ptrdiff_t rs_a, ptrdiff_t cs_a,
+                                  const real *Bp, real beta, real *C, ptrdiff_t rs_c,
+                                  const real *bias);
 #endif /* FUSENN_NO_DTYPE */
 
 #endif /* FUSENN_INTERNAL_H */

@@ -212,19 +212,20 @@ double FN(fusenn_sigmoid_binary_cross_entropy)(size_t n, size_t k, const real *Z
     return FN(chunked_loss)(&args, FN(sigmoid_bce_chunks), (double)n * (double)k, nthreads);
 }
 
-/* ---- elementwise regression losses: mse, mae, huber ---------------------------
+/* ---- elementwise regression losses: mse, mae, huber, poisson ------------------
  * One loop, inlined with a constant `kind` into a chunk function per loss, so
  * each compiles to its own loop. Per element, d = a - t:
- *   mse:   l = d^2,                                       dl/da = 2 d
- *   mae:   l = |d|,                                       dl/da = sign(d) (0 at d == 0,
+ *   mse:     l = d^2,                                     dl/da = 2 d
+ *   mae:     l = |d|,                                     dl/da = sign(d) (0 at d == 0,
  *                                                         as PyTorch's L1Loss; NaN for NaN)
- *   huber: l = d^2 / 2 if |d| <= delta else delta (|d| - delta / 2),
+ *   huber:   l = d^2 / 2 if |d| <= delta else delta (|d| - delta / 2),
  *                                                         dl/da = clip(d, -delta, delta)
+ *   poisson: l = exp(a) - t a (a the log of the rate),    dl/da = exp(a) - t
  * loss = (1/(n k)) sum_ij sw_i l_ij,  dA_ij = sw_i dl/da / (n k). Losses are
- * computed in double from d; mse's square as (w d) d, so that w = 1 gives the
- * bits of d d even where the compiler contracts the sum into an FMA. dA may
- * alias A. */
-enum regression_kind { REG_MSE, REG_MAE, REG_HUBER };
+ * computed in double from d (poisson's from exp(a) in real and a); mse's
+ * square as (w d) d, so that w = 1 gives the bits of d d even where the
+ * compiler contracts the sum into an FMA. dA may alias A. */
+enum regression_kind { REG_MSE, REG_MAE, REG_HUBER, REG_POISSON };
 
 static inline __attribute__((always_inline)) size_t FN(regression_chunks)(
     enum regression_kind kind, const void *ctx, size_t c0, size_t c1)
@@ -258,6 +259,10 @@ static inline __attribute__((always_inline)) size_t FN(regression_chunks)(
                 } else if (kind == REG_MAE) {
                     loss_sum += w * (double)fabs(diff);
                     g = diff > 0 ? (real)1 : diff < 0 ? (real)-1 : diff; /* 0, or NaN */
+                } else if (kind == REG_POISSON) {
+                    const real e = exp(a[j]);
+                    loss_sum += w * ((double)e - (double)t[j] * (double)a[j]);
+                    g = e - t[j];
                 } else {
                     const double ad = fabs((double)diff);
                     if (ad <= delta) { /* quadratic region */
@@ -292,6 +297,11 @@ static size_t FN(huber_chunks)(const void *ctx, size_t c0, size_t c1)
     return FN(regression_chunks)(REG_HUBER, ctx, c0, c1);
 }
 
+static size_t FN(poisson_chunks)(const void *ctx, size_t c0, size_t c1)
+{
+    return FN(regression_chunks)(REG_POISSON, ctx, c0, c1);
+}
+
 static inline __attribute__((always_inline)) double FN(regression_loss)(
     enum regression_kind kind, size_t n, size_t k, const real *A, ptrdiff_t lda,
     const real *T, ptrdiff_t ldt, double delta, const real *sw, real *dA, ptrdiff_t ldda,
@@ -304,9 +314,10 @@ static inline __attribute__((always_inline)) double FN(regression_loss)(
     FN(loss_args) args = {.n = n, .k = k, .Z = A, .ldz = lda, .T = T, .ldt = ldt, .sw = sw,
                           .dZ = dA, .lddz = ldda, .grad_base = base, .delta = delta};
     return FN(chunked_loss)(&args,
-                            kind == REG_MSE   ? FN(mse_chunks)
-                            : kind == REG_MAE ? FN(mae_chunks)
-                                              : FN(huber_chunks),
+                            kind == REG_MSE     ? FN(mse_chunks)
+                            : kind == REG_MAE   ? FN(mae_chunks)
+                            : kind == REG_HUBER ? FN(huber_chunks)
+                                                : FN(poisson_chunks),
                             (double)n * (double)k, nthreads);
 }
 
@@ -329,4 +340,11 @@ double FN(fusenn_huber)(size_t n, size_t k, const real *A, ptrdiff_t lda,
                         real *dA, ptrdiff_t ldda, int nthreads)
 {
     return FN(regression_loss)(REG_HUBER, n, k, A, lda, T, ldt, delta, sw, dA, ldda, nthreads);
+}
+
+double FN(fusenn_poisson)(size_t n, size_t k, const real *A, ptrdiff_t lda,
+                          const real *T, ptrdiff_t ldt, const real *sw,
+                          real *dA, ptrdiff_t ldda, int nthreads)
+{
+    return FN(regression_loss)(REG_POISSON, n, k, A, lda, T, ldt, 0.0, sw, dA, ldda, nthreads);
 }

@@ -28,7 +28,8 @@
 /* ---- the table of layer kinds ----------------------------------------------- */
 
 extern const FN(layer_kind) FN(dense_kind), FN(dropout_kind), FN(batchnorm_kind),
-    FN(reshape_kind), FN(global_pool_kind);
+    FN(reshape_kind), FN(global_pool_kind), FN(conv2d_kind), FN(pool2d_kind),
+    FN(embedding_kind), FN(simple_rnn_kind), FN(gru_kind), FN(lstm_kind);
 
 static const FN(layer_kind) *const FN(kinds)[] = {
     &FN(dense_kind),
@@ -36,6 +37,12 @@ static const FN(layer_kind) *const FN(kinds)[] = {
     &FN(batchnorm_kind),
     &FN(reshape_kind),
     &FN(global_pool_kind),
+    &FN(conv2d_kind),
+    &FN(pool2d_kind),
+    &FN(embedding_kind),
+    &FN(simple_rnn_kind),
+    &FN(gru_kind),
+    &FN(lstm_kind),
 };
 
 #define N_KINDS (sizeof FN(kinds) / sizeof FN(kinds)[0])
@@ -518,6 +525,9 @@ static double FN(loss)(plan_t *plan, size_t rows, const real *z, ptrdiff_t ldz,
         break;
     case FUSENN_LOSS_HUBER:
         loss = FN(fusenn_huber)(rows, k, z, ldz, T, ldt, plan->loss_param, sw, dz, ldk, nthreads);
+        break;
+    case FUSENN_LOSS_POISSON:
+        loss = FN(fusenn_poisson)(rows, k, z, ldz, T, ldt, sw, dz, ldk, nthreads);
         break;
     case FUSENN_LOSS_MSE:
     default:

@@ -282,3 +282,11 @@ def test_one_hot():
 def test_one_hot_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         datasets.one_hot(**kwargs)
+
+
+def test_load_genesis():
+    text = datasets.load_genesis()
+    assert len(text) == 34961 and text.isascii()
+    assert text.startswith("CHAPTER 1\nIn the beginning God created the heaven and the earth.\n")
+    assert text.endswith("And the days of Terah were two hundred and five years: and Terah died in Haran.\n")
+    assert text.count("CHAPTER ") == 11 and "\n\nCHAPTER 11\n" in text

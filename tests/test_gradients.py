@@ -31,6 +31,7 @@ OUTPUT_ACTIVATIONS = {
     "mse": ACTIVATIONS,
     "mae": CLASSIC,
     "huber": CLASSIC,
+    "poisson": ("identity",),
 }
 # |output - target| where a regression loss's derivative has a kink (huber: delta = 1)
 OUTPUT_KINKS = {"mae": 0.0, "huber": 1.0}
@@ -54,6 +55,8 @@ def make_targets(loss, rng, n, k):
         return rng.permutation(np.arange(n) % k)  # every class present
     if loss == "binary_cross_entropy":
         return rng.uniform(0.05, 0.95, size=(n, k))
+    if loss == "poisson":
+        return rng.poisson(2.0, size=(n, k)).astype(float)
     return rng.normal(size=(n, k))
 
 

@@ -35,7 +35,8 @@ TRANSPOSES = [
 ]
 LAYOUTS = ("contiguous", "rows", "cols", "reversed", "transposed", "strided_T", "fortran",
            "readonly", "unaligned")
-LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse", "mae", "huber")
+LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse", "mae", "huber",
+          "poisson")
 THREAD_COUNTS = (1, 2, 3)
 
 
@@ -208,11 +209,15 @@ def loss_k(name, shape):
 
 TESTED_OPS = {"matmul", "activation_forward", "activation_backward", "dense_forward",
               "dense_backward", "softmax_cross_entropy", "sigmoid_binary_cross_entropy",
-              "mse", "mae", "huber", "sgd_update", "adam_update", "rmsprop_update",
+              "mse", "mae", "huber", "poisson", "sgd_update", "adam_update", "rmsprop_update",
               "adagrad_update", "sum_squares", "grad_transform", "dropout_forward",
               "dropout_backward", "dropout_seed", "batchnorm_forward_train",
               "batchnorm_forward_infer", "batchnorm_backward",  # dropout, batchnorm: their own files
-              "global_pool_forward", "global_pool_backward"}  # layer kinds: test_conv.py
+              "global_pool_forward", "global_pool_backward", "conv2d_forward",
+              "conv2d_backward", "pool2d_forward", "pool2d_backward",  # layer kinds: test_conv.py
+              "embedding_forward", "embedding_backward", "simple_rnn_forward",
+              "simple_rnn_backward", "gru_forward", "gru_backward", "lstm_forward",
+              "lstm_backward"}  # sequences: test_rnn.py
 
 
 def test_every_op_has_a_reference_twin_and_a_test():
@@ -918,6 +923,7 @@ def _valid_args(name, dtype=np.float64):
         "mse": lambda: dict(a=m(3, 4), t=m(3, 4)),
         "mae": lambda: dict(a=m(3, 4), t=m(3, 4)),
         "huber": lambda: dict(a=m(3, 4), t=m(3, 4), delta=0.5),
+        "poisson": lambda: dict(a=m(3, 4), t=np.abs(m(3, 4))),
         "sgd_update": lambda: dict(w=m(3, 4), g=m(3, 4), v=m(3, 4), lr=0.1, momentum=0.9),
         "adam_update": lambda: dict(w=m(3, 4), g=m(3, 4), m=m(3, 4), v=m(3, 4), t=1),
         "dropout_forward": lambda: dict(x=m(3, 4), rate=0.5, seed=7),
@@ -935,6 +941,28 @@ def _valid_args(name, dtype=np.float64):
         "grad_transform": lambda: dict(g=m(3, 4), w=m(3, 4), l2=0.1, scale=0.5, clipvalue=1.0),
         "global_pool_forward": lambda: dict(x=m(3, 5, 4), mode="avg"),
         "global_pool_backward": lambda: dict(x=m(3, 5, 4), dy=m(3, 4), mode="max"),
+        "conv2d_forward": lambda: dict(x=m(2, 5, 4, 3), w=m(3, 2, 3, 4), b=m(4),
+                                       padding=((1, 1), (0, 1)), activation="gelu"),
+        "conv2d_backward": lambda: dict(x=m(2, 5, 4, 3), w=m(3, 2, 3, 4), y=m(2, 3, 3, 4),
+                                        dy=m(2, 3, 3, 4), z=m(2, 3, 3, 4), activation="gelu"),
+        "pool2d_forward": lambda: dict(x=m(2, 5, 4, 3), mode="avg"),
+        "pool2d_backward": lambda: dict(dy=m(2, 2, 2, 3), x_shape=(2, 5, 4, 3),
+                                        argmax=np.zeros((2, 2, 2, 3), np.int64)),
+        "embedding_forward": lambda: dict(x=np.array([[1, 0, 3], [2, 2, 1]]), table=m(4, 3)),
+        "embedding_backward": lambda: dict(x=np.array([[1, 0, 3], [2, 2, 1]]), dy=m(2, 3, 3),
+                                           table_shape=(4, 3)),
+        "simple_rnn_forward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 5),
+                                           recurrent_kernel=m(5, 5), bias=m(5)),
+        "simple_rnn_backward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 5),
+                                            recurrent_kernel=m(5, 5), bias=m(5), dy=m(2, 5)),
+        "gru_forward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 15), recurrent_kernel=m(5, 15),
+                                    bias=m(2, 15)),
+        "gru_backward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 15), recurrent_kernel=m(5, 15),
+                                     bias=m(2, 15), dy=m(2, 5)),
+        "lstm_forward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 20), recurrent_kernel=m(5, 20),
+                                     bias=m(20)),
+        "lstm_backward": lambda: dict(x=m(2, 3, 4), kernel=m(4, 20), recurrent_kernel=m(5, 20),
+                                      bias=m(20), dy=m(2, 5)),
     }[name]()
 
 
@@ -942,6 +970,7 @@ ARRAY_ARGS = [pytest.param(op, arg, id=f"{op}-{arg}") for op, args in [
     ("matmul", "a b"), ("activation_forward", "z"), ("activation_backward", "a da z"),
     ("dense_forward", "x w b"), ("dense_backward", "x w y dy z"), ("softmax_cross_entropy", "z"),
     ("sigmoid_binary_cross_entropy", "z t"), ("mse", "a t"), ("mae", "a t"), ("huber", "a t"),
+    ("poisson", "a t"),
     ("sgd_update", "w g v"),
     ("adam_update", "w g m v"), ("rmsprop_update", "w g v"), ("adagrad_update", "w g v"),
     ("sum_squares", "x"), ("grad_transform", "g w"), ("dropout_forward", "x"),
@@ -950,6 +979,11 @@ ARRAY_ARGS = [pytest.param(op, arg, id=f"{op}-{arg}") for op, args in [
     ("batchnorm_forward_infer", "x gamma beta running_mean running_var"),
     ("batchnorm_backward", "x dy gamma mean invstd"),
     ("global_pool_forward", "x"), ("global_pool_backward", "x dy"),
+    ("conv2d_forward", "x w b"), ("conv2d_backward", "x w y dy z"), ("pool2d_forward", "x"),
+    ("pool2d_backward", "dy"),
+    ("embedding_forward", "table"), ("embedding_backward", "dy"),
+    *[(f"{kind}_{way}", "x kernel recurrent_kernel bias" + (" dy" if way == "backward" else ""))
+      for kind in ("simple_rnn", "gru", "lstm") for way in ("forward", "backward")],
 ] for arg in args.split()]
 
 
@@ -972,7 +1006,9 @@ def test_wrong_dtype_is_type_error_naming_the_argument(op, arg, bad_dtype):
 @pytest.mark.parametrize("op, arg", [p for p in ARRAY_ARGS if p.values[0] not in
                                      ("activation_forward", "softmax_cross_entropy",
                                       "dropout_forward", "dropout_backward", "sum_squares",
-                                      "global_pool_forward")])
+                                      "global_pool_forward", "pool2d_forward",
+                                      "pool2d_backward", "embedding_forward",
+                                      "embedding_backward")])
 def test_mixed_float_dtypes_is_type_error(op, arg):
     kwargs = _valid_args(op, np.float64)
     kwargs[arg] = kwargs[arg].astype(np.float32)

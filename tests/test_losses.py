@@ -1,6 +1,6 @@
-"""The loss kernels with per-sample weights, and the regression losses mae and huber.
+"""The loss kernels with per-sample weights, and the regression losses mae, huber and poisson.
 
-fusenn.ops (C) against fusenn.reference (NumPy) for all five losses, with and
+fusenn.ops (C) against fusenn.reference (NumPy) for all six losses, with and
 without sample weights; the weighting rule loss = (1/n) sum_i sw_i loss_i with
 row i's gradient scaled by sw_i (Keras's "sum over batch size"); float64
 finite differences of every loss gradient; thread-count determinism;
@@ -19,7 +19,8 @@ from fusenn import reference as ref
 from fusenn.losses import LOSSES, Huber, Loss, get_loss
 from test_kernels import DTYPES, LAYOUTS, THREAD_COUNTS, as_layout, assert_close
 
-NAMES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse", "mae", "huber")
+NAMES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse", "mae", "huber",
+         "poisson")
 SHAPES = [pytest.param(s, id="{}x{}".format(*s)) for s in [
     (1, 1), (2, 7), (7, 2), (17, 33), (65, 3), (300, 10),
 ]]
@@ -34,6 +35,8 @@ def operands(rng, name, shape, dtype, layout="contiguous"):
         return z, rng.integers(0, k, size=n)
     if name == "sigmoid_binary_cross_entropy":
         return z, as_layout(rng.random(shape).astype(dtype), layout)
+    if name == "poisson":  # counts, from log-rates z
+        return z, as_layout(rng.poisson(3, shape).astype(dtype), layout)
     return z, as_layout(rng.standard_normal(shape).astype(dtype), layout)
 
 
@@ -223,6 +226,18 @@ def test_huber_limits(dtype):
     mae = ops.mae(a, t, sample_weight=sw)
     np.testing.assert_allclose(small[0], delta * (mae[0] - delta / 2 * np.mean(sw)), rtol=rtol)
     np.testing.assert_allclose(small[1], delta * mae[1], rtol=rtol)
+
+
+@pytest.mark.parametrize("module", [ops, ref], ids=["c", "numpy"])
+def test_poisson_known_values(module):
+    """PyTorch's PoissonNLLLoss(log_input=True) on the same numbers: exp(a) - t a."""
+    a = np.array([[0.0, np.log(2.0)], [1.0, -1.0]])
+    t = np.array([[1.0, 0.0], [3.0, 2.0]])
+    loss, da = module.poisson(a, t)
+    want = [[1.0, 2.0], [np.e - 3.0, np.exp(-1.0) + 2.0]]
+    assert loss == pytest.approx(np.mean(want), rel=1e-15)
+    np.testing.assert_allclose(da, np.array([[0.0, 2.0], [np.e - 3.0, np.exp(-1.0) - 2.0]]) / 4,
+                               rtol=1e-15, atol=1e-17)
 
 
 # ---- finite differences ---------------------------------------------------------------------
@@ -430,6 +445,31 @@ def test_models_train_and_backends_agree(loss):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     result = model.evaluate(X, y)
     assert set(result) == {"loss"} and np.isfinite(result["loss"])
+
+
+def test_poisson_model_learns_log_rates():
+    """A Poisson GLM (one identity unit) in the engine and op by op, and the loss
+    refusing other output activations: its output is a log-rate."""
+    rng = np.random.default_rng(16)
+    X = rng.standard_normal((400, 3))
+    coef = np.array([0.3, -0.2, 0.5])
+    y = rng.poisson(np.exp(X @ coef + 0.5))[:, None].astype(float)
+    weights = []
+    for backend in ("c", "numpy"):
+        model = fusenn.Sequential([fusenn.Dense(1, "identity")], input_dim=3, dtype="float64",
+                                  seed=0, backend=backend)
+        model.compile(loss="poisson", optimizer=fusenn.SGD(lr=0.1))
+        assert (model._engine() is not None) == (backend == "c")
+        h = model.fit(X, y, epochs=40, batch_size=50)
+        assert "accuracy" not in h.history and h.history["loss"][-1] < h.history["loss"][0]
+        weights.append(model.get_weights())
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(weights[0][0].ravel(), coef, atol=0.1)
+    assert get_loss("poisson").output_activations == ("identity",)
+    model = fusenn.Sequential([fusenn.Dense(1, "relu")], input_dim=3)
+    with pytest.raises(ValueError, match="poisson.*identity"):
+        model.compile(loss="poisson")
 
 
 def test_model_save_load_keeps_huber_delta(tmp_path):

@@ -21,8 +21,10 @@ from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+from scipy.special import xlogy  # noqa: E402
 
 import fusenn  # noqa: E402
+import fusenn.sklearn  # noqa: E402
 from fusenn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -30,16 +32,17 @@ pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceW
 SMALL = dict(hidden_layer_sizes=(16,), max_iter=100, learning_rate_init=0.01)
 
 
-# scikit-learn compares fits with integer weights and with repeated rows at
-# rtol=1e-7, below float32's resolution (about 6e-8): float32 networks agree
-# to about 1e-5 only. float64 networks pass (test_sample_weight_equivalence_in_float64).
-FLOAT32_XFAIL = {"check_sample_weight_equivalence_on_dense_data":
-                 "rtol=1e-7 is below float32 resolution; passes with dtype='float64'"}
+# dtype=None: the checks' float64 data train float64 networks, which pass
+# check_sample_weight_equivalence_on_dense_data (rtol=1e-7) with no expected failure.
+# One check ignores the positive_only tag and hands loss="poisson" negative y.
+POISSON_XFAIL = {"check_regressor_multioutput": "negative y, which loss='poisson' refuses"}
 
 
 @parametrize_with_checks(
-    [MLPClassifier(**SMALL), MLPRegressor(**SMALL)],
-    expected_failed_checks=lambda est: FLOAT32_XFAIL if est.dtype == "float32" else {})
+    [MLPClassifier(**SMALL), MLPRegressor(**SMALL), MLPClassifier(solver="lbfgs", **SMALL),
+     MLPRegressor(solver="lbfgs", loss="poisson", **SMALL)],
+    expected_failed_checks=lambda est: POISSON_XFAIL if getattr(est, "loss", "") == "poisson"
+    else {})
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
@@ -127,7 +130,8 @@ def test_multilabel():
 
 def test_loss_curve_is_sklearns_loss():
     """loss_curve_ holds scikit-learn's loss: binary cross-entropy summed over the
-    labels (multi-label) and half the mean squared error (regression)."""
+    labels (multi-label), half the mean squared error and half the Poisson
+    deviance (regression)."""
     X, Y = make_multilabel_classification(n_samples=60, n_features=5, n_classes=3, random_state=1)
     X = StandardScaler().fit_transform(X)
     # one full batch and a learning rate so small that the weights do not move
@@ -143,6 +147,14 @@ def test_loss_curve_is_sklearns_loss():
     reg = MLPRegressor(**kw).fit(Xr, yr)
     np.testing.assert_allclose(reg.loss_curve_[0], 0.5 * np.mean((reg.predict(Xr) - yr) ** 2),
                                rtol=1e-8)
+    # half the Poisson deviance, summed over the outputs, from exp outputs
+    counts = np.random.default_rng(1).poisson(2.0, size=(60, 2))
+    poisson = MLPRegressor(loss="poisson", **kw).fit(Xr, counts)
+    mu = poisson.predict(Xr)
+    assert poisson.out_activation_ == "exp"
+    np.testing.assert_allclose(mu, np.exp(_numpy_forward(poisson, Xr)), rtol=1e-12)
+    deviance = (xlogy(counts, counts / mu) - counts + mu).sum(axis=1).mean()
+    np.testing.assert_allclose(poisson.loss_curve_[0], deviance, rtol=1e-8)
 
     # plus the L2 term, 0.5 * alpha * ||W||^2 / batch per batch
     kw.update(alpha=0.3, batch_size=25)  # batches of 25, 25, 10
@@ -230,7 +242,7 @@ def test_weighted_epoch_is_sklearns(kind, batch_size, alpha, weighted):
     # loss_curve_ uses the weights after the epoch for the L2 term (scikit-learn
     # those before each batch's update)
     np.testing.assert_allclose(ours.loss_curve_[-1], reference.loss_curve_[-1],
-                               rtol=1e-2 if alpha else rtol * 1e-3)
+                               rtol=1e-2 if alpha else 1e-12 if solver == "sgd" else 1e-5)
 
 
 def test_sample_weight_semantics(iris):
@@ -318,7 +330,7 @@ def test_adaptive_learning_rate_divides_by_five(iris):
 def test_early_stopping_restores_best_weights(iris):
     X, y = iris
     kw = dict(hidden_layer_sizes=(6,), early_stopping=True, validation_fraction=0.3,
-              n_iter_no_change=1000, learning_rate_init=0.02, random_state=0)
+              n_iter_no_change=1000, learning_rate_init=0.05, random_state=0)
     clf = MLPClassifier(max_iter=40, **kw).fit(X, y)
     scores = clf.validation_scores_
     assert len(scores) == clf.n_iter_ == 40 and len(clf.loss_curve_) == 40
@@ -365,6 +377,11 @@ def test_partial_fit(iris):
         clf.partial_fit(X, y + 1)
     with pytest.raises(ValueError, match="features"):
         clf.partial_fit(X[:, :3], y)
+    with pytest.raises(ValueError, match="not the same as on last call"):
+        clf.partial_fit(X, y, classes=[0, 1, 2, 3])
+    clf.partial_fit(X, y, classes=[2, 0, 1])  # the same classes
+    for Estimator in (MLPClassifier, MLPRegressor):  # scikit-learn's: stochastic solvers only
+        assert not hasattr(Estimator(solver="lbfgs"), "partial_fit")
 
     reg = MLPRegressor(hidden_layer_sizes=(10,), random_state=0)
     reg.partial_fit(X[:, :3], X[:, 3])
@@ -382,28 +399,255 @@ def test_no_hidden_layer_is_a_linear_model(iris):
 
 def test_bad_parameters(iris):
     X, y = iris
-    with pytest.raises(ValueError, match="lbfgs"):
-        MLPClassifier(solver="lbfgs").fit(X, y)
     for bad in [dict(activation="softmax"), dict(hidden_layer_sizes=(0,)), dict(dtype="int32"),
                 dict(batch_size=0), dict(learning_rate="optimal"), dict(n_threads=0),
-                dict(validation_fraction=1.0), dict(momentum=1.5)]:
+                dict(validation_fraction=1.0), dict(momentum=1.5), dict(solver="newton"),
+                dict(max_fun=0), dict(n_iter_no_change=0), dict(n_iter_no_change=2.5)]:
         with pytest.raises(ValueError):
             MLPClassifier(**bad).fit(X, y)
+    with pytest.raises(ValueError, match="squared_error"):
+        MLPRegressor(loss="huber").fit(X, y)
+    with pytest.raises(ValueError, match="y >= 0"):
+        MLPRegressor(loss="poisson").fit(X, y - 1)
     with pytest.raises(NotFittedError):
         MLPRegressor().predict(X)
 
 
-def test_dtype_and_threads(iris):
+def test_dtype_follows_X(iris):
+    """dtype=None: float32 X trains float32, any other X float64 (scikit-learn's
+    rule); predict_proba and the regressor's predict return the network's dtype.
+    An explicit dtype wins; continuing keeps the network's dtype."""
+    X, y = iris
+    kw = dict(hidden_layer_sizes=(5,), max_iter=5, random_state=0)
+    for X_in, want in [(X, np.float64), (X.astype(np.float32), np.float32),
+                       (np.round(X * 10).astype(np.int64), np.float64)]:
+        clf = MLPClassifier(**kw).fit(X_in, y)
+        reg = MLPRegressor(**kw).fit(X_in, X[:, 0])
+        for est in (clf, reg):
+            assert est.model_.dtype == want
+            assert all(a.dtype == want for a in est.coefs_ + est.intercepts_)
+        assert clf.predict_proba(X_in).dtype == want and reg.predict(X_in).dtype == want
+    assert MLPClassifier(dtype="float32", **kw).fit(X, y).coefs_[0].dtype == np.float32
+    warm = MLPRegressor(warm_start=True, **kw).fit(X.astype(np.float32), X[:, 0])
+    warm.fit(X, X[:, 0])  # float64 X continues the float32 network
+    assert warm.model_.dtype == np.float32
+    with pytest.raises(ValueError, match="keep dtype"):
+        warm.set_params(dtype="float64").fit(X, X[:, 0])
+
+
+def test_threads_give_the_same_bits(iris):
     X, y = iris
     kw = dict(hidden_layer_sizes=(40, 30), max_iter=10, random_state=0)
-    c64 = MLPClassifier(dtype="float64", **kw).fit(X, y)
-    assert c64.model_.dtype == np.float64 and c64.coefs_[0].dtype == np.float64
     one = MLPClassifier(n_threads=1, **kw).fit(X, y)
     two = MLPClassifier(n_threads=2, **kw).fit(X, y)
-    assert one.coefs_[0].dtype == np.float32
     for a, b in zip(one.coefs_ + one.intercepts_, two.coefs_ + two.intercepts_):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(one.predict_proba(X), two.predict_proba(X))
+
+
+def test_n_iter_no_change_inf(iris):
+    X, y = iris
+    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=6, tol=1e9, n_iter_no_change=np.inf,
+                        random_state=0).fit(X, y)
+    assert clf.n_iter_ == 6 and clf._no_improvement_count == 5
+
+
+def test_diverging_fit(iris):
+    """With early stopping, a fit whose weights blow up scores NaN and ends with
+    the best weights (scikit-learn's issue #29504); without, scikit-learn's error."""
+    X, y = iris
+    kw = dict(hidden_layer_sizes=(20,), activation="identity", solver="sgd",
+              learning_rate_init=1.0, max_iter=20, random_state=0)
+    with pytest.warns(ConvergenceWarning, match="best validation score"):
+        reg = MLPRegressor(early_stopping=True, **kw).fit(X, y)
+    scores = reg.validation_scores_
+    assert np.isnan(scores[-1]) and len(scores) == reg.n_iter_ < 20
+    best = int(np.nanargmax(scores))
+    assert reg.best_validation_score_ == scores[best] and np.isfinite(reg.predict(X)).all()
+    short = MLPRegressor(early_stopping=True, **{**kw, "max_iter": best + 1}).fit(X, y)
+    for a, b in zip(reg.coefs_ + reg.intercepts_, short.coefs_ + short.intercepts_):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="Solver produced non-finite parameter weights"):
+        MLPRegressor(**kw).fit(X, y)
+
+
+def test_coefs_are_the_networks_weights(iris):
+    """coefs_ / intercepts_ view the network: writes into them and new arrays
+    assigned to them are what predict and further training use."""
+    X, y = iris
+    clf = MLPClassifier(hidden_layer_sizes=(6,), max_iter=20, random_state=0).fit(X, y)
+    assert clf.coefs_[0] is clf.model_.layers[0].W
+    clf.intercepts_[1][:] = [5.0, 0.0, 0.0]  # in place
+    np.testing.assert_allclose(clf.predict_proba(X), _numpy_forward(clf, X), rtol=1e-12)
+    rng = np.random.default_rng(0)
+    new = [rng.normal(size=(4, 6)), rng.normal(size=(6, 3))]
+    clf.coefs_ = new  # scikit-learn's way of loading weights
+    clf.intercepts_[0] = np.ones(6)
+    P = clf.predict_proba(X)
+    np.testing.assert_array_equal(clf.coefs_[0], new[0])
+    np.testing.assert_allclose(P, _numpy_forward(clf, X), rtol=1e-12)
+    assert clf.coefs_[0] is clf.model_.layers[0].W and clf.intercepts_[0][0] == 1.0
+    clf.coefs_[1] = np.zeros((5, 3))
+    with pytest.raises(ValueError, match="shape"):
+        clf.predict(X)
+    # on an estimator that has none, they are the weights partial_fit starts from
+    fresh = MLPClassifier(hidden_layer_sizes=(6,), solver="sgd", learning_rate_init=1e-12)
+    fresh.coefs_, fresh.intercepts_ = [a.copy() for a in new], [np.ones(6), np.zeros(3)]
+    fresh.partial_fit(X, y, classes=[0, 1, 2])
+    np.testing.assert_allclose(fresh.coefs_[0], new[0], rtol=1e-9)
+    bad = MLPClassifier(hidden_layer_sizes=(7,), warm_start=True)
+    bad.coefs_, bad.intercepts_ = new, [np.ones(6), np.zeros(3)]
+    with pytest.raises(ValueError, match="coefs_ have shapes"):
+        bad.fit(X, y)
+
+
+# ---- scikit-learn's MLP, number for number ---------------------------------------------------
+
+
+def _problem(kind, n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 5))
+    labels = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0.5)
+    y = {"multiclass": lambda: np.array(["a", "b", "c"])[labels],
+         "binary": lambda: (X[:, 2] > 0).astype(int),
+         "multilabel": lambda: (X[:, :3] > 0.2).astype(int),
+         "squared_error": lambda: X @ rng.normal(size=5) + 0.1 * rng.normal(size=n),
+         "poisson": lambda: rng.poisson(np.exp(0.3 * X[:, 0] + 0.2))}[kind]()
+    if kind in ("squared_error", "poisson"):
+        return X, y, "MLPRegressor", {"loss": kind}
+    return X, y, "MLPClassifier", {}
+
+
+def _both(kind, **kw):
+    """This estimator and scikit-learn's, fitted alike."""
+    from sklearn import neural_network
+    X, y, name, extra = _problem(kind)
+    kw.update(extra, hidden_layer_sizes=(7,), activation="tanh", random_state=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return (getattr(fusenn.sklearn, name)(**kw).fit(X, y),
+                getattr(neural_network, name)(**kw).fit(X, y), X)
+
+
+KINDS = ["multiclass", "binary", "multilabel", "squared_error", "poisson"]
+
+
+@pytest.mark.parametrize("early_stopping", [False, True], ids=["", "early_stopping"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_sgd_follows_sklearn(kind, early_stopping):
+    """The same initial weights, shuffles and early-stopping split as scikit-learn
+    (the same calls on the same random_state): SGD follows it number for number
+    (alpha=0 and batches of one size, where fusenn's L2 step is scikit-learn's)."""
+    ours, theirs, X = _both(kind, solver="sgd", alpha=0.0, batch_size=32, max_iter=4,
+                            learning_rate_init=0.05, early_stopping=early_stopping,
+                            validation_fraction=0.2)
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(ours.loss_curve_, theirs.loss_curve_, rtol=1e-12)
+    if early_stopping:
+        np.testing.assert_allclose(ours.validation_scores_, theirs.validation_scores_,
+                                   rtol=1e-12)
+    if kind in ("squared_error", "poisson"):
+        np.testing.assert_allclose(ours.predict(X), theirs.predict(X), rtol=1e-12)
+    else:
+        np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+
+
+def test_initial_weights_are_sklearns():
+    """float32 X: scikit-learn's float64 draws rounded to float32, as scikit-learn."""
+    from sklearn import neural_network
+    X, y, _, _ = _problem("binary")
+    kw = dict(hidden_layer_sizes=(7,), solver="sgd", learning_rate_init=1e-300, max_iter=1,
+              random_state=3)  # nothing moves
+    for dtype in (np.float64, np.float32):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            ours = MLPClassifier(**kw).fit(X.astype(dtype), y)
+            theirs = neural_network.MLPClassifier(**kw).fit(X.astype(dtype), y)
+        for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+            assert a.dtype == b.dtype == dtype
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lbfgs_follows_sklearn(kind):
+    """L-BFGS from the same weights on the same loss and gradient takes
+    scikit-learn's steps: 20 iterations agree to rounding."""
+    ours, theirs, X = _both(kind, solver="lbfgs", alpha=1e-3, max_iter=20)
+    assert ours.n_iter_ == theirs.n_iter_ <= 20
+    np.testing.assert_allclose(ours.loss_, theirs.loss_, rtol=1e-10)
+    for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+    assert not hasattr(ours, "loss_curve_")  # as scikit-learn's lbfgs
+
+
+def test_lbfgs_limits_and_model(iris, tmp_path):
+    X, y = iris
+    with pytest.warns(ConvergenceWarning, match="lbfgs failed to converge"):
+        clf = MLPClassifier(solver="lbfgs", hidden_layer_sizes=(10,), max_fun=7,
+                            random_state=0).fit(X, y)
+    assert clf.n_iter_ <= 7
+    with pytest.warns(ConvergenceWarning, match="max_iter=3"):
+        clf = MLPClassifier(solver="lbfgs", hidden_layer_sizes=(10,), max_iter=3,
+                            random_state=0).fit(X, y)
+    assert clf.n_iter_ == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        clf = MLPClassifier(solver="lbfgs", hidden_layer_sizes=(10,), tol=1e-3,
+                            random_state=0).fit(X, y)
+    assert clf.score(X, y) > 0.97 and clf.n_iter_ < 200
+    # model_ is an ordinary fusenn model afterwards: it saves, loads and predicts the same
+    assert isinstance(clf.model_.optimizer, fusenn.Adam)
+    clf.model_.save(tmp_path / "lbfgs.npz")
+    np.testing.assert_array_equal(fusenn.load(tmp_path / "lbfgs.npz").predict(X),
+                                  clf.predict_proba(X))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lbfgs_gradient_matches_finite_differences(kind):
+    """The objective L-BFGS gets, with sample weights and the L2 term, against
+    central differences of its own loss."""
+    X, y, name, extra = _problem(kind, n=12, seed=1)
+    est = getattr(fusenn.sklearn, name)(solver="lbfgs", hidden_layer_sizes=(3,),
+                                        activation="tanh", alpha=0.3, max_iter=2, random_state=0,
+                                        **extra)
+    sw = np.random.default_rng(2).uniform(0.5, 2, size=len(X))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est.fit(X, y, sample_weight=sw)
+    T = est._validate_fit_data(X, y, np.float64, False, False, None)[1]
+    theta = np.concatenate([a.ravel() for a in est.coefs_ + est.intercepts_])
+    value, grad = est._loss_grad_lbfgs(theta, X, T, sw)
+    numeric = np.empty_like(theta)
+    for i in range(len(theta)):
+        step = np.zeros_like(theta)
+        step[i] = 1e-6
+        numeric[i] = (est._loss_grad_lbfgs(theta + step, X, T, sw)[0]
+                      - est._loss_grad_lbfgs(theta - step, X, T, sw)[0]) / 2e-6
+    np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-8)
+    assert np.isfinite(value)
+
+
+def test_sparse_X_is_made_dense(iris):
+    import scipy.sparse
+    X, y = iris
+    X = np.where(X > 0.5, X, 0)
+    kw = dict(hidden_layer_sizes=(5,), max_iter=10, random_state=0)
+    dense = MLPClassifier(**kw).fit(X, y)
+    sparse = MLPClassifier(**kw).fit(scipy.sparse.csr_matrix(X), y)
+    for a, b in zip(dense.coefs_, sparse.coefs_):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(dense.predict_proba(X),
+                                  sparse.predict_proba(scipy.sparse.csc_array(X)))
+
+
+def test_sklearn_params_pass_to_fusenn():
+    from sklearn import neural_network
+    for name, kw in [("MLPClassifier", {}), ("MLPRegressor", {"loss": "poisson"})]:
+        params = getattr(neural_network, name)(max_fun=99, **kw).get_params()
+        ours = getattr(fusenn.sklearn, name)(**params)
+        assert {k: v for k, v in ours.get_params().items()
+                if k not in ("dtype", "n_threads")} == params
 
 
 # ---- scikit-learn's tools ---------------------------------------------------------------

@@ -122,6 +122,12 @@ cdef extern from "fusenn.h" nogil:
     double fusenn_huber_f64(size_t n, size_t k, const double *A, Py_ssize_t lda,
                             const double *T, Py_ssize_t ldt, double delta, const double *sw,
                             double *dA, Py_ssize_t ldda, int nthreads)
+    double fusenn_poisson_f32(size_t n, size_t k, const float *A, Py_ssize_t lda,
+                              const float *T, Py_ssize_t ldt, const float *sw,
+                              float *dA, Py_ssize_t ldda, int nthreads)
+    double fusenn_poisson_f64(size_t n, size_t k, const double *A, Py_ssize_t lda,
+                              const double *T, Py_ssize_t ldt, const double *sw,
+                              double *dA, Py_ssize_t ldda, int nthreads)
 
     size_t fusenn_sgd_update_f32(size_t len, float *w, const float *g, float *v,
                                  double lr, double momentum, int nesterov, float *prev,
@@ -212,6 +218,7 @@ cdef extern from "fusenn.h" nogil:
         FUSENN_LOSS_MSE
         FUSENN_LOSS_MAE
         FUSENN_LOSS_HUBER
+        FUSENN_LOSS_POISSON
     ctypedef enum fusenn_optimizer_kind:
         FUSENN_OPT_SGD
         FUSENN_OPT_ADAM

@@ -34,6 +34,7 @@ LOSS_IDS = {
     "cross_entropy": FUSENN_LOSS_CROSS_ENTROPY,
     "binary_cross_entropy": FUSENN_LOSS_BINARY_CROSS_ENTROPY,
     "mse": FUSENN_LOSS_MSE, "mae": FUSENN_LOSS_MAE, "huber": FUSENN_LOSS_HUBER,
+    "poisson": FUSENN_LOSS_POISSON,
 }
 OPTIMIZER_IDS = {"sgd": FUSENN_OPT_SGD, "adam": FUSENN_OPT_ADAM, "rmsprop": FUSENN_OPT_RMSPROP,
                  "adagrad": FUSENN_OPT_ADAGRAD}
@@ -380,6 +381,22 @@ def huber(const real[:, :] a, const real[:, :] t, double delta, const real[::1] 
         else:
             loss = fusenn_huber_f64(n, k, cptr2(a), rs(a), cptr2(t), rs(t), delta, w,
                                     ptr2(da), rs(da), nthreads)
+    return loss
+
+
+def poisson(const real[:, :] a, const real[:, :] t, const real[::1] sw, real[:, :] da,
+            int nthreads):
+    """Returns the mean Poisson NLL of log-rates a; fills da = sw (exp(a) - t) / (n k)."""
+    cdef size_t n = a.shape[0], k = a.shape[1]
+    cdef const real *w = weights_ptr(sw)
+    cdef double loss
+    with nogil:
+        if real is float:
+            loss = fusenn_poisson_f32(n, k, cptr2(a), rs(a), cptr2(t), rs(t), w, ptr2(da),
+                                      rs(da), nthreads)
+        else:
+            loss = fusenn_poisson_f64(n, k, cptr2(a), rs(a), cptr2(t), rs(t), w, ptr2(da),
+                                      rs(da), nthreads)
     return loss
 
 

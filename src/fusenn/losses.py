@@ -8,6 +8,9 @@ to be the matching softmax / sigmoid (predict returns probabilities) or
 identity (the outputs are logits, as with PyTorch's CrossEntropyLoss and
 BCEWithLogitsLoss). The regression losses mse, mae and huber work with any
 output activation; Huber's delta is set with fusenn.losses.Huber(delta=...).
+poisson (PyTorch's PoissonNLLLoss with log_input=True) reads an identity
+output as the log of the rate, exp(a) - t a per element for counts t >= 0:
+predict returns log-rates, whose exp is the predicted mean.
 """
 
 import numpy as np
@@ -82,6 +85,7 @@ LOSSES = {
                                  "values"),
     "mse": Loss("mse", "mse", None, None, "values", "mse"),
     "mae": Loss("mae", "mae", None, None, "values", "mae"),
+    "poisson": Loss("poisson", "poisson", None, ("identity",), "values", "poisson"),
 }
 # Keras' and PyTorch's names for the same losses.
 _ALIASES = {

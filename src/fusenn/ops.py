@@ -17,11 +17,13 @@ from ._threads import get_num_threads
 __all__ = [
     "ACTIVATIONS", "NEEDS_Z", "LEAKY_RELU_SLOPE", "ELU_ALPHA", "matmul", "activation_forward",
     "activation_backward", "dense_forward", "dense_backward", "softmax_cross_entropy",
-    "sigmoid_binary_cross_entropy", "mse", "mae", "huber", "sgd_update", "adam_update",
-    "rmsprop_update", "adagrad_update", "sum_squares", "grad_transform",
+    "sigmoid_binary_cross_entropy", "mse", "mae", "huber", "poisson", "sgd_update",
+    "adam_update", "rmsprop_update", "adagrad_update", "sum_squares", "grad_transform",
     "dropout_forward", "dropout_backward", "dropout_seed", "batchnorm_forward_train",
     "batchnorm_forward_infer", "batchnorm_backward", "global_pool_forward",
-    "global_pool_backward",
+    "global_pool_backward", "conv2d_forward", "conv2d_backward", "pool2d_forward",
+    "pool2d_backward", "embedding_forward", "embedding_backward", "simple_rnn_forward",
+    "simple_rnn_backward", "gru_forward", "gru_backward", "lstm_forward", "lstm_backward",
 ]
 
 _ACTIVATION_IDS = _kernels.ACTIVATION_IDS  # name -> fusenn_activation (the binding's table)
@@ -283,6 +285,15 @@ def huber(a, t, delta=1.0, sample_weight=None):
     delta = huber_delta(delta)
     a, t, sw, da = _regression_operands(a, t, sample_weight)
     loss = _kernels.huber(a, t, delta, sw, da, get_num_threads())
+    return loss, da
+
+
+def poisson(a, t, sample_weight=None):
+    """(loss, da): mean Poisson negative log-likelihood of log-rates a for counts
+    t >= 0, exp(a) - t a over all elements, and its gradient (exp(a) - t) / (n k),
+    row i weighted by sample_weight[i]."""
+    a, t, sw, da = _regression_operands(a, t, sample_weight)
+    loss = _kernels.poisson(a, t, sw, da, get_num_threads())
     return loss, da
 
 
@@ -587,3 +598,355 @@ def global_pool_backward(x, dy, mode="avg", mask=None):
     y = np.empty(dy.shape, dtype=x.dtype)  # not read by this kind
     return _kernels.layer_backward(spec, x, y, dy, [], np.empty(0, np.uint8), True,
                                    mask=_mask(mask, x), nthreads=get_num_threads())[0]
+
+
+# ---- convolution and pooling (csrc/layers/conv2d.c, pool2d.c) -----------------------------
+
+def _int_pair(value, name, minimum):
+    """A pair of ints >= minimum, or an error naming the argument."""
+    try:
+        pair = tuple(value)
+    except TypeError:
+        pair = None
+    if (pair is None or len(pair) != 2 or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) and minimum <= v <= 2**30
+            for v in pair)):
+        raise ValueError(f"{name} must be a pair of ints >= {minimum} (height, width), got "
+                         f"{value!r}")
+    return tuple(int(v) for v in pair)
+
+
+def _pads(padding):
+    """((top, bottom), (left, right)) as ints >= 0, or an error naming padding."""
+    try:
+        pads = tuple(tuple(p) for p in padding)
+    except TypeError:
+        pads = None
+    if pads is None or len(pads) != 2 or not all(len(p) == 2 for p in pads):
+        raise ValueError(f"padding must be ((top, bottom), (left, right)), got {padding!r}")
+    return tuple(_int_pair(p, "padding", 0) for p in pads)
+
+
+def _images(x, name):
+    """x as a C-contiguous float array of images (n, height, width, channels)."""
+    x = np.asarray(x)
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    if x.ndim != 4 or 0 in x.shape:
+        raise ValueError(f"{name} must be a non-empty batch of images (n, height, width, "
+                         f"channels), got shape {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def _window_size(sizes, kernel, strides, padding, dilation, what):
+    """The output height and width, or a ValueError when the window does not fit."""
+    out = []
+    for size, k, s, p, d in zip(sizes, kernel, strides, padding, dilation):
+        span = d * (k - 1) + 1
+        if size + p[0] + p[1] < span:
+            raise ValueError(f"the {what} ({kernel[0]}x{kernel[1]}, dilation "
+                             f"{dilation[0]}x{dilation[1]}) is larger than the padded input "
+                             f"({sizes[0]}x{sizes[1]} with padding {padding})")
+        out.append((size + p[0] + p[1] - span) // s + 1)
+    return tuple(out)
+
+
+def _conv_spec(x, w, strides, padding, dilation, activation, bias):
+    """The conv2d layer spec for images x and kernel w, and the output shape."""
+    if w.shape[2] != x.shape[3] or 0 in w.shape:
+        raise ValueError(f"w must have shape (kernel_h, kernel_w, {x.shape[3]}, filters) for "
+                         f"x of shape {x.shape}, got {w.shape}")
+    strides, dilation = _int_pair(strides, "strides", 1), _int_pair(dilation, "dilation", 1)
+    padding = _pads(padding)
+    _activation_id(activation)  # checked here; the binding maps the name
+    out_hw = _window_size(x.shape[1:3], w.shape[:2], strides, padding, dilation, "kernel")
+    (top, bottom), (left, right) = padding
+    spec = {"kind": "conv2d", "attrs": {
+        "filters": w.shape[3], "kernel_h": w.shape[0], "kernel_w": w.shape[1],
+        "stride_h": strides[0], "stride_w": strides[1], "dilation_h": dilation[0],
+        "dilation_w": dilation[1], "pad_top": top, "pad_bottom": bottom, "pad_left": left,
+        "pad_right": right, "use_bias": int(bias), "activation": activation}}
+    return spec, (x.shape[0], *out_hw, w.shape[3])
+
+
+def conv2d_forward(x, w, b, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1),
+                   activation="identity"):
+    """y = act(conv(x, w) + b): x (n, H, W, Cin), w (KH, KW, Cin, Cout) as Keras's kernel,
+    b (Cout,) or None; y (n, OH, OW, Cout). strides (sh, sw), padding ((top, bottom),
+    (left, right)), dilation (dh, dw) (csrc/layers/conv2d.c)."""
+    x = _images(x, "x")
+    w = np.ascontiguousarray(_float_array(w, "w", 4, x.dtype))
+    params = [w]
+    if b is not None:
+        b = _float_array(b, "b", 1, x.dtype)
+        _expect_shape(b, "b", (w.shape[3],))
+        params.append(np.ascontiguousarray(b))
+    spec, _ = _conv_spec(x, w, strides, padding, dilation, activation, b is not None)
+    return _kernels.layer_forward(spec, x, params, nthreads=get_num_threads())[0]
+
+
+def conv2d_backward(x, w, y, dy, strides=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1),
+                    activation="identity", need_dx=True, z=None, bias=True):
+    """Gradients of conv2d_forward given dy = dL/dy: (dw, db, dx); db is None unless
+    bias, dx None unless need_dx. Activations in NEEDS_Z require z, the pre-activation."""
+    x = _images(x, "x")
+    w = np.ascontiguousarray(_float_array(w, "w", 4, x.dtype))
+    spec, out_shape = _conv_spec(x, w, strides, padding, dilation, activation, bias)
+    y = np.ascontiguousarray(_float_array(y, "y", 4, x.dtype))
+    _expect_shape(y, "y", out_shape)
+    dy = _float_array(dy, "dy", 4, x.dtype)
+    _expect_shape(dy, "dy", out_shape)
+    saved = np.empty(0, np.uint8)
+    if activation in NEEDS_Z:
+        if z is None:
+            raise ValueError(f"z (the pre-activation) is required for activation "
+                             f"{activation!r}: its derivative is not a function of the output")
+        z = np.ascontiguousarray(_float_array(z, "z", 4, x.dtype))
+        _expect_shape(z, "z", out_shape)
+        saved = z.reshape(-1).view(np.uint8)
+    params = [w, np.zeros(w.shape[3], x.dtype)] if bias else [w]  # the bias is not read
+    dx, grads = _kernels.layer_backward(spec, x, y, dy, params, saved, bool(need_dx),
+                                        nthreads=get_num_threads())
+    return grads[0], grads[1] if bias else None, dx
+
+
+def _pool_spec(shape, pool_size, strides, padding, mode):
+    """The pool2d layer spec for images of `shape`, and the output shape."""
+    pool_size, strides = _int_pair(pool_size, "pool_size", 1), _int_pair(strides, "strides", 1)
+    padding = _pads(padding)
+    mode = _pool_mode(mode)
+    if any(p >= k for pads, k in zip(padding, pool_size) for p in pads):
+        raise ValueError(f"padding must be smaller than pool_size {pool_size} on each side "
+                         f"(a window wholly in the padding pools nothing), got {padding}")
+    out_hw = _window_size(shape[1:3], pool_size, strides, padding, (1, 1), "pool window")
+    (top, bottom), (left, right) = padding
+    spec = {"kind": "pool2d", "attrs": {
+        "mode": mode, "pool_h": pool_size[0], "pool_w": pool_size[1], "stride_h": strides[0],
+        "stride_w": strides[1], "pad_top": top, "pad_bottom": bottom, "pad_left": left,
+        "pad_right": right}}
+    return spec, (shape[0], *out_hw, shape[3])
+
+
+def pool2d_forward(x, pool_size=(2, 2), strides=(2, 2), padding=((0, 0), (0, 0)), mode="max"):
+    """Max or average pooling of x (n, H, W, C) over windows pool_size apart by strides,
+    each channel on its own: (y, argmax). argmax (max pooling; else None) holds, per
+    output, the index h * W + w of the input it took (the window's first maximum);
+    padded cells are never a maximum and are left out of averages
+    (csrc/layers/pool2d.c)."""
+    x = _images(x, "x")
+    spec, _ = _pool_spec(x.shape, pool_size, strides, padding, mode)
+    y, saved, _ = _kernels.layer_forward(spec, x, [], nthreads=get_num_threads())
+    if mode != "max":
+        return y, None
+    return y, saved.view(np.int32).reshape(y.shape).astype(np.int64)
+
+
+def pool2d_backward(dy, x_shape, argmax=None, pool_size=(2, 2), strides=(2, 2),
+                    padding=((0, 0), (0, 0)), mode="max"):
+    """dx (of shape x_shape) of pool2d_forward given dy = dL/dy (n, OH, OW, C): max
+    pooling sends each output's gradient to the input in argmax, average pooling spreads
+    it over the window's cells inside the image."""
+    try:
+        x_shape = tuple(x_shape)
+    except TypeError:
+        x_shape = None
+    if (x_shape is None or len(x_shape) != 4 or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) and 1 <= d <= 2**31
+            for d in x_shape)):
+        raise ValueError(f"x_shape must be the input's shape (n, height, width, channels) of "
+                         f"ints >= 1, got {x_shape!r}")
+    x_shape = tuple(int(d) for d in x_shape)
+    dy = _float_array(dy, "dy", 4)
+    spec, out_shape = _pool_spec(x_shape, pool_size, strides, padding, mode)
+    _expect_shape(dy, "dy", out_shape)
+    saved = np.empty(0, np.uint8)
+    if mode == "max":
+        if argmax is None:
+            raise ValueError("argmax (from pool2d_forward) is required for max pooling")
+        argmax = np.asarray(argmax)
+        if argmax.dtype.kind not in "iu":
+            raise TypeError(f"argmax must be an integer array, got {argmax.dtype}")
+        _expect_shape(argmax, "argmax", out_shape)
+        if argmax.size and not (argmax.min() >= 0 and argmax.max() < x_shape[1] * x_shape[2]):
+            raise ValueError(f"argmax must hold input indices h * W + w in [0, "
+                             f"{x_shape[1] * x_shape[2]}) (from pool2d_forward)")
+        saved = np.ascontiguousarray(argmax, dtype=np.int32).reshape(-1).view(np.uint8)
+    x = np.empty(x_shape, dtype=dy.dtype)  # only its shape is read
+    y = np.empty(out_shape, dtype=dy.dtype)  # not read
+    return _kernels.layer_backward(spec, x, y, dy, [], saved, True,
+                                   nthreads=get_num_threads())[0]
+# ---- sequences: embeddings and recurrent layers (csrc/layers/embedding.c, simple_rnn.c,
+# gru.c, lstm.c). The backward passes run the forward again for the states they keep.
+
+def _indices(x, input_dim):
+    """x as C-contiguous int64 indices (n, steps), every one in [0, input_dim)."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"x must hold integer indices, got dtype {x.dtype}")
+    if x.ndim != 2 or 0 in x.shape:
+        raise ValueError(f"x must be a non-empty 2-D array of indices (samples, steps), got "
+                         f"shape {x.shape}")
+    low, high = x.min(), x.max()
+    if low < 0 or high >= input_dim:
+        raise ValueError(f"x holds indices outside [0, {input_dim}): the largest is {high}, "
+                         f"the smallest {low}")
+    return np.ascontiguousarray(x, dtype=np.int64)
+
+
+def _param(a):
+    """A parameter as the layer binding takes it: C-contiguous and writeable."""
+    return a if a.flags.c_contiguous and a.flags.writeable else np.array(a, order="C")
+
+
+def _embedding_spec(table_shape):
+    return {"kind": "embedding", "attrs": {"input_dim": table_shape[0],
+                                           "output_dim": table_shape[1], "mask_zero": 0}}
+
+
+def embedding_forward(x, table):
+    """y[n, t] = table[x[n, t]]: int indices x (n, T), table (input_dim, output_dim)."""
+    table = _float_array(table, "table", 2)
+    if 0 in table.shape:
+        raise ValueError(f"table must not be empty, got shape {table.shape}")
+    x = _indices(x, table.shape[0])
+    return _kernels.layer_forward(_embedding_spec(table.shape), x, [_param(table)],
+                                  nthreads=get_num_threads())[0]
+
+
+def embedding_backward(x, dy, table_shape):
+    """dtable: every step's dy row added to its index's row, in (n, t) order."""
+    if (not isinstance(table_shape, (tuple, list)) or len(table_shape) != 2
+            or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 1
+                       for d in table_shape)):
+        raise ValueError(f"table_shape must be (input_dim, output_dim) of positive ints, got "
+                         f"{table_shape!r}")
+    table_shape = tuple(int(d) for d in table_shape)
+    x = _indices(x, table_shape[0])
+    dy = _float_array(dy, "dy", 3)
+    _expect_shape(dy, "dy", (*x.shape, table_shape[1]))
+    dy = np.ascontiguousarray(dy)
+    table = np.empty(table_shape, dtype=dy.dtype)  # not read by the gradient pass
+    return _kernels.layer_backward(_embedding_spec(table_shape), x, dy, dy, [table],
+                                   np.empty(0, np.uint8), False,
+                                   nthreads=get_num_threads())[1][0]
+
+
+def _gate_activation(activation, name):
+    """An elementwise activation's name (a gate's), naming the argument if not."""
+    try:
+        _activation_id(activation)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    if activation == "softmax":
+        raise ValueError(f"{name} must be elementwise, not softmax")
+    return activation
+
+
+def _recurrent(kind, gates, x, kernel, recurrent_kernel, bias, mask, activation,
+               return_sequences, go_backwards, bias_rows=None, **attrs):
+    """(spec, x, params, mask, units) of a recurrent op, checked: x (n, T, F),
+    kernel (F, G u), recurrent_kernel (u, G u), bias (G u,) or (bias_rows, G u)."""
+    x = _float_array(x, "x", 3)
+    if 0 in x.shape:
+        raise ValueError(f"x must be a non-empty batch of sequences (samples, steps, features), "
+                         f"got shape {x.shape}")
+    kernel = _float_array(kernel, "kernel", 2, x.dtype)
+    recurrent_kernel = _float_array(recurrent_kernel, "recurrent_kernel", 2, x.dtype)
+    units = recurrent_kernel.shape[0]
+    if units == 0 or recurrent_kernel.shape != (units, gates * units):
+        raise ValueError(f"recurrent_kernel must have shape (units, {gates} * units) with units "
+                         f">= 1, got {recurrent_kernel.shape}")
+    _expect_shape(kernel, "kernel", (x.shape[2], gates * units))
+    bias = _float_array(bias, "bias", 1 if bias_rows is None else 2, x.dtype)
+    _expect_shape(bias, "bias", (gates * units,) if bias_rows is None
+                  else (bias_rows, gates * units))
+    x = np.ascontiguousarray(x)
+    spec = {"kind": kind, "attrs": {
+        "units": units, "activation": _gate_activation(activation, "activation"),
+        "return_sequences": int(bool(return_sequences)),
+        "go_backwards": int(bool(go_backwards)), **attrs}}
+    return spec, x, [_param(kernel), _param(recurrent_kernel), _param(bias)], _mask(mask, x), units
+
+
+def _recurrent_backward(spec, x, params, mask, units, dy, need_dx):
+    """(dx or None, dkernel, drecurrent_kernel, dbias), after the forward pass that
+    fills the states the backward pass reads."""
+    steps = spec["attrs"]["return_sequences"]
+    dy = _float_array(dy, "dy", 3 if steps else 2, x.dtype)
+    _expect_shape(dy, "dy", (x.shape[0], x.shape[1], units) if steps else (x.shape[0], units))
+    nthreads = get_num_threads()
+    y, saved, _ = _kernels.layer_forward(spec, x, params, training=True, mask=mask,
+                                         nthreads=nthreads)
+    dx, grads = _kernels.layer_backward(spec, x, y, dy, params, saved, bool(need_dx), mask=mask,
+                                        nthreads=nthreads)
+    return (dx, *grads)
+
+
+def _forward(spec, x, params, mask, _units):
+    return _kernels.layer_forward(spec, x, params, mask=mask, nthreads=get_num_threads())[0]
+
+
+def _gru_attrs(recurrent_activation, reset_after):
+    return dict(bias_rows=2 if reset_after else None, reset_after=int(bool(reset_after)),
+                recurrent_activation=_gate_activation(recurrent_activation,
+                                                      "recurrent_activation"))
+
+
+def simple_rnn_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
+                       return_sequences=False, go_backwards=False, mask=None):
+    """h_t = act(x_t W + h_{t-1} U + b), h_0 = 0, over x (n, T, F): the last state
+    (n, units), or every step's (n, T, units) with return_sequences; go_backwards
+    reads the steps in reverse (and returns them so); where mask (n, T) is False
+    the state carries over."""
+    return _forward(*_recurrent("simple_rnn", 1, x, kernel, recurrent_kernel, bias, mask,
+                                activation, return_sequences, go_backwards))
+
+
+def simple_rnn_backward(x, kernel, recurrent_kernel, bias, dy, activation="tanh",
+                        return_sequences=False, go_backwards=False, mask=None, need_dx=True):
+    """(dx or None, dkernel, drecurrent_kernel, dbias) of simple_rnn_forward."""
+    return _recurrent_backward(*_recurrent("simple_rnn", 1, x, kernel, recurrent_kernel, bias,
+                                           mask, activation, return_sequences, go_backwards),
+                               dy, need_dx)
+
+
+def gru_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
+                recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
+                reset_after=True, mask=None):
+    """Keras's GRU, gates in the order z, r, h (fusenn.reference.gru_forward gives the
+    equations); bias (2, 3 units) with reset_after, else (3 units,)."""
+    return _forward(*_recurrent("gru", 3, x, kernel, recurrent_kernel, bias, mask, activation,
+                                return_sequences, go_backwards,
+                                **_gru_attrs(recurrent_activation, reset_after)))
+
+
+def gru_backward(x, kernel, recurrent_kernel, bias, dy, activation="tanh",
+                 recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
+                 reset_after=True, mask=None, need_dx=True):
+    """(dx or None, dkernel, drecurrent_kernel, dbias) of gru_forward."""
+    return _recurrent_backward(*_recurrent("gru", 3, x, kernel, recurrent_kernel, bias, mask,
+                                           activation, return_sequences, go_backwards,
+                                           **_gru_attrs(recurrent_activation, reset_after)),
+                               dy, need_dx)
+
+
+def lstm_forward(x, kernel, recurrent_kernel, bias, activation="tanh",
+                 recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
+                 mask=None):
+    """Keras's LSTM, gates in the order i, f, c, o (fusenn.reference.lstm_forward gives
+    the equations)."""
+    return _forward(*_recurrent("lstm", 4, x, kernel, recurrent_kernel, bias, mask, activation,
+                                return_sequences, go_backwards,
+                                recurrent_activation=_gate_activation(recurrent_activation,
+                                                                      "recurrent_activation")))
+
+
+def lstm_backward(x, kernel, recurrent_kernel, bias, dy, activation="tanh",
+                  recurrent_activation="sigmoid", return_sequences=False, go_backwards=False,
+                  mask=None, need_dx=True):
+    """(dx or None, dkernel, drecurrent_kernel, dbias) of lstm_forward."""
+    return _recurrent_backward(*_recurrent("lstm", 4, x, kernel, recurrent_kernel, bias, mask,
+                                           activation, return_sequences, go_backwards,
+                                           recurrent_activation=_gate_activation(
+                                               recurrent_activation, "recurrent_activation")),
+                               dy, need_dx)

@@ -267,6 +267,15 @@ def huber(a, t, delta=1.0, sample_weight=None):
     return loss, _scale_rows(g, 1 / a.size, sample_weight)
 
 
+def poisson(a, t, sample_weight=None):
+    """Poisson negative log-likelihood of log-rates a (PyTorch's PoissonNLLLoss,
+    log_input=True, full=False): returns (loss, da), e = exp(a),
+    loss = (1/(n k)) sum_ij sw_i (e - t a), da = sw (e - t) / (n k)."""
+    e = np.exp(a)
+    loss = _weighted_mean(e.astype(np.float64) - t.astype(np.float64) * a, sample_weight)
+    return loss, _scale_rows(e - t, 1 / a.size, sample_weight)
+
+
 def _commit(w, step, prev, decay=None):
     """w = w * decay - step (w -= step without decay), keeping the old w in prev;
     returns the count of non-finite new weights."""

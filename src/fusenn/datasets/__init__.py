@@ -7,6 +7,8 @@ splitter and one-hot encoding.
 ``load_mnist`` read MNIST, Fashion-MNIST and EMNIST from IDX files the user
 has, and ``load_fashion_mnist`` the real Fashion-MNIST where Debian's
 ``dataset-fashion-mnist`` package installs it (nothing is downloaded).
+``load_genesis`` returns a short public-domain text (Genesis 1-11, King James
+Version) for character-level language models.
 """
 
 import gzip
@@ -18,7 +20,7 @@ import numpy as np
 
 from ._idx import load_idx, load_mnist
 
-__all__ = ["load_digits", "load_idx", "load_mnist", "load_fashion_mnist", "FASHION_MNIST_CLASSES",
+__all__ = ["load_digits", "load_genesis", "load_idx", "load_mnist", "load_fashion_mnist", "FASHION_MNIST_CLASSES",
            "train_test_split", "one_hot"]
 
 # Where Debian's dataset-fashion-mnist package puts the IDX files.
@@ -63,6 +65,13 @@ def load_digits(dtype="float32", return_images=False, images=False):
     if return_images:
         return X.reshape(-1, 8, 8), y
     return X, y
+
+
+def load_genesis():
+    """The first eleven chapters of Genesis in the King James Version (1611; public
+    domain) as one str of 34,961 characters: one verse per line, each chapter
+    after a line "CHAPTER n" and a blank line between chapters (see data/README.md)."""
+    return (files(__name__) / "data" / "genesis_kjv.txt").read_text(encoding="ascii")
 
 
 def load_fashion_mnist(kind="train", path=None, flatten=False, dtype="float32"):

@@ -1,0 +1,1049 @@
+/*
+ * conv2d.c - Conv2D over images (H, W, Cin), channels last as Keras:
+ *   y[oh, ow, :] = act(sum_{i, j, c} x[oh sh + i dh - pad_top, ow sw + j dw - pad_left, c]
+ *                                   w[i, j, c, :] + b)
+ * with the kernel w (kh, kw, Cin, F) and the bias b (F); taps that fall in
+ * the padding read zeros. The output is (OH, OW, F).
+ *
+ * Method: im2col + GEMM, in chunks of rows. A row is one output position of
+ * one sample; its patch (kh kw Cin values, in the kernel's order) is copied
+ * into a slot of the workspace, and the chunk's patches times w (as a
+ * kh kw Cin x F matrix) is one GEMM, with the bias and the activation fused
+ * into its store. Each thread owns a slot and takes whole units of work (a
+ * chunk, a group, a sample) as they come, so the GEMMs run on one thread
+ * each, with no barrier between them.
+ *   forward  Y = patches(x) W (+ b, act)
+ *   dW       sum over rows of patches(x)^T dZ: chunks are summed into a
+ *            fixed number of groups (each group's chunks in order), the
+ *            groups are added in order: the same bits on any thread count
+ *   dX       stride 1: a convolution of dZ with the kernel flipped and its
+ *            channels swapped (patches of dZ times W'), no scatter; other
+ *            strides: dZ W^T per chunk, scattered back over the windows
+ *            (col2im), one sample per thread in a fixed order
+ * A 1x1 kernel with stride 1 and no padding reads its patches in place; the
+ * first layer of one-channel images with few filters has kernels of its own
+ * (direct_forward, direct_weight_grad).
+ */
+#include "../layer.h"
+
+enum { CONV_FILTERS, CONV_KERNEL_H, CONV_KERNEL_W, CONV_STRIDE_H, CONV_STRIDE_W,
+       CONV_DILATION_H, CONV_DILATION_W, CONV_PAD_TOP, CONV_PAD_BOTTOM, CONV_PAD_LEFT,
+       CONV_PAD_RIGHT, CONV_USE_BIAS, CONV_ACTIVATION };
+static const char *const conv2d_attrs[] = {
+    "filters", "kernel_h", "kernel_w", "stride_h", "stride_w", "dilation_h", "dilation_w",
+    "pad_top", "pad_bottom", "pad_left", "pad_right", "use_bias", "activation", NULL};
+
+/* Chunks are about this many bytes of patches (a multiple of both GEMM tile
+ * heights in rows, within [CONV_MIN_ROWS, CONV_MAX_ROWS]); at most CONV_SLOTS
+ * threads, one chunk buffer each; dW sums its chunks in at most CONV_GROUPS
+ * groups, handed out to the threads one at a time. */
+#define CONV_CHUNK_BYTES (128 * 1024)
+#define CONV_ROW_STEP 24
+#define CONV_MIN_ROWS 24
+#define CONV_MAX_ROWS 1032
+#define CONV_SLOTS 8
+#define CONV_GROUPS 16
+
+/* Values in a 64-byte vector. */
+#define V64_LANES (64 / sizeof(real))
+
+/* The register tile of direct_weight_grad: taps x filters. */
+#define DIRECT_T 2
+#define DIRECT_F 8
+
+/* Where the patches of a convolution come from: an image (h, w, c) read by a
+ * kh x kw window with strides and dilations at oh x ow positions, position
+ * (0, 0)'s first tap at (-top, -left). */
+typedef struct {
+    size_t h, w, c, oh, ow;
+    size_t kh, kw, sh, sw, dh, dw;
+    ptrdiff_t top, left;
+} patch_geom;
+
+/* A layer's geometry: its forward patches of x, the patches of dZ for the
+ * stride-1 input gradient, and the sizes. */
+typedef struct {
+    patch_geom fwd, bwd;
+    size_t cin, f, k, k_bwd; /* k = kh kw Cin; k_bwd = kh kw F */
+    int bias;
+    fusenn_activation act;
+} conv_geom;
+
+static int whole(double v, double min) { return v >= min && v <= 1e9 && v == (double)(size_t)v; }
+
+static int conv_geometry(const fusenn_layer *desc, const fusenn_shape *in, conv_geom *g)
+{
+    const double *a = desc->attr;
+    if (in->rank != 3)
+        return FUSENN_EINVAL;
+    for (int i = CONV_FILTERS; i < CONV_PAD_TOP; i++)
+        if (!whole(a[i], 1))
+            return FUSENN_EINVAL;
+    for (int i = CONV_PAD_TOP; i <= CONV_PAD_RIGHT; i++)
+        if (!whole(a[i], 0))
+            return FUSENN_EINVAL;
+    if ((a[CONV_USE_BIAS] != 0 && a[CONV_USE_BIAS] != 1) ||
+        !whole(a[CONV_ACTIVATION], 0) || a[CONV_ACTIVATION] > FUSENN_ACT_SWISH)
+        return FUSENN_EINVAL;
+    patch_geom *p = &g->fwd;
+    p->h = in->dim[0];
+    p->w = in->dim[1];
+    p->c = g->cin = in->dim[2];
+    p->kh = (size_t)a[CONV_KERNEL_H];
+    p->kw = (size_t)a[CONV_KERNEL_W];
+    p->sh = (size_t)a[CONV_STRIDE_H];
+    p->sw = (size_t)a[CONV_STRIDE_W];
+    p->dh = (size_t)a[CONV_DILATION_H];
+    p->dw = (size_t)a[CONV_DILATION_W];
+    p->top = (ptrdiff_t)a[CONV_PAD_TOP];
+    p->left = (ptrdiff_t)a[CONV_PAD_LEFT];
+    const size_t span_h = p->dh * (p->kh - 1) + 1, span_w = p->dw * (p->kw - 1) + 1;
+    const size_t padded_h = p->h + (size_t)a[CONV_PAD_TOP] + (size_t)a[CONV_PAD_BOTTOM];
+    const size_t padded_w = p->w + (size_t)a[CONV_PAD_LEFT] + (size_t)a[CONV_PAD_RIGHT];
+    if (padded_h < span_h || padded_w < span_w)
+        return FUSENN_EINVAL;
+    p->oh = (padded_h - span_h) / p->sh + 1;
+    p->ow = (padded_w - span_w) / p->sw + 1;
+    g->f = (size_t)a[CONV_FILTERS];
+    g->k = p->kh * p->kw * p->c;
+    g->bias = a[CONV_USE_BIAS] != 0;
+    g->act = (fusenn_activation)(int)a[CONV_ACTIVATION];
+    /* dx[h, w] = sum_{i, j} dz[h + pad_top - i dh, w + pad_left - j dw] w[i, j]^T:
+     * with i' = kh - 1 - i, a stride-1 window over dz whose first tap is at
+     * h - (span_h - 1 - pad_top) */
+    g->bwd = (patch_geom){.h = p->oh, .w = p->ow, .c = g->f, .oh = p->h, .ow = p->w,
+                          .kh = p->kh, .kw = p->kw, .sh = 1, .sw = 1, .dh = p->dh, .dw = p->dw,
+                          .top = (ptrdiff_t)span_h - 1 - p->top,
+                          .left = (ptrdiff_t)span_w - 1 - p->left};
+    g->k_bwd = p->kh * p->kw * g->f;
+    return FUSENN_OK;
+}
+
+/* The input gradient as a stride-1 convolution of dZ (no scatter) where its
+ * GEMM's columns, the input channels, fill a 64-byte vector; else dZ W^T and
+ * col2im, whose GEMM is kh kw Cin wide. LeNet's second conv (Cin 6): dX
+ * 2.8 ms -> 1.0 ms, one thread. */
+static inline int bwd_is_conv(const conv_geom *g)
+{
+    return g->fwd.sh == 1 && g->fwd.sw == 1 && g->cin * sizeof(real) >= 64;
+}
+
+/* Whether the patches are the image itself: row r is the image's row r. */
+static inline int patches_in_place(const patch_geom *p)
+{
+    return p->kh == 1 && p->kw == 1 && p->sh == 1 && p->sw == 1 && p->top == 0 && p->left == 0;
+}
+
+/* Rows per chunk for patches of k values (the same for any thread count: dW's
+ * sums depend on it). */
+static size_t FN(chunk_rows)(size_t k)
+{
+    size_t rows = CONV_CHUNK_BYTES / (k * sizeof(real)) / CONV_ROW_STEP * CONV_ROW_STEP;
+    return FUSENN_MIN(FUSENN_MAX(rows, (size_t)CONV_MIN_ROWS), (size_t)CONV_MAX_ROWS);
+}
+
+static inline size_t div_up(size_t a, size_t b) { return (a + b - 1) / b; }
+
+/* One input channel, fewer filters than a 64-byte vector holds, stride 1
+ * along the width, on AVX-512: the direct kernels below (LeNet's first conv). */
+static inline int one_channel_direct(const conv_geom *g)
+{
+    return g->cin == 1 && g->f * sizeof(real) < 64 && g->fwd.sw == 1 &&
+           fusenn_isa_level() == FUSENN_ISA_AVX512;
+}
+
+/* The zero-padded copy of a one-channel image those kernels read: the rows and
+ * columns every tap reaches, from (-top, -left); and how many of them a chunk
+ * of `rows` outputs can need. */
+static inline size_t pad_h(const patch_geom *q)
+{
+    return (q->oh - 1) * q->sh + (q->kh - 1) * q->dh + 1;
+}
+
+static inline size_t pad_w(const patch_geom *q) { return q->ow + (q->kw - 1) * q->dw; }
+
+static inline size_t chunk_images(const patch_geom *q, size_t rows, size_t n)
+{
+    return FUSENN_MIN(n, rows / (q->oh * q->ow) + 2);
+}
+
+/* The columns a window row reaches, [row_lo, row_lo + row_len): the image's
+ * [0, w) and the padding on either side. */
+static inline ptrdiff_t row_lo(const patch_geom *g) { return FUSENN_MIN(-g->left, 0); }
+
+static inline size_t row_len(const patch_geom *g)
+{
+    const ptrdiff_t reach = (ptrdiff_t)((g->ow - 1) * g->sw + (g->kw - 1) * g->dw) - g->left + 1;
+    return (size_t)(FUSENN_MAX(reach, (ptrdiff_t)g->w) - row_lo(g));
+}
+
+/* The workspace: slots of chunk patches, the flipped kernel W', and dW's
+ * group partials (kernel, then bias in double). Offsets in bytes. */
+typedef struct {
+    size_t rows, rows_bwd;   /* chunk rows of the forward / dW, and of dX */
+    size_t slots, slot_len;  /* slot_len in reals */
+    size_t dzt_at;           /* where a slot's dZ^T starts (one_channel_direct) */
+    size_t groups;           /* dW's */
+    size_t part_len;         /* a group's partial dW: K F, or direct_weight_grad's vectors */
+    size_t slot_at, wt_at, part_at, bpart_at, total;
+} FN(conv_work);
+
+static size_t carve(size_t *offset, size_t bytes)
+{
+    size_t at = *offset;
+    *offset += (bytes + 63) / 64 * 64;
+    return at;
+}
+
+static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
+{
+    FN(conv_work) w;
+    const size_t m = n * g->fwd.oh * g->fwd.ow;
+    w.rows = FN(chunk_rows)(g->k);
+    w.rows_bwd = FN(chunk_rows)(bwd_is_conv(g) ? g->k_bwd : g->k);
+    const size_t chunks = div_up(m, w.rows);
+    w.groups = FUSENN_MIN(chunks, (size_t)CONV_GROUPS);
+    const size_t chunks_bwd = bwd_is_conv(g) ? div_up(n * g->fwd.h * g->fwd.w, w.rows_bwd) : n;
+    w.slots = FUSENN_MIN(FUSENN_MAX(chunks, chunks_bwd), (size_t)CONV_SLOTS);
+    /* the direct kernels' padded images, then dZ^T (DIRECT_F rows per block of
+     * filters); one-channel patches (im2row) keep a padded image row after them */
+    const int direct = one_channel_direct(g);
+    w.dzt_at = direct ? chunk_images(&g->fwd, w.rows, n) * pad_h(&g->fwd) * pad_w(&g->fwd)
+                      : w.rows * g->k + (g->cin == 1 ? row_len(&g->fwd) : 0);
+    w.slot_len = FUSENN_MAX(w.dzt_at + (direct ? div_up(g->f, DIRECT_F) * DIRECT_F * w.rows : 0),
+                            bwd_is_conv(g) ? w.rows_bwd * g->k_bwd +
+                                                 (g->f == 1 ? row_len(&g->bwd) : 0)
+                                           : w.rows_bwd * g->k);
+    size_t size = 0;
+    w.slot_at = carve(&size, w.slots * ((w.slot_len * sizeof(real) + 63) / 64 * 64));
+    w.wt_at = carve(&size, g->k * g->f * sizeof(real)); /* W' or W^T */
+    w.part_len = direct ? div_up(g->f, DIRECT_F) * g->k * DIRECT_F * V64_LANES : g->k * g->f;
+    w.part_at = carve(&size, w.groups * w.part_len * sizeof(real));
+    w.bpart_at = carve(&size, g->bias ? w.groups * g->f * sizeof(double) : 0);
+    w.total = size;
+    return w;
+}
+
+static inline real *FN(slot)(const FN(conv_work) *w, void *work, size_t s)
+{
+    return (real *)((char *)work + w->slot_at + s * ((w->slot_len * sizeof(real) + 63) / 64 * 64));
+}
+
+/* Copy, add or zero `len` values in vectors of 64 bytes, then 16, then one by one;
+ * inlined into the patch builders, which are compiled for each ISA (a 64-byte
+ * vector is one AVX-512 move, two AVX2 or four SSE2 ones). Not memcpy /
+ * memset: most runs are a few values (one channel, one kernel row), and calls
+ * took 15% of a LeNet step; GCC turns even these loops into calls unless told
+ * not to (NO_LIBC_CALLS on the functions they are inlined into). */
+#if defined(__GNUC__) && !defined(__clang__)
+#define NO_LIBC_CALLS __attribute__((optimize("no-tree-loop-distribute-patterns")))
+#else
+#define NO_LIBC_CALLS
+#endif
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+typedef real FN(v64) __attribute__((vector_size(64), aligned(sizeof(real)), may_alias));
+typedef real FN(v16) __attribute__((vector_size(16), aligned(sizeof(real)), may_alias));
+#define V16_LANES (16 / sizeof(real))
+
+static ALWAYS_INLINE void FN(copy)(real *restrict d, const real *restrict s, size_t len)
+{
+    size_t j = 0;
+    for (; j + V64_LANES <= len; j += V64_LANES)
+        *(FN(v64) *)(d + j) = *(const FN(v64) *)(s + j);
+    for (; j + V16_LANES <= len; j += V16_LANES)
+        *(FN(v16) *)(d + j) = *(const FN(v16) *)(s + j);
+    for (; j < len; j++)
+        d[j] = s[j];
+}
+
+static ALWAYS_INLINE void FN(add_to)(real *restrict d, const real *restrict s, size_t len)
+{
+    size_t j = 0;
+    for (; j + V64_LANES <= len; j += V64_LANES)
+        *(FN(v64) *)(d + j) += *(const FN(v64) *)(s + j);
+    for (; j + V16_LANES <= len; j += V16_LANES)
+        *(FN(v16) *)(d + j) += *(const FN(v16) *)(s + j);
+    for (; j < len; j++)
+        d[j] += s[j];
+}
+
+static ALWAYS_INLINE void FN(zero)(real *d, size_t len)
+{
+    size_t j = 0;
+    for (; j + V64_LANES <= len; j += V64_LANES)
+        *(FN(v64) *)(d + j) = (FN(v64)){0};
+    for (; j + V16_LANES <= len; j += V16_LANES)
+        *(FN(v16) *)(d + j) = (FN(v16)){0};
+    for (; j < len; j++)
+        d[j] = 0;
+}
+
+/* The patches of rows [r0, r1) (row r: sample r / (oh ow), position r % (oh ow))
+ * of images at src (sample stride ld) into dst, kh kw c values per row. */
+static ALWAYS_INLINE void FN(im2col)(const patch_geom *g, const real *src, ptrdiff_t ld,
+                                     size_t r0, size_t r1, real *dst)
+{
+    const size_t P = g->oh * g->ow, C = g->c, run = g->kw * C, K = g->kh * run;
+    const ptrdiff_t H = (ptrdiff_t)g->h, W = (ptrdiff_t)g->w;
+    const ptrdiff_t reach_w = (ptrdiff_t)((g->kw - 1) * g->dw);
+    size_t i = r0 / P, oh = r0 % P / g->ow, ow = r0 % g->ow;
+    for (size_t r = r0; r < r1; r++, dst += K) {
+        const real *x = src + (ptrdiff_t)i * ld;
+        const ptrdiff_t h0 = (ptrdiff_t)(oh * g->sh) - g->top;
+        const ptrdiff_t w0 = (ptrdiff_t)(ow * g->sw) - g->left;
+        const int whole_run = g->dw == 1 && w0 >= 0 && w0 + reach_w < W;
+        for (size_t a = 0; a < g->kh; a++) {
+            real *d = dst + a * run;
+            const ptrdiff_t h = h0 + (ptrdiff_t)(a * g->dh);
+            if (h < 0 || h >= H) {
+                FN(zero)(d, run);
+                continue;
+            }
+            const real *xr = x + h * W * (ptrdiff_t)C;
+            if (whole_run) { /* the window's row lies inside: one contiguous run */
+                FN(copy)(d, xr + w0 * (ptrdiff_t)C, run);
+                continue;
+            }
+            for (size_t b = 0; b < g->kw; b++) {
+                const ptrdiff_t w = w0 + (ptrdiff_t)(b * g->dw);
+                if (w >= 0 && w < W)
+                    FN(copy)(d + b * C, xr + w * (ptrdiff_t)C, C);
+                else
+                    FN(zero)(d + b * C, C);
+            }
+        }
+        if (++ow == g->ow) {
+            ow = 0;
+            if (++oh == g->oh) {
+                oh = 0;
+                i++;
+            }
+        }
+    }
+}
+
+/* The same patches transposed (one channel only): row t = (i, j) of dst holds
+ * tap t of rows r0 .. r1 - 1. Per output row and kernel row, the image row is
+ * copied once into rowbuf with its padding, and each tap's run is a plain copy
+ * from it (where im2col copies kw single values per output). */
+static ALWAYS_INLINE void FN(im2row)(const patch_geom *g, const real *src, ptrdiff_t ld,
+                                     size_t r0, size_t r1, real *dst, real *rowbuf)
+{
+    const size_t P = g->oh * g->ow, n = r1 - r0, W = g->w, L = row_len(g);
+    const ptrdiff_t lo = row_lo(g), sw = (ptrdiff_t)g->sw;
+    size_t i = r0 / P, oh = r0 % P / g->ow, ow0 = r0 % g->ow;
+    for (size_t r = r0; r < r1;) { /* one output row at a time */
+        const size_t len = FUSENN_MIN(r1 - r, g->ow - ow0);
+        real *d = dst + (r - r0);
+        for (size_t a = 0; a < g->kh; a++, d += g->kw * n) {
+            const ptrdiff_t h = (ptrdiff_t)(oh * g->sh + a * g->dh) - g->top;
+            if (h < 0 || h >= (ptrdiff_t)g->h) {
+                for (size_t b = 0; b < g->kw; b++)
+                    FN(zero)(d + b * n, len);
+                continue;
+            }
+            FN(zero)(rowbuf, (size_t)-lo);
+            FN(copy)(rowbuf - lo, src + (ptrdiff_t)i * ld + h * (ptrdiff_t)W, W);
+            FN(zero)(rowbuf - lo + W, L - W + (size_t)lo);
+            for (size_t b = 0; b < g->kw; b++) {
+                /* output column ow reads column ow sw + b dw - left */
+                const real *from = rowbuf + (ptrdiff_t)(ow0 * g->sw + b * g->dw) - g->left - lo;
+                if (sw == 1)
+                    FN(copy)(d + b * n, from, len);
+                else
+                    for (size_t j = 0; j < len; j++)
+                        d[b * n + j] = from[(ptrdiff_t)j * sw];
+            }
+        }
+        r += len;
+        ow0 = 0;
+        if (++oh == g->oh) {
+            oh = 0;
+            i++;
+        }
+    }
+}
+
+/* The patch builders for each ISA: im2row (one channel) or im2col. */
+static NO_LIBC_CALLS void FN(build_patches)(const patch_geom *g, const real *src, ptrdiff_t ld,
+                                            size_t r0, size_t r1, real *dst)
+{
+    if (g->c == 1)
+        FN(im2row)(g, src, ld, r0, r1, dst, dst + g->kh * g->kw * (r1 - r0));
+    else
+        FN(im2col)(g, src, ld, r0, r1, dst);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define HAVE_X86_PATCHES 1
+#include <immintrin.h>
+static NO_LIBC_CALLS __attribute__((target("avx2"))) void
+FN(build_patches_avx2)(const patch_geom *g, const real *src, ptrdiff_t ld, size_t r0, size_t r1,
+                       real *dst)
+{
+    if (g->c == 1)
+        FN(im2row)(g, src, ld, r0, r1, dst, dst + g->kh * g->kw * (r1 - r0));
+    else
+        FN(im2col)(g, src, ld, r0, r1, dst);
+}
+
+static NO_LIBC_CALLS __attribute__((target("avx512f,avx2"))) void
+FN(build_patches_avx512)(const patch_geom *g, const real *src, ptrdiff_t ld, size_t r0,
+                         size_t r1, real *dst)
+{
+    if (g->c == 1)
+        FN(im2row)(g, src, ld, r0, r1, dst, dst + g->kh * g->kw * (r1 - r0));
+    else
+        FN(im2col)(g, src, ld, r0, r1, dst);
+}
+#endif
+
+/* The patch matrix of rows [r0, r1), element (row r, tap t) at
+ * A[(r - r0) rs + t cs]: the image itself (1x1), transposed patches (one
+ * channel), or patches (im2col); copied into slot. */
+typedef struct {
+    const real *A;
+    ptrdiff_t rs, cs;
+} FN(patch_matrix);
+
+static FN(patch_matrix) FN(patches)(const patch_geom *g, const real *src, ptrdiff_t ld,
+                                    size_t r0, size_t r1, real *slot)
+{
+    if (patches_in_place(g) && ld == (ptrdiff_t)(g->h * g->w * g->c))
+        return (FN(patch_matrix)){src + r0 * g->c, (ptrdiff_t)g->c, 1};
+#ifdef HAVE_X86_PATCHES
+    const int isa = fusenn_isa_level();
+    if (isa == FUSENN_ISA_AVX512)
+        FN(build_patches_avx512)(g, src, ld, r0, r1, slot);
+    else if (isa == FUSENN_ISA_AVX2)
+        FN(build_patches_avx2)(g, src, ld, r0, r1, slot);
+    else
+#endif
+        FN(build_patches)(g, src, ld, r0, r1, slot);
+    if (g->c == 1)
+        return (FN(patch_matrix)){slot, 1, (ptrdiff_t)(r1 - r0)};
+    return (FN(patch_matrix)){slot, (ptrdiff_t)(g->kh * g->kw * g->c), 1};
+}
+
+/* ---- one-channel layers with few filters: direct kernels --------------------
+ * The first conv of one-channel images with few filters (LeNet's: 5x5, 6
+ * filters over 28x28) is a tiny product (kh kw x F) over many positions. The
+ * GEMM's tiles are 16 filters wide, of which F work, and its patches copied
+ * every tap of every position (im2row: 0.3 of the layer's 0.6 ms forward).
+ * Here the positions are the vector lanes: each sample is copied once,
+ * zero-padded, and every tap is a shifted read of it.
+ *   forward  y[j, f] = sum_t xp[j + off(t)] w[t, f] + b[f]: the taps in order,
+ *            then the bias, as the GEMM's store (the same bits)
+ *   dW       acc[t][f] += xp[j + off(t)] dZ^T[f, j] lane by lane over a
+ *            group's positions (DIRECT_T x DIRECT_F accumulators in registers over
+ *            a chunk); the lanes are summed in order at the end
+ * Partial vectors (an output row's tail) are masked loads. */
+
+#ifdef HAVE_X86_PATCHES
+#if defined(FUSENN_DTYPE_F32)
+#define MASK_LOAD(m, p) ((FN(v64))_mm512_maskz_loadu_ps((__mmask16)(m), (p)))
+#else
+#define MASK_LOAD(m, p) ((FN(v64))_mm512_maskz_loadu_pd((__mmask8)(m), (p)))
+#endif
+
+/* The first `len` values at p, the rest 0. */
+static ALWAYS_INLINE __attribute__((target("avx512f,avx2,fma"))) FN(v64)
+FN(load_part)(const real *p, size_t len)
+{
+    return len == V64_LANES ? *(const FN(v64) *)p : MASK_LOAD((1u << len) - 1, p);
+}
+
+/* Sample x into xp (pad_h x pad_w), zeros outside the image. */
+static ALWAYS_INLINE void FN(pad_image)(const patch_geom *q, const real *x, real *xp)
+{
+    const size_t PW = pad_w(q);
+    const size_t c0 = FUSENN_MIN((size_t)q->left, PW), c1 = FUSENN_MIN(q->left + q->w, PW);
+    for (size_t r = 0; r < pad_h(q); r++) {
+        const ptrdiff_t h = (ptrdiff_t)r - q->top;
+        real *d = xp + r * PW;
+        if (h < 0 || h >= (ptrdiff_t)q->h) {
+            FN(zero)(d, PW);
+            continue;
+        }
+        FN(zero)(d, c0);
+        FN(copy)(d + c0, x + h * (ptrdiff_t)q->w + (ptrdiff_t)(c0 - (size_t)q->left), c1 - c0);
+        FN(zero)(d + c1, PW - c1);
+    }
+}
+
+/* Rows [r0, r1) of out (F values each, row r at out + r F) from the images at
+ * x (sample stride ldx), xp holding one padded image. */
+static NO_LIBC_CALLS __attribute__((target("avx512f,avx2,fma"))) void
+FN(direct_forward)(const patch_geom *q, size_t F, const real *x, ptrdiff_t ldx, size_t r0,
+                   size_t r1, const real *w, const real *bias, real *out, real *xp)
+{
+    typedef FN(v64) vec;
+    const size_t P = q->oh * q->ow, PW = pad_w(q), KW = q->kw;
+    real tile[DIRECT_F][V64_LANES] __attribute__((aligned(64)));
+    size_t i = r0 / P, oh = r0 % P / q->ow, ow0 = r0 % q->ow, padded = (size_t)-1;
+    for (size_t r = r0; r < r1;) { /* one output row at a time */
+        const size_t ow1 = ow0 + FUSENN_MIN(r1 - r, q->ow - ow0);
+        if (padded != i)
+            FN(pad_image)(q, x + (ptrdiff_t)i * ldx, xp);
+        padded = i;
+        for (size_t ow = ow0; ow < ow1; ow += V64_LANES) {
+            const size_t len = FUSENN_MIN(V64_LANES, ow1 - ow);
+            real *o = out + (r + ow - ow0) * F;
+            for (size_t fb = 0; fb < F; fb += DIRECT_F) {
+                vec acc[DIRECT_F];
+                for (size_t f = 0; f < DIRECT_F; f++)
+                    acc[f] = (vec){0};
+                for (size_t a = 0; a < q->kh; a++) {
+                    const real *row = xp + (oh * q->sh + a * q->dh) * PW + ow;
+                    for (size_t b = 0; b < KW; b++) {
+                        const vec av = FN(load_part)(row + b * q->dw, len);
+                        const real *wt = w + (a * KW + b) * F;
+                        for (size_t f = 0; f < DIRECT_F; f++) /* past F: repeats the last filter */
+                            acc[f] += av * wt[FUSENN_MIN(fb + f, F - 1)];
+                    }
+                }
+                for (size_t f = 0; f < DIRECT_F; f++) {
+                    if (bias)
+                        acc[f] += bias[FUSENN_MIN(fb + f, F - 1)];
+                    *(vec *)tile[f] = acc[f];
+                }
+                for (size_t l = 0; l < len; l++)
+                    for (size_t f = fb; f < FUSENN_MIN(F, fb + DIRECT_F); f++)
+                        o[l * F + f] = tile[f - fb][l];
+            }
+        }
+        r += ow1 - ow0;
+        ow0 = 0;
+        if (++oh == q->oh) {
+            oh = 0;
+            i++;
+        }
+    }
+}
+
+/* acc[t][f] (+)= xp[j + off(t)] dzt[f n + j] lane by lane over the rows [r0, r1)
+ * (n of them, j = r - r0), t < kh kw, f < DIRECT_F (dzt's rows past the filters
+ * zero); acc_out holds kh kw x DIRECT_F vectors; imgs room for the padded images
+ * of the chunk's samples. */
+static NO_LIBC_CALLS __attribute__((target("avx512f,avx2,fma"))) void
+FN(direct_weight_grad)(const patch_geom *q, const real *x, ptrdiff_t ldx, size_t r0, size_t r1,
+                       const real *dzt, int first, real *acc_out, real *imgs)
+{
+    typedef FN(v64) vec;
+    const size_t P = q->oh * q->ow, PW = pad_w(q), image = pad_h(q) * PW, n = r1 - r0;
+    const size_t T = q->kh * q->kw, i0 = r0 / P;
+    for (size_t i = i0; i <= (r1 - 1) / P; i++)
+        FN(pad_image)(q, x + (ptrdiff_t)i * ldx, imgs + (i - i0) * image);
+    for (size_t t0 = 0; t0 < T; t0 += DIRECT_T) {
+        size_t off[DIRECT_T];
+        vec *out[DIRECT_T];
+        vec acc[DIRECT_T][DIRECT_F];
+        for (size_t u = 0; u < DIRECT_T; u++) { /* an odd last tap is computed twice */
+            const size_t t = FUSENN_MIN(t0 + u, T - 1);
+            off[u] = t / q->kw * q->dh * PW + t % q->kw * q->dw;
+            out[u] = (vec *)acc_out + t * DIRECT_F;
+            for (size_t f = 0; f < DIRECT_F; f++)
+                acc[u][f] = first ? (vec){0} : out[u][f];
+        }
+        size_t i = i0, oh = r0 % P / q->ow, ow0 = r0 % q->ow;
+        for (size_t r = r0; r < r1;) { /* one output row at a time */
+            const size_t ow1 = ow0 + FUSENN_MIN(r1 - r, q->ow - ow0);
+            const real *row = imgs + (i - i0) * image + oh * q->sh * PW;
+            for (size_t ow = ow0; ow < ow1; ow += V64_LANES) {
+                const size_t len = FUSENN_MIN(V64_LANES, ow1 - ow), j = r - r0 + ow - ow0;
+                vec av[DIRECT_T], bv[DIRECT_F];
+                for (size_t u = 0; u < DIRECT_T; u++)
+                    av[u] = FN(load_part)(row + off[u] + ow, len);
+                for (size_t f = 0; f < DIRECT_F; f++)
+                    bv[f] = FN(load_part)(dzt + f * n + j, len);
+                for (size_t u = 0; u < DIRECT_T; u++)
+                    for (size_t f = 0; f < DIRECT_F; f++)
+                        acc[u][f] += av[u] * bv[f];
+            }
+            r += ow1 - ow0;
+            ow0 = 0;
+            if (++oh == q->oh) {
+                oh = 0;
+                i++;
+            }
+        }
+        for (size_t u = DIRECT_T; u-- > 0;) /* the duplicate tap first: the real one wins */
+            for (size_t f = 0; f < DIRECT_F; f++)
+                out[u][f] = acc[u][f];
+    }
+}
+
+/* dzt[f n + j] = dz[j F + f] for j < n, f < F, gathered 64 bytes at a time; and
+ * unless bsum is NULL, bsum[f] += the row's sum (its lanes in float, then
+ * added in order in double). Values one by one took 5% of a LeNet step. */
+static NO_LIBC_CALLS __attribute__((target("avx512f,avx2,fma"))) void
+FN(direct_transpose)(const real *dz, size_t n, size_t F, real *dzt, double *bsum)
+{
+    typedef FN(v64) vec;
+#if defined(FUSENN_DTYPE_F32)
+    const __m512i at = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32((int)F));
+#define GATHER(m, p) \
+    ((vec)_mm512_mask_i32gather_ps(_mm512_setzero_ps(), (__mmask16)(m), at, (p), 4))
+#else
+    const __m256i at = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                          _mm256_set1_epi32((int)F));
+#define GATHER(m, p) \
+    ((vec)_mm512_mask_i32gather_pd(_mm512_setzero_pd(), (__mmask8)(m), at, (p), 8))
+#endif
+    for (size_t f = 0; f < F; f++) {
+        vec sum = {0};
+        for (size_t j = 0; j < n; j += V64_LANES) {
+            const size_t len = FUSENN_MIN(V64_LANES, n - j);
+            const vec v = GATHER((1u << len) - 1, dz + j * F + f);
+            sum += v;
+            if (len == V64_LANES)
+                *(vec *)(dzt + f * n + j) = v;
+            else
+                for (size_t l = 0; l < len; l++)
+                    dzt[f * n + j + l] = v[l];
+        }
+        if (bsum)
+            for (size_t l = 0; l < V64_LANES; l++)
+                bsum[f] += sum[l];
+    }
+#undef GATHER
+}
+#endif
+
+/* ---- forward ---------------------------------------------------------------- */
+
+typedef struct {
+    conv_geom g;
+    FN(conv_work) w;
+    size_t n;
+    const real *x, *kernel, *bias;
+    ptrdiff_t ldx, ldy;
+    real *y, *z; /* z: where the pre-activation is kept, or NULL */
+    fusenn_activation act;
+    void *work;
+} FN(conv_fwd);
+
+/* The activation of rows [r0, r1), from out (z, or y itself; sample stride
+ * ld_out) into y: the chunk at once where its rows are contiguous and the
+ * activation elementwise, else row by row. The standalone activation
+ * kernel's code, so the same bits. */
+static void FN(activate_rows)(const FN(conv_fwd) *p, size_t r0, size_t r1, const real *out,
+                              ptrdiff_t ld_out)
+{
+    const size_t P = p->g.fwd.oh * p->g.fwd.ow, F = p->g.f;
+    const fusenn_activation act = p->act;
+    if (act == FUSENN_ACT_IDENTITY && out == p->y)
+        return;
+    if (act != FUSENN_ACT_SOFTMAX && ld_out == (ptrdiff_t)(P * F) &&
+        p->ldy == (ptrdiff_t)(P * F)) {
+        FN(activate_row_baseline)(act, (r1 - r0) * F, out + r0 * F, p->y + r0 * F);
+        return;
+    }
+    for (size_t r = r0; r < r1; r++) {
+        const real *zr = out + (ptrdiff_t)(r / P) * ld_out + (ptrdiff_t)(r % P * F);
+        real *yr = p->y + (ptrdiff_t)(r / P) * p->ldy + (ptrdiff_t)(r % P * F);
+        if (act == FUSENN_ACT_SOFTMAX)
+            FN(softmax_row)(F, zr, yr);
+        else
+            FN(activate_row_baseline)(act, F, zr, yr);
+    }
+}
+
+/* Chunk c of the forward, in slot. */
+static size_t FN(forward_chunk)(const void *ctx, size_t c, real *slot)
+{
+    const FN(conv_fwd) *p = ctx;
+    const conv_geom *g = &p->g;
+    const size_t P = g->fwd.oh * g->fwd.ow, F = g->f, R = p->w.rows, m = p->n * P;
+    const fusenn_activation act = p->act;
+    /* the GEMM's store applies the bias and an elementwise activation; softmax
+     * (whole rows) and an activation whose z is kept run over the chunk's rows after it */
+    const int after = p->z != NULL || act == FUSENN_ACT_SOFTMAX;
+    real *out = p->z ? p->z : p->y;
+    const ptrdiff_t ld_out = p->z ? (ptrdiff_t)(P * F) : p->ldy;
+    const int contiguous = ld_out == (ptrdiff_t)(P * F);
+    const size_t r0 = c * R, r1 = FUSENN_MIN(m, r0 + R);
+#ifdef HAVE_X86_PATCHES
+    if (one_channel_direct(g) && contiguous) {
+        FN(direct_forward)(&g->fwd, F, p->x, p->ldx, r0, r1, p->kernel, p->bias, out, slot);
+        FN(activate_rows)(p, r0, r1, out, ld_out);
+        return 0;
+    }
+#endif
+    const FN(patch_matrix) A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot);
+    size_t failed = 0;
+    for (size_t r = r0, e; r < r1; r = e) { /* a GEMM per sample unless the output is contiguous */
+        e = contiguous ? r1 : FUSENN_MIN(r1, (r / P + 1) * P);
+        failed += FN(fusenn_gemm_fused)(
+                      e - r, F, g->k, 1, A.A + (ptrdiff_t)(r - r0) * A.rs, A.rs, A.cs,
+                      p->kernel, (ptrdiff_t)F, 1, 0,
+                      out + (ptrdiff_t)(r / P) * ld_out + (ptrdiff_t)(r % P * F),
+                      (ptrdiff_t)F, 1, p->bias, after ? FUSENN_ACT_IDENTITY : act,
+                      1) != FUSENN_OK;
+    }
+    if (after)
+        FN(activate_rows)(p, r0, r1, out, ld_out);
+    return failed;
+}
+
+/* Work given to the threads one unit at a time, fn(ctx, unit, the running
+ * thread's slot), as GEMM's slabs are: a vCPU slowed by other machines then
+ * holds the others back less. A unit's result does not depend on who runs it. */
+typedef size_t (*FN(unit_fn))(const void *ctx, size_t unit, real *slot);
+
+static size_t FN(run_units)(size_t threads, size_t units, FN(unit_fn) fn, const void *ctx,
+                            const FN(conv_work) *w, void *work)
+{
+    size_t failed = 0;
+    if (threads <= 1) { /* no OpenMP call at all */
+        for (size_t u = 0; u < units; u++)
+            failed += fn(ctx, u, FN(slot)(w, work, 0));
+        return failed;
+    }
+#pragma omp parallel for num_threads((int)threads) schedule(dynamic, 1) reduction(+ : failed)
+    for (size_t u = 0; u < units; u++)
+        failed += fn(ctx, u, FN(slot)(w, work, (size_t)fusenn_thread_num()));
+    return failed;
+}
+
+/* Threads for a pass of `units` parts of work over m rows of GEMMs m x n x k. */
+static size_t conv_threads(int nthreads, size_t units, size_t m, size_t n, size_t k)
+{
+    if (nthreads <= 1 || fusenn_gemm_is_serial(m, n, k))
+        return 1;
+    return FUSENN_MIN((size_t)nthreads, FUSENN_MIN(units, (size_t)CONV_SLOTS));
+}
+
+/* ---- backward ---------------------------------------------------------------- */
+
+typedef struct {
+    conv_geom g;
+    FN(conv_work) w;
+    size_t n;
+    const real *x, *y, *z, *kernel;
+    ptrdiff_t ldx, ldy;
+    real *dz, *dx, *wt;
+    fusenn_activation act;
+    void *work;
+} FN(conv_bwd);
+
+/* dW's group gi: dZ = dY act'(.) of its rows, in place, and its partial sums
+ * of dZ (for db, in double) and of patches^T dZ, its chunks in order. */
+static size_t FN(weight_grad_group)(const void *ctx, size_t gi, real *slot)
+{
+    const FN(conv_bwd) *p = ctx;
+    const conv_geom *g = &p->g;
+    const size_t P = g->fwd.oh * g->fwd.ow, F = g->f, K = g->k, R = p->w.rows, m = p->n * P;
+    const size_t chunks = div_up(m, R);
+    const int flat = p->act != FUSENN_ACT_SOFTMAX && p->ldy == (ptrdiff_t)(P * F);
+    const int direct = one_channel_direct(g);
+    size_t failed = 0;
+    real *part = (real *)((char *)p->work + p->w.part_at) + gi * p->w.part_len;
+    double *bsum = g->bias ? (double *)((char *)p->work + p->w.bpart_at) + gi * F : NULL;
+    if (bsum)
+        for (size_t j = 0; j < F; j++)
+            bsum[j] = 0;
+    const size_t c0 = fusenn_chunk_start(gi, p->w.groups, chunks);
+    const size_t c1 = fusenn_chunk_start(gi + 1, p->w.groups, chunks);
+    for (size_t c = c0; c < c1; c++) {
+        const size_t r0 = c * R, r1 = FUSENN_MIN(m, r0 + R);
+        if (p->act != FUSENN_ACT_IDENTITY && flat) { /* elementwise: the rows as one */
+            FN(activate_backward_row)(p->act, (r1 - r0) * F, p->z ? p->z + r0 * F : NULL,
+                                      p->y + r0 * F, p->dz + r0 * F, p->dz + r0 * F);
+        } else if (p->act != FUSENN_ACT_IDENTITY) {
+            for (size_t r = r0; r < r1; r++)
+                FN(activate_backward_row)(p->act, F, p->z ? p->z + r * F : NULL,
+                                          p->y + (ptrdiff_t)(r / P) * p->ldy +
+                                              (ptrdiff_t)(r % P * F),
+                                          p->dz + r * F, p->dz + r * F);
+        }
+        const size_t n = r1 - r0;
+        real *dzt = slot + p->w.dzt_at;
+        const real *dz = p->dz + r0 * F;
+#ifdef HAVE_X86_PATCHES
+        if (direct) {
+            FN(direct_transpose)(dz, n, F, dzt, bsum);
+            for (size_t f = F; f < div_up(F, DIRECT_F) * DIRECT_F; f++) /* the rows past F */
+                FN(zero)(dzt + f * n, n);
+            for (size_t fb = 0; fb < F; fb += DIRECT_F)
+                FN(direct_weight_grad)(&g->fwd, p->x, p->ldx, r0, r1, dzt + fb * n, c == c0,
+                                       part + fb / DIRECT_F * K * DIRECT_F * V64_LANES, slot);
+            continue;
+        }
+#endif
+        if (bsum)
+            for (size_t j = 0; j < n; j++)
+                for (size_t f = 0; f < F; f++)
+                    bsum[f] += dz[j * F + f];
+        const FN(patch_matrix) A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot);
+        /* part (+)= patches^T dZ: the patches read transposed */
+        failed += FN(fusenn_gemm)(K, F, n, 1, A.A, A.cs, A.rs, p->dz + r0 * F,
+                                  (ptrdiff_t)F, 1, c == c0 ? 0 : 1, part, (ptrdiff_t)F, 1,
+                                  1) != FUSENN_OK;
+    }
+    return failed;
+}
+
+/* Chunk c of the stride-1 input gradient: the patches of dZ (in slot) times W'. */
+static size_t FN(input_grad_chunk)(const void *ctx, size_t c, real *slot)
+{
+    const FN(conv_bwd) *p = ctx;
+    const conv_geom *g = &p->g;
+    const size_t Cin = g->cin, R = p->w.rows_bwd, m = p->n * g->fwd.h * g->fwd.w;
+    const ptrdiff_t ld_dz = (ptrdiff_t)(g->fwd.oh * g->fwd.ow * g->f);
+    const size_t r0 = c * R, r1 = FUSENN_MIN(m, r0 + R);
+    const FN(patch_matrix) A = FN(patches)(&g->bwd, p->dz, ld_dz, r0, r1, slot);
+    return FN(fusenn_gemm)(r1 - r0, Cin, g->k_bwd, 1, A.A, A.rs, A.cs, p->wt, (ptrdiff_t)Cin,
+                           1, 0, p->dx + r0 * Cin, (ptrdiff_t)Cin, 1, 1) != FUSENN_OK;
+}
+
+/* Add the rows [r0, r1) of dcols (K values each: the input gradient of one
+ * output's window) over their windows into dx (the images of samples
+ * r / (oh ow), in_size apart), in row order. */
+static ALWAYS_INLINE void FN(col2im)(const patch_geom *q, const real *dcols, size_t r0,
+                                     size_t r1, real *dx)
+{
+    const size_t P = q->oh * q->ow, C = q->c, K = q->kh * q->kw * C;
+    const size_t in_size = q->h * q->w * C;
+    const ptrdiff_t H = (ptrdiff_t)q->h, W = (ptrdiff_t)q->w;
+    size_t i = r0 / P, oh = r0 % P / q->ow, ow = r0 % q->ow;
+    for (size_t r = r0; r < r1; r++) {
+        const real *s = dcols + (r - r0) * K;
+        real *image = dx + i * in_size;
+        const ptrdiff_t h0 = (ptrdiff_t)(oh * q->sh) - q->top;
+        const ptrdiff_t w0 = (ptrdiff_t)(ow * q->sw) - q->left;
+        if (++ow == q->ow) { /* the next row's position */
+            ow = 0;
+            if (++oh == q->oh) {
+                oh = 0;
+                i++;
+            }
+        }
+        const int whole_run = q->dw == 1 && w0 >= 0 && w0 + (ptrdiff_t)q->kw <= W;
+        for (size_t a = 0; a < q->kh; a++) {
+            const ptrdiff_t h = h0 + (ptrdiff_t)(a * q->dh);
+            if (h < 0 || h >= H)
+                continue;
+            if (whole_run) { /* the window's row lies inside: one run */
+                FN(add_to)(image + (h * W + w0) * (ptrdiff_t)C, s + a * q->kw * C, q->kw * C);
+                continue;
+            }
+            for (size_t b = 0; b < q->kw; b++) {
+                const ptrdiff_t w = w0 + (ptrdiff_t)(b * q->dw);
+                if (w >= 0 && w < W)
+                    FN(add_to)(image + (h * W + w) * (ptrdiff_t)C, s + (a * q->kw + b) * C, C);
+            }
+        }
+    }
+}
+
+static void FN(col2im_generic)(const patch_geom *q, const real *dcols, size_t r0, size_t r1,
+                               real *dx)
+{
+    FN(col2im)(q, dcols, r0, r1, dx);
+}
+
+#ifdef HAVE_X86_PATCHES
+static __attribute__((target("avx512f,avx2"))) void
+FN(col2im_avx512)(const patch_geom *q, const real *dcols, size_t r0, size_t r1, real *dx)
+{
+    FN(col2im)(q, dcols, r0, r1, dx);
+}
+#endif
+
+/* Sample i of the strided input gradient: zeroed, then per chunk of its rows
+ * dZ W^T (into slot) added over the windows in row order. */
+static size_t FN(col2im_sample)(const void *ctx, size_t i, real *slot)
+{
+    const FN(conv_bwd) *p = ctx;
+    const conv_geom *g = &p->g;
+    const patch_geom *q = &g->fwd;
+    const size_t P = q->oh * q->ow, F = g->f, K = g->k, R = p->w.rows_bwd;
+    const size_t in_size = q->h * q->w * q->c;
+    size_t failed = 0;
+    FN(zero)(p->dx + i * in_size, in_size);
+    for (size_t r0 = i * P; r0 < (i + 1) * P; r0 += R) {
+        const size_t r1 = FUSENN_MIN((i + 1) * P, r0 + R);
+        failed += FN(fusenn_gemm)(r1 - r0, K, F, 1, p->dz + r0 * F, (ptrdiff_t)F, 1, p->wt,
+                                  (ptrdiff_t)K, 1, 0, slot, (ptrdiff_t)K, 1, 1) != FUSENN_OK;
+#ifdef HAVE_X86_PATCHES
+        if (fusenn_isa_level() == FUSENN_ISA_AVX512) {
+            FN(col2im_avx512)(q, slot, r0, r1, p->dx);
+            continue;
+        }
+#endif
+        FN(col2im_generic)(q, slot, r0, r1, p->dx);
+    }
+    return failed;
+}
+
+/* W' for the stride-1 input gradient, (kh kw F) x Cin: the kernel flipped in
+ * both directions with its channels swapped, W'[i', j', f, c] = w[kh-1-i', kw-1-j', c, f]. */
+static void FN(flip_kernel)(const conv_geom *g, const real *w, real *wt)
+{
+    const size_t KH = g->fwd.kh, KW = g->fwd.kw, Cin = g->cin, F = g->f;
+    for (size_t a = 0; a < KH; a++)
+        for (size_t b = 0; b < KW; b++) {
+            const real *src = w + ((KH - 1 - a) * KW + (KW - 1 - b)) * Cin * F;
+            real *dst = wt + (a * KW + b) * F * Cin;
+            for (size_t f = 0; f < F; f++)
+                for (size_t c = 0; c < Cin; c++)
+                    dst[f * Cin + c] = src[c * F + f];
+        }
+}
+
+/* ---- the layer kind ------------------------------------------------------------ */
+
+static int FN(conv2d_output_shape)(const fusenn_layer *desc, const fusenn_shape *in,
+                                   fusenn_shape *out)
+{
+    conv_geom g;
+    if (conv_geometry(desc, in, &g) != FUSENN_OK)
+        return FUSENN_EINVAL;
+    *out = (fusenn_shape){3, {g.fwd.oh, g.fwd.ow, g.f, 0}};
+    return FUSENN_OK;
+}
+
+static size_t FN(conv2d_params)(const fusenn_layer *desc, const fusenn_shape *in,
+                                fusenn_shape *shapes, int *decayed)
+{
+    conv_geom g;
+    conv_geometry(desc, in, &g);
+    shapes[0] = (fusenn_shape){4, {g.fwd.kh, g.fwd.kw, g.cin, g.f}}; /* the kernel */
+    decayed[0] = 1;
+    if (!g.bias)
+        return 1;
+    shapes[1] = fusenn_shape1(g.f);
+    decayed[1] = 0;
+    return 2;
+}
+
+/* The pre-activation z, kept when the activation's derivative needs it. */
+static size_t FN(conv2d_saved_bytes)(const FN(layer) *layer, size_t n)
+{
+    const fusenn_activation act = (fusenn_activation)(int)layer->desc->attr[CONV_ACTIVATION];
+    return fusenn_act_needs_z(act) ? n * layer->out_size * sizeof(real) : 0;
+}
+
+static size_t FN(conv2d_work_bytes)(const FN(layer) *layer, size_t n)
+{
+    conv_geom g;
+    if (conv_geometry(layer->desc, &layer->in, &g) != FUSENN_OK)
+        return 0;
+    return FN(work_layout)(&g, n).total;
+}
+
+static int FN(conv2d_forward)(const FN(layer) *layer, FN(forward_args) *a)
+{
+    FN(conv_fwd) p = {.n = a->n, .x = a->x, .ldx = a->ldx, .y = a->y, .ldy = a->ldy,
+                      .kernel = layer->param[0], .work = a->work};
+    if (conv_geometry(layer->desc, &layer->in, &p.g) != FUSENN_OK)
+        return FUSENN_EINVAL;
+    p.w = FN(work_layout)(&p.g, a->n);
+    p.bias = p.g.bias ? layer->param[1] : NULL;
+    p.act = a->logits ? FUSENN_ACT_IDENTITY : p.g.act;
+    p.z = fusenn_act_needs_z(p.act) ? a->saved : NULL;
+    const size_t m = a->n * p.g.fwd.oh * p.g.fwd.ow;
+    const size_t chunks = div_up(m, p.w.rows);
+    const size_t failed =
+        FN(run_units)(conv_threads(a->nthreads, chunks, m, p.g.f, p.g.k), chunks,
+                      FN(forward_chunk), &p, &p.w, a->work);
+    a->result = a->y;
+    a->ld_result = a->ldy;
+    return failed ? FUSENN_ENOMEM : FUSENN_OK;
+}
+
+/* dW from the groups' partial sums, elements [j0, j1): each the groups' sums
+ * added in order (and, for the direct kernels' lane vectors, their lanes). */
+typedef struct {
+    const conv_geom *g;
+    const FN(conv_work) *w;
+    const real *part;
+    real *dw;
+} FN(group_sums);
+
+static size_t FN(add_groups)(const void *ctx, size_t j0, size_t j1)
+{
+    const FN(group_sums) *p = ctx;
+    const size_t K = p->g->k, F = p->g->f, len = p->w->part_len, groups = p->w->groups;
+    for (size_t j = j0; j < j1; j++) {
+        if (one_channel_direct(p->g)) {
+            const size_t t = j / F, f = j % F, block = f / DIRECT_F;
+            const real *v = p->part + ((block * K + t) * DIRECT_F + f % DIRECT_F) * V64_LANES;
+            real s = 0;
+            for (size_t gi = 0; gi < groups; gi++)
+                for (size_t l = 0; l < V64_LANES; l++)
+                    s += v[gi * len + l];
+            p->dw[j] = s;
+            continue;
+        }
+        real s = p->part[j];
+        for (size_t gi = 1; gi < groups; gi++)
+            s += p->part[gi * len + j];
+        p->dw[j] = s;
+    }
+    return 0;
+}
+
+static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
+{
+    FN(conv_bwd) p = {.n = a->n, .x = a->x, .ldx = a->ldx, .y = a->y, .ldy = a->ldy,
+                      .kernel = layer->param[0], .dz = a->dy, .dx = a->dx, .work = a->work};
+    if (conv_geometry(layer->desc, &layer->in, &p.g) != FUSENN_OK)
+        return FUSENN_EINVAL;
+    const conv_geom *g = &p.g;
+    p.w = FN(work_layout)(g, a->n);
+    p.act = a->logits ? FUSENN_ACT_IDENTITY : g->act;
+    p.z = fusenn_act_needs_z(p.act) ? a->saved : NULL;
+    const size_t m = a->n * g->fwd.oh * g->fwd.ow, K = g->k, F = g->f;
+
+    if (FN(run_units)(conv_threads(a->nthreads, p.w.groups, m, F, K), p.w.groups,
+                      FN(weight_grad_group), &p, &p.w, a->work))
+        return FUSENN_ENOMEM;
+    const FN(group_sums) sums = {g, &p.w, (const real *)((const char *)a->work + p.w.part_at),
+                                 layer->grad[0]};
+    fusenn_parallel_ranges(fusenn_threads_for(p.w.groups * K * F, a->nthreads), K * F,
+                           FN(add_groups), &sums);
+    if (g->bias) {
+        const double *bpart = (const double *)((const char *)a->work + p.w.bpart_at);
+        for (size_t j = 0; j < F; j++) {
+            double s = bpart[j];
+            for (size_t gi = 1; gi < p.w.groups; gi++)
+                s += bpart[gi * F + j];
+            layer->grad[1][j] = (real)s;
+        }
+    }
+
+    a->result = a->dx;
+    if (a->dx == NULL) /* the first layer needs no input gradient */
+        return FUSENN_OK;
+    if (bwd_is_conv(g)) {
+        p.wt = (real *)((char *)a->work + p.w.wt_at);
+        FN(flip_kernel)(g, layer->param[0], p.wt);
+        const size_t m_in = a->n * g->fwd.h * g->fwd.w;
+        const size_t chunks = div_up(m_in, p.w.rows_bwd);
+        return FN(run_units)(conv_threads(a->nthreads, chunks, m_in, g->cin, g->k_bwd), chunks,
+                             FN(input_grad_chunk), &p, &p.w, a->work)
+                   ? FUSENN_ENOMEM : FUSENN_OK;
+    }
+    p.wt = (real *)((char *)a->work + p.w.wt_at); /* W^T, rows contiguous for the GEMM */
+    for (size_t k = 0; k < K; k++)
+        for (size_t f = 0; f < F; f++)
+            p.wt[f * K + k] = layer->param[0][k * F + f];
+    return FN(run_units)(conv_threads(a->nthreads, a->n, m, K, F), a->n, FN(col2im_sample), &p,
+                         &p.w, a->work)
+               ? FUSENN_ENOMEM : FUSENN_OK;
+}
+
+const FN(layer_kind) FN(conv2d_kind) = {
+    .name = "conv2d",
+    .attrs = conv2d_attrs,
+    .output_shape = FN(conv2d_output_shape),
+    .params = FN(conv2d_params),
+    .saved_bytes = FN(conv2d_saved_bytes),
+    .work_bytes = FN(conv2d_work_bytes),
+    .forward = FN(conv2d_forward),
+    .backward = FN(conv2d_backward),
+};
