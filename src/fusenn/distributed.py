@@ -18,8 +18,10 @@ chunks' gradients, (((g_0 + g_1) + g_2) + ...), each chunk forwarded and
 backpropagated alone. Rank r computes the consecutive chunks [r C/P, (r+1) C/P)
 of every batch, reading only those rows of X. The partial sums travel in a
 chain: rank 0 adds its chunks' gradients in order and sends the sum to rank 1,
-which adds its own in order, and so on; the last rank broadcasts the total and
-every rank makes the same update. Losses, correct predictions and BatchNorm's
+which adds its own in order, and so on; the last rank sends the total on round
+the ring (to rank 0, which passes it to rank 1, ...) and every rank makes the
+same update. The gradient travels in pieces of about 256 KiB, so that the hops
+overlap. Losses, correct predictions and BatchNorm's
 batch statistics travel with the gradients as each chunk's record, and every
 rank adds and folds them in chunk order, as one process does. MPI's Allreduce
 is never used: its order of additions varies.
@@ -286,7 +288,7 @@ class _Stepper:
         comm, r, P, C, t = self.comm, self.rank, self.size, self.chunks, self.timings
         g, m = self.plan.grads, len(self.pieces)
         parts = [g[s] for s in self.pieces]
-        records = comm.Iallgather(self.own, self.records)
+        records = comm.Iallgather(MPI.IN_PLACE, self.records)  # own chunks: in place
         mine = [self.buffers[i] for i, c in enumerate(range(self.c0, self.c1))
                 if c * n // C < (c + 1) * n // C] if first > 0 else []  # own nonempty chunks
         forward = r + 1 < P and last > 0  # rank r + 1 adds to this rank's sum
