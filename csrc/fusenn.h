@@ -634,6 +634,46 @@ int fusenn_plan_train_epoch_f64(fusenn_plan_f64 *plan, size_t n, const void *X, 
                                 double *correct_sum, size_t *done, int interruptible,
                                 int nthreads);
 
+/* A step in parts, for ranks that each take some chunks of every batch
+ * (fusenn.distributed) and add the chunks' gradients in order; a plain step
+ * is these parts in one process.
+ *
+ * fusenn_plan_chunk_gradients: the gradients of chunks [c0, c1) of the batch
+ * of samples batch[0..n) of X (cut into `chunks` chunks by fusenn_chunk_start;
+ * only the rows of chunks c0 .. c1-1 are read), each computed alone as
+ * fusenn_plan_train_batch's chunked step computes it. Chunk c's gradient goes
+ * to grads[c - c0], an arena laid out like the parameters (NULL: every chunk's
+ * to the plan's gradient arena); a chunk that goes to the arena the chunk
+ * before it went to is added to it: (((g_0 + g_1) + g_2) + ...). Each chunk
+ * leaves a record of fusenn_plan_record_len doubles in records[(c - c0) ...]:
+ * its outcome, loss, correct predictions and the batch statistics it
+ * recorded instead of updating running ones (BatchNorm's). Returns the first
+ * chunk's failure (also in the records). Ranks add others' gradients to
+ * theirs elementwise (IEEE additions, as the engine adds).
+ * fusenn_plan_apply_step: with the batch's summed gradient in the plan's
+ * gradient arena and the records of all `chunks` chunks, in order: folds the
+ * recorded statistics into the running ones, adds up the loss and correct
+ * predictions (to a failed chunk), advances the layers' step counters and
+ * makes the update (FUSENN_EDIVERGED as fusenn_plan_train_batch). */
+size_t fusenn_plan_record_len_f32(const fusenn_plan_f32 *plan);
+size_t fusenn_plan_record_len_f64(const fusenn_plan_f64 *plan);
+int fusenn_plan_chunk_gradients_f32(fusenn_plan_f32 *plan, const void *X, ptrdiff_t ldx,
+                                    const int64_t *labels, const float *T, ptrdiff_t ldt,
+                                    const float *sw, const int64_t *batch, size_t n,
+                                    size_t chunks, size_t c0, size_t c1, float *const *grads,
+                                    double *records, int nthreads);
+int fusenn_plan_chunk_gradients_f64(fusenn_plan_f64 *plan, const void *X, ptrdiff_t ldx,
+                                    const int64_t *labels, const double *T, ptrdiff_t ldt,
+                                    const double *sw, const int64_t *batch, size_t n,
+                                    size_t chunks, size_t c0, size_t c1, double *const *grads,
+                                    double *records, int nthreads);
+int fusenn_plan_apply_step_f32(fusenn_plan_f32 *plan, size_t n, size_t chunks,
+                               const double *records, fusenn_optimizer *opt, double *loss,
+                               double *correct, int nthreads);
+int fusenn_plan_apply_step_f64(fusenn_plan_f64 *plan, size_t n, size_t chunks,
+                               const double *records, fusenn_optimizer *opt, double *loss,
+                               double *correct, int nthreads);
+
 /* The network's outputs for n samples X into out (sample stride ldo), in
  * chunks of samples, in inference mode (no dropout, batchnorm's running
  * statistics). interruptible: poll for Ctrl-C about every 10 ms of work.

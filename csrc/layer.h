@@ -66,7 +66,10 @@ typedef struct {
  * engine drops the mask once a layer's output has no time axis of T steps.
  * row0: the first sample's row in the whole batch when the engine runs a
  * batch in chunks (0 otherwise): random masks (Dropout) depend on it, so a
- * chunk draws the masks the whole batch would. */
+ * chunk draws the masks the whole batch would.
+ * stats: for a kind with running statistics (stats_len), where a training
+ * pass records its batch's statistics instead of updating the running ones
+ * (the engine folds them later, in chunk order); NULL: update them now. */
 typedef struct {
     size_t n, row0;
     const void *x;
@@ -77,6 +80,7 @@ typedef struct {
     ptrdiff_t ld_result;
     void *saved, *work;
     const unsigned char *mask;
+    double *stats;
     int training, logits, nthreads;
 } FN(forward_args);
 
@@ -118,6 +122,12 @@ typedef struct {
     size_t (*work_bytes)(const FN(layer) *layer, size_t n);
     int (*forward)(const FN(layer) *layer, FN(forward_args) *a);
     int (*backward)(const FN(layer) *layer, FN(backward_args) *a);
+    /* For a kind that keeps running statistics of its training batches
+     * (BatchNorm): the doubles a training forward records (forward_args.stats),
+     * and the update of the running statistics from one record, exactly the
+     * one an unrecorded forward makes. NULL: no statistics. */
+    size_t (*stats_len)(const FN(layer) *layer);
+    void (*fold_stats)(const FN(layer) *layer, const double *stats);
     /* 1 if the input is int64 indices rather than real values. */
     int index_input;
     /* For a kind that reads indices: how many of n samples' indices it cannot

@@ -207,6 +207,7 @@ typedef struct {
     const real *res;
     ptrdiff_t ld_res;
     const unsigned char *mask; /* the time-step mask it saw */
+    size_t stats_at;   /* where its batch statistics go in a chunk's record */
 } FN(plan_layer);
 
 struct FN(fusenn_plan) {
@@ -231,15 +232,22 @@ struct FN(fusenn_plan) {
     char *x;         /* gathered batch */
     int64_t *labels; /* gathered labels (cross-entropy), rows per sample */
     real *t;         /* gathered targets (the other losses) */
-    real *sw;        /* sample weights per loss row */
+    real *sw;        /* gathered sample weights */
     real *p;         /* probabilities from the fused losses */
     real *z;         /* evaluate's outputs of a chunk, forwarded in parts */
     unsigned char *z_mask; /* and their time-step mask, when they have one */
     real *g2[2];     /* gradient ping-pong */
-    real *sw_chunk;  /* a chunk's sample weights, scaled to its share of the batch */
+    real *sw_rows;   /* weights per loss row (a chunk's scaled to its share of the batch) */
     real *g_chunk;   /* a chunk's gradients before they are added (owned; arena_len) */
     size_t arena_len;
+    size_t record_len;   /* doubles in a chunk's record (REC_*, then batch statistics) */
+    double *records;     /* a step's records (owned; records_cap chunks) */
+    size_t records_cap;
 };
+
+/* A chunk's record: how its gradient went, its loss and correct predictions,
+ * then the batch statistics of the kinds that keep running ones (stats_at). */
+enum { REC_RC, REC_LOSS, REC_CORRECT, REC_STATS };
 
 typedef struct FN(fusenn_plan) plan_t;
 
@@ -272,13 +280,13 @@ static size_t FN(arena_layout)(plan_t *plan, size_t n, char *base)
     size_t x = carve(&size, n * plan->x_bytes);
     size_t labels = carve(&size, rows * sizeof(int64_t));
     size_t t = carve(&size, n * plan->out_size * r);
-    size_t sw = carve(&size, rows * r);
+    size_t sw = carve(&size, n * r);
     size_t p = carve(&size, n * plan->out_size * r);
     size_t z = carve(&size, n * plan->out_size * r);
     size_t z_mask = carve(&size, rows);
     size_t g0 = carve(&size, n * plan->widest * r);
     size_t g1 = carve(&size, n * plan->widest * r);
-    size_t sw_chunk = carve(&size, n * r);
+    size_t sw_rows = carve(&size, rows * r);
     for (size_t l = 0; l < plan->n_layers; l++) {
         FN(plan_layer) *pl = &plan->layers[l];
         size_t out = carve(&size, n * pl->layer.out_size * r);
@@ -300,7 +308,7 @@ static size_t FN(arena_layout)(plan_t *plan, size_t n, char *base)
         plan->z_mask = (unsigned char *)(base + z_mask);
         plan->g2[0] = (real *)(base + g0);
         plan->g2[1] = (real *)(base + g1);
-        plan->sw_chunk = (real *)(base + sw_chunk);
+        plan->sw_rows = (real *)(base + sw_rows);
     }
     return size;
 }
@@ -328,6 +336,7 @@ void FN(fusenn_plan_destroy)(plan_t *plan)
         return;
     fusenn_aligned_free(plan->arena);
     fusenn_aligned_free(plan->g_chunk);
+    fusenn_aligned_free(plan->records);
     fusenn_aligned_free(plan->params);
     fusenn_aligned_free(plan->layers);
     fusenn_aligned_free(plan);
@@ -396,6 +405,7 @@ int FN(fusenn_plan_create)(const fusenn_network *net, plan_t **out, size_t *bad_
     plan->fused = net->loss == FUSENN_LOSS_CROSS_ENTROPY ||
                   net->loss == FUSENN_LOSS_BINARY_CROSS_ENTROPY;
     plan->first_trainable = L;
+    plan->record_len = REC_STATS;
     fusenn_shape shape = net->input;
     for (size_t l = 0; l < L; l++) {
         const size_t params_before = plan->n_params;
@@ -404,7 +414,12 @@ int FN(fusenn_plan_create)(const fusenn_network *net, plan_t **out, size_t *bad_
             FN(fusenn_plan_destroy)(plan);
             return FUSENN_EINVAL;
         }
-        const FN(layer) *layer = &plan->layers[l].layer;
+        FN(plan_layer) *pl = &plan->layers[l];
+        const FN(layer) *layer = &pl->layer;
+        if (pl->kind->stats_len) {
+            pl->stats_at = plan->record_len;
+            plan->record_len += pl->kind->stats_len(layer);
+        }
         plan->widest = FUSENN_MAX(plan->widest, FUSENN_MAX(layer->in_size, layer->out_size));
         if (plan->n_params > params_before && plan->first_trainable == L)
             plan->first_trainable = l;
@@ -435,9 +450,11 @@ static inline const void *FN(sample)(const plan_t *plan, const void *X, ptrdiff_
 /* Forward through every layer, in training mode (batch statistics, dropout
  * masks) or inference mode. The last layer writes to `last` (sample stride
  * ld_last; NULL: its own buffer) and stops at the logits when `logits` is
- * set; its result is plan->layers[L-1].res. */
+ * set; its result is plan->layers[L-1].res. A training pass records batch
+ * statistics into `record` (a chunk's, REC_*) for FN(fold_record). */
 static int FN(forward)(plan_t *plan, size_t n, size_t row0, const void *X, ptrdiff_t ldx,
-                       int training, int logits, real *last, ptrdiff_t ld_last, int nthreads)
+                       int training, int logits, real *last, ptrdiff_t ld_last, double *record,
+                       int nthreads)
 {
     const void *in = X;
     ptrdiff_t ld_in = ldx;
@@ -451,6 +468,7 @@ static int FN(forward)(plan_t *plan, size_t n, size_t row0, const void *X, ptrdi
             .y = is_last && last ? last : pl->out,
             .ldy = is_last && last ? ld_last : (ptrdiff_t)pl->layer.out_size,
             .saved = pl->saved, .work = pl->work, .mask = mask,
+            .stats = training && pl->kind->stats_len ? record + pl->stats_at : NULL,
             .training = training, .logits = is_last && logits, .nthreads = nthreads};
         pl->in = in;
         pl->ld_in = ld_in;
@@ -522,27 +540,27 @@ static double FN(loss)(plan_t *plan, size_t rows, const real *z, ptrdiff_t ldz,
 
 /* The loss of n samples' outputs z (sample stride ldz; a sample of several rows
  * is contiguous): their rows as the loss reads them. Sample weights are
- * repeated for each of a sample's rows (into the arena). */
+ * repeated for each of a sample's rows (into plan->sw_rows, which may hold sw). */
 static double FN(batch_loss)(plan_t *plan, size_t n, const real *z, ptrdiff_t ldz,
                              const int64_t *labels, const real *T, ptrdiff_t ldt, const real *sw,
                              const unsigned char *mask, real *dz, double *correct, int nthreads)
 {
     const size_t r = plan->rows;
+    real *rows_sw = plan->sw_rows;
     if (mask) { /* masked steps weigh 0, the others rows / valid (Keras): a mean over valid steps */
         size_t valid = 0;
         for (size_t i = 0; i < n * r; i++)
             valid += mask[i] != 0;
         const double scale = valid ? (double)(n * r) / (double)valid : 0;
-        for (size_t i = n; i-- > 0;) /* backwards: sw may be the arena's first n */
+        for (size_t i = n; i-- > 0;) /* backwards: sw may be the first n of rows_sw */
             for (size_t j = r; j-- > 0;)
-                plan->sw[i * r + j] = mask[i * r + j] ? (real)((sw ? sw[i] : 1) * scale) : 0;
-        sw = plan->sw;
+                rows_sw[i * r + j] = mask[i * r + j] ? (real)((sw ? sw[i] : 1) * scale) : 0;
+        sw = rows_sw;
     } else if (r > 1 && sw) {
-        if (sw != plan->sw)
-            for (size_t i = n; i-- > 0;) /* backwards: sw may be the arena's first n */
-                for (size_t j = 0; j < r; j++)
-                    plan->sw[i * r + j] = sw[i];
-        sw = plan->sw;
+        for (size_t i = n; i-- > 0;) /* backwards: sw may be the first n of rows_sw */
+            for (size_t j = r; j-- > 0;)
+                rows_sw[i * r + j] = sw[i];
+        sw = rows_sw;
     }
     const ptrdiff_t k = (ptrdiff_t)plan->k;
     return FN(loss)(plan, n * r, z, r > 1 ? k : ldz, labels, T, r > 1 ? k : ldt, sw, mask, dz,
@@ -655,36 +673,34 @@ static void FN(grads_into)(plan_t *plan, real *g)
     }
 }
 
-/* Forward, loss and backward of rows [r0, r1) of a batch of n samples, the
- * parameter gradients into the arena the layers point at. A chunk of the batch
- * (r1 - r0 < n) weighs its rows by their share of the batch, (r1 - r0) / n, so
- * that the chunks' losses and gradients add up to the batch's. *loss, *correct:
- * the chunk's. FUSENN_EDIVERGED: the loss is not finite (no gradient taken). */
-static int FN(chunk_gradients)(plan_t *plan, size_t n, size_t r0, size_t r1, const void *X,
+/* Forward, loss and backward of `rows` rows of a batch of n samples, the first
+ * being row r0 of the batch (X, labels, T and sw point at it), the parameter
+ * gradients into the arena the layers point at. A chunk of the batch (rows <
+ * n) weighs its rows by their share of the batch, rows / n, so that the
+ * chunks' losses and gradients add up to the batch's. The chunk's loss,
+ * correct predictions and batch statistics go to its record.
+ * FUSENN_EDIVERGED: the loss is not finite (no gradient taken). */
+static int FN(chunk_gradients)(plan_t *plan, size_t n, size_t r0, size_t rows, const void *X,
                                ptrdiff_t ldx, const int64_t *labels, const real *T,
-                               ptrdiff_t ldt, const real *sw, double *loss, double *correct,
-                               int nthreads)
+                               ptrdiff_t ldt, const real *sw, double *record, int nthreads)
 {
-    const size_t L = plan->n_layers, rows = r1 - r0;
-    int rc = FN(forward)(plan, rows, r0, FN(sample)(plan, X, ldx, r0), ldx, 1, plan->fused,
-                         NULL, 0, nthreads);
+    const size_t L = plan->n_layers;
+    int rc = FN(forward)(plan, rows, r0, X, ldx, 1, plan->fused, NULL, 0, record, nthreads);
     if (rc != FUSENN_OK)
         return rc;
     if (rows < n) { /* the chunk's share of the batch */
         const double share = (double)rows / (double)n;
         for (size_t i = 0; i < rows; i++)
-            plan->sw_chunk[i] = (real)((sw ? (double)sw[r0 + i] : 1.0) * share);
-        sw = plan->sw_chunk;
-    } else if (sw) {
-        sw += r0;
+            plan->sw_rows[i] = (real)((sw ? (double)sw[i] : 1.0) * share);
+        sw = plan->sw_rows;
     }
-    const size_t r = plan->rows;
     int cur = 0; /* plan->g2[cur] holds dL/d(output of the layer being differentiated) */
     const FN(plan_layer) *last = &plan->layers[L - 1];
-    *loss = FN(batch_loss)(plan, rows, last->res, last->ld_res, labels ? labels + r0 * r : NULL,
-                           T ? T + (ptrdiff_t)r0 * ldt : NULL, ldt, sw, plan->out_mask,
-                           plan->g2[cur], correct, nthreads);
-    if (!isfinite(*loss))
+    const double loss = FN(batch_loss)(plan, rows, last->res, last->ld_res, labels, T, ldt, sw,
+                                       plan->out_mask, plan->g2[cur], &record[REC_CORRECT],
+                                       nthreads);
+    record[REC_LOSS] = loss;
+    if (!isfinite(loss))
         return FUSENN_EDIVERGED;
 
     for (size_t l = L; l-- > plan->first_trainable;) {
@@ -739,12 +755,107 @@ static size_t FN(add_range)(const void *ctx, size_t begin, size_t end)
 
 static void FN(add_gradients)(plan_t *plan, real *g, const real *h, int nthreads)
 {
-    const FN(add_args) args = {g, h};
     for (size_t i = 0; i < plan->n_params; i++) {
         const param_t *p = &plan->params[i];
         fusenn_parallel_ranges(fusenn_threads_for(p->len, nthreads), p->len, FN(add_range),
-                               &(FN(add_args)){args.g + p->offset, args.h + p->offset});
+                               &(FN(add_args)){g + p->offset, h + p->offset});
     }
+}
+
+/* Chunks [c0, c1) of a batch of n samples cut into `chunks` (fusenn_chunk_start),
+ * X, labels, T and sw holding the batch's rows from the first of chunk c0 on:
+ * each chunk's gradient goes to grads[c - c0] (NULL: every chunk's to plan->g),
+ * added in order to the gradients there when the chunk before went to the same
+ * arena: (((g_0 + g_1) + g_2) + ...). Each chunk's record goes to
+ * records[(c - c0) record_len ...]; empty chunks and those after a failed one
+ * get a zero record (FUSENN_OK, loss 0). Returns the first failure. */
+static int FN(chunks_gradients)(plan_t *plan, size_t n, size_t chunks, size_t c0, size_t c1,
+                                const void *X, ptrdiff_t ldx, const int64_t *labels,
+                                const real *T, ptrdiff_t ldt, const real *sw,
+                                real *const *grads, double *records, int nthreads)
+{
+    const size_t len = plan->record_len, first = fusenn_chunk_start(c0, chunks, n);
+    memset(records, 0, (c1 - c0) * len * sizeof(double));
+    const real *previous = NULL; /* where the last nonempty chunk's gradient went */
+    int rc = FUSENN_OK;
+    for (size_t c = c0; c < c1 && rc == FUSENN_OK; c++) {
+        const size_t r0 = fusenn_chunk_start(c, chunks, n), r1 = fusenn_chunk_start(c + 1, chunks, n);
+        if (r0 == r1)
+            continue;
+        real *to = grads ? grads[c - c0] : plan->g;
+        const int add = to == previous;
+        if (add && plan->g_chunk == NULL) {
+            plan->g_chunk = fusenn_aligned_alloc(FUSENN_MAX(plan->arena_len, (size_t)1) *
+                                                 sizeof(real));
+            if (plan->g_chunk == NULL)
+                rc = FUSENN_ENOMEM;
+        }
+        const size_t i = r0 - first; /* the chunk's first row in X */
+        double *record = records + (c - c0) * len;
+        if (rc == FUSENN_OK) {
+            FN(grads_into)(plan, add ? plan->g_chunk : to);
+            rc = FN(chunk_gradients)(plan, n, r0, r1 - r0, FN(sample)(plan, X, ldx, i), ldx,
+                                     labels ? labels + i * plan->rows : NULL,
+                                     T ? T + (ptrdiff_t)i * ldt : NULL, ldt, sw ? sw + i : NULL,
+                                     record, nthreads);
+        }
+        if (rc == FUSENN_OK && add)
+            FN(add_gradients)(plan, to, plan->g_chunk, nthreads);
+        record[REC_RC] = rc;
+        previous = to;
+    }
+    FN(grads_into)(plan, plan->g);
+    return rc;
+}
+
+/* Apply a chunk's recorded batch statistics to the running ones. */
+static void FN(fold_record)(plan_t *plan, const double *record)
+{
+    for (size_t l = 0; l < plan->n_layers; l++) {
+        const FN(plan_layer) *pl = &plan->layers[l];
+        if (pl->kind->fold_stats)
+            pl->kind->fold_stats(&pl->layer, record + pl->stats_at);
+    }
+}
+
+/* The end of a step whose gradient is in plan->g and whose chunks' records
+ * are in `records` (all `chunks` of them): in chunk order up to a failed
+ * chunk, the records' statistics folded into the running ones and their losses
+ * and correct predictions added up; the step counters advanced; then the
+ * update, unless a chunk failed or the loss is not finite. */
+static int FN(finish_step)(plan_t *plan, size_t n, size_t chunks, const double *records,
+                           fusenn_optimizer *opt, double *loss, double *correct, int nthreads)
+{
+    *loss = *correct = 0;
+    int rc = FUSENN_OK;
+    for (size_t c = 0; c < chunks && rc == FUSENN_OK; c++) {
+        if (fusenn_chunk_start(c, chunks, n) == fusenn_chunk_start(c + 1, chunks, n))
+            continue;
+        const double *record = records + c * plan->record_len;
+        rc = (int)record[REC_RC];
+        if (rc == FUSENN_OK || rc == FUSENN_EDIVERGED) /* its forward pass ran */
+            FN(fold_record)(plan, record);
+        *loss += record[REC_LOSS];
+        *correct += record[REC_CORRECT];
+    }
+    FN(advance_counters)(plan); /* also after a failed step, as the op-by-op path */
+    if (rc == FUSENN_OK && !isfinite(*loss))
+        rc = FUSENN_EDIVERGED;
+    return rc == FUSENN_OK ? FN(apply_gradients)(plan, opt, nthreads) : rc;
+}
+
+/* Room for the records of a step of `chunks` chunks; it only ever grows. */
+static int FN(reserve_records)(plan_t *plan, size_t chunks)
+{
+    if (chunks <= plan->records_cap)
+        return FUSENN_OK;
+    double *records = fusenn_aligned_alloc(chunks * plan->record_len * sizeof(double));
+    if (records == NULL)
+        return FUSENN_ENOMEM;
+    fusenn_aligned_free(plan->records);
+    plan->records = records;
+    plan->records_cap = chunks;
+    return FUSENN_OK;
 }
 
 /* One step on a batch of n samples X (sample stride ldx), its gradient the
@@ -757,32 +868,12 @@ static int FN(step)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx,
                     int nthreads)
 {
     chunks = FUSENN_MAX(chunks, (size_t)1);
-    if (chunks > 1 && plan->g_chunk == NULL) {
-        plan->g_chunk = fusenn_aligned_alloc(FUSENN_MAX(plan->arena_len, (size_t)1) * sizeof(real));
-        if (plan->g_chunk == NULL)
-            return FUSENN_ENOMEM;
-    }
-    *loss = *correct = 0;
-    int rc = FUSENN_OK, first = 1;
-    for (size_t c = 0; c < chunks && rc == FUSENN_OK; c++) {
-        const size_t r0 = fusenn_chunk_start(c, chunks, n), r1 = fusenn_chunk_start(c + 1, chunks, n);
-        if (r0 == r1)
-            continue;
-        FN(grads_into)(plan, first ? plan->g : plan->g_chunk);
-        double chunk_loss = 0, chunk_correct = 0;
-        rc = FN(chunk_gradients)(plan, n, r0, r1, X, ldx, labels, T, ldt, sw, &chunk_loss,
-                                 &chunk_correct, nthreads);
-        *loss += chunk_loss;
-        *correct += chunk_correct;
-        if (rc == FUSENN_OK && !first)
-            FN(add_gradients)(plan, plan->g, plan->g_chunk, nthreads);
-        first = 0;
-    }
-    FN(grads_into)(plan, plan->g);
-    FN(advance_counters)(plan); /* also after a failed step, as the op-by-op path */
-    if (rc == FUSENN_OK && !isfinite(*loss))
-        rc = FUSENN_EDIVERGED;
-    return rc == FUSENN_OK ? FN(apply_gradients)(plan, opt, nthreads) : rc;
+    const int rc = FN(reserve_records)(plan, chunks);
+    if (rc != FUSENN_OK)
+        return rc;
+    FN(chunks_gradients)(plan, n, chunks, 0, chunks, X, ldx, labels, T, ldt, sw, NULL,
+                         plan->records, nthreads);
+    return FN(finish_step)(plan, n, chunks, plan->records, opt, loss, correct, nthreads);
 }
 
 /* ---- public entry points --------------------------------------------------------- */
@@ -914,6 +1005,46 @@ int FN(fusenn_plan_train_epoch)(plan_t *plan, size_t n, const void *X, ptrdiff_t
     return rc;
 }
 
+size_t FN(fusenn_plan_record_len)(const plan_t *plan) { return plan->record_len; }
+
+int FN(fusenn_plan_chunk_gradients)(plan_t *plan, const void *X, ptrdiff_t ldx,
+                                    const int64_t *labels, const real *T, ptrdiff_t ldt,
+                                    const real *sw, const int64_t *batch, size_t n,
+                                    size_t chunks, size_t c0, size_t c1, real *const *grads,
+                                    double *records, int nthreads)
+{
+    if (chunks == 0 || c0 > c1 || c1 > chunks)
+        return FUSENN_EINVAL;
+    if (plan->rows > 1)
+        ldt = (ptrdiff_t)plan->out_size;
+    const size_t first = fusenn_chunk_start(c0, chunks, n);
+    const size_t rows = fusenn_chunk_start(c1, chunks, n) - first;
+    const int rc = FN(reserve)(plan, FUSENN_MAX(rows, (size_t)1));
+    if (rc != FUSENN_OK) { /* every record says so: the ranks agree the step failed */
+        memset(records, 0, (c1 - c0) * plan->record_len * sizeof(double));
+        for (size_t c = c0; c < c1; c++)
+            records[(c - c0) * plan->record_len + REC_RC] = rc;
+        return rc;
+    }
+    FN(gather)(plan, rows, batch + first, X, ldx, labels, T, ldt, sw, nthreads);
+    return FN(chunks_gradients)(plan, n, chunks, c0, c1, plan->x, (ptrdiff_t)plan->d_in,
+                                labels ? plan->labels : NULL, plan->t,
+                                (ptrdiff_t)plan->out_size, sw ? plan->sw : NULL, grads, records,
+                                nthreads);
+}
+
+int FN(fusenn_plan_apply_step)(plan_t *plan, size_t n, size_t chunks, const double *records,
+                               fusenn_optimizer *opt, double *loss, double *correct,
+                               int nthreads)
+{
+    if (chunks == 0)
+        return FUSENN_EINVAL;
+    const int rc = FN(finish_step)(plan, n, chunks, records, opt, loss, correct, nthreads);
+    if (rc == FUSENN_EDIVERGED)
+        FN(reset_optimizer)(plan, opt);
+    return rc;
+}
+
 /* Seconds on a monotonic clock. */
 static double now(void)
 {
@@ -941,7 +1072,7 @@ static int FN(infer)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx, int l
         real *to = out + (ptrdiff_t)start * ldo;
         const double t0 = interruptible ? now() : 0;
         int rc = FN(forward)(plan, rows, 0, FN(sample)(plan, X, ldx, start), ldx, 0, logits, to,
-                             ldo, nthreads);
+                             ldo, NULL, nthreads);
         if (rc != FUSENN_OK)
             return rc;
         if (last->res != to) /* the last layer passed its input through */

@@ -527,6 +527,28 @@ def test_chunked_steps_are_bitwise_the_op_by_op_ones(net, chunks):
         {k: v for k, v in h2.history.items() if k != "time"}
 
 
+@pytest.mark.parametrize("chunks", [1, 3])
+def test_sample_weights_of_sequence_outputs_in_fit(chunks):
+    """fit weighs each step of a sample by the sample's weight (the engine once
+    read weights for rows it had not expanded): engine and op by op agree."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((21, 5, 3)).astype(np.float32)
+    y = rng.standard_normal((21, 5, 2)).astype(np.float32)
+    sw = rng.uniform(0.5, 1.5, len(X))
+
+    def make(op_by_op):
+        model = fusenn.Sequential([fusenn.Dense(4, "tanh"), fusenn.Dense(2)],
+                                  input_shape=(5, 3), seed=1)
+        model.compile("mse", optimizer("momentum", op_by_op))
+        return model
+
+    engine, by_op = make(False), make(True)
+    h1 = engine.fit(X, y, epochs=2, batch_size=8, sample_weight=sw, batch_chunks=chunks, verbose=0)
+    h2 = by_op.fit(X, y, epochs=2, batch_size=8, sample_weight=sw, batch_chunks=chunks, verbose=0)
+    assert_same_weights(engine, by_op)
+    assert h1.history["loss"] == h2.history["loss"]
+
+
 def test_chunks_add_up_to_the_batch():
     """Without BatchNorm a chunked step is the plain step up to rounding (the
     gradient is a sum either way), and Dropout draws the whole batch's masks: the

@@ -56,7 +56,7 @@ venv_install_test \
   -Cinstall.strip=false \
   -Ccmake.define.FUSENN_REQUIRE_OPENMP=ON \
   "-Ccmake.define.CMAKE_C_FLAGS=$san_flags" \
-  "${FUSENN_ROOT}[test]" 2>&1 | tee "$tmp/output.log" || rc=$?
+  "${FUSENN_ROOT}[test,mpi]" 2>&1 | tee "$tmp/output.log" || rc=$?
 
 # Prove the extension really is instrumented (a silently ignored flag would pass everything).
 so=("$tmp"/venv/lib/python*/site-packages/fusenn/_kernels.*.so)

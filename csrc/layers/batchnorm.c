@@ -115,8 +115,9 @@ static size_t FN(normalize_tiles)(const void *ctx, size_t t0, size_t t1)
 
 /* ---- training forward -------------------------------------------------------
  * Per column block: mean = sum x / n, var = sum (x - mean)^2 / n (two passes
- * in double), invstd = 1 / sqrt(var + eps), running statistics updated. Then
- * per tile: y = (x - mean) * (gamma invstd) + beta from the stored mean and
+ * in double), invstd = 1 / sqrt(var + eps), running statistics updated (or
+ * the batch's mean and var recorded, in double, for a later update). Then per
+ * tile: y = (x - mean) * (gamma invstd) + beta from the stored mean and
  * invstd. All statistics are stored before the tiles start, so Y may alias X. */
 typedef struct {
     layout L;
@@ -124,7 +125,15 @@ typedef struct {
     ptrdiff_t ldx;
     double eps, momentum;
     real *running_mean, *running_var, *mean, *invstd;
+    double *record; /* d means then d variances, or NULL */
 } FN(stats_args);
+
+/* A running statistic after a batch whose statistic is `stat`: the one formula
+ * of the immediate and the recorded update, so both give the same bits. */
+static inline real FN(running_update)(double momentum, real running, double stat)
+{
+    return (real)(momentum * (double)running + (1.0 - momentum) * stat);
+}
 
 static size_t FN(batch_stats_blocks)(const void *ctx, size_t b0, size_t b1)
 {
@@ -160,15 +169,35 @@ static size_t FN(batch_stats_blocks)(const void *ctx, size_t b0, size_t b1)
             const double var = sq[j] / (double)n;
             mean[j0 + j] = (real)mu[j];
             invstd[j0 + j] = (real)(1.0 / sqrt(var + eps));
-            if (running_mean) {
-                running_mean[j0 + j] = (real)(momentum * (double)running_mean[j0 + j] +
-                                              (1.0 - momentum) * mu[j]);
-                running_var[j0 + j] = (real)(momentum * (double)running_var[j0 + j] +
-                                             (1.0 - momentum) * var);
+            if (p->record) {
+                p->record[j0 + j] = mu[j];
+                p->record[p->L.d + j0 + j] = var;
+            } else if (running_mean) {
+                running_mean[j0 + j] = FN(running_update)(momentum, running_mean[j0 + j], mu[j]);
+                running_var[j0 + j] = FN(running_update)(momentum, running_var[j0 + j], var);
             }
         }
     }
     return 0;
+}
+
+/* The training forward; record non-NULL: the batch's statistics go there
+ * (2 d doubles) instead of into the running ones. */
+static void FN(forward_train)(size_t n, size_t d, const real *X, ptrdiff_t ldx,
+                              const real *gamma, const real *beta, double eps, double momentum,
+                              real *running_mean, real *running_var, double *record,
+                              real *mean, real *invstd, real *Y, ptrdiff_t ldy, int nthreads)
+{
+    if (n == 0 || d == 0)
+        return;
+    const layout L = layout_for(n, d, nthreads);
+    const FN(stats_args) stats = {L, X, ldx, eps, momentum, running_mean, running_var,
+                                  mean, invstd, record};
+    fusenn_parallel_ranges(L.nt, L.nblocks, FN(batch_stats_blocks), &stats);
+    const FN(normalize_args) norm = {.L = L, .X = X, .gamma = gamma, .beta = beta,
+                                     .center = mean, .invstd = invstd, .ldx = ldx,
+                                     .ldy = ldy, .Y = Y};
+    fusenn_parallel_ranges(L.nt, L.nrows * L.nblocks, FN(normalize_tiles), &norm);
 }
 
 void FN(fusenn_batchnorm_forward_train)(size_t n, size_t d, const real *X, ptrdiff_t ldx,
@@ -178,16 +207,8 @@ void FN(fusenn_batchnorm_forward_train)(size_t n, size_t d, const real *X, ptrdi
                                         real *mean, real *invstd,
                                         real *Y, ptrdiff_t ldy, int nthreads)
 {
-    if (n == 0 || d == 0)
-        return;
-    const layout L = layout_for(n, d, nthreads);
-    const FN(stats_args) stats = {L, X, ldx, eps, momentum, running_mean, running_var,
-                                  mean, invstd};
-    fusenn_parallel_ranges(L.nt, L.nblocks, FN(batch_stats_blocks), &stats);
-    const FN(normalize_args) norm = {.L = L, .X = X, .gamma = gamma, .beta = beta,
-                                     .center = mean, .invstd = invstd, .ldx = ldx,
-                                     .ldy = ldy, .Y = Y};
-    fusenn_parallel_ranges(L.nt, L.nrows * L.nblocks, FN(normalize_tiles), &norm);
+    FN(forward_train)(n, d, X, ldx, gamma, beta, eps, momentum, running_mean, running_var, NULL,
+                      mean, invstd, Y, ldy, nthreads);
 }
 
 /* ---- inference forward ----------------------------------------------------------
@@ -355,10 +376,9 @@ static int FN(batchnorm_forward_kind)(const FN(layer) *layer, FN(forward_args) *
     bn_rows(layer, a->n, a->ldy, &rs_y);
     real *stats = a->saved;
     if (a->training)
-        FN(fusenn_batchnorm_forward_train)(rows, d, a->x, rs_x, layer->param[0], layer->param[1],
-                                           desc->attr[BN_EPS], desc->attr[BN_MOMENTUM],
-                                           desc->buffer[0], desc->buffer[1], stats, stats + d,
-                                           a->y, rs_y, a->nthreads);
+        FN(forward_train)(rows, d, a->x, rs_x, layer->param[0], layer->param[1],
+                          desc->attr[BN_EPS], desc->attr[BN_MOMENTUM], desc->buffer[0],
+                          desc->buffer[1], a->stats, stats, stats + d, a->y, rs_y, a->nthreads);
     else
         FN(fusenn_batchnorm_forward_infer)(rows, d, a->x, rs_x, layer->param[0], layer->param[1],
                                            desc->attr[BN_EPS], desc->buffer[0], desc->buffer[1],
@@ -381,6 +401,23 @@ static int FN(batchnorm_backward_kind)(const FN(layer) *layer, FN(backward_args)
     return FUSENN_OK;
 }
 
+/* A training pass's batch mean and variance, per feature. */
+static size_t FN(batchnorm_stats_len)(const FN(layer) *layer)
+{
+    return 2 * fusenn_shape_last(&layer->in);
+}
+
+static void FN(batchnorm_fold_stats)(const FN(layer) *layer, const double *stats)
+{
+    const size_t d = fusenn_shape_last(&layer->in);
+    const double momentum = layer->desc->attr[BN_MOMENTUM];
+    real *running_mean = layer->desc->buffer[0], *running_var = layer->desc->buffer[1];
+    for (size_t j = 0; j < d; j++) {
+        running_mean[j] = FN(running_update)(momentum, running_mean[j], stats[j]);
+        running_var[j] = FN(running_update)(momentum, running_var[j], stats[d + j]);
+    }
+}
+
 const FN(layer_kind) FN(batchnorm_kind) = {
     .name = "batchnorm",
     .attrs = batchnorm_attrs,
@@ -389,4 +426,6 @@ const FN(layer_kind) FN(batchnorm_kind) = {
     .saved_bytes = FN(batchnorm_saved_bytes),
     .forward = FN(batchnorm_forward_kind),
     .backward = FN(batchnorm_backward_kind),
+    .stats_len = FN(batchnorm_stats_len),
+    .fold_stats = FN(batchnorm_fold_stats),
 };

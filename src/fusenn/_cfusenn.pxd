@@ -326,6 +326,24 @@ cdef extern from "fusenn.h" nogil:
                                     fusenn_optimizer *opt,
                                     double *loss, double *loss_sum, double *correct_sum,
                                     size_t *done, int interruptible, int nthreads)
+    size_t fusenn_plan_record_len_f32(const fusenn_plan_f32 *plan)
+    size_t fusenn_plan_record_len_f64(const fusenn_plan_f64 *plan)
+    int fusenn_plan_chunk_gradients_f32(fusenn_plan_f32 *plan, const void *X, Py_ssize_t ldx,
+                                        const int64_t *labels, const float *T, Py_ssize_t ldt,
+                                        const float *sw, const int64_t *batch, size_t n,
+                                        size_t chunks, size_t c0, size_t c1, float **grads,
+                                        double *records, int nthreads)
+    int fusenn_plan_chunk_gradients_f64(fusenn_plan_f64 *plan, const void *X, Py_ssize_t ldx,
+                                        const int64_t *labels, const double *T, Py_ssize_t ldt,
+                                        const double *sw, const int64_t *batch, size_t n,
+                                        size_t chunks, size_t c0, size_t c1, double **grads,
+                                        double *records, int nthreads)
+    int fusenn_plan_apply_step_f32(fusenn_plan_f32 *plan, size_t n, size_t chunks,
+                                   const double *records, fusenn_optimizer *opt, double *loss,
+                                   double *correct, int nthreads)
+    int fusenn_plan_apply_step_f64(fusenn_plan_f64 *plan, size_t n, size_t chunks,
+                                   const double *records, fusenn_optimizer *opt, double *loss,
+                                   double *correct, int nthreads)
     int fusenn_plan_predict_f32(fusenn_plan_f32 *plan, size_t n, const void *X, Py_ssize_t ldx,
                                 float *out, Py_ssize_t ldo, int interruptible, int nthreads)
     int fusenn_plan_predict_f64(fusenn_plan_f64 *plan, size_t n, const void *X, Py_ssize_t ldx,

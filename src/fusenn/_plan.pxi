@@ -574,6 +574,82 @@ cdef class Plan:
             if interruptible:
                 fusenn_interrupt_end()
 
+    # ---- a step in parts (fusenn.distributed; fusenn.h) ------------------------------
+
+    @property
+    def record_len(self):
+        """Doubles in a chunk's record (chunk_gradients, apply_step)."""
+        return (fusenn_plan_record_len_f64(<fusenn_plan_f64 *>self.plan) if self.f64 else
+                fusenn_plan_record_len_f32(<fusenn_plan_f32 *>self.plan))
+
+    @property
+    def grads(self):
+        """The gradient arena the plan adds the chunks' gradients into and updates from."""
+        return self.arrays[1]
+
+    cdef void *arena(self, a, str what) except NULL:
+        return address(a, self.arrays[1].dtype, self.arrays[1].size, what)
+
+    def chunk_gradients(self, X, labels, T, sw, const int64_t[::1] batch, size_t chunks,
+                        size_t c0, size_t c1, list grads, double[::1] records, int nthreads):
+        """The gradients of chunks [c0, c1) of the batch X[batch] cut into `chunks`
+        (the caller checked that batch indexes X): chunk c's into grads[c - c0]
+        (arrays like the gradient arena; None: all into the gradient arena), added
+        to the one before when it is the same array; each chunk's record into
+        records[(c - c0) * record_len ...]. Returns the first failure's code."""
+        cdef batch_t b
+        self.batch(X, labels, T, sw, &b)
+        cdef size_t len_ = self.record_len, i
+        if c0 > c1 or c1 > chunks or chunks == 0:
+            raise ValueError(f"chunks [{c0}, {c1}) of {chunks}")
+        if <size_t>records.shape[0] < (c1 - c0) * len_:
+            raise ValueError(f"records must hold {(c1 - c0) * len_} doubles")
+        if grads is not None and <size_t>len(grads) != c1 - c0:
+            raise ValueError(f"grads must list {c1 - c0} arrays")
+        cdef void **to = NULL
+        cdef int rc
+        if grads is not None and c1 > c0:
+            to = <void **>PyMem_Calloc(c1 - c0, sizeof(void *))
+            if to == NULL:
+                raise MemoryError()
+        try:
+            for i in range(c1 - c0 if grads is not None else 0):
+                to[i] = self.arena(grads[i], "a chunk's gradient arena")
+            with nogil:
+                if self.f64:
+                    rc = fusenn_plan_chunk_gradients_f64(
+                        <fusenn_plan_f64 *>self.plan, b.X, b.ldx, b.labels, <const double *>b.T,
+                        b.ldt, <const double *>b.sw, &batch[0] if batch.shape[0] else NULL,
+                        batch.shape[0], chunks, c0, c1, <double **>to,
+                        &records[0] if records.shape[0] else NULL, nthreads)
+                else:
+                    rc = fusenn_plan_chunk_gradients_f32(
+                        <fusenn_plan_f32 *>self.plan, b.X, b.ldx, b.labels, <const float *>b.T,
+                        b.ldt, <const float *>b.sw, &batch[0] if batch.shape[0] else NULL,
+                        batch.shape[0], chunks, c0, c1, <float **>to,
+                        &records[0] if records.shape[0] else NULL, nthreads)
+        finally:
+            PyMem_Free(to)
+        return rc
+
+    def apply_step(self, size_t n, size_t chunks, const double[::1] records, int nthreads):
+        """The end of a step on n samples whose summed gradient is in the gradient
+        arena, from the records of its `chunks` chunks: returns (code, loss, correct)."""
+        if chunks == 0 or <size_t>records.shape[0] < chunks * self.record_len:
+            raise ValueError(f"records must hold {chunks} chunks' records")
+        cdef double loss = 0, correct = 0
+        cdef int rc
+        with nogil:
+            if self.f64:
+                rc = fusenn_plan_apply_step_f64(<fusenn_plan_f64 *>self.plan, n, chunks,
+                                                &records[0], &self.opt, &loss, &correct,
+                                                nthreads)
+            else:
+                rc = fusenn_plan_apply_step_f32(<fusenn_plan_f32 *>self.plan, n, chunks,
+                                                &records[0], &self.opt, &loss, &correct,
+                                                nthreads)
+        return rc, loss, correct
+
     def predict_array(self, X, lock):
         """The outputs for X in a new array, when X is the common case (an aligned,
         C-contiguous ndarray of the plan's input dtype and sample shape, with one

@@ -52,6 +52,7 @@ from sklearn.utils.multiclass import check_classification_targets, type_of_targe
 from sklearn.utils.validation import (_check_sample_weight, check_is_fitted, column_or_1d,
                                       validate_data)
 
+from . import distributed
 from ._threads import threads
 from .layers import Dense
 from .model import Sequential
@@ -215,7 +216,8 @@ class _BaseMLP(BaseEstimator):
         return [int(s) for s in sizes]
 
     def _threads(self):
-        return contextlib.nullcontext() if self.n_threads is None else threads(int(self.n_threads))
+        n = self.n_threads if self.n_threads is not None else distributed.worker_threads()
+        return contextlib.nullcontext() if n is None else threads(int(n))
 
     def _stochastic_solver(self):
         """available_if's test for partial_fit (scikit-learn's: stochastic solvers only)."""
@@ -665,9 +667,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     Parameters are scikit-learn's (solver "lbfgs", "sgd" or "adam"), plus
     `dtype` (None: the network computes in X's float dtype, float32 staying
     float32 and anything else float64, as scikit-learn; or "float32" /
-    "float64") and `n_threads` (None: fusenn's thread count; else the number
-    of kernel threads for fit and predict). Binary targets train one sigmoid
-    output with binary cross-entropy, more classes a softmax output with
+    "float64") and `n_threads` (None: fusenn's thread count, or in a joblib or
+    dask worker its share of the cores, fusenn.distributed.worker_threads; else
+    the number of kernel threads for fit and predict). Binary targets train one
+    sigmoid output with binary cross-entropy, more classes a softmax output with
     cross-entropy, multi-label indicator matrices one sigmoid output per
     label. Sparse X is made dense. `model_` is the underlying fusenn.Sequential.
     """
