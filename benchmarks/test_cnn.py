@@ -139,8 +139,9 @@ def torch_trainer(net):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("nthreads", THREADS)
-@pytest.mark.parametrize("net", NETS)
-def test_cnn_train_step(run, net, nthreads, backend):
+@pytest.mark.parametrize("cnn", NETS)  # not `net`: conftest parametrizes that one
+def test_cnn_train_step(run, cnn, nthreads, backend):
+    net = cnn
     _, _, _, want_loss, flop = case(net)
     if backend == "numpy" and net == "vgg-b64" and nthreads == 2:
         pytest.skip("the NumPy reference's VGG step takes seconds; timed on one thread only")
