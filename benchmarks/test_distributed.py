@@ -1,4 +1,4 @@
-"""benchmarks/distributed_epoch.py (the epoch table of README's MPI section) on a
+"""benchmarks/distributed_epoch.py (the epoch table of docs/guide/distributed.md) on a
 small epoch, every variant once, so that the script cannot rot; timing is its
 own (run it directly for the table). Skipped without mpirun or mpi4py, except
 on CI (CI=true), which installs both."""

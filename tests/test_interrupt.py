@@ -83,7 +83,7 @@ def test_ctrl_c_stops_within_a_batch(tmp_path, backend, what):
     out = proc.stdout
     assert proc.returncode == 0, out + proc.stderr
     latency = float(out.split("latency_ms ")[1].split()[0])
-    # 0.1 s on an idle machine (README); generous here for loaded CI machines, and still
+    # 0.1 s on an idle machine (docs/guide/performance.md); generous here for loaded CI machines, and still
     # far below the several seconds an epoch-end check would take
     assert latency < 500, out
     assert "usable True" in out

@@ -4,7 +4,7 @@ The installed scikit-learn's sklearn/neural_network/tests/test_mlp.py is
 copied with one line changed, the import of MLPClassifier and MLPRegressor,
 and run with pytest in a subprocess (with scikit-learn's global_random_seed
 fixture at its default, 42). Every test passes except those that read
-scikit-learn's private optimizer object (README, "scikit-learn").
+scikit-learn's private optimizer object (docs/guide/sklearn.md).
 """
 
 import subprocess

@@ -21,7 +21,7 @@ import os
 # Spin iterations before an idle libgomp thread sleeps: 6000 is ~80 us here
 # (13 ns per `pause` and load on this Intel Xeon; Zen 4's pause is shorter, so
 # the same count spins for less time there). Chosen by measurement on 2 vCPUs
-# (README, "Threads next to other runtimes"): it must outlast the serial gaps
+# (docs/guide/performance.md, "Next to NumPy"): it must outlast the serial gaps
 # between one training step's regions (~50 us), or each region wakes a
 # sleeping helper (3000 cost back-to-back steps up to 1.4x; 1000 or
 # OMP_WAIT_POLICY=passive 30-60%), and end soon after a call, as NumPy's next
