@@ -62,7 +62,10 @@ size_t fusenn_parallel_ranges(int nt, size_t n, fusenn_range_fn fn, const void *
         return fn(ctx, 0, n);
     const size_t parts = FUSENN_MIN((size_t)nt, n);
     const size_t pieces = FUSENN_MIN(parts * PIECES_PER_THREAD, n);
-    size_t next[parts]; /* the next unclaimed piece of each thread's share */
+    size_t shares[parts];
+    /* the next unclaimed piece of each thread's share; through a pointer, as GCC 12
+     * with -fsanitize=address,undefined crashes outlining a region that names a VLA */
+    size_t *next = shares;
     for (size_t t = 0; t < parts; t++)
         next[t] = fusenn_chunk_start(t, parts, pieces);
     const int caller_cpu = fusenn_current_cpu();
