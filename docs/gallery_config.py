@@ -4,7 +4,7 @@ sphinx-gallery runs the scripts whose path matches `executed_pattern()` and
 only shows the code of the others. Left out: examples/cnn_fashion_mnist.py
 and fashion_mnist_gru.py (60,000 images take minutes, and need Debian's
 dataset-fashion-mnist) and examples/mnist_idx.py (needs MNIST files; it ends in
-sys.exit). The CNN, the LSTM and the character model train for fewer epochs
+sys.exit), and examples/distributed_mnist.py (meant for mpirun). The CNN, the LSTM and the character model train for fewer epochs
 (the character model also with fewer units) than their defaults, seconds each.
 """
 
@@ -33,7 +33,8 @@ _ARGS = {
 
 # examples/ from the simplest network to the recurrent ones
 _ORDER = ["xor.py", "regression.py", "digits_mlp.py", "mnist_idx.py", "cnn_digits.py",
-          "cnn_fashion_mnist.py", "rnn_digits_rows.py", "fashion_mnist_gru.py", "char_rnn.py"]
+          "cnn_fashion_mnist.py", "rnn_digits_rows.py", "fashion_mnist_gru.py", "char_rnn.py",
+          "distributed_mnist.py"]
 
 
 class ExampleOrder:

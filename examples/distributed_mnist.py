@@ -1,5 +1,8 @@
-"""Data-parallel training over MPI: every rank ends with the weights one process
-would have, to the bit.
+"""Data-parallel training over MPI
+================================
+
+Every rank ends with the weights one process would have, to the bit. From the
+source tree::
 
     mpirun -n 2 -x OMP_NUM_THREADS=1 python examples/distributed_mnist.py [--epochs 5]
     python examples/distributed_mnist.py          # one process: the same weights
