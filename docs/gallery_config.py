@@ -3,9 +3,10 @@
 sphinx-gallery runs the scripts whose path matches `executed_pattern()` and
 only shows the code of the others. Left out: examples/cnn_fashion_mnist.py
 and fashion_mnist_gru.py (60,000 images take minutes, and need Debian's
-dataset-fashion-mnist) and examples/mnist_idx.py (needs MNIST files; it ends in
-sys.exit), and examples/distributed_mnist.py (meant for mpirun). The CNN, the LSTM and the character model train for fewer epochs
-(the character model also with fewer units) than their defaults, seconds each.
+dataset-fashion-mnist), examples/mnist_idx.py (needs MNIST files; it ends in
+sys.exit) and examples/distributed_mnist.py (meant for mpirun). The CNN, the
+LSTM and the character model train for fewer epochs (the character model also
+with fewer units) than their defaults, seconds each.
 """
 
 import os
