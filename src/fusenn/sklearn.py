@@ -35,6 +35,7 @@ network used by the next predict, fit or partial_fit.
 
 import contextlib
 import numbers
+import types
 import warnings
 
 import numpy as np
@@ -611,6 +612,16 @@ class _BaseMLP(BaseEstimator):
                 raise
             return None
         return out if np.all(np.isfinite(out)) else None
+
+    @property
+    def _optimizer(self):
+        """The stochastic solver's state as scikit-learn names it (its own tests read
+        `_optimizer.learning_rate`): the learning rate in scikit-learn's units, which
+        invscaling and adaptive schedules change; fusenn's optimizer is
+        `model_.optimizer`, its `lr` in fusenn's units (see _sync_optimizer)."""
+        if not hasattr(self, "_learning_rate"):
+            raise AttributeError("_optimizer exists after fit")
+        return types.SimpleNamespace(learning_rate=self._learning_rate)
 
     def _update_no_improvement_count(self, X_val, y_val, w_val):
         if self.early_stopping:
