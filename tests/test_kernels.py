@@ -426,7 +426,7 @@ def _cpu_isas():
 # every kernel (MR/NR up to 8/64: the small shapes reach the small-call tiles,
 # the k = 300 ones the large-call tiles), across the KC boundaries (256, and
 # 1024 for float32 on AVX2 and AVX-512), the fused bias + activation store of
-# dense_forward, and alpha / beta.
+# dense_forward, and alpha / beta; and count_nonfinite, also compiled per ISA.
 _ISA_CHILD = textwrap.dedent("""
     import sys
     import numpy as np
@@ -434,7 +434,8 @@ _ISA_CHILD = textwrap.dedent("""
     from fusenn import ops, reference as ref
     sys.path.insert(0, sys.argv[2])
     from test_kernels import (GEMM_ALPHA_BETA_SHAPES, assert_close, dense_operands,
-                              few_rows_bits_check, gemm_alpha_beta_case, matmul_operands)
+                              few_rows_bits_check, gemm_alpha_beta_case, matmul_operands,
+                              nonfinite_check)
 
     assert fusenn.gemm_isa() == sys.argv[1], (fusenn.gemm_isa(), sys.argv[1])
     rng = np.random.default_rng(4)
@@ -462,6 +463,7 @@ _ISA_CHILD = textwrap.dedent("""
                 for c_layout in ("contiguous", "cols"):
                     gemm_alpha_beta_case(rng, shape, alpha, beta, dtype, c_layout, 1)
         few_rows_bits_check(rng, dtype)
+        nonfinite_check(rng, dtype)
         a, b = matmul_operands(rng, 200, 150, 260, dtype, False, False)
         outs = []
         for nt in (1, 2, 3):
@@ -902,6 +904,34 @@ def test_optimizer_gradient_layouts(layout, dtype):
                          lambda t: dict(t=t), steps=1, g_layout=layout)
     _run_optimizer_steps("sgd_update", (9, 13), dtype, ("w", "v"),
                          lambda t: dict(lr=0.1, momentum=0.9), steps=1, g_layout=layout)
+
+
+# ---- input checks ---------------------------------------------------------------------------
+
+def nonfinite_check(rng, dtype):
+    """ops.count_nonfinite counts NaN and +-inf, not huge or subnormal values, at every
+    position of a vector (rows of 1 to 40 values, and 784) and in strided rows, on 1
+    and 2 threads (from 64K values)."""
+    fi = np.finfo(dtype)
+    for d in list(range(1, 41)) + [784]:
+        x = rng.standard_normal((9, d)).astype(dtype)
+        x[rng.random(x.shape) < 0.3] = fi.max
+        x[rng.random(x.shape) < 0.2] = fi.smallest_subnormal
+        for value in (np.nan, np.inf, -np.inf):
+            x[rng.random(x.shape) < 0.1] = value
+        want = int(np.count_nonzero(~np.isfinite(x)))
+        assert ops.count_nonfinite(x) == want, d
+        assert ops.count_nonfinite(x[::2]) == np.count_nonzero(~np.isfinite(x[::2])), d
+    big = np.zeros((100, 784), dtype)
+    big[[0, 50, 99], [783, 0, 400]] = (np.nan, np.inf, -np.inf)
+    for nt in (1, 2):
+        with fusenn.threads(nt):
+            assert ops.count_nonfinite(big) == 3
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_count_nonfinite(dtype):
+    nonfinite_check(np.random.default_rng(19), dtype)
 
 
 # ---- argument validation --------------------------------------------------------------------
