@@ -6,12 +6,12 @@ import math
 import numpy as np
 
 from . import ops
-from ._common import positive_int
+from ._common import finite_number, positive_int
 
 _INT64 = np.dtype(np.int64)
 
 __all__ = ["check_X", "check_indices", "check_y", "check_data", "check_weights", "check_input_shape", "writeable",
-           "positive_int"]
+           "positive_int", "split_validation"]
 
 
 def writeable(a):
@@ -176,6 +176,20 @@ def check_weights(model, y, n, sample_weight, class_weight):
         cw = table[classes]
         sw = cw if sw is None else sw * cw
     return None if sw is None else sw.astype(model.dtype)
+
+
+def split_validation(X, y, sw, validation_split):
+    """The last validation_split share of the rows held out, as Keras does (before any
+    shuffle): (X, y, sw, (X_val, y_val)) for the rest and the held-out rows."""
+    split = finite_number(validation_split, "validation_split")
+    if not 0 <= split < 1:
+        raise ValueError(f"validation_split must lie in [0, 1), got {validation_split}")
+    n_val = int(X.shape[0] * split)
+    if n_val == 0 or n_val == X.shape[0]:
+        raise ValueError(f"validation_split={validation_split} leaves no validation or no "
+                         f"training samples out of {X.shape[0]}")
+    cut = X.shape[0] - n_val
+    return X[:cut], y[:cut], None if sw is None else sw[:cut], (X[cut:], y[cut:])
 
 
 def check_input_shape(shape, name="input_shape"):

@@ -49,9 +49,9 @@ import numpy as np
 
 from . import _engine, ops
 from . import callbacks as callbacks_module
-from ._common import finite_number, positive_int
+from ._common import positive_int
 from ._threads import get_num_threads
-from ._validation import check_data, check_weights, check_X, check_y
+from ._validation import check_data, check_weights, check_X, check_y, split_validation
 from .model import PREDICT_CHUNK, History, _as_list
 
 __all__ = ["init", "rank", "size", "barrier", "fit", "evaluate", "predict", "stats",
@@ -355,17 +355,7 @@ def fit(model, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None
     sw = check_weights(model, y, X.shape[0], sample_weight, class_weight)
     split_off = validation_data is None and bool(validation_split)
     if split_off:
-        split = finite_number(validation_split, "validation_split")
-        if not 0 <= split < 1:
-            raise ValueError(f"validation_split must lie in [0, 1), got {validation_split}")
-        n_val = int(X.shape[0] * split)
-        if n_val == 0 or n_val == X.shape[0]:
-            raise ValueError(f"validation_split={validation_split} leaves no validation or no "
-                             f"training samples out of {X.shape[0]}")
-        cut = X.shape[0] - n_val
-        validation_data = (X[cut:], y[cut:])
-        X, y = X[:cut], y[:cut]
-        sw = None if sw is None else sw[:cut]
+        X, y, sw, validation_data = split_validation(X, y, sw, validation_split)
     elif validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data must be a pair (X_val, y_val)")
