@@ -1057,7 +1057,9 @@ static double now(void)
  * inference mode, stopping at the logits when `logits` is set. Forward passes
  * take PLAN_CHUNK_ROWS samples; an interruptible call takes fewer, about 10 ms
  * of work each, and polls for Ctrl-C between them (the bits of each output do
- * not depend on how samples are grouped). */
+ * not depend on how samples are grouped). It starts with 16 and then sizes each
+ * part from the last one's time: doubling from 16 cut a 1024-row call into
+ * seven small forward passes, each packing the weights again. */
 static int FN(infer)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx, int logits, real *out,
                      ptrdiff_t ldo, unsigned char *out_mask, int interruptible, int nthreads)
 {
@@ -1081,12 +1083,10 @@ static int FN(infer)(plan_t *plan, size_t n, const void *X, ptrdiff_t ldx, int l
         if (out_mask && plan->out_mask) /* the part's mask, before the next part's */
             memcpy(out_mask + start * plan->rows, plan->out_mask, rows * plan->rows);
         start += rows;
-        if (interruptible) { /* aim at 5-20 ms per part */
+        if (interruptible) { /* the next part: about 10 ms at this part's pace */
             const double took = now() - t0;
-            if (took < 5e-3 && rows == part)
-                part = FUSENN_MIN(2 * part, (size_t)PLAN_CHUNK_ROWS);
-            else if (took > 20e-3 && part > 1)
-                part /= 2;
+            const double fit = took > 0 ? (double)rows * 10e-3 / took : (double)PLAN_CHUNK_ROWS;
+            part = (size_t)FUSENN_MAX(1.0, FUSENN_MIN(fit, (double)PLAN_CHUNK_ROWS));
         }
     }
     return FUSENN_OK;

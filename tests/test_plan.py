@@ -498,6 +498,19 @@ def test_predict_takes_one_call_and_falls_back_for_anything_else():
     np.testing.assert_allclose(model.predict(X), by_op.predict(X), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_long_predict_in_parts_gives_the_bits_of_short_calls(nthreads):
+    """A long predict runs in interruptible parts sized by time (16 samples first);
+    each output's bits do not depend on the parts, so they equal 7-sample calls'."""
+    model = fusenn.Sequential([fusenn.Dense(64, "relu"), fusenn.Dense(5, "softmax")],
+                              input_dim=40, seed=3)
+    X = np.random.default_rng(0).standard_normal((2500, 40)).astype(np.float32)
+    with fusenn.threads(nthreads):
+        whole = model.predict(X)
+        short = np.concatenate([model.predict(X[i:i + 7]) for i in range(0, len(X), 7)])
+    np.testing.assert_array_equal(whole, short)
+
+
 # ---- batches in chunks (the single-process form of a distributed fit) -------------------------
 
 @pytest.mark.parametrize("chunks", [2, 3, 4, 7])
