@@ -492,6 +492,21 @@ static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n, si
 #define GEMM_DIRECT_B 1
 #endif
 
+/* One-thread calls of up to this many rows whose B has its rows on cache
+ * lines (the engine's weights) take the small calls' path too: B read in
+ * place and the mid tile (8 rows: batches of 64 and 128 fill it). Packing B
+ * took longer than reading it in place from L2, and doubled what the call
+ * keeps there. AVX-512, float32, one thread, B aligned, X W + b with relu,
+ * medians of 6 runs, us: 32x784x256 90 -> 68, 64x784x256 152 -> 134,
+ * 96x784x256 218 -> 204, 128x784x256 296 -> 279, 64x256x128 26 -> 23;
+ * 256x784x256 572 -> 579 (so not past 128 rows). B 16 bytes off a cache
+ * line: every 64-byte load straddles two lines, and 64 rows took 155 -> 164,
+ * 128 rows 296 -> 330 (so only aligned). AVX2 and the portable kernels: even
+ * (-1% to +1%), but AVX2 at 32 rows (147 -> 138). */
+#ifndef GEMM_IN_PLACE_B_ROWS
+#define GEMM_IN_PLACE_B_ROWS 128
+#endif
+
 /* Column slabs (threads reading A in place) are about this many panels wide:
  * small enough to balance two threads when one vCPU is slowed (dynamic
  * schedule), wide enough that each slab reuses its A blocks. Measured (two
@@ -973,8 +988,14 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         FN(gemm_scale_only)(m, n, beta, C, rs_c, cs_c, bias, act);
         return FUSENN_OK;
     }
+    /* in_place_b (GEMM_IN_PLACE_B_ROWS) runs on one thread, as a small call
+     * past GEMM_FEW_ROWS does, and takes its tiles and B in place: other
+     * tiles than with two threads, but every tile sums in the same order. */
     const int small = fusenn_gemm_is_serial(m, n, k);
-    const FN(gemm_config) *cfg = FN(gemm_select)(small, m, n, k, cs_b == 1);
+    const int in_place_b = nthreads <= 1 && m > GEMM_FEW_ROWS && m <= GEMM_IN_PLACE_B_ROWS
+                        && cs_b == 1 && (uintptr_t)B % 64 == 0
+                        && (size_t)rs_b * sizeof(real) % 64 == 0;
+    const FN(gemm_config) *cfg = FN(gemm_select)(small || in_place_b, m, n, k, cs_b == 1);
     const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
     /* Few rows that would leave a tile padded with two or more zero rows:
      * the rows past the last whole tile go to a call of their own, with a
@@ -1009,7 +1030,7 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
          * thread takes whole row blocks with its own A. */
         .split_columns = m_blocks % (size_t)nt != 0,
         .direct_a = n <= GEMM_DIRECT_A_MAX_PANELS * nr || cs_a == 1,
-        .direct_b = GEMM_DIRECT_B && (serial || m <= GEMM_FEW_ROWS) && cs_b == 1,
+        .direct_b = GEMM_DIRECT_B && (serial || m <= GEMM_FEW_ROWS || in_place_b) && cs_b == 1,
     };
     const size_t b_len = kc_max * ((FUSENN_MIN(cfg->nc, n) + nr - 1) / nr * nr);
     /* Threads that read A in place need not share anything: each takes

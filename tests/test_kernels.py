@@ -403,6 +403,44 @@ def test_few_rows_bits_match_the_large_call_tile(dtype):
     few_rows_bits_check(np.random.default_rng(6), dtype)
 
 
+def _aligned_copy(values, offset=0):
+    """`values` copied to `offset` elements past a 64-byte boundary."""
+    step = 64 // values.itemsize
+    buf = np.empty(values.size + 2 * step, values.dtype)
+    start = (-buf.ctypes.data % 64) // values.itemsize + offset
+    view = buf[start:start + values.size].reshape(values.shape)
+    view[...] = values
+    return view
+
+
+def in_place_b_bits_check(rng, dtype):
+    """One-thread calls of 17 to 128 rows whose B has its rows on cache lines
+    (the engine's weights) read B in place on the small calls' tile: the same
+    bits as the rows of a 300-row product (the large-call tile), as two
+    threads and as a B off a cache line (B packed), for matmul and the fused
+    bias + activation of dense_forward; k crosses a KC boundary."""
+    k = 1100 if dtype == np.float32 else 300
+    for n in (16, 112, 256):  # rows of 64-byte multiples; 16: the narrow tile; 112: an edge
+        a, b = matmul_operands(rng, 300, n, k, dtype, False, False)
+        bias = rng.standard_normal(n).astype(dtype)
+        full = ops.matmul(a, b)
+        relu = ops.dense_forward(a, b, bias, "relu")
+        b_lines, b_off = _aligned_copy(b), _aligned_copy(b, 1)
+        for m in (17, 33, 64, 100, 128, 129):
+            rows = slice(300 - m, 300)
+            for bb in (b_lines, b_off):
+                for nt in (1, 2):
+                    with fusenn.threads(nt):
+                        assert np.array_equal(ops.matmul(a[rows], bb), full[rows]), (m, n, nt)
+                        assert np.array_equal(ops.dense_forward(a[rows], bb, bias, "relu"),
+                                              relu[rows]), (m, n, nt, "relu")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_in_place_b_bits_match_two_threads(dtype):
+    in_place_b_bits_check(np.random.default_rng(16), dtype)
+
+
 def _cpu_isas():
     """GEMM ISA levels this CPU supports, as fusenn names them."""
     isas = ["generic"]
@@ -434,8 +472,8 @@ _ISA_CHILD = textwrap.dedent("""
     from fusenn import ops, reference as ref
     sys.path.insert(0, sys.argv[2])
     from test_kernels import (GEMM_ALPHA_BETA_SHAPES, assert_close, dense_operands,
-                              few_rows_bits_check, gemm_alpha_beta_case, matmul_operands,
-                              nonfinite_check)
+                              few_rows_bits_check, gemm_alpha_beta_case, in_place_b_bits_check,
+                              matmul_operands, nonfinite_check)
 
     assert fusenn.gemm_isa() == sys.argv[1], (fusenn.gemm_isa(), sys.argv[1])
     rng = np.random.default_rng(4)
@@ -464,6 +502,7 @@ _ISA_CHILD = textwrap.dedent("""
                     gemm_alpha_beta_case(rng, shape, alpha, beta, dtype, c_layout, 1)
         few_rows_bits_check(rng, dtype)
         nonfinite_check(rng, dtype)
+        in_place_b_bits_check(rng, dtype)
         a, b = matmul_operands(rng, 200, 150, 260, dtype, False, False)
         outs = []
         for nt in (1, 2, 3):
