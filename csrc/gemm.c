@@ -428,9 +428,9 @@ static const FN(gemm_config) FN(gemm_row_configs)[][4] = {
  * AVX-512, float32, B 16 bytes off a cache line, the tiles before -> the row
  * tiles: 1x784x256 28 -> 7.1 us, 4x784x256 29 -> 13, 8x784x256 50 -> 22,
  * 1x256x128 4.0 -> 1.2, 4x128x10 0.72 -> 0.60; 16x16x16 stays narrow (0.17
- * us, 0.23 on the mid tile's edge kernel). The choice never depends on the
- * thread count, and every tile sums each element in the same order, so it
- * does not change the bits. */
+ * us, 0.23 on the mid tile's edge kernel). Every tile sums each element in
+ * the same order, so the choice does not change the bits, even where it
+ * depends on the thread count (GEMM_IN_PLACE_B_ROWS). */
 static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n, size_t k,
                                               int b_rows_contiguous)
 {
