@@ -492,19 +492,24 @@ static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n, si
 #define GEMM_DIRECT_B 1
 #endif
 
-/* One-thread calls of up to this many rows whose B has its rows on cache
- * lines (the engine's weights) take the small calls' path too: B read in
- * place and the mid tile (8 rows: batches of 64 and 128 fill it). Packing B
- * took longer than reading it in place from L2, and doubled what the call
+/* One-thread calls of up to this many rows (and GEMM_IN_PLACE_B_COLS columns
+ * or more) whose B has its rows on cache lines (the engine's weights) take
+ * the small calls' path too: B read in place and the mid tile (8 rows:
+ * batches of 64 and 128 fill it). Packing B took longer than reading it in place from L2, and doubled what the call
  * keeps there. AVX-512, float32, one thread, B aligned, X W + b with relu,
  * medians of 6 runs, us: 32x784x256 90 -> 68, 64x784x256 152 -> 134,
  * 96x784x256 218 -> 204, 128x784x256 296 -> 279, 64x256x128 26 -> 23;
  * 256x784x256 572 -> 579 (so not past 128 rows). B 16 bytes off a cache
  * line: every 64-byte load straddles two lines, and 64 rows took 155 -> 164,
  * 128 rows 296 -> 330 (so only aligned). AVX2 and the portable kernels: even
- * (-1% to +1%), but AVX2 at 32 rows (147 -> 138). */
+ * (-1% to +1%), but AVX2 at 32 rows (147 -> 138). Only from 128 columns:
+ * the convolutions' 48x64x576 and 96x64x288 (one thread, VGG) gained
+ * nothing (medians of 8 runs +2% and +1%, within their ranges). */
 #ifndef GEMM_IN_PLACE_B_ROWS
 #define GEMM_IN_PLACE_B_ROWS 128
+#endif
+#ifndef GEMM_IN_PLACE_B_COLS
+#define GEMM_IN_PLACE_B_COLS 128
 #endif
 
 /* Column slabs (threads reading A in place) are about this many panels wide:
@@ -993,7 +998,7 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
      * tiles than with two threads, but every tile sums in the same order. */
     const int small = fusenn_gemm_is_serial(m, n, k);
     const int in_place_b = nthreads <= 1 && m > GEMM_FEW_ROWS && m <= GEMM_IN_PLACE_B_ROWS
-                        && cs_b == 1 && (uintptr_t)B % 64 == 0
+                        && n >= GEMM_IN_PLACE_B_COLS && cs_b == 1 && (uintptr_t)B % 64 == 0
                         && (size_t)rs_b * sizeof(real) % 64 == 0;
     const FN(gemm_config) *cfg = FN(gemm_select)(small || in_place_b, m, n, k, cs_b == 1);
     const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;

@@ -414,13 +414,13 @@ def _aligned_copy(values, offset=0):
 
 
 def in_place_b_bits_check(rng, dtype):
-    """One-thread calls of 17 to 128 rows whose B has its rows on cache lines
-    (the engine's weights) read B in place on the small calls' tile: the same
-    bits as the rows of a 300-row product (the large-call tile), as two
-    threads and as a B off a cache line (B packed), for matmul and the fused
-    bias + activation of dense_forward; k crosses a KC boundary."""
+    """One-thread calls of 17 to 128 rows and from 128 columns whose B has its
+    rows on cache lines (the engine's weights) read B in place on the small
+    calls' tile: the same bits as the rows of a 300-row product (the large-call
+    tile), as two threads and as a B off a cache line (B packed), for matmul
+    and the fused bias + activation of dense_forward; k crosses a KC boundary."""
     k = 1100 if dtype == np.float32 else 300
-    for n in (16, 112, 256):  # rows of 64-byte multiples; 16: the narrow tile; 112: an edge
+    for n in (128, 144, 256):  # rows of 64-byte multiples; 144: a partial last panel
         a, b = matmul_operands(rng, 300, n, k, dtype, False, False)
         bias = rng.standard_normal(n).astype(dtype)
         full = ops.matmul(a, b)
