@@ -75,6 +75,15 @@ int fusenn_swap_thread_override(int n); /* returns the previous override (0: non
 void fusenn_mark_forked_child(void);
 void fusenn_configure_default_threads(int cap, int without_openmp);
 
+/* ---- helpers kept waiting for a CPU (parallel.c) ---------------------------
+ * fusenn_team_size(nt): the team a parallel region starts now, nt, or 1 while
+ * helper threads have lately kept their caller waiting for a CPU. Every
+ * region reports to fusenn_region_waited when it started and when its caller
+ * finished its own part (CLOCK_MONOTONIC nanoseconds, fusenn_clock_ns). */
+int64_t fusenn_clock_ns(void);
+int fusenn_team_size(int nt);
+void fusenn_region_waited(int64_t start, int64_t caller_done);
+
 /* ---- Ctrl-C during long calls (interrupt.c) -------------------------------
  * fusenn_interrupt_begin installs a SIGINT handler that records the signal in
  * a flag and passes it on to the handler it replaces (Python's); the engine's

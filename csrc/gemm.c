@@ -993,6 +993,7 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
         FN(gemm_scale_only)(m, n, beta, C, rs_c, cs_c, bias, act);
         return FUSENN_OK;
     }
+    nthreads = fusenn_team_size(nthreads); /* 1 while helpers wait for a CPU */
     /* in_place_b (GEMM_IN_PLACE_B_ROWS) runs on one thread, as a small call
      * past GEMM_FEW_ROWS does, and takes its tiles and B in place: other
      * tiles than with two threads, but every tile sums in the same order. */

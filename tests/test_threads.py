@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -260,3 +261,61 @@ def test_every_gemm_slab_runs_exactly_once(m, k, n, trans_a, nthreads, dtype):
     assert np.array_equal(results[0], results[1])
     np.testing.assert_allclose(results[0], a.astype(np.float64) @ b + c0,
                                rtol=1e-4 if dtype == np.float32 else 1e-10, atol=1e-3)
+
+
+# ---- stepping aside while helpers wait for a CPU --------------------------------------------
+
+def _late_region(waited_ms, worked_ms=0.2):
+    """Report a region whose caller worked worked_ms and then waited waited_ms for a helper."""
+    now = fusenn._kernels.clock_ns()
+    fusenn._kernels.region_waited(now - int((worked_ms + waited_ms) * 1e6),
+                                  now - int(waited_ms * 1e6))
+
+
+def _alone_for_ms():
+    """How long, from now, parallel loops run on their caller alone (0.5 ms steps)."""
+    start = time.perf_counter()
+    while fusenn._kernels.team_size(2) == 1:
+        time.sleep(0.0005)
+    return (time.perf_counter() - start) * 1e3
+
+
+def test_loops_run_alone_for_a_while_after_a_helper_kept_its_caller_waiting():
+    team = fusenn._kernels.team_size
+    time.sleep(0.25)  # past any while left by earlier tests
+    assert team(1) == 1 and team(2) == 2 and team(5) == 5
+    _late_region(waited_ms=0.1)  # a short wait: normal imbalance
+    _late_region(waited_ms=3.0, worked_ms=5.0)  # waited less than it worked
+    assert team(2) == 2
+    _late_region(waited_ms=3.0)  # a helper without a CPU: alone for 4 ms
+    assert team(2) == 1 and team(1) == 1
+    first = _alone_for_ms()
+    assert 1.0 < first < 60.0  # 4 ms, with room for a slow scheduler
+    assert team(4) == 4
+    _late_region(waited_ms=3.0)  # late again within a while of the last one: twice as long
+    second = _alone_for_ms()
+    assert second > 6.0
+    time.sleep(0.25)  # helpers on time for longer than the while: back to 4 ms
+    _late_region(waited_ms=3.0)
+    assert _alone_for_ms() < 60.0
+
+
+def test_a_step_taken_alone_gives_the_bits_of_a_step_with_helpers():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((256, 300)).astype(np.float32)
+    y = rng.integers(0, 10, 256)
+    weights = []
+    for alone in (False, True):
+        model = fusenn.Sequential([fusenn.Dense(200, "relu"), fusenn.Dense(10, "softmax")],
+                                  input_dim=300, seed=1)
+        model.compile("cross_entropy", "adam")
+        time.sleep(0.25)
+        with fusenn.threads(2):
+            for _ in range(3):
+                if alone:
+                    _late_region(waited_ms=3.0)
+                    assert fusenn._kernels.team_size(2) == 1
+                model.train_on_batch(X, y)
+        weights.append(model.get_weights())
+    for a, b in zip(*weights):
+        assert np.array_equal(a, b)

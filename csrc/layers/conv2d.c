@@ -716,7 +716,7 @@ static size_t FN(run_units)(size_t threads, size_t units, FN(unit_fn) fn, const 
 /* Threads for a pass of `units` parts of work over m rows of GEMMs m x n x k. */
 static size_t conv_threads(int nthreads, size_t units, size_t m, size_t n, size_t k)
 {
-    if (nthreads <= 1 || fusenn_gemm_is_serial(m, n, k))
+    if (fusenn_team_size(nthreads) <= 1 || fusenn_gemm_is_serial(m, n, k))
         return 1;
     return FUSENN_MIN((size_t)nthreads, FUSENN_MIN(units, (size_t)CONV_SLOTS));
 }

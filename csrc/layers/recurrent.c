@@ -164,7 +164,8 @@ size_t FN(rnn_work_bytes)(const FN(layer) *layer, size_t n, const FN(rnn_cell) *
 static size_t FN(rnn_time_loop)(const rnn_dims *d, size_t m, fusenn_range_fn fn,
                                 const void *ctx, int nthreads)
 {
-    if (nthreads <= 1 || m < 2 || fusenn_gemm_is_serial(m * d->T, d->G * d->u, d->u))
+    if (fusenn_team_size(nthreads) <= 1 || m < 2
+        || fusenn_gemm_is_serial(m * d->T, d->G * d->u, d->u))
         return fn(ctx, 0, m);
     const size_t nt = FUSENN_MIN((size_t)nthreads, m);
     const size_t unit = FUSENN_MAX((m + RNN_UNITS_PER_THREAD * nt - 1) / (RNN_UNITS_PER_THREAD * nt),

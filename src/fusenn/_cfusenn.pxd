@@ -36,6 +36,9 @@ cdef extern from "fusenn.h" nogil:
     int fusenn_swap_thread_override(int n)
     void fusenn_mark_forked_child()
     void fusenn_configure_default_threads(int cap, int without_openmp)
+    int64_t fusenn_clock_ns()
+    int fusenn_team_size(int nt)
+    void fusenn_region_waited(int64_t start, int64_t caller_done)
     const char *fusenn_gemm_isa()
     int fusenn_gemm_is_serial(size_t m, size_t n, size_t k)
 

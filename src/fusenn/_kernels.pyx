@@ -74,6 +74,24 @@ def set_global_threads(int n):
     fusenn_set_global_threads(n)
 
 
+# ---- helpers kept waiting for a CPU (csrc/parallel.c) ----
+
+def team_size(int n):
+    """The team a parallel loop of n threads starts now: n, or 1 while helper
+    threads have lately kept their caller waiting for a CPU."""
+    return fusenn_team_size(n)
+
+
+def clock_ns():
+    return fusenn_clock_ns()
+
+
+def region_waited(int64_t start_ns, int64_t caller_done_ns):
+    """Report a parallel region as the engine does: it started at start_ns, and its
+    caller finished its own part at caller_done_ns and then waited until now."""
+    fusenn_region_waited(start_ns, caller_done_ns)
+
+
 def swap_thread_override(int n):
     return fusenn_swap_thread_override(n)
 
