@@ -430,7 +430,8 @@ static const FN(gemm_config) FN(gemm_row_configs)[][4] = {
  * 1x256x128 4.0 -> 1.2, 4x128x10 0.72 -> 0.60; 16x16x16 stays narrow (0.17
  * us, 0.23 on the mid tile's edge kernel). Every tile sums each element in
  * the same order, so the choice does not change the bits, even where it
- * depends on the thread count (GEMM_IN_PLACE_B_ROWS). */
+ * depends on the thread count (GEMM_IN_PLACE_B_ROWS, which is therefore
+ * limited to the alpha and beta whose stores round alike on every tile). */
 static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n, size_t k,
                                               int b_rows_contiguous)
 {
@@ -495,8 +496,9 @@ static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n, si
 /* One-thread calls of up to this many rows (and GEMM_IN_PLACE_B_COLS columns
  * or more) whose B has its rows on cache lines (the engine's weights) take
  * the small calls' path too: B read in place and the mid tile (8 rows:
- * batches of 64 and 128 fill it). Packing B took longer than reading it in place from L2, and doubled what the call
- * keeps there. AVX-512, float32, one thread, B aligned, X W + b with relu,
+ * batches of 64 and 128 fill it). Packing B took longer than reading it in
+ * place from L2, and doubled what the call keeps there. AVX-512, float32,
+ * one thread, B aligned, X W + b with relu,
  * medians of 6 runs, us: 32x784x256 90 -> 68, 64x784x256 152 -> 134,
  * 96x784x256 218 -> 204, 128x784x256 296 -> 279, 64x256x128 26 -> 23;
  * 256x784x256 572 -> 579 (so not past 128 rows). B 16 bytes off a cache
@@ -996,11 +998,15 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
     nthreads = fusenn_team_size(nthreads); /* 1 while helpers wait for a CPU */
     /* in_place_b (GEMM_IN_PLACE_B_ROWS) runs on one thread, as a small call
      * past GEMM_FEW_ROWS does, and takes its tiles and B in place: other
-     * tiles than with two threads, but every tile sums in the same order. */
+     * tiles than with two threads, but every tile sums in the same order.
+     * Only for C = A B and C += A B (all the engine's calls): a tile moved to
+     * or from the edge is stored by store_tile instead of the kernel, which
+     * rounds alpha t + beta c differently for other alpha and beta. */
     const int small = fusenn_gemm_is_serial(m, n, k);
     const int in_place_b = nthreads <= 1 && m > GEMM_FEW_ROWS && m <= GEMM_IN_PLACE_B_ROWS
                         && n >= GEMM_IN_PLACE_B_COLS && cs_b == 1 && (uintptr_t)B % 64 == 0
-                        && (size_t)rs_b * sizeof(real) % 64 == 0;
+                        && (size_t)rs_b * sizeof(real) % 64 == 0
+                        && alpha == 1 && (beta == 0 || beta == 1);
     const FN(gemm_config) *cfg = FN(gemm_select)(small || in_place_b, m, n, k, cs_b == 1);
     const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
     /* Few rows that would leave a tile padded with two or more zero rows:

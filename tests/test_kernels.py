@@ -434,6 +434,15 @@ def in_place_b_bits_check(rng, dtype):
                         assert np.array_equal(ops.matmul(a[rows], bb), full[rows]), (m, n, nt)
                         assert np.array_equal(ops.dense_forward(a[rows], bb, bias, "relu"),
                                               relu[rows]), (m, n, nt, "relu")
+            # C = alpha A B + beta C and C += A B: the same bits on 1 and 2 threads too
+            c0 = rng.standard_normal((m, n)).astype(dtype)
+            for alpha, beta in ((0.5, 0.7), (1.0, 1.0), (1.0, 0.7), (0.5, 1.0)):
+                outs = []
+                for nt in (1, 2):
+                    c = c0.copy()
+                    _kernels.gemm(alpha, a[rows], b_lines, beta, c, nt)
+                    outs.append(c)
+                assert np.array_equal(outs[0], outs[1]), (m, n, alpha, beta)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
