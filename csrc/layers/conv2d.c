@@ -703,13 +703,18 @@ static size_t FN(run_units)(size_t threads, size_t units, FN(unit_fn) fn, const 
         return failed;
     }
     const int caller_cpu = fusenn_current_cpu();
+    const int64_t start = fusenn_clock_ns();
+    int64_t caller_done = start;
 #pragma omp parallel num_threads((int)threads) reduction(+ : failed)
     {
         fusenn_leave_cpu(caller_cpu);
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
         for (size_t u = 0; u < units; u++)
             failed += fn(ctx, u, FN(slot)(w, work, (size_t)fusenn_thread_num()));
+        if (fusenn_thread_num() == 0)
+            caller_done = fusenn_clock_ns();
     }
+    fusenn_region_waited(start, caller_done);
     return failed;
 }
 

@@ -173,13 +173,18 @@ static size_t FN(rnn_time_loop)(const rnn_dims *d, size_t m, fusenn_range_fn fn,
     const size_t units = (m + unit - 1) / unit;
     size_t failed = 0;
     const int caller_cpu = fusenn_current_cpu();
+    const int64_t start = fusenn_clock_ns();
+    int64_t caller_done = start;
 #pragma omp parallel num_threads((int)nt) reduction(+ : failed)
     {
         fusenn_leave_cpu(caller_cpu);
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
         for (size_t i = 0; i < units; i++)
             failed += fn(ctx, i * unit, FUSENN_MIN((i + 1) * unit, m));
+        if (fusenn_thread_num() == 0)
+            caller_done = fusenn_clock_ns();
     }
+    fusenn_region_waited(start, caller_done);
     return failed;
 }
 
