@@ -499,15 +499,19 @@ def test_predict_takes_one_call_and_falls_back_for_anything_else():
 
 
 @pytest.mark.parametrize("nthreads", [1, 2])
-def test_long_predict_in_parts_gives_the_bits_of_short_calls(nthreads):
+@pytest.mark.parametrize("short_rows", [7, 50])
+def test_long_predict_in_parts_gives_the_bits_of_short_calls(nthreads, short_rows):
     """A long predict runs in interruptible parts sized by time (16 samples first);
-    each output's bits do not depend on the parts, so they equal 7-sample calls'."""
-    model = fusenn.Sequential([fusenn.Dense(64, "relu"), fusenn.Dense(5, "softmax")],
+    each output's bits do not depend on the parts, so they equal short calls' (7 rows:
+    the few-row tiles; 50 rows on one thread: the tile that reads the 160-column weights
+    in place)."""
+    model = fusenn.Sequential([fusenn.Dense(160, "relu"), fusenn.Dense(5, "softmax")],
                               input_dim=40, seed=3)
     X = np.random.default_rng(0).standard_normal((2500, 40)).astype(np.float32)
     with fusenn.threads(nthreads):
         whole = model.predict(X)
-        short = np.concatenate([model.predict(X[i:i + 7]) for i in range(0, len(X), 7)])
+        short = np.concatenate([model.predict(X[i:i + short_rows])
+                                for i in range(0, len(X), short_rows)])
     np.testing.assert_array_equal(whole, short)
 
 

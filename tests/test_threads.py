@@ -302,26 +302,35 @@ def test_loops_run_alone_for_a_while_after_a_helper_kept_its_caller_waiting():
     assert team(4) == 4
     _late_region(waited_ms=3.0)  # late again within a while of the last one: twice as long
     assert _alone_for_ms() > 6.0
-    time.sleep(0.1)  # helpers on time for longer than any while: back to 4 ms
-    _late_region(waited_ms=3.0)
-    assert _alone_for_ms() < 60.0
+    # helpers on time for longer than any while: back to 4 ms (a few tries: the polling
+    # sleeps may overshoot on a loaded machine)
+    for _ in range(5):
+        time.sleep(0.1)
+        _late_region(waited_ms=3.0)
+        if _alone_for_ms() < 7.0:
+            break
+    else:
+        pytest.fail("the while did not go back to 4 ms after helpers were on time")
 
 
-def test_a_step_taken_alone_gives_the_bits_of_a_step_with_helpers():
+@pytest.mark.parametrize("batch", [100, 256])
+def test_a_step_taken_alone_gives_the_bits_of_a_step_with_helpers(batch):
+    # batch 100: alone, the 300 -> 200 layer's GEMMs take the one-thread tiles that read
+    # the weights in place (17-128 rows, 128 or more columns), other tiles than on two
     rng = np.random.default_rng(0)
-    X = rng.standard_normal((256, 300)).astype(np.float32)
-    y = rng.integers(0, 10, 256)
+    X = rng.standard_normal((batch, 300)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
     weights = []
     for alone in (False, True):
         model = fusenn.Sequential([fusenn.Dense(200, "relu"), fusenn.Dense(10, "softmax")],
                                   input_dim=300, seed=1)
         model.compile("cross_entropy", "adam")
-        time.sleep(0.25)
         with fusenn.threads(2):
             for _ in range(3):
+                time.sleep(0.06)  # past any while
                 if alone:
                     _late_region(waited_ms=3.0)
-                    assert fusenn._kernels.team_size(2) == 1
+                assert fusenn._kernels.team_size(2) == (1 if alone else 2)
                 model.train_on_batch(X, y)
         weights.append(model.get_weights())
     for a, b in zip(*weights):
