@@ -52,6 +52,7 @@ typedef struct {
     size_t n_params;
     real *param[FUSENN_MAX_PARAMS]; /* in the parameter arena */
     real *grad[FUSENN_MAX_PARAMS];  /* in the gradient arena, shaped like param */
+    const void *impl;               /* the kind's own data (its layer_kind.impl) */
 } FN(layer);
 
 /* A forward pass over n samples. x is the input (sample stride ldx; real, or
@@ -133,6 +134,10 @@ typedef struct {
     /* For a kind that reads indices: how many of n samples' indices it cannot
      * take (the engine refuses such a batch before anything changes). */
     size_t (*count_bad_input)(const FN(layer) *layer, size_t n, const void *x, ptrdiff_t ldx);
+    /* Data of the kind's own that its operations read as layer->impl: kinds
+     * that share their operations (the recurrent ones: their cell) differ in
+     * it alone. NULL: none. */
+    const void *impl;
 } FN(layer_kind);
 
 #endif /* FUSENN_NO_DTYPE */

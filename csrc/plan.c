@@ -103,6 +103,7 @@ static int FN(layer_view)(const fusenn_layer *desc, const fusenn_shape *in, real
     memset(layer, 0, sizeof *layer);
     layer->desc = desc;
     layer->in = *in;
+    layer->impl = (*kind)->impl;
     if ((*kind)->output_shape(desc, in, &layer->out) != FUSENN_OK || !valid_shape(&layer->out))
         return FUSENN_EINVAL;
     layer->in_size = fusenn_shape_size(&layer->in);
@@ -355,6 +356,7 @@ static int FN(plan_layer_init)(plan_t *plan, const fusenn_network *net, size_t l
     FN(layer) *layer = &pl->layer;
     layer->desc = &pl->desc;
     layer->in = *in;
+    layer->impl = pl->kind->impl;
     if ((pl->kind->index_input && (l > 0 || !pl->kind->count_bad_input)) ||
         pl->kind->output_shape(desc, in, &layer->out) != FUSENN_OK || !valid_shape(&layer->out))
         return FUSENN_EINVAL;

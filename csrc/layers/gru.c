@@ -163,33 +163,14 @@ static size_t FN(gru_params)(const fusenn_layer *desc, const fusenn_shape *in,
     return n;
 }
 
-static size_t FN(gru_saved_bytes)(const FN(layer) *layer, size_t n)
-{
-    return FN(rnn_saved_bytes)(layer, n, &FN(gru_cell));
-}
-
-static size_t FN(gru_work_bytes)(const FN(layer) *layer, size_t n)
-{
-    return FN(rnn_work_bytes)(layer, n, &FN(gru_cell));
-}
-
-static int FN(gru_forward)(const FN(layer) *layer, FN(forward_args) *a)
-{
-    return FN(rnn_forward)(layer, a, &FN(gru_cell));
-}
-
-static int FN(gru_backward)(const FN(layer) *layer, FN(backward_args) *a)
-{
-    return FN(rnn_backward)(layer, a, &FN(gru_cell));
-}
-
 const FN(layer_kind) FN(gru_kind) = {
     .name = "gru",
     .attrs = gru_attrs,
     .output_shape = FN(gru_output_shape),
     .params = FN(gru_params),
-    .saved_bytes = FN(gru_saved_bytes),
-    .work_bytes = FN(gru_work_bytes),
-    .forward = FN(gru_forward),
-    .backward = FN(gru_backward),
+    .saved_bytes = FN(rnn_saved_bytes),
+    .work_bytes = FN(rnn_work_bytes),
+    .forward = FN(rnn_forward),
+    .backward = FN(rnn_backward),
+    .impl = &FN(gru_cell),
 };

@@ -112,33 +112,14 @@ static size_t FN(lstm_params)(const fusenn_layer *desc, const fusenn_shape *in,
     return FN(rnn_params)(desc, in, shapes, decayed, 4);
 }
 
-static size_t FN(lstm_saved_bytes)(const FN(layer) *layer, size_t n)
-{
-    return FN(rnn_saved_bytes)(layer, n, &FN(lstm_cell));
-}
-
-static size_t FN(lstm_work_bytes)(const FN(layer) *layer, size_t n)
-{
-    return FN(rnn_work_bytes)(layer, n, &FN(lstm_cell));
-}
-
-static int FN(lstm_forward)(const FN(layer) *layer, FN(forward_args) *a)
-{
-    return FN(rnn_forward)(layer, a, &FN(lstm_cell));
-}
-
-static int FN(lstm_backward)(const FN(layer) *layer, FN(backward_args) *a)
-{
-    return FN(rnn_backward)(layer, a, &FN(lstm_cell));
-}
-
 const FN(layer_kind) FN(lstm_kind) = {
     .name = "lstm",
     .attrs = lstm_attrs,
     .output_shape = FN(lstm_output_shape),
     .params = FN(lstm_params),
-    .saved_bytes = FN(lstm_saved_bytes),
-    .work_bytes = FN(lstm_work_bytes),
-    .forward = FN(lstm_forward),
-    .backward = FN(lstm_backward),
+    .saved_bytes = FN(rnn_saved_bytes),
+    .work_bytes = FN(rnn_work_bytes),
+    .forward = FN(rnn_forward),
+    .backward = FN(rnn_backward),
+    .impl = &FN(lstm_cell),
 };

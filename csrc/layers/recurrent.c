@@ -127,8 +127,9 @@ static size_t FN(rnn_infer_chunk)(const rnn_dims *d, size_t n, const FN(rnn_cell
     return FUSENN_MAX((size_t)1, FUSENN_MIN(n, RNN_INFER_BYTES / per_sample));
 }
 
-size_t FN(rnn_saved_bytes)(const FN(layer) *layer, size_t n, const FN(rnn_cell) *cell)
+size_t FN(rnn_saved_bytes)(const FN(layer) *layer, size_t n)
 {
+    const FN(rnn_cell) *cell = layer->impl;
     const rnn_dims d = FN(rnn_dims_of)(layer, cell->gates);
     FN(rnn_pass) p;
     size_t saved;
@@ -136,8 +137,9 @@ size_t FN(rnn_saved_bytes)(const FN(layer) *layer, size_t n, const FN(rnn_cell) 
     return saved;
 }
 
-size_t FN(rnn_work_bytes)(const FN(layer) *layer, size_t n, const FN(rnn_cell) *cell)
+size_t FN(rnn_work_bytes)(const FN(layer) *layer, size_t n)
 {
+    const FN(rnn_cell) *cell = layer->impl;
     const rnn_dims d = FN(rnn_dims_of)(layer, cell->gates);
     FN(rnn_pass) p;
     size_t saved;
@@ -232,8 +234,9 @@ static void FN(rnn_reorder)(size_t n, size_t T, size_t F, real *samples, real *s
                            FN(rnn_reorder_samples), &args);
 }
 
-int FN(rnn_forward)(const FN(layer) *layer, FN(forward_args) *a, const FN(rnn_cell) *cell)
+int FN(rnn_forward)(const FN(layer) *layer, FN(forward_args) *a)
 {
+    const FN(rnn_cell) *cell = layer->impl;
     const rnn_dims d = FN(rnn_dims_of)(layer, cell->gates);
     const size_t n = a->n, Gu = d.G * d.u;
     if (a->ldx != (ptrdiff_t)layer->in_size) /* the steps of all samples are read as rows */
@@ -308,8 +311,9 @@ static void FN(rnn_sum_samples)(const FN(rnn_pass) *p)
             p->sums[j] += p->sums[r * w + j];
 }
 
-int FN(rnn_backward)(const FN(layer) *layer, FN(backward_args) *a, const FN(rnn_cell) *cell)
+int FN(rnn_backward)(const FN(layer) *layer, FN(backward_args) *a)
 {
+    const FN(rnn_cell) *cell = layer->impl;
     const rnn_dims d = FN(rnn_dims_of)(layer, cell->gates);
     const size_t n = a->n, Gu = d.G * d.u, steps = n * d.T;
     if (a->ldx != (ptrdiff_t)layer->in_size)

@@ -3,6 +3,8 @@
  * Keras's attributes and weights, the time loop's data layout and its
  * drivers (recurrent.c). A kind supplies its cell: how it packs its recurrent
  * kernel, and its forward and backward time loops over a range of samples.
+ * Its layer_kind record names the shared operations (rnn_forward, ...) and
+ * passes the cell as impl, which they read as layer->impl.
  *
  * A layer reads sequences x (T x F per sample) and keeps a state h of u units
  * (LSTM also a cell state c); its G gates have weights kernel W (F x G u),
@@ -129,9 +131,10 @@ int FN(rnn_output_shape)(const fusenn_layer *desc, const fusenn_shape *in, fusen
 size_t FN(rnn_params)(const fusenn_layer *desc, const fusenn_shape *in, fusenn_shape *shapes,
                       int *decayed, size_t gates);
 rnn_dims FN(rnn_dims_of)(const FN(layer) *layer, size_t gates);
-size_t FN(rnn_saved_bytes)(const FN(layer) *layer, size_t n, const FN(rnn_cell) *cell);
-size_t FN(rnn_work_bytes)(const FN(layer) *layer, size_t n, const FN(rnn_cell) *cell);
-int FN(rnn_forward)(const FN(layer) *layer, FN(forward_args) *a, const FN(rnn_cell) *cell);
+/* The recurrent kinds' operations; each kind's record passes its cell as impl. */
+size_t FN(rnn_saved_bytes)(const FN(layer) *layer, size_t n);
+size_t FN(rnn_work_bytes)(const FN(layer) *layer, size_t n);
+int FN(rnn_forward)(const FN(layer) *layer, FN(forward_args) *a);
 /* The weights' gradients of dP columns [from, from + width) over every step,
  * as columns [to, to + width) of dW and dU: both in one product [X H]^T dP
  * (dP read once), or dW alone (X^T dP), or dU alone from the states S (rows
@@ -142,7 +145,7 @@ int FN(rnn_grad_x)(const FN(rnn_pass) *p, size_t from, size_t width, size_t to, 
                    int nthreads);
 int FN(rnn_grad_s)(const FN(rnn_pass) *p, const real *S, ptrdiff_t ld_s, size_t from,
                    size_t width, size_t to, real *dU, int nthreads);
-int FN(rnn_backward)(const FN(layer) *layer, FN(backward_args) *a, const FN(rnn_cell) *cell);
+int FN(rnn_backward)(const FN(layer) *layer, FN(backward_args) *a);
 
 /* Whether a gate's stored value is its pre-activation (the activation's
  * derivative needs it) rather than its value. */

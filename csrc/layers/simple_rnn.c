@@ -99,33 +99,14 @@ static size_t FN(simple_rnn_params)(const fusenn_layer *desc, const fusenn_shape
     return FN(rnn_params)(desc, in, shapes, decayed, 1);
 }
 
-static size_t FN(simple_rnn_saved_bytes)(const FN(layer) *layer, size_t n)
-{
-    return FN(rnn_saved_bytes)(layer, n, &FN(simple_rnn_cell));
-}
-
-static size_t FN(simple_rnn_work_bytes)(const FN(layer) *layer, size_t n)
-{
-    return FN(rnn_work_bytes)(layer, n, &FN(simple_rnn_cell));
-}
-
-static int FN(simple_rnn_forward)(const FN(layer) *layer, FN(forward_args) *a)
-{
-    return FN(rnn_forward)(layer, a, &FN(simple_rnn_cell));
-}
-
-static int FN(simple_rnn_backward)(const FN(layer) *layer, FN(backward_args) *a)
-{
-    return FN(rnn_backward)(layer, a, &FN(simple_rnn_cell));
-}
-
 const FN(layer_kind) FN(simple_rnn_kind) = {
     .name = "simple_rnn",
     .attrs = simple_rnn_attrs,
     .output_shape = FN(simple_rnn_output_shape),
     .params = FN(simple_rnn_params),
-    .saved_bytes = FN(simple_rnn_saved_bytes),
-    .work_bytes = FN(simple_rnn_work_bytes),
-    .forward = FN(simple_rnn_forward),
-    .backward = FN(simple_rnn_backward),
+    .saved_bytes = FN(rnn_saved_bytes),
+    .work_bytes = FN(rnn_work_bytes),
+    .forward = FN(rnn_forward),
+    .backward = FN(rnn_backward),
+    .impl = &FN(simple_rnn_cell),
 };
