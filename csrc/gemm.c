@@ -513,6 +513,17 @@ static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n, si
 #ifndef GEMM_IN_PLACE_B_COLS
 #define GEMM_IN_PLACE_B_COLS 128
 #endif
+/* ... and only for a B that is one contiguous array (rows n apart) of at most
+ * this many bytes, which every row tile then reads from L2. One thread,
+ * float32, us, packed -> in place: 64x1024x1024 1.14-1.19 ms -> 1.67-1.93,
+ * 128x1024x1024 1.83-1.92 -> 3.37-3.77 (4 MB: from L3 for every row tile);
+ * a 128-column slice of rows 512 apart (a GRU's dU), 1792 deep: 28 rows
+ * 124-125 -> 150-160, 128 rows 379-387 -> 538-587 (rows 2 KB apart share a
+ * quarter of L2's sets); 784x512 (1.6 MB) even; 2048x128 (1 MB) 118-122 ->
+ * 95-98. Half of this Xeon's 2 MB L2; Zen 4's is 1 MB (not yet measured). */
+#ifndef GEMM_IN_PLACE_B_BYTES
+#define GEMM_IN_PLACE_B_BYTES ((size_t)1 << 20)
+#endif
 
 /* Column slabs (threads reading A in place) are about this many panels wide:
  * small enough to balance two threads when one vCPU is slowed (dynamic
@@ -1005,6 +1016,7 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
     const int small = fusenn_gemm_is_serial(m, n, k);
     const int in_place_b = nthreads <= 1 && m > GEMM_FEW_ROWS && m <= GEMM_IN_PLACE_B_ROWS
                         && n >= GEMM_IN_PLACE_B_COLS && cs_b == 1 && (uintptr_t)B % 64 == 0
+                        && rs_b == (ptrdiff_t)n && k * n * sizeof(real) <= GEMM_IN_PLACE_B_BYTES
                         && (size_t)rs_b * sizeof(real) % 64 == 0
                         && alpha == 1 && (beta == 0 || beta == 1);
     const FN(gemm_config) *cfg = FN(gemm_select)(small || in_place_b, m, n, k, cs_b == 1);

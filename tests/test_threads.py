@@ -315,14 +315,14 @@ def test_loops_run_alone_for_a_while_after_a_helper_kept_its_caller_waiting():
 
 @pytest.mark.parametrize("batch", [100, 256])
 def test_a_step_taken_alone_gives_the_bits_of_a_step_with_helpers(batch):
-    # batch 100: alone, the 300 -> 200 layer's GEMMs take the one-thread tiles that read
-    # the weights in place (17-128 rows, 128 or more columns), other tiles than on two
+    # batch 100: alone, the 300 -> 256 layer's forward GEMM takes the one-thread tile that
+    # reads the weights in place (17-128 rows, 128 or more columns), not the two-thread one
     rng = np.random.default_rng(0)
     X = rng.standard_normal((batch, 300)).astype(np.float32)
     y = rng.integers(0, 10, batch)
     weights = []
     for alone in (False, True):
-        model = fusenn.Sequential([fusenn.Dense(200, "relu"), fusenn.Dense(10, "softmax")],
+        model = fusenn.Sequential([fusenn.Dense(256, "relu"), fusenn.Dense(10, "softmax")],
                                   input_dim=300, seed=1)
         model.compile("cross_entropy", "adam")
         with fusenn.threads(2):
