@@ -78,10 +78,10 @@ void fusenn_configure_default_threads(int cap, int without_openmp);
 /* ---- helpers kept waiting for a CPU (parallel.c) ---------------------------
  * fusenn_team_size(nt): the team a parallel region starts now, nt, or 1 while
  * helper threads have lately kept their caller waiting for a CPU. The regions
- * of fusenn_parallel_ranges, convolution and the recurrent time loop report
- * to fusenn_region_waited when they started and when their caller finished
- * its own part (CLOCK_MONOTONIC nanoseconds, fusenn_clock_ns); GEMM's
- * shared-B region, whose threads meet at barriers inside, only follows. */
+ * of fusenn_parallel_ranges and fusenn_parallel_units (internal.h) report to
+ * fusenn_region_waited when they started and when their caller finished its
+ * own part (CLOCK_MONOTONIC nanoseconds, fusenn_clock_ns); GEMM's shared-B
+ * region, whose threads meet at barriers inside, only follows. */
 int64_t fusenn_clock_ns(void);
 int fusenn_team_size(int nt);
 void fusenn_region_waited(int64_t start, int64_t caller_done);

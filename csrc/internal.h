@@ -89,6 +89,13 @@ typedef size_t (*fusenn_range_fn)(const void *ctx, size_t begin, size_t end);
  * not depend on the cut (the fixed chunks below give reductions that). */
 size_t fusenn_parallel_ranges(int nt, size_t n, fusenn_range_fn fn, const void *ctx);
 
+/* Runs fn(ctx, unit, thread) for units [0, n) on up to nt threads, handed out
+ * one at a time as threads come free (parallel.c), for units too large or too
+ * uneven for fixed pieces; thread (0 .. nt - 1) indexes per-thread scratch.
+ * Returns the sum of fn's results; nt <= 1: a plain loop, no OpenMP call. */
+typedef size_t (*fusenn_unit_fn)(const void *ctx, size_t unit, int thread);
+size_t fusenn_parallel_units(int nt, size_t n, fusenn_unit_fn fn, const void *ctx);
+
 /* Deterministic reductions: rows are split into at most this many chunks,
  * whose boundaries depend only on the row count; each chunk's partial sum is
  * computed by one thread, and the partials are added in chunk order. The

@@ -141,3 +141,29 @@ size_t fusenn_parallel_ranges(int nt, size_t n, fusenn_range_fn fn, const void *
     fusenn_region_waited(start, caller_done);
     return total;
 }
+
+size_t fusenn_parallel_units(int nt, size_t n, fusenn_unit_fn fn, const void *ctx)
+{
+    size_t total = 0;
+    if (nt <= 1 || n <= 1 || (nt = fusenn_team_size(nt)) <= 1) { /* no OpenMP call at all */
+        for (size_t u = 0; u < n; u++)
+            total += fn(ctx, u, 0);
+        return total;
+    }
+    const int caller_cpu = fusenn_current_cpu();
+    const int64_t start = fusenn_clock_ns();
+    int64_t caller_done = start;
+#pragma omp parallel num_threads((int)FUSENN_MIN((size_t)nt, n)) reduction(+:total)
+    {
+        fusenn_leave_cpu(caller_cpu);
+        const int me = fusenn_thread_num();
+        /* no barrier after the loop: the caller's finishing time is its own */
+#pragma omp for schedule(dynamic, 1) nowait
+        for (size_t u = 0; u < n; u++)
+            total += fn(ctx, u, me);
+        if (me == 0)
+            caller_done = fusenn_clock_ns();
+    }
+    fusenn_region_waited(start, caller_done);
+    return total;
+}

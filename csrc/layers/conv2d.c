@@ -693,35 +693,30 @@ static size_t FN(forward_chunk)(const void *ctx, size_t c, real *slot)
  * holds the others back less. A unit's result does not depend on who runs it. */
 typedef size_t (*FN(unit_fn))(const void *ctx, size_t unit, real *slot);
 
+typedef struct {
+    FN(unit_fn) fn;
+    const void *ctx;
+    const FN(conv_work) *w;
+    void *work;
+} FN(conv_units);
+
+static size_t FN(conv_unit)(const void *ctx, size_t unit, int thread)
+{
+    const FN(conv_units) *c = ctx;
+    return c->fn(c->ctx, unit, FN(slot)(c->w, c->work, (size_t)thread));
+}
+
 static size_t FN(run_units)(size_t threads, size_t units, FN(unit_fn) fn, const void *ctx,
                             const FN(conv_work) *w, void *work)
 {
-    size_t failed = 0;
-    if (threads <= 1) { /* no OpenMP call at all */
-        for (size_t u = 0; u < units; u++)
-            failed += fn(ctx, u, FN(slot)(w, work, 0));
-        return failed;
-    }
-    const int caller_cpu = fusenn_current_cpu();
-    const int64_t start = fusenn_clock_ns();
-    int64_t caller_done = start;
-#pragma omp parallel num_threads((int)threads) reduction(+ : failed)
-    {
-        fusenn_leave_cpu(caller_cpu);
-#pragma omp for schedule(dynamic, 1) nowait
-        for (size_t u = 0; u < units; u++)
-            failed += fn(ctx, u, FN(slot)(w, work, (size_t)fusenn_thread_num()));
-        if (fusenn_thread_num() == 0)
-            caller_done = fusenn_clock_ns();
-    }
-    fusenn_region_waited(start, caller_done);
-    return failed;
+    const FN(conv_units) c = {fn, ctx, w, work};
+    return fusenn_parallel_units((int)threads, units, FN(conv_unit), &c);
 }
 
 /* Threads for a pass of `units` parts of work over m rows of GEMMs m x n x k. */
 static size_t conv_threads(int nthreads, size_t units, size_t m, size_t n, size_t k)
 {
-    if (fusenn_team_size(nthreads) <= 1 || fusenn_gemm_is_serial(m, n, k))
+    if (nthreads <= 1 || fusenn_gemm_is_serial(m, n, k))
         return 1;
     return FUSENN_MIN((size_t)nthreads, FUSENN_MIN(units, (size_t)CONV_SLOTS));
 }

@@ -163,31 +163,31 @@ size_t FN(rnn_work_bytes)(const FN(layer) *layer, size_t n)
  * units of samples (the bits do not depend on how the samples are cut, each
  * one's arithmetic is the same); returns fn's failures. The per-step
  * products' size decides whether several threads pay, as for one GEMM. */
+typedef struct {
+    fusenn_range_fn fn;
+    const void *ctx;
+    size_t unit, m;
+} rnn_units;
+
+static size_t rnn_unit(const void *ctx, size_t i, int thread)
+{
+    const rnn_units *u = ctx;
+    (void)thread;
+    return u->fn(u->ctx, i * u->unit, FUSENN_MIN((i + 1) * u->unit, u->m));
+}
+
 static size_t FN(rnn_time_loop)(const rnn_dims *d, size_t m, fusenn_range_fn fn,
                                 const void *ctx, int nthreads)
 {
+    /* alone (fusenn_team_size), one range: the per-step products take all samples */
     if (fusenn_team_size(nthreads) <= 1 || m < 2
         || fusenn_gemm_is_serial(m * d->T, d->G * d->u, d->u))
         return fn(ctx, 0, m);
     const size_t nt = FUSENN_MIN((size_t)nthreads, m);
     const size_t unit = FUSENN_MAX((m + RNN_UNITS_PER_THREAD * nt - 1) / (RNN_UNITS_PER_THREAD * nt),
                                    FUSENN_MIN((size_t)RNN_MIN_UNIT, (m + nt - 1) / nt));
-    const size_t units = (m + unit - 1) / unit;
-    size_t failed = 0;
-    const int caller_cpu = fusenn_current_cpu();
-    const int64_t start = fusenn_clock_ns();
-    int64_t caller_done = start;
-#pragma omp parallel num_threads((int)nt) reduction(+ : failed)
-    {
-        fusenn_leave_cpu(caller_cpu);
-#pragma omp for schedule(dynamic, 1) nowait
-        for (size_t i = 0; i < units; i++)
-            failed += fn(ctx, i * unit, FUSENN_MIN((i + 1) * unit, m));
-        if (fusenn_thread_num() == 0)
-            caller_done = fusenn_clock_ns();
-    }
-    fusenn_region_waited(start, caller_done);
-    return failed;
+    const rnn_units units = {fn, ctx, unit, m};
+    return fusenn_parallel_units((int)nt, (m + unit - 1) / unit, rnn_unit, &units);
 }
 
 /* A sample-major array (n, T, F) and a step-major one (T, n; rows ld apart),
