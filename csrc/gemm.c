@@ -36,6 +36,10 @@ typedef void (*FN(ukernel_fn))(size_t kc, const real *a, ptrdiff_t rs_a, ptrdiff
                                const real *b, ptrdiff_t rs_b, real *c, ptrdiff_t rs_c,
                                const FN(store_params) *sp, const real *bias, size_t nr_eff,
                                real *b_pack);
+/* A's rows by pointers, tap by tap (UK_INDIRECT_A in gemm_ukernel.h); B packed. */
+typedef void (*FN(ukernel_indirect_fn))(size_t kc, const real *const *rows, size_t run,
+                                        size_t skip, const real *b, real *c, ptrdiff_t rs_c,
+                                        const FN(store_params) *sp, const real *bias);
 
 /* A micro-kernel and the block sizes that suit it. */
 typedef struct {
@@ -44,6 +48,7 @@ typedef struct {
     FN(ukernel_fn) kernel_direct_ab; /* reading A and B in place (small calls) */
     FN(ukernel_fn) kernel_pack_b;    /* the same, packing the B panel it reads */
     FN(ukernel_fn) kernel_edge;      /* and a partial B panel in place (NULL: packed) */
+    FN(ukernel_indirect_fn) kernel_indirect; /* A's rows by pointers, B packed */
     int mr, nr;     /* register tile */
     size_t kc;      /* depth of packed panels: an MR x KC panel of A stays in L1 */
     size_t mc;      /* MC x KC block of A fits in L2 (multiple of mr) */
@@ -137,6 +142,7 @@ typedef int64_t int_same_size_real;
 #define UK_NAME_DIRECT FN(ukernel_generic_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_generic_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_generic_pack_b)
+#define UK_NAME_INDIRECT FN(ukernel_generic_indirect)
 #define UK_MR GENERIC_MR
 #define UK_NR GENERIC_NR
 #define UK_VBYTES 16
@@ -180,6 +186,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT FN(ukernel_avx2_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_avx2_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_avx2_pack_b)
+#define UK_NAME_INDIRECT FN(ukernel_avx2_indirect)
 #define UK_MR AVX2_MR
 #define UK_NR AVX2_NR
 #define UK_VBYTES 32
@@ -190,6 +197,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT FN(ukernel_avx512_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_avx512_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_avx512_pack_b)
+#define UK_NAME_INDIRECT FN(ukernel_avx512_indirect)
 #define UK_MR AVX512_MR
 #define UK_NR AVX512_NR
 #define UK_VBYTES 64
@@ -203,6 +211,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT FN(ukernel_avx512_mid_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_avx512_mid_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_avx512_mid_pack_b)
+#define UK_NAME_INDIRECT FN(ukernel_avx512_mid_indirect)
 #define UK_NAME_EDGE FN(ukernel_avx512_mid_edge)
 #define UK_ATTR_EDGE AVX512_EDGE_TARGET
 #define UK_MR 8
@@ -217,6 +226,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT FN(ukernel_avx2_narrow_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_avx2_narrow_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_avx2_narrow_pack_b)
+#define UK_NAME_INDIRECT FN(ukernel_avx2_narrow_indirect)
 #define UK_MR 8
 #define UK_NR (2 * LANES_PER_16B)
 #define UK_VBYTES 32
@@ -227,6 +237,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT FN(ukernel_avx512_narrow_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_avx512_narrow_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_avx512_narrow_pack_b)
+#define UK_NAME_INDIRECT FN(ukernel_avx512_narrow_indirect)
 #define UK_NAME_EDGE FN(ukernel_avx512_narrow_edge)
 #define UK_ATTR_EDGE AVX512_EDGE_TARGET
 #ifndef AVX512_NARROW_MR
@@ -260,6 +271,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT FN(ukernel_avx512_row1_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_avx512_row1_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_avx512_row1_pack_b)
+#define UK_NAME_INDIRECT FN(ukernel_avx512_row1_indirect)
 #define UK_NAME_EDGE FN(ukernel_avx512_row1_edge)
 #define UK_REALIGN_B
 #define UK_ATTR_EDGE AVX512_EDGE_TARGET
@@ -273,6 +285,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT FN(ukernel_avx512_row2_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_avx512_row2_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_avx512_row2_pack_b)
+#define UK_NAME_INDIRECT FN(ukernel_avx512_row2_indirect)
 #define UK_NAME_EDGE FN(ukernel_avx512_row2_edge)
 #define UK_REALIGN_B
 #define UK_ATTR_EDGE AVX512_EDGE_TARGET
@@ -286,6 +299,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT FN(ukernel_avx512_row4_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_avx512_row4_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_avx512_row4_pack_b)
+#define UK_NAME_INDIRECT FN(ukernel_avx512_row4_indirect)
 #define UK_NAME_EDGE FN(ukernel_avx512_row4_edge)
 #define UK_REALIGN_B
 #define UK_ATTR_EDGE AVX512_EDGE_TARGET
@@ -299,6 +313,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT FN(ukernel_avx2_row1_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_avx2_row1_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_avx2_row1_pack_b)
+#define UK_NAME_INDIRECT FN(ukernel_avx2_row1_indirect)
 #define UK_MR 1
 #define UK_NR (8 * 2 * LANES_PER_16B)
 #define UK_VBYTES 32
@@ -309,6 +324,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT FN(ukernel_avx2_row2_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_avx2_row2_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_avx2_row2_pack_b)
+#define UK_NAME_INDIRECT FN(ukernel_avx2_row2_indirect)
 #define UK_MR 2
 #define UK_NR (4 * 2 * LANES_PER_16B)
 #define UK_VBYTES 32
@@ -319,6 +335,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT FN(ukernel_avx2_row4_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_avx2_row4_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_avx2_row4_pack_b)
+#define UK_NAME_INDIRECT FN(ukernel_avx2_row4_indirect)
 #define UK_MR 4
 #define UK_NR (2 * 2 * LANES_PER_16B)
 #define UK_VBYTES 32
@@ -331,6 +348,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT FN(ukernel_generic_row1_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_generic_row1_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_generic_row1_pack_b)
+#define UK_NAME_INDIRECT FN(ukernel_generic_row1_indirect)
 #define UK_MR 1
 #define UK_NR (8 * LANES_PER_16B)
 #define UK_VBYTES 16
@@ -341,6 +359,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT FN(ukernel_generic_row2_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_generic_row2_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_generic_row2_pack_b)
+#define UK_NAME_INDIRECT FN(ukernel_generic_row2_indirect)
 #define UK_MR 2
 #define UK_NR (4 * LANES_PER_16B)
 #define UK_VBYTES 16
@@ -351,6 +370,7 @@ typedef __mmask8 uk_mask;
 #define UK_NAME_DIRECT FN(ukernel_generic_narrow_direct)
 #define UK_NAME_DIRECT_AB FN(ukernel_generic_narrow_direct_ab)
 #define UK_NAME_PACK_B FN(ukernel_generic_narrow_pack_b)
+#define UK_NAME_INDIRECT FN(ukernel_generic_narrow_indirect)
 #define UK_MR 4
 #define UK_NR LANES_PER_16B
 #define UK_VBYTES 16
@@ -360,11 +380,12 @@ typedef __mmask8 uk_mask;
 /* One table entry per ISA level: the wide, mid and narrow configurations.
  * All three of a level share its KC, so that every tile sums each element
  * over the same kc blocks and the choice of tile does not change the bits.
- * K(x) names a kernel's four variants: packed, A in place, A and B in place,
- * and A and B in place packing B; KE(x) adds the edge variant, which the
- * small-call (mid, narrow) AVX-512 kernels have. */
-#define K(x) FN(x), FN(x##_direct), FN(x##_direct_ab), FN(x##_pack_b), NULL
-#define KE(x) FN(x), FN(x##_direct), FN(x##_direct_ab), FN(x##_pack_b), FN(x##_edge)
+ * K(x) names a kernel's variants: packed, A in place, A and B in place, A
+ * and B in place packing B, and A's rows by pointers; KE(x) adds the edge
+ * variant, which the small-call (mid, narrow) AVX-512 kernels have. */
+#define K(x) FN(x), FN(x##_direct), FN(x##_direct_ab), FN(x##_pack_b), NULL, FN(x##_indirect)
+#define KE(x) \
+    FN(x), FN(x##_direct), FN(x##_direct_ab), FN(x##_pack_b), FN(x##_edge), FN(x##_indirect)
 static const FN(gemm_config) FN(gemm_configs)[][3] = {
     {{K(ukernel_generic), GENERIC_MR, GENERIC_NR, GENERIC_KC, GENERIC_MC, GENERIC_NC},
      {K(ukernel_generic), GENERIC_MR, GENERIC_NR, GENERIC_KC, GENERIC_MC, GENERIC_NC},
@@ -1200,6 +1221,73 @@ int FN(fusenn_gemm_with_packed_b)(const FN(gemm_packed) *p, size_t m, real alpha
                              Ap);
             FN(macro_kernel)(cfg, m - full, n, kc, Ap, NULL, rs_a, cs_a, block, NULL, NULL, 0,
                              0, n_panels, C + (ptrdiff_t)full * rs_c, rs_c, 1, bias, &sp);
+        }
+    }
+    return FUSENN_OK;
+}
+
+/* The packed form for fusenn_gemm_indirect: the one-thread tile of the
+ * level whose panels C's n columns fill best (the same bits whichever):
+ * the wide tile from its width on, as it reads each row's taps once for all
+ * of them (VGG's 64-filter convolutions on the mid tile's two panels were
+ * slower than im2col). */
+FN(gemm_packed) FN(fusenn_gemm_packed_for_rows)(size_t n, size_t k)
+{
+    int level = fusenn_isa_level();
+    int available = (int)(sizeof(FN(gemm_configs)) / sizeof(FN(gemm_configs)[0])) - 1;
+    if (level > available)
+        level = available;
+    const FN(gemm_config) *trio = FN(gemm_configs)[level];
+    const FN(gemm_config) *cfg = n >= (size_t)trio[0].nr       ? &trio[0]
+                               : n > (size_t)trio[1].nr / 2 ? &trio[1] : &trio[2];
+    const size_t nr = (size_t)cfg->nr;
+    FN(gemm_packed) p = {cfg, n, k, k * ((n + nr - 1) / nr * nr)};
+    return p;
+}
+
+size_t FN(fusenn_gemm_packed_mr)(const FN(gemm_packed) *p)
+{
+    return (size_t)((const FN(gemm_config) *)p->cfg)->mr;
+}
+
+int FN(fusenn_gemm_indirect)(const FN(gemm_packed) *p, size_t m, size_t run,
+                             const real *const *rows, const real *Bp, real *C, ptrdiff_t rs_c,
+                             const real *bias, fusenn_activation act)
+{
+    const FN(gemm_config) *cfg = p->cfg;
+    const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr, n = p->n, k = p->k;
+    const size_t n_panels = (n + nr - 1) / nr, taps = k / run;
+    real ab[GEMM_MAX_TILE] __attribute__((aligned(64)));
+    const FN(store_params) to_tile = {1, 0, FUSENN_ACT_IDENTITY, 0};
+    if (m == 0 || n == 0)
+        return FUSENN_OK;
+    if (k == 0 || run == 0 || taps * run != k) {
+        if (k != 0)
+            return FUSENN_EINVAL;
+        FN(gemm_scale_only)(m, n, 0, C, rs_c, 1, bias, act);
+        return FUSENN_OK;
+    }
+    for (size_t pc = 0; pc < k; pc += cfg->kc) {
+        const size_t kc = FUSENN_MIN(cfg->kc, k - pc);
+        const FN(store_params) sp = {1, pc == 0 ? 0 : (real)1, act, pc + kc == k};
+        const real *block = Bp + pc * n_panels * nr;
+        /* tile by tile, its panels in turn: the tile's rows, read from where
+         * they lie, stay in L1 for every panel of B */
+        for (size_t ir = 0; ir < m; ir += mr) {
+            const size_t mr_eff = FUSENN_MIN(mr, m - ir);
+            const real *const *tile = rows + (ir / mr * taps + pc / run) * mr;
+            for (size_t jp = 0; jp < n_panels; jp++) {
+                const size_t jr = jp * nr, nr_eff = FUSENN_MIN(nr, n - jr);
+                const real *b = block + jr * kc, *bias_jr = bias ? bias + jr : NULL;
+                real *c = C + (ptrdiff_t)ir * rs_c + (ptrdiff_t)jr;
+                if (mr_eff == mr && nr_eff == nr) {
+                    cfg->kernel_indirect(kc, tile, run, pc % run, b, c, rs_c, &sp, bias_jr);
+                } else { /* edge tile: via a temporary tile */
+                    cfg->kernel_indirect(kc, tile, run, pc % run, b, ab, (ptrdiff_t)nr,
+                                         &to_tile, NULL);
+                    FN(store_tile)(mr_eff, nr_eff, cfg->nr, ab, c, rs_c, 1, bias_jr, &sp);
+                }
+            }
         }
     }
     return FUSENN_OK;

@@ -6,6 +6,7 @@
  *   UK_NAME_DIRECT     name of the variant that reads A in place (UK_DIRECT_A)
  *   UK_NAME_DIRECT_AB  name of the variant that reads A and B in place (UK_DIRECT_B)
  *   UK_NAME_PACK_B     name of the variant that also packs the B it reads (UK_PACK_B)
+ *   UK_NAME_INDIRECT   name of the variant that finds A's rows by pointers (UK_INDIRECT_A)
  *   UK_NAME_EDGE       optional: name of the variant for a partial B panel
  *                      read in place (UK_EDGE), given its attributes UK_ATTR_EDGE,
  *                      UK_MASK_LOAD(mask, p), UK_MASK_STORE(p, mask, v) and
@@ -44,6 +45,14 @@
  * slower than an aligned B (1.35x with the permutes). The mid tile, FMA-bound,
  * lost 10% with them.
  *
+ * With UK_INDIRECT_A defined (and B from a packed panel), A's rows are found
+ * by pointers, as an implicit convolution reads them: the kc steps run
+ * through taps of `run` values each, row i's values of tap t starting at
+ * rows[t * UK_MR + i] (the first tap `skip` values in). A convolution's
+ * patch rows are then read where they lie in the image, instead of being
+ * copied (im2col) into a patch matrix first; the sums, and so the bits, are
+ * those of the patch matrix's product.
+ *
  * With UK_EDGE defined too (AVX-512 only: it needs masked loads and stores),
  * the kernel touches only the first nr_eff < UK_NR columns of B, bias and C;
  * the other variants ignore nr_eff and compute all UK_NR. A small call's
@@ -55,7 +64,9 @@
  * or NEON as the target allows. An ISA-specific kernel with intrinsics can
  * replace it without touching packing or blocking.
  */
-#ifdef UK_DIRECT_A
+#if defined(UK_INDIRECT_A)
+#define UK_A(i) ap[i][p]
+#elif defined(UK_DIRECT_A)
 #define UK_A(i) a[(ptrdiff_t)(i) * rs_a]
 #define UK_A_STEP cs_a
 #else
@@ -77,6 +88,12 @@
 #define UK_STORE(dst, src, v) memcpy((dst), &(src), sizeof(vec))
 #define UK_COLS UK_NR
 #endif
+#ifdef UK_INDIRECT_A
+static UK_ATTR void UK_NAME(size_t kc, const real *const *restrict rows, size_t run, size_t skip,
+                            const real *restrict b, real *restrict c, ptrdiff_t rs_c,
+                            const FN(store_params) *sp, const real *restrict bias)
+{
+#else
 static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, ptrdiff_t cs_a,
                             const real *restrict b, ptrdiff_t rs_b, real *restrict c,
                             ptrdiff_t rs_c, const FN(store_params) *sp,
@@ -87,6 +104,7 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
     (void)rs_b;
     (void)nr_eff; /* and only the edge variant nr_eff, */
     (void)b_pack; /* and the packing one b_pack */
+#endif
     typedef real vec __attribute__((vector_size(UK_VBYTES)));
     typedef int_same_size_real ivec __attribute__((vector_size(UK_VBYTES)));
     enum { LANES = UK_VBYTES / sizeof(real), NV = UK_NR / LANES };
@@ -114,7 +132,25 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
         _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++)                             \
             acc[i][v] += ai * (bv)[v]; /* contracted to FMA where available */           \
     }
-#ifdef UK_ALIGN_B
+#if defined(UK_INDIRECT_A)
+    /* tap by tap: row i's pointer, then the tap's steps as from a packed panel */
+    for (size_t done = 0, len; done < kc; done += len, rows += UK_MR, skip = 0) {
+        len = run - skip < kc - done ? run - skip : kc - done;
+        const real *ap[UK_MR];
+#pragma GCC unroll 16
+        for (int i = 0; i < UK_MR; i++)
+            ap[i] = rows[i] + skip;
+#pragma GCC unroll 4
+        for (size_t p = 0; p < len; p++) {
+            vec bv[NV];
+#pragma GCC unroll 16
+            for (int v = 0; v < NV; v++)
+                memcpy(&bv[v], b + v * LANES, sizeof(vec));
+            UK_FMAS(bv)
+            b += UK_NR;
+        }
+    }
+#elif defined(UK_ALIGN_B)
     /* B's rows all start `shift` lanes past a vector boundary (NumPy's large
      * arrays start 16 bytes past one): read whole aligned vectors, the end
      * ones masked to the row, and permute each adjacent pair into place.
@@ -143,6 +179,7 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
         }
     } else
 #endif
+#ifndef UK_INDIRECT_A
     /* Four steps per iteration: the loop's counter and pointer updates no
      * longer take FMA ports' issue slots every step. +5-11% from 128x256x128
      * to 2048^3 on AVX-512 (1 and 2 threads); 8 steps was slower again. */
@@ -164,6 +201,7 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
         a += UK_A_STEP;
         b += UK_B_STEP;
     }
+#endif
 
     /* The store, with the epilogue in registers. */
     const real alpha = sp->alpha, beta = sp->beta;
@@ -232,11 +270,15 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
 #undef UK_FMAS
 #undef UK_COLS
 #undef UK_NAME
-#ifndef UK_DIRECT_A
-#define UK_DIRECT_A /* second pass: the same kernel reading A in place */
+#if !defined(UK_DIRECT_A) && !defined(UK_INDIRECT_A)
+#define UK_INDIRECT_A /* second pass: A's rows by pointers */
+#define UK_NAME UK_NAME_INDIRECT
+#include "gemm_ukernel.h"
+#undef UK_INDIRECT_A
+#define UK_DIRECT_A /* third pass: the same kernel reading A in place */
 #define UK_NAME UK_NAME_DIRECT
 #include "gemm_ukernel.h"
-#define UK_DIRECT_B /* third pass: reading A and B in place */
+#define UK_DIRECT_B /* fourth pass: reading A and B in place */
 #define UK_NAME UK_NAME_DIRECT_AB
 #ifdef UK_REALIGN_B
 #define UK_ALIGN_B
@@ -244,12 +286,12 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
 #include "gemm_ukernel.h"
 #undef UK_ALIGN_B
 #undef UK_REALIGN_B
-#define UK_PACK_B /* fourth pass: reading A and B in place, packing B */
+#define UK_PACK_B /* fifth pass: reading A and B in place, packing B */
 #define UK_NAME UK_NAME_PACK_B
 #include "gemm_ukernel.h"
 #undef UK_PACK_B
 #ifdef UK_NAME_EDGE
-#define UK_EDGE /* fifth pass: A and B in place, a partial panel of B */
+#define UK_EDGE /* sixth pass: A and B in place, a partial panel of B */
 #define UK_NAME UK_NAME_EDGE
 #undef UK_ATTR
 #define UK_ATTR UK_ATTR_EDGE
@@ -263,6 +305,7 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
 #undef UK_NAME_DIRECT
 #undef UK_NAME_DIRECT_AB
 #undef UK_NAME_PACK_B
+#undef UK_NAME_INDIRECT
 #undef UK_MR
 #undef UK_NR
 #undef UK_VBYTES

@@ -361,6 +361,20 @@ int FN(fusenn_gemm_with_packed_b)(const FN(gemm_packed) *p, size_t m, real alpha
                                   const real *A, ptrdiff_t rs_a, ptrdiff_t cs_a,
                                   const real *Bp, real beta, real *C, ptrdiff_t rs_c,
                                   const real *bias);
+
+/* An implicit convolution's product (gemm.c): C = act(A B + bias) on the
+ * calling thread, B packed as above, and A's m rows found by pointers rather
+ * than stored: each row is k / run runs of `run` contiguous values (a
+ * convolution's taps), run t of row i of tile i / mr at
+ * rows[((i / mr) k / run + t) mr + i % mr], mr = fusenn_gemm_packed_mr(p),
+ * with p from fusenn_gemm_packed_for_rows.
+ * A tile's rows past m must point to readable values (zeros, say). The bits
+ * are those of fusenn_gemm_fused on the matrix of those rows. */
+FN(gemm_packed) FN(fusenn_gemm_packed_for_rows)(size_t n, size_t k);
+size_t FN(fusenn_gemm_packed_mr)(const FN(gemm_packed) *p);
+int FN(fusenn_gemm_indirect)(const FN(gemm_packed) *p, size_t m, size_t run,
+                             const real *const *rows, const real *Bp, real *C, ptrdiff_t rs_c,
+                             const real *bias, fusenn_activation act);
 #endif /* FUSENN_NO_DTYPE */
 
 #endif /* FUSENN_INTERNAL_H */

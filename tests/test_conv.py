@@ -197,6 +197,48 @@ def test_conv2d_non_contiguous_operands(dtype):
                "tanh", dtype)
 
 
+# Convolutions whose GEMMs read the patches in the image by tap pointers (taps of
+# 32 bytes or more) rather than from an im2col copy: f32 needs 8 channels, f64 4.
+BY_POINTER_CASES = {
+    "3x3-same-8": ((3, 9, 8, 8), (3, 3, 16), (1, 1), "same", (1, 1)),
+    "5x3-valid-many": ((2, 9, 11, 40), (5, 3, 33), (1, 1), "valid", (1, 1)),
+    "dilated-pads-wide": ((2, 10, 9, 17), (3, 2, 70), (1, 1), ((2, 1), (0, 3)), (2, 3)),
+    "stride2-same": ((2, 11, 10, 12), (3, 3, 9), (2, 2), "same", (1, 1)),
+    "long-taps": ((1, 6, 5, 300), (2, 2, 20), (1, 1), "same", (1, 1)),  # k past one kc block
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", BY_POINTER_CASES)
+def test_conv2d_by_pointer_is_bitwise_the_patch_matrix_product(case, dtype):
+    """The forward and the stride-1 input gradient sum each output over the same taps in
+    the same order as the GEMM of the patch matrix (fusenn.matmul on the reference's
+    im2col), so their bits are that product's, bias and relu added after it."""
+    xs, (kh, kw, f), strides, padding, dilation = BY_POINTER_CASES[case]
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = (rng.standard_normal((kh, kw, xs[3], f)) / np.sqrt(kh * kw * xs[3])).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    pad = pads(padding, xs[1:3], (kh, kw), strides, dilation)
+    y = ops.conv2d_forward(x, w, b, strides, pad, dilation, activation="relu")
+    cols = ref._im2col(x, (kh, kw), strides, pad, dilation)
+    z = fusenn.matmul(cols.reshape(-1, kh * kw * xs[3]), w.reshape(-1, f)) + b
+    assert np.array_equal(y, np.maximum(z, 0).reshape(y.shape))
+    if strides != (1, 1) or xs[3] * x.itemsize < 64:  # dx by dZ W^T and col2im instead
+        return
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = ops.conv2d_backward(x, w, y, dy, strides, pad, dilation)[2]
+    # dx: a stride-1 convolution of dy, padded so that it has x's size, by the kernel
+    # flipped with its channels swapped
+    span = [d * (k - 1) for d, k in zip(dilation, (kh, kw))]
+    back = tuple((s - p[0], xs[a + 1] - y.shape[a + 1] + p[0]) for a, (s, p) in
+                 enumerate(zip(span, pad)))
+    dcols = ref._im2col(dy, (kh, kw), (1, 1), back, dilation)
+    flipped = w[::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, xs[3])
+    want = fusenn.matmul(dcols.reshape(-1, kh * kw * f), np.ascontiguousarray(flipped))
+    assert np.array_equal(dx, want.reshape(dx.shape))
+
+
 # shapes whose GEMMs, dW groups and input gradients run on several threads
 THREADED_CONVS = {
     "3x3-same": ((8, 28, 28, 8), (3, 3, 16), (1, 1), "same", (1, 1)),

@@ -134,6 +134,16 @@ static inline int patches_in_place(const patch_geom *p)
     return p->kh == 1 && p->kw == 1 && p->sh == 1 && p->sw == 1 && p->top == 0 && p->left == 0;
 }
 
+/* Whether a GEMM reads the patches where they lie in the image (implicit
+ * convolution: tap pointers, fusenn_gemm_indirect) rather than from a copy:
+ * taps of at least 32 bytes, so that finding a tap's row costs little
+ * against its multiply-adds. VGG-style step, one thread: im2col's copies
+ * were 13% of it. */
+static inline int patches_by_pointer(const patch_geom *p)
+{
+    return !patches_in_place(p) && p->c * sizeof(real) >= 32;
+}
+
 /* Rows per chunk for patches of k values (the same for any thread count: dW's
  * sums depend on it). */
 static size_t FN(chunk_rows)(size_t k)
@@ -186,6 +196,8 @@ typedef struct {
     size_t groups;           /* dW's */
     size_t part_len;         /* a group's partial dW: K F, or direct_weight_grad's vectors */
     size_t slot_at, wt_at, part_at, bpart_at, total;
+    FN(gemm_packed) packed, packed_bwd; /* W and W' packed, for patches by pointer */
+    size_t wp_at, zeros_at;             /* the packed one; zeros for taps in the padding */
 } FN(conv_work);
 
 static size_t carve(size_t *offset, size_t bytes)
@@ -214,9 +226,17 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
                             bwd_is_conv(g) ? w.rows_bwd * g->k_bwd +
                                                  (g->f == 1 ? row_len(&g->bwd) : 0)
                                            : w.rows_bwd * g->k);
+    /* patches by pointer: a slot holds a chunk's tap pointers instead */
+    w.packed = FN(fusenn_gemm_packed_for_rows)(g->f, g->k);
+    w.packed_bwd = FN(fusenn_gemm_packed_for_rows)(g->cin, g->k_bwd);
+    const size_t taps = g->fwd.kh * g->fwd.kw, ptr_reals = div_up(sizeof(real *), sizeof(real));
+    w.slot_len = FUSENN_MAX(w.slot_len, (w.rows + 16) * taps * ptr_reals);
+    w.slot_len = FUSENN_MAX(w.slot_len, (w.rows_bwd + 16) * taps * ptr_reals);
     size_t size = 0;
     w.slot_at = carve(&size, w.slots * ((w.slot_len * sizeof(real) + 63) / 64 * 64));
     w.wt_at = carve(&size, g->k * g->f * sizeof(real)); /* W' or W^T */
+    w.wp_at = carve(&size, FUSENN_MAX(w.packed.len, w.packed_bwd.len) * sizeof(real));
+    w.zeros_at = carve(&size, FUSENN_MAX(g->cin, g->f) * sizeof(real));
     w.part_len = direct ? div_up(g->f, DIRECT_F) * g->k * DIRECT_F * V64_LANES : g->k * g->f;
     w.part_at = carve(&size, w.groups * w.part_len * sizeof(real));
     w.bpart_at = carve(&size, g->bias ? w.groups * g->f * sizeof(double) : 0);
@@ -227,6 +247,27 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
 static inline real *FN(slot)(const FN(conv_work) *w, void *work, size_t s)
 {
     return (real *)((char *)work + w->slot_at + s * ((w->slot_len * sizeof(real) + 63) / 64 * 64));
+}
+
+static inline real *FN(packed_w)(const FN(conv_work) *w, void *work)
+{
+    return (real *)((char *)work + w->wp_at);
+}
+
+static inline real *FN(zeros)(const FN(conv_work) *w, void *work)
+{
+    return (real *)((char *)work + w->zeros_at);
+}
+
+/* Before a pass that reads patches by pointer: W (K x N) packed, and the
+ * zeros that padding taps point to. */
+static void FN(prepare_by_pointer)(const FN(conv_work) *w, const FN(gemm_packed) *packed,
+                                   const real *W, size_t zeros, void *work)
+{
+    FN(fusenn_gemm_pack_b)(packed, W, (ptrdiff_t)packed->n, 1, FN(packed_w)(w, work));
+    real *z = FN(zeros)(w, work);
+    for (size_t j = 0; j < zeros; j++)
+        z[j] = 0;
 }
 
 /* Copy, add or zero `len` values in vectors of 64 bytes, then 16, then one by one;
@@ -423,6 +464,58 @@ static FN(patch_matrix) FN(patches)(const patch_geom *g, const real *src, ptrdif
     if (g->c == 1)
         return (FN(patch_matrix)){slot, 1, (ptrdiff_t)(r1 - r0)};
     return (FN(patch_matrix)){slot, (ptrdiff_t)(g->kh * g->kw * g->c), 1};
+}
+
+/* The tap pointers of rows [r0, r1) of patches of images at src (sample
+ * stride ld), as fusenn_gemm_indirect reads them: tile by tile (mr rows),
+ * tap by tap, a pointer per row to the tap's c values in the image, or to
+ * zeros where the tap falls in the padding; a last tile's rows past r1 read
+ * zeros too. */
+static void FN(tap_pointers)(const patch_geom *g, const real *src, ptrdiff_t ld, size_t r0,
+                             size_t r1, size_t mr, const real *zeros, const real **table)
+{
+    const size_t P = g->oh * g->ow, C = g->c, taps = g->kh * g->kw, m = r1 - r0;
+    const ptrdiff_t H = (ptrdiff_t)g->h, W = (ptrdiff_t)g->w;
+    const ptrdiff_t reach_h = (ptrdiff_t)((g->kh - 1) * g->dh);
+    const ptrdiff_t reach_w = (ptrdiff_t)((g->kw - 1) * g->dw);
+    ptrdiff_t offset[64]; /* a window inside the image: each tap's offset from its first */
+    const int offsets = taps <= 64;
+    for (size_t tap = 0; offsets && tap < taps; tap++)
+        offset[tap] = ((ptrdiff_t)(tap / g->kw * g->dh) * W + (ptrdiff_t)(tap % g->kw * g->dw)) *
+                      (ptrdiff_t)C;
+    size_t i = r0 / P, oh = r0 % P / g->ow, ow = r0 % g->ow;
+    for (size_t r = 0; r < div_up(m, mr) * mr; r++) {
+        const real **t = table + r / mr * taps * mr + r % mr;
+        if (r >= m) {
+            for (size_t tap = 0; tap < taps; tap++)
+                t[tap * mr] = zeros;
+            continue;
+        }
+        const real *x = src + (ptrdiff_t)i * ld;
+        const ptrdiff_t h0 = (ptrdiff_t)(oh * g->sh) - g->top;
+        const ptrdiff_t w0 = (ptrdiff_t)(ow * g->sw) - g->left;
+        if (offsets && h0 >= 0 && h0 + reach_h < H && w0 >= 0 && w0 + reach_w < W) {
+            const real *first = x + (h0 * W + w0) * (ptrdiff_t)C;
+            for (size_t tap = 0; tap < taps; tap++)
+                t[tap * mr] = first + offset[tap];
+        } else { /* taps in the padding point to zeros */
+            for (size_t a = 0; a < g->kh; a++) {
+                const ptrdiff_t h = h0 + (ptrdiff_t)(a * g->dh);
+                for (size_t b = 0; b < g->kw; b++) {
+                    const ptrdiff_t w = w0 + (ptrdiff_t)(b * g->dw);
+                    const int inside = h >= 0 && h < H && w >= 0 && w < W;
+                    t[(a * g->kw + b) * mr] = inside ? x + (h * W + w) * (ptrdiff_t)C : zeros;
+                }
+            }
+        }
+        if (++ow == g->ow) {
+            ow = 0;
+            if (++oh == g->oh) {
+                oh = 0;
+                i++;
+            }
+        }
+    }
 }
 
 /* ---- one-channel layers with few filters: direct kernels --------------------
@@ -672,6 +765,18 @@ static size_t FN(forward_chunk)(const void *ctx, size_t c, real *slot)
         return 0;
     }
 #endif
+    if (patches_by_pointer(&g->fwd) && contiguous) {
+        const real **taps = (const real **)(void *)slot;
+        FN(tap_pointers)(&g->fwd, p->x, p->ldx, r0, r1, FN(fusenn_gemm_packed_mr)(&p->w.packed),
+                         FN(zeros)(&p->w, p->work), taps);
+        const int rc = FN(fusenn_gemm_indirect)(&p->w.packed, r1 - r0, g->cin, taps,
+                                                FN(packed_w)(&p->w, p->work), out + r0 * F,
+                                                (ptrdiff_t)F, p->bias,
+                                                after ? FUSENN_ACT_IDENTITY : act);
+        if (after)
+            FN(activate_rows)(p, r0, r1, out, ld_out);
+        return rc != FUSENN_OK;
+    }
     const FN(patch_matrix) A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot);
     size_t failed = 0;
     for (size_t r = r0, e; r < r1; r = e) { /* a GEMM per sample unless the output is contiguous */
@@ -799,6 +904,15 @@ static size_t FN(input_grad_chunk)(const void *ctx, size_t c, real *slot)
     const size_t Cin = g->cin, R = p->w.rows_bwd, m = p->n * g->fwd.h * g->fwd.w;
     const ptrdiff_t ld_dz = (ptrdiff_t)(g->fwd.oh * g->fwd.ow * g->f);
     const size_t r0 = c * R, r1 = FUSENN_MIN(m, r0 + R);
+    if (patches_by_pointer(&g->bwd)) {
+        const real **taps = (const real **)(void *)slot;
+        FN(tap_pointers)(&g->bwd, p->dz, ld_dz, r0, r1,
+                         FN(fusenn_gemm_packed_mr)(&p->w.packed_bwd), FN(zeros)(&p->w, p->work),
+                         taps);
+        return FN(fusenn_gemm_indirect)(&p->w.packed_bwd, r1 - r0, g->f, taps,
+                                        FN(packed_w)(&p->w, p->work), p->dx + r0 * Cin,
+                                        (ptrdiff_t)Cin, NULL, FUSENN_ACT_IDENTITY) != FUSENN_OK;
+    }
     const FN(patch_matrix) A = FN(patches)(&g->bwd, p->dz, ld_dz, r0, r1, slot);
     return FN(fusenn_gemm)(r1 - r0, Cin, g->k_bwd, 1, A.A, A.rs, A.cs, p->wt, (ptrdiff_t)Cin,
                            1, 0, p->dx + r0 * Cin, (ptrdiff_t)Cin, 1, 1) != FUSENN_OK;
@@ -952,6 +1066,8 @@ static int FN(conv2d_forward)(const FN(layer) *layer, FN(forward_args) *a)
     p.z = fusenn_act_needs_z(p.act) ? a->saved : NULL;
     const size_t m = a->n * p.g.fwd.oh * p.g.fwd.ow;
     const size_t chunks = div_up(m, p.w.rows);
+    if (patches_by_pointer(&p.g.fwd))
+        FN(prepare_by_pointer)(&p.w, &p.w.packed, p.kernel, FUSENN_MAX(p.g.cin, p.g.f), a->work);
     const size_t failed =
         FN(run_units)(conv_threads(a->nthreads, chunks, m, p.g.f, p.g.k), chunks,
                       FN(forward_chunk), &p, &p.w, a->work);
@@ -1027,6 +1143,9 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
     if (bwd_is_conv(g)) {
         p.wt = (real *)((char *)a->work + p.w.wt_at);
         FN(flip_kernel)(g, layer->param[0], p.wt);
+        if (patches_by_pointer(&g->bwd))
+            FN(prepare_by_pointer)(&p.w, &p.w.packed_bwd, p.wt, FUSENN_MAX(g->cin, g->f),
+                                   a->work);
         const size_t m_in = a->n * g->fwd.h * g->fwd.w;
         const size_t chunks = div_up(m_in, p.w.rows_bwd);
         return FN(run_units)(conv_threads(a->nthreads, chunks, m_in, g->cin, g->k_bwd), chunks,
