@@ -7,6 +7,8 @@
  *   UK_NAME_DIRECT_AB  name of the variant that reads A and B in place (UK_DIRECT_B)
  *   UK_NAME_PACK_B     name of the variant that also packs the B it reads (UK_PACK_B)
  *   UK_NAME_INDIRECT   name of the variant that finds A's rows by pointers (UK_INDIRECT_A)
+ *   UK_NAME_INDIRECT_B name of the variant that reads A in place and finds B's
+ *                      rows by pointers (UK_INDIRECT_B)
  *   UK_NAME_EDGE       optional: name of the variant for a partial B panel
  *                      read in place (UK_EDGE), given its attributes UK_ATTR_EDGE,
  *                      UK_MASK_LOAD(mask, p), UK_MASK_STORE(p, mask, v) and
@@ -53,6 +55,11 @@
  * copied (im2col) into a patch matrix first; the sums, and so the bits, are
  * those of the patch matrix's product.
  *
+ * With UK_INDIRECT_B defined (and UK_DIRECT_A), A is read in place and B's
+ * step p is found by a pointer, brows[p * brow_step] + b_off: a convolution's
+ * weight gradient, patches^T dZ, as dZ^T patches, whose B rows are patch
+ * rows in the image (each product, and so each sum, is the same).
+ *
  * With UK_EDGE defined too (AVX-512 only: it needs masked loads and stores),
  * the kernel touches only the first nr_eff < UK_NR columns of B, bias and C;
  * the other variants ignore nr_eff and compute all UK_NR. A small call's
@@ -88,9 +95,15 @@
 #define UK_STORE(dst, src, v) memcpy((dst), &(src), sizeof(vec))
 #define UK_COLS UK_NR
 #endif
-#ifdef UK_INDIRECT_A
+#if defined(UK_INDIRECT_A)
 static UK_ATTR void UK_NAME(size_t kc, const real *const *restrict rows, size_t run, size_t skip,
                             const real *restrict b, real *restrict c, ptrdiff_t rs_c,
+                            const FN(store_params) *sp, const real *restrict bias)
+{
+#elif defined(UK_INDIRECT_B)
+static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, ptrdiff_t cs_a,
+                            const real *const *restrict brows, ptrdiff_t brow_step,
+                            size_t b_off, real *restrict c, ptrdiff_t rs_c,
                             const FN(store_params) *sp, const real *restrict bias)
 {
 #else
@@ -150,6 +163,17 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
             b += UK_NR;
         }
     }
+#elif defined(UK_INDIRECT_B)
+#pragma GCC unroll 4
+    for (size_t p = 0; p < kc; p++) {
+        const real *b = brows[(ptrdiff_t)p * brow_step] + b_off;
+        vec bv[NV];
+#pragma GCC unroll 16
+        for (int v = 0; v < NV; v++)
+            memcpy(&bv[v], b + v * LANES, sizeof(vec));
+        UK_FMAS(bv)
+        a += UK_A_STEP;
+    }
 #elif defined(UK_ALIGN_B)
     /* B's rows all start `shift` lanes past a vector boundary (NumPy's large
      * arrays start 16 bytes past one): read whole aligned vectors, the end
@@ -179,7 +203,7 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
         }
     } else
 #endif
-#ifndef UK_INDIRECT_A
+#if !defined(UK_INDIRECT_A) && !defined(UK_INDIRECT_B)
     /* Four steps per iteration: the loop's counter and pointer updates no
      * longer take FMA ports' issue slots every step. +5-11% from 128x256x128
      * to 2048^3 on AVX-512 (1 and 2 threads); 8 steps was slower again. */
@@ -278,7 +302,11 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
 #define UK_DIRECT_A /* third pass: the same kernel reading A in place */
 #define UK_NAME UK_NAME_DIRECT
 #include "gemm_ukernel.h"
-#define UK_DIRECT_B /* fourth pass: reading A and B in place */
+#define UK_INDIRECT_B /* fourth pass: A in place, B's rows by pointers */
+#define UK_NAME UK_NAME_INDIRECT_B
+#include "gemm_ukernel.h"
+#undef UK_INDIRECT_B
+#define UK_DIRECT_B /* fifth pass: reading A and B in place */
 #define UK_NAME UK_NAME_DIRECT_AB
 #ifdef UK_REALIGN_B
 #define UK_ALIGN_B
@@ -286,12 +314,12 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
 #include "gemm_ukernel.h"
 #undef UK_ALIGN_B
 #undef UK_REALIGN_B
-#define UK_PACK_B /* fifth pass: reading A and B in place, packing B */
+#define UK_PACK_B /* sixth pass: reading A and B in place, packing B */
 #define UK_NAME UK_NAME_PACK_B
 #include "gemm_ukernel.h"
 #undef UK_PACK_B
 #ifdef UK_NAME_EDGE
-#define UK_EDGE /* sixth pass: A and B in place, a partial panel of B */
+#define UK_EDGE /* seventh pass: A and B in place, a partial panel of B */
 #define UK_NAME UK_NAME_EDGE
 #undef UK_ATTR
 #define UK_ATTR UK_ATTR_EDGE
@@ -306,6 +334,7 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
 #undef UK_NAME_DIRECT_AB
 #undef UK_NAME_PACK_B
 #undef UK_NAME_INDIRECT
+#undef UK_NAME_INDIRECT_B
 #undef UK_MR
 #undef UK_NR
 #undef UK_VBYTES

@@ -375,6 +375,18 @@ size_t FN(fusenn_gemm_packed_mr)(const FN(gemm_packed) *p);
 int FN(fusenn_gemm_indirect)(const FN(gemm_packed) *p, size_t m, size_t run,
                              const real *const *rows, const real *Bp, real *C, ptrdiff_t rs_c,
                              const real *bias, fusenn_activation act);
+
+/* A convolution's weight gradient, dZ^T patches, with the patches where they
+ * lie (gemm.c): C = A B + beta C on the calling thread, A (m x k) read in
+ * place, B (k x taps run) by row pointers: element (p, t run + j) of B at
+ * brows[p taps + t][j]. Only where fusenn_gemm_rows_b_fits(m, run): whole
+ * register tiles, so that nothing is packed (else FUSENN_EINVAL). The bits
+ * are those of fusenn_gemm on the same operands, or with A and B swapped and
+ * transposed. */
+int FN(fusenn_gemm_rows_b_fits)(size_t m, size_t run);
+int FN(fusenn_gemm_rows_b)(size_t m, size_t taps, size_t run, size_t k, const real *A,
+                           ptrdiff_t rs_a, ptrdiff_t cs_a, const real *const *brows, real beta,
+                           real *C, ptrdiff_t rs_c);
 #endif /* FUSENN_NO_DTYPE */
 
 #endif /* FUSENN_INTERNAL_H */

@@ -239,6 +239,24 @@ def test_conv2d_by_pointer_is_bitwise_the_patch_matrix_product(case, dtype):
     assert np.array_equal(dx, want.reshape(dx.shape))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("filters", [8, 16, 24])
+def test_conv2d_weight_gradient_by_pointer_is_bitwise_the_patch_matrix_product(filters, dtype):
+    """dW as dZ^T patches with the patches read in the image (32 channels, filters a
+    multiple of 8 and fewer than 64): each product and each sum as in patches^T dZ. With
+    42 output rows the layer sums them in one chunk, so dW is that one product."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((1, 6, 7, 32)).astype(dtype)
+    w = (rng.standard_normal((3, 3, 32, filters)) / 17).astype(dtype)
+    pad = pads("same", (6, 7), (3, 3), (1, 1))
+    y = ops.conv2d_forward(x, w, None, padding=pad)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dw = ops.conv2d_backward(x, w, y, dy, padding=pad, need_dx=False, bias=False)[0]
+    cols = ref._im2col(x, (3, 3), (1, 1), pad, (1, 1)).reshape(42, -1)
+    want = fusenn.matmul(cols.T, dy.reshape(42, filters))
+    assert np.array_equal(dw, want.reshape(dw.shape))
+
+
 # shapes whose GEMMs, dW groups and input gradients run on several threads
 THREADED_CONVS = {
     "3x3-same": ((8, 28, 28, 8), (3, 3, 16), (1, 1), "same", (1, 1)),

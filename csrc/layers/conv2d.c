@@ -144,6 +144,14 @@ static inline int patches_by_pointer(const patch_geom *p)
     return !patches_in_place(p) && p->c * sizeof(real) >= 32;
 }
 
+/* Whether dW reads the patches by pointer too, as dZ^T patches (its
+ * transpose, summed alike): where its tiles are whole, so that neither
+ * operand is packed. It is then kept transposed in the groups' partials. */
+static inline int weight_grad_by_pointer(const patch_geom *p, size_t f)
+{
+    return patches_by_pointer(p) && FN(fusenn_gemm_rows_b_fits)(f, p->c);
+}
+
 /* Rows per chunk for patches of k values (the same for any thread count: dW's
  * sums depend on it). */
 static size_t FN(chunk_rows)(size_t k)
@@ -887,6 +895,14 @@ static size_t FN(weight_grad_group)(const void *ctx, size_t gi, real *slot)
             for (size_t j = 0; j < n; j++)
                 for (size_t f = 0; f < F; f++)
                     bsum[f] += dz[j * F + f];
+        if (weight_grad_by_pointer(&g->fwd, F)) { /* part^T (+)= dZ^T patches */
+            const real **rows = (const real **)(void *)slot;
+            FN(tap_pointers)(&g->fwd, p->x, p->ldx, r0, r1, 1, FN(zeros)(&p->w, p->work), rows);
+            failed += FN(fusenn_gemm_rows_b)(F, g->fwd.kh * g->fwd.kw, g->cin, n, dz, 1,
+                                             (ptrdiff_t)F, rows, c == c0 ? 0 : 1, part,
+                                             (ptrdiff_t)K) != FUSENN_OK;
+            continue;
+        }
         const FN(patch_matrix) A = FN(patches)(&g->fwd, p->x, p->ldx, r0, r1, slot);
         /* part (+)= patches^T dZ: the patches read transposed */
         failed += FN(fusenn_gemm)(K, F, n, 1, A.A, A.cs, A.rs, p->dz + r0 * F,
@@ -1100,9 +1116,11 @@ static size_t FN(add_groups)(const void *ctx, size_t j0, size_t j1)
             p->dw[j] = s;
             continue;
         }
-        real s = p->part[j];
+        /* element (t, f) of dW; by pointer, the partials hold dW^T */
+        const size_t at = weight_grad_by_pointer(&p->g->fwd, F) ? j % F * K + j / F : j;
+        real s = p->part[at];
         for (size_t gi = 1; gi < groups; gi++)
-            s += p->part[gi * len + j];
+            s += p->part[gi * len + at];
         p->dw[j] = s;
     }
     return 0;
@@ -1119,6 +1137,9 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
     p.act = a->logits ? FUSENN_ACT_IDENTITY : g->act;
     p.z = fusenn_act_needs_z(p.act) ? a->saved : NULL;
     const size_t m = a->n * g->fwd.oh * g->fwd.ow, K = g->k, F = g->f;
+    real *zeros = FN(zeros)(&p.w, a->work);
+    for (size_t j = 0; j < FUSENN_MAX(g->cin, F); j++)
+        zeros[j] = 0;
 
     if (FN(run_units)(conv_threads(a->nthreads, p.w.groups, m, F, K), p.w.groups,
                       FN(weight_grad_group), &p, &p.w, a->work))
