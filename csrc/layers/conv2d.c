@@ -447,6 +447,42 @@ FN(build_patches_avx512)(const patch_geom *g, const real *src, ptrdiff_t ld, siz
 }
 #endif
 
+/* bsum[f] += dz[j F + f] for the n rows j in order, in double: 8 columns at a
+ * time in registers over all the rows, not bsum loaded and stored for each
+ * row (2% of a VGG-style step). Each column's sum in the same order. */
+static ALWAYS_INLINE void FN(column_sums)(const real *dz, size_t n, size_t F, double *bsum)
+{
+    typedef double v8d __attribute__((vector_size(64), aligned(sizeof(double))));
+    typedef real v8r __attribute__((vector_size(8 * sizeof(real)), aligned(sizeof(real))));
+    size_t f = 0;
+    for (; f + 8 <= F; f += 8) {
+        v8d acc;
+        memcpy(&acc, bsum + f, sizeof acc);
+        for (size_t j = 0; j < n; j++) {
+            v8r v;
+            memcpy(&v, dz + j * F + f, sizeof v);
+            acc += __builtin_convertvector(v, v8d);
+        }
+        memcpy(bsum + f, &acc, sizeof acc);
+    }
+    for (; f < F; f++)
+        for (size_t j = 0; j < n; j++)
+            bsum[f] += dz[j * F + f];
+}
+
+static void FN(column_sums_generic)(const real *dz, size_t n, size_t F, double *bsum)
+{
+    FN(column_sums)(dz, n, F, bsum);
+}
+
+#ifdef HAVE_X86_PATCHES
+static __attribute__((target("avx512f,avx2"))) void
+FN(column_sums_avx512)(const real *dz, size_t n, size_t F, double *bsum)
+{
+    FN(column_sums)(dz, n, F, bsum);
+}
+#endif
+
 /* The patch matrix of rows [r0, r1), element (row r, tap t) at
  * A[(r - r0) rs + t cs]: the image itself (1x1), transposed patches (one
  * channel), or patches (im2col); copied into slot. */
@@ -891,10 +927,14 @@ static size_t FN(weight_grad_group)(const void *ctx, size_t gi, real *slot)
             continue;
         }
 #endif
-        if (bsum)
-            for (size_t j = 0; j < n; j++)
-                for (size_t f = 0; f < F; f++)
-                    bsum[f] += dz[j * F + f];
+        if (bsum) {
+#ifdef HAVE_X86_PATCHES
+            if (fusenn_isa_level() == FUSENN_ISA_AVX512)
+                FN(column_sums_avx512)(dz, n, F, bsum);
+            else
+#endif
+                FN(column_sums_generic)(dz, n, F, bsum);
+        }
         if (weight_grad_by_pointer(&g->fwd, F)) { /* part^T (+)= dZ^T patches */
             const real **rows = (const real **)(void *)slot;
             FN(tap_pointers)(&g->fwd, p->x, p->ldx, r0, r1, 1, FN(zeros)(&p->w, p->work), rows);
