@@ -510,6 +510,22 @@ static FN(patch_matrix) FN(patches)(const patch_geom *g, const real *src, ptrdif
     return (FN(patch_matrix)){slot, (ptrdiff_t)(g->kh * g->kw * g->c), 1};
 }
 
+/* The taps of a window at (h0, w0) of image x, every mr-th entry of t from
+ * t[0]: each tap's c values in the image, or zeros in the padding. */
+static void FN(edge_taps)(const patch_geom *g, const real *x, ptrdiff_t h0, ptrdiff_t w0,
+                          const real *zeros, const real **t, size_t mr)
+{
+    const ptrdiff_t H = (ptrdiff_t)g->h, W = (ptrdiff_t)g->w, C = (ptrdiff_t)g->c;
+    for (size_t a = 0; a < g->kh; a++) {
+        const ptrdiff_t h = h0 + (ptrdiff_t)(a * g->dh);
+        for (size_t b = 0; b < g->kw; b++) {
+            const ptrdiff_t w = w0 + (ptrdiff_t)(b * g->dw);
+            const int inside = h >= 0 && h < H && w >= 0 && w < W;
+            t[(a * g->kw + b) * mr] = inside ? x + (h * W + w) * C : zeros;
+        }
+    }
+}
+
 /* The tap pointers of rows [r0, r1) of patches of images at src (sample
  * stride ld), as fusenn_gemm_indirect reads them: tile by tile (mr rows),
  * tap by tap, a pointer per row to the tap's c values in the image, or to
@@ -522,42 +538,65 @@ static void FN(tap_pointers)(const patch_geom *g, const real *src, ptrdiff_t ld,
     const ptrdiff_t H = (ptrdiff_t)g->h, W = (ptrdiff_t)g->w;
     const ptrdiff_t reach_h = (ptrdiff_t)((g->kh - 1) * g->dh);
     const ptrdiff_t reach_w = (ptrdiff_t)((g->kw - 1) * g->dw);
-    ptrdiff_t offset[64]; /* a window inside the image: each tap's offset from its first */
-    const int offsets = taps <= 64;
-    for (size_t tap = 0; offsets && tap < taps; tap++)
-        offset[tap] = ((ptrdiff_t)(tap / g->kw * g->dh) * W + (ptrdiff_t)(tap % g->kw * g->dw)) *
-                      (ptrdiff_t)C;
+    enum { MAX_TAPS = 64, MAX_MR = 16 };
+    /* a window inside the image: each tap's offset in bytes from its first tap */
+    uintptr_t offset[MAX_TAPS];
+    const int by_offset = taps <= MAX_TAPS && mr <= MAX_MR;
+    for (size_t tap = 0; by_offset && tap < taps; tap++)
+        offset[tap] = (uintptr_t)(((ptrdiff_t)(tap / g->kw * g->dh) * W +
+                                   (ptrdiff_t)(tap % g->kw * g->dw)) *
+                                  (ptrdiff_t)(C * sizeof(real)));
     size_t i = r0 / P, oh = r0 % P / g->ow, ow = r0 % g->ow;
-    for (size_t r = 0; r < div_up(m, mr) * mr; r++) {
-        const real **t = table + r / mr * taps * mr + r % mr;
-        if (r >= m) {
-            for (size_t tap = 0; tap < taps; tap++)
-                t[tap * mr] = zeros;
-            continue;
-        }
-        const real *x = src + (ptrdiff_t)i * ld;
-        const ptrdiff_t h0 = (ptrdiff_t)(oh * g->sh) - g->top;
-        const ptrdiff_t w0 = (ptrdiff_t)(ow * g->sw) - g->left;
-        if (offsets && h0 >= 0 && h0 + reach_h < H && w0 >= 0 && w0 + reach_w < W) {
-            const real *first = x + (h0 * W + w0) * (ptrdiff_t)C;
-            for (size_t tap = 0; tap < taps; tap++)
-                t[tap * mr] = first + offset[tap];
-        } else { /* taps in the padding point to zeros */
-            for (size_t a = 0; a < g->kh; a++) {
-                const ptrdiff_t h = h0 + (ptrdiff_t)(a * g->dh);
-                for (size_t b = 0; b < g->kw; b++) {
-                    const ptrdiff_t w = w0 + (ptrdiff_t)(b * g->dw);
-                    const int inside = h >= 0 && h < H && w >= 0 && w < W;
-                    t[(a * g->kw + b) * mr] = inside ? x + (h * W + w) * (ptrdiff_t)C : zeros;
+    for (size_t r = 0; r < m; r += mr) { /* tile by tile */
+        const real **tile = table + r / mr * taps * mr;
+        uintptr_t first[MAX_MR];    /* each row's first tap, where its window lies inside */
+        size_t edge[MAX_MR], edges = 0; /* the other rows */
+        for (size_t row = 0; row < mr; row++) {
+            first[row] = 0;
+            if (r + row >= m) { /* past the last row: zeros */
+                if (by_offset)
+                    edge[edges++] = row;
+                else
+                    for (size_t tap = 0; tap < taps; tap++)
+                        tile[tap * mr + row] = zeros;
+                continue;
+            }
+            const real *x = src + (ptrdiff_t)i * ld;
+            const ptrdiff_t h0 = (ptrdiff_t)(oh * g->sh) - g->top;
+            const ptrdiff_t w0 = (ptrdiff_t)(ow * g->sw) - g->left;
+            if (by_offset && h0 >= 0 && h0 + reach_h < H && w0 >= 0 && w0 + reach_w < W) {
+                first[row] = (uintptr_t)(x + (h0 * W + w0) * (ptrdiff_t)C);
+            } else if (by_offset) {
+                edge[edges++] = row;
+            } else {
+                FN(edge_taps)(g, x, h0, w0, zeros, tile + row, mr);
+            }
+            if (++ow == g->ow) {
+                ow = 0;
+                if (++oh == g->oh) {
+                    oh = 0;
+                    i++;
                 }
             }
         }
-        if (++ow == g->ow) {
-            ow = 0;
-            if (++oh == g->oh) {
-                oh = 0;
-                i++;
+        if (!by_offset)
+            continue;
+        /* every row a tap at a time (contiguous stores, in vectors), then the
+         * rows whose windows reach the padding, or are past the last, again */
+        for (size_t tap = 0; tap < taps; tap++)
+            for (size_t row = 0; row < mr; row++)
+                tile[tap * mr + row] = (const real *)(first[row] + offset[tap]);
+        for (size_t e = 0; e < edges; e++) {
+            const size_t row = edge[e];
+            if (r + row >= m) {
+                for (size_t tap = 0; tap < taps; tap++)
+                    tile[tap * mr + row] = zeros;
+                continue;
             }
+            const size_t at = r0 + r + row;
+            const size_t ie = at / P, ohe = at % P / g->ow, owe = at % g->ow;
+            FN(edge_taps)(g, src + (ptrdiff_t)ie * ld, (ptrdiff_t)(ohe * g->sh) - g->top,
+                          (ptrdiff_t)(owe * g->sw) - g->left, zeros, tile + row, mr);
         }
     }
 }
