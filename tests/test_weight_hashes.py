@@ -1,7 +1,8 @@
 """Trained weights must keep their bits across refactors of the engine.
 
-A fixed set of trainings (every layer kind, activation, loss and optimizer;
-fit and train_on_batch; float32 and float64) is hashed: weights after
+A fixed set of trainings (dense, convolutional and recurrent layer kinds,
+every activation, loss and optimizer; fit and train_on_batch; float32 and
+float64) is hashed: weights after
 training, optimizer state, per-epoch losses and predictions. The hashes
 recorded before a refactor live in tests/data/weight_hashes.json, one table
 per GEMM ISA (the ISAs round differently); this test trains again on 1, 2 and
@@ -25,8 +26,9 @@ import fusenn
 HERE = os.path.dirname(os.path.abspath(__file__))
 TABLE = os.path.join(HERE, "data", "weight_hashes.json")
 
-# name -> (layers factory, loss, optimizer factory, input width, outputs)
+# name -> (layers factory, loss, optimizer factory, input width or shape, outputs)
 D = fusenn.Dense
+C = fusenn.Conv2D
 CASES = {
     "relu-softmax-ce-momentum": (
         lambda: [D(96, "relu"), D(10, "softmax")], "cross_entropy",
@@ -53,12 +55,22 @@ CASES = {
     "dropout-first-relu-ce-adam": (
         lambda: [fusenn.Dropout(0.1), D(256, "relu"), D(128, "relu"), D(10, "softmax")],
         "cross_entropy", lambda: fusenn.Adam(lr=1e-3), 300, 10),
+    # convolutions by im2col and by tap pointers (forward, dX, dW), pooling
+    "conv-pool-flatten-ce-momentum": (
+        lambda: [C(32, 3, padding="same", activation="relu"),
+                 C(16, 3, padding="same", activation="relu"), fusenn.MaxPooling2D(2),
+                 C(8, 3, activation="tanh"), fusenn.Flatten(), D(4, "softmax")],
+        "cross_entropy", lambda: fusenn.SGD(lr=0.02, momentum=0.9), (8, 8, 2), 4),
+    "simple_rnn-gru-lstm-ce-adam": (
+        lambda: [fusenn.SimpleRNN(8, return_sequences=True),
+                 fusenn.GRU(8, return_sequences=True), fusenn.LSTM(8), D(3, "softmax")],
+        "cross_entropy", lambda: fusenn.Adam(lr=0.01), (6, 4), 3),
 }
 
 
 def _data(loss, d, k, dtype, n=700, seed=3):
     rng = np.random.default_rng(seed)
-    X = rng.standard_normal((n, d)).astype(dtype)
+    X = rng.standard_normal((n, *np.atleast_1d(d))).astype(dtype)
     name = loss if isinstance(loss, str) else loss.name
     if name == "cross_entropy":
         y = rng.integers(0, k, n)
@@ -73,7 +85,8 @@ def train_and_hash(name, dtype):
     """sha256 of everything one training of case `name` produces."""
     layers, loss, opt, d, k = CASES[name]
     X, y = _data(loss, d, k, dtype)
-    model = fusenn.Sequential(layers(), input_dim=d, dtype=dtype, seed=11)
+    shape = dict(input_dim=d) if isinstance(d, int) else dict(input_shape=d)
+    model = fusenn.Sequential(layers(), **shape, dtype=dtype, seed=11)
     model.compile(loss=loss, optimizer=opt())
     sw = np.linspace(0.5, 1.5, 600)
     hist = model.fit(X[:600], y[:600], epochs=2, batch_size=128, verbose=0,
