@@ -5,17 +5,23 @@
  * with the kernel w (kh, kw, Cin, F) and the bias b (F); taps that fall in
  * the padding read zeros. The output is (OH, OW, F).
  *
- * Method: im2col + GEMM, in chunks of rows. A row is one output position of
- * one sample; its patch (kh kw Cin values, in the kernel's order) is copied
- * into a slot of the workspace, and the chunk's patches times w (as a
- * kh kw Cin x F matrix) is one GEMM, with the bias and the activation fused
- * into its store. Each thread owns a slot and takes whole units of work (a
- * chunk, a group, a sample) as they come, so the GEMMs run on one thread
- * each, with no barrier between them.
+ * Method: GEMMs over patches, in chunks of rows. A row is one output
+ * position of one sample; its patch is kh kw Cin values in the kernel's
+ * order, and the chunk's patches times w (as a kh kw Cin x F matrix) is one
+ * GEMM, with the bias and the activation fused into its store. Where a tap's
+ * Cin values fill 32 bytes (patches_by_pointer), the GEMM finds each patch's
+ * taps by pointers into the image (an implicit convolution: a slot holds the
+ * chunk's tap pointers, W is packed once per pass); else the patches are
+ * copied into the slot (im2col). Both sum in the same order: the same bits.
+ * Each thread owns a slot and takes whole units of work (a chunk, a group, a
+ * sample) as they come, so the GEMMs run on one thread each, with no barrier
+ * between them.
  *   forward  Y = patches(x) W (+ b, act)
  *   dW       sum over rows of patches(x)^T dZ: chunks are summed into a
  *            fixed number of groups (each group's chunks in order), the
- *            groups are added in order: the same bits on any thread count
+ *            groups are added in order: the same bits on any thread count;
+ *            by pointer (fewer than 64 filters) as dZ^T patches, kept
+ *            transposed in the groups' partials
  *   dX       stride 1: a convolution of dZ with the kernel flipped and its
  *            channels swapped (patches of dZ times W'), no scatter; other
  *            strides: dZ W^T per chunk, scattered back over the windows
