@@ -145,6 +145,15 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
         _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++)                             \
             acc[i][v] += ai * (bv)[v]; /* contracted to FMA where available */           \
     }
+    /* One step whose NV vectors of B start at `from` (the pointer variants). */
+#define UK_STEP_FROM(from)                                                                \
+    do {                                                                                  \
+        const real *from_ = (from);                                                       \
+        vec bv_[NV];                                                                      \
+        _Pragma("GCC unroll 16") for (int v = 0; v < NV; v++)                             \
+            memcpy(&bv_[v], from_ + v * LANES, sizeof(vec));                              \
+        UK_FMAS(bv_)                                                                      \
+    } while (0)
 #if defined(UK_INDIRECT_A)
     /* tap by tap: row i's pointer, then the tap's steps as from a packed panel */
     for (size_t done = 0, len; done < kc; done += len, rows += UK_MR, skip = 0) {
@@ -155,23 +164,14 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
             ap[i] = rows[i] + skip;
 #pragma GCC unroll 4
         for (size_t p = 0; p < len; p++) {
-            vec bv[NV];
-#pragma GCC unroll 16
-            for (int v = 0; v < NV; v++)
-                memcpy(&bv[v], b + v * LANES, sizeof(vec));
-            UK_FMAS(bv)
+            UK_STEP_FROM(b);
             b += UK_NR;
         }
     }
 #elif defined(UK_INDIRECT_B)
 #pragma GCC unroll 4
     for (size_t p = 0; p < kc; p++) {
-        const real *b = brows[(ptrdiff_t)p * brow_step] + b_off;
-        vec bv[NV];
-#pragma GCC unroll 16
-        for (int v = 0; v < NV; v++)
-            memcpy(&bv[v], b + v * LANES, sizeof(vec));
-        UK_FMAS(bv)
+        UK_STEP_FROM(brows[(ptrdiff_t)p * brow_step] + b_off);
         a += UK_A_STEP;
     }
 #elif defined(UK_ALIGN_B)
@@ -292,6 +292,7 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
 #undef UK_STORE
 #undef UK_LANE_MASK
 #undef UK_FMAS
+#undef UK_STEP_FROM
 #undef UK_COLS
 #undef UK_NAME
 #if !defined(UK_DIRECT_A) && !defined(UK_INDIRECT_A)
