@@ -404,8 +404,8 @@ typedef __mmask8 uk_mask;
  * over the same kc blocks and the choice of tile does not change the bits.
  * K(x) names a kernel's variants: packed, A in place, A and B in place, A
  * and B in place packing B, A's rows by pointers, and B's rows by pointers
- * (A in place); KE(x) adds the edge
- * variant, which the small-call (mid, narrow) AVX-512 kernels have. */
+ * (A in place); KE(x) adds the edge variant, which the small-call (mid,
+ * narrow) AVX-512 kernels have. */
 #define K(x)                                                                                \
     FN(x), FN(x##_direct), FN(x##_direct_ab), FN(x##_pack_b), NULL, FN(x##_indirect),      \
         FN(x##_indirect_b)
@@ -1286,17 +1286,17 @@ int FN(fusenn_gemm_indirect)(const FN(gemm_packed) *p, size_t m, size_t run,
 {
     const FN(gemm_config) *cfg = p->cfg;
     const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr, n = p->n, k = p->k;
-    const size_t n_panels = (n + nr - 1) / nr, taps = k / run;
-    real ab[GEMM_MAX_TILE] __attribute__((aligned(64)));
-    const FN(store_params) to_tile = {1, 0, FUSENN_ACT_IDENTITY, 0};
     if (m == 0 || n == 0)
         return FUSENN_OK;
-    if (k == 0 || run == 0 || taps * run != k) {
-        if (k != 0)
-            return FUSENN_EINVAL;
+    if (k == 0) {
         FN(gemm_scale_only)(m, n, 0, C, rs_c, 1, bias, act);
         return FUSENN_OK;
     }
+    if (run == 0 || k % run != 0)
+        return FUSENN_EINVAL;
+    const size_t n_panels = (n + nr - 1) / nr, taps = k / run;
+    real ab[GEMM_MAX_TILE] __attribute__((aligned(64)));
+    const FN(store_params) to_tile = {1, 0, FUSENN_ACT_IDENTITY, 0};
     for (size_t pc = 0; pc < k; pc += cfg->kc) {
         const size_t kc = FUSENN_MIN(cfg->kc, k - pc);
         const FN(store_params) sp = {1, pc == 0 ? 0 : (real)1, act, pc + kc == k};
@@ -1322,7 +1322,6 @@ int FN(fusenn_gemm_indirect)(const FN(gemm_packed) *p, size_t m, size_t run,
     }
     return FUSENN_OK;
 }
-
 
 /* Whole tiles, and fewer rows than the wide tile has columns: a convolution's
  * dW with as many filters (patches^T dZ through an im2col copy) takes the wide
