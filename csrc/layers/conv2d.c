@@ -240,17 +240,24 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
                             bwd_is_conv(g) ? w.rows_bwd * g->k_bwd +
                                                  (g->f == 1 ? row_len(&g->bwd) : 0)
                                            : w.rows_bwd * g->k);
-    /* patches by pointer: a slot holds a chunk's tap pointers instead */
+    /* patches by pointer: a slot holds a chunk's tap pointers (a last tile
+     * padded to at most 16 rows) instead, and W or W' is packed once */
+    const int fwd_pointers = patches_by_pointer(&g->fwd);
+    const int bwd_pointers = bwd_is_conv(g) && patches_by_pointer(&g->bwd);
     w.packed = FN(fusenn_gemm_packed_for_rows)(g->f, g->k);
     w.packed_bwd = FN(fusenn_gemm_packed_for_rows)(g->cin, g->k_bwd);
     const size_t taps = g->fwd.kh * g->fwd.kw, ptr_reals = div_up(sizeof(real *), sizeof(real));
-    w.slot_len = FUSENN_MAX(w.slot_len, (w.rows + 16) * taps * ptr_reals);
-    w.slot_len = FUSENN_MAX(w.slot_len, (w.rows_bwd + 16) * taps * ptr_reals);
+    if (fwd_pointers)
+        w.slot_len = FUSENN_MAX(w.slot_len, (w.rows + 16) * taps * ptr_reals);
+    if (bwd_pointers)
+        w.slot_len = FUSENN_MAX(w.slot_len, (w.rows_bwd + 16) * taps * ptr_reals);
     size_t size = 0;
     w.slot_at = carve(&size, w.slots * ((w.slot_len * sizeof(real) + 63) / 64 * 64));
     w.wt_at = carve(&size, g->k * g->f * sizeof(real)); /* W' or W^T */
-    w.wp_at = carve(&size, FUSENN_MAX(w.packed.len, w.packed_bwd.len) * sizeof(real));
-    w.zeros_at = carve(&size, FUSENN_MAX(g->cin, g->f) * sizeof(real));
+    w.wp_at = carve(&size, FUSENN_MAX(fwd_pointers ? w.packed.len : 0,
+                                      bwd_pointers ? w.packed_bwd.len : 0) * sizeof(real));
+    w.zeros_at = carve(&size, fwd_pointers || bwd_pointers
+                                  ? FUSENN_MAX(g->cin, g->f) * sizeof(real) : 0);
     w.part_len = direct ? div_up(g->f, DIRECT_F) * g->k * DIRECT_F * V64_LANES : g->k * g->f;
     w.part_at = carve(&size, w.groups * w.part_len * sizeof(real));
     w.bpart_at = carve(&size, g->bias ? w.groups * g->f * sizeof(double) : 0);
@@ -567,10 +574,9 @@ static void FN(tap_pointers)(const patch_geom *g, const real *src, ptrdiff_t ld,
     size_t i = r0 / P, oh = r0 % P / g->ow, ow = r0 % g->ow;
     for (size_t r = 0; r < m; r += mr) { /* tile by tile */
         const real **tile = table + r / mr * taps * mr;
-        uintptr_t first[MAX_MR];    /* each row's first tap, where its window lies inside */
+        uintptr_t first[MAX_MR] = {0}; /* each row's first tap, where its window lies inside */
         size_t edge[MAX_MR], edges = 0; /* the other rows */
         for (size_t row = 0; row < mr; row++) {
-            first[row] = 0;
             if (r + row >= m) { /* past the last row: zeros */
                 if (by_offset)
                     edge[edges++] = row;
@@ -1234,9 +1240,11 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
     p.act = a->logits ? FUSENN_ACT_IDENTITY : g->act;
     p.z = fusenn_act_needs_z(p.act) ? a->saved : NULL;
     const size_t m = a->n * g->fwd.oh * g->fwd.ow, K = g->k, F = g->f;
-    real *zeros = FN(zeros)(&p.w, a->work);
-    for (size_t j = 0; j < FUSENN_MAX(g->cin, F); j++)
-        zeros[j] = 0;
+    if (weight_grad_by_pointer(&g->fwd, F)) { /* the zeros its padding taps point to */
+        real *zeros = FN(zeros)(&p.w, a->work);
+        for (size_t j = 0; j < FUSENN_MAX(g->cin, F); j++)
+            zeros[j] = 0;
+    }
 
     if (FN(run_units)(conv_threads(a->nthreads, p.w.groups, m, F, K), p.w.groups,
                       FN(weight_grad_group), &p, &p.w, a->work))
