@@ -225,6 +225,10 @@ def test_conv2d_by_pointer_is_bitwise_the_patch_matrix_product(case, dtype):
     cols = ref._im2col(x, (kh, kw), strides, pad, dilation)
     z = fusenn.matmul(cols.reshape(-1, kh * kw * xs[3]), w.reshape(-1, f)) + b
     assert np.array_equal(y, np.maximum(z, 0).reshape(y.shape))
+    for layout in ("rows", "reversed"):  # samples apart in a NaN-filled parent; any strides
+        got = ops.conv2d_forward(as_layout(x, layout), as_layout(w, layout), b, strides, pad,
+                                 dilation, activation="relu")
+        assert np.array_equal(got, y), layout
     if strides != (1, 1) or xs[3] * x.itemsize < 64:  # dx by dZ W^T and col2im instead
         return
     dy = rng.standard_normal(y.shape).astype(dtype)
