@@ -35,6 +35,10 @@ CONV_CASES = {
     "1x1": ((2, 5, 7, 3), (1, 1, 4), (1, 1), "valid", (1, 1)),
     "1x1-stride2": ((2, 7, 6, 3), (1, 1, 5), (2, 2), "valid", (1, 1)),
     "1x1-padded": ((2, 4, 3, 2), (1, 1, 3), (1, 1), ((1, 0), (0, 2)), (1, 1)),
+    # padded only bottom and right: the output is larger than the image, so its rows
+    # are not the image's (both once read the image itself as the patches)
+    "1x1-padded-bottom-right": ((2, 5, 4, 3), (1, 1, 4), (1, 1), ((0, 2), (0, 1)), (1, 1)),
+    "1x1-cin1-padded-right": ((2, 5, 4, 1), (1, 1, 20), (1, 1), ((0, 0), (0, 2)), (1, 1)),
     "3x3-same": ((3, 9, 8, 4), (3, 3, 5), (1, 1), "same", (1, 1)),
     "5x5-same-cin1": ((2, 12, 11, 1), (5, 5, 6), (1, 1), "same", (1, 1)),
     "valid-odd": ((2, 13, 9, 6), (5, 3, 7), (1, 1), "valid", (1, 1)),

@@ -137,7 +137,11 @@ static inline int bwd_is_conv(const conv_geom *g)
 /* Whether the patches are the image itself: row r is the image's row r. */
 static inline int patches_in_place(const patch_geom *p)
 {
-    return p->kh == 1 && p->kw == 1 && p->sh == 1 && p->sw == 1 && p->top == 0 && p->left == 0;
+    /* a 1x1 kernel, stride 1 and no padding on any side (padding bottom or
+     * right makes the output larger than the image: its rows are not the
+     * image's) */
+    return p->kh == 1 && p->kw == 1 && p->sh == 1 && p->sw == 1 && p->top == 0 && p->left == 0 &&
+           p->oh == p->h && p->ow == p->w;
 }
 
 /* Whether a GEMM reads the patches where they lie in the image (implicit
