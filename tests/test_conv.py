@@ -201,9 +201,10 @@ def test_conv2d_non_contiguous_operands(dtype):
                "tanh", dtype)
 
 
-# Convolutions whose GEMMs read the patches in the image by tap pointers (taps of
-# 32 bytes or more) rather than from an im2col copy: f32 needs 8 channels, f64 4.
+# Convolutions whose GEMMs read the patches in the image by tap pointers (two channels
+# or more) rather than from an im2col copy.
 BY_POINTER_CASES = {
+    "2-channels-5x5-valid": ((2, 9, 8, 2), (5, 5, 6), (1, 1), "valid", (1, 1)),
     "3x3-same-8": ((3, 9, 8, 8), (3, 3, 16), (1, 1), "same", (1, 1)),
     "5x3-valid-many": ((2, 9, 11, 40), (5, 3, 33), (1, 1), "valid", (1, 1)),
     "dilated-pads-wide": ((2, 10, 9, 17), (3, 2, 70), (1, 1), ((2, 1), (0, 3)), (2, 3)),
