@@ -201,6 +201,40 @@ def test_conv2d_non_contiguous_operands(dtype):
                "tanh", dtype)
 
 
+def random_geometry(rng):
+    """A random convolution: 1-3 samples, images up to 13x13, 1-40 channels, kernels up
+    to 5x5, strides and dilations up to 2, each side padded 0-6 (past the kernel too);
+    the special cases (a side 1, stride 1, no padding) each half the time."""
+    def pick(low, high):
+        return 1 if low == 1 and rng.random() < 0.5 else int(rng.integers(low, high))
+    while True:
+        kh, kw = pick(1, 6), pick(1, 6)
+        strides = (pick(1, 3),) * 2 if rng.random() < 0.5 else (pick(1, 3), pick(1, 3))
+        dilation = (pick(1, 3), pick(1, 3))
+        h, w = pick(1, 14), pick(1, 14)
+        padding = tuple(tuple(0 if rng.random() < 0.5 else int(rng.integers(1, 7))
+                              for _ in range(2)) for _ in range(2))
+        if all(ref.conv2d_output_size(*a) >= 1 for a in
+               zip((h, w), (kh, kw), strides, padding, dilation)):
+            cin = int(rng.choice([1, 2, 3, 5, 8, 17, 40]))
+            return ((int(rng.integers(1, 4)), h, w, cin), (kh, kw, int(rng.integers(1, 40))),
+                    dict(strides=strides, padding=padding, dilation=dilation))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("seed", range(4))
+def test_conv2d_random_geometries_against_the_reference(seed, dtype):
+    """Forward, dW, db and dX of 40 random geometries per seed against the reference:
+    every path (in place, by pointer, im2col, im2row, the direct kernels) on shapes no
+    one chose. A 1x1 kernel padded only below or right once came out wrong here."""
+    rng = np.random.default_rng(100 + seed)
+    for _ in range(40):
+        xs, (kh, kw, f), window = random_geometry(rng)
+        x = rng.standard_normal(xs).astype(dtype)
+        w = (rng.standard_normal((kh, kw, xs[3], f)) / np.sqrt(kh * kw * xs[3])).astype(dtype)
+        check_conv(x, w, rng.standard_normal(f).astype(dtype), window, "relu", dtype)
+
+
 # Convolutions whose GEMMs read the patches in the image by tap pointers (two channels
 # or more) rather than from an im2col copy.
 BY_POINTER_CASES = {
