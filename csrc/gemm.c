@@ -457,6 +457,15 @@ static const FN(gemm_config) FN(gemm_row_configs)[][4] = {
 #undef K
 #undef KE
 
+/* This CPU's (or FUSENN_ISA's) row of the tile tables: its ISA level, or the
+ * highest the build has kernels for. */
+static int FN(table_level)(void)
+{
+    const int level = fusenn_isa_level();
+    const int available = (int)(sizeof(FN(gemm_configs)) / sizeof(FN(gemm_configs)[0])) - 1;
+    return level > available ? available : level;
+}
+
 /* Few-row calls split off rows past their tile's last whole one (below) only
  * from this many values of B, read in place: with a smaller B the second call
  * costs more than it saves (6x32x32 0.37 -> 0.47 us), and a B that is packed
@@ -482,10 +491,7 @@ static const FN(gemm_config) FN(gemm_row_configs)[][4] = {
 static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n, size_t k,
                                               int b_rows_contiguous)
 {
-    int level = fusenn_isa_level();
-    int available = (int)(sizeof(FN(gemm_configs)) / sizeof(FN(gemm_configs)[0])) - 1;
-    if (level > available)
-        level = available;
+    const int level = FN(table_level)();
     const FN(gemm_config) *trio = FN(gemm_configs)[level];
     const FN(gemm_config) *full = serial || m <= GEMM_FEW_ROWS ? &trio[1] : &trio[0];
     const int few_columns = n <= (size_t)full->nr / 2;
@@ -1180,12 +1186,17 @@ int FN(fusenn_gemm)(size_t m, size_t n, size_t k, real alpha,
  * rows; a product may then take any rows. Every tile of a level sums each
  * element over the same kc blocks in the same order, so the product has the
  * bits of fusenn_gemm on the same operands. */
-FN(gemm_packed) FN(fusenn_gemm_packed_for)(size_t m, size_t n, size_t k)
+/* The packed form of a k x n B for tile cfg: k steps of whole NR panels. */
+static FN(gemm_packed) FN(packed_form)(const FN(gemm_config) *cfg, size_t n, size_t k)
 {
-    const FN(gemm_config) *cfg = FN(gemm_select)(1, FUSENN_MAX(m, (size_t)1), n, k, 1);
     const size_t nr = (size_t)cfg->nr;
     FN(gemm_packed) p = {cfg, n, k, k * ((n + nr - 1) / nr * nr)};
     return p;
+}
+
+FN(gemm_packed) FN(fusenn_gemm_packed_for)(size_t m, size_t n, size_t k)
+{
+    return FN(packed_form)(FN(gemm_select)(1, FUSENN_MAX(m, (size_t)1), n, k, 1), n, k);
 }
 
 /* The most elements the packed form takes for any m' <= m rows: the tile, so
@@ -1255,9 +1266,7 @@ int FN(fusenn_gemm_with_packed_b)(const FN(gemm_packed) *p, size_t m, real alpha
 /* This CPU's (or FUSENN_ISA's) wide, mid and narrow tiles. */
 static const FN(gemm_config) *FN(level_tiles)(void)
 {
-    int level = fusenn_isa_level();
-    int available = (int)(sizeof(FN(gemm_configs)) / sizeof(FN(gemm_configs)[0])) - 1;
-    return FN(gemm_configs)[level > available ? available : level];
+    return FN(gemm_configs)[FN(table_level)()];
 }
 
 /* The packed form for fusenn_gemm_indirect: the one-thread tile of the
@@ -1268,11 +1277,9 @@ static const FN(gemm_config) *FN(level_tiles)(void)
 FN(gemm_packed) FN(fusenn_gemm_packed_for_rows)(size_t n, size_t k)
 {
     const FN(gemm_config) *trio = FN(level_tiles)();
-    const FN(gemm_config) *cfg = n >= (size_t)trio[0].nr       ? &trio[0]
-                               : n > (size_t)trio[1].nr / 2 ? &trio[1] : &trio[2];
-    const size_t nr = (size_t)cfg->nr;
-    FN(gemm_packed) p = {cfg, n, k, k * ((n + nr - 1) / nr * nr)};
-    return p;
+    return FN(packed_form)(n >= (size_t)trio[0].nr       ? &trio[0]
+                           : n > (size_t)trio[1].nr / 2 ? &trio[1] : &trio[2],
+                           n, k);
 }
 
 size_t FN(fusenn_gemm_packed_mr)(const FN(gemm_packed) *p)

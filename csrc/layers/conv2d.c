@@ -286,15 +286,21 @@ static inline real *FN(zeros)(const FN(conv_work) *w, void *work)
     return (real *)((char *)work + w->zeros_at);
 }
 
-/* Before a pass that reads patches by pointer: W (K x N) packed, and the
- * zeros that padding taps point to. */
-static void FN(prepare_by_pointer)(const FN(conv_work) *w, const FN(gemm_packed) *packed,
-                                   const real *W, size_t zeros, void *work)
+/* Before a pass that reads patches by pointer: the zeros that padding taps
+ * point to (a tap is Cin or F values). */
+static void FN(set_zeros)(const conv_geom *g, const FN(conv_work) *w, void *work)
+{
+    real *z = FN(zeros)(w, work);
+    for (size_t j = 0; j < FUSENN_MAX(g->cin, g->f); j++)
+        z[j] = 0;
+}
+
+/* ... and, for the forward and dX, W (K x N) packed. */
+static void FN(prepare_by_pointer)(const conv_geom *g, const FN(conv_work) *w,
+                                   const FN(gemm_packed) *packed, const real *W, void *work)
 {
     FN(fusenn_gemm_pack_b)(packed, W, (ptrdiff_t)packed->n, 1, FN(packed_w)(w, work));
-    real *z = FN(zeros)(w, work);
-    for (size_t j = 0; j < zeros; j++)
-        z[j] = 0;
+    FN(set_zeros)(g, w, work);
 }
 
 /* Copy, add or zero `len` values in vectors of 64 bytes, then 16, then one by one;
@@ -961,7 +967,7 @@ static size_t FN(weight_grad_group)(const void *ctx, size_t gi, real *slot)
     const size_t P = g->fwd.oh * g->fwd.ow, F = g->f, K = g->k, R = p->w.rows, m = p->n * P;
     const size_t chunks = div_up(m, R);
     const int flat = p->act != FUSENN_ACT_SOFTMAX && p->ldy == (ptrdiff_t)(P * F);
-    const int direct = one_channel_direct(g);
+    const int direct = one_channel_direct(g), by_pointer = weight_grad_by_pointer(&g->fwd, F);
     size_t failed = 0;
     real *part = (real *)((char *)p->work + p->w.part_at) + gi * p->w.part_len;
     double *bsum = g->bias ? (double *)((char *)p->work + p->w.bpart_at) + gi * F : NULL;
@@ -1004,7 +1010,7 @@ static size_t FN(weight_grad_group)(const void *ctx, size_t gi, real *slot)
 #endif
                 FN(column_sums_generic)(dz, n, F, bsum);
         }
-        if (weight_grad_by_pointer(&g->fwd, F)) { /* part^T (+)= dZ^T patches */
+        if (by_pointer) { /* part^T (+)= dZ^T patches */
             const real **rows = (const real **)(void *)slot;
             FN(tap_pointers)(&g->fwd, p->x, p->ldx, r0, r1, 1, FN(zeros)(&p->w, p->work), rows);
             failed += FN(fusenn_gemm_rows_b)(F, g->fwd.kh * g->fwd.kw, g->cin, n, dz, 1,
@@ -1192,7 +1198,7 @@ static int FN(conv2d_forward)(const FN(layer) *layer, FN(forward_args) *a)
     const size_t m = a->n * p.g.fwd.oh * p.g.fwd.ow;
     const size_t chunks = div_up(m, p.w.rows);
     if (patches_by_pointer(&p.g.fwd))
-        FN(prepare_by_pointer)(&p.w, &p.w.packed, p.kernel, FUSENN_MAX(p.g.cin, p.g.f), a->work);
+        FN(prepare_by_pointer)(&p.g, &p.w, &p.w.packed, p.kernel, a->work);
     const size_t failed =
         FN(run_units)(conv_threads(a->nthreads, chunks, m, p.g.f, p.g.k), chunks,
                       FN(forward_chunk), &p, &p.w, a->work);
@@ -1246,11 +1252,8 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
     p.act = a->logits ? FUSENN_ACT_IDENTITY : g->act;
     p.z = fusenn_act_needs_z(p.act) ? a->saved : NULL;
     const size_t m = a->n * g->fwd.oh * g->fwd.ow, K = g->k, F = g->f;
-    if (weight_grad_by_pointer(&g->fwd, F)) { /* the zeros its padding taps point to */
-        real *zeros = FN(zeros)(&p.w, a->work);
-        for (size_t j = 0; j < FUSENN_MAX(g->cin, F); j++)
-            zeros[j] = 0;
-    }
+    if (weight_grad_by_pointer(&g->fwd, F))
+        FN(set_zeros)(g, &p.w, a->work);
 
     if (FN(run_units)(conv_threads(a->nthreads, p.w.groups, m, F, K), p.w.groups,
                       FN(weight_grad_group), &p, &p.w, a->work))
@@ -1276,8 +1279,7 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
         p.wt = (real *)((char *)a->work + p.w.wt_at);
         FN(flip_kernel)(g, layer->param[0], p.wt);
         if (patches_by_pointer(&g->bwd))
-            FN(prepare_by_pointer)(&p.w, &p.w.packed_bwd, p.wt, FUSENN_MAX(g->cin, g->f),
-                                   a->work);
+            FN(prepare_by_pointer)(g, &p.w, &p.w.packed_bwd, p.wt, a->work);
         const size_t m_in = a->n * g->fwd.h * g->fwd.w;
         const size_t chunks = div_up(m_in, p.w.rows_bwd);
         return FN(run_units)(conv_threads(a->nthreads, chunks, m_in, g->cin, g->k_bwd), chunks,
