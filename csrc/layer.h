@@ -103,6 +103,11 @@ typedef struct {
     void *work;
     const unsigned char *mask; /* the forward pass's input mask */
     int logits, nthreads;
+    /* The layer before's output activation, when this kind takes it over
+     * (takes_input_activation): dx is dL/d(the layer before's pre-activation),
+     * act' judged from x, which is that activation's output. IDENTITY: no. */
+    fusenn_activation dx_act;
+    int dy_is_dz; /* the layer after took this kind's output_activation over */
 } FN(backward_args);
 
 typedef struct {
@@ -129,6 +134,15 @@ typedef struct {
      * one an unrecorded forward makes. NULL: no statistics. */
     size_t (*stats_len)(const FN(layer) *layer);
     void (*fold_stats)(const FN(layer) *layer, const double *stats);
+    /* Fusing an activation's derivative into the next layer's backward pass,
+     * which saves a pass over the activations (ReLU before max pooling):
+     * output_activation is the activation the kind's forward applies last
+     * (IDENTITY: none), which its backward then leaves out when dy_is_dz;
+     * takes_input_activation says whether its backward can apply that
+     * activation's derivative to dx (dx_act). The engine pairs the two
+     * between neighbours, with the same bits as separate passes. NULL: no. */
+    fusenn_activation (*output_activation)(const FN(layer) *layer);
+    int (*takes_input_activation)(const FN(layer) *layer, fusenn_activation act);
     /* 1 if the input is int64 indices rather than real values. */
     int index_input;
     /* For a kind that reads indices: how many of n samples' indices it cannot

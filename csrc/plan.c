@@ -209,6 +209,8 @@ typedef struct {
     ptrdiff_t ld_res;
     const unsigned char *mask; /* the time-step mask it saw */
     size_t stats_at;   /* where its batch statistics go in a chunk's record */
+    fusenn_activation dx_act; /* taken over from the layer before (backward_args) */
+    int dy_is_dz;             /* its output activation taken over by the layer after */
 } FN(plan_layer);
 
 struct FN(fusenn_plan) {
@@ -426,6 +428,19 @@ int FN(fusenn_plan_create)(const fusenn_network *net, plan_t **out, size_t *bad_
         if (plan->n_params > params_before && plan->first_trainable == L)
             plan->first_trainable = l;
         shape = layer->out;
+    }
+    /* a layer takes over the activation derivative of the layer before where
+     * both backward passes run and both kinds can (see layer.h) */
+    for (size_t l = plan->first_trainable + 1; l < L; l++) {
+        FN(plan_layer) *before = &plan->layers[l - 1], *pl = &plan->layers[l];
+        const fusenn_activation act = before->kind->output_activation
+                                          ? before->kind->output_activation(&before->layer)
+                                          : FUSENN_ACT_IDENTITY;
+        if (act != FUSENN_ACT_IDENTITY && pl->kind->takes_input_activation &&
+            pl->kind->takes_input_activation(&pl->layer, act)) {
+            pl->dx_act = act;
+            before->dy_is_dz = 1;
+        }
     }
     plan->index_input = plan->layers[0].kind->index_input;
     plan->d_in = fusenn_shape_size(&net->input);
@@ -711,7 +726,8 @@ static int FN(chunk_gradients)(plan_t *plan, size_t n, size_t r0, size_t rows, c
             .n = rows, .x = pl->in, .ldx = pl->ld_in, .y = pl->res, .ldy = pl->ld_res,
             .dy = plan->g2[cur], .dx = l > plan->first_trainable ? plan->g2[1 - cur] : NULL,
             .saved = pl->saved, .work = pl->work, .mask = pl->mask,
-            .logits = l + 1 == L && plan->fused, .nthreads = nthreads};
+            .logits = l + 1 == L && plan->fused, .nthreads = nthreads,
+            .dx_act = pl->dx_act, .dy_is_dz = pl->dy_is_dz};
         rc = pl->kind->backward(&pl->layer, &a);
         if (rc != FUSENN_OK)
             return rc;

@@ -1254,7 +1254,7 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
         return FUSENN_EINVAL;
     const conv_geom *g = &p.g;
     p.w = FN(work_layout)(g, a->n);
-    p.act = a->logits ? FUSENN_ACT_IDENTITY : g->act;
+    p.act = a->logits || a->dy_is_dz ? FUSENN_ACT_IDENTITY : g->act; /* dy is dZ already */
     p.z = fusenn_act_needs_z(p.act) ? a->saved : NULL;
     const size_t m = a->n * g->fwd.oh * g->fwd.ow, K = g->k, F = g->f;
     if (weight_grad_by_pointer(&g->fwd, F))
@@ -1300,6 +1300,11 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
                ? FUSENN_ENOMEM : FUSENN_OK;
 }
 
+static fusenn_activation FN(conv2d_output_activation)(const FN(layer) *layer)
+{
+    return (fusenn_activation)(int)layer->desc->attr[CONV_ACTIVATION];
+}
+
 const FN(layer_kind) FN(conv2d_kind) = {
     .name = "conv2d",
     .attrs = conv2d_attrs,
@@ -1309,4 +1314,5 @@ const FN(layer_kind) FN(conv2d_kind) = {
     .work_bytes = FN(conv2d_work_bytes),
     .forward = FN(conv2d_forward),
     .backward = FN(conv2d_backward),
+    .output_activation = FN(conv2d_output_activation),
 };

@@ -5,7 +5,9 @@
  * Padded cells take no part:
  *   max: y = the window's first maximum (row-major order); its index h W + w
  *        within the sample is kept (int32, per output) for the backward pass,
- *        which sends dy there
+ *        which sends dy there; after a ReLU layer, only where y > 0 (ReLU's
+ *        derivative at the maximum, taken over from that layer's backward:
+ *        one pass over its activations less)
  *   avg: y = the sum over the cells inside the image / their number (Keras's
  *        "same"); the backward spreads dy / number over those cells
  * Pads are smaller than the pool, so every window holds a cell of the image.
@@ -97,6 +99,7 @@ typedef struct {
     ptrdiff_t ldy;
     int32_t *arg_out;   /* the forward's argmax indices (max pooling) */
     const int32_t *arg; /* the backward's */
+    int relu;           /* the backward's: apply ReLU' of the input, from y */
 } FN(pool2d_args);
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
@@ -149,11 +152,11 @@ POOL_BLOCK(block64, 64)
 POOL_BLOCK(block16, 16)
 
 /* The gradient of a window that is the only one to hold its cells, channels
- * [cb, cb + 64 bytes): dx of cell `at` = dy where it was the maximum, else 0;
- * or dy / count. */
+ * [cb, cb + 64 bytes): dx of cell `at` = dy where it was the maximum (and,
+ * given the window's maxima y, where y > 0), else 0; or dy / count. */
 static ALWAYS_INLINE void FN(block64_grad)(const pool_geom *g, const real *dy,
-                                           const int32_t *arg, int32_t at, real count, size_t cb,
-                                           real *dx)
+                                           const int32_t *arg, const real *y, int32_t at,
+                                           real count, size_t cb, real *dx)
 {
     typedef real vec __attribute__((vector_size(64), aligned(sizeof(real)), may_alias));
     typedef FN(lane_int) ivec __attribute__((vector_size(64)));
@@ -165,7 +168,10 @@ static ALWAYS_INLINE void FN(block64_grad)(const pool_geom *g, const real *dy,
     ivec taken = {0};
     for (size_t l = 0; l < 64 / sizeof(real); l++)
         taken[l] = arg[cb + l];
-    *(vec *)(dx + cb) = (vec)((ivec)d & (taken == (FN(lane_int))at));
+    ivec keep = taken == (FN(lane_int))at;
+    if (y)
+        keep &= *(const vec *)(y + cb) > 0;
+    *(vec *)(dx + cb) = (vec)((ivec)d & keep);
 }
 
 /* Output o's channel c alone, where fewer channels than a 16-byte vector holds. */
@@ -248,6 +254,7 @@ static ALWAYS_INLINE void FN(pool_grad_samples)(const FN(pool2d_args) *p, size_t
     for (size_t i = begin; i < end; i++) {
         const real *dy = p->dy + i * P * C;
         const int32_t *arg = g->max ? p->arg + i * P * C : NULL;
+        const real *y = p->relu ? p->y + (ptrdiff_t)i * p->ldy : NULL;
         real *dx = p->dx + i * in_size;
         if (tiles(g) && C >= L64) { /* (fewer channels: the scatter below was faster) */
             const real count = (real)(g->ph * g->pw);
@@ -258,17 +265,20 @@ static ALWAYS_INLINE void FN(pool_grad_samples)(const FN(pool2d_args) *p, size_t
                         for (size_t w = ow * g->pw; w < (ow + 1) * g->pw; w++) {
                             const int32_t at = (int32_t)(h * g->w + w);
                             for (size_t c = 0; c < C; c += L64)
-                                FN(block64_grad)(g, dy + o * C, a, at, count,
-                                                 block_start(c, L64, C), dx + (size_t)at * C);
+                                FN(block64_grad)(g, dy + o * C, a, y ? y + o * C : NULL, at,
+                                                 count, block_start(c, L64, C),
+                                                 dx + (size_t)at * C);
                         }
                 }
             continue;
         }
         memset(dx, 0, in_size * sizeof(real));
-        if (g->max) {
+        if (g->max) { /* the maximum y is the value at the cell: its ReLU' is y > 0 */
             for (size_t o = 0; o < P; o++)
-                for (size_t c = 0; c < C; c++)
-                    dx[(size_t)arg[o * C + c] * C + c] += dy[o * C + c];
+                for (size_t c = 0; c < C; c++) {
+                    const real d = dy[o * C + c];
+                    dx[(size_t)arg[o * C + c] * C + c] += y && !(y[o * C + c] > 0) ? 0 : d;
+                }
             continue;
         }
         for (size_t oh = 0; oh < g->oh; oh++)
@@ -339,7 +349,8 @@ static int FN(pool2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
     a->result = a->dx;
     if (a->dx == NULL)
         return FUSENN_OK;
-    FN(pool2d_args) args = {.dy = a->dy, .dx = a->dx};
+    FN(pool2d_args) args = {.dy = a->dy, .dx = a->dx, .y = (real *)a->y, .ldy = a->ldy,
+                            .relu = a->dx_act == FUSENN_ACT_RELU};
     if (pool_geometry(layer->desc, &layer->in, &args.g) != FUSENN_OK)
         return FUSENN_EINVAL;
     args.arg = args.g.max ? a->saved : NULL;
@@ -353,6 +364,12 @@ static int FN(pool2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
     return FUSENN_OK;
 }
 
+/* Max pooling applies ReLU's derivative of its input (see the top). */
+static int FN(pool2d_takes_input_activation)(const FN(layer) *layer, fusenn_activation act)
+{
+    return act == FUSENN_ACT_RELU && layer->desc->attr[POOL_MODE] == FUSENN_POOL_MAX;
+}
+
 const FN(layer_kind) FN(pool2d_kind) = {
     .name = "pool2d",
     .attrs = pool2d_attrs,
@@ -360,4 +377,5 @@ const FN(layer_kind) FN(pool2d_kind) = {
     .saved_bytes = FN(pool2d_saved_bytes),
     .forward = FN(pool2d_forward),
     .backward = FN(pool2d_backward),
+    .takes_input_activation = FN(pool2d_takes_input_activation),
 };
