@@ -105,7 +105,8 @@ typedef struct {
     int logits, nthreads;
     /* The layer before's output activation, when this kind takes it over
      * (takes_input_activation): dx is dL/d(the layer before's pre-activation),
-     * act' judged from x, which is that activation's output. IDENTITY: no. */
+     * act' judged from x, that activation's output (or from values equal to x
+     * where the gradient lands: max pooling reads its maxima). IDENTITY: no. */
     fusenn_activation dx_act;
     int dy_is_dz; /* the layer after took this kind's output_activation over */
 } FN(backward_args);

@@ -201,35 +201,37 @@ def test_cnn_gradients_match_finite_differences(net, backend):
     assert checked >= 8
 
 
-def _relu_then_max_pooling(backend):
+def _relu_then_max_pooling(backend, dtype, channels):
     Constant = fusenn.initializers.Constant
     return fusenn.Sequential([
         Conv2D(3, 3, padding="same", activation="relu", bias_initializer=Constant(-0.8)),
         MaxPooling2D(2, strides=1),  # overlapping windows: the gradient is scattered
-        Conv2D(8, 2, activation="relu", bias_initializer=Constant(-0.3)),
-        MaxPooling2D(2),  # tiling windows of 8 channels: by whole vectors
-        Flatten(), Dense(3, "softmax")], input_shape=(6, 6, 2), dtype="float64", seed=1,
+        Conv2D(channels, 2, activation="relu", bias_initializer=Constant(-0.3)),
+        MaxPooling2D(2),  # tiling windows of 64 bytes of channels or more: by whole vectors
+        Flatten(), Dense(3, "softmax")], input_shape=(6, 6, 2), dtype=dtype, seed=1,
         backend=backend)
 
 
 @pytest.mark.skipif(not HAS_C_CONV, reason="the C conv2d/pool2d kinds")
 @pytest.mark.parametrize("nthreads", [1, 2])
-def test_max_pooling_after_relu_trains_as_the_reference(nthreads):
+@pytest.mark.parametrize("dtype, channels", [("float64", 8), ("float32", 24)])  # 24: overlapping
+def test_max_pooling_after_relu_trains_as_the_reference(nthreads, dtype, channels):
     # The engine applies ReLU's derivative in max pooling's backward pass instead of the
     # conv's. Negative biases leave some windows all zero, whose maximum passes no gradient.
     rng = np.random.default_rng(4)
-    X = rng.normal(size=(16, 6, 6, 2))
+    X = rng.normal(size=(16, 6, 6, 2)).astype(dtype)
     y = rng.integers(0, 3, 16)
     weights = []
     for backend in ("c", "numpy"):
-        model = _relu_then_max_pooling(backend)
+        model = _relu_then_max_pooling(backend, dtype, channels)
         model.compile("cross_entropy", fusenn.SGD(0.1, momentum=0.9))
         with fusenn.threads(nthreads):
             for _ in range(3):
                 model.train_on_batch(X, y)
         weights.append(model.get_weights())
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == "float64" else dict(rtol=1e-4, atol=1e-5)
     for got, want in zip(*weights):
-        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(got, want, **tol)
 
 
 # ---- saving, data, examples -----------------------------------------------------------------

@@ -99,7 +99,7 @@ typedef struct {
     ptrdiff_t ldy;
     int32_t *arg_out;   /* the forward's argmax indices (max pooling) */
     const int32_t *arg; /* the backward's */
-    int relu;           /* the backward's: apply ReLU' of the input, from y */
+    const real *maxima; /* the backward's, with ReLU' of the input: the forward's y */
 } FN(pool2d_args);
 
 #define ALWAYS_INLINE inline __attribute__((always_inline))
@@ -254,7 +254,7 @@ static ALWAYS_INLINE void FN(pool_grad_samples)(const FN(pool2d_args) *p, size_t
     for (size_t i = begin; i < end; i++) {
         const real *dy = p->dy + i * P * C;
         const int32_t *arg = g->max ? p->arg + i * P * C : NULL;
-        const real *y = p->relu ? p->y + (ptrdiff_t)i * p->ldy : NULL;
+        const real *y = p->maxima ? p->maxima + (ptrdiff_t)i * p->ldy : NULL;
         real *dx = p->dx + i * in_size;
         if (tiles(g) && C >= L64) { /* (fewer channels: the scatter below was faster) */
             const real count = (real)(g->ph * g->pw);
@@ -349,8 +349,8 @@ static int FN(pool2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
     a->result = a->dx;
     if (a->dx == NULL)
         return FUSENN_OK;
-    FN(pool2d_args) args = {.dy = a->dy, .dx = a->dx, .y = (real *)a->y, .ldy = a->ldy,
-                            .relu = a->dx_act == FUSENN_ACT_RELU};
+    FN(pool2d_args) args = {.dy = a->dy, .dx = a->dx, .ldy = a->ldy,
+                            .maxima = a->dx_act == FUSENN_ACT_RELU ? a->y : NULL};
     if (pool_geometry(layer->desc, &layer->in, &args.g) != FUSENN_OK)
         return FUSENN_EINVAL;
     args.arg = args.g.max ? a->saved : NULL;
