@@ -45,9 +45,10 @@ static const char *const conv2d_attrs[] = {
  * groups, handed out to the threads one at a time. The chunk is dW's depth:
  * each chunk's product is stored into the group's partial sums, so it fixes
  * dW's bits. At 128 KB VGG's conv3 and conv4 summed 96 and 48 rows; at
- * 512 KB (432 and 216 rows) conv4's dW took 17% less on two threads, and the
- * VGG-style step 0.93-0.95x the time on two threads and 0.97-1.00x on one (3
- * interleaved rounds; 1 MB was no better). About half of Zen 4's 1 MB L2. */
+ * 512 KB (432 and 216 rows) their dW took 7-14% and 14-16% less on two
+ * threads, and the VGG-style step 0.93-0.95x the time on two threads and
+ * 0.97-1.00x on one (3 interleaved rounds; 1 MB was no better). About half
+ * of Zen 4's 1 MB L2. */
 #define CONV_CHUNK_BYTES (512 * 1024)
 #define CONV_ROW_STEP 24
 #define CONV_MIN_ROWS 24
