@@ -83,6 +83,12 @@ typedef struct {
 
 static int whole(double v, double min) { return v >= min && v <= 1e9 && v == (double)(size_t)v; }
 
+/* The activation fused into the forward's store (checked by conv_geometry). */
+static fusenn_activation conv_activation(const fusenn_layer *desc)
+{
+    return (fusenn_activation)(int)desc->attr[CONV_ACTIVATION];
+}
+
 static int conv_geometry(const fusenn_layer *desc, const fusenn_shape *in, conv_geom *g)
 {
     const double *a = desc->attr;
@@ -119,7 +125,7 @@ static int conv_geometry(const fusenn_layer *desc, const fusenn_shape *in, conv_
     g->f = (size_t)a[CONV_FILTERS];
     g->k = p->kh * p->kw * p->c;
     g->bias = a[CONV_USE_BIAS] != 0;
-    g->act = (fusenn_activation)(int)a[CONV_ACTIVATION];
+    g->act = conv_activation(desc);
     /* dx[h, w] = sum_{i, j} dz[h + pad_top - i dh, w + pad_left - j dw] w[i, j]^T:
      * with i' = kh - 1 - i, a stride-1 window over dz whose first tap is at
      * h - (span_h - 1 - pad_top) */
@@ -1179,8 +1185,8 @@ static size_t FN(conv2d_params)(const fusenn_layer *desc, const fusenn_shape *in
 /* The pre-activation z, kept when the activation's derivative needs it. */
 static size_t FN(conv2d_saved_bytes)(const FN(layer) *layer, size_t n)
 {
-    const fusenn_activation act = (fusenn_activation)(int)layer->desc->attr[CONV_ACTIVATION];
-    return fusenn_act_needs_z(act) ? n * layer->out_size * sizeof(real) : 0;
+    return fusenn_act_needs_z(conv_activation(layer->desc)) ? n * layer->out_size * sizeof(real)
+                                                            : 0;
 }
 
 static size_t FN(conv2d_work_bytes)(const FN(layer) *layer, size_t n)
@@ -1303,7 +1309,7 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
 
 static fusenn_activation FN(conv2d_output_activation)(const FN(layer) *layer)
 {
-    return (fusenn_activation)(int)layer->desc->attr[CONV_ACTIVATION];
+    return conv_activation(layer->desc);
 }
 
 const FN(layer_kind) FN(conv2d_kind) = {
