@@ -371,11 +371,14 @@ def few_rows_bits_check(rng, dtype):
     140-row product (the large-call tile): row-major and transposed A and B,
     rows of B at every offset into a vector, and the fused bias + activation of
     dense_forward. k crosses a KC boundary (1024 for float32 on AVX2 and
-    AVX-512, else 256)."""
+    AVX-512, else 256). A transposed A that deep sums in blocks of its own
+    (256), so its rows are compared with the whole transposed product; but one
+    row of it is a contiguous row, and sums as one."""
     k = 1100 if dtype == np.float32 else 300
     for n in (256, 129):
         a, b = matmul_operands(rng, 140, n, k, dtype, False, False)
         full = ops.matmul(a, b)
+        full_at = ops.matmul(np.ascontiguousarray(a.T), b, trans_a=True)
         bias = rng.standard_normal(n).astype(dtype)
         dense = {act: ops.dense_forward(a, b, bias, act) for act in ("relu", "sigmoid")}
         bt = np.ascontiguousarray(b.T)
@@ -386,7 +389,11 @@ def few_rows_bits_check(rng, dtype):
                 with fusenn.threads(nt):
                     assert np.array_equal(ops.matmul(a[rows], b), want), (m, n, nt)
             at = np.ascontiguousarray(a[rows].T)
-            assert np.array_equal(ops.matmul(at, b, trans_a=True), want), (m, n, "A^T")
+            want_at = want if m == 1 else full_at[rows]
+            for nt in (1, 2):
+                with fusenn.threads(nt):
+                    assert np.array_equal(ops.matmul(at, b, trans_a=True), want_at), \
+                        (m, n, nt, "A^T")
             assert np.array_equal(ops.matmul(a[rows], bt, trans_b=True), want), (m, n, "B^T")
             for act, y in dense.items():
                 assert np.array_equal(ops.dense_forward(a[rows], b, bias, act), y[rows]), \
