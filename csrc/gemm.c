@@ -1084,13 +1084,16 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
      * tile's lines are out of L1 before the next tile reads them, a 256-deep
      * one's are not. By A's layout and k only, never m, so that any rows of
      * a product have the bits of the whole (one row is a contiguous row,
-     * and sums as one). One thread, ms, 1024 -> 256:
-     * 320x256x3200 (a SimpleRNN's [x h]^T dP) 3.61-3.73 -> 3.25-3.31,
-     * 256x128x4096 1.91-1.94 -> 1.61-1.73, 784x256x2048 5.40-5.67 ->
-     * 5.09-5.19, 156x512x1792 1.99-2.07 -> 1.84-1.85, 2048^3 level, a
-     * convolution's 18x32x7281 level; 9x32x8192 0.058 -> 0.065. Not for a
-     * contiguous A: 1024x256x2048 5.4-6.0 -> 5.9-6.3, 64x128x4096 0.39-0.44
-     * -> 0.43-0.45. */
+     * and sums as one). AVX-512, ms, 1024 -> 256, one thread: 320x256x3200
+     * (a SimpleRNN's [x h]^T dP) 3.61-3.73 -> 3.25-3.31, 256x128x4096
+     * 1.91-1.94 -> 1.61-1.73, 784x256x2048 5.40-5.67 -> 5.09-5.19,
+     * 156x512x1792 1.99-2.07 -> 1.84-1.85, 2048^3 and a convolution's
+     * 18x32x7281 level; two threads: 320x256x3200 1.86-1.94 -> 1.65-1.72,
+     * 784x256x2048 2.78-2.88 -> 2.55-2.60, 2048^3 level. Few rows lose (one
+     * tile reads each line): 9x32x8192 0.058 -> 0.065 (two threads 0.070 ->
+     * 0.085). AVX2, one thread: 256x128x4096 3.04-3.20 -> 2.74-2.92, but
+     * 2048^3 219-223 -> 226-236. A contiguous A keeps 1024: 1024x256x2048
+     * 5.4-6.0 -> 5.9-6.3, 64x128x4096 0.39-0.44 -> 0.43-0.45. */
     FN(gemm_config) transposed_a_cfg;
     if (rs_a == 1 && cs_a != 1 && k > cfg->kc && cfg->kc > GEMM_TRANSPOSED_A_KC) {
         transposed_a_cfg = *cfg;
