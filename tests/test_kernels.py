@@ -70,7 +70,8 @@ DENSE_SHAPES = [pytest.param(s, id="n{}-in{}-out{}".format(*s)) for s in [
 ROW_SHAPES = [pytest.param(s, id="{}x{}".format(*s)) for s in [
     (1, 1), (2, 7), (7, 2), (17, 33), (33, 127), (127, 65), (300, 10),
 ]]
-FLAT_SHAPES = [pytest.param(s, id="x".join(map(str, s))) for s in [(1,), (7,), (33, 17), (200, 200)]]
+FLAT_SHAPES = [pytest.param(s, id="x".join(map(str, s)))
+               for s in [(1,), (7,), (33, 17), (200, 200)]]
 
 
 # ---- helpers ------------------------------------------------------------------------
@@ -210,9 +211,10 @@ def loss_k(name, shape):
 TESTED_OPS = {"matmul", "activation_forward", "activation_backward", "dense_forward",
               "dense_backward", "softmax_cross_entropy", "sigmoid_binary_cross_entropy",
               "mse", "mae", "huber", "poisson", "sgd_update", "adam_update", "rmsprop_update",
-              "adagrad_update", "sum_squares", "grad_transform", "dropout_forward",
-              "dropout_backward", "dropout_seed", "batchnorm_forward_train",
-              "batchnorm_forward_infer", "batchnorm_backward",  # dropout, batchnorm: their own files
+              "adagrad_update", "sum_squares", "grad_transform",
+              # dropout, batchnorm: their own files
+              "dropout_forward", "dropout_backward", "dropout_seed", "batchnorm_forward_train",
+              "batchnorm_forward_infer", "batchnorm_backward",
               "global_pool_forward", "global_pool_backward", "conv2d_forward",
               "conv2d_backward", "pool2d_forward", "pool2d_backward",  # layer kinds: test_conv.py
               "embedding_forward", "embedding_backward", "simple_rnn_forward",
@@ -952,7 +954,7 @@ def test_new_optimizer_kernels_bitwise_independent_of_threads(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("layout", [l for l in LAYOUTS if l != "contiguous"])
+@pytest.mark.parametrize("layout", [lay for lay in LAYOUTS if lay != "contiguous"])
 def test_optimizer_gradient_layouts(layout, dtype):
     """The gradient may be any view; the updated state must be C-contiguous."""
     _run_optimizer_steps("adam_update", (9, 13), dtype, ("w", "m", "v"),
