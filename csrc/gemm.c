@@ -578,10 +578,32 @@ static const FN(gemm_config) *FN(gemm_select)(int serial, size_t m, size_t n, si
 #define GEMM_IN_PLACE_B_BYTES ((size_t)1 << 20)
 #endif
 
-/* The depth of kc blocks for a deep, transposed A (fusenn_gemm_fused). */
+/* The depth of the kc blocks a product sums in: its tile's, but for a
+ * transposed A (a weight gradient X^T dZ, read a cache line per step) deeper
+ * than one block, GEMM_TRANSPOSED_A_KC. Read in place, such an A's lines are
+ * shared by the tiles of neighbouring rows, and a 1024-deep tile's lines are
+ * out of L1 before the next tile reads them; a 256-deep one's are not. By
+ * A's layout and k only, never m, so that any rows of a product have the bits
+ * of the whole; a compact k x 1 A (cs_a = 1) is a contiguous row and sums as
+ * one. fusenn_gemm_fused and fusenn_gemm_rows_b (the same products with A
+ * and B swapped) both take it. AVX-512, ms, 1024 -> 256, one thread:
+ * 320x256x3200 (a SimpleRNN's [x h]^T dP) 3.61-3.73 -> 3.25-3.31,
+ * 256x128x4096 1.91-1.94 -> 1.61-1.73, 784x256x2048 5.40-5.67 -> 5.09-5.19;
+ * two threads: 320x256x3200 1.86-1.94 -> 1.65-1.72, 784x256x2048 2.78-2.88
+ * -> 2.55-2.60. A packed (C wider than four panels): 156x512x1792 1.99-2.07
+ * -> 1.84-1.85, 2048^3 level, but 2048^3 on AVX2 219-223 -> 226-236. Few rows
+ * lose (one tile reads each line): 9x32x8192 0.058 -> 0.065 (two threads
+ * 0.070 -> 0.085). A contiguous A keeps its tile's depth: with 256,
+ * 1024x256x2048 5.4-6.0 -> 5.9-6.3, 64x128x4096 0.39-0.44 -> 0.43-0.45. */
 #ifndef GEMM_TRANSPOSED_A_KC
 #define GEMM_TRANSPOSED_A_KC 256
 #endif
+static size_t FN(kc_for)(const FN(gemm_config) *cfg, size_t k, ptrdiff_t rs_a, ptrdiff_t cs_a)
+{
+    const int transposed_a = rs_a == 1 && cs_a != 1;
+    return transposed_a && k > cfg->kc && cfg->kc > GEMM_TRANSPOSED_A_KC ? GEMM_TRANSPOSED_A_KC
+                                                                          : cfg->kc;
+}
 
 /* Column slabs (threads reading A in place) are about this many panels wide:
  * small enough to balance two threads when one vCPU is slowed (dynamic
@@ -1078,26 +1100,10 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
                         && (size_t)rs_b * sizeof(real) % 64 == 0
                         && alpha == 1 && (beta == 0 || beta == 1);
     const FN(gemm_config) *cfg = FN(gemm_select)(small || in_place_b, m, n, k, cs_b == 1);
-    /* A transposed (a weight gradient X^T dZ), past one kc block: sum in
-     * GEMM_TRANSPOSED_A_KC-deep blocks. Each step of such an A is a cache line
-     * of its own, which the tiles of neighbouring rows share; a 1024-deep
-     * tile's lines are out of L1 before the next tile reads them, a 256-deep
-     * one's are not. By A's layout and k only, never m, so that any rows of
-     * a product have the bits of the whole (one row is a contiguous row,
-     * and sums as one). AVX-512, ms, 1024 -> 256, one thread: 320x256x3200
-     * (a SimpleRNN's [x h]^T dP) 3.61-3.73 -> 3.25-3.31, 256x128x4096
-     * 1.91-1.94 -> 1.61-1.73, 784x256x2048 5.40-5.67 -> 5.09-5.19,
-     * 156x512x1792 1.99-2.07 -> 1.84-1.85, 2048^3 and a convolution's
-     * 18x32x7281 level; two threads: 320x256x3200 1.86-1.94 -> 1.65-1.72,
-     * 784x256x2048 2.78-2.88 -> 2.55-2.60, 2048^3 level. Few rows lose (one
-     * tile reads each line): 9x32x8192 0.058 -> 0.065 (two threads 0.070 ->
-     * 0.085). AVX2, one thread: 256x128x4096 3.04-3.20 -> 2.74-2.92, but
-     * 2048^3 219-223 -> 226-236. A contiguous A keeps 1024: 1024x256x2048
-     * 5.4-6.0 -> 5.9-6.3, 64x128x4096 0.39-0.44 -> 0.43-0.45. */
-    FN(gemm_config) transposed_a_cfg;
-    if (rs_a == 1 && cs_a != 1 && k > cfg->kc && cfg->kc > GEMM_TRANSPOSED_A_KC) {
+    FN(gemm_config) transposed_a_cfg; /* cfg, summing in blocks of its own depth */
+    if (FN(kc_for)(cfg, k, rs_a, cs_a) != cfg->kc) {
         transposed_a_cfg = *cfg;
-        transposed_a_cfg.kc = GEMM_TRANSPOSED_A_KC;
+        transposed_a_cfg.kc = FN(kc_for)(cfg, k, rs_a, cs_a);
         cfg = &transposed_a_cfg;
     }
     const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
@@ -1212,7 +1218,9 @@ int FN(fusenn_gemm)(size_t m, size_t n, size_t k, real alpha,
  * after the other, for the tile gemm_select picks for one thread and about m
  * rows; a product may then take any rows. Every tile of a level sums each
  * element over the same kc blocks in the same order, so the product has the
- * bits of fusenn_gemm on the same operands. */
+ * bits of fusenn_gemm on the same operands, A's rows contiguous (the only
+ * kind the recurrent layers pass; a deep transposed A would take kc_for's
+ * blocks there). */
 /* The packed form of a k x n B for tile cfg: k steps of whole NR panels. */
 static FN(gemm_packed) FN(packed_form)(const FN(gemm_config) *cfg, size_t n, size_t k)
 {
@@ -1382,8 +1390,9 @@ int FN(fusenn_gemm_rows_b)(size_t m, size_t taps, size_t run, size_t k, const re
         FN(gemm_scale_only)(m, n, beta, C, rs_c, 1, NULL, FUSENN_ACT_IDENTITY);
         return FUSENN_OK;
     }
-    for (size_t pc = 0; pc < k; pc += cfg->kc) {
-        const size_t kc = FUSENN_MIN(cfg->kc, k - pc);
+    const size_t KC = FN(kc_for)(cfg, k, rs_a, cs_a);
+    for (size_t pc = 0; pc < k; pc += KC) {
+        const size_t kc = FUSENN_MIN(KC, k - pc);
         const FN(store_params) sp = {1, pc == 0 ? beta : (real)1, FUSENN_ACT_IDENTITY,
                                      pc + kc == k};
         /* panel by panel, A's tiles in turn: the panel's kc rows stay in L1 */

@@ -346,7 +346,9 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
  * products of about m rows and says how many elements the packed form takes;
  * fusenn_gemm_with_packed_b then computes C = alpha A B + beta C (+ bias) for
  * any m rows of A on the calling thread alone, C's columns contiguous. The
- * bits are those of fusenn_gemm on the same operands. */
+ * bits are those of fusenn_gemm on the same operands, A's rows contiguous
+ * (a transposed A deeper than one kc block sums in blocks of its own there:
+ * gemm.c's kc_for). */
 typedef struct {
     const void *cfg; /* the tile (gemm.c's configuration) */
     size_t n, k;
@@ -381,8 +383,9 @@ int FN(fusenn_gemm_indirect)(const FN(gemm_packed) *p, size_t m, size_t run,
  * place, B (k x taps run) by row pointers: element (p, t run + j) of B at
  * brows[p taps + t][j]. Only where fusenn_gemm_rows_b_fits(m, run): whole
  * register tiles, so that nothing is packed (else FUSENN_EINVAL). The bits
- * are those of fusenn_gemm on the same operands, or with A and B swapped and
- * transposed. */
+ * are those of fusenn_gemm on the same operands, or, A being transposed (dZ^T
+ * in place, as the convolutions pass it), with A and B swapped and transposed:
+ * both sum in the same kc blocks (gemm.c's kc_for). */
 int FN(fusenn_gemm_rows_b_fits)(size_t m, size_t run);
 int FN(fusenn_gemm_rows_b)(size_t m, size_t taps, size_t run, size_t k, const real *A,
                            ptrdiff_t rs_a, ptrdiff_t cs_a, const real *const *brows, real beta,

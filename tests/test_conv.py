@@ -283,21 +283,33 @@ def test_conv2d_by_pointer_is_bitwise_the_patch_matrix_product(case, dtype):
     assert np.array_equal(dx, want.reshape(dx.shape))
 
 
+# (input height, width, kernel, strides, padding): 42 output rows; and a 1x1 kernel at
+# stride 2 over 85 x 47, 1032 rows, the deepest chunk, past a 1024-deep kc block
+BY_POINTER_DW = {"3x3-same-42-rows": (6, 7, 3, 1, "same"),
+                 "1x1-stride2-1032-rows": (85, 47, 1, 2, "valid")}
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("filters", [8, 16, 24])
-def test_conv2d_weight_gradient_by_pointer_is_bitwise_the_patch_matrix_product(filters, dtype):
+@pytest.mark.parametrize("case", BY_POINTER_DW)
+def test_conv2d_weight_gradient_by_pointer_is_bitwise_the_patch_matrix_product(case, filters,
+                                                                               dtype):
     """dW as dZ^T patches with the patches read in the image (32 channels, filters a
-    multiple of 8 and fewer than 64): each product and each sum as in patches^T dZ. With
-    42 output rows the layer sums them in one chunk, so dW is that one product."""
+    multiple of 8 and fewer than 64): each product and each sum as in patches^T dZ,
+    in the same kc blocks. Both cases' output rows fit one chunk, so dW is that one
+    product."""
+    h, w_, k, st, padding = BY_POINTER_DW[case]
     rng = np.random.default_rng(12)
-    x = rng.standard_normal((1, 6, 7, 32)).astype(dtype)
-    w = (rng.standard_normal((3, 3, 32, filters)) / 17).astype(dtype)
-    pad = pads("same", (6, 7), (3, 3), (1, 1))
-    y = ops.conv2d_forward(x, w, None, padding=pad)
+    x = rng.standard_normal((1, h, w_, 32)).astype(dtype)
+    w = (rng.standard_normal((k, k, 32, filters)) / 17).astype(dtype)
+    pad = pads(padding, (h, w_), (k, k), (st, st))
+    y = ops.conv2d_forward(x, w, None, strides=(st, st), padding=pad)
+    rows = y.shape[1] * y.shape[2]
     dy = rng.standard_normal(y.shape).astype(dtype)
-    dw = ops.conv2d_backward(x, w, y, dy, padding=pad, need_dx=False, bias=False)[0]
-    cols = ref._im2col(x, (3, 3), (1, 1), pad, (1, 1)).reshape(42, -1)
-    want = fusenn.matmul(cols.T, dy.reshape(42, filters))
+    dw = ops.conv2d_backward(x, w, y, dy, strides=(st, st), padding=pad, need_dx=False,
+                             bias=False)[0]
+    cols = ref._im2col(x, (k, k), (st, st), pad, (1, 1)).reshape(rows, -1)
+    want = fusenn.matmul(cols.T, dy.reshape(rows, filters))
     assert np.array_equal(dw, want.reshape(dw.shape))
 
 

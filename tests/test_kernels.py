@@ -373,14 +373,23 @@ def few_rows_bits_check(rng, dtype):
     140-row product (the large-call tile): row-major and transposed A and B,
     rows of B at every offset into a vector, and the fused bias + activation of
     dense_forward. k crosses a KC boundary (1024 for float32 on AVX2 and
-    AVX-512, else 256). A transposed A that deep sums in blocks of its own
-    (256), so its rows are compared with the whole transposed product; but one
-    row of it is a contiguous row, and sums as one."""
+    AVX-512, else 256). A transposed A that deep sums in 256-deep blocks of its
+    own, so its rows are compared with the whole transposed product, on 1-3
+    threads; but a compact one-row A^T is a contiguous row, and sums as one.
+    Within one 1024-deep block, a transposed A has the bits of a contiguous one."""
     k = 1100 if dtype == np.float32 else 300
     for n in (256, 129):
         a, b = matmul_operands(rng, 140, n, k, dtype, False, False)
         full = ops.matmul(a, b)
-        full_at = ops.matmul(np.ascontiguousarray(a.T), b, trans_a=True)
+        a_t = np.ascontiguousarray(a.T)
+        full_at = ops.matmul(a_t, b, trans_a=True)
+        for nt in (1, 2, 3):
+            with fusenn.threads(nt):
+                assert np.array_equal(ops.matmul(a_t, b, trans_a=True), full_at), (n, nt)
+        shallow = slice(0, 1000)
+        assert np.array_equal(ops.matmul(np.ascontiguousarray(a[:, shallow].T), b[shallow],
+                                         trans_a=True),
+                              ops.matmul(a[:, shallow], b[shallow])), (n, "shallow A^T")
         bias = rng.standard_normal(n).astype(dtype)
         dense = {act: ops.dense_forward(a, b, bias, act) for act in ("relu", "sigmoid")}
         bt = np.ascontiguousarray(b.T)
