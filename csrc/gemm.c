@@ -1100,10 +1100,11 @@ int FN(fusenn_gemm_fused)(size_t m, size_t n, size_t k, real alpha,
                         && (size_t)rs_b * sizeof(real) % 64 == 0
                         && alpha == 1 && (beta == 0 || beta == 1);
     const FN(gemm_config) *cfg = FN(gemm_select)(small || in_place_b, m, n, k, cs_b == 1);
-    FN(gemm_config) transposed_a_cfg; /* cfg, summing in blocks of its own depth */
-    if (FN(kc_for)(cfg, k, rs_a, cs_a) != cfg->kc) {
+    const size_t kc_depth = FN(kc_for)(cfg, k, rs_a, cs_a);
+    FN(gemm_config) transposed_a_cfg; /* cfg, summing in blocks of that depth */
+    if (kc_depth != cfg->kc) {
         transposed_a_cfg = *cfg;
-        transposed_a_cfg.kc = FN(kc_for)(cfg, k, rs_a, cs_a);
+        transposed_a_cfg.kc = kc_depth;
         cfg = &transposed_a_cfg;
     }
     const size_t mr = (size_t)cfg->mr, nr = (size_t)cfg->nr;
