@@ -239,7 +239,8 @@ def test_conv2d_random_geometries_against_the_reference(seed, dtype):
 # or more) rather than from an im2col copy.
 BY_POINTER_CASES = {
     "2-channels-5x5-valid": ((2, 9, 8, 2), (5, 5, 6), (1, 1), "valid", (1, 1)),
-    "3x3-same-8": ((3, 9, 8, 8), (3, 3, 16), (1, 1), "same", (1, 1)),
+    # 6 filters: fewer than a 64-byte vector, so not Winograd's in float64 either
+    "3x3-same-8": ((3, 9, 8, 8), (3, 3, 6), (1, 1), "same", (1, 1)),
     "5x3-valid-many": ((2, 9, 11, 40), (5, 3, 33), (1, 1), "valid", (1, 1)),
     "dilated-pads-wide": ((2, 10, 9, 17), (3, 2, 70), (1, 1), ((2, 1), (0, 3)), (2, 3)),
     "stride2-same": ((2, 11, 10, 12), (3, 3, 9), (2, 2), "same", (1, 1)),
@@ -283,6 +284,72 @@ def test_conv2d_by_pointer_is_bitwise_the_patch_matrix_product(case, dtype):
     assert np.array_equal(dx, want.reshape(dx.shape))
 
 
+# Winograd's F(2x2, 3x3) (csrc/layers/conv2d_winograd.h) computes the forward (relu or
+# no activation) and the stride-1 input gradient of 3x3, stride-1, undilated convolutions
+# with a 64-byte vector of channels in and out: 16 values in float32, 8 in float64.
+# name -> (x shape, filters, padding)
+WINOGRAD_CASES = {
+    "same-even": ((2, 8, 6, 16), 16, "same"),
+    "same-odd": ((3, 7, 9, 17), 20, "same"),  # partial tiles; channels past a vector
+    "valid-odd": ((2, 9, 7, 33), 16, "valid"),
+    "asymmetric-pads": ((1, 5, 6, 16), 24, ((0, 2), (1, 0))),
+    "one-output": ((1, 3, 3, 16), 16, "valid"),
+    "one-pixel-same": ((2, 1, 1, 16), 16, "same"),
+    "vgg-conv2": ((2, 28, 28, 32), 32, "same"),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ["relu", "identity"])
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+def test_conv2d_winograd_against_the_reference(case, activation, dtype):
+    """The forward, dW, db and dX against the reference; and the forward and dX are not
+    the bits of the patch GEMM (fusenn.matmul on the reference's im2col), so these cases
+    really take Winograd's transforms."""
+    xs, f, padding = WINOGRAD_CASES[case]
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal(xs).astype(dtype)
+    w = (rng.standard_normal((3, 3, xs[3], f)) / np.sqrt(9 * xs[3])).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype)
+    pad = pads(padding, xs[1:3], (3, 3), (1, 1))
+    dw, db, dx = check_conv(x, w, b, dict(padding=pad), activation, dtype)
+    y = ops.conv2d_forward(x, w, b, padding=pad, activation=activation)
+    cols = ref._im2col(x, (3, 3), (1, 1), pad, (1, 1)).reshape(-1, 9 * xs[3])
+    gemm = (fusenn.matmul(cols, w.reshape(-1, f)) + b).reshape(y.shape)
+    if activation == "relu":
+        gemm = np.maximum(gemm, 0)
+    # a 1x1 image reads only the centre tap: a product and zeros, exact either way
+    if xs[1] * xs[2] > 1:
+        assert not np.array_equal(y, gemm)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = ops.conv2d_backward(x, w, y, dy, padding=pad, activation="identity")[2]
+    back = tuple((2 - p[0], xs[a + 1] - y.shape[a + 1] + p[0]) for a, p in enumerate(pad))
+    dcols = ref._im2col(dy, (3, 3), (1, 1), back, (1, 1)).reshape(-1, 9 * f)
+    flipped = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, xs[3]))
+    assert_close(dx, fusenn.matmul(dcols, flipped).reshape(dx.shape), dtype, 9 * f)
+    if xs[1] * xs[2] > 1:
+        assert not np.array_equal(dx, fusenn.matmul(dcols, flipped).reshape(dx.shape))
+
+
+def test_conv2d_winograd_gradients_are_finite_differences():
+    """float64, 8 channels in and out: Winograd's forward and input gradient."""
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((1, 5, 4, 8))
+    w = rng.standard_normal((3, 3, 8, 8)) / 8
+    b = rng.standard_normal(8)
+    window = dict(padding=((1, 1), (1, 1)))
+    g = rng.standard_normal((1, 5, 4, 8))
+
+    def loss():
+        return float((ops.conv2d_forward(x, w, b, **window) * g).sum())
+
+    y = ops.conv2d_forward(x, w, b, **window)
+    dw, db, dx = ops.conv2d_backward(x, w, y, g, **window)
+    for name, arr, grad in (("x", x, dx), ("w", w, dw), ("b", b, db)):
+        np.testing.assert_allclose(grad, central_difference(loss, arr), rtol=1e-6, atol=1e-8,
+                                   err_msg=f"gradient of {name}")
+
+
 # (input height, width, kernel, strides, padding): 42 output rows; and a 1x1 kernel at
 # stride 2 over 85 x 47, 1032 rows, the deepest chunk, past a 1024-deep kc block
 BY_POINTER_DW = {"3x3-same-42-rows": (6, 7, 3, 1, "same"),
@@ -316,6 +383,7 @@ def test_conv2d_weight_gradient_by_pointer_is_bitwise_the_patch_matrix_product(c
 # shapes whose GEMMs, dW groups and input gradients run on several threads
 THREADED_CONVS = {
     "3x3-same": ((8, 28, 28, 8), (3, 3, 16), (1, 1), "same", (1, 1)),
+    "3x3-same-32": ((8, 28, 28, 32), (3, 3, 32), (1, 1), "same", (1, 1)),  # Winograd
     "5x5-cin1": ((16, 28, 28, 1), (5, 5, 6), (1, 1), "same", (1, 1)),
     "3x3-cin1-12-filters": ((16, 27, 26, 1), (3, 3, 12), (1, 1), "valid", (1, 1)),
     "stride2": ((6, 21, 21, 8), (3, 3, 32), (2, 2), "valid", (1, 1)),

@@ -28,7 +28,9 @@
  *            (col2im), one sample per thread in a fixed order
  * A 1x1 kernel with stride 1 and no padding reads its patches in place; the
  * first layer of one-channel images with few filters has kernels of its own
- * (direct_forward, direct_weight_grad).
+ * (direct_forward, direct_weight_grad). The forward and dX of 3x3, stride-1
+ * layers with a vector of channels in and out (VGG's) take Winograd's
+ * F(2x2, 3x3) instead (conv2d_winograd.h): 2.25x fewer multiplies.
  */
 #include "../layer.h"
 
@@ -146,6 +148,44 @@ static inline int bwd_is_conv(const conv_geom *g)
     return g->fwd.sh == 1 && g->fwd.sw == 1 && g->cin * sizeof(real) >= 64;
 }
 
+/* Whether a pass over patches q into n_out channels takes Winograd's F(2x2,
+ * 3x3) (conv2d_winograd.h): 3x3, stride 1, no dilation, and a 64-byte vector
+ * of channels in and out. */
+static inline int winograd_applies(const patch_geom *q, size_t n_out)
+{
+    return q->kh == 3 && q->kw == 3 && q->sh == 1 && q->sw == 1 && q->dh == 1 && q->dw == 1 &&
+           q->c * sizeof(real) >= 64 && n_out * sizeof(real) >= 64;
+}
+
+/* The forward takes it when its store needs no pre-activation kept: relu or none. */
+static inline int winograd_forward(const conv_geom *g)
+{
+    return winograd_applies(&g->fwd, g->f) &&
+           (g->act == FUSENN_ACT_IDENTITY || g->act == FUSENN_ACT_RELU);
+}
+
+static inline int winograd_input_grad(const conv_geom *g)
+{
+    return bwd_is_conv(g) && winograd_applies(&g->bwd, g->cin);
+}
+
+/* The stride of V's and M's 16 planes of `rows` tiles x c values: a cache line
+ * past the rows, so that the planes do not all fall in one L1 set (their 16 KB
+ * strides had made the input transform a third of VGG's conv2 forward). */
+static inline size_t winograd_plane(size_t rows, size_t c) { return rows * c + V64_LANES; }
+
+/* A pass's 2x2 output tiles per image. */
+static inline size_t winograd_tiles_h(const patch_geom *q) { return (q->oh + 1) / 2; }
+static inline size_t winograd_tiles_w(const patch_geom *q) { return (q->ow + 1) / 2; }
+
+/* Tiles per chunk: a chunk's V and M take about CONV_CHUNK_BYTES, in whole
+ * tiles of the mid GEMM tile's 8 rows (the same for any thread count). */
+static size_t FN(winograd_chunk_tiles)(size_t c, size_t n_out)
+{
+    const size_t t = CONV_CHUNK_BYTES / (16 * (c + n_out) * sizeof(real)) / 8 * 8;
+    return FUSENN_MAX(t, (size_t)8);
+}
+
 /* Whether the patches are the image itself: row r is the image's row r. */
 static inline int patches_in_place(const patch_geom *p)
 {
@@ -230,6 +270,9 @@ typedef struct {
     size_t slot_at, wt_at, part_at, bpart_at, total;
     FN(gemm_packed) packed, packed_bwd; /* W and W' packed, for patches by pointer */
     size_t wp_at, zeros_at;             /* the packed one; zeros for taps in the padding */
+    size_t wino_rows, wino_rows_bwd;    /* Winograd's tiles per chunk, or 0: not used */
+    FN(gemm_packed) wino, wino_bwd;     /* the form of its 16 packed U_xi */
+    size_t wino_at;                     /* where they are packed */
 } FN(conv_work);
 
 static size_t carve(size_t *offset, size_t bytes)
@@ -265,6 +308,29 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
     w.packed = FN(fusenn_gemm_packed_for_rows)(g->f, g->k);
     w.packed_bwd = FN(fusenn_gemm_packed_for_rows)(g->cin, g->k_bwd);
     const size_t taps = g->fwd.kh * g->fwd.kw, ptr_reals = div_up(sizeof(real *), sizeof(real));
+    /* Winograd: a slot holds a chunk's V, M and a discarded output, and slot 0
+     * the 16 U_xi before they are packed */
+    const int wino = winograd_forward(g), wino_bwd = winograd_input_grad(g);
+    w.wino_rows = wino ? FN(winograd_chunk_tiles)(g->cin, g->f) : 0;
+    w.wino_rows_bwd = wino_bwd ? FN(winograd_chunk_tiles)(g->f, g->cin) : 0;
+    w.wino = FN(fusenn_gemm_packed_for)(FUSENN_MAX(w.wino_rows, (size_t)1), g->f, g->cin);
+    w.wino_bwd = FN(fusenn_gemm_packed_for)(FUSENN_MAX(w.wino_rows_bwd, (size_t)1), g->cin,
+                                            g->f);
+    const size_t wino_chunks =
+        FUSENN_MAX(wino ? div_up(n * winograd_tiles_h(&g->fwd) * winograd_tiles_w(&g->fwd),
+                                 w.wino_rows) : 0,
+                   wino_bwd ? div_up(n * winograd_tiles_h(&g->bwd) * winograd_tiles_w(&g->bwd),
+                                     w.wino_rows_bwd) : 0);
+    w.slots = FUSENN_MIN(FUSENN_MAX(w.slots, wino_chunks), (size_t)CONV_SLOTS);
+    if (wino || wino_bwd)
+        w.slot_len = FUSENN_MAX(w.slot_len, 16 * g->cin * g->f);
+    if (wino)
+        w.slot_len = FUSENN_MAX(w.slot_len, 16 * (winograd_plane(w.wino_rows, g->cin) +
+                                                  winograd_plane(w.wino_rows, g->f)) + g->f);
+    if (wino_bwd)
+        w.slot_len = FUSENN_MAX(w.slot_len, 16 * (winograd_plane(w.wino_rows_bwd, g->f) +
+                                                  winograd_plane(w.wino_rows_bwd, g->cin)) +
+                                                g->cin);
     if (fwd_pointers)
         w.slot_len = FUSENN_MAX(w.slot_len, (w.rows + 16) * taps * ptr_reals);
     if (bwd_pointers)
@@ -274,8 +340,10 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
     w.wt_at = carve(&size, g->k * g->f * sizeof(real)); /* W' or W^T */
     w.wp_at = carve(&size, FUSENN_MAX(fwd_pointers ? w.packed.len : 0,
                                       bwd_pointers ? w.packed_bwd.len : 0) * sizeof(real));
-    w.zeros_at = carve(&size, fwd_pointers || bwd_pointers
+    w.zeros_at = carve(&size, fwd_pointers || bwd_pointers || wino || wino_bwd
                                   ? FUSENN_MAX(g->cin, g->f) * sizeof(real) : 0);
+    w.wino_at = carve(&size, 16 * FUSENN_MAX(wino ? w.wino.len : 0,
+                                             wino_bwd ? w.wino_bwd.len : 0) * sizeof(real));
     w.part_len = direct ? div_up(g->f, DIRECT_F) * g->k * DIRECT_F * V64_LANES : g->k * g->f;
     w.part_at = carve(&size, w.groups * w.part_len * sizeof(real));
     w.bpart_at = carve(&size, g->bias ? w.groups * g->f * sizeof(double) : 0);
@@ -957,6 +1025,32 @@ static size_t conv_threads(int nthreads, size_t units, size_t m, size_t n, size_
     return FUSENN_MIN((size_t)nthreads, FUSENN_MIN(units, (size_t)CONV_SLOTS));
 }
 
+/* ---- Winograd's passes --------------------------------------------------------- */
+
+#include "conv2d_winograd.h"
+
+/* A pass over patches q of the n images at src (sample stride ld) into n_out
+ * channels of out with the 3x3 kernel w (3, 3, q->c, n_out): its 16 U_xi
+ * computed in slot 0 and packed, then the chunks of tiles on the threads. */
+static int FN(winograd_run)(const FN(conv_work) *w, void *work, const patch_geom *q,
+                            size_t n_out, size_t rows, const FN(gemm_packed) *packed,
+                            const real *kernel, size_t n, const real *src, ptrdiff_t ld,
+                            const real *bias, int relu, real *out, size_t threads)
+{
+    real *u = FN(slot)(w, work, 0), *up = (real *)((char *)work + w->wino_at);
+    FN(winograd_kernel)(q->c, n_out, kernel, u);
+    for (size_t xi = 0; xi < 16; xi++)
+        FN(fusenn_gemm_pack_b)(packed, u + xi * q->c * n_out, (ptrdiff_t)n_out, 1,
+                               up + xi * packed->len);
+    real *zeros = FN(zeros)(w, work);
+    for (size_t j = 0; j < q->c; j++)
+        zeros[j] = 0;
+    const FN(winograd_pass) p = {q, n, n_out, rows, src, zeros, up, bias, ld, packed, relu, out};
+    const size_t chunks = div_up(n * winograd_tiles_h(q) * winograd_tiles_w(q), rows);
+    return FN(run_units)(FUSENN_MIN(threads, chunks), chunks, FN(winograd_chunk), &p, w, work)
+               ? FUSENN_ENOMEM : FUSENN_OK;
+}
+
 /* ---- backward ---------------------------------------------------------------- */
 
 typedef struct {
@@ -1209,13 +1303,17 @@ static int FN(conv2d_forward)(const FN(layer) *layer, FN(forward_args) *a)
     p.z = fusenn_act_needs_z(p.act) ? a->saved : NULL;
     const size_t m = a->n * p.g.fwd.oh * p.g.fwd.ow;
     const size_t chunks = div_up(m, p.w.rows);
+    a->result = a->y;
+    a->ld_result = a->ldy;
+    if (p.w.wino_rows && p.z == NULL && a->ldy == (ptrdiff_t)(p.g.fwd.oh * p.g.fwd.ow * p.g.f))
+        return FN(winograd_run)(&p.w, a->work, &p.g.fwd, p.g.f, p.w.wino_rows, &p.w.wino,
+                                p.kernel, a->n, a->x, a->ldx, p.bias, p.act == FUSENN_ACT_RELU,
+                                a->y, conv_threads(a->nthreads, chunks, m, p.g.f, p.g.k));
     if (patches_by_pointer(&p.g.fwd))
         FN(prepare_by_pointer)(&p.g, &p.w, &p.w.packed, p.kernel, a->work);
     const size_t failed =
         FN(run_units)(conv_threads(a->nthreads, chunks, m, p.g.f, p.g.k), chunks,
                       FN(forward_chunk), &p, &p.w, a->work);
-    a->result = a->y;
-    a->ld_result = a->ldy;
     return failed ? FUSENN_ENOMEM : FUSENN_OK;
 }
 
@@ -1290,9 +1388,16 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
     if (bwd_is_conv(g)) {
         p.wt = (real *)((char *)a->work + p.w.wt_at);
         FN(flip_kernel)(g, layer->param[0], p.wt);
+        const size_t m_in = a->n * g->fwd.h * g->fwd.w;
+        if (p.w.wino_rows_bwd) {
+            const size_t chunks = div_up(m_in, p.w.rows_bwd);
+            return FN(winograd_run)(&p.w, a->work, &g->bwd, g->cin, p.w.wino_rows_bwd,
+                                    &p.w.wino_bwd, p.wt, a->n, p.dz,
+                                    (ptrdiff_t)(g->fwd.oh * g->fwd.ow * F), NULL, 0, a->dx,
+                                    conv_threads(a->nthreads, chunks, m_in, g->cin, g->k_bwd));
+        }
         if (patches_by_pointer(&g->bwd))
             FN(prepare_by_pointer)(g, &p.w, &p.w.packed_bwd, p.wt, a->work);
-        const size_t m_in = a->n * g->fwd.h * g->fwd.w;
         const size_t chunks = div_up(m_in, p.w.rows_bwd);
         return FN(run_units)(conv_threads(a->nthreads, chunks, m_in, g->cin, g->k_bwd), chunks,
                              FN(input_grad_chunk), &p, &p.w, a->work)
