@@ -169,11 +169,6 @@ static inline int winograd_input_grad(const conv_geom *g)
     return bwd_is_conv(g) && winograd_applies(&g->bwd, g->cin);
 }
 
-/* The stride of V's and M's 16 planes of `rows` tiles x c values: a cache line
- * past the rows, so that the planes do not all fall in one L1 set (their 16 KB
- * strides had made the input transform a third of VGG's conv2 forward). */
-static inline size_t winograd_plane(size_t rows, size_t c) { return rows * c + V64_LANES; }
-
 /* A pass's 2x2 output tiles per image. */
 static inline size_t winograd_tiles_h(const patch_geom *q) { return (q->oh + 1) / 2; }
 static inline size_t winograd_tiles_w(const patch_geom *q) { return (q->ow + 1) / 2; }
@@ -324,13 +319,13 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
     w.slots = FUSENN_MIN(FUSENN_MAX(w.slots, wino_chunks), (size_t)CONV_SLOTS);
     if (wino || wino_bwd)
         w.slot_len = FUSENN_MAX(w.slot_len, 16 * g->cin * g->f);
+    /* V and M of a chunk, a tile's padded copy, its discarded outputs and the bias */
     if (wino)
-        w.slot_len = FUSENN_MAX(w.slot_len, 16 * (winograd_plane(w.wino_rows, g->cin) +
-                                                  winograd_plane(w.wino_rows, g->f)) + g->f);
+        w.slot_len = FUSENN_MAX(w.slot_len, 16 * w.wino_rows * (g->cin + g->f) + 16 * g->cin +
+                                                5 * g->f);
     if (wino_bwd)
-        w.slot_len = FUSENN_MAX(w.slot_len, 16 * (winograd_plane(w.wino_rows_bwd, g->f) +
-                                                  winograd_plane(w.wino_rows_bwd, g->cin)) +
-                                                g->cin);
+        w.slot_len = FUSENN_MAX(w.slot_len, 16 * w.wino_rows_bwd * (g->cin + g->f) + 16 * g->f +
+                                                5 * g->cin);
     if (fwd_pointers)
         w.slot_len = FUSENN_MAX(w.slot_len, (w.rows + 16) * taps * ptr_reals);
     if (bwd_pointers)
@@ -340,7 +335,7 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
     w.wt_at = carve(&size, g->k * g->f * sizeof(real)); /* W' or W^T */
     w.wp_at = carve(&size, FUSENN_MAX(fwd_pointers ? w.packed.len : 0,
                                       bwd_pointers ? w.packed_bwd.len : 0) * sizeof(real));
-    w.zeros_at = carve(&size, fwd_pointers || bwd_pointers || wino || wino_bwd
+    w.zeros_at = carve(&size, fwd_pointers || bwd_pointers
                                   ? FUSENN_MAX(g->cin, g->f) * sizeof(real) : 0);
     w.wino_at = carve(&size, 16 * FUSENN_MAX(wino ? w.wino.len : 0,
                                              wino_bwd ? w.wino_bwd.len : 0) * sizeof(real));
@@ -1042,10 +1037,7 @@ static int FN(winograd_run)(const FN(conv_work) *w, void *work, const patch_geom
     for (size_t xi = 0; xi < 16; xi++)
         FN(fusenn_gemm_pack_b)(packed, u + xi * q->c * n_out, (ptrdiff_t)n_out, 1,
                                up + xi * packed->len);
-    real *zeros = FN(zeros)(w, work);
-    for (size_t j = 0; j < q->c; j++)
-        zeros[j] = 0;
-    const FN(winograd_pass) p = {q, n, n_out, rows, src, zeros, up, bias, ld, packed, relu, out};
+    const FN(winograd_pass) p = {q, n, n_out, rows, src, up, bias, ld, packed, relu, out};
     const size_t chunks = div_up(n * winograd_tiles_h(q) * winograd_tiles_w(q), rows);
     return FN(run_units)(FUSENN_MIN(threads, chunks), chunks, FN(winograd_chunk), &p, w, work)
                ? FUSENN_ENOMEM : FUSENN_OK;

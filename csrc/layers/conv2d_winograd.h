@@ -44,146 +44,151 @@ static void FN(winograd_kernel)(size_t C, size_t N, const real *w, real *u)
     }
 }
 
-/* V_xi's rows of tiles [t0, t1) of the images at src (sample stride ld): row
- * t - t0 of the plane at v + xi plane, the tile's B^T d B over its C
- * channels; inputs in the padding read `zeros`. Channel by channel, so that
- * the compiler makes vectors of the channels. */
-static ALWAYS_INLINE void FN(winograd_input)(const patch_geom *q, const real *src, ptrdiff_t ld,
-                                             size_t t0, size_t t1, const real *zeros,
-                                             real *v, size_t plane)
+/* A tile's B^T d B over C channels, d[a][b] at d + a rs + b C (c-th value at
+ * c), into v (16 x C, xi = 4 a + b): channel by channel, which the compiler
+ * makes vectors of; C is a constant where the caller's is. */
+static ALWAYS_INLINE void FN(winograd_input_tile)(const real *d, ptrdiff_t rs, size_t C,
+                                                  real *restrict v)
 {
-    const size_t C = q->c, TW = winograd_tiles_w(q), per_image = winograd_tiles_h(q) * TW;
+    const real *r0 = d, *r1 = d + rs, *r2 = d + 2 * rs, *r3 = d + 3 * rs;
+#pragma GCC ivdep
+    for (size_t c = 0; c < C; c++) {
+        real s[4][4];
+        for (size_t b = 0; b < 4; b++) { /* B^T d */
+            s[0][b] = r0[b * C + c] - r2[b * C + c];
+            s[1][b] = r1[b * C + c] + r2[b * C + c];
+            s[2][b] = r2[b * C + c] - r1[b * C + c];
+            s[3][b] = r1[b * C + c] - r3[b * C + c];
+        }
+        for (size_t a = 0; a < 4; a++) { /* (B^T d) B */
+            v[(a * 4 + 0) * C + c] = s[a][0] - s[a][2];
+            v[(a * 4 + 1) * C + c] = s[a][1] + s[a][2];
+            v[(a * 4 + 2) * C + c] = s[a][2] - s[a][1];
+            v[(a * 4 + 3) * C + c] = s[a][1] - s[a][3];
+        }
+    }
+}
+
+/* V of tiles [t0, t1) of the images at src (sample stride ld), tile by tile
+ * (16 C values each, V_xi's row t - t0 at v + (t - t0) 16 C + xi C). A tile
+ * reaching into the padding is first copied, with zeros, into pad (16 C). */
+static ALWAYS_INLINE void FN(winograd_input)(const patch_geom *q, size_t C, const real *src,
+                                             ptrdiff_t ld, size_t t0, size_t t1, real *v,
+                                             real *pad)
+{
+    const size_t TW = winograd_tiles_w(q), per_image = winograd_tiles_h(q) * TW;
     const ptrdiff_t H = (ptrdiff_t)q->h, W = (ptrdiff_t)q->w;
     for (size_t t = t0; t < t1; t++) {
         const size_t i = t / per_image, ty = t % per_image / TW, tx = t % TW;
         const real *x = src + (ptrdiff_t)i * ld;
         const ptrdiff_t h0 = (ptrdiff_t)(2 * ty) - q->top, w0 = (ptrdiff_t)(2 * tx) - q->left;
-        const real *d[4][4];
-        for (int a = 0; a < 4; a++)
-            for (int b = 0; b < 4; b++) {
-                const ptrdiff_t h = h0 + a, w = w0 + b;
-                d[a][b] = h >= 0 && h < H && w >= 0 && w < W ? x + (h * W + w) * (ptrdiff_t)C
-                                                           : zeros;
-            }
-        real *out = v + (t - t0) * C;
-        const size_t xi_stride = plane;
-#pragma GCC ivdep
-        for (size_t c = 0; c < C; c++) {
-            real s[4][4];
-            for (int b = 0; b < 4; b++) { /* B^T d */
-                s[0][b] = d[0][b][c] - d[2][b][c];
-                s[1][b] = d[1][b][c] + d[2][b][c];
-                s[2][b] = d[2][b][c] - d[1][b][c];
-                s[3][b] = d[1][b][c] - d[3][b][c];
-            }
-            for (int a = 0; a < 4; a++) { /* (B^T d) B */
-                out[(size_t)(a * 4 + 0) * xi_stride + c] = s[a][0] - s[a][2];
-                out[(size_t)(a * 4 + 1) * xi_stride + c] = s[a][1] + s[a][2];
-                out[(size_t)(a * 4 + 2) * xi_stride + c] = s[a][2] - s[a][1];
-                out[(size_t)(a * 4 + 3) * xi_stride + c] = s[a][1] - s[a][3];
-            }
+        real *out = v + (t - t0) * 16 * C;
+        if (h0 >= 0 && h0 + 4 <= H && w0 >= 0 && w0 + 4 <= W) {
+            FN(winograd_input_tile)(x + (h0 * W + w0) * (ptrdiff_t)C, W * (ptrdiff_t)C, C, out);
+            continue;
         }
+        for (ptrdiff_t a = 0; a < 4; a++)
+            for (ptrdiff_t b = 0; b < 4; b++) {
+                const ptrdiff_t h = h0 + a, w = w0 + b;
+                real *to = pad + (a * 4 + b) * (ptrdiff_t)C;
+                if (h >= 0 && h < H && w >= 0 && w < W)
+                    FN(copy)(to, x + (h * W + w) * (ptrdiff_t)C, C);
+                else
+                    FN(zero)(to, C);
+            }
+        FN(winograd_input_tile)(pad, 4 * (ptrdiff_t)C, C, out);
     }
 }
 
-/* The outputs of tiles [t0, t1) from M (16 planes of rows of N, as V): A^T M A, plus
- * the bias (or not), then relu or nothing, into out (rows of N, the images'
- * oh x ow positions one after the other); outputs past the image's edge go to
- * `discard` (N values). */
-static ALWAYS_INLINE void FN(winograd_output)(const patch_geom *q, size_t N, const real *m,
-                                              size_t t0, size_t t1, size_t plane,
-                                              const real *bias, int relu, real *out,
-                                              real *discard)
+/* The outputs of tiles [t0, t1) from M (as V: 16 N values a tile): A^T M A,
+ * plus the bias (zeros where there is none), then relu or nothing, into out
+ * (rows of N, the images' oh x ow positions one after the other); a tile's
+ * outputs past the image's edge go to discard's rows (4 N values). */
+static ALWAYS_INLINE void FN(winograd_output)(const patch_geom *q, size_t N, int relu,
+                                              const real *m, size_t t0, size_t t1,
+                                              const real *bias, real *out, real *discard)
 {
     const size_t TW = winograd_tiles_w(q), per_image = winograd_tiles_h(q) * TW;
-    const size_t P = q->oh * q->ow, xi_stride = plane;
+    const size_t P = q->oh * q->ow;
     for (size_t t = t0; t < t1; t++) {
         const size_t i = t / per_image, oy = 2 * (t % per_image / TW), ox = 2 * (t % TW);
         real *y[2][2];
-        for (int a = 0; a < 2; a++)
-            for (int b = 0; b < 2; b++)
+        for (size_t a = 0; a < 2; a++)
+            for (size_t b = 0; b < 2; b++)
                 y[a][b] = oy + a < q->oh && ox + b < q->ow
                               ? out + (i * P + (oy + a) * q->ow + ox + b) * N
-                              : discard;
-        const real *mt = m + (t - t0) * N;
+                              : discard + (a * 2 + b) * N;
+        const real *restrict mt = m + (t - t0) * 16 * N;
+        real *restrict y00 = y[0][0], *restrict y01 = y[0][1];
+        real *restrict y10 = y[1][0], *restrict y11 = y[1][1];
 #pragma GCC ivdep
         for (size_t f = 0; f < N; f++) {
             real s[2][4];
-            for (int b = 0; b < 4; b++) { /* A^T M */
-                const real m0 = mt[(size_t)(0 * 4 + b) * xi_stride + f];
-                const real m1 = mt[(size_t)(1 * 4 + b) * xi_stride + f];
-                const real m2 = mt[(size_t)(2 * 4 + b) * xi_stride + f];
-                const real m3 = mt[(size_t)(3 * 4 + b) * xi_stride + f];
+            for (size_t b = 0; b < 4; b++) { /* A^T M */
+                const real m0 = mt[(0 * 4 + b) * N + f], m1 = mt[(1 * 4 + b) * N + f];
+                const real m2 = mt[(2 * 4 + b) * N + f], m3 = mt[(3 * 4 + b) * N + f];
                 s[0][b] = m0 + m1 + m2;
                 s[1][b] = m1 - m2 - m3;
             }
-            const real beta = bias ? bias[f] : 0;
-            for (int a = 0; a < 2; a++) { /* (A^T M) A, + b, act */
-                real r0 = s[a][0] + s[a][1] + s[a][2] + beta;
-                real r1 = s[a][1] - s[a][2] - s[a][3] + beta;
+            real r[2][2]; /* (A^T M) A, + b, act */
+            for (size_t a = 0; a < 2; a++) {
+                r[a][0] = s[a][0] + s[a][1] + s[a][2] + bias[f];
+                r[a][1] = s[a][1] - s[a][2] - s[a][3] + bias[f];
                 if (relu) {
-                    r0 = r0 > 0 ? r0 : 0;
-                    r1 = r1 > 0 ? r1 : 0;
+                    r[a][0] = r[a][0] > 0 ? r[a][0] : 0;
+                    r[a][1] = r[a][1] > 0 ? r[a][1] : 0;
                 }
-                y[a][0][f] = r0;
-                y[a][1][f] = r1;
             }
+            y00[f] = r[0][0];
+            y01[f] = r[0][1];
+            y10[f] = r[1][0];
+            y11[f] = r[1][1];
         }
     }
 }
 
-/* The transforms compiled for each ISA (the same arithmetic, only adds). */
-static NO_LIBC_CALLS void FN(winograd_input_generic)(const patch_geom *q, const real *src,
-                                                     ptrdiff_t ld, size_t t0, size_t t1,
-                                                     const real *zeros, real *v, size_t plane)
-{
-    FN(winograd_input)(q, src, ld, t0, t1, zeros, v, plane);
-}
-
-static NO_LIBC_CALLS void FN(winograd_output_generic)(const patch_geom *q, size_t N,
-                                                      const real *m, size_t t0, size_t t1,
-                                                      size_t plane, const real *bias, int relu,
-                                                      real *out, real *discard)
-{
-    FN(winograd_output)(q, N, m, t0, t1, plane, bias, relu, out, discard);
-}
-
+/* The transforms for each ISA, with the channel counts of VGG-style nets as
+ * constants (the same arithmetic whichever: only adds). */
+#define WINOGRAD_SIZES(f, n, ...)                                                          \
+    switch (n) {                                                                            \
+    case 16: f(16, __VA_ARGS__); break;                                                     \
+    case 32: f(32, __VA_ARGS__); break;                                                     \
+    case 64: f(64, __VA_ARGS__); break;                                                     \
+    case 128: f(128, __VA_ARGS__); break;                                                   \
+    default: f(n, __VA_ARGS__); break;                                                      \
+    }
+#define WINOGRAD_INPUT(C, ...) FN(winograd_input)(q, C, __VA_ARGS__)
+#define WINOGRAD_OUTPUT(N, ...)                                                             \
+    (relu ? FN(winograd_output)(q, N, 1, __VA_ARGS__) : FN(winograd_output)(q, N, 0, __VA_ARGS__))
+#define WINOGRAD_TRANSFORMS(isa, attr)                                                     \
+    static NO_LIBC_CALLS attr void FN(winograd_input_##isa)(                              \
+        const patch_geom *q, const real *src, ptrdiff_t ld, size_t t0, size_t t1, real *v,  \
+        real *pad)                                                                          \
+    {                                                                                       \
+        WINOGRAD_SIZES(WINOGRAD_INPUT, q->c, src, ld, t0, t1, v, pad)                       \
+    }                                                                                       \
+    static NO_LIBC_CALLS attr void FN(winograd_output_##isa)(                             \
+        const patch_geom *q, size_t N, const real *m, size_t t0, size_t t1,                 \
+        const real *bias, int relu, real *out, real *discard)                               \
+    {                                                                                       \
+        WINOGRAD_SIZES(WINOGRAD_OUTPUT, N, m, t0, t1, bias, out, discard)                   \
+    }
+WINOGRAD_TRANSFORMS(generic, )
 #ifdef HAVE_X86_PATCHES
-static NO_LIBC_CALLS __attribute__((target("avx2"))) void
-FN(winograd_input_avx2)(const patch_geom *q, const real *src, ptrdiff_t ld, size_t t0,
-                        size_t t1, const real *zeros, real *v, size_t plane)
-{
-    FN(winograd_input)(q, src, ld, t0, t1, zeros, v, plane);
-}
-
-static NO_LIBC_CALLS __attribute__((target("avx2"))) void
-FN(winograd_output_avx2)(const patch_geom *q, size_t N, const real *m, size_t t0, size_t t1,
-                         size_t plane, const real *bias, int relu, real *out, real *discard)
-{
-    FN(winograd_output)(q, N, m, t0, t1, plane, bias, relu, out, discard);
-}
-
-static NO_LIBC_CALLS __attribute__((target("avx512f,avx2"))) void
-FN(winograd_input_avx512)(const patch_geom *q, const real *src, ptrdiff_t ld, size_t t0,
-                          size_t t1, const real *zeros, real *v, size_t plane)
-{
-    FN(winograd_input)(q, src, ld, t0, t1, zeros, v, plane);
-}
-
-static NO_LIBC_CALLS __attribute__((target("avx512f,avx2"))) void
-FN(winograd_output_avx512)(const patch_geom *q, size_t N, const real *m, size_t t0, size_t t1,
-                           size_t plane, const real *bias, int relu, real *out, real *discard)
-{
-    FN(winograd_output)(q, N, m, t0, t1, plane, bias, relu, out, discard);
-}
+WINOGRAD_TRANSFORMS(avx2, __attribute__((target("avx2"))))
+WINOGRAD_TRANSFORMS(avx512, __attribute__((target("avx512f,avx2"))))
 #endif
+#undef WINOGRAD_TRANSFORMS
+#undef WINOGRAD_OUTPUT
+#undef WINOGRAD_INPUT
+#undef WINOGRAD_SIZES
 
 /* One pass's operands: patches q of the n images at src into n_out channels
  * of out, with the 16 packed U_xi at up. */
 typedef struct {
     const patch_geom *q;
     size_t n, n_out, rows; /* rows: tiles per chunk */
-    const real *src, *zeros, *up, *bias;
+    const real *src, *up, *bias;
     ptrdiff_t ld;
     const FN(gemm_packed) *packed;
     int relu;
@@ -198,31 +203,32 @@ static size_t FN(winograd_chunk)(const void *ctx, size_t c, real *slot)
     const size_t total = p->n * winograd_tiles_h(q) * winograd_tiles_w(q);
     const size_t t0 = c * p->rows, t1 = FUSENN_MIN(total, t0 + p->rows), m = t1 - t0;
     const size_t C = q->c, N = p->n_out;
-    const size_t v_plane = winograd_plane(p->rows, C), m_plane = winograd_plane(p->rows, N);
-    real *v = slot, *mm = v + 16 * v_plane, *discard = mm + 16 * m_plane;
+    real *v = slot, *mm = v + 16 * p->rows * C, *pad = mm + 16 * p->rows * N;
+    real *discard = pad + 16 * C, *bias = discard + 4 * N;
+    for (size_t f = 0; f < N; f++) /* adding a zero bias turns -0 into +0, nothing else */
+        bias[f] = p->bias ? p->bias[f] : 0;
 #ifdef HAVE_X86_PATCHES
     const int isa = fusenn_isa_level();
     if (isa == FUSENN_ISA_AVX512)
-        FN(winograd_input_avx512)(q, p->src, p->ld, t0, t1, p->zeros, v, v_plane);
+        FN(winograd_input_avx512)(q, p->src, p->ld, t0, t1, v, pad);
     else if (isa == FUSENN_ISA_AVX2)
-        FN(winograd_input_avx2)(q, p->src, p->ld, t0, t1, p->zeros, v, v_plane);
+        FN(winograd_input_avx2)(q, p->src, p->ld, t0, t1, v, pad);
     else
 #endif
-        FN(winograd_input_generic)(q, p->src, p->ld, t0, t1, p->zeros, v, v_plane);
+        FN(winograd_input_generic)(q, p->src, p->ld, t0, t1, v, pad);
     size_t failed = 0;
-    for (size_t xi = 0; xi < 16; xi++)
-        failed += FN(fusenn_gemm_with_packed_b)(p->packed, m, 1, v + xi * v_plane,
-                                                (ptrdiff_t)C, 1, p->up + xi * p->packed->len, 0,
-                                                mm + xi * m_plane, (ptrdiff_t)N,
-                                                NULL) != FUSENN_OK;
+    for (size_t xi = 0; xi < 16; xi++) /* M_xi = V_xi U_xi: rows 16 C and 16 N apart */
+        failed += FN(fusenn_gemm_with_packed_b)(p->packed, m, 1, v + xi * C,
+                                                (ptrdiff_t)(16 * C), 1,
+                                                p->up + xi * p->packed->len, 0, mm + xi * N,
+                                                (ptrdiff_t)(16 * N), NULL) != FUSENN_OK;
 #ifdef HAVE_X86_PATCHES
     if (isa == FUSENN_ISA_AVX512)
-        FN(winograd_output_avx512)(q, N, mm, t0, t1, m_plane, p->bias, p->relu, p->out, discard);
+        FN(winograd_output_avx512)(q, N, mm, t0, t1, bias, p->relu, p->out, discard);
     else if (isa == FUSENN_ISA_AVX2)
-        FN(winograd_output_avx2)(q, N, mm, t0, t1, m_plane, p->bias, p->relu, p->out, discard);
+        FN(winograd_output_avx2)(q, N, mm, t0, t1, bias, p->relu, p->out, discard);
     else
 #endif
-        FN(winograd_output_generic)(q, N, mm, t0, t1, m_plane, p->bias, p->relu, p->out,
-                                    discard);
+        FN(winograd_output_generic)(q, N, mm, t0, t1, bias, p->relu, p->out, discard);
     return failed;
 }
