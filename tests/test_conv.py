@@ -303,9 +303,9 @@ WINOGRAD_CASES = {
 @pytest.mark.parametrize("activation", ["relu", "identity"])
 @pytest.mark.parametrize("case", WINOGRAD_CASES)
 def test_conv2d_winograd_against_the_reference(case, activation, dtype):
-    """The forward, dW, db and dX against the reference; and the forward and dX are not
-    the bits of the patch GEMM (fusenn.matmul on the reference's im2col), so these cases
-    really take Winograd's transforms."""
+    """The forward, dW, db and dX against the reference; and the forward, dW and dX are
+    not the bits of the patch GEMM (fusenn.matmul on the reference's im2col), so these
+    cases really take Winograd's transforms."""
     xs, f, padding = WINOGRAD_CASES[case]
     rng = np.random.default_rng(21)
     x = rng.standard_normal(xs).astype(dtype)
@@ -319,8 +319,13 @@ def test_conv2d_winograd_against_the_reference(case, activation, dtype):
     if activation == "relu":
         gemm = np.maximum(gemm, 0)
     # a 1x1 image reads only the centre tap: a product and zeros, exact either way
+    dz = np.random.default_rng(3).standard_normal(y.shape).astype(dtype)  # check_conv's dy
+    if activation == "relu":
+        dz = dz * (ref.conv2d_forward(x, w, b, padding=pad, activation="relu") > 0)
     if xs[1] * xs[2] > 1:
         assert not np.array_equal(y, gemm)
+        assert not np.array_equal(dw, (fusenn.matmul(np.ascontiguousarray(cols.T),
+                                                     dz.reshape(-1, f))).reshape(dw.shape))
     dy = rng.standard_normal(y.shape).astype(dtype)
     dx = ops.conv2d_backward(x, w, y, dy, padding=pad, activation="identity")[2]
     back = tuple((2 - p[0], xs[a + 1] - y.shape[a + 1] + p[0]) for a, p in enumerate(pad))
@@ -350,9 +355,10 @@ def test_conv2d_winograd_gradients_are_finite_differences():
                                    err_msg=f"gradient of {name}")
 
 
-# (input height, width, kernel, strides, padding): 42 output rows; and a 1x1 kernel at
-# stride 2 over 85 x 47, 1032 rows, the deepest chunk, past a 1024-deep kc block
-BY_POINTER_DW = {"3x3-same-42-rows": (6, 7, 3, 1, "same"),
+# (input height, width, kernel, strides, padding): 42 output rows (2x2: a 3x3 kernel with
+# 16 or more filters takes Winograd's dW); and a 1x1 kernel at stride 2 over 85 x 47,
+# 1032 rows, the deepest chunk, past a 1024-deep kc block
+BY_POINTER_DW = {"2x2-same-42-rows": (6, 7, 2, 1, "same"),
                  "1x1-stride2-1032-rows": (85, 47, 1, 2, "valid")}
 
 

@@ -28,9 +28,10 @@
  *            (col2im), one sample per thread in a fixed order
  * A 1x1 kernel with stride 1 and no padding reads its patches in place; the
  * first layer of one-channel images with few filters has kernels of its own
- * (direct_forward, direct_weight_grad). The forward and dX of 3x3, stride-1
- * layers with a vector of channels in and out (VGG's) take Winograd's
- * F(2x2, 3x3) instead (conv2d_winograd.h): 2.25x fewer multiplies.
+ * (direct_forward, direct_weight_grad). 3x3, stride-1 layers with a vector
+ * of channels in and out (VGG's) take Winograd's F(2x2, 3x3) instead
+ * (conv2d_winograd.h), 2.25x fewer multiplies: the forward and dW where the
+ * activation is relu or none, and dX.
  */
 #include "../layer.h"
 
@@ -340,6 +341,11 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
     w.wino_at = carve(&size, 16 * FUSENN_MAX(wino ? w.wino.len : 0,
                                              wino_bwd ? w.wino_bwd.len : 0) * sizeof(real));
     w.part_len = direct ? div_up(g->f, DIRECT_F) * g->k * DIRECT_F * V64_LANES : g->k * g->f;
+    if (wino) { /* dW by Winograd too: each group sums the 16 dU_xi of its chunks of tiles */
+        w.groups = FUSENN_MIN(div_up(n * winograd_tiles_h(&g->fwd) * winograd_tiles_w(&g->fwd),
+                                     w.wino_rows), (size_t)CONV_GROUPS);
+        w.part_len = 16 * g->cin * g->f;
+    }
     w.part_at = carve(&size, w.groups * w.part_len * sizeof(real));
     w.bpart_at = carve(&size, g->bias ? w.groups * g->f * sizeof(double) : 0);
     w.total = size;
@@ -1039,7 +1045,8 @@ static int FN(winograd_run)(const FN(conv_work) *w, void *work, const patch_geom
                                up + xi * packed->len);
     const FN(winograd_pass) p = {q, n, n_out, rows, src, up, bias, ld, packed, relu, out};
     const size_t chunks = div_up(n * winograd_tiles_h(q) * winograd_tiles_w(q), rows);
-    return FN(run_units)(FUSENN_MIN(threads, chunks), chunks, FN(winograd_chunk), &p, w, work)
+    return FN(run_units)(FUSENN_MAX(FUSENN_MIN(threads, chunks), (size_t)1), chunks,
+                         FN(winograd_chunk), &p, w, work)
                ? FUSENN_ENOMEM : FUSENN_OK;
 }
 
@@ -1072,6 +1079,18 @@ static size_t FN(weight_grad_group)(const void *ctx, size_t gi, real *slot)
     if (bsum)
         for (size_t j = 0; j < F; j++)
             bsum[j] = 0;
+    if (p->w.wino_rows) {
+        const FN(winograd_pass) pass = {&g->fwd, p->n, F, p->w.wino_rows, p->x, NULL, NULL,
+                                        p->ldx, NULL, p->act == FUSENN_ACT_RELU, p->dz};
+        const size_t tiles = p->n * winograd_tiles_h(&g->fwd) * winograd_tiles_w(&g->fwd);
+        const size_t w_chunks = div_up(tiles, p->w.wino_rows);
+        const size_t c0 = fusenn_chunk_start(gi, p->w.groups, w_chunks);
+        const size_t c1 = fusenn_chunk_start(gi + 1, p->w.groups, w_chunks);
+        for (size_t c = c0; c < c1; c++)
+            failed += FN(winograd_weight_grad_chunk)(&pass, c, c == c0, p->y, p->ldy, part,
+                                                     bsum, slot);
+        return failed;
+    }
     const size_t c0 = fusenn_chunk_start(gi, p->w.groups, chunks);
     const size_t c1 = fusenn_chunk_start(gi + 1, p->w.groups, chunks);
     for (size_t c = c0; c < c1; c++) {
@@ -1360,10 +1379,21 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
     if (FN(run_units)(conv_threads(a->nthreads, p.w.groups, m, F, K), p.w.groups,
                       FN(weight_grad_group), &p, &p.w, a->work))
         return FUSENN_ENOMEM;
-    const FN(group_sums) sums = {g, &p.w, (const real *)((const char *)a->work + p.w.part_at),
-                                 layer->grad[0]};
-    fusenn_parallel_ranges(fusenn_threads_for(p.w.groups * K * F, a->nthreads), K * F,
-                           FN(add_groups), &sums);
+    const real *part = (const real *)((const char *)a->work + p.w.part_at);
+    if (p.w.wino_rows) { /* the groups' dU added in order (in slot 0), then dW = G^T dU G */
+        real *du = FN(slot)(&p.w, a->work, 0);
+        for (size_t j = 0; j < p.w.part_len; j++) {
+            real s = part[j];
+            for (size_t gi = 1; gi < p.w.groups; gi++)
+                s += part[gi * p.w.part_len + j];
+            du[j] = s;
+        }
+        FN(winograd_kernel_grad)(g->cin, F, du, layer->grad[0]);
+    } else {
+        const FN(group_sums) sums = {g, &p.w, part, layer->grad[0]};
+        fusenn_parallel_ranges(fusenn_threads_for(p.w.groups * K * F, a->nthreads), K * F,
+                               FN(add_groups), &sums);
+    }
     if (g->bias) {
         const double *bpart = (const double *)((const char *)a->work + p.w.bpart_at);
         for (size_t j = 0; j < F; j++) {

@@ -20,26 +20,50 @@
  */
 
 /* U_xi = (G g G^T)_xi for every (c, f) of a 3x3 kernel w (3, 3, C, N), into
- * u (16 x C x N, xi = 4 row + column). */
+ * u (16 x C x N, xi = 4 row + column); along (c, f), in vectors. */
 static void FN(winograd_kernel)(size_t C, size_t N, const real *w, real *u)
 {
     const size_t CN = C * N;
+    const real half = (real)0.5;
+#pragma GCC ivdep
     for (size_t cf = 0; cf < CN; cf++) {
-        real g[3][3], t[4][3];
-        for (int i = 0; i < 3; i++)
-            for (int j = 0; j < 3; j++)
-                g[i][j] = w[(size_t)(i * 3 + j) * CN + cf];
-        for (int j = 0; j < 3; j++) { /* G g */
-            t[0][j] = g[0][j];
-            t[1][j] = (g[0][j] + g[1][j] + g[2][j]) * (real)0.5;
-            t[2][j] = (g[0][j] - g[1][j] + g[2][j]) * (real)0.5;
-            t[3][j] = g[2][j];
+        real t[4][3];
+        for (size_t j = 0; j < 3; j++) { /* G g */
+            const real g0 = w[j * CN + cf], g1 = w[(3 + j) * CN + cf], g2 = w[(6 + j) * CN + cf];
+            t[0][j] = g0;
+            t[1][j] = (g0 + g1 + g2) * half;
+            t[2][j] = (g0 - g1 + g2) * half;
+            t[3][j] = g2;
         }
-        for (int i = 0; i < 4; i++) { /* (G g) G^T */
-            u[(size_t)(i * 4 + 0) * CN + cf] = t[i][0];
-            u[(size_t)(i * 4 + 1) * CN + cf] = (t[i][0] + t[i][1] + t[i][2]) * (real)0.5;
-            u[(size_t)(i * 4 + 2) * CN + cf] = (t[i][0] - t[i][1] + t[i][2]) * (real)0.5;
-            u[(size_t)(i * 4 + 3) * CN + cf] = t[i][2];
+        for (size_t i = 0; i < 4; i++) { /* (G g) G^T */
+            u[(i * 4 + 0) * CN + cf] = t[i][0];
+            u[(i * 4 + 1) * CN + cf] = (t[i][0] + t[i][1] + t[i][2]) * half;
+            u[(i * 4 + 2) * CN + cf] = (t[i][0] - t[i][1] + t[i][2]) * half;
+            u[(i * 4 + 3) * CN + cf] = t[i][2];
+        }
+    }
+}
+
+/* The kernel's gradient from U's: dW = G^T dU_xi G for every (c, f), dU (16 x
+ * C x N) into dw (3, 3, C, N). */
+static void FN(winograd_kernel_grad)(size_t C, size_t N, const real *du, real *dw)
+{
+    const size_t CN = C * N;
+    const real half = (real)0.5;
+#pragma GCC ivdep
+    for (size_t cf = 0; cf < CN; cf++) {
+        real t[3][4];
+        for (size_t b = 0; b < 4; b++) { /* G^T dU */
+            const real d0 = du[b * CN + cf], d1 = du[(4 + b) * CN + cf];
+            const real d2 = du[(8 + b) * CN + cf], d3 = du[(12 + b) * CN + cf];
+            t[0][b] = d0 + (d1 + d2) * half;
+            t[1][b] = (d1 - d2) * half;
+            t[2][b] = (d1 + d2) * half + d3;
+        }
+        for (size_t i = 0; i < 3; i++) { /* (G^T dU) G */
+            dw[(i * 3 + 0) * CN + cf] = t[i][0] + (t[i][1] + t[i][2]) * half;
+            dw[(i * 3 + 1) * CN + cf] = (t[i][1] - t[i][2]) * half;
+            dw[(i * 3 + 2) * CN + cf] = (t[i][1] + t[i][2]) * half + t[i][3];
         }
     }
 }
@@ -230,5 +254,120 @@ static size_t FN(winograd_chunk)(const void *ctx, size_t c, real *slot)
     else
 #endif
         FN(winograd_output_generic)(q, N, mm, t0, t1, bias, p->relu, p->out, discard);
+    return failed;
+}
+
+/* dM of tiles [t0, t1) (as M: 16 N values a tile): A dZ A^T of each tile's 2x2
+ * outputs (zeros past the image's edge), dZ = dY relu'(y) first where relu
+ * (y's samples ldy apart), written back over dY; and the bias's sums, in
+ * double, tile by tile. */
+static ALWAYS_INLINE void FN(winograd_output_grad)(const patch_geom *q, size_t N, int relu,
+                                                   real *dz, const real *y, ptrdiff_t ldy,
+                                                   size_t t0, size_t t1, real *m,
+                                                   double *bsum, real *zeros)
+{
+    const size_t TW = winograd_tiles_w(q), per_image = winograd_tiles_h(q) * TW;
+    const size_t P = q->oh * q->ow;
+    for (size_t t = t0; t < t1; t++) {
+        const size_t i = t / per_image, oy = 2 * (t % per_image / TW), ox = 2 * (t % TW);
+        real *d[2][2];
+        const real *yy[2][2];
+        for (size_t a = 0; a < 2; a++)
+            for (size_t b = 0; b < 2; b++) {
+                const int inside = oy + a < q->oh && ox + b < q->ow;
+                const size_t at = ((oy + a) * q->ow + ox + b) * N;
+                d[a][b] = inside ? dz + i * P * N + at : zeros + (a * 2 + b) * N; /* stay 0 */
+                yy[a][b] = inside ? y + (ptrdiff_t)i * ldy + (ptrdiff_t)at : zeros;
+            }
+        real *restrict mt = m + (t - t0) * 16 * N;
+        real *restrict d00 = d[0][0], *restrict d01 = d[0][1];
+        real *restrict d10 = d[1][0], *restrict d11 = d[1][1];
+        if (relu)
+#pragma GCC ivdep
+            for (size_t f = 0; f < N; f++) {
+                d00[f] = yy[0][0][f] > 0 ? d00[f] : 0;
+                d01[f] = yy[0][1][f] > 0 ? d01[f] : 0;
+                d10[f] = yy[1][0][f] > 0 ? d10[f] : 0;
+                d11[f] = yy[1][1][f] > 0 ? d11[f] : 0;
+            }
+        if (bsum)
+#pragma GCC ivdep
+            for (size_t f = 0; f < N; f++)
+                bsum[f] += ((double)d00[f] + (double)d01[f]) + ((double)d10[f] + (double)d11[f]);
+#pragma GCC ivdep
+        for (size_t f = 0; f < N; f++) {
+            const real z[2][2] = {{d00[f], d01[f]}, {d10[f], d11[f]}};
+            real r[4][2]; /* A dZ */
+            for (size_t b = 0; b < 2; b++) {
+                r[0][b] = z[0][b];
+                r[1][b] = z[0][b] + z[1][b];
+                r[2][b] = z[0][b] - z[1][b];
+                r[3][b] = -z[1][b];
+            }
+            for (size_t a = 0; a < 4; a++) { /* (A dZ) A^T */
+                mt[(a * 4 + 0) * N + f] = r[a][0];
+                mt[(a * 4 + 1) * N + f] = r[a][0] + r[a][1];
+                mt[(a * 4 + 2) * N + f] = r[a][0] - r[a][1];
+                mt[(a * 4 + 3) * N + f] = -r[a][1];
+            }
+        }
+    }
+}
+
+#define WINOGRAD_OUTPUT_GRAD(N, ...)                                                        \
+    (relu ? FN(winograd_output_grad)(q, N, 1, __VA_ARGS__)                                 \
+          : FN(winograd_output_grad)(q, N, 0, __VA_ARGS__))
+#define WINOGRAD_GRAD_TRANSFORM(isa, attr)                                                 \
+    static NO_LIBC_CALLS attr void FN(winograd_output_grad_##isa)(                        \
+        const patch_geom *q, size_t N, int relu, real *dz, const real *y, ptrdiff_t ldy,    \
+        size_t t0, size_t t1, real *m, double *bsum, real *zeros)                           \
+    {                                                                                       \
+        switch (N) {                                                                        \
+        case 32: WINOGRAD_OUTPUT_GRAD(32, dz, y, ldy, t0, t1, m, bsum, zeros); break;            \
+        case 64: WINOGRAD_OUTPUT_GRAD(64, dz, y, ldy, t0, t1, m, bsum, zeros); break;            \
+        default: WINOGRAD_OUTPUT_GRAD(N, dz, y, ldy, t0, t1, m, bsum, zeros); break;             \
+        }                                                                                   \
+    }
+WINOGRAD_GRAD_TRANSFORM(generic, )
+#ifdef HAVE_X86_PATCHES
+WINOGRAD_GRAD_TRANSFORM(avx2, __attribute__((target("avx2"))))
+WINOGRAD_GRAD_TRANSFORM(avx512, __attribute__((target("avx512f,avx2"))))
+#endif
+#undef WINOGRAD_GRAD_TRANSFORM
+#undef WINOGRAD_OUTPUT_GRAD
+
+/* Chunk c of dW by Winograd, in slot: V of x's tiles, dM of dY's (dZ written
+ * back), then part's dU_xi (+)= V_xi^T dM_xi (= when first). */
+static size_t FN(winograd_weight_grad_chunk)(const FN(winograd_pass) *p, size_t c, int first,
+                                             const real *y, ptrdiff_t ldy, real *part,
+                                             double *bsum, real *slot)
+{
+    const patch_geom *q = p->q;
+    const size_t total = p->n * winograd_tiles_h(q) * winograd_tiles_w(q);
+    const size_t t0 = c * p->rows, t1 = FUSENN_MIN(total, t0 + p->rows), m = t1 - t0;
+    const size_t C = q->c, N = p->n_out;
+    real *v = slot, *mm = v + 16 * p->rows * C, *pad = mm + 16 * p->rows * N;
+    real *zeros = pad + 16 * C; /* 4 N */
+    for (size_t j = 0; j < 4 * N; j++)
+        zeros[j] = 0;
+#ifdef HAVE_X86_PATCHES
+    const int isa = fusenn_isa_level();
+    if (isa == FUSENN_ISA_AVX512) {
+        FN(winograd_input_avx512)(q, p->src, p->ld, t0, t1, v, pad);
+        FN(winograd_output_grad_avx512)(q, N, p->relu, p->out, y, ldy, t0, t1, mm, bsum, zeros);
+    } else if (isa == FUSENN_ISA_AVX2) {
+        FN(winograd_input_avx2)(q, p->src, p->ld, t0, t1, v, pad);
+        FN(winograd_output_grad_avx2)(q, N, p->relu, p->out, y, ldy, t0, t1, mm, bsum, zeros);
+    } else
+#endif
+    {
+        FN(winograd_input_generic)(q, p->src, p->ld, t0, t1, v, pad);
+        FN(winograd_output_grad_generic)(q, N, p->relu, p->out, y, ldy, t0, t1, mm, bsum, zeros);
+    }
+    size_t failed = 0;
+    for (size_t xi = 0; xi < 16; xi++) /* V_xi^T: C x m, its rows the tiles' values */
+        failed += FN(fusenn_gemm)(C, N, m, 1, v + xi * C, 1, (ptrdiff_t)(16 * C), mm + xi * N,
+                                  (ptrdiff_t)(16 * N), 1, first ? 0 : 1, part + xi * C * N,
+                                  (ptrdiff_t)N, 1, 1) != FUSENN_OK;
     return failed;
 }
