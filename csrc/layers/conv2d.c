@@ -170,6 +170,12 @@ static inline int winograd_input_grad(const conv_geom *g)
     return bwd_is_conv(g) && winograd_applies(&g->bwd, g->cin);
 }
 
+/* The stride of V's and M's 16 planes of `rows` tiles x c values, plane xi
+ * holding the operand of product xi: a cache line past the rows, so that the
+ * planes' rows of a tile do not all fall in one L1 set (at 16 KB apart they
+ * had made the input transform a third of VGG's conv2 forward). */
+static inline size_t winograd_plane(size_t rows, size_t c) { return rows * c + V64_LANES; }
+
 /* A pass's 2x2 output tiles per image. */
 static inline size_t winograd_tiles_h(const patch_geom *q) { return (q->oh + 1) / 2; }
 static inline size_t winograd_tiles_w(const patch_geom *q) { return (q->ow + 1) / 2; }
@@ -322,11 +328,13 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
         w.slot_len = FUSENN_MAX(w.slot_len, 16 * g->cin * g->f);
     /* V and M of a chunk, a tile's padded copy, its discarded outputs and the bias */
     if (wino)
-        w.slot_len = FUSENN_MAX(w.slot_len, 16 * w.wino_rows * (g->cin + g->f) + 16 * g->cin +
-                                                5 * g->f);
+        w.slot_len = FUSENN_MAX(w.slot_len, 16 * (winograd_plane(w.wino_rows, g->cin) +
+                                                  winograd_plane(w.wino_rows, g->f)) +
+                                                16 * g->cin + 5 * g->f);
     if (wino_bwd)
-        w.slot_len = FUSENN_MAX(w.slot_len, 16 * w.wino_rows_bwd * (g->cin + g->f) + 16 * g->f +
-                                                5 * g->cin);
+        w.slot_len = FUSENN_MAX(w.slot_len, 16 * (winograd_plane(w.wino_rows_bwd, g->f) +
+                                                  winograd_plane(w.wino_rows_bwd, g->cin)) +
+                                                16 * g->f + 5 * g->cin);
     if (fwd_pointers)
         w.slot_len = FUSENN_MAX(w.slot_len, (w.rows + 16) * taps * ptr_reals);
     if (bwd_pointers)
@@ -1362,6 +1370,24 @@ static size_t FN(add_groups)(const void *ctx, size_t j0, size_t j1)
     return 0;
 }
 
+/* Winograd's dU from the groups' partial sums, elements [j0, j1), the groups in order. */
+typedef struct {
+    const real *part;
+    real *du;
+    size_t len, groups;
+} FN(dU_sums);
+
+static size_t FN(add_dU_groups)(const void *ctx, size_t j0, size_t j1)
+{
+    const FN(dU_sums) *p = ctx;
+    for (size_t j = j0; j < j1; j++)
+        p->du[j] = p->part[j];
+    for (size_t gi = 1; gi < p->groups; gi++)
+        for (size_t j = j0; j < j1; j++)
+            p->du[j] += p->part[gi * p->len + j];
+    return 0;
+}
+
 static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
 {
     FN(conv_bwd) p = {.n = a->n, .x = a->x, .ldx = a->ldx, .y = a->y, .ldy = a->ldy,
@@ -1381,14 +1407,10 @@ static int FN(conv2d_backward)(const FN(layer) *layer, FN(backward_args) *a)
         return FUSENN_ENOMEM;
     const real *part = (const real *)((const char *)a->work + p.w.part_at);
     if (p.w.wino_rows) { /* the groups' dU added in order (in slot 0), then dW = G^T dU G */
-        real *du = FN(slot)(&p.w, a->work, 0);
-        for (size_t j = 0; j < p.w.part_len; j++) {
-            real s = part[j];
-            for (size_t gi = 1; gi < p.w.groups; gi++)
-                s += part[gi * p.w.part_len + j];
-            du[j] = s;
-        }
-        FN(winograd_kernel_grad)(g->cin, F, du, layer->grad[0]);
+        const FN(dU_sums) sums = {part, FN(slot)(&p.w, a->work, 0), p.w.part_len, p.w.groups};
+        fusenn_parallel_ranges(fusenn_threads_for(p.w.groups * p.w.part_len, a->nthreads),
+                               p.w.part_len, FN(add_dU_groups), &sums);
+        FN(winograd_kernel_grad)(g->cin, F, sums.du, layer->grad[0]);
     } else {
         const FN(group_sums) sums = {g, &p.w, part, layer->grad[0]};
         fusenn_parallel_ranges(fusenn_threads_for(p.w.groups * K * F, a->nthreads), K * F,

@@ -69,10 +69,10 @@ static void FN(winograd_kernel_grad)(size_t C, size_t N, const real *du, real *d
 }
 
 /* A tile's B^T d B over C channels, d[a][b] at d + a rs + b C (c-th value at
- * c), into v (16 x C, xi = 4 a + b): channel by channel, which the compiler
- * makes vectors of; C is a constant where the caller's is. */
+ * c), into v (element xi = 4 a + b at v + xi xs): channel by channel, which
+ * the compiler makes vectors of; C is a constant where the caller's is. */
 static ALWAYS_INLINE void FN(winograd_input_tile)(const real *d, ptrdiff_t rs, size_t C,
-                                                  real *restrict v)
+                                                  real *restrict v, size_t xs)
 {
     const real *r0 = d, *r1 = d + rs, *r2 = d + 2 * rs, *r3 = d + 3 * rs;
 #pragma GCC ivdep
@@ -85,20 +85,20 @@ static ALWAYS_INLINE void FN(winograd_input_tile)(const real *d, ptrdiff_t rs, s
             s[3][b] = r1[b * C + c] - r3[b * C + c];
         }
         for (size_t a = 0; a < 4; a++) { /* (B^T d) B */
-            v[(a * 4 + 0) * C + c] = s[a][0] - s[a][2];
-            v[(a * 4 + 1) * C + c] = s[a][1] + s[a][2];
-            v[(a * 4 + 2) * C + c] = s[a][2] - s[a][1];
-            v[(a * 4 + 3) * C + c] = s[a][1] - s[a][3];
+            v[(a * 4 + 0) * xs + c] = s[a][0] - s[a][2];
+            v[(a * 4 + 1) * xs + c] = s[a][1] + s[a][2];
+            v[(a * 4 + 2) * xs + c] = s[a][2] - s[a][1];
+            v[(a * 4 + 3) * xs + c] = s[a][1] - s[a][3];
         }
     }
 }
 
-/* V of tiles [t0, t1) of the images at src (sample stride ld), tile by tile
- * (16 C values each, V_xi's row t - t0 at v + (t - t0) 16 C + xi C). A tile
- * reaching into the padding is first copied, with zeros, into pad (16 C). */
+/* V of tiles [t0, t1) of the images at src (sample stride ld): V_xi's row
+ * t - t0 at v + xi xs + (t - t0) C, planes xs apart. A tile reaching into the
+ * padding is first copied, with zeros, into pad (16 C). */
 static ALWAYS_INLINE void FN(winograd_input)(const patch_geom *q, size_t C, const real *src,
                                              ptrdiff_t ld, size_t t0, size_t t1, real *v,
-                                             real *pad)
+                                             real *pad, size_t xs)
 {
     const size_t TW = winograd_tiles_w(q), per_image = winograd_tiles_h(q) * TW;
     const ptrdiff_t H = (ptrdiff_t)q->h, W = (ptrdiff_t)q->w;
@@ -106,9 +106,10 @@ static ALWAYS_INLINE void FN(winograd_input)(const patch_geom *q, size_t C, cons
         const size_t i = t / per_image, ty = t % per_image / TW, tx = t % TW;
         const real *x = src + (ptrdiff_t)i * ld;
         const ptrdiff_t h0 = (ptrdiff_t)(2 * ty) - q->top, w0 = (ptrdiff_t)(2 * tx) - q->left;
-        real *out = v + (t - t0) * 16 * C;
+        real *out = v + (t - t0) * C;
         if (h0 >= 0 && h0 + 4 <= H && w0 >= 0 && w0 + 4 <= W) {
-            FN(winograd_input_tile)(x + (h0 * W + w0) * (ptrdiff_t)C, W * (ptrdiff_t)C, C, out);
+            FN(winograd_input_tile)(x + (h0 * W + w0) * (ptrdiff_t)C, W * (ptrdiff_t)C, C, out,
+                                    xs);
             continue;
         }
         for (ptrdiff_t a = 0; a < 4; a++)
@@ -120,17 +121,18 @@ static ALWAYS_INLINE void FN(winograd_input)(const patch_geom *q, size_t C, cons
                 else
                     FN(zero)(to, C);
             }
-        FN(winograd_input_tile)(pad, 4 * (ptrdiff_t)C, C, out);
+        FN(winograd_input_tile)(pad, 4 * (ptrdiff_t)C, C, out, xs);
     }
 }
 
-/* The outputs of tiles [t0, t1) from M (as V: 16 N values a tile): A^T M A,
+/* The outputs of tiles [t0, t1) from M (as V: planes xs apart): A^T M A,
  * plus the bias (zeros where there is none), then relu or nothing, into out
  * (rows of N, the images' oh x ow positions one after the other); a tile's
  * outputs past the image's edge go to discard's rows (4 N values). */
 static ALWAYS_INLINE void FN(winograd_output)(const patch_geom *q, size_t N, int relu,
-                                              const real *m, size_t t0, size_t t1,
-                                              const real *bias, real *out, real *discard)
+                                              const real *m, size_t xs, size_t t0,
+                                              size_t t1, const real *bias, real *out,
+                                              real *discard)
 {
     const size_t TW = winograd_tiles_w(q), per_image = winograd_tiles_h(q) * TW;
     const size_t P = q->oh * q->ow;
@@ -142,15 +144,15 @@ static ALWAYS_INLINE void FN(winograd_output)(const patch_geom *q, size_t N, int
                 y[a][b] = oy + a < q->oh && ox + b < q->ow
                               ? out + (i * P + (oy + a) * q->ow + ox + b) * N
                               : discard + (a * 2 + b) * N;
-        const real *restrict mt = m + (t - t0) * 16 * N;
+        const real *restrict mt = m + (t - t0) * N;
         real *restrict y00 = y[0][0], *restrict y01 = y[0][1];
         real *restrict y10 = y[1][0], *restrict y11 = y[1][1];
 #pragma GCC ivdep
         for (size_t f = 0; f < N; f++) {
             real s[2][4];
             for (size_t b = 0; b < 4; b++) { /* A^T M */
-                const real m0 = mt[(0 * 4 + b) * N + f], m1 = mt[(1 * 4 + b) * N + f];
-                const real m2 = mt[(2 * 4 + b) * N + f], m3 = mt[(3 * 4 + b) * N + f];
+                const real m0 = mt[(0 * 4 + b) * xs + f], m1 = mt[(1 * 4 + b) * xs + f];
+                const real m2 = mt[(2 * 4 + b) * xs + f], m3 = mt[(3 * 4 + b) * xs + f];
                 s[0][b] = m0 + m1 + m2;
                 s[1][b] = m1 - m2 - m3;
             }
@@ -187,15 +189,15 @@ static ALWAYS_INLINE void FN(winograd_output)(const patch_geom *q, size_t N, int
 #define WINOGRAD_TRANSFORMS(isa, attr)                                                     \
     static NO_LIBC_CALLS attr void FN(winograd_input_##isa)(                              \
         const patch_geom *q, const real *src, ptrdiff_t ld, size_t t0, size_t t1, real *v,  \
-        real *pad)                                                                          \
+        real *pad, size_t xs)                                                               \
     {                                                                                       \
-        WINOGRAD_SIZES(WINOGRAD_INPUT, q->c, src, ld, t0, t1, v, pad)                       \
+        WINOGRAD_SIZES(WINOGRAD_INPUT, q->c, src, ld, t0, t1, v, pad, xs)                   \
     }                                                                                       \
     static NO_LIBC_CALLS attr void FN(winograd_output_##isa)(                             \
-        const patch_geom *q, size_t N, const real *m, size_t t0, size_t t1,                 \
+        const patch_geom *q, size_t N, const real *m, size_t xs, size_t t0, size_t t1,      \
         const real *bias, int relu, real *out, real *discard)                               \
     {                                                                                       \
-        WINOGRAD_SIZES(WINOGRAD_OUTPUT, N, m, t0, t1, bias, out, discard)                   \
+        WINOGRAD_SIZES(WINOGRAD_OUTPUT, N, m, xs, t0, t1, bias, out, discard)               \
     }
 WINOGRAD_TRANSFORMS(generic, )
 #ifdef HAVE_X86_PATCHES
@@ -227,43 +229,43 @@ static size_t FN(winograd_chunk)(const void *ctx, size_t c, real *slot)
     const size_t total = p->n * winograd_tiles_h(q) * winograd_tiles_w(q);
     const size_t t0 = c * p->rows, t1 = FUSENN_MIN(total, t0 + p->rows), m = t1 - t0;
     const size_t C = q->c, N = p->n_out;
-    real *v = slot, *mm = v + 16 * p->rows * C, *pad = mm + 16 * p->rows * N;
+    const size_t vs = winograd_plane(p->rows, C), ms = winograd_plane(p->rows, N);
+    real *v = slot, *mm = v + 16 * vs, *pad = mm + 16 * ms;
     real *discard = pad + 16 * C, *bias = discard + 4 * N;
     for (size_t f = 0; f < N; f++) /* adding a zero bias turns -0 into +0, nothing else */
         bias[f] = p->bias ? p->bias[f] : 0;
 #ifdef HAVE_X86_PATCHES
     const int isa = fusenn_isa_level();
     if (isa == FUSENN_ISA_AVX512)
-        FN(winograd_input_avx512)(q, p->src, p->ld, t0, t1, v, pad);
+        FN(winograd_input_avx512)(q, p->src, p->ld, t0, t1, v, pad, vs);
     else if (isa == FUSENN_ISA_AVX2)
-        FN(winograd_input_avx2)(q, p->src, p->ld, t0, t1, v, pad);
+        FN(winograd_input_avx2)(q, p->src, p->ld, t0, t1, v, pad, vs);
     else
 #endif
-        FN(winograd_input_generic)(q, p->src, p->ld, t0, t1, v, pad);
+        FN(winograd_input_generic)(q, p->src, p->ld, t0, t1, v, pad, vs);
     size_t failed = 0;
-    for (size_t xi = 0; xi < 16; xi++) /* M_xi = V_xi U_xi: rows 16 C and 16 N apart */
-        failed += FN(fusenn_gemm_with_packed_b)(p->packed, m, 1, v + xi * C,
-                                                (ptrdiff_t)(16 * C), 1,
-                                                p->up + xi * p->packed->len, 0, mm + xi * N,
-                                                (ptrdiff_t)(16 * N), NULL) != FUSENN_OK;
+    for (size_t xi = 0; xi < 16; xi++) /* M_xi = V_xi U_xi */
+        failed += FN(fusenn_gemm_with_packed_b)(p->packed, m, 1, v + xi * vs, (ptrdiff_t)C, 1,
+                                                p->up + xi * p->packed->len, 0, mm + xi * ms,
+                                                (ptrdiff_t)N, NULL) != FUSENN_OK;
 #ifdef HAVE_X86_PATCHES
     if (isa == FUSENN_ISA_AVX512)
-        FN(winograd_output_avx512)(q, N, mm, t0, t1, bias, p->relu, p->out, discard);
+        FN(winograd_output_avx512)(q, N, mm, ms, t0, t1, bias, p->relu, p->out, discard);
     else if (isa == FUSENN_ISA_AVX2)
-        FN(winograd_output_avx2)(q, N, mm, t0, t1, bias, p->relu, p->out, discard);
+        FN(winograd_output_avx2)(q, N, mm, ms, t0, t1, bias, p->relu, p->out, discard);
     else
 #endif
-        FN(winograd_output_generic)(q, N, mm, t0, t1, bias, p->relu, p->out, discard);
+        FN(winograd_output_generic)(q, N, mm, ms, t0, t1, bias, p->relu, p->out, discard);
     return failed;
 }
 
-/* dM of tiles [t0, t1) (as M: 16 N values a tile): A dZ A^T of each tile's 2x2
+/* dM of tiles [t0, t1) (as M: planes xs apart): A dZ A^T of each tile's 2x2
  * outputs (zeros past the image's edge), dZ = dY relu'(y) first where relu
  * (y's samples ldy apart), written back over dY; and the bias's sums, in
  * double, tile by tile. */
 static ALWAYS_INLINE void FN(winograd_output_grad)(const patch_geom *q, size_t N, int relu,
                                                    real *dz, const real *y, ptrdiff_t ldy,
-                                                   size_t t0, size_t t1, real *m,
+                                                   size_t t0, size_t t1, real *m, size_t xs,
                                                    double *bsum, real *zeros)
 {
     const size_t TW = winograd_tiles_w(q), per_image = winograd_tiles_h(q) * TW;
@@ -279,7 +281,7 @@ static ALWAYS_INLINE void FN(winograd_output_grad)(const patch_geom *q, size_t N
                 d[a][b] = inside ? dz + i * P * N + at : zeros + (a * 2 + b) * N; /* stay 0 */
                 yy[a][b] = inside ? y + (ptrdiff_t)i * ldy + (ptrdiff_t)at : zeros;
             }
-        real *restrict mt = m + (t - t0) * 16 * N;
+        real *restrict mt = m + (t - t0) * N;
         real *restrict d00 = d[0][0], *restrict d01 = d[0][1];
         real *restrict d10 = d[1][0], *restrict d11 = d[1][1];
         if (relu)
@@ -305,10 +307,10 @@ static ALWAYS_INLINE void FN(winograd_output_grad)(const patch_geom *q, size_t N
                 r[3][b] = -z[1][b];
             }
             for (size_t a = 0; a < 4; a++) { /* (A dZ) A^T */
-                mt[(a * 4 + 0) * N + f] = r[a][0];
-                mt[(a * 4 + 1) * N + f] = r[a][0] + r[a][1];
-                mt[(a * 4 + 2) * N + f] = r[a][0] - r[a][1];
-                mt[(a * 4 + 3) * N + f] = -r[a][1];
+                mt[(a * 4 + 0) * xs + f] = r[a][0];
+                mt[(a * 4 + 1) * xs + f] = r[a][0] + r[a][1];
+                mt[(a * 4 + 2) * xs + f] = r[a][0] - r[a][1];
+                mt[(a * 4 + 3) * xs + f] = -r[a][1];
             }
         }
     }
@@ -320,12 +322,12 @@ static ALWAYS_INLINE void FN(winograd_output_grad)(const patch_geom *q, size_t N
 #define WINOGRAD_GRAD_TRANSFORM(isa, attr)                                                 \
     static NO_LIBC_CALLS attr void FN(winograd_output_grad_##isa)(                        \
         const patch_geom *q, size_t N, int relu, real *dz, const real *y, ptrdiff_t ldy,    \
-        size_t t0, size_t t1, real *m, double *bsum, real *zeros)                           \
+        size_t t0, size_t t1, real *m, size_t xs, double *bsum, real *zeros)                \
     {                                                                                       \
         switch (N) {                                                                        \
-        case 32: WINOGRAD_OUTPUT_GRAD(32, dz, y, ldy, t0, t1, m, bsum, zeros); break;            \
-        case 64: WINOGRAD_OUTPUT_GRAD(64, dz, y, ldy, t0, t1, m, bsum, zeros); break;            \
-        default: WINOGRAD_OUTPUT_GRAD(N, dz, y, ldy, t0, t1, m, bsum, zeros); break;             \
+        case 32: WINOGRAD_OUTPUT_GRAD(32, dz, y, ldy, t0, t1, m, xs, bsum, zeros); break;            \
+        case 64: WINOGRAD_OUTPUT_GRAD(64, dz, y, ldy, t0, t1, m, xs, bsum, zeros); break;            \
+        default: WINOGRAD_OUTPUT_GRAD(N, dz, y, ldy, t0, t1, m, xs, bsum, zeros); break;             \
         }                                                                                   \
     }
 WINOGRAD_GRAD_TRANSFORM(generic, )
@@ -346,28 +348,29 @@ static size_t FN(winograd_weight_grad_chunk)(const FN(winograd_pass) *p, size_t 
     const size_t total = p->n * winograd_tiles_h(q) * winograd_tiles_w(q);
     const size_t t0 = c * p->rows, t1 = FUSENN_MIN(total, t0 + p->rows), m = t1 - t0;
     const size_t C = q->c, N = p->n_out;
-    real *v = slot, *mm = v + 16 * p->rows * C, *pad = mm + 16 * p->rows * N;
+    const size_t vs = winograd_plane(p->rows, C), ms = winograd_plane(p->rows, N);
+    real *v = slot, *mm = v + 16 * vs, *pad = mm + 16 * ms;
     real *zeros = pad + 16 * C; /* 4 N */
     for (size_t j = 0; j < 4 * N; j++)
         zeros[j] = 0;
 #ifdef HAVE_X86_PATCHES
     const int isa = fusenn_isa_level();
     if (isa == FUSENN_ISA_AVX512) {
-        FN(winograd_input_avx512)(q, p->src, p->ld, t0, t1, v, pad);
-        FN(winograd_output_grad_avx512)(q, N, p->relu, p->out, y, ldy, t0, t1, mm, bsum, zeros);
+        FN(winograd_input_avx512)(q, p->src, p->ld, t0, t1, v, pad, vs);
+        FN(winograd_output_grad_avx512)(q, N, p->relu, p->out, y, ldy, t0, t1, mm, ms, bsum, zeros);
     } else if (isa == FUSENN_ISA_AVX2) {
-        FN(winograd_input_avx2)(q, p->src, p->ld, t0, t1, v, pad);
-        FN(winograd_output_grad_avx2)(q, N, p->relu, p->out, y, ldy, t0, t1, mm, bsum, zeros);
+        FN(winograd_input_avx2)(q, p->src, p->ld, t0, t1, v, pad, vs);
+        FN(winograd_output_grad_avx2)(q, N, p->relu, p->out, y, ldy, t0, t1, mm, ms, bsum, zeros);
     } else
 #endif
     {
-        FN(winograd_input_generic)(q, p->src, p->ld, t0, t1, v, pad);
-        FN(winograd_output_grad_generic)(q, N, p->relu, p->out, y, ldy, t0, t1, mm, bsum, zeros);
+        FN(winograd_input_generic)(q, p->src, p->ld, t0, t1, v, pad, vs);
+        FN(winograd_output_grad_generic)(q, N, p->relu, p->out, y, ldy, t0, t1, mm, ms, bsum, zeros);
     }
     size_t failed = 0;
-    for (size_t xi = 0; xi < 16; xi++) /* V_xi^T: C x m, its rows the tiles' values */
-        failed += FN(fusenn_gemm)(C, N, m, 1, v + xi * C, 1, (ptrdiff_t)(16 * C), mm + xi * N,
-                                  (ptrdiff_t)(16 * N), 1, first ? 0 : 1, part + xi * C * N,
+    for (size_t xi = 0; xi < 16; xi++) /* V_xi^T: C x m, read transposed */
+        failed += FN(fusenn_gemm)(C, N, m, 1, v + xi * vs, 1, (ptrdiff_t)C, mm + xi * ms,
+                                  (ptrdiff_t)N, 1, first ? 0 : 1, part + xi * C * N,
                                   (ptrdiff_t)N, 1, 1) != FUSENN_OK;
     return failed;
 }
