@@ -284,15 +284,16 @@ def test_conv2d_by_pointer_is_bitwise_the_patch_matrix_product(case, dtype):
     assert np.array_equal(dx, want.reshape(dx.shape))
 
 
-# Winograd's F(2x2, 3x3) (csrc/layers/conv2d_winograd.h) computes the forward (relu or
-# no activation) and the stride-1 input gradient of 3x3, stride-1, undilated convolutions
-# with a 64-byte vector of channels in and out: 16 values in float32, 8 in float64.
-# name -> (x shape, filters, padding)
+# Winograd's F(2x2, 3x3) (csrc/layers/conv2d_winograd.h) computes the forward and dW (relu
+# or no activation) and the stride-1 input gradient (any activation) of 3x3, stride-1,
+# undilated convolutions with a 64-byte vector of channels in and out: 16 values in
+# float32, 8 in float64. name -> (x shape, filters, padding)
 WINOGRAD_CASES = {
     "same-even": ((2, 8, 6, 16), 16, "same"),
     "same-odd": ((3, 7, 9, 17), 20, "same"),  # partial tiles; channels past a vector
     "valid-odd": ((2, 9, 7, 33), 16, "valid"),
     "asymmetric-pads": ((1, 5, 6, 16), 24, ((0, 2), (1, 0))),
+    "pads-past-kernel": ((1, 6, 5, 16), 16, ((3, 1), (0, 4))),  # dX's window starts inside
     "one-output": ((1, 3, 3, 16), 16, "valid"),
     "one-pixel-same": ((2, 1, 1, 16), 16, "same"),
     "vgg-conv2": ((2, 28, 28, 32), 32, "same"),
@@ -300,40 +301,47 @@ WINOGRAD_CASES = {
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("activation", ["relu", "identity"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("activation", ["relu", "identity", "tanh"])
 @pytest.mark.parametrize("case", WINOGRAD_CASES)
-def test_conv2d_winograd_against_the_reference(case, activation, dtype):
-    """The forward, dW, db and dX against the reference; and the forward, dW and dX are
-    not the bits of the patch GEMM (fusenn.matmul on the reference's im2col), so these
-    cases really take Winograd's transforms."""
+def test_conv2d_winograd_against_the_reference(case, activation, bias, dtype):
+    """The forward, dW, db and dX against the reference; and what takes Winograd's
+    transforms (the forward and dW with relu or none, dX always) is not the bits of the
+    patch GEMM (fusenn.matmul on the reference's im2col), so these cases really take
+    them. With tanh the forward and dW keep the patch GEMM and dX, by Winograd, reads the
+    dZ that dW wrote."""
     xs, f, padding = WINOGRAD_CASES[case]
     rng = np.random.default_rng(21)
     x = rng.standard_normal(xs).astype(dtype)
     w = (rng.standard_normal((3, 3, xs[3], f)) / np.sqrt(9 * xs[3])).astype(dtype)
-    b = rng.standard_normal(f).astype(dtype)
+    b = rng.standard_normal(f).astype(dtype) if bias else None
     pad = pads(padding, xs[1:3], (3, 3), (1, 1))
     dw, db, dx = check_conv(x, w, b, dict(padding=pad), activation, dtype)
     y = ops.conv2d_forward(x, w, b, padding=pad, activation=activation)
     cols = ref._im2col(x, (3, 3), (1, 1), pad, (1, 1)).reshape(-1, 9 * xs[3])
-    gemm = (fusenn.matmul(cols, w.reshape(-1, f)) + b).reshape(y.shape)
-    if activation == "relu":
-        gemm = np.maximum(gemm, 0)
-    # a 1x1 image reads only the centre tap: a product and zeros, exact either way
+    gemm = fusenn.matmul(cols, w.reshape(-1, f)).reshape(y.shape) + (0 if b is None else b)
     dz = np.random.default_rng(3).standard_normal(y.shape).astype(dtype)  # check_conv's dy
     if activation == "relu":
+        gemm = np.maximum(gemm, 0)
         dz = dz * (ref.conv2d_forward(x, w, b, padding=pad, activation="relu") > 0)
-    if xs[1] * xs[2] > 1:
+    # a 1x1 image reads only the centre tap: a product and zeros, exact either way; the
+    # patch path's dW is one product only while its rows fit one chunk (432 rows here)
+    if xs[1] * xs[2] > 1 and activation != "tanh":
         assert not np.array_equal(y, gemm)
-        assert not np.array_equal(dw, (fusenn.matmul(np.ascontiguousarray(cols.T),
-                                                     dz.reshape(-1, f))).reshape(dw.shape))
-    dy = rng.standard_normal(y.shape).astype(dtype)
-    dx = ops.conv2d_backward(x, w, y, dy, padding=pad, activation="identity")[2]
+        if y.shape[0] * y.shape[1] * y.shape[2] <= 432:
+            assert not np.array_equal(dw, fusenn.matmul(np.ascontiguousarray(cols.T),
+                                                        dz.reshape(-1, f)).reshape(dw.shape))
     back = tuple((2 - p[0], xs[a + 1] - y.shape[a + 1] + p[0]) for a, p in enumerate(pad))
+    if min(min(p) for p in back) < 0:  # dX's window starts inside dy: check_conv covers it
+        return
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx = ops.conv2d_backward(x, w, y, dy, padding=pad, activation="identity", bias=bias)[2]
     dcols = ref._im2col(dy, (3, 3), (1, 1), back, (1, 1)).reshape(-1, 9 * f)
     flipped = np.ascontiguousarray(w[::-1, ::-1].transpose(0, 1, 3, 2).reshape(-1, xs[3]))
-    assert_close(dx, fusenn.matmul(dcols, flipped).reshape(dx.shape), dtype, 9 * f)
+    gemm_dx = fusenn.matmul(dcols, flipped).reshape(dx.shape)
+    assert_close(dx, gemm_dx, dtype, 9 * f)
     if xs[1] * xs[2] > 1:
-        assert not np.array_equal(dx, fusenn.matmul(dcols, flipped).reshape(dx.shape))
+        assert not np.array_equal(dx, gemm_dx)
 
 
 def test_conv2d_winograd_gradients_are_finite_differences():
@@ -356,7 +364,7 @@ def test_conv2d_winograd_gradients_are_finite_differences():
 
 
 # (input height, width, kernel, strides, padding): 42 output rows (2x2: a 3x3 kernel with
-# 16 or more filters takes Winograd's dW); and a 1x1 kernel at stride 2 over 85 x 47,
+# a vector of filters takes Winograd's dW); and a 1x1 kernel at stride 2 over 85 x 47,
 # 1032 rows, the deepest chunk, past a 1024-deep kc block
 BY_POINTER_DW = {"2x2-same-42-rows": (6, 7, 2, 1, "same"),
                  "1x1-stride2-1032-rows": (85, 47, 1, 2, "valid")}
@@ -643,6 +651,14 @@ CNNS = {
         fusenn.Conv2D(5, 3, padding="same", activation="relu"), fusenn.MaxPooling2D(),
         fusenn.Conv2D(6, 2, strides=2, activation="relu"), fusenn.GlobalMaxPooling2D(),
         fusenn.Dense(3, "softmax")], "cross_entropy", (3,)),
+    # the second and third convolutions take Winograd's method (16 channels in and out:
+    # float32's vector; the first also in float64), the third after max pooling, so its
+    # dW starts from dZ (dy_is_dz); the last has no bias
+    "winograd": ((9, 7, 3), lambda: [
+        fusenn.Conv2D(16, 3, padding="same", activation="relu"),
+        fusenn.Conv2D(16, 3, padding="same", activation="relu"), fusenn.MaxPooling2D(),
+        fusenn.Conv2D(16, 3, padding="same", activation="relu", use_bias=False),
+        fusenn.Flatten(), fusenn.Dense(3, "softmax")], "cross_entropy", (3,)),
     "conv-last-mse": ((6, 7, 2), lambda: [
         fusenn.Conv2D(4, 3, padding="same", activation="relu"),
         fusenn.Conv2D(2, 3, padding="same", activation="gelu_tanh")], "mse", (6, 7, 2)),
@@ -691,7 +707,7 @@ def test_cnn_engine_is_bitwise_the_op_by_op_path(net, dtype):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("net", ["conv-pool-same", "global-max"])
+@pytest.mark.parametrize("net", ["conv-pool-same", "global-max", "winograd"])
 def test_cnn_engine_agrees_with_the_numpy_backend(net, dtype):
     in_shape, _, loss, out_shape = CNNS[net]
     X, y = cnn_data(48, in_shape, loss, out_shape, dtype)
@@ -705,9 +721,11 @@ def test_cnn_engine_agrees_with_the_numpy_backend(net, dtype):
 
 
 def test_cnn_weights_are_bitwise_identical_for_1_to_3_threads():
-    """Large enough that the conv GEMMs, dW groups, pooling and BatchNorm run in parallel."""
+    """Large enough that the conv GEMMs, dW groups, pooling and BatchNorm run in parallel;
+    the second convolution takes Winograd's method."""
     def layers():
         return [fusenn.Conv2D(16, 3, padding="same", activation="relu"),
+                fusenn.Conv2D(16, 3, padding="same", activation="relu"),
                 fusenn.MaxPooling2D(), fusenn.BatchNorm(),
                 fusenn.Conv2D(16, 3, strides=2, activation="relu"),
                 fusenn.AveragePooling2D(), fusenn.Flatten(), fusenn.Dense(10, "softmax")]

@@ -224,7 +224,7 @@ def floor(dtype, terms=1):
 def check(got, want, bound, what, signed_zeros=False):
     """got vs want: same type/shape/dtype; same NaN and signed-inf pattern;
     |got - want| <= bound elsewhere (bound broadcast, float64), where an inf counts
-    as within a bound that reaches past the dtype's largest finite value."""
+    as within a bound that reaches past the dtype's largest finite value on its side."""
     if isinstance(want, float):
         assert type(got) is float, f"{what}: expected a Python float, got {type(got)}"
     else:
@@ -243,9 +243,12 @@ def check(got, want, bound, what, signed_zeros=False):
     fin = np.isfinite(w)
     with np.errstate(invalid="ignore", over="ignore"):
         err = np.abs(g - w)
-    # where the bound reaches past the dtype's largest value, an overflow to inf is within it
+    # where the bound reaches past the dtype's largest value, an overflow to inf of that
+    # sign is within it
     top = float(np.finfo(want.dtype if isinstance(want, np.ndarray) else np.float64).max)
-    overflowed = fin & np.isinf(g) & (np.abs(w) + bound > top)
+    with np.errstate(invalid="ignore"):
+        overflowed = fin & (((g == np.inf) & (w + bound > top)) |
+                            ((g == -np.inf) & (w - bound < -top)))
     bad |= fin & ~(err <= bound) & ~overflowed
     if signed_zeros:
         bad |= (w == 0) & (g == 0) & (np.signbit(w) != np.signbit(g))

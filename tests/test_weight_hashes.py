@@ -55,7 +55,7 @@ CASES = {
     "dropout-first-relu-ce-adam": (
         lambda: [fusenn.Dropout(0.1), D(256, "relu"), D(128, "relu"), D(10, "softmax")],
         "cross_entropy", lambda: fusenn.Adam(lr=1e-3), 300, 10),
-    # convolutions by im2col and by tap pointers (forward, dX, dW), pooling
+    # convolutions by im2col and by Winograd's F(2x2, 3x3) (forward, dX, dW), pooling
     "conv-pool-flatten-ce-momentum": (
         lambda: [C(32, 3, padding="same", activation="relu"),
                  C(16, 3, padding="same", activation="relu"), fusenn.MaxPooling2D(2),

@@ -45,7 +45,8 @@ static const char *const conv2d_attrs[] = {
 /* Chunks are about this many bytes of patches (a multiple of both GEMM tile
  * heights in rows, within [CONV_MIN_ROWS, CONV_MAX_ROWS]); at most CONV_SLOTS
  * threads, one chunk buffer each; dW sums its chunks in at most CONV_GROUPS
- * groups, handed out to the threads one at a time. The chunk is dW's depth:
+ * groups (Winograd's dW in at most CONV_SLOTS), handed out to the threads one
+ * at a time. The chunk is dW's depth:
  * each chunk's product is stored into the group's partial sums, so it fixes
  * dW's bits. At 128 KB VGG's conv3 and conv4 summed 96 and 48 rows; at
  * 512 KB (432 and 216 rows) their dW took 7-14% and 14-16% less on two
@@ -261,14 +262,16 @@ static inline size_t row_len(const patch_geom *g)
     return (size_t)(FUSENN_MAX(reach, (ptrdiff_t)g->w) - row_lo(g));
 }
 
-/* The workspace: slots of chunk patches, the flipped kernel W', and dW's
- * group partials (kernel, then bias in double). Offsets in bytes. */
+/* The workspace: slots of chunk patches (or Winograd's V and M), the flipped
+ * kernel W', W or W' packed, Winograd's 16 packed U_xi, and dW's group
+ * partials (kernel, then bias in double). Offsets in bytes. */
 typedef struct {
     size_t rows, rows_bwd;   /* chunk rows of the forward / dW, and of dX */
     size_t slots, slot_len;  /* slot_len in reals */
     size_t dzt_at;           /* where a slot's dZ^T starts (one_channel_direct) */
     size_t groups;           /* dW's */
-    size_t part_len;         /* a group's partial dW: K F, or direct_weight_grad's vectors */
+    size_t part_len;         /* a group's partial dW: K F, direct_weight_grad's vectors,
+                              * or Winograd's dU: 16 Cin F */
     size_t slot_at, wt_at, part_at, bpart_at, total;
     FN(gemm_packed) packed, packed_bwd; /* W and W' packed, for patches by pointer */
     size_t wp_at, zeros_at;             /* the packed one; zeros for taps in the padding */
@@ -310,8 +313,8 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
     w.packed = FN(fusenn_gemm_packed_for_rows)(g->f, g->k);
     w.packed_bwd = FN(fusenn_gemm_packed_for_rows)(g->cin, g->k_bwd);
     const size_t taps = g->fwd.kh * g->fwd.kw, ptr_reals = div_up(sizeof(real *), sizeof(real));
-    /* Winograd: a slot holds a chunk's V, M and a discarded output, and slot 0
-     * the 16 U_xi before they are packed */
+    /* Winograd: a slot holds a chunk's V and M, and slot 0 the 16 U_xi before
+     * they are packed (and, after dW's groups, their sum dU) */
     const int wino = winograd_forward(g), wino_bwd = winograd_input_grad(g);
     w.wino_rows = wino ? FN(winograd_chunk_tiles)(g->cin, g->f) : 0;
     w.wino_rows_bwd = wino_bwd ? FN(winograd_chunk_tiles)(g->f, g->cin) : 0;
@@ -1074,7 +1077,8 @@ typedef struct {
 } FN(conv_bwd);
 
 /* dW's group gi: dZ = dY act'(.) of its rows, in place, and its partial sums
- * of dZ (for db, in double) and of patches^T dZ, its chunks in order. */
+ * of dZ (for db, in double) and of patches^T dZ (Winograd: of dU_xi = V_xi^T
+ * dM_xi), its chunks in order. */
 static size_t FN(weight_grad_group)(const void *ctx, size_t gi, real *slot)
 {
     const FN(conv_bwd) *p = ctx;

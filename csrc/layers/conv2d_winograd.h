@@ -18,8 +18,9 @@
  *       summed over the tiles (16 GEMMs), dW = G^T dU G
  *
  * The transforms only add and subtract (the kernel's also halves), in a fixed
- * order, and a tile's arithmetic does not depend on which chunk holds it: the
- * same bits on any thread count. They are not the patch GEMM's bits: in
+ * order; a tile's forward and dX arithmetic does not depend on which chunk
+ * holds it, and dW's chunks and groups are fixed by the batch and channel
+ * counts (conv2d.c): the same bits on any thread count. They are not the patch GEMM's bits: in
  * float32, against float64, the largest error of VGG's conv2 and conv4 was
  * 0.3-0.5x the patch GEMM's (tests/test_conv.py compares with the reference).
  */
