@@ -344,6 +344,28 @@ def test_conv2d_winograd_against_the_reference(case, activation, bias, dtype):
         assert not np.array_equal(dx, gemm_dx)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_conv2d_winograd_non_contiguous_operands(dtype):
+    """Strided x, kernel, bias and dy give the contiguous operands' bits."""
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((3, 7, 9, 17)).astype(dtype)
+    w = (rng.standard_normal((3, 3, 17, 20)) / 12).astype(dtype)
+    b = rng.standard_normal(20).astype(dtype)
+    window = dict(padding=((1, 1), (1, 1)))
+    y = ops.conv2d_forward(x, w, b, activation="relu", **window)
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    want = ops.conv2d_backward(x, w, y, dy, activation="relu", **window)
+    for layout in ("rows", "reversed"):
+        got_y = ops.conv2d_forward(as_layout(x, layout), as_layout(w, layout),
+                                   as_layout(b, "cols"), activation="relu", **window)
+        assert np.array_equal(got_y, y), layout
+        got = ops.conv2d_backward(as_layout(x, layout), as_layout(w, layout),
+                                  as_layout(y, layout), as_layout(dy, layout),
+                                  activation="relu", **window)
+        for g, w_ in zip(got, want):
+            assert np.array_equal(g, w_), layout
+
+
 def test_conv2d_winograd_gradients_are_finite_differences():
     """float64, 8 channels in and out: Winograd's forward and input gradient."""
     rng = np.random.default_rng(22)
