@@ -346,7 +346,7 @@ def test_conv2d_winograd_against_the_reference(case, activation, bias, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_conv2d_winograd_non_contiguous_operands(dtype):
-    """Strided x, kernel, bias and dy give the contiguous operands' bits."""
+    """Strided x, kernel, bias, y and dy give the contiguous operands' bits."""
     rng = np.random.default_rng(23)
     x = rng.standard_normal((3, 7, 9, 17)).astype(dtype)
     w = (rng.standard_normal((3, 3, 17, 20)) / 12).astype(dtype)
@@ -367,7 +367,7 @@ def test_conv2d_winograd_non_contiguous_operands(dtype):
 
 
 def test_conv2d_winograd_gradients_are_finite_differences():
-    """float64, 8 channels in and out: Winograd's forward and input gradient."""
+    """float64, 8 channels in and out: Winograd's forward, dW and input gradient."""
     rng = np.random.default_rng(22)
     x = rng.standard_normal((1, 5, 4, 8))
     w = rng.standard_normal((3, 3, 8, 8)) / 8
@@ -673,9 +673,9 @@ CNNS = {
         fusenn.Conv2D(5, 3, padding="same", activation="relu"), fusenn.MaxPooling2D(),
         fusenn.Conv2D(6, 2, strides=2, activation="relu"), fusenn.GlobalMaxPooling2D(),
         fusenn.Dense(3, "softmax")], "cross_entropy", (3,)),
-    # the second and third convolutions take Winograd's method (16 channels in and out:
-    # float32's vector; the first also in float64), the third after max pooling, so its
-    # dW starts from dZ (dy_is_dz); the last has no bias
+    # the second and third convolutions take Winograd's method (16 channels in and out, a
+    # float32 vector); max pooling takes the second's ReLU derivative, so that one's dW
+    # starts from dZ (dy_is_dz); the third has no bias
     "winograd": ((9, 7, 3), lambda: [
         fusenn.Conv2D(16, 3, padding="same", activation="relu"),
         fusenn.Conv2D(16, 3, padding="same", activation="relu"), fusenn.MaxPooling2D(),
