@@ -322,18 +322,18 @@ static ALWAYS_INLINE void FN(winograd_output_grad)(const patch_geom *q, size_t N
     }
 }
 
-#define WINOGRAD_OUTPUT_GRAD(N, ...)                                                        \
-    (relu ? FN(winograd_output_grad)(q, N, 1, __VA_ARGS__)                                 \
-          : FN(winograd_output_grad)(q, N, 0, __VA_ARGS__))
+#define WINOGRAD_OUTPUT_GRAD(N)                                                             \
+    (relu ? FN(winograd_output_grad)(q, N, 1, dz, y, ldy, t0, t1, m, xs, bsum, zeros)      \
+          : FN(winograd_output_grad)(q, N, 0, dz, y, ldy, t0, t1, m, xs, bsum, zeros))
 #define WINOGRAD_GRAD_TRANSFORM(isa, attr)                                                 \
     static NO_LIBC_CALLS attr void FN(winograd_output_grad_##isa)(                        \
         const patch_geom *q, size_t N, int relu, real *dz, const real *y, ptrdiff_t ldy,    \
         size_t t0, size_t t1, real *m, size_t xs, double *bsum, real *zeros)                \
     {                                                                                       \
         switch (N) {                                                                        \
-        case 32: WINOGRAD_OUTPUT_GRAD(32, dz, y, ldy, t0, t1, m, xs, bsum, zeros); break;            \
-        case 64: WINOGRAD_OUTPUT_GRAD(64, dz, y, ldy, t0, t1, m, xs, bsum, zeros); break;            \
-        default: WINOGRAD_OUTPUT_GRAD(N, dz, y, ldy, t0, t1, m, xs, bsum, zeros); break;             \
+        case 32: WINOGRAD_OUTPUT_GRAD(32); break;                                           \
+        case 64: WINOGRAD_OUTPUT_GRAD(64); break;                                           \
+        default: WINOGRAD_OUTPUT_GRAD(N); break;                                            \
         }                                                                                   \
     }
 WINOGRAD_GRAD_TRANSFORM(generic, )
@@ -359,19 +359,20 @@ static size_t FN(winograd_weight_grad_chunk)(const FN(winograd_pass) *p, size_t 
     real *zeros = pad + 16 * C; /* 4 N */
     for (size_t j = 0; j < 4 * N; j++)
         zeros[j] = 0;
+    real *dz = p->out;
 #ifdef HAVE_X86_PATCHES
     const int isa = fusenn_isa_level();
     if (isa == FUSENN_ISA_AVX512) {
         FN(winograd_input_avx512)(q, p->src, p->ld, t0, t1, v, pad, vs);
-        FN(winograd_output_grad_avx512)(q, N, p->relu, p->out, y, ldy, t0, t1, mm, ms, bsum, zeros);
+        FN(winograd_output_grad_avx512)(q, N, p->relu, dz, y, ldy, t0, t1, mm, ms, bsum, zeros);
     } else if (isa == FUSENN_ISA_AVX2) {
         FN(winograd_input_avx2)(q, p->src, p->ld, t0, t1, v, pad, vs);
-        FN(winograd_output_grad_avx2)(q, N, p->relu, p->out, y, ldy, t0, t1, mm, ms, bsum, zeros);
+        FN(winograd_output_grad_avx2)(q, N, p->relu, dz, y, ldy, t0, t1, mm, ms, bsum, zeros);
     } else
 #endif
     {
         FN(winograd_input_generic)(q, p->src, p->ld, t0, t1, v, pad, vs);
-        FN(winograd_output_grad_generic)(q, N, p->relu, p->out, y, ldy, t0, t1, mm, ms, bsum, zeros);
+        FN(winograd_output_grad_generic)(q, N, p->relu, dz, y, ldy, t0, t1, mm, ms, bsum, zeros);
     }
     size_t failed = 0;
     for (size_t xi = 0; xi < 16; xi++) /* V_xi^T: C x m, read transposed */
