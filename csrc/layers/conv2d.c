@@ -150,6 +150,8 @@ static inline int bwd_is_conv(const conv_geom *g)
     return g->fwd.sh == 1 && g->fwd.sw == 1 && g->cin * sizeof(real) >= 64;
 }
 
+static inline size_t div_up(size_t a, size_t b) { return (a + b - 1) / b; }
+
 /* Whether a pass over patches q into n_out channels takes Winograd's F(2x2,
  * 3x3) (conv2d_winograd.h): 3x3, stride 1, no dilation, and a 64-byte vector
  * of channels in and out. */
@@ -180,6 +182,17 @@ static inline size_t winograd_plane(size_t rows, size_t c) { return rows * c + V
 /* A pass's 2x2 output tiles per image. */
 static inline size_t winograd_tiles_h(const patch_geom *q) { return (q->oh + 1) / 2; }
 static inline size_t winograd_tiles_w(const patch_geom *q) { return (q->ow + 1) / 2; }
+
+/* Tiles over n images, and chunks of `rows` of them. */
+static inline size_t winograd_tiles(const patch_geom *q, size_t n)
+{
+    return n * winograd_tiles_h(q) * winograd_tiles_w(q);
+}
+
+static inline size_t winograd_chunks(const patch_geom *q, size_t n, size_t rows)
+{
+    return div_up(winograd_tiles(q, n), rows);
+}
 
 /* Tiles per chunk: a chunk's V and M take about CONV_CHUNK_BYTES, in whole
  * tiles of the mid GEMM tile's 8 rows (the same for any thread count). */
@@ -226,8 +239,6 @@ static size_t FN(chunk_rows)(size_t k)
     size_t rows = CONV_CHUNK_BYTES / (k * sizeof(real)) / CONV_ROW_STEP * CONV_ROW_STEP;
     return FUSENN_MIN(FUSENN_MAX(rows, (size_t)CONV_MIN_ROWS), (size_t)CONV_MAX_ROWS);
 }
-
-static inline size_t div_up(size_t a, size_t b) { return (a + b - 1) / b; }
 
 /* One input channel, fewer filters than a 64-byte vector holds, stride 1
  * along the width, on AVX-512: the direct kernels below (LeNet's first conv). */
@@ -322,10 +333,8 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
     w.wino_bwd = FN(fusenn_gemm_packed_for)(FUSENN_MAX(w.wino_rows_bwd, (size_t)1), g->cin,
                                             g->f);
     const size_t wino_chunks =
-        FUSENN_MAX(wino ? div_up(n * winograd_tiles_h(&g->fwd) * winograd_tiles_w(&g->fwd),
-                                 w.wino_rows) : 0,
-                   wino_bwd ? div_up(n * winograd_tiles_h(&g->bwd) * winograd_tiles_w(&g->bwd),
-                                     w.wino_rows_bwd) : 0);
+        FUSENN_MAX(wino ? winograd_chunks(&g->fwd, n, w.wino_rows) : 0,
+                   wino_bwd ? winograd_chunks(&g->bwd, n, w.wino_rows_bwd) : 0);
     w.slots = FUSENN_MIN(FUSENN_MAX(w.slots, wino_chunks), (size_t)CONV_SLOTS);
     if (wino || wino_bwd)
         w.slot_len = FUSENN_MAX(w.slot_len, 16 * g->cin * g->f);
@@ -355,8 +364,7 @@ static FN(conv_work) FN(work_layout)(const conv_geom *g, size_t n)
     if (wino) { /* dW by Winograd too: each group sums the 16 dU_xi of its chunks of tiles,
                  * in as many groups as threads can take them (adding 16 up took 1.7% of a
                  * one-thread VGG-style step) */
-        w.groups = FUSENN_MIN(div_up(n * winograd_tiles_h(&g->fwd) * winograd_tiles_w(&g->fwd),
-                                     w.wino_rows), (size_t)CONV_SLOTS);
+        w.groups = FUSENN_MIN(winograd_chunks(&g->fwd, n, w.wino_rows), (size_t)CONV_SLOTS);
         w.part_len = 16 * g->cin * g->f;
     }
     w.part_at = carve(&size, w.groups * w.part_len * sizeof(real));
@@ -1057,7 +1065,7 @@ static int FN(winograd_run)(const FN(conv_work) *w, void *work, const patch_geom
         FN(fusenn_gemm_pack_b)(packed, u + xi * q->c * n_out, (ptrdiff_t)n_out, 1,
                                up + xi * packed->len);
     const FN(winograd_pass) p = {q, n, n_out, rows, src, up, bias, ld, packed, relu, out};
-    const size_t chunks = div_up(n * winograd_tiles_h(q) * winograd_tiles_w(q), rows);
+    const size_t chunks = winograd_chunks(q, n, rows);
     return FN(run_units)(FUSENN_MAX(FUSENN_MIN(threads, chunks), (size_t)1), chunks,
                          FN(winograd_chunk), &p, w, work)
                ? FUSENN_ENOMEM : FUSENN_OK;
@@ -1096,8 +1104,7 @@ static size_t FN(weight_grad_group)(const void *ctx, size_t gi, real *slot)
     if (p->w.wino_rows) {
         const FN(winograd_pass) pass = {&g->fwd, p->n, F, p->w.wino_rows, p->x, NULL, NULL,
                                         p->ldx, NULL, p->act == FUSENN_ACT_RELU, p->dz};
-        const size_t tiles = p->n * winograd_tiles_h(&g->fwd) * winograd_tiles_w(&g->fwd);
-        const size_t w_chunks = div_up(tiles, p->w.wino_rows);
+        const size_t w_chunks = winograd_chunks(&g->fwd, p->n, p->w.wino_rows);
         const size_t c0 = fusenn_chunk_start(gi, p->w.groups, w_chunks);
         const size_t c1 = fusenn_chunk_start(gi + 1, p->w.groups, w_chunks);
         for (size_t c = c0; c < c1; c++)

@@ -227,41 +227,61 @@ typedef struct {
     real *out;
 } FN(winograd_pass);
 
+/* Chunk c's tiles [t0, t1) and its slot: V's and M's planes (vs, ms apart),
+ * then pad (16 C) and 5 N values of scratch; V filled from the pass's images. */
+typedef struct {
+    size_t t0, t1, vs, ms;
+    real *v, *m, *scratch;
+} FN(winograd_slot);
+
+static FN(winograd_slot) FN(winograd_chunk_in)(const FN(winograd_pass) *p, size_t c,
+                                               real *slot)
+{
+    const patch_geom *q = p->q;
+    const size_t t0 = c * p->rows;
+    FN(winograd_slot) s = {t0, FUSENN_MIN(winograd_tiles(q, p->n), t0 + p->rows),
+                           winograd_plane(p->rows, q->c), winograd_plane(p->rows, p->n_out),
+                           slot, NULL, NULL};
+    s.m = s.v + 16 * s.vs;
+    real *pad = s.m + 16 * s.ms;
+    s.scratch = pad + 16 * q->c;
+#ifdef HAVE_X86_PATCHES
+    const int isa = fusenn_isa_level();
+    if (isa == FUSENN_ISA_AVX512)
+        FN(winograd_input_avx512)(q, p->src, p->ld, s.t0, s.t1, s.v, pad, s.vs);
+    else if (isa == FUSENN_ISA_AVX2)
+        FN(winograd_input_avx2)(q, p->src, p->ld, s.t0, s.t1, s.v, pad, s.vs);
+    else
+#endif
+        FN(winograd_input_generic)(q, p->src, p->ld, s.t0, s.t1, s.v, pad, s.vs);
+    return s;
+}
+
 /* Chunk c of a pass, in slot: V, the 16 products into M, the outputs. */
 static size_t FN(winograd_chunk)(const void *ctx, size_t c, real *slot)
 {
     const FN(winograd_pass) *p = ctx;
     const patch_geom *q = p->q;
-    const size_t total = p->n * winograd_tiles_h(q) * winograd_tiles_w(q);
-    const size_t t0 = c * p->rows, t1 = FUSENN_MIN(total, t0 + p->rows), m = t1 - t0;
     const size_t C = q->c, N = p->n_out;
-    const size_t vs = winograd_plane(p->rows, C), ms = winograd_plane(p->rows, N);
-    real *v = slot, *mm = v + 16 * vs, *pad = mm + 16 * ms;
-    real *discard = pad + 16 * C, *bias = discard + 4 * N;
+    const FN(winograd_slot) s = FN(winograd_chunk_in)(p, c, slot);
+    real *discard = s.scratch, *bias = discard + 4 * N;
     for (size_t f = 0; f < N; f++) /* adding a zero bias turns -0 into +0, nothing else */
         bias[f] = p->bias ? p->bias[f] : 0;
+    size_t failed = 0;
+    for (size_t xi = 0; xi < 16; xi++) /* M_xi = V_xi U_xi */
+        failed += FN(fusenn_gemm_with_packed_b)(p->packed, s.t1 - s.t0, 1, s.v + xi * s.vs,
+                                                (ptrdiff_t)C, 1, p->up + xi * p->packed->len, 0,
+                                                s.m + xi * s.ms, (ptrdiff_t)N, NULL) != FUSENN_OK;
 #ifdef HAVE_X86_PATCHES
     const int isa = fusenn_isa_level();
     if (isa == FUSENN_ISA_AVX512)
-        FN(winograd_input_avx512)(q, p->src, p->ld, t0, t1, v, pad, vs);
+        FN(winograd_output_avx512)(q, N, s.m, s.ms, s.t0, s.t1, bias, p->relu, p->out, discard);
     else if (isa == FUSENN_ISA_AVX2)
-        FN(winograd_input_avx2)(q, p->src, p->ld, t0, t1, v, pad, vs);
+        FN(winograd_output_avx2)(q, N, s.m, s.ms, s.t0, s.t1, bias, p->relu, p->out, discard);
     else
 #endif
-        FN(winograd_input_generic)(q, p->src, p->ld, t0, t1, v, pad, vs);
-    size_t failed = 0;
-    for (size_t xi = 0; xi < 16; xi++) /* M_xi = V_xi U_xi */
-        failed += FN(fusenn_gemm_with_packed_b)(p->packed, m, 1, v + xi * vs, (ptrdiff_t)C, 1,
-                                                p->up + xi * p->packed->len, 0, mm + xi * ms,
-                                                (ptrdiff_t)N, NULL) != FUSENN_OK;
-#ifdef HAVE_X86_PATCHES
-    if (isa == FUSENN_ISA_AVX512)
-        FN(winograd_output_avx512)(q, N, mm, ms, t0, t1, bias, p->relu, p->out, discard);
-    else if (isa == FUSENN_ISA_AVX2)
-        FN(winograd_output_avx2)(q, N, mm, ms, t0, t1, bias, p->relu, p->out, discard);
-    else
-#endif
-        FN(winograd_output_generic)(q, N, mm, ms, t0, t1, bias, p->relu, p->out, discard);
+        FN(winograd_output_generic)(q, N, s.m, s.ms, s.t0, s.t1, bias, p->relu, p->out,
+                                    discard);
     return failed;
 }
 
@@ -351,33 +371,27 @@ static size_t FN(winograd_weight_grad_chunk)(const FN(winograd_pass) *p, size_t 
                                              double *bsum, real *slot)
 {
     const patch_geom *q = p->q;
-    const size_t total = p->n * winograd_tiles_h(q) * winograd_tiles_w(q);
-    const size_t t0 = c * p->rows, t1 = FUSENN_MIN(total, t0 + p->rows), m = t1 - t0;
     const size_t C = q->c, N = p->n_out;
-    const size_t vs = winograd_plane(p->rows, C), ms = winograd_plane(p->rows, N);
-    real *v = slot, *mm = v + 16 * vs, *pad = mm + 16 * ms;
-    real *zeros = pad + 16 * C; /* 4 N */
+    const FN(winograd_slot) s = FN(winograd_chunk_in)(p, c, slot);
+    real *zeros = s.scratch, *dz = p->out; /* 4 N zeros */
     for (size_t j = 0; j < 4 * N; j++)
         zeros[j] = 0;
-    real *dz = p->out;
 #ifdef HAVE_X86_PATCHES
     const int isa = fusenn_isa_level();
-    if (isa == FUSENN_ISA_AVX512) {
-        FN(winograd_input_avx512)(q, p->src, p->ld, t0, t1, v, pad, vs);
-        FN(winograd_output_grad_avx512)(q, N, p->relu, dz, y, ldy, t0, t1, mm, ms, bsum, zeros);
-    } else if (isa == FUSENN_ISA_AVX2) {
-        FN(winograd_input_avx2)(q, p->src, p->ld, t0, t1, v, pad, vs);
-        FN(winograd_output_grad_avx2)(q, N, p->relu, dz, y, ldy, t0, t1, mm, ms, bsum, zeros);
-    } else
+    if (isa == FUSENN_ISA_AVX512)
+        FN(winograd_output_grad_avx512)(q, N, p->relu, dz, y, ldy, s.t0, s.t1, s.m, s.ms, bsum,
+                                        zeros);
+    else if (isa == FUSENN_ISA_AVX2)
+        FN(winograd_output_grad_avx2)(q, N, p->relu, dz, y, ldy, s.t0, s.t1, s.m, s.ms, bsum,
+                                      zeros);
+    else
 #endif
-    {
-        FN(winograd_input_generic)(q, p->src, p->ld, t0, t1, v, pad, vs);
-        FN(winograd_output_grad_generic)(q, N, p->relu, dz, y, ldy, t0, t1, mm, ms, bsum, zeros);
-    }
+        FN(winograd_output_grad_generic)(q, N, p->relu, dz, y, ldy, s.t0, s.t1, s.m, s.ms, bsum,
+                                         zeros);
     size_t failed = 0;
     for (size_t xi = 0; xi < 16; xi++) /* V_xi^T: C x m, read transposed */
-        failed += FN(fusenn_gemm)(C, N, m, 1, v + xi * vs, 1, (ptrdiff_t)C, mm + xi * ms,
-                                  (ptrdiff_t)N, 1, first ? 0 : 1, part + xi * C * N,
-                                  (ptrdiff_t)N, 1, 1) != FUSENN_OK;
+        failed += FN(fusenn_gemm)(C, N, s.t1 - s.t0, 1, s.v + xi * s.vs, 1, (ptrdiff_t)C,
+                                  s.m + xi * s.ms, (ptrdiff_t)N, 1, first ? 0 : 1,
+                                  part + xi * C * N, (ptrdiff_t)N, 1, 1) != FUSENN_OK;
     return failed;
 }
