@@ -11,6 +11,42 @@ void FN(activate_row_baseline)(fusenn_activation act, size_t d, const real *z, r
     FN(activate_row)(act, d, z, a);
 }
 
+#if defined(FUSENN_DTYPE_F32)
+/* float32 sigmoid and tanh, once per ISA (vmath.h) */
+#define VM_ISA generic
+#define VM_ATTR
+#define VM_VBYTES 16
+#include "vmath.h"
+#if defined(__x86_64__) && defined(__GNUC__)
+#define VM_ISA avx2
+#define VM_ATTR __attribute__((target("avx2,fma")))
+#define VM_VBYTES 32
+#include "vmath.h"
+#define VM_ISA avx512
+#define VM_ATTR __attribute__((target("avx512f,avx2,fma")))
+#define VM_VBYTES 64
+#include "vmath.h"
+#endif
+
+void FN(activate_row_vector)(fusenn_activation act, size_t d, const float *z, float *a)
+{
+    const int is_tanh = act == FUSENN_ACT_TANH;
+#if defined(__x86_64__) && defined(__GNUC__)
+    switch (fusenn_isa_level()) {
+    case FUSENN_ISA_AVX512:
+        (is_tanh ? tanh_row_avx512 : sigmoid_row_avx512)(d, z, a);
+        return;
+    case FUSENN_ISA_AVX2:
+        (is_tanh ? tanh_row_avx2 : sigmoid_row_avx2)(d, z, a);
+        return;
+    default:
+        break;
+    }
+#endif
+    (is_tanh ? tanh_row_generic : sigmoid_row_generic)(d, z, a);
+}
+#endif
+
 /* The rows of one activation call and their arguments. */
 typedef struct {
     fusenn_activation act;

@@ -164,14 +164,27 @@ static inline real FN(gelu_tanh_2u)(real z)
     return 2 * (real)FUSENN_SQRT_2_OVER_PI * (z + (real)FUSENN_GELU_TANH_CUBIC * (z * z * z));
 }
 
+#if defined(FUSENN_DTYPE_F32)
+/* float32 sigmoid or tanh of a row in this CPU's (or FUSENN_ISA's) vectors,
+ * a may be z (activations.c, from vmath.h) */
+void FN(activate_row_vector)(fusenn_activation act, size_t d, const float *z, float *a);
+#endif
+
 /* Elementwise activations over one row: a[j] = act(z[j]) for j < d.
  * Softmax is not elementwise and is handled by its callers.
- * Shared by the activation kernels and GEMM's fused store (dense forward). */
+ * Shared by the activation kernels, GEMM's fused store (dense forward), the
+ * convolutions and the recurrent gates, so that all give the same bits. */
 static inline void FN(activate_row)(fusenn_activation act, size_t d,
                                     const real *z, real *a)
 {
     size_t j;
     real unused;
+#if defined(FUSENN_DTYPE_F32)
+    if (act == FUSENN_ACT_SIGMOID || act == FUSENN_ACT_TANH) {
+        FN(activate_row_vector)(act, d, z, a);
+        return;
+    }
+#endif
     switch (act) {
     case FUSENN_ACT_SIGMOID:
         for (j = 0; j < d; j++)

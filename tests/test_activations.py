@@ -6,6 +6,8 @@ swish) and the backward-through-z contract, for every activation:
   * float64 finite differences of every activation's derivative at the kernel
     level, on both backends;
   * extreme inputs (|z| up to 1e4): finite results, no floating-point warnings;
+  * float32 sigmoid and tanh (vectors, per ISA): within 3 ulp of the exact value
+    at every float32 exponent, subnormal results and signed zeros included;
   * GEMM's fused store gives the same bits as the standalone activation kernel;
   * bitwise independence of the thread count;
   * NEEDS_Z: z is required (ValueError naming z), and the C dense backward
@@ -15,6 +17,11 @@ shape and layout; this file does not repeat that.
 """
 
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +29,7 @@ import pytest
 import fusenn
 from fusenn import _kernels, ops
 from fusenn import reference as ref
-from test_kernels import DTYPES, THREAD_COUNTS, assert_close
+from test_kernels import DTYPES, THREAD_COUNTS, _cpu_isas, assert_close
 
 ACTIVATIONS = list(ref.ACTIVATIONS)
 BACKENDS = [pytest.param(ops, id="c"), pytest.param(ref, id="numpy")]
@@ -187,6 +194,61 @@ def test_extreme_pre_activations_in_dense_forward(activation, dtype):
         y = ops.dense_forward(x, w, b, activation)
     assert np.all(np.isfinite(y))
     np.testing.assert_array_equal(y, np.repeat(ops.activation_forward(w, activation), 3, 0))
+
+
+# ---- float32 sigmoid and tanh: vectors, per ISA --------------------------------------------
+
+def float32_sigmoid_tanh_check(most_ulp=3.0):
+    """ops' float32 sigmoid and tanh against float64 NumPy: random bit patterns (every
+    exponent and sign), a fine grid over [-110, 110] (sigmoid's subnormal results lie
+    below -87.3) and the special values. Returns the largest errors, in ulp of the
+    float32 nearest the exact value."""
+    rng = np.random.default_rng(31)
+    z = rng.integers(0, 2**32, size=1_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    z = np.concatenate([z[np.isfinite(z)], np.linspace(-110, 110, 1_000_001, dtype=np.float32)])
+    e = np.exp(-np.abs(z.astype(np.float64)))  # sigmoid without cancellation, as FN(sigmoid_pair)
+    exact = {"tanh": np.tanh(z.astype(np.float64)), "sigmoid": np.where(z >= 0, 1, e) / (1 + e)}
+    worst = {}
+    for act, want in exact.items():
+        got = ops.activation_forward(z.reshape(1, -1), act).ravel()
+        ulp = np.spacing(np.abs(want).astype(np.float32)).astype(np.float64)
+        err = np.abs(got - want) / ulp
+        i = int(np.argmax(err))
+        assert err[i] <= most_ulp, f"{act}({z[i]!r}) = {got[i]!r}, want {want[i]!r}: {err[i]:.2f}"
+        worst[act] = float(err[i])
+    special = np.float32([[-0.0, 0.0, -np.inf, np.inf, np.nan, -200, 200]])
+    t, s = (ops.activation_forward(special, act)[0] for act in ("tanh", "sigmoid"))
+    assert np.signbit(t[0]) and t[0] == 0 and not np.signbit(t[1]) and t[1] == 0
+    np.testing.assert_array_equal(t[2:4], [-1, 1])
+    np.testing.assert_array_equal(s[:4], [0.5, 0.5, 0, 1])
+    assert np.isnan(t[4]) and np.isnan(s[4])
+    np.testing.assert_array_equal(t[5:], [-1, 1])
+    np.testing.assert_array_equal(s[5:], [0, 1])
+    return worst
+
+
+# Runs float32_sigmoid_tanh_check in a fresh interpreter with FUSENN_ISA set (read once
+# per process), so that each ISA's vector code is checked.
+_ULP_CHILD = textwrap.dedent("""
+    import sys
+    import fusenn
+    sys.path.insert(0, sys.argv[2])
+    from test_activations import float32_sigmoid_tanh_check
+
+    assert fusenn.gemm_isa() == sys.argv[1], (fusenn.gemm_isa(), sys.argv[1])
+    print("ok", sys.argv[1], float32_sigmoid_tanh_check())
+""")
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_float32_sigmoid_tanh_within_3_ulp(isa):
+    if isa not in _cpu_isas():
+        pytest.skip(f"CPU lacks {isa}")
+    env = dict(os.environ, FUSENN_ISA=isa, SKBUILD_EDITABLE_VERBOSE="0")
+    proc = subprocess.run([sys.executable, "-c", _ULP_CHILD, isa, str(Path(__file__).parent)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.split()[:2] == ["ok", isa]
 
 
 # ---- fused store, threads ------------------------------------------------------------------

@@ -13,7 +13,7 @@ static inline RNN_ATTR real *RNN_ISA_FN(gru_gate)(const rnn_dims *d, int k, real
     const fusenn_activation act = gru_gate_act(d, k);
     real *a = rnn_keeps_z(act) ? tmp + k * u : P + k * u;
     if (compute || rnn_keeps_z(act))
-        RNN_ISA_FN(rnn_activate)(act, u, P + k * u, a);
+        FN(activate_row)(act, u, P + k * u, a);
     return a;
 }
 

@@ -14,7 +14,7 @@ static inline RNN_ATTR void RNN_ISA_FN(lstm_gate_values)(const rnn_dims *d, real
         const fusenn_activation act = lstm_gate_act(d, k);
         a[k] = rnn_keeps_z(act) ? tmp + k * u : P + k * u;
         if (compute || rnn_keeps_z(act))
-            RNN_ISA_FN(rnn_activate)(act, u, P + k * u, a[k]);
+            FN(activate_row)(act, u, P + k * u, a[k]);
     }
 }
 
@@ -34,7 +34,7 @@ static inline RNN_ATTR void RNN_ISA_FN(lstm_cell_forward)(const rnn_dims *d, rea
 #pragma GCC ivdep
     for (size_t j = 0; j < u; j++)
         cn[j] = f[j] * c_prev[j] + i[j] * g[j];
-    RNN_ISA_FN(rnn_activate)(d->act, u, cn, h);
+    FN(activate_row)(d->act, u, cn, h);
     if (rnn_keeps_z(d->act))
         memcpy(c_after, cn, u * sizeof(real));
 #pragma GCC ivdep
@@ -102,7 +102,7 @@ static inline RNN_ATTR void RNN_ISA_FN(lstm_cell_backward)(const rnn_dims *d, re
     RNN_ISA_FN(lstm_gate_values)(d, P, tmp + 2 * u, a, 0);
     const int keep_c = rnn_keeps_z(d->act);
     if (keep_c) {
-        RNN_ISA_FN(rnn_activate)(d->act, u, c_after, tmp + 6 * u);
+        FN(activate_row)(d->act, u, c_after, tmp + 6 * u);
         tc = tmp + 6 * u;
     }
     const real *restrict i = a[LSTM_I], *restrict f = a[LSTM_F], *restrict g = a[LSTM_G];

@@ -25,7 +25,7 @@ static RNN_ATTR size_t RNN_ISA_FN(simple_rnn_forward_rows)(const void *ctx, size
             real *z = FN(rnn_at)(p, p->gates, u, r, t);
             const real *h_prev = FN(rnn_h)(p, r, t);
             real *a = keep_z ? p->rows + r * p->row_width : z;
-            RNN_ISA_FN(rnn_activate)(d->act, u, z, a);
+            FN(activate_row)(d->act, u, z, a);
             const real *h = FN(rnn_real)(p, r, t) ? a : h_prev;
             if (s + 1 < T)
                 memcpy(FN(rnn_h)(p, r, rnn_time(d, s + 1)), h, u * sizeof(real));
@@ -48,7 +48,7 @@ static inline RNN_ATTR void RNN_ISA_FN(simple_rnn_cell_backward)(const rnn_dims 
     const int keep_z = rnn_keeps_z(d->act);
     const real *a = z;
     if (keep_z) {
-        RNN_ISA_FN(rnn_activate)(d->act, u, z, a_tmp);
+        FN(activate_row)(d->act, u, z, a_tmp);
         a = a_tmp;
     }
     RNN_ISA_FN(rnn_activate_backward)(d->act, u, keep_z ? z : NULL, a, dh, dz);
