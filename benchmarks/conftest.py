@@ -339,15 +339,16 @@ class SoftmaxCase:
 
 
 class MLPCase:
-    """An MLP of layer `sizes` (relu hidden layers, softmax output) trained with cross-entropy
+    """An MLP of layer `sizes` (hidden layers of one of HIDDEN_ACTIVATIONS, softmax output)
+    trained with cross-entropy
     and SGD(lr=0.01, momentum=0.9) in float32, from the weights `w0` ([W1, b1, ...] in
     fusenn's layout, W (fan_in, units)), by fusenn or, for comparison, by PyTorch or
     scikit-learn. Subclasses set sizes, activations, X, y and w0.
 
     make_trainer(backend) -> (train, weights): `train()` does the case's unit of work and
     returns its loss; `weights()` returns the current weights in fusenn's layout. Backends:
-    "c" / "numpy" (fusenn.Sequential), "torch" (nn.Sequential of Linear/ReLU,
-    CrossEntropyLoss on the logits, torch.optim.SGD) and "sklearn" (MLPClassifier,
+    "c" / "numpy" (fusenn.Sequential), "torch" (nn.Sequential of Linear and ReLU, Tanh or
+    Sigmoid, CrossEntropyLoss on the logits, torch.optim.SGD) and "sklearn" (MLPClassifier,
     solver="sgd", alpha=0, nesterovs_momentum=False, batch_size = the case's batch). The
     last two skip the test when the package is not importable. Every framework implements
     momentum as v = 0.9 v + g, w -= 0.01 v (sklearn as v = 0.9 v - 0.01 g, w += v: the same).
@@ -390,7 +391,10 @@ class MLPCase:
                 lin.weight.copy_(torch.from_numpy(self.w0[2 * i].T))
                 lin.bias.copy_(torch.from_numpy(self.w0[2 * i + 1]))
             linears.append(lin)
-            layers += [lin, torch.nn.ReLU()] if i < len(self.sizes) - 2 else [lin]
+            if i < len(self.sizes) - 2:
+                layers += [lin, getattr(torch.nn, HIDDEN_ACTIVATIONS[self.activations[i]][0])()]
+            else:
+                layers.append(lin)
         net = torch.nn.Sequential(*layers)
         opt = (torch.optim.Adam(net.parameters(), lr=self.ADAM_LR, eps=1e-8)
                if self.optimizer == "adam" else
@@ -407,7 +411,8 @@ class MLPCase:
         if self.optimizer != "sgd":  # sklearn's Adam adds eps to sqrt(v), not sqrt(v_hat)
             pytest.skip("scikit-learn is compared with SGD only")
         nn = pytest.importorskip("sklearn.neural_network")
-        clf = nn.MLPClassifier(hidden_layer_sizes=tuple(self.sizes[1:-1]), activation="relu",
+        clf = nn.MLPClassifier(hidden_layer_sizes=tuple(self.sizes[1:-1]),
+                               activation=HIDDEN_ACTIVATIONS[self.activations[0]][1],
                                solver="sgd", learning_rate_init=self.LR, momentum=self.MOMENTUM,
                                nesterovs_momentum=False, alpha=0.0, batch_size=batch,
                                shuffle=shuffle, random_state=0)
@@ -431,7 +436,8 @@ class TrainCase(MLPCase):
 
     Before timing, each framework's first step from w0 is checked against one step of the
     NumPy backend in float64 from the same weights. The check compares whole gradients, so
-    no relu mask may depend on float32 rounding (a flipped mask moves an update by up to
+    (with relu hidden layers; tanh and sigmoid have no mask) no relu mask may depend on
+    float32 rounding (a flipped mask moves an update by up to
     ~1e-2 relative). The data make the hidden pre-activations exact in float32: binary inputs,
     fusenn's seed-0 weights rounded to multiples of 2^-8, and hidden biases that are odd
     multiples of half the grid of h @ W. Each hidden pre-activation is then a non-zero
@@ -456,7 +462,9 @@ class TrainCase(MLPCase):
             if i == len(activations) - 1:
                 assert act == "softmax", "TrainCase: the output layer must be softmax"
                 break
-            assert act == "relu", "TrainCase: exactness is argued for relu hidden layers"
+            if act != "relu":  # smooth: float32 rounding moves the update by ~1e-5 at most
+                assert "relu" not in activations, "TrainCase: relu or smooth hidden layers"
+                continue
             grid *= self.W_GRID / 2  # h @ W lies on grid * 2^-8; b and z on odd multiples of half that
             m = int(0.05 / grid)
             w0[2 * i + 1] = b = (2.0 * rng.integers(-m, m, size=W.shape[1]) + 1) * grid
@@ -606,7 +614,13 @@ TRAIN_NETS = {  # id -> (layer sizes, activations, batch)
     "784-256-128-10-b128-adam": ((784, 256, 128, 10), ("relu", "relu", "softmax"), 128, "adam"),
     "784-256-128-10-b512": ((784, 256, 128, 10), ("relu", "relu", "softmax"), 512),
     "1024-1024-1024-10-b256": ((1024, 1024, 1024, 10), ("relu", "relu", "softmax"), 256),
+    # the textbook's activations: their exp / tanh cost more than the GEMMs' stores
+    "784-256-128-10-b128-tanh": ((784, 256, 128, 10), ("tanh", "tanh", "softmax"), 128),
+    "784-256-128-10-b128-sigmoid": ((784, 256, 128, 10), ("sigmoid", "sigmoid", "softmax"), 128),
 }
+# hidden activation -> (PyTorch module, scikit-learn's name) of the comparison nets
+HIDDEN_ACTIVATIONS = {"relu": ("ReLU", "relu"), "tanh": ("Tanh", "tanh"),
+                      "sigmoid": ("Sigmoid", "logistic")}
 ALTERNATING_NETS = {"784-256-10-b128": ((784, 256, 10), ("relu", "softmax"), 128)}  # test_alternating
 EPOCH_NETS = {"784-256-128-10-b128": 60_000}  # id -> rows (EpochCase's net and batch)
 EPOCH_SMOKE_ROWS = 2_000  # rows under --benchmark-disable, so the smoke test stays fast

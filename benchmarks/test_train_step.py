@@ -1,7 +1,8 @@
 """One full training step of an MLP on one batch: fusenn's C backend ("c") vs its NumPy
 backend ("numpy"), and, when importable, PyTorch ("torch") and scikit-learn ("sklearn").
 
-Nets (TRAIN_NETS in conftest.py): relu hidden layers, softmax output, cross-entropy,
+Nets (TRAIN_NETS in conftest.py): relu hidden layers (tanh and sigmoid in the "-tanh" and
+"-sigmoid" nets), softmax output, cross-entropy,
 SGD(lr=0.01, momentum=0.9) (or Adam(lr=1e-3), the default of Keras and scikit-learn, for
 the "-adam" net; scikit-learn then sits out: its Adam adds eps to sqrt(v)), float32, all
 frameworks from the same initial weights; each at 1 and 2 threads, one group per net and
