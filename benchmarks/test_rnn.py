@@ -11,6 +11,12 @@ cross-entropy over 10 classes; Adam(lr 1e-3). Every framework starts from the sa
 weights (PyTorch's are fusenn's transposed, with the GRU's gate blocks reordered from
 Keras's z, r, h to PyTorch's r, z, n). Before timing, each framework's first step is
 checked: its loss against a float64 forward of the same weights.
+
+"rnn_products" groups time the step's matrix products alone, as four large GEMMs
+(fusenn.matmul, "c", and NumPy's BLAS, "numpy"): X W over all steps, the steps' h U and
+dP U^T stacked, and [X H]^T dP. They are the same multiply-adds as the step's, in fewer
+and larger calls, so no step built on that GEMM can take less time: a step's ratio
+against PyTorch can exceed PyTorch's time over this one only by computing less.
 """
 
 import functools
@@ -50,10 +56,16 @@ def case(layer, size):
     oracle.set_weights(weights)
     oracle.compile("cross_entropy", "sgd")
     loss = oracle.evaluate(X.astype(np.float64), y)["loss"]
-    gates = LAYERS[layer][1]
-    # forward: x W and h U at every step, then the Dense; training = 3x the forward
-    flop = 3 * 2 * n * (t * (f + units) * gates * units + units * CLASSES)
-    return X, y, weights, loss, flop
+    return X, y, weights, loss, step_flop(layer, size) + 3 * 2 * n * units * CLASSES
+
+
+def step_flop(layer, size):
+    """The recurrent layer's multiply-adds in one training step, times 2: X W at every
+    step, h U and dP U^T at every step but the first (h_0 = 0), [X H]^T dP at every step
+    (dW and dU); the first layer's dX is not computed."""
+    n, t, f, units = SIZES[size]
+    gu = LAYERS[layer][1] * units
+    return 2 * n * (t * f * gu + 2 * (t - 1) * units * gu + t * (f + units) * gu)
 
 
 def fusenn_trainer(layer, size, backend):
@@ -117,3 +129,34 @@ def test_rnn_train_step(run, layer, size, nthreads, backend):
         settings = dict(rounds=5, iterations=1, warmup_rounds=1) if backend == "numpy" else None
         run(f"rnn_step-{layer}-{size}-{nthreads}t", backend, step, pedantic=settings,
             info=dict(batch=SIZES[size][0], flop=flop, **info))
+
+
+@functools.lru_cache(maxsize=None)
+def products(size, layer):
+    """The step's products as four GEMMs' operands (random float32; the values do not
+    matter to the time): (a, b, trans_a, trans_b) each."""
+    n, t, f, units = SIZES[size]
+    gu = LAYERS[layer][1] * units
+    rng = np.random.default_rng(7)
+    new = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    return ((new(n * t, f), new(f, gu), False, False),                 # X W
+            (new(n * (t - 1), units), new(units, gu), False, False),   # h U, every step
+            (new(n * (t - 1), gu), new(units, gu), False, True),       # dP U^T, every step
+            (new(n * t, f + units), new(n * t, gu), True, False))      # [X H]^T dP
+
+
+@pytest.mark.parametrize("backend", ("c", "numpy"))
+@pytest.mark.parametrize("nthreads", THREADS)
+@pytest.mark.parametrize("layer", LAYERS)
+def test_rnn_products(run, layer, nthreads, backend):
+    size = "b32-t100-f64-u256"
+    calls = products(size, layer)
+    ops = fusenn.ops if backend == "c" else fusenn.reference
+    with limited_threads(backend, nthreads) as info:
+        out = run(f"rnn_products-{layer}-{size}-{nthreads}t", backend,
+                  lambda: [ops.matmul(*call) for call in calls],
+                  info=dict(flop=step_flop(layer, size), **info))
+    for (a, b, trans_a, trans_b), c in zip(calls, out):
+        want = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+        k = a.shape[0] if trans_a else a.shape[1]
+        assert np.abs(c - want).max() <= 4 * k * 2.0 ** -24 * np.abs(want).max() + 1e-30
