@@ -14,9 +14,9 @@ checked: its loss against a float64 forward of the same weights.
 
 "rnn_products" groups time the step's matrix products alone, as four large GEMMs
 (fusenn.matmul, "c", and NumPy's BLAS, "numpy"): X W over all steps, the steps' h U and
-dP U^T stacked, and [X H]^T dP. They are the same multiply-adds as the step's, in fewer
-and larger calls, so no step built on that GEMM can take less time: a step's ratio
-against PyTorch can exceed PyTorch's time over this one only by computing less.
+dP U^T stacked, and [X H]^T dP. They are the step's multiply-adds (the flop count of its
+group) in 4 calls instead of 2 T + 2, without its elementwise work: what the step's
+arithmetic costs at the GEMM's large-call rate, next to the step's own time.
 """
 
 import functools
