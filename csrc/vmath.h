@@ -2,8 +2,9 @@
  * vmath.h - float32 sigmoid and tanh over a row, in one ISA's vectors: a
  * template that activations.c includes once per ISA, with VM_ISA (the name
  * suffix: generic, avx2, avx512), VM_ATTR (the functions' target) and
- * VM_VBYTES (vector bytes) defined. libm's scalar expf and tanh cost 10-20 ns
- * an element, more than the GEMM they follow in a tanh or sigmoid layer.
+ * VM_VBYTES (vector bytes) defined. libm's exp and tanh, one element at a time
+ * in double, cost 10-20 ns an element: more than the GEMM before them in a
+ * tanh or sigmoid layer.
  * Every element, a row's tail too (through a padded vector), goes through the
  * same operations, so a value's bits depend only on the ISA, never on where
  * it sits in a row, on the thread count or on the layer that asks.

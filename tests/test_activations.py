@@ -17,11 +17,7 @@ shape and layout; this file does not repeat that.
 """
 
 import math
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,7 +25,7 @@ import pytest
 import fusenn
 from fusenn import _kernels, ops
 from fusenn import reference as ref
-from test_kernels import DTYPES, THREAD_COUNTS, _cpu_isas, assert_close
+from test_kernels import DTYPES, THREAD_COUNTS, assert_close, run_with_isa
 
 ACTIVATIONS = list(ref.ACTIVATIONS)
 BACKENDS = [pytest.param(ops, id="c"), pytest.param(ref, id="numpy")]
@@ -242,13 +238,7 @@ _ULP_CHILD = textwrap.dedent("""
 
 @pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
 def test_float32_sigmoid_tanh_within_3_ulp(isa):
-    if isa not in _cpu_isas():
-        pytest.skip(f"CPU lacks {isa}")
-    env = dict(os.environ, FUSENN_ISA=isa, SKBUILD_EDITABLE_VERBOSE="0")
-    proc = subprocess.run([sys.executable, "-c", _ULP_CHILD, isa, str(Path(__file__).parent)],
-                          env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.split()[:2] == ["ok", isa]
+    assert run_with_isa(isa, _ULP_CHILD).split()[:2] == ["ok", isa]
 
 
 # ---- fused store, threads ------------------------------------------------------------------

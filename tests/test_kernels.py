@@ -541,15 +541,22 @@ _ISA_CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
-def test_gemm_isa_paths(isa):
+def run_with_isa(isa, source):
+    """Run `source` in a fresh interpreter with FUSENN_ISA=isa (read once per process),
+    argv[1] the ISA and argv[2] this directory; skip where the CPU lacks the ISA.
+    Returns its standard output."""
     if isa not in _cpu_isas():
         pytest.skip(f"CPU lacks {isa}")
     env = dict(os.environ, FUSENN_ISA=isa, SKBUILD_EDITABLE_VERBOSE="0")
-    proc = subprocess.run([sys.executable, "-c", _ISA_CHILD, isa, str(Path(__file__).parent)],
+    proc = subprocess.run([sys.executable, "-c", source, isa, str(Path(__file__).parent)],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert proc.stdout.split() == ["ok", isa]
+    return proc.stdout
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_gemm_isa_paths(isa):
+    assert run_with_isa(isa, _ISA_CHILD).split() == ["ok", isa]
 
 
 # ---- activations -------------------------------------------------------------------------
