@@ -138,7 +138,10 @@ def products(size, layer):
     n, t, f, units = SIZES[size]
     gu = LAYERS[layer][1] * units
     rng = np.random.default_rng(7)
-    new = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+
+    def new(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
     return ((new(n * t, f), new(f, gu), False, False),                 # X W
             (new(n * (t - 1), units), new(units, gu), False, False),   # h U, every step
             (new(n * (t - 1), gu), new(units, gu), False, True),       # dP U^T, every step

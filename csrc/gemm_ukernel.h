@@ -293,8 +293,9 @@ static UK_ATTR void UK_NAME(size_t kc, const real *restrict a, ptrdiff_t rs_a, p
             UK_STORE(crow + v * LANES, r, v);
         }
     }
-    /* Every other elementwise activation calls libm on the stored rows (still
-     * in L1), compiled without this kernel's FMA target: see
+    /* Every other elementwise activation runs on the stored rows (still in L1)
+     * through one out-of-line call (libm, or vmath.h's float32 sigmoid and
+     * tanh), compiled without this kernel's FMA target: see
      * activate_row_baseline. A separate loop, so that no call sits in the
      * store loop and the accumulators stay in registers through it. */
     if (act != FUSENN_ACT_IDENTITY && act != FUSENN_ACT_RELU && act != FUSENN_ACT_LEAKY_RELU)
